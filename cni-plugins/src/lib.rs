@@ -1,0 +1,1 @@
+//! Berth CNI plugins: bridge, host-local IPAM, VXLAN, host-gw (issue 4). Not started yet.

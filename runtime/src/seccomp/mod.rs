@@ -1,0 +1,1 @@
+//! Seccomp: OCI profile → classic BPF program, installed with seccomp(2).
