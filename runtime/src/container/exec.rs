@@ -1,0 +1,153 @@
+//! `exec`: start another process inside a running container — same namespaces, cgroup,
+//! seccomp profile and confinement rules as its init, with the given process spec.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use oci_spec::runtime::{LinuxNamespaceType, Process};
+
+use super::{os, write_pid_file, ContainerError, Loaded};
+use crate::channel::{self, Channel, Msg};
+use crate::init::InitError;
+use crate::state::{Root, Status};
+use crate::{namespaces, process, seccomp, spec};
+
+pub struct ExecOptions<'a> {
+    pub root: &'a Root,
+    pub id: &'a str,
+    pub process: Process,
+    pub console_socket: Option<&'a Path>,
+    pub pid_file: Option<&'a Path>,
+    pub detach: bool,
+}
+
+/// Runs the process; returns its exit code (or 0 at once when detached).
+pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
+    let c = Loaded::load(opts.root, opts.id)?;
+    c.require(&[Status::Running], "exec")?;
+    spec::validate_process_fields(&opts.process, "process")?;
+    if opts.process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
+        return Err(ContainerError::Invalid("a terminal needs --console-socket".into()));
+    }
+    let config = &c.record.config;
+    let filter = config.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(seccomp::compile).transpose()?;
+    // Every namespace the container has (created or joined), through its init's /proc entry.
+    let paths: Vec<(LinuxNamespaceType, std::path::PathBuf)> = spec::namespaces(config)
+        .iter()
+        .map(|ns| (ns.typ(), format!("/proc/{}/ns/{}", c.record.pid, ns_file(ns.typ())).into()))
+        .collect();
+    let namespaces::Joined { pid: pid_ns, others: joined } =
+        namespaces::open_joined(paths.iter().map(|(t, p)| (*t, p.as_path()))).map_err(os("opening the container's namespaces"))?;
+    let console = opts.console_socket.map(|p| crate::tty::connect(p).map_err(os(format!("connecting to {}", p.display())))).transpose()?;
+    if let Some(fd) = &pid_ns {
+        namespaces::setns(fd, LinuxNamespaceType::Pid).map_err(os("joining the container's PID namespace"))?;
+    }
+    let (parent_end, child_end) = channel::pair().map_err(os("creating the sync socketpair"))?;
+    let cgroup = c.cgroup()?;
+    let unified = cgroup.unified_dir_fd();
+    // SAFETY: the CLI is single-threaded.
+    let (pid, born_in_unified) = unsafe { namespaces::spawn(0, unified.as_ref()) }.map_err(os("clone"))?;
+    if pid == 0 {
+        drop(parent_end);
+        let in_user_ns = joined.iter().any(|(t, _)| *t == LinuxNamespaceType::User);
+        // Still in the host's namespaces: move ourselves into the container's cgroups (fast path).
+        let joined_cgroup = cgroup.join_self(born_in_unified).map_err(|e| InitError::Cgroup(spec::error_chain(&e)));
+        let result = joined_cgroup.and_then(|()| child(&child_end, &opts.process, &joined, in_user_ns, console.as_ref(), filter.as_ref()));
+        let err = match result {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        let _ = child_end.send(&Msg::Error(spec::error_chain(&err)));
+        // SAFETY: leave without running the parent's destructors or atexit handlers.
+        unsafe { libc::_exit(127) }
+    }
+    drop((child_end, console, joined, unified));
+    let reap = |pid| {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    };
+    parent_end.send(&Msg::Go(String::new())).map_err(os("sync: sending go"))?;
+    // Ready, then EOF when exec closes the close-on-exec socket; an Error at any point.
+    let mut ready = false;
+    loop {
+        match parent_end.recv().map_err(os("sync: receiving"))? {
+            Some(Msg::Ready) => ready = true,
+            Some(Msg::Error(message)) => {
+                reap(pid);
+                return Err(ContainerError::Init(message));
+            }
+            Some(other) => return Err(ContainerError::Init(format!("unexpected message {other:?}"))),
+            None if ready => break,
+            None => return Err(ContainerError::Init("exec helper exited before it was ready".into())),
+        }
+    }
+    if let Some(path) = opts.pid_file {
+        write_pid_file(path, pid)?;
+    }
+    if opts.detach {
+        return Ok(0);
+    }
+    Ok(super::wait_forwarding(pid))
+}
+
+fn ns_file(t: LinuxNamespaceType) -> &'static str {
+    match t {
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+fn child(
+    channel: &Channel,
+    process: &Process,
+    joined: &[(LinuxNamespaceType, OwnedFd)],
+    in_user_ns: bool,
+    console: Option<&OwnedFd>,
+    filter: Option<&seccomp::Filter>,
+) -> Result<std::convert::Infallible, InitError> {
+    match channel.recv().map_err(InitError::Sync)? {
+        Some(Msg::Go(_)) => {}
+        Some(m) => return Err(InitError::Unexpected(m)),
+        None => return Err(InitError::RuntimeGone),
+    }
+    for (typ, fd) in joined {
+        namespaces::setns(fd, *typ).map_err(|source| InitError::Setns { typ: typ.to_string(), source })?;
+    }
+    if in_user_ns {
+        // SAFETY: plain integer syscalls.
+        unsafe {
+            libc::setresgid(0, 0, 0);
+            libc::setresuid(0, 0, 0);
+        }
+    }
+    if let Some(console) = console {
+        let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+        crate::tty::setup(console, size).map_err(InitError::Tty)?;
+    }
+    process::set_rlimits(process)?;
+    process::set_oom_score_adj(process)?;
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if let (Some(f), false) = (filter, nnp) {
+        seccomp::install(f)?;
+    }
+    process::set_identity_and_caps(process)?;
+    if nnp {
+        process::set_no_new_privs()?;
+    }
+    process::set_cwd_and_umask(process)?;
+    let program = process::resolve(process)?;
+    channel.send(&Msg::Ready).map_err(InitError::Sync)?;
+    if let (Some(f), true) = (filter, nnp) {
+        seccomp::install(f)?;
+    }
+    Err(process::exec(process, program).into())
+}
