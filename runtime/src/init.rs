@@ -118,7 +118,6 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
         let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
         crate::tty::setup(console, size).map_err(InitError::Tty)?;
     }
-    rootfs::finalize(&sys, spec)?;
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         sys.sethostname(h).map_err(os("sethostname"))?;
     }
@@ -129,6 +128,8 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
         let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
         std::fs::write(&path, value).map_err(|source| InitError::Sysctl { key: key.clone(), source })?;
     }
+    // After the sysctls: /proc/sys is usually one of the read-only paths.
+    rootfs::finalize(&sys, spec)?;
     process::set_rlimits(process)?;
     process::set_oom_score_adj(process)?;
     process::set_personality_and_ioprio(spec.linux().as_ref(), process)?;
