@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_ok, namespaces, text, T, CHECK};
+use common::{assert_ok, namespaces, T, CHECK};
 use serde_json::json;
 
 const DEFAULT_CAPS: [&str; 3] = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"];

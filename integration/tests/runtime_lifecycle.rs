@@ -125,7 +125,8 @@ fn failing_hook_aborts_create_and_leaves_nothing() {
 #[test]
 #[ignore = "needs root"]
 fn bad_input_is_rejected_and_leaves_nothing() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("process.cwd", Box::new(|s| s["process"]["cwd"] = json!("relative"))),
         ("process.rlimits[0]", Box::new(|s| s["process"]["rlimits"] = json!([{ "type": "RLIMIT_NOFILE", "soft": 9, "hard": 1 }]))),
         ("mounts[", Box::new(|s| s["mounts"].as_array_mut().unwrap().push(json!({ "destination": "/x", "type": "bind", "source": "/no/such/dir", "options": ["bind"] })))),
