@@ -22,7 +22,8 @@ pub fn workspace_root() -> PathBuf {
 
 /// The directories searched for workspace binaries, in order.
 ///
-/// `$BERTH_BIN_DIR` alone if set; otherwise `<target>/release` then `<target>/debug`, where
+/// `$BERTH_BIN_DIR` alone if set; otherwise `<target>/runtime` (the shipped static
+/// berth-runtime, see scripts/build), `<target>/release`, then `<target>/debug`, where
 /// `<target>` is `$CARGO_TARGET_DIR` or `<workspace>/target`.
 pub fn bin_search_dirs() -> Vec<PathBuf> {
     if let Some(dir) = env::var_os(BIN_DIR_ENV).filter(|d| !d.is_empty()) {
@@ -32,7 +33,7 @@ pub fn bin_search_dirs() -> Vec<PathBuf> {
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    vec![target.join("release"), target.join("debug")]
+    vec![target.join("runtime"), target.join("release"), target.join("debug")]
 }
 
 /// Finds a workspace binary such as `berth-runtime` or `berth-check`.

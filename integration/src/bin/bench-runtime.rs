@@ -21,7 +21,7 @@ const USAGE: &str = "usage: bench-runtime [--iterations N] [--warmup N] \
 
 Runs `RUNTIME --root FRESH run --bundle B ID` for a /bin/true busybox bundle, N times per
 runtime in rotating order, and reports wall time, CPU time and peak RSS per run.
-berth-runtime is found in target/release, then target/debug (override: BERTH_BIN_DIR);
+berth-runtime is found in target/runtime (scripts/build), target/release, then target/debug (override: BERTH_BIN_DIR);
 crun and runc on PATH (skipped if missing).";
 
 /// Consecutive failures after which a runtime is dropped from the rest of the benchmark.
