@@ -92,11 +92,7 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
     }
     let new_user = crate::namespaces::wants_new(spec, LinuxNamespaceType::User);
     if new_user {
-        // Become root of the new user namespace (the maps are written by now).
-        // SAFETY: plain integer syscalls.
-        cvt(unsafe { libc::setresgid(0, 0, 0) }).map_err(os("setresgid 0 in the user namespace"))?;
-        // SAFETY: plain integer syscalls.
-        cvt(unsafe { libc::setresuid(0, 0, 0) }).map_err(os("setresuid 0 in the user namespace"))?;
+        become_ns_root()?;
     }
     if crate::namespaces::wants_new(spec, LinuxNamespaceType::Cgroup) {
         crate::namespaces::unshare(libc::CLONE_NEWCGROUP).map_err(os("unsharing the cgroup namespace"))?;
@@ -114,10 +110,6 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
     }
     rootfs::pivot(&sys, &args.rootfs)?;
     let process = spec.process().as_ref().expect("validated: process is present");
-    if let Some(console) = &args.console {
-        let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
-        crate::tty::setup(console, size).map_err(InitError::Tty)?;
-    }
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         sys.sethostname(h).map_err(os("sethostname"))?;
     }
@@ -130,11 +122,53 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
     }
     // After the sysctls: /proc/sys is usually one of the read-only paths.
     rootfs::finalize(&sys, spec)?;
+    let process_args = Finish { process, linux: spec.linux().as_ref(), console: args.console.as_ref(), seccomp: args.seccomp.as_ref() };
+    finish(&process_args, &args.channel, || {
+        if let Some(dir) = &args.state_dir {
+            wait_for_start(dir)?;
+        }
+        if let Some(list) = hooks.and_then(|h| h.start_container().as_ref()) {
+            hooks::run_all("startContainer", list, state_json.as_bytes())?;
+        }
+        Ok(())
+    })
+}
+
+/// Becomes root of a user namespace just created or joined (its id maps are written).
+pub(crate) fn become_ns_root() -> Result<(), InitError> {
+    // SAFETY: plain integer syscalls.
+    cvt(unsafe { libc::setresgid(0, 0, 0) }).map_err(os("setresgid 0 in the user namespace"))?;
+    // SAFETY: plain integer syscalls.
+    cvt(unsafe { libc::setresuid(0, 0, 0) }).map_err(os("setresuid 0 in the user namespace"))?;
+    Ok(())
+}
+
+/// What [`finish`] turns the calling process into.
+pub(crate) struct Finish<'a> {
+    pub process: &'a oci_spec::runtime::Process,
+    pub linux: Option<&'a oci_spec::runtime::Linux>,
+    pub console: Option<&'a OwnedFd>,
+    pub seccomp: Option<&'a seccomp::Filter>,
+}
+
+/// The steps the init and `exec` share once namespaces and mounts are in place: terminal,
+/// limits, seccomp, identity, capabilities, no_new_privs and cwd; then the runtime is told we
+/// are ready, `after_ready` runs (the init waits for `start` there), and the program is exec'd.
+pub(crate) fn finish(
+    f: &Finish<'_>,
+    channel: &Channel,
+    after_ready: impl FnOnce() -> Result<(), InitError>,
+) -> Result<std::convert::Infallible, InitError> {
+    let process = f.process;
+    if let Some(console) = f.console {
+        let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+        crate::tty::setup(console, size).map_err(InitError::Tty)?;
+    }
     process::set_rlimits(process)?;
     process::set_oom_score_adj(process)?;
-    process::set_personality_and_ioprio(spec.linux().as_ref(), process)?;
+    process::set_personality_and_ioprio(f.linux, process)?;
     let nnp = process.no_new_privileges().unwrap_or(false);
-    if let (Some(filter), false) = (&args.seccomp, nnp) {
+    if let (Some(filter), false) = (f.seccomp, nnp) {
         // Without no_new_privs the filter needs CAP_SYS_ADMIN: install it before dropping caps.
         seccomp::install(filter)?;
     }
@@ -144,14 +178,9 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
     }
     process::set_cwd_and_umask(process)?;
     let program = process::resolve(process)?;
-    args.channel.send(&Msg::Ready).map_err(InitError::Sync)?;
-    if let Some(dir) = &args.state_dir {
-        wait_for_start(dir)?;
-    }
-    if let Some(list) = hooks.and_then(|h| h.start_container().as_ref()) {
-        hooks::run_all("startContainer", list, state_json.as_bytes())?;
-    }
-    if let (Some(filter), true) = (&args.seccomp, nnp) {
+    channel.send(&Msg::Ready).map_err(InitError::Sync)?;
+    after_ready()?;
+    if let (Some(filter), true) = (f.seccomp, nnp) {
         seccomp::install(filter)?;
     }
     Err(process::exec(process, program).into())

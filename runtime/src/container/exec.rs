@@ -8,9 +8,9 @@ use oci_spec::runtime::{LinuxNamespaceType, Process};
 
 use super::{os, write_pid_file, ContainerError, Loaded};
 use crate::channel::{self, Channel, Msg};
-use crate::init::InitError;
+use crate::init::{self, Finish, InitError};
 use crate::state::{Root, Status};
-use crate::{namespaces, process, seccomp, spec};
+use crate::{namespaces, seccomp, spec};
 
 pub struct ExecOptions<'a> {
     pub root: &'a Root,
@@ -49,10 +49,10 @@ pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
     let (pid, born_in_unified) = unsafe { namespaces::spawn(0, unified.as_ref()) }.map_err(os("clone"))?;
     if pid == 0 {
         drop(parent_end);
-        let in_user_ns = joined.iter().any(|(t, _)| *t == LinuxNamespaceType::User);
+        let finish = Finish { process: &opts.process, linux: config.linux().as_ref(), console: console.as_ref(), seccomp: filter.as_ref() };
         // Still in the host's namespaces: move ourselves into the container's cgroups (fast path).
         let joined_cgroup = cgroup.join_self(born_in_unified).map_err(|e| InitError::Cgroup(spec::error_chain(&e)));
-        let result = joined_cgroup.and_then(|()| child(&child_end, &opts.process, &joined, in_user_ns, console.as_ref(), filter.as_ref()));
+        let result = joined_cgroup.and_then(|()| child(&child_end, &joined, &finish));
         let err = match result {
             Ok(never) => match never {},
             Err(e) => e,
@@ -106,14 +106,8 @@ fn ns_file(t: LinuxNamespaceType) -> &'static str {
     }
 }
 
-fn child(
-    channel: &Channel,
-    process: &Process,
-    joined: &[(LinuxNamespaceType, OwnedFd)],
-    in_user_ns: bool,
-    console: Option<&OwnedFd>,
-    filter: Option<&seccomp::Filter>,
-) -> Result<std::convert::Infallible, InitError> {
+/// The exec helper, in the host's namespaces until it joins the container's.
+fn child(channel: &Channel, joined: &[(LinuxNamespaceType, OwnedFd)], finish: &Finish<'_>) -> Result<std::convert::Infallible, InitError> {
     match channel.recv().map_err(InitError::Sync)? {
         Some(Msg::Go(_)) => {}
         Some(m) => return Err(InitError::Unexpected(m)),
@@ -122,32 +116,8 @@ fn child(
     for (typ, fd) in joined {
         namespaces::setns(fd, *typ).map_err(|source| InitError::Setns { typ: typ.to_string(), source })?;
     }
-    if in_user_ns {
-        // SAFETY: plain integer syscalls.
-        unsafe {
-            libc::setresgid(0, 0, 0);
-            libc::setresuid(0, 0, 0);
-        }
+    if joined.iter().any(|(t, _)| *t == LinuxNamespaceType::User) {
+        init::become_ns_root()?;
     }
-    if let Some(console) = console {
-        let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
-        crate::tty::setup(console, size).map_err(InitError::Tty)?;
-    }
-    process::set_rlimits(process)?;
-    process::set_oom_score_adj(process)?;
-    let nnp = process.no_new_privileges().unwrap_or(false);
-    if let (Some(f), false) = (filter, nnp) {
-        seccomp::install(f)?;
-    }
-    process::set_identity_and_caps(process)?;
-    if nnp {
-        process::set_no_new_privs()?;
-    }
-    process::set_cwd_and_umask(process)?;
-    let program = process::resolve(process)?;
-    channel.send(&Msg::Ready).map_err(InitError::Sync)?;
-    if let (Some(f), true) = (filter, nnp) {
-        seccomp::install(f)?;
-    }
-    Err(process::exec(process, program).into())
+    init::finish(finish, channel, || Ok(()))
 }
