@@ -269,3 +269,82 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A valid spec over a temp-dir rootfs; `mutate` breaks one thing.
+    fn check(mutate: impl FnOnce(&mut serde_json::Value)) -> Result<(), SpecError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        let mut v = json!({
+            "ociVersion": "1.0.2",
+            "root": { "path": "rootfs" },
+            "process": { "args": ["sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+            "hostname": "h",
+            "linux": { "namespaces": [{ "type": "mount" }, { "type": "uts" }, { "type": "pid" }] }
+        });
+        mutate(&mut v);
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        validate(&spec, dir.path())
+    }
+
+    fn field_of(r: Result<(), SpecError>) -> String {
+        match r {
+            Err(SpecError::Invalid { field, .. }) => field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_minimal_valid_spec() {
+        check(|_| {}).unwrap();
+    }
+
+    #[test]
+    fn names_the_offending_field() {
+        assert_eq!(field_of(check(|v| v["ociVersion"] = json!("2.0.0"))), "ociVersion");
+        assert_eq!(field_of(check(|v| v["root"]["path"] = json!("missing"))), "root.path");
+        assert_eq!(field_of(check(|v| v["process"]["args"] = json!([]))), "process.args");
+        assert_eq!(field_of(check(|v| v["process"]["cwd"] = json!("rel"))), "process.cwd");
+        assert_eq!(field_of(check(|v| v["process"]["env"] = json!(["NOEQUALS"]))), "process.env[0]");
+        assert_eq!(
+            field_of(check(|v| v["process"]["rlimits"] = json!([{ "type": "RLIMIT_NOFILE", "soft": 2, "hard": 1 }]))),
+            "process.rlimits[0]"
+        );
+        assert_eq!(field_of(check(|v| v["process"]["oomScoreAdj"] = json!(5000))), "process.oomScoreAdj");
+        assert_eq!(field_of(check(|v| v["linux"]["namespaces"] = json!([{ "type": "mount" }, { "type": "mount" }]))), "linux.namespaces[1]");
+        assert_eq!(field_of(check(|v| v["linux"]["namespaces"] = json!([{ "type": "mount" }]))), "hostname");
+        assert_eq!(field_of(check(|v| { v["hostname"] = json!(null); v["linux"]["namespaces"] = json!([{ "type": "pid" }]) })), "linux.namespaces");
+        assert_eq!(
+            field_of(check(|v| v["linux"]["namespaces"].as_array_mut().unwrap().push(json!({ "type": "user" })))),
+            "linux.uidMappings"
+        );
+        assert_eq!(field_of(check(|v| v["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "1" }))), "linux.sysctl.net.ipv4.ip_forward");
+        assert_eq!(field_of(check(|v| v["linux"]["sysctl"] = json!({ "vm.swappiness": "1" }))), "linux.sysctl.vm.swappiness");
+        assert_eq!(field_of(check(|v| v["linux"]["rootfsPropagation"] = json!("sideways"))), "linux.rootfsPropagation");
+        assert_eq!(field_of(check(|v| v["linux"]["devices"] = json!([{ "path": "dev/x", "type": "c", "major": 1, "minor": 3 }]))), "linux.devices[0].path");
+        assert_eq!(field_of(check(|v| v["linux"]["resources"] = json!({ "cpu": { "period": 10 } }))), "linux.resources.cpu.period");
+        assert_eq!(field_of(check(|v| v["linux"]["intelRdt"] = json!({ "closID": "x" }))), "linux.intelRdt");
+        assert_eq!(
+            field_of(check(|v| v["mounts"] = json!([{ "destination": "/x/../../etc", "type": "tmpfs", "source": "tmpfs" }]))),
+            "mounts[0].destination"
+        );
+        assert_eq!(
+            field_of(check(|v| v["mounts"] = json!([{ "destination": "/x", "type": "tmpfs", "options": ["rro"] }]))),
+            "mounts[0].options"
+        );
+        assert_eq!(
+            field_of(check(|v| v["mounts"] = json!([{ "destination": "/x", "type": "bind", "source": "/no/such/path" }]))),
+            "mounts[0].source"
+        );
+    }
+
+    #[test]
+    fn parse_errors_carry_position() {
+        let err = parse(b"{\"ociVersion\": 1}").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}
