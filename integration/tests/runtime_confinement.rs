@@ -136,6 +136,7 @@ fn mounts_sysctls_devices_and_names() {
     let _shared_mount = SharedMount::new(&shared);
     let mut spec = t.spec(&[CHECK, "/check.json"]);
     spec["hostname"] = json!("mounts");
+    spec["linux"]["rootfsPropagation"] = json!("unbindable");
     spec["domainname"] = json!("example.org");
     let mounts = spec["mounts"].as_array_mut().unwrap();
     mounts.push(json!({ "destination": "/data", "type": "bind", "source": shared, "options": ["rbind", "rw", "rslave"] }));
@@ -146,6 +147,7 @@ fn mounts_sysctls_devices_and_names() {
     t.expect(&json!({
         "hostname": "mounts", "domainname": "example.org",
         "mounts": [
+            { "destination": "/", "propagation": "unbindable" },
             { "destination": "/data", "options": ["rw"], "propagation": "slave" },
             { "destination": "/ro", "options": ["ro", "nosuid", "nodev", "noexec"], "propagation": "private" },
             { "destination": "/scratch", "fstype": "tmpfs", "options": ["nosuid", "size=1024k", "mode=700"] }

@@ -80,3 +80,45 @@ fn update_changes_live_limits() {
     let bad = t.rt(&["update", "--cpu-shares", "1", &t.id]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("cpu.shares"), "{}", text(&bad));
 }
+
+#[test]
+#[ignore = "needs root"]
+fn every_resource_kind_reaches_its_cgroup_file() {
+    let t = T::new("resources");
+    let mut spec = t.spec(&["sleep", "100"]);
+    spec["linux"]["resources"] = json!({
+        "memory": { "limit": 67108864, "reservation": 33554432, "swap": 134217728, "swappiness": 10 },
+        "cpu": { "shares": 256, "quota": 30000, "period": 50000, "cpus": "0", "mems": "0" },
+        "pids": { "limit": 33 },
+        "blockIO": { "weight": 300 },
+        "hugepageLimits": [{ "pageSize": "2MB", "limit": 4194304 }]
+    });
+    assert_ok(&t.create(&spec));
+    let read = |path: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{path}")).map(|s| s.trim().to_owned()).unwrap_or_else(|e| format!("<{e}>"))
+    };
+    let id = &t.id;
+    let expect = [
+        (format!("memory/berth-test/{id}/memory.limit_in_bytes"), "67108864"),
+        (format!("memory/berth-test/{id}/memory.soft_limit_in_bytes"), "33554432"),
+        (format!("memory/berth-test/{id}/memory.memsw.limit_in_bytes"), "134217728"),
+        (format!("memory/berth-test/{id}/memory.swappiness"), "10"),
+        (format!("cpu/berth-test/{id}/cpu.shares"), "256"),
+        (format!("cpu/berth-test/{id}/cpu.cfs_quota_us"), "30000"),
+        (format!("cpu/berth-test/{id}/cpu.cfs_period_us"), "50000"),
+        (format!("cpuset/berth-test/{id}/cpuset.cpus"), "0"),
+        (format!("cpuset/berth-test/{id}/cpuset.mems"), "0"),
+        (format!("pids/berth-test/{id}/pids.max"), "33"),
+        (format!("blkio/berth-test/{id}/blkio.bfq.weight"), "300"),
+    ];
+    for (path, want) in &expect {
+        assert_eq!(read(path), *want, "{path}");
+    }
+    // On this hybrid host hugetlb lives only in the unified hierarchy: the write goes there.
+    let unified = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
+    if unified.split_whitespace().any(|c| c == "hugetlb") {
+        assert_eq!(read(&format!("unified/berth-test/{id}/hugetlb.2MB.max")), "4194304");
+    } else {
+        assert_eq!(read(&format!("hugetlb/berth-test/{id}/hugetlb.2MB.limit_in_bytes")), "4194304");
+    }
+}

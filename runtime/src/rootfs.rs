@@ -171,9 +171,10 @@ pub struct Context<'a> {
 /// Everything before pivot_root: propagation, the rootfs bind, the spec's mounts and /dev.
 pub fn prepare(sys: &dyn Syscall, spec: &Spec, ctx: &Context<'_>) -> Result<(), RootfsError> {
     let prop = spec.linux().as_ref().and_then(|l| l.rootfs_propagation().as_deref()).and_then(propagation_flag);
-    // pivot_root refuses a shared new root, so start slave and apply "shared" after the pivot.
+    // pivot_root refuses a shared new root and an unbindable one cannot be bind-mounted, so
+    // those start as slave; finalize() applies the requested propagation after the pivot.
     let initial = match prop {
-        Some(p) if p & libc::MS_SHARED == 0 => p | libc::MS_REC,
+        Some(p) if p & (libc::MS_SHARED | libc::MS_UNBINDABLE) == 0 => p | libc::MS_REC,
         _ => libc::MS_SLAVE | libc::MS_REC,
     };
     sys.mount(None, Path::new("/"), None, initial, None)
