@@ -90,12 +90,7 @@ fn run_container(root: &Root, a: &cli::CreateArgs, detach: bool, keep: bool) -> 
         console_socket: a.console_socket.as_deref(),
         wait_for_start: false,
     })?;
-    let loaded = Loaded { dir: created.dir, record: created.record, status: Status::Running };
-    if let Some(list) = loaded.record.config.hooks().as_ref().and_then(|h| h.poststart().clone()) {
-        if let Err(e) = berth_runtime::hooks::run_all("poststart", &list, &loaded.state_json()) {
-            tracing::warn!("poststart hook: {e}");
-        }
-    }
+    container::run_poststart(&Loaded { dir: created.dir, record: created.record, status: Status::Running });
     if detach {
         return Ok(0);
     }

@@ -164,16 +164,15 @@ impl Root {
     }
 }
 
-/// Writes the record atomically: temp file, fsync-free rename (the state dir is on tmpfs by default).
+/// Writes the record atomically (temp file, then rename), so a runtime killed at any point
+/// leaves either the old or the new record. No fsync: the state describes processes that do
+/// not survive a reboot either, and lives on tmpfs (/run) by default.
 pub fn save(dir: &Path, record: &Record) -> Result<(), StateError> {
     let path = dir.join(STATE_FILE);
     let tmp = dir.join(".state.json.tmp");
     let bytes = serde_json::to_vec(record).map_err(|e| StateError::Corrupt { path: path.clone(), message: e.to_string() })?;
     let mut file = std::fs::File::create(&tmp).map_err(|source| io("creating", &tmp, source))?;
     file.write_all(&bytes).map_err(|source| io("writing", &tmp, source))?;
-    if !dir.starts_with("/run") && !dir.starts_with("/tmp") {
-        file.sync_data().map_err(|source| io("syncing", &tmp, source))?;
-    }
     drop(file);
     std::fs::rename(&tmp, &path).map_err(|source| io("renaming", &path, source))
 }

@@ -13,7 +13,7 @@ pub use delete::delete;
 pub use exec::{exec, ExecOptions};
 pub use kill::{kill, parse_signal};
 pub use pause::{pause, resume};
-pub use start::start;
+pub use start::{run_poststart, start};
 pub use update::update;
 
 use std::path::PathBuf;

@@ -47,7 +47,7 @@ pub fn start(root: &Root, id: &str) -> Result<(), ContainerError> {
 }
 
 /// Poststart hook failures are logged, not fatal (the process is already running).
-pub(crate) fn run_poststart(c: &Loaded) {
+pub fn run_poststart(c: &Loaded) {
     let Some(list) = c.record.config.hooks().as_ref().and_then(|h| h.poststart().clone()) else { return };
     if let Err(e) = crate::hooks::run_all("poststart", &list, &c.state_json()) {
         tracing::warn!(error = %crate::spec::error_chain(&e), "poststart hook failed");
