@@ -226,3 +226,35 @@ fn recv_fd(stream: &std::os::unix::net::UnixStream) -> i32 {
     // SAFETY: the kernel filled one SCM_RIGHTS cmsg with one descriptor.
     unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(libc::CMSG_FIRSTHDR(&msg)).cast::<i32>()) }
 }
+
+#[test]
+#[ignore = "needs root"]
+fn sigkill_during_create_is_recoverable() {
+    let t = T::new("crash");
+    let mut spec = t.spec(&["true"]);
+    // Holds create in the middle (namespaces and cgroups exist, init waiting) long enough to kill it.
+    spec["hooks"] = json!({ "createRuntime": [{ "path": "/bin/sleep", "args": ["sleep", "3"] }] });
+    t.write(&spec);
+    let bundle = t.bundle.dir().to_str().unwrap().to_owned();
+    let mut child = std::process::Command::new(&t.runtime)
+        .arg("--root").arg(&t.root).args(["create", "--bundle", &bundle, &t.id])
+        .stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null())
+        .spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while t.cgroup_dirs().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!t.cgroup_dirs().is_empty(), "create was killed before it made its cgroup");
+    // The init notices its runtime is gone and exits; the record says stopped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while t.state()["status"] != "stopped" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(t.state()["status"], "stopped");
+    assert_ok(&t.rt(&["delete", "--force", &t.id]));
+    assert!(t.cgroup_dirs().is_empty(), "cgroup left behind: {:?}", t.cgroup_dirs());
+    assert!(!t.root.join(&t.id).exists(), "state left behind");
+}
