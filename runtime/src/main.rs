@@ -90,13 +90,16 @@ fn run_container(root: &Root, a: &cli::CreateArgs, detach: bool, keep: bool) -> 
         console_socket: a.console_socket.as_deref(),
         wait_for_start: false,
     })?;
-    container::run_poststart(&Loaded { dir: created.dir, record: created.record, status: Status::Running });
+    let mut loaded = Loaded { dir: created.dir, record: created.record, status: Status::Running };
+    container::run_poststart(&loaded);
     if detach {
         return Ok(0);
     }
     let code = container::wait_forwarding(created.pid);
     if !keep {
-        container::delete(root, &a.id, true)?;
+        // We reaped the init ourselves: the container is stopped, no need to re-read its state.
+        loaded.status = Status::Stopped;
+        container::delete_loaded(&loaded, &created.cgroup, true)?;
     }
     Ok(code)
 }

@@ -27,6 +27,7 @@ pub struct Created {
     pub pid: i32,
     pub dir: PathBuf,
     pub record: Record,
+    pub cgroup: Cgroup,
 }
 
 /// Undoes a partial create when dropped, unless disarmed.
@@ -150,7 +151,7 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<Created, ContainerError> {
         pid,
         pid_start: state::process_start_time(pid).unwrap_or(0),
         bundle: bundle.clone(),
-        rootfs: spec::rootfs(&spec, &bundle),
+        rootfs,
         cgroup_path,
         created: state::now_rfc3339(),
         owner: String::new(),
@@ -180,7 +181,7 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<Created, ContainerError> {
         write_pid_file(path, pid)?;
     }
     rollback.disarm();
-    Ok(Created { pid, dir, record })
+    Ok(Created { pid, dir, record, cgroup })
 }
 
 fn make_fifo(path: &Path) -> Result<(), ContainerError> {

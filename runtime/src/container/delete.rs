@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::{ContainerError, Loaded};
+use crate::cgroups::Cgroup;
 use crate::state::{self, Root, Status};
 
 pub fn delete(root: &Root, id: &str, force: bool) -> Result<(), ContainerError> {
@@ -13,15 +14,21 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<(), ContainerError> 
         Err(e) => return Err(e),
     };
     let cgroup = c.cgroup()?;
+    delete_loaded(&c, &cgroup, force)
+}
+
+/// [`delete`] for a caller that already holds the record and cgroup (`run` after its wait).
+pub fn delete_loaded(c: &Loaded, cgroup: &Cgroup, force: bool) -> Result<(), ContainerError> {
+    let id = &c.record.id;
     match c.status {
         Status::Stopped | Status::Creating => {}
-        Status::Created => kill_and_wait(&c, &cgroup)?,
-        Status::Running | Status::Paused if force => kill_and_wait(&c, &cgroup)?,
-        status => return Err(ContainerError::WrongStatus { id: id.into(), status, op: "delete (use --force)" }),
+        Status::Created => kill_and_wait(c, cgroup)?,
+        Status::Running | Status::Paused if force => kill_and_wait(c, cgroup)?,
+        status => return Err(ContainerError::WrongStatus { id: id.clone(), status, op: "delete (use --force)" }),
     }
     // Leftover processes outside the PID namespace's reach (or without one) die too.
     if !cgroup.procs()?.is_empty() {
-        kill_and_wait(&c, &cgroup)?;
+        kill_and_wait(c, cgroup)?;
     }
     cgroup.destroy()?;
     if let Some(list) = c.record.config.hooks().as_ref().and_then(|h| h.poststop().clone()) {
@@ -33,7 +40,7 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<(), ContainerError> 
     std::fs::remove_dir_all(&c.dir).map_err(super::os(format!("removing {}", c.dir.display())))
 }
 
-fn kill_and_wait(c: &Loaded, cgroup: &crate::cgroups::Cgroup) -> Result<(), ContainerError> {
+fn kill_and_wait(c: &Loaded, cgroup: &Cgroup) -> Result<(), ContainerError> {
     cgroup.signal_all(libc::SIGKILL)?;
     if c.record.pid > 0 && state::process_alive(c.record.pid, c.record.pid_start) {
         // SAFETY: the PID was just checked to be the container's init.

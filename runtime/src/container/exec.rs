@@ -34,7 +34,7 @@ pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
     // Every namespace the container has (created or joined), through its init's /proc entry.
     let paths: Vec<(LinuxNamespaceType, std::path::PathBuf)> = spec::namespaces(config)
         .iter()
-        .map(|ns| (ns.typ(), format!("/proc/{}/ns/{}", c.record.pid, ns_file(ns.typ())).into()))
+        .map(|ns| (ns.typ(), format!("/proc/{}/ns/{}", c.record.pid, ns.typ()).into()))
         .collect();
     let namespaces::Joined { pid: pid_ns, others: joined } =
         namespaces::open_joined(paths.iter().map(|(t, p)| (*t, p.as_path()))).map_err(os("opening the container's namespaces"))?;
@@ -93,18 +93,6 @@ pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
     Ok(super::wait_forwarding(pid))
 }
 
-fn ns_file(t: LinuxNamespaceType) -> &'static str {
-    match t {
-        LinuxNamespaceType::Mount => "mnt",
-        LinuxNamespaceType::Cgroup => "cgroup",
-        LinuxNamespaceType::Uts => "uts",
-        LinuxNamespaceType::Ipc => "ipc",
-        LinuxNamespaceType::User => "user",
-        LinuxNamespaceType::Pid => "pid",
-        LinuxNamespaceType::Network => "net",
-        LinuxNamespaceType::Time => "time",
-    }
-}
 
 /// The exec helper, in the host's namespaces until it joins the container's.
 fn child(channel: &Channel, joined: &[(LinuxNamespaceType, OwnedFd)], finish: &Finish<'_>) -> Result<std::convert::Infallible, InitError> {

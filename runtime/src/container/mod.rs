@@ -9,7 +9,7 @@ mod start;
 mod update;
 
 pub use create::{create, CreateOptions, Created};
-pub use delete::delete;
+pub use delete::{delete, delete_loaded};
 pub use exec::{exec, ExecOptions};
 pub use kill::{kill, parse_signal};
 pub use pause::{pause, resume};
