@@ -1,0 +1,534 @@
+//! The monitor's event loop: one thread, `poll(2)` over the control socket, its connections,
+//! container output pipes and a signalfd for SIGCHLD. Containers are created in a forked child
+//! (the runtime library may join a PID namespace for its children, which must not stick to
+//! the monitor) and reparent to the monitor, a child subreaper, when that child exits.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_runtime::container::{self, CreateOptions, ExecOptions, Loaded};
+use berth_runtime::state::Root;
+
+use super::logs::{LineSplitter, LogFile, Stream};
+use super::proto::{now_nanos, Exit, Request, Response};
+use super::{exit_path, write_atomic, SOCKET};
+
+/// Output kept per stream of an ExecSync; the rest is dropped.
+const EXEC_OUTPUT_CAP: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{what}")]
+    Io { what: String, #[source] source: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+pub struct Options {
+    /// The pod directory: socket, exit records.
+    pub dir: PathBuf,
+    /// berth-runtime's state root.
+    pub runtime_root: PathBuf,
+}
+
+struct Pipe {
+    fd: OwnedFd,
+    stream: Stream,
+    splitter: LineSplitter,
+}
+
+struct Container {
+    pid: i32,
+    pipes: Vec<Pipe>,
+    log: Option<LogFile>,
+    /// Write end of the container's stdin, kept for attach.
+    _stdin: Option<OwnedFd>,
+    exit: Option<Exit>,
+    waiters: Vec<UnixStream>,
+}
+
+struct ExecJob {
+    conn: UnixStream,
+    error: OwnedFd,
+    out: [(Option<OwnedFd>, Vec<u8>); 2],
+    deadline: Option<Instant>,
+}
+
+struct Monitor {
+    dir: PathBuf,
+    root: Root,
+    containers: HashMap<String, Container>,
+    execs: HashMap<i32, ExecJob>,
+    /// Exits reaped before their container was registered.
+    early_exits: HashMap<i32, i32>,
+    shutting_down: bool,
+}
+
+/// Binds the control socket (before the caller detaches, so the shim can connect at once).
+pub fn bind(dir: &Path) -> Result<UnixListener, DaemonError> {
+    std::fs::create_dir_all(dir.join("exits")).map_err(io(format!("creating {}", dir.display())))?;
+    let path = dir.join(SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(io(format!("binding {}", path.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io("chmod socket"))?;
+    listener.set_nonblocking(true).map_err(io("nonblocking socket"))?;
+    Ok(listener)
+}
+
+/// Runs the loop until a Shutdown request once no container is running.
+pub fn serve(opts: Options, listener: UnixListener) -> Result<(), DaemonError> {
+    // SAFETY: prctl with integer arguments; sigprocmask on a local set.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let sigfd = sigchld_fd()?;
+    let mut m = Monitor {
+        dir: opts.dir,
+        root: Root::new(opts.runtime_root),
+        containers: HashMap::new(),
+        execs: HashMap::new(),
+        early_exits: HashMap::new(),
+        shutting_down: false,
+    };
+    loop {
+        if m.shutting_down && m.containers.values().all(|c| c.exit.is_some()) && m.execs.is_empty() {
+            tracing::info!("shutting down");
+            return Ok(());
+        }
+        m.poll_once(&listener, &sigfd)?;
+    }
+}
+
+fn sigchld_fd() -> Result<OwnedFd, DaemonError> {
+    // SAFETY: building and installing a signal mask; signalfd returns a new fd we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(DaemonError::Io { what: "signalfd".into(), source: std::io::Error::last_os_error() });
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+enum Slot {
+    Listener,
+    Signal,
+    Pipe(String, usize),
+    ExecOut(i32, usize),
+}
+
+impl Monitor {
+    fn poll_once(&mut self, listener: &UnixListener, sigfd: &OwnedFd) -> Result<(), DaemonError> {
+        let mut fds = vec![pollfd(listener.as_raw_fd()), pollfd(sigfd.as_raw_fd())];
+        let mut slots = vec![Slot::Listener, Slot::Signal];
+        for (id, c) in &self.containers {
+            for (i, p) in c.pipes.iter().enumerate() {
+                fds.push(pollfd(p.fd.as_raw_fd()));
+                slots.push(Slot::Pipe(id.clone(), i));
+            }
+        }
+        for (pid, job) in &self.execs {
+            for (i, (fd, _)) in job.out.iter().enumerate() {
+                if let Some(fd) = fd {
+                    fds.push(pollfd(fd.as_raw_fd()));
+                    slots.push(Slot::ExecOut(*pid, i));
+                }
+            }
+        }
+        let timeout = self
+            .execs
+            .values()
+            .filter_map(|j| j.deadline)
+            .min()
+            .map(|d| d.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32)
+            .unwrap_or(-1);
+        // SAFETY: fds is a valid array of pollfd for its length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(DaemonError::Io { what: "poll".into(), source: e });
+        }
+        for (pfd, slot) in fds.iter().zip(slots) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            match slot {
+                Slot::Listener => self.accept(listener),
+                Slot::Signal => {
+                    drain_signalfd(sigfd);
+                    self.reap();
+                }
+                Slot::Pipe(id, i) => self.read_pipe(&id, i),
+                Slot::ExecOut(pid, i) => {
+                    if let Some(job) = self.execs.get_mut(&pid) {
+                        read_exec_output(&mut job.out[i]);
+                    }
+                }
+            }
+        }
+        self.expire_execs();
+        Ok(())
+    }
+
+    fn accept(&mut self, listener: &UnixListener) {
+        while let Ok((conn, _)) = listener.accept() {
+            // Requests are one short line: read it blocking, with a bound on the wait.
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut line = Vec::new();
+            let mut reader = std::io::BufReader::new(&conn);
+            if std::io::BufRead::read_until(&mut reader, b'\n', &mut line).is_err() {
+                continue;
+            }
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => self.handle(req, conn),
+                Err(e) => respond(conn, &Response::Error { message: format!("bad request: {e}") }),
+            }
+        }
+    }
+
+    fn handle(&mut self, req: Request, conn: UnixStream) {
+        tracing::debug!(?req, "request");
+        let reply = match req {
+            Request::Ping => Response::Ok,
+            Request::Create { id, bundle, log_path, stdin, tty } => self.create(&id, &bundle, log_path.as_deref(), stdin, tty),
+            Request::Start { id } => match container::start(&self.root, &id) {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::Error { message: berth_runtime::spec::error_chain(&e) },
+            },
+            Request::ExecSync { id, process, timeout_ms } => return self.exec_sync(&id, *process, timeout_ms, conn),
+            Request::Wait { id } => match self.containers.get_mut(&id) {
+                Some(c) if c.exit.is_none() => return c.waiters.push(conn),
+                Some(c) => Response::Exited(c.exit.clone().expect("checked")),
+                None => match super::read_exit(&self.dir, &id) {
+                    Some(exit) => Response::Exited(exit),
+                    None => Response::Error { message: format!("container {id} is not known to this pod's monitor") },
+                },
+            },
+            Request::ReopenLog { id } => match self.containers.get_mut(&id).and_then(|c| c.log.as_mut()) {
+                Some(log) => match log.reopen() {
+                    Ok(()) => Response::Ok,
+                    Err(e) => Response::Error { message: format!("reopening log: {e}") },
+                },
+                None => Response::Error { message: format!("container {id} has no open log") },
+            },
+            Request::Forget { id } => {
+                self.containers.remove(&id);
+                let _ = std::fs::remove_file(exit_path(&self.dir, &id));
+                Response::Ok
+            }
+            Request::Shutdown => {
+                self.shutting_down = true;
+                Response::Ok
+            }
+        };
+        respond(conn, &reply);
+    }
+
+    fn create(&mut self, id: &str, bundle: &Path, log_path: Option<&Path>, stdin: bool, tty: bool) -> Response {
+        if self.containers.contains_key(id) {
+            return Response::Error { message: format!("container {id} already exists in this pod") };
+        }
+        if tty {
+            return Response::Error { message: "tty containers are not supported yet by berth-monitor".into() };
+        }
+        match self.spawn_create(id, bundle, stdin) {
+            Ok((pid, pipes, stdin_w)) => {
+                let log = log_path.and_then(|p| match LogFile::open(p) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(path = %p.display(), error = %e, "opening container log");
+                        None
+                    }
+                });
+                let mut c = Container { pid, pipes, log, _stdin: stdin_w, exit: None, waiters: Vec::new() };
+                if let Some(status) = self.early_exits.remove(&pid) {
+                    self.record_exit(id, &mut c, status);
+                }
+                self.containers.insert(id.to_string(), c);
+                Response::Created { pid }
+            }
+            Err(message) => Response::Error { message },
+        }
+    }
+
+    /// Forks a child that runs the runtime's create with the container's stdio, and waits for it.
+    fn spawn_create(&mut self, id: &str, bundle: &Path, stdin: bool) -> Result<(i32, Vec<Pipe>, Option<OwnedFd>), String> {
+        let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (in_r, in_w) = if stdin {
+            let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+            (r, Some(w))
+        } else {
+            (OwnedFd::from(std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?), None)
+        };
+        let (res_r, res_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+        // SAFETY: the monitor is single-threaded; the child only calls into the runtime
+        // library (itself written for a single-threaded caller) and exits.
+        let child = unsafe { libc::fork() };
+        if child < 0 {
+            return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        if child == 0 {
+            child_stdio(&in_r, &out_w, &err_w);
+            let opts = CreateOptions { root: &self.root, id, bundle, pid_file: None, console_socket: None, wait_for_start: true };
+            let (code, msg) = match container::create(&opts) {
+                Ok(created) => (0, created.pid.to_string()),
+                Err(e) => (1, berth_runtime::spec::error_chain(&e)),
+            };
+            let mut f = std::fs::File::from(res_w);
+            let _ = f.write_all(msg.as_bytes());
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        drop((out_w, err_w, in_r, res_w));
+        let mut msg = String::new();
+        let _ = std::fs::File::from(res_r).read_to_string(&mut msg);
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+            return Err(if msg.is_empty() { format!("create of {id} failed (status {status})") } else { msg });
+        }
+        let pid: i32 = msg.trim().parse().map_err(|_| format!("create of {id}: bad pid {msg:?}"))?;
+        set_nonblocking(&out_r);
+        set_nonblocking(&err_r);
+        let pipes = vec![
+            Pipe { fd: out_r, stream: Stream::Stdout, splitter: LineSplitter::default() },
+            Pipe { fd: err_r, stream: Stream::Stderr, splitter: LineSplitter::default() },
+        ];
+        Ok((pid, pipes, in_w))
+    }
+
+    fn exec_sync(&mut self, id: &str, process: oci_spec::runtime::Process, timeout_ms: u64, conn: UnixStream) {
+        let fail = |conn, message: String| respond(conn, &Response::Error { message });
+        if !self.containers.get(id).is_some_and(|c| c.exit.is_none()) {
+            return fail(conn, format!("container {id} is not running"));
+        }
+        let pipes = (|| -> std::io::Result<_> { Ok((pipe()?, pipe()?, pipe()?)) })();
+        let ((out_r, out_w), (err_r, err_w), (e_r, e_w)) = match pipes {
+            Ok(p) => p,
+            Err(e) => return fail(conn, format!("pipe: {e}")),
+        };
+        let null = match std::fs::File::open("/dev/null") {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) => return fail(conn, format!("/dev/null: {e}")),
+        };
+        // SAFETY: single-threaded monitor; the child calls the runtime library and exits.
+        let child = unsafe { libc::fork() };
+        if child < 0 {
+            return fail(conn, format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        if child == 0 {
+            // SAFETY: own process group, so a timeout can kill the whole exec.
+            unsafe { libc::setpgid(0, 0) };
+            child_stdio(&null, &out_w, &err_w);
+            let opts = ExecOptions { root: &self.root, id, process, console_socket: None, pid_file: None, detach: false };
+            let code = match container::exec(opts) {
+                Ok(code) => code,
+                Err(e) => {
+                    let _ = std::fs::File::from(e_w).write_all(berth_runtime::spec::error_chain(&e).as_bytes());
+                    255
+                }
+            };
+            // SAFETY: leaving the forked child.
+            unsafe { libc::_exit(code) };
+        }
+        drop((out_w, err_w, e_w, null));
+        set_nonblocking(&out_r);
+        set_nonblocking(&err_r);
+        let deadline = (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms));
+        self.execs.insert(child, ExecJob { conn, error: e_r, out: [(Some(out_r), Vec::new()), (Some(err_r), Vec::new())], deadline });
+    }
+
+    fn expire_execs(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<i32> = self.execs.iter().filter(|(_, j)| j.deadline.is_some_and(|d| d <= now)).map(|(p, _)| *p).collect();
+        for pid in expired {
+            // SAFETY: killing the exec's own process group (our child and what it started).
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+            }
+            if let Some(mut job) = self.execs.remove(&pid) {
+                job.out.iter_mut().for_each(read_exec_output);
+                let [(_, stdout), (_, stderr)] = job.out;
+                respond(job.conn, &Response::ExecResult { exit_code: -1, stdout, stderr, timed_out: true });
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: reaping any child; status is a valid out-pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            if let Some(mut job) = self.execs.remove(&pid) {
+                job.out.iter_mut().for_each(read_exec_output);
+                let mut err = String::new();
+                let _ = std::fs::File::from(job.error).read_to_string(&mut err);
+                let [(_, stdout), (_, stderr)] = job.out;
+                let reply = if err.is_empty() {
+                    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+                    Response::ExecResult { exit_code: code, stdout, stderr, timed_out: false }
+                } else {
+                    Response::Error { message: err }
+                };
+                respond(job.conn, &reply);
+                continue;
+            }
+            let id = self.containers.iter().find(|(_, c)| c.pid == pid && c.exit.is_none()).map(|(id, _)| id.clone());
+            match id {
+                Some(id) => {
+                    let mut c = self.containers.remove(&id).expect("found above");
+                    self.record_exit(&id, &mut c, status);
+                    self.containers.insert(id, c);
+                }
+                None => {
+                    self.early_exits.insert(pid, status);
+                }
+            }
+        }
+    }
+
+    /// Drains the output, writes `exit.json`, then tells the waiters.
+    fn record_exit(&mut self, id: &str, c: &mut Container, status: i32) {
+        for p in &mut c.pipes {
+            drain_pipe(p, c.log.as_mut(), false);
+        }
+        let oom_killed = libc::WIFSIGNALED(status)
+            && libc::WTERMSIG(status) == libc::SIGKILL
+            && Loaded::load(&self.root, id).and_then(|l| l.cgroup()).map(|cg| cg.stats().memory.oom_kills > 0).unwrap_or(false);
+        let exit = Exit::from_wait_status(c.pid, status, now_nanos(), oom_killed);
+        let bytes = serde_json::to_vec(&exit).unwrap_or_default();
+        if let Err(e) = write_atomic(&exit_path(&self.dir, id), &bytes) {
+            tracing::error!(id, error = %e, "writing the exit record");
+        }
+        tracing::info!(id, exit_code = exit.exit_code, oom_killed, "container exited");
+        for w in c.waiters.drain(..) {
+            respond(w, &Response::Exited(exit.clone()));
+        }
+        c.exit = Some(exit);
+    }
+
+    fn read_pipe(&mut self, id: &str, i: usize) {
+        let Some(c) = self.containers.get_mut(id) else { return };
+        let eof = drain_pipe(&mut c.pipes[i], c.log.as_mut(), true);
+        if eof {
+            c.pipes.remove(i);
+        }
+    }
+}
+
+/// Reads what is available; returns true at end of file.
+fn drain_pipe(p: &mut Pipe, mut log: Option<&mut LogFile>, once: bool) -> bool {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        // SAFETY: reading into a local buffer of the given length.
+        let n = unsafe { libc::read(p.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 0 {
+            if let Some(log) = log.as_deref_mut() {
+                log.write_records(&mut p.splitter, p.stream, &[], true);
+            }
+            return true;
+        }
+        if n < 0 {
+            return false;
+        }
+        if let Some(log) = log.as_deref_mut() {
+            log.write_records(&mut p.splitter, p.stream, &buf[..n as usize], false);
+        }
+        if once {
+            return false;
+        }
+    }
+}
+
+fn read_exec_output(slot: &mut (Option<OwnedFd>, Vec<u8>)) {
+    let Some(fd) = &slot.0 else { return };
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        // SAFETY: reading into a local buffer of the given length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 0 {
+            slot.0 = None;
+            return;
+        }
+        if n < 0 {
+            return;
+        }
+        let room = EXEC_OUTPUT_CAP.saturating_sub(slot.1.len());
+        slot.1.extend_from_slice(&buf[..(n as usize).min(room)]);
+    }
+}
+
+fn respond(mut conn: UnixStream, reply: &Response) {
+    let mut line = serde_json::to_vec(reply).unwrap_or_default();
+    line.push(b'\n');
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+    if let Err(e) = conn.write_all(&line) {
+        tracing::warn!(error = %e, "answering the shim");
+    }
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+}
+
+fn drain_signalfd(fd: &OwnedFd) {
+    let mut buf = [0u8; 128 * 8];
+    // SAFETY: reading signalfd_siginfo records into a local buffer.
+    while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds that we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn set_nonblocking(fd: &OwnedFd) {
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+}
+
+/// In a forked child: stdio onto the given fds, signals back to defaults and unblocked.
+fn child_stdio(stdin: &OwnedFd, stdout: &OwnedFd, stderr: &OwnedFd) {
+    // SAFETY: dup2 onto the standard descriptors and resetting signal state in our own process.
+    unsafe {
+        libc::dup2(stdin.as_raw_fd(), 0);
+        libc::dup2(stdout.as_raw_fd(), 1);
+        libc::dup2(stderr.as_raw_fd(), 2);
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}

@@ -1,0 +1,304 @@
+//! Sandbox and container records: each written atomically to disk (temp + fsync + rename)
+//! BEFORE the in-memory copy changes, and reloaded at start-up. The CRI config of each object
+//! is kept beside its record as the protobuf bytes the kubelet sent.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use berth_proto::runtime::v1 as cri;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("writing {path}")]
+    Write { path: PathBuf, #[source] source: std::io::Error },
+    #[error("reading {path}: {message}")]
+    Read { path: PathBuf, message: String },
+}
+
+/// Writes JSON atomically (see [`crate::monitor::write_atomic`]).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    crate::monitor::write_atomic(path, &bytes)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxState {
+    Ready,
+    NotReady,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub name: String,
+    pub state: SandboxState,
+    pub created_at: i64,
+    /// The pinned network namespace (None with host networking).
+    pub netns: Option<PathBuf>,
+    pub ips: Vec<String>,
+    pub infra_pid: i32,
+    pub cgroup_parent: String,
+    pub runtime_handler: String,
+    /// CNI ADD succeeded and DEL has not yet.
+    pub network_attached: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub sandbox_id: String,
+    pub name: String,
+    pub state: ContainerState,
+    pub image_ref: String,
+    pub image_id: String,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub pid: i32,
+    pub log_path: Option<PathBuf>,
+    pub termination_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub record: SandboxRecord,
+    pub config: cri::PodSandboxConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub record: ContainerRecord,
+    pub config: cri::ContainerConfig,
+}
+
+/// Both stores; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    dir: PathBuf,
+    sandboxes: Arc<RwLock<HashMap<String, Sandbox>>>,
+    containers: Arc<RwLock<HashMap<String, Container>>>,
+}
+
+const RECORD: &str = "record.json";
+const CONFIG: &str = "config.pb";
+
+impl Store {
+    /// Opens the store under `dir`, loading every complete record (a half-written object —
+    /// config without record — is removed: its request never succeeded).
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let store = Store { dir: dir.to_path_buf(), sandboxes: Default::default(), containers: Default::default() };
+        for (id, record, config) in load_all::<SandboxRecord, cri::PodSandboxConfig>(&dir.join("sandboxes"))? {
+            store.sandboxes.write().expect("lock").insert(id, Sandbox { record, config });
+        }
+        for (id, record, config) in load_all::<ContainerRecord, cri::ContainerConfig>(&dir.join("containers"))? {
+            store.containers.write().expect("lock").insert(id, Container { record, config });
+        }
+        Ok(store)
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("sandboxes").join(id)
+    }
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("containers").join(id)
+    }
+
+    pub fn put_sandbox(&self, sb: Sandbox) -> Result<(), StoreError> {
+        let dir = self.sandbox_dir(&sb.record.id);
+        persist(&dir, &sb.record, Some(&sb.config.encode_to_vec()))?;
+        self.sandboxes.write().expect("lock").insert(sb.record.id.clone(), sb);
+        Ok(())
+    }
+
+    /// Changes a sandbox's record (disk first, then memory).
+    pub fn update_sandbox(&self, id: &str, f: impl FnOnce(&mut SandboxRecord)) -> Result<Option<Sandbox>, StoreError> {
+        let Some(mut sb) = self.sandbox(id) else { return Ok(None) };
+        f(&mut sb.record);
+        persist(&self.sandbox_dir(id), &sb.record, None)?;
+        self.sandboxes.write().expect("lock").insert(id.to_string(), sb.clone());
+        Ok(Some(sb))
+    }
+
+    pub fn remove_sandbox(&self, id: &str) -> Result<(), StoreError> {
+        remove_dir(&self.sandbox_dir(id))?;
+        self.sandboxes.write().expect("lock").remove(id);
+        Ok(())
+    }
+
+    pub fn sandbox(&self, id: &str) -> Option<Sandbox> {
+        self.sandboxes.read().expect("lock").get(id).cloned()
+    }
+
+    pub fn sandboxes(&self) -> Vec<Sandbox> {
+        self.sandboxes.read().expect("lock").values().cloned().collect()
+    }
+
+    pub fn put_container(&self, c: Container) -> Result<(), StoreError> {
+        persist(&self.container_dir(&c.record.id), &c.record, Some(&c.config.encode_to_vec()))?;
+        self.containers.write().expect("lock").insert(c.record.id.clone(), c);
+        Ok(())
+    }
+
+    pub fn update_container(&self, id: &str, f: impl FnOnce(&mut ContainerRecord)) -> Result<Option<Container>, StoreError> {
+        let Some(mut c) = self.container(id) else { return Ok(None) };
+        f(&mut c.record);
+        persist(&self.container_dir(id), &c.record, None)?;
+        self.containers.write().expect("lock").insert(id.to_string(), c.clone());
+        Ok(Some(c))
+    }
+
+    pub fn remove_container(&self, id: &str) -> Result<(), StoreError> {
+        remove_dir(&self.container_dir(id))?;
+        self.containers.write().expect("lock").remove(id);
+        Ok(())
+    }
+
+    pub fn container(&self, id: &str) -> Option<Container> {
+        self.containers.read().expect("lock").get(id).cloned()
+    }
+
+    pub fn containers(&self) -> Vec<Container> {
+        self.containers.read().expect("lock").values().cloned().collect()
+    }
+
+    /// Resolves a full id or a unique prefix (as crictl users type them).
+    pub fn resolve_sandbox(&self, id: &str) -> Option<String> {
+        unique_prefix(self.sandboxes.read().expect("lock").keys(), id)
+    }
+
+    pub fn resolve_container(&self, id: &str) -> Option<String> {
+        unique_prefix(self.containers.read().expect("lock").keys(), id)
+    }
+}
+
+fn unique_prefix<'a>(keys: impl Iterator<Item = &'a String>, id: &str) -> Option<String> {
+    if id.is_empty() {
+        return None;
+    }
+    let mut found = None;
+    for k in keys {
+        if k == id {
+            return Some(k.clone());
+        }
+        if k.starts_with(id) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(k.clone());
+        }
+    }
+    found
+}
+
+fn persist<T: Serialize>(dir: &Path, record: &T, config: Option<&[u8]>) -> Result<(), StoreError> {
+    let w = |path: PathBuf| move |source| StoreError::Write { path, source };
+    if let Some(bytes) = config {
+        crate::monitor::write_atomic(&dir.join(CONFIG), bytes).map_err(w(dir.join(CONFIG)))?;
+    }
+    write_json(&dir.join(RECORD), record).map_err(w(dir.join(RECORD)))
+}
+
+fn remove_dir(dir: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Write { path: dir.to_path_buf(), source }),
+    }
+}
+
+fn load_all<R: for<'de> Deserialize<'de>, C: Message + Default>(dir: &Path) -> Result<Vec<(String, R, C)>, StoreError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let record = std::fs::read(path.join(RECORD));
+        let config = std::fs::read(path.join(CONFIG));
+        match (record, config) {
+            (Ok(r), Ok(c)) => {
+                let record = serde_json::from_slice(&r).map_err(|e| StoreError::Read { path: path.join(RECORD), message: e.to_string() })?;
+                let config = C::decode(c.as_slice()).map_err(|e| StoreError::Read { path: path.join(CONFIG), message: e.to_string() })?;
+                out.push((id, record, config));
+            }
+            _ => {
+                tracing::warn!(path = %path.display(), "removing an incomplete record");
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(id: &str) -> Sandbox {
+        Sandbox {
+            record: SandboxRecord {
+                id: id.into(),
+                name: format!("{id}-name"),
+                state: SandboxState::Ready,
+                created_at: 1,
+                netns: None,
+                ips: vec![],
+                infra_pid: 0,
+                cgroup_parent: "/berth".into(),
+                runtime_handler: String::new(),
+                network_attached: false,
+            },
+            config: cri::PodSandboxConfig { hostname: "h".into(), ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn records_survive_a_reopen_and_updates_hit_disk_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.put_sandbox(sandbox("aaa1")).unwrap();
+        s.update_sandbox("aaa1", |r| r.state = SandboxState::NotReady).unwrap();
+        let s2 = Store::open(dir.path()).unwrap();
+        let sb = s2.sandbox("aaa1").unwrap();
+        assert_eq!(sb.record.state, SandboxState::NotReady);
+        assert_eq!(sb.config.hostname, "h");
+        s2.remove_sandbox("aaa1").unwrap();
+        s2.remove_sandbox("aaa1").unwrap();
+        assert!(Store::open(dir.path()).unwrap().sandboxes().is_empty());
+    }
+
+    #[test]
+    fn an_incomplete_object_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sandboxes/half")).unwrap();
+        std::fs::write(dir.path().join("sandboxes/half/config.pb"), b"").unwrap();
+        assert!(Store::open(dir.path()).unwrap().sandboxes().is_empty());
+        assert!(!dir.path().join("sandboxes/half").exists());
+    }
+
+    #[test]
+    fn prefixes_resolve_only_when_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.put_sandbox(sandbox("abc1")).unwrap();
+        s.put_sandbox(sandbox("abd2")).unwrap();
+        assert_eq!(s.resolve_sandbox("abc"), Some("abc1".into()));
+        assert_eq!(s.resolve_sandbox("ab"), None);
+        assert_eq!(s.resolve_sandbox("abd2"), Some("abd2".into()));
+        assert_eq!(s.resolve_sandbox(""), None);
+    }
+}
