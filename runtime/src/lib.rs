@@ -12,6 +12,7 @@ pub mod devices;
 pub mod features;
 pub mod hooks;
 pub mod init;
+pub mod monitor;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;

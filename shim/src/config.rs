@@ -9,6 +9,7 @@
 //! cgroup_parent = "/berth"                # for pods whose config names no cgroup parent
 //! streaming_address = "127.0.0.1:0"       # exec/attach/port-forward server
 //! monitor = ""                            # berth-monitor binary; empty = next to berth-shim
+//! pause = ""                              # berth-pause (static) binary; empty = next to berth-shim
 //! [cni]
 //! conf_dir = "/etc/cni/net.d"             # first *.conflist/*.conf/*.json, in name order
 //! bin_dirs = ["/opt/cni/bin"]
@@ -39,6 +40,7 @@ pub struct Config {
     pub cgroup_parent: String,
     pub streaming_address: SocketAddr,
     pub monitor: PathBuf,
+    pub pause: PathBuf,
     pub cni: CniConfig,
 }
 
@@ -61,6 +63,7 @@ impl Default for Config {
             cgroup_parent: "/berth".into(),
             streaming_address: SocketAddr::from(([127, 0, 0, 1], 0)),
             monitor: PathBuf::new(),
+            pause: PathBuf::new(),
             cni: CniConfig::default(),
         }
     }

@@ -17,3 +17,5 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+pub mod netns;
+pub mod podfiles;

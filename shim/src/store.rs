@@ -71,7 +71,8 @@ pub struct ContainerRecord {
     pub message: String,
     pub pid: i32,
     pub log_path: Option<PathBuf>,
-    pub termination_log: Option<PathBuf>,
+    /// The image's StopSignal ("" = SIGTERM).
+    pub stop_signal: String,
 }
 
 #[derive(Debug, Clone)]

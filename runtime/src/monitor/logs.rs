@@ -110,7 +110,7 @@ impl LogFile {
     /// Writes `data` as records of `stream`; write errors are logged and the data dropped
     /// (a full disk must not block the container on its pipe).
     pub fn write_records(&mut self, splitter: &mut LineSplitter, stream: Stream, data: &[u8], at_eof: bool) {
-        let timestamp = berth_runtime::state::now_rfc3339();
+        let timestamp = crate::state::now_rfc3339();
         let mut out = Vec::with_capacity(data.len() + 64);
         splitter.feed(data, |rec| format_record(&mut out, &timestamp, stream, &rec));
         if at_eof {

@@ -1,4 +1,5 @@
-//! The shim's side of the monitor protocol: spawn a pod's monitor, send it requests.
+//! The shim's side of the pod monitor (`berth_runtime::monitor`, binary `berth-monitor`):
+//! spawn a pod's monitor, send it requests.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -6,8 +7,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::proto::{Request, Response};
-use super::SOCKET;
+pub use berth_runtime::monitor::{proto, read_exit, write_atomic, Exit, Request, Response, SOCKET};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use berth_shim::monitor::daemon;
+use berth_runtime::monitor::daemon;
 use clap::Parser;
 
 #[derive(Parser)]

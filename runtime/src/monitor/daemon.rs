@@ -10,8 +10,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_runtime::container::{self, CreateOptions, ExecOptions, Loaded};
-use berth_runtime::state::Root;
+use crate::container::{self, CreateOptions, ExecOptions, Loaded};
+use crate::state::Root;
 
 use super::logs::{LineSplitter, LogFile, Stream};
 use super::proto::{now_nanos, Exit, Request, Response};
@@ -210,7 +210,7 @@ impl Monitor {
             Request::Create { id, bundle, log_path, stdin, tty } => self.create(&id, &bundle, log_path.as_deref(), stdin, tty),
             Request::Start { id } => match container::start(&self.root, &id) {
                 Ok(()) => Response::Ok,
-                Err(e) => Response::Error { message: berth_runtime::spec::error_chain(&e) },
+                Err(e) => Response::Error { message: crate::spec::error_chain(&e) },
             },
             Request::ExecSync { id, process, timeout_ms } => return self.exec_sync(&id, *process, timeout_ms, conn),
             Request::Wait { id } => match self.containers.get_mut(&id) {
@@ -290,7 +290,7 @@ impl Monitor {
             let opts = CreateOptions { root: &self.root, id, bundle, pid_file: None, console_socket: None, wait_for_start: true };
             let (code, msg) = match container::create(&opts) {
                 Ok(created) => (0, created.pid.to_string()),
-                Err(e) => (1, berth_runtime::spec::error_chain(&e)),
+                Err(e) => (1, crate::spec::error_chain(&e)),
             };
             let mut f = std::fs::File::from(res_w);
             let _ = f.write_all(msg.as_bytes());
@@ -343,7 +343,7 @@ impl Monitor {
             let code = match container::exec(opts) {
                 Ok(code) => code,
                 Err(e) => {
-                    let _ = std::fs::File::from(e_w).write_all(berth_runtime::spec::error_chain(&e).as_bytes());
+                    let _ = std::fs::File::from(e_w).write_all(crate::spec::error_chain(&e).as_bytes());
                     255
                 }
             };

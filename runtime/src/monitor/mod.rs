@@ -1,9 +1,10 @@
 //! The per-pod monitor: a small synchronous process (binary `berth-monitor`) that creates a pod's
 //! containers through the runtime library, stays their parent and reaper (child subreaper), copies
 //! their output into CRI log files and records each exit in `exit.json` before anyone is told.
-//! The shim talks to it over `<pod dir>/monitor.sock`; containers outlive a restart of the shim.
+//! The shim talks to it over `<pod dir>/monitor.sock` (its client lives in berth-shim);
+//! containers outlive a restart of the shim. It lives in this crate because it is the one
+//! that forks containers, and so that it ships as a small static binary like berth-runtime.
 
-pub mod client;
 pub mod daemon;
 pub mod logs;
 pub mod proto;
@@ -13,7 +14,6 @@ use std::path::{Path, PathBuf};
 pub use proto::{Exit, Request, Response};
 
 pub const SOCKET: &str = "monitor.sock";
-pub const EXIT_FILE: &str = "exit.json";
 
 /// Where a container's exit record lives inside a pod directory.
 pub fn exit_path(pod_dir: &Path, container_id: &str) -> PathBuf {
