@@ -47,7 +47,10 @@ impl Auth {
             return Ok(RegistryAuth::Bearer(self.registry_token.clone()));
         }
         if !self.username.is_empty() || !self.password.is_empty() {
-            return Ok(RegistryAuth::Basic(self.username.clone(), self.password.clone()));
+            return Ok(RegistryAuth::Basic(
+                self.username.clone(),
+                self.password.clone(),
+            ));
         }
         if !self.auth.is_empty() {
             let raw = base64::engine::general_purpose::STANDARD
@@ -64,8 +67,15 @@ impl Auth {
             return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
         }
         if !self.identity_token.is_empty() {
-            let user = if self.username.is_empty() { "<token>" } else { &self.username };
-            return Ok(RegistryAuth::Basic(user.to_string(), self.identity_token.clone()));
+            let user = if self.username.is_empty() {
+                "<token>"
+            } else {
+                &self.username
+            };
+            return Ok(RegistryAuth::Basic(
+                user.to_string(),
+                self.identity_token.clone(),
+            ));
         }
         Ok(RegistryAuth::Anonymous)
     }
@@ -83,21 +93,42 @@ mod tests {
             registry_token: "t".into(),
             ..Default::default()
         };
-        assert_eq!(a.to_registry_auth().unwrap(), RegistryAuth::Bearer("t".into()));
-        let a = Auth { registry_token: String::new(), ..a };
-        assert_eq!(a.to_registry_auth().unwrap(), RegistryAuth::Basic("u".into(), "p".into()));
+        assert_eq!(
+            a.to_registry_auth().unwrap(),
+            RegistryAuth::Bearer("t".into())
+        );
+        let a = Auth {
+            registry_token: String::new(),
+            ..a
+        };
+        assert_eq!(
+            a.to_registry_auth().unwrap(),
+            RegistryAuth::Basic("u".into(), "p".into())
+        );
         let b = Auth {
             auth: base64::engine::general_purpose::STANDARD.encode("me:se:cret"),
             ..Default::default()
         };
-        assert_eq!(b.to_registry_auth().unwrap(), RegistryAuth::Basic("me".into(), "se:cret".into()));
+        assert_eq!(
+            b.to_registry_auth().unwrap(),
+            RegistryAuth::Basic("me".into(), "se:cret".into())
+        );
         let c = Auth {
             identity_token: "refresh".into(),
             ..Default::default()
         };
-        assert_eq!(c.to_registry_auth().unwrap(), RegistryAuth::Basic("<token>".into(), "refresh".into()));
-        assert_eq!(Auth::default().to_registry_auth().unwrap(), RegistryAuth::Anonymous);
-        let bad = Auth { auth: "!!!".into(), ..Default::default() };
+        assert_eq!(
+            c.to_registry_auth().unwrap(),
+            RegistryAuth::Basic("<token>".into(), "refresh".into())
+        );
+        assert_eq!(
+            Auth::default().to_registry_auth().unwrap(),
+            RegistryAuth::Anonymous
+        );
+        let bad = Auth {
+            auth: "!!!".into(),
+            ..Default::default()
+        };
         assert!(bad.to_registry_auth().is_err());
         let nocolon = Auth {
             auth: base64::engine::general_purpose::STANDARD.encode("nocolon"),

@@ -10,7 +10,10 @@ pub enum ImageError {
     InvalidReference { reference: String, reason: String },
 
     #[error("registries config {path}: cannot parse")]
-    ConfigParse { path: PathBuf, source: toml::de::Error },
+    ConfigParse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
 
     #[error("registries config: {reason}")]
     ConfigInvalid { reason: String },
@@ -49,7 +52,10 @@ pub enum ImageError {
     },
 
     #[error("layer {layer}: cannot read archive")]
-    Archive { layer: String, source: std::io::Error },
+    Archive {
+        layer: String,
+        source: std::io::Error,
+    },
 
     #[error("image {name:?} not found")]
     NotFound { name: String },
@@ -58,7 +64,10 @@ pub enum ImageError {
     Snapshot { key: String, reason: String },
 
     #[error("mount overlay at {target}")]
-    Mount { target: PathBuf, source: std::io::Error },
+    Mount {
+        target: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("import {path}: {reason}")]
     Import { path: PathBuf, reason: String },

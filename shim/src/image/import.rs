@@ -64,18 +64,25 @@ impl ImageStore {
         let path = tarball.to_path_buf();
         let scan = tokio::task::spawn_blocking(move || this.scan(&path))
             .await
-            .map_err(|e| ImageError::Task { reason: e.to_string() })??;
+            .map_err(|e| ImageError::Task {
+                reason: e.to_string(),
+            })??;
         let found = if scan.lookup("index.json").is_some() {
             self.oci_layout(&scan, tarball)?
         } else if scan.lookup("manifest.json").is_some() {
             self.docker_archive(&scan, tarball)?
         } else {
-            return Err(import_err(tarball, "neither an OCI layout (index.json) nor a docker-archive (manifest.json)"));
+            return Err(import_err(
+                tarball,
+                "neither an OCI layout (index.json) nor a docker-archive (manifest.json)",
+            ));
         };
         let mut out = Vec::new();
         for f in found {
             let name = tarball.display().to_string();
-            let mut image = self.build_image(&f.config, &f.layers, f.manifests, &name).await?;
+            let mut image = self
+                .build_image(&f.config, &f.layers, f.manifests, &name)
+                .await?;
             if f.names.is_empty() {
                 image = self.register(image, None, None)?;
             }
@@ -103,7 +110,9 @@ impl ImageStore {
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
             let raw = entry.path_bytes().into_owned();
-            let Ok(EntryKind::Normal(rel)) = classify(&raw) else { continue };
+            let Ok(EntryKind::Normal(rel)) = classify(&raw) else {
+                continue;
+            };
             match entry.header().entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let tmp = layout.temp("import");
@@ -113,15 +122,14 @@ impl ImageStore {
                     })?;
                     scan.lease.add(&digest);
                     let dst = layout.blob(&digest)?;
-                    std::fs::rename(&tmp, &dst).map_err(|e| ImageError::io("rename into place", &dst, e))?;
+                    std::fs::rename(&tmp, &dst)
+                        .map_err(|e| ImageError::io("rename into place", &dst, e))?;
                     scan.files.insert(rel, (digest, size));
                 }
                 tar::EntryType::Symlink => {
                     if let Ok(Some(target)) = entry.link_name() {
                         let joined = rel.parent().unwrap_or(Path::new("")).join(&target);
-                        if let Ok(EntryKind::Normal(t)) = classify(joined.to_string_lossy().as_bytes()) {
-                            scan.links.insert(rel, t);
-                        } else if let Some(t) = normalize(&joined) {
+                        if let Some(t) = normalize(&joined) {
                             scan.links.insert(rel, t);
                         }
                     }
@@ -139,17 +147,28 @@ impl ImageStore {
 
     fn oci_layout(&self, scan: &Scan, tarball: &Path) -> Result<Vec<Found>, ImageError> {
         let (index_digest, _) = scan.lookup("index.json").cloned().unwrap_or_default();
-        let index = ManifestDoc::parse(&self.read_blob(&index_digest)?, "OCI index.json", &tarball.display().to_string())?;
+        let index = ManifestDoc::parse(
+            &self.read_blob(&index_digest)?,
+            "OCI index.json",
+            &tarball.display().to_string(),
+        )?;
         let mut out = Vec::new();
         for desc in index.manifests.unwrap_or_default() {
             let mut manifests = vec![desc.digest.clone()];
             let mut doc = self.oci_blob_doc(scan, tarball, &desc.digest)?;
             if doc.is_index() {
-                let d = doc.pick_linux_amd64().ok_or_else(|| import_err(tarball, "index without linux/amd64"))?.digest.clone();
+                let d = doc
+                    .pick_linux_amd64()
+                    .ok_or_else(|| import_err(tarball, "index without linux/amd64"))?
+                    .digest
+                    .clone();
                 doc = self.oci_blob_doc(scan, tarball, &d)?;
                 manifests.push(d);
             }
-            let config = doc.config.clone().ok_or_else(|| import_err(tarball, "manifest without config"))?;
+            let config = doc
+                .config
+                .clone()
+                .ok_or_else(|| import_err(tarball, "manifest without config"))?;
             for d in std::iter::once(&config).chain(doc.layers.iter()) {
                 self.oci_blob(scan, tarball, &d.digest)?;
             }
@@ -157,11 +176,20 @@ impl ImageStore {
                 .annotations
                 .get("io.containerd.image.name")
                 .or_else(|| desc.annotations.get("org.opencontainers.image.ref.name"))
-                .and_then(|n| ImageRef::parse_normalized(n).ok().filter(|_| n.contains('/') || n.contains(':')));
+                .and_then(|n| {
+                    ImageRef::parse_normalized(n)
+                        .ok()
+                        .filter(|_| n.contains('/') || n.contains(':'))
+                });
             let names = name
                 .map(|r| vec![(r.tagged(), Some(r.with_digest(&desc.digest)))])
                 .unwrap_or_default();
-            out.push(Found { config, layers: doc.layers, manifests, names });
+            out.push(Found {
+                config,
+                layers: doc.layers,
+                manifests,
+                names,
+            });
         }
         Ok(out)
     }
@@ -181,15 +209,25 @@ impl ImageStore {
         Ok(())
     }
 
-    fn oci_blob_doc(&self, scan: &Scan, tarball: &Path, digest: &str) -> Result<ManifestDoc, ImageError> {
+    fn oci_blob_doc(
+        &self,
+        scan: &Scan,
+        tarball: &Path,
+        digest: &str,
+    ) -> Result<ManifestDoc, ImageError> {
         self.oci_blob(scan, tarball, digest)?;
-        ManifestDoc::parse(&self.read_blob(digest)?, "manifest", &tarball.display().to_string())
+        ManifestDoc::parse(
+            &self.read_blob(digest)?,
+            "manifest",
+            &tarball.display().to_string(),
+        )
     }
 
     fn docker_archive(&self, scan: &Scan, tarball: &Path) -> Result<Vec<Found>, ImageError> {
         let (digest, _) = scan.lookup("manifest.json").cloned().unwrap_or_default();
-        let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&self.read_blob(&digest)?)
-            .map_err(|e| import_err(tarball, &format!("manifest.json: {e}")))?;
+        let entries: Vec<DockerManifestEntry> =
+            serde_json::from_slice(&self.read_blob(&digest)?)
+                .map_err(|e| import_err(tarball, &format!("manifest.json: {e}")))?;
         let desc = |path: &str| {
             scan.lookup(path)
                 .map(|(digest, size)| Descriptor {
@@ -199,18 +237,32 @@ impl ImageStore {
                     platform: None,
                     annotations: Default::default(),
                 })
-                .ok_or_else(|| import_err(tarball, &format!("{path} listed in manifest.json is missing")))
+                .ok_or_else(|| {
+                    import_err(
+                        tarball,
+                        &format!("{path} listed in manifest.json is missing"),
+                    )
+                })
         };
         let mut out = Vec::new();
         for e in entries {
             let config = desc(&e.config)?;
-            let layers = e.layers.iter().map(|l| desc(l)).collect::<Result<Vec<_>, _>>()?;
+            let layers = e
+                .layers
+                .iter()
+                .map(|l| desc(l))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut names = Vec::new();
             for t in e.repo_tags.unwrap_or_default() {
                 let r = ImageRef::parse_normalized(&t)?;
                 names.push((r.tagged(), None));
             }
-            out.push(Found { config, layers, manifests: Vec::new(), names });
+            out.push(Found {
+                config,
+                layers,
+                manifests: Vec::new(),
+                names,
+            });
         }
         Ok(out)
     }
@@ -229,11 +281,7 @@ fn normalize(p: &Path) -> Option<PathBuf> {
     for c in p.components() {
         match c {
             std::path::Component::Normal(s) => out.push(s),
-            std::path::Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
+            std::path::Component::ParentDir if !out.pop() => return None,
             _ => {}
         }
     }

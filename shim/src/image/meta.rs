@@ -17,7 +17,12 @@ pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const MANIFEST_TYPES: [&str; 4] = [MT_OCI_INDEX, MT_DOCKER_LIST, MT_OCI_MANIFEST, MT_DOCKER_MANIFEST];
+pub const MANIFEST_TYPES: [&str; 4] = [
+    MT_OCI_INDEX,
+    MT_DOCKER_LIST,
+    MT_OCI_MANIFEST,
+    MT_DOCKER_MANIFEST,
+];
 
 /// One image as the store knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,7 +113,10 @@ impl ManifestDoc {
 
     pub fn is_index(&self) -> bool {
         self.manifests.is_some()
-            || matches!(self.media_type.as_deref(), Some(MT_OCI_INDEX | MT_DOCKER_LIST))
+            || matches!(
+                self.media_type.as_deref(),
+                Some(MT_OCI_INDEX | MT_DOCKER_LIST)
+            )
     }
 
     /// The linux/amd64 entry of an index.
@@ -153,14 +161,19 @@ struct RunConfig {
 }
 
 /// Decodes an image config blob into the runtime config and the layers' diff IDs.
-pub fn parse_config(bytes: &[u8], reference: &str) -> Result<(ImageConfig, Vec<String>), ImageError> {
+pub fn parse_config(
+    bytes: &[u8],
+    reference: &str,
+) -> Result<(ImageConfig, Vec<String>), ImageError> {
     let f: ConfigFile = serde_json::from_slice(bytes).map_err(|e| ImageError::Manifest {
         what: "image config",
         reference: reference.to_string(),
         reason: format!("cannot decode: {e}"),
     })?;
     let c = f.config.unwrap_or_default();
-    let keys = |m: Option<BTreeMap<String, serde_json::Value>>| m.unwrap_or_default().into_keys().collect();
+    let keys = |m: Option<BTreeMap<String, serde_json::Value>>| {
+        m.unwrap_or_default().into_keys().collect()
+    };
     let config = ImageConfig {
         user: c.user.unwrap_or_default(),
         env: c.env.unwrap_or_default(),
@@ -198,7 +211,10 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Layout {
     pub fn blob(&self, digest: &str) -> Result<PathBuf, ImageError> {
-        Ok(self.root.join("blobs/sha256").join(validate_digest(digest)?))
+        Ok(self
+            .root
+            .join("blobs/sha256")
+            .join(validate_digest(digest)?))
     }
     pub fn layer(&self, digest: &str) -> Result<PathBuf, ImageError> {
         Ok(self.root.join("layers").join(validate_digest(digest)?))
@@ -215,7 +231,8 @@ impl Layout {
     /// A fresh path in `tmp/` (same filesystem as everything else, so renames are atomic).
     pub fn temp(&self, what: &str) -> PathBuf {
         let n = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        self.tmp().join(format!("{what}-{}-{n}", std::process::id()))
+        self.tmp()
+            .join(format!("{what}-{}-{n}", std::process::id()))
     }
 
     pub fn create_dirs(&self) -> Result<(), ImageError> {
@@ -274,21 +291,23 @@ pub fn load_images(path: &Path) -> Result<Vec<Image>, ImageError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(ImageError::io("read", path, e)),
     };
-    let f: MetadataFile = serde_json::from_slice(&bytes).map_err(|source| ImageError::Metadata {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let f: MetadataFile =
+        serde_json::from_slice(&bytes).map_err(|source| ImageError::Metadata {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(f.images)
 }
 
 /// Persists the images atomically.
 pub fn save_images(layout: &Layout, images: Vec<Image>) -> Result<(), ImageError> {
     let path = layout.metadata();
-    let bytes = serde_json::to_vec_pretty(&MetadataFile { version: 1, images }).map_err(|source| {
-        ImageError::Metadata {
-            path: path.clone(),
-            source,
-        }
-    })?;
+    let bytes =
+        serde_json::to_vec_pretty(&MetadataFile { version: 1, images }).map_err(|source| {
+            ImageError::Metadata {
+                path: path.clone(),
+                source,
+            }
+        })?;
     write_atomic(&layout.temp("images.json"), &path, &bytes)
 }

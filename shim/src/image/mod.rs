@@ -10,6 +10,7 @@
 mod auth;
 mod error;
 mod import;
+mod layer_path;
 mod meta;
 mod pull;
 pub mod reference;

@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::meta::{
-    is_layer_type, parse_config, sha256_digest, Descriptor, Image, Layer, ManifestDoc, MANIFEST_TYPES,
+    is_layer_type, parse_config, sha256_digest, Descriptor, Image, Layer, ManifestDoc,
+    MANIFEST_TYPES,
 };
 use super::reference::{validate_digest, ImageRef};
 use super::registries::Endpoint;
@@ -50,7 +51,9 @@ impl Source {
             ..Default::default()
         };
         let reference = match (&r.digest, &r.tag) {
-            (Some(d), _) => Reference::with_digest(r.registry.clone(), r.repository.clone(), d.clone()),
+            (Some(d), _) => {
+                Reference::with_digest(r.registry.clone(), r.repository.clone(), d.clone())
+            }
             (None, t) => Reference::with_tag(
                 r.registry.clone(),
                 r.repository.clone(),
@@ -74,7 +77,11 @@ impl Source {
     }
 
     /// Fetches a manifest (by the source's reference, or by `digest`) and checks its digest.
-    async fn manifest(&self, auth: &RegistryAuth, digest: Option<&str>) -> Result<(Vec<u8>, String), ImageError> {
+    async fn manifest(
+        &self,
+        auth: &RegistryAuth,
+        digest: Option<&str>,
+    ) -> Result<(Vec<u8>, String), ImageError> {
         let reference = match digest {
             Some(d) => self.reference.clone_with_digest(d.to_string()),
             None => self.reference.clone(),
@@ -124,13 +131,22 @@ impl ImageStore {
                 }
             }
         }
+        // drop what the failed attempts stored (manifests, verified blobs no image uses)
+        if let Err(e) = self.gc() {
+            tracing::warn!(reference, error = %e.chain(), "garbage collection after a failed pull");
+        }
         Err(ImageError::PullFailed {
             reference: reference.to_string(),
             attempts: attempts.join("; "),
         })
     }
 
-    async fn pull_from(&self, src: &Source, name: &ImageRef, auth: &RegistryAuth) -> Result<Image, ImageError> {
+    async fn pull_from(
+        &self,
+        src: &Source,
+        name: &ImageRef,
+        auth: &RegistryAuth,
+    ) -> Result<Image, ImageError> {
         let mut lease = self.lease();
         let (top, top_digest) = src.manifest(auth, None).await?;
         let mut doc = ManifestDoc::parse(&top, "manifest", &src.original)?;
@@ -161,7 +177,10 @@ impl ImageStore {
                 return Err(ImageError::Manifest {
                     what: "manifest",
                     reference: src.original.clone(),
-                    reason: format!("layer {} has media type {:?}, not a container layer", l.digest, l.media_type),
+                    reason: format!(
+                        "layer {} has media type {:?}, not a container layer",
+                        l.digest, l.media_type
+                    ),
                 });
             }
         }
@@ -171,7 +190,9 @@ impl ImageStore {
         }
         let all: Vec<&Descriptor> = std::iter::once(&config).chain(doc.layers.iter()).collect();
         futures_util::future::try_join_all(all.iter().map(|d| self.fetch_blob(src, d))).await?;
-        let image = self.build_image(&config, &doc.layers, manifests, &src.original).await?;
+        let image = self
+            .build_image(&config, &doc.layers, manifests, &src.original)
+            .await?;
         let image = self.register(image, name.tagged(), Some(name.with_digest(&top_digest)))?;
         drop(lease);
         Ok(image)
@@ -226,7 +247,11 @@ impl ImageStore {
         if dst.exists() {
             return Ok(());
         }
-        let (blob, tmp, opts) = (layout.blob(digest)?, layout.temp("layer"), self.inner.unpack);
+        let (blob, tmp, opts) = (
+            layout.blob(digest)?,
+            layout.temp("layer"),
+            self.inner.unpack,
+        );
         let (digest, diff_id) = (digest.to_string(), diff_id.to_string());
         tokio::task::spawn_blocking(move || {
             let actual = unpack_layer(&blob, &tmp, &digest, opts)?;
@@ -243,7 +268,9 @@ impl ImageStore {
             })
         })
         .await
-        .map_err(|e| ImageError::Task { reason: e.to_string() })?
+        .map_err(|e| ImageError::Task {
+            reason: e.to_string(),
+        })?
     }
 
     /// Downloads one blob into the store (temp file, sha256 checked, rename), unless present.
@@ -266,7 +293,12 @@ impl ImageStore {
         }
     }
 
-    async fn download(&self, src: &Source, d: &Descriptor, tmp: &std::path::Path) -> Result<(), ImageError> {
+    async fn download(
+        &self,
+        src: &Source,
+        d: &Descriptor,
+        tmp: &std::path::Path,
+    ) -> Result<(), ImageError> {
         let desc = OciDescriptor {
             media_type: d.media_type.clone(),
             digest: d.digest.clone(),
@@ -291,7 +323,9 @@ impl ImageStore {
                 .await
                 .map_err(|e| ImageError::io("write", tmp, e))?;
         }
-        file.sync_all().await.map_err(|e| ImageError::io("sync", tmp, e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| ImageError::io("sync", tmp, e))?;
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != d.digest {
             return Err(ImageError::DigestMismatch {

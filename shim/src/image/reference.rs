@@ -62,7 +62,10 @@ impl ParsedRef {
             _ => (None, name),
         };
         if let Some(r) = &registry {
-            if !r.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)) {
+            if !r
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+            {
                 return Err(bad("registry host has invalid characters"));
             }
         }
@@ -178,8 +181,7 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b
-            .iter()
+        && b.iter()
             .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
 }
 
@@ -217,17 +219,20 @@ mod tests {
         assert_eq!(norm("busybox:1.36"), "docker.io/library/busybox:1.36");
         assert_eq!(norm("library/busybox"), "docker.io/library/busybox:latest");
         assert_eq!(norm("foo/bar"), "docker.io/foo/bar:latest");
-        assert_eq!(norm("docker.io/busybox"), "docker.io/library/busybox:latest");
-        assert_eq!(norm("index.docker.io/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(
+            norm("docker.io/busybox"),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            norm("index.docker.io/busybox"),
+            "docker.io/library/busybox:latest"
+        );
     }
 
     #[test]
     fn registries_ports_and_digests() {
         assert_eq!(norm("localhost/foo"), "localhost/foo:latest");
-        assert_eq!(
-            norm("127.0.0.1:5000/a/b/c:v1"),
-            "127.0.0.1:5000/a/b/c:v1"
-        );
+        assert_eq!(norm("127.0.0.1:5000/a/b/c:v1"), "127.0.0.1:5000/a/b/c:v1");
         assert_eq!(
             norm("registry.k8s.io/pause:3.9"),
             "registry.k8s.io/pause:3.9"

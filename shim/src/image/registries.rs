@@ -112,7 +112,9 @@ impl RegistriesConfig {
             source,
         })?;
         if raw.registries.is_some() {
-            return Err(invalid("the v1 [registries.*] format is not supported; use version 2 ([[registry]])"));
+            return Err(invalid(
+                "the v1 [registries.*] format is not supported; use version 2 ([[registry]])",
+            ));
         }
         let registries = raw
             .registry
@@ -212,10 +214,14 @@ impl Registry {
         }
         let wildcard = prefix.starts_with("*.");
         if wildcard && (prefix[2..].contains('/') || prefix[2..].contains('*')) {
-            return Err(invalid(&format!("wildcard prefix {prefix:?} must be *.domain")));
+            return Err(invalid(&format!(
+                "wildcard prefix {prefix:?} must be *.domain"
+            )));
         }
         if wildcard && !location.is_empty() {
-            return Err(invalid(&format!("wildcard prefix {prefix:?} cannot have a location")));
+            return Err(invalid(&format!(
+                "wildcard prefix {prefix:?} cannot have a location"
+            )));
         }
         let mirrors = raw
             .mirror
@@ -226,7 +232,9 @@ impl Registry {
                     Some("digest-only") => PullFrom::DigestOnly,
                     Some("tag-only") => PullFrom::TagOnly,
                     Some(other) => {
-                        return Err(invalid(&format!("pull-from-mirror {other:?} is not all, digest-only or tag-only")))
+                        return Err(invalid(&format!(
+                            "pull-from-mirror {other:?} is not all, digest-only or tag-only"
+                        )))
                     }
                 };
                 let location = m.location.trim_end_matches('/').to_string();
@@ -242,7 +250,11 @@ impl Registry {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Registry {
             prefix: normalize_prefix(&prefix),
-            location: if wildcard { String::new() } else { location_or(&location, &prefix) },
+            location: if wildcard {
+                String::new()
+            } else {
+                location_or(&location, &prefix)
+            },
             insecure: raw.insecure,
             blocked: raw.blocked,
             mirror_by_digest_only: raw.mirror_by_digest_only,
@@ -269,9 +281,11 @@ impl Registry {
         let name = r.name();
         let rest = &name[self.prefix.len()..];
         let full = format!("{location}{rest}");
-        let (registry, repository) = full
-            .split_once('/')
-            .ok_or_else(|| invalid(&format!("location {location:?} leaves no repository for {r}")))?;
+        let (registry, repository) = full.split_once('/').ok_or_else(|| {
+            invalid(&format!(
+                "location {location:?} leaves no repository for {r}"
+            ))
+        })?;
         Ok(ImageRef {
             registry: registry.to_string(),
             repository: repository.to_string(),

@@ -82,7 +82,11 @@ fn mirrors_come_first_then_the_location() {
         eps(&c, &format!("busybox@{D}")),
         vec![
             (format!("127.0.0.1:5000/library/busybox@{D}"), true, true),
-            (format!("mirror.example.com/hub/library/busybox@{D}"), false, true),
+            (
+                format!("mirror.example.com/hub/library/busybox@{D}"),
+                false,
+                true
+            ),
             (format!("docker.io/library/busybox@{D}"), false, false),
         ]
     );

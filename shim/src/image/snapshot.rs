@@ -35,7 +35,9 @@ fn check_key(key: &str) -> Result<(), ImageError> {
         && key.len() <= 128
         && key != "."
         && key != ".."
-        && key.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+        && key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
     if ok {
         Ok(())
     } else {
@@ -73,7 +75,9 @@ fn our_overlay_mounted(target: &Path, upper: &Path) -> bool {
         let (pre, post) = (halves.next().unwrap_or(""), halves.next().unwrap_or(""));
         pre.split(' ').nth(4) == Some(target.as_ref())
             && post.starts_with("overlay ")
-            && post.split(',').any(|o| o == upper || o.ends_with(&format!(" {upper}")))
+            && post
+                .split(',')
+                .any(|o| o == upper || o.ends_with(&format!(" {upper}")))
     })
 }
 
@@ -87,14 +91,25 @@ impl ImageStore {
         let dir = layout.snapshots().join(key);
         let (layers, created) = {
             let st = self.inner.state();
-            let id = resolve(&self.inner.registries, &st.images, image).ok_or_else(|| ImageError::NotFound {
-                name: image.to_string(),
+            let id = resolve(&self.inner.registries, &st.images, image).ok_or_else(|| {
+                ImageError::NotFound {
+                    name: image.to_string(),
+                }
             })?;
-            let layers: Vec<String> = st.images[&id].layers.iter().rev().map(|l| l.digest.clone()).collect();
+            let layers: Vec<String> = st.images[&id]
+                .layers
+                .iter()
+                .rev()
+                .map(|l| l.digest.clone())
+                .collect();
             let record = dir.join("layers");
             let created = match fs::read(&record) {
                 Ok(existing) => {
-                    if serde_json::from_slice::<Vec<String>>(&existing).ok().as_ref() != Some(&layers) {
+                    if serde_json::from_slice::<Vec<String>>(&existing)
+                        .ok()
+                        .as_ref()
+                        != Some(&layers)
+                    {
                         return Err(ImageError::Snapshot {
                             key: key.to_string(),
                             reason: "exists for another image".into(),
@@ -124,7 +139,12 @@ impl ImageStore {
         })
     }
 
-    fn mount_overlay(&self, layers: &[String], dir: &Path, target: &Path) -> Result<(), ImageError> {
+    fn mount_overlay(
+        &self,
+        layers: &[String],
+        dir: &Path,
+        target: &Path,
+    ) -> Result<(), ImageError> {
         // Lower dirs are named through /proc/self/fd so the option string stays short.
         let mut fds: Vec<OwnedFd> = Vec::new();
         let mut paths = layers
@@ -135,11 +155,18 @@ impl ImageStore {
             paths.push(dir.join("empty"));
         }
         for p in &paths {
-            let fd = rustix::fs::open(p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| ImageError::io("open layer", p, e.into()))?;
+            let fd = rustix::fs::open(
+                p,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| ImageError::io("open layer", p, e.into()))?;
             fds.push(fd);
         }
-        let lower: Vec<String> = fds.iter().map(|f| format!("/proc/self/fd/{}", f.as_raw_fd())).collect();
+        let lower: Vec<String> = fds
+            .iter()
+            .map(|f| format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .collect();
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",
             lower.join(":"),
@@ -149,18 +176,27 @@ impl ImageStore {
         if data.len() > MAX_MOUNT_DATA {
             return Err(ImageError::Snapshot {
                 key: dir.display().to_string(),
-                reason: format!("{} layers make the overlay options longer than a page", layers.len()),
+                reason: format!(
+                    "{} layers make the overlay options longer than a page",
+                    layers.len()
+                ),
             });
         }
         let data = std::ffi::CString::new(data).map_err(|_| ImageError::Snapshot {
             key: dir.display().to_string(),
             reason: "NUL in a path".into(),
         })?;
-        rustix::mount::mount("overlay", target, "overlay", MountFlags::empty(), data.as_c_str())
-            .map_err(|e| ImageError::Mount {
-                target: target.to_path_buf(),
-                source: e.into(),
-            })?;
+        rustix::mount::mount(
+            "overlay",
+            target,
+            "overlay",
+            MountFlags::empty(),
+            data.as_c_str(),
+        )
+        .map_err(|e| ImageError::Mount {
+            target: target.to_path_buf(),
+            source: e.into(),
+        })?;
         tracing::debug!(target = %target.display(), layers = layers.len(), "overlay mounted");
         Ok(())
     }

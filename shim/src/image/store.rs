@@ -97,7 +97,11 @@ impl ImageStore {
         Self::open_with(root, registries, StoreOptions::default())
     }
 
-    pub fn open_with(root: &Path, registries: RegistriesConfig, opts: StoreOptions) -> Result<Self, ImageError> {
+    pub fn open_with(
+        root: &Path,
+        registries: RegistriesConfig,
+        opts: StoreOptions,
+    ) -> Result<Self, ImageError> {
         let layout = Layout {
             root: root.to_path_buf(),
         };
@@ -105,7 +109,11 @@ impl ImageStore {
         let tmp = layout.tmp();
         for e in std::fs::read_dir(&tmp).ctx("read", &tmp)? {
             let p = e.ctx("read", &tmp)?.path();
-            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
             r.ctx("remove stale temporary", &p)?;
         }
         let images = load_images(&layout.metadata())?
@@ -208,6 +216,12 @@ impl ImageStore {
         self.collect_garbage(&st)
     }
 
+    /// Deletes blobs and layers that no image, snapshot or pull in progress uses.
+    pub fn gc(&self) -> Result<(), ImageError> {
+        let st = self.inner.state();
+        self.collect_garbage(&st)
+    }
+
     /// Deletes unreferenced blobs and layer directories. Runs under the state lock so that no
     /// pull can lease a blob between the decision and the deletion.
     fn collect_garbage(&self, st: &State) -> Result<(), ImageError> {
@@ -219,7 +233,10 @@ impl ImageStore {
             keep.extend(img.layers.iter().map(|l| l.digest.clone()));
         }
         keep.extend(super::snapshot::layers_in_use(layout)?);
-        let keep_hex: HashSet<&str> = keep.iter().filter_map(|d| d.strip_prefix("sha256:")).collect();
+        let keep_hex: HashSet<&str> = keep
+            .iter()
+            .filter_map(|d| d.strip_prefix("sha256:"))
+            .collect();
         for dir in [layout.root.join("blobs/sha256"), layout.root.join("layers")] {
             for e in std::fs::read_dir(&dir).ctx("read", &dir)? {
                 let e = e.ctx("read", &dir)?;
@@ -245,7 +262,10 @@ impl ImageStore {
 
     /// The candidate full references of a (possibly short) name, for pulls.
     pub(super) fn candidates(&self, reference: &str) -> Result<Vec<ImageRef>, ImageError> {
-        Ok(self.inner.registries.candidates(&ParsedRef::parse(reference)?))
+        Ok(self
+            .inner
+            .registries
+            .candidates(&ParsedRef::parse(reference)?))
     }
 }
 
@@ -268,7 +288,9 @@ pub(super) fn resolve(
             let found = match &r.digest {
                 Some(d) => {
                     let want = r.with_digest(d);
-                    images.values().find(|i| i.repo_digests.contains(&want) || i.id == *d)
+                    images
+                        .values()
+                        .find(|i| i.repo_digests.contains(&want) || i.id == *d)
                 }
                 None => {
                     let want = r.tagged().unwrap_or_default();

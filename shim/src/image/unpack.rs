@@ -4,98 +4,24 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode, Timestamps, Uid, XattrFlags, CWD};
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::error::IoContext;
+pub use super::layer_path::{classify, symlink_escapes, EntryKind};
 use super::ImageError;
 
 /// The xattr that marks an overlayfs lower directory as opaque.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-const WHITEOUT_PREFIX: &str = ".wh.";
-const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 /// What a layer may contain beyond files, directories, links and fifos.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UnpackOptions {
     /// Create character and block device nodes (other than whiteouts). Off by default.
     pub allow_devices: bool,
-}
-
-/// What one tar entry means for the layer directory.
-#[derive(Debug, PartialEq, Eq)]
-pub enum EntryKind {
-    /// The layer root itself (`.` or `./`): only its metadata applies.
-    Root,
-    /// An ordinary entry at this relative path.
-    Normal(PathBuf),
-    /// `.wh.<name>`: hide `<name>` of the lower layers (becomes a 0/0 character device).
-    Whiteout(PathBuf),
-    /// `.wh..wh..opq`: hide the whole lower content of this directory (empty path = root).
-    Opaque(PathBuf),
-    /// Other `.wh..wh.*` AUFS bookkeeping entries, skipped.
-    Ignore,
-}
-
-/// Classifies a raw tar path, refusing absolute paths and `..` components.
-pub fn classify(raw: &[u8]) -> Result<EntryKind, String> {
-    let s = std::str::from_utf8(raw).map_err(|_| "path is not UTF-8".to_string())?;
-    if s.starts_with('/') {
-        return Err("absolute path".into());
-    }
-    if s.contains('\0') {
-        return Err("NUL in path".into());
-    }
-    let mut parts = Vec::new();
-    for c in s.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => return Err("'..' path component".into()),
-            c => parts.push(c),
-        }
-    }
-    let Some(last) = parts.pop() else {
-        return Ok(EntryKind::Root);
-    };
-    let parent: PathBuf = parts.iter().collect();
-    if last == OPAQUE_MARKER {
-        return Ok(EntryKind::Opaque(parent));
-    }
-    if last.starts_with(".wh..wh.") {
-        return Ok(EntryKind::Ignore);
-    }
-    if let Some(name) = last.strip_prefix(WHITEOUT_PREFIX) {
-        if name.is_empty() {
-            return Err("whiteout of nothing".into());
-        }
-        return Ok(EntryKind::Whiteout(parent.join(name)));
-    }
-    Ok(EntryKind::Normal(parent.join(last)))
-}
-
-/// True when a relative symlink target, read from a link at `link` (relative to the layer root),
-/// climbs above the root. Absolute targets are resolved inside the container root, never here.
-pub fn symlink_escapes(link: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut depth = link.parent().map_or(0, |p| p.components().count()) as i64;
-    for c in target.components() {
-        match c {
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return true;
-                }
-            }
-            Component::Normal(_) => depth += 1,
-            _ => {}
-        }
-    }
-    false
 }
 
 /// Unpacks the layer blob at `blob` into `dest` (which must not exist yet) and returns the layer's
@@ -294,13 +220,19 @@ impl<'a> Unpacker<'a> {
                         let parent = cur.strip_prefix(self.root).unwrap_or(&cur);
                         return Err(self.refuse(
                             raw,
-                            format!("parent {} is a symlink (write through it refused)", parent.display()),
+                            format!(
+                                "parent {} is a symlink (write through it refused)",
+                                parent.display()
+                            ),
                         ));
                     }
                     Ok(m) if m.is_dir() => {}
                     Ok(_) => {
                         let parent = cur.strip_prefix(self.root).unwrap_or(&cur);
-                        return Err(self.refuse(raw, format!("parent {} is not a directory", parent.display())));
+                        return Err(self.refuse(
+                            raw,
+                            format!("parent {} is not a directory", parent.display()),
+                        ));
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         fs::create_dir(&cur).ctx("create directory", &cur)?;
@@ -319,7 +251,11 @@ impl<'a> Unpacker<'a> {
             let full = self.prepare(raw, dir)?;
             match fs::symlink_metadata(&full) {
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(self.refuse(raw, "opaque marker in something that is not a directory")),
+                Ok(_) => {
+                    return Err(
+                        self.refuse(raw, "opaque marker in something that is not a directory")
+                    )
+                }
                 Err(_) => fs::create_dir(&full).ctx("create directory", &full)?,
             }
             full
@@ -382,10 +318,15 @@ impl<'a> Unpacker<'a> {
             .open(full)
             .ctx("create", full)?;
         io::copy(entry, &mut f).map_err(|e| self.archive_err(e))?;
-        rfs::fchown(&f, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
-            .map_err(|e| ImageError::io("chown", full, e.into()))?;
+        rfs::fchown(
+            &f,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| ImageError::io("chown", full, e.into()))?;
         // after chown, which clears set-id bits
-        f.set_permissions(fs::Permissions::from_mode(meta.mode)).ctx("chmod", full)?;
+        f.set_permissions(fs::Permissions::from_mode(meta.mode))
+            .ctx("chmod", full)?;
         for (name, value) in xattrs {
             rfs::fsetxattr(&f, name.as_str(), value, XattrFlags::empty())
                 .map_err(|e| ImageError::io("set xattr on", full, e.into()))?;
@@ -416,7 +357,12 @@ impl<'a> Unpacker<'a> {
         apply_path_meta(full, &meta, true)
     }
 
-    fn hardlink<R: Read>(&self, entry: &tar::Entry<'_, R>, raw: &[u8], full: &Path) -> Result<(), ImageError> {
+    fn hardlink<R: Read>(
+        &self,
+        entry: &tar::Entry<'_, R>,
+        raw: &[u8],
+        full: &Path,
+    ) -> Result<(), ImageError> {
         let name = entry
             .link_name_bytes()
             .ok_or_else(|| self.refuse(raw, "hardlink without a target"))?;
@@ -437,7 +383,10 @@ impl<'a> Unpacker<'a> {
             Err(_) => {
                 return Err(self.refuse(
                     raw,
-                    format!("hardlink target {} is not in this layer", target_rel.display()),
+                    format!(
+                        "hardlink target {} is not in this layer",
+                        target_rel.display()
+                    ),
                 ))
             }
         }
@@ -469,8 +418,14 @@ impl<'a> Unpacker<'a> {
             EntryType::Block => FileType::BlockDevice,
             _ => FileType::Fifo,
         };
-        rfs::mknodat(CWD, full, ftype, Mode::from_raw_mode(meta.mode), rfs::makedev(major, minor))
-            .map_err(|e| ImageError::io("mknod", full, e.into()))?;
+        rfs::mknodat(
+            CWD,
+            full,
+            ftype,
+            Mode::from_raw_mode(meta.mode),
+            rfs::makedev(major, minor),
+        )
+        .map_err(|e| ImageError::io("mknod", full, e.into()))?;
         apply_path_meta(full, &meta, false)
     }
 }
@@ -478,8 +433,14 @@ impl<'a> Unpacker<'a> {
 /// An overlayfs whiteout: a 0/0 character device.
 fn make_whiteout(full: &Path) -> Result<(), ImageError> {
     remove_existing(full)?;
-    rfs::mknodat(CWD, full, FileType::CharacterDevice, Mode::empty(), rfs::makedev(0, 0))
-        .map_err(|e| ImageError::io("create whiteout", full, e.into()))
+    rfs::mknodat(
+        CWD,
+        full,
+        FileType::CharacterDevice,
+        Mode::empty(),
+        rfs::makedev(0, 0),
+    )
+    .map_err(|e| ImageError::io("create whiteout", full, e.into()))
 }
 
 fn apply_path_meta(path: &Path, meta: &Meta, symlink: bool) -> Result<(), ImageError> {
