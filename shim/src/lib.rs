@@ -1,9 +1,14 @@
 //! `berth-shim`: the CRI runtime server (RuntimeService + ImageService on a unix socket), its
-//! sandbox/container stores, the per-pod monitor that parents containers, image store, CNI
-//! invocation and the streaming server for exec/attach/port-forward.
-pub mod monitor;
+//! sandbox/container stores, the client of the per-pod monitor that parents containers, the
+//! image store, CNI invocation and the streaming server for exec/attach/port-forward.
+
 pub mod cni;
 pub mod config;
+pub mod image;
+pub mod monitor;
+pub mod netns;
+pub mod podfiles;
+pub mod server;
 pub mod store;
 
 /// An error and its sources, joined with ": " (for logs and gRPC status messages).
@@ -17,5 +22,3 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
-pub mod netns;
-pub mod podfiles;
