@@ -169,3 +169,7 @@ fn container_annotations(input: &ContainerInput, name: &str) -> HashMap<String, 
 #[cfg(test)]
 #[path = "container_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "container_security_tests.rs"]
+mod security_tests;

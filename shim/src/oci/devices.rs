@@ -171,8 +171,10 @@ mod tests {
 
     #[test]
     fn privileged_gets_host_devices_and_allow_all() {
-        let mut lookup = FakeLookup::default();
-        lookup.host_devices = vec![dev("null", HostDeviceKind::Char, 1, 3), dev("fuse", HostDeviceKind::Char, 10, 229)];
+        let mut lookup = FakeLookup {
+            host_devices: vec![dev("null", HostDeviceKind::Char, 1, 3), dev("fuse", HostDeviceKind::Char, 10, 229)],
+            ..Default::default()
+        };
         lookup.devices.insert("/dev/fuse".into(), vec![dev("", HostDeviceKind::Char, 10, 229)]);
         let got = container_devices(&ctx(), &[cri("/dev/fuse", "/dev/fuse", "r")], true, &lookup).unwrap();
         let paths: Vec<_> = got.nodes.iter().map(|n| n.path().clone()).collect();

@@ -101,7 +101,8 @@ pub(crate) fn container_mounts(ctx: &Ctx, input: &MountInput, lookup: &dyn HostL
         .into_iter()
         .filter(|m| {
             let dst = clean(&m.destination().to_string_lossy());
-            !taken.contains(&dst) && !(dev_replaced && dst.starts_with("/dev/"))
+            let under_replaced_dev = dev_replaced && dst.starts_with("/dev/");
+            !taken.contains(&dst) && !under_replaced_dev
         })
         .collect();
     let mut rootfs_propagation: Option<String> = None;

@@ -104,12 +104,12 @@ mod tests {
     #[test]
     fn swap_equals_limit_by_default_when_the_controller_exists() {
         let req = LinuxContainerResources { memory_limit_in_bytes: 1 << 30, ..Default::default() };
-        let mem = linux_resources(F, &req, true).unwrap().memory().clone().unwrap();
+        let mem = linux_resources(F, &req, true).unwrap().memory().unwrap();
         assert_eq!((mem.limit(), mem.swap()), (Some(1 << 30), Some(1 << 30)));
-        let mem = linux_resources(F, &req, false).unwrap().memory().clone().unwrap();
+        let mem = linux_resources(F, &req, false).unwrap().memory().unwrap();
         assert_eq!((mem.limit(), mem.swap()), (Some(1 << 30), None));
         let req = LinuxContainerResources { memory_limit_in_bytes: 1 << 30, memory_swap_limit_in_bytes: 2 << 30, ..Default::default() };
-        let mem = linux_resources(F, &req, true).unwrap().memory().clone().unwrap();
+        let mem = linux_resources(F, &req, true).unwrap().memory().unwrap();
         assert_eq!(mem.swap(), Some(2 << 30));
     }
 
