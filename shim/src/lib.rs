@@ -6,6 +6,7 @@ pub mod cni;
 pub mod config;
 pub mod image;
 pub mod monitor;
+pub mod oci;
 pub mod netns;
 pub mod podfiles;
 pub mod server;

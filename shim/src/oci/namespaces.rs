@@ -1,0 +1,180 @@
+//! Which namespaces a container joins (the pod infra process's network/IPC/UTS/PID, a target
+//! container's PID) or creates, the infra process's own namespaces, and the pod's sysctls.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use berth_proto::runtime::v1::{NamespaceMode, NamespaceOption};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
+
+use super::{Ctx, SpecError};
+
+/// Namespace files of the pod's infra process, for containers to join.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodNamespaces {
+    pub network: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub pid: Option<PathBuf>,
+}
+
+impl PodNamespaces {
+    /// The namespaces of process `pid` (/proc/<pid>/ns/...).
+    pub fn of_pid(pid: u32) -> Self {
+        let p = |n: &str| Some(PathBuf::from(format!("/proc/{pid}/ns/{n}")));
+        PodNamespaces { network: p("net"), ipc: p("ipc"), uts: p("uts"), pid: p("pid") }
+    }
+}
+
+pub(crate) fn ns(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
+    let mut n = LinuxNamespace::default();
+    n.set_typ(typ);
+    n.set_path(path.map(Path::to_path_buf));
+    n
+}
+
+/// The modes in `opts`, checked: network and IPC are POD or NODE; user namespaces unsupported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Modes {
+    pub network: NamespaceMode,
+    pub ipc: NamespaceMode,
+    pub pid: NamespaceMode,
+}
+
+pub(crate) fn modes(ctx: &Ctx, opts: Option<&NamespaceOption>) -> Result<Modes, SpecError> {
+    let field = "linux.security_context.namespace_options";
+    let default = NamespaceOption::default();
+    let opts = opts.unwrap_or(&default);
+    let mode = |name: &str, v: i32| {
+        NamespaceMode::try_from(v).map_err(|_| ctx.invalid(&format!("{field}.{name}"), format!("unknown namespace mode {v}")))
+    };
+    let network = mode("network", opts.network)?;
+    let ipc = mode("ipc", opts.ipc)?;
+    let pid = mode("pid", opts.pid)?;
+    for (name, m) in [("network", network), ("ipc", ipc)] {
+        if !matches!(m, NamespaceMode::Pod | NamespaceMode::Node) {
+            return Err(ctx.invalid(&format!("{field}.{name}"), format!("{} is not supported (POD or NODE)", m.as_str_name())));
+        }
+    }
+    if let Some(u) = &opts.userns_options {
+        match NamespaceMode::try_from(u.mode) {
+            Ok(NamespaceMode::Node) => {}
+            Ok(NamespaceMode::Pod) => {
+                return Err(ctx.invalid(&format!("{field}.userns_options.mode"), "user namespaces are not supported by berth"))
+            }
+            _ => return Err(ctx.invalid(&format!("{field}.userns_options.mode"), format!("mode {} is not POD or NODE", u.mode))),
+        }
+    }
+    Ok(Modes { network, ipc, pid })
+}
+
+/// A container's namespaces. Network and IPC follow the sandbox's modes (what the infra process
+/// was created with), PID the container's own; UTS is the pod's unless the pod uses the host
+/// network. The cgroup namespace is new when `cgroup_ns` (cgroup v2 and not privileged).
+pub(crate) fn container_namespaces(
+    ctx: &Ctx,
+    pod: Modes,
+    pid_mode: NamespaceMode,
+    target_id: &str,
+    paths: &PodNamespaces,
+    target_pid_ns: Option<&Path>,
+    cgroup_ns: bool,
+) -> Result<Vec<LinuxNamespace>, SpecError> {
+    let field = "linux.security_context.namespace_options";
+    let need = |name: &str, p: &Option<PathBuf>| -> Result<PathBuf, SpecError> {
+        p.clone().ok_or_else(|| ctx.invalid(&format!("{field}.{name}"), "the pod has no such namespace to join"))
+    };
+    let mut out = vec![ns(LinuxNamespaceType::Mount, None)];
+    if pod.network == NamespaceMode::Pod {
+        out.push(ns(LinuxNamespaceType::Network, Some(&need("network", &paths.network)?)));
+        out.push(ns(LinuxNamespaceType::Uts, Some(&need("network", &paths.uts)?)));
+    }
+    if pod.ipc == NamespaceMode::Pod {
+        out.push(ns(LinuxNamespaceType::Ipc, Some(&need("ipc", &paths.ipc)?)));
+    }
+    match pid_mode {
+        NamespaceMode::Pod => out.push(ns(LinuxNamespaceType::Pid, Some(&need("pid", &paths.pid)?))),
+        NamespaceMode::Container => out.push(ns(LinuxNamespaceType::Pid, None)),
+        NamespaceMode::Node => {}
+        NamespaceMode::Target => {
+            if target_id.is_empty() {
+                return Err(ctx.invalid(&format!("{field}.target_id"), "is required with pid mode TARGET"));
+            }
+            let path = target_pid_ns
+                .ok_or_else(|| ctx.invalid(&format!("{field}.target_id"), format!("container {target_id:?} has no PID namespace to join")))?;
+            out.push(ns(LinuxNamespaceType::Pid, Some(path)));
+        }
+    }
+    if cgroup_ns {
+        out.push(ns(LinuxNamespaceType::Cgroup, None));
+    }
+    Ok(out)
+}
+
+/// The infra process's namespaces: new mount, network (or `netns` when given), UTS and IPC
+/// unless the pod uses the host's, and a new PID namespace unless the pod uses the host's.
+pub(crate) fn sandbox_namespaces(m: Modes, netns: Option<&Path>) -> Vec<LinuxNamespace> {
+    let mut out = vec![ns(LinuxNamespaceType::Mount, None)];
+    if m.network != NamespaceMode::Node {
+        out.push(ns(LinuxNamespaceType::Network, netns));
+        out.push(ns(LinuxNamespaceType::Uts, None));
+    }
+    if m.ipc != NamespaceMode::Node {
+        out.push(ns(LinuxNamespaceType::Ipc, None));
+    }
+    if m.pid != NamespaceMode::Node {
+        out.push(ns(LinuxNamespaceType::Pid, None));
+    }
+    out
+}
+
+/// Sysctls the kernel scopes to the IPC namespace.
+fn is_ipc_sysctl(key: &str) -> bool {
+    matches!(key, "kernel.msgmax" | "kernel.msgmnb" | "kernel.msgmni" | "kernel.sem" | "kernel.shmall" | "kernel.shmmax" | "kernel.shmmni" | "kernel.shm_rmid_forced")
+        || key.starts_with("fs.mqueue.")
+}
+
+/// The pod's sysctls, checked: only namespaced ones, and only for namespaces the pod owns.
+/// Without host networking, unprivileged ports and ICMP are opened unless the pod sets them.
+pub(crate) fn sandbox_sysctls(
+    ctx: &Ctx,
+    sysctls: &HashMap<String, String>,
+    m: Modes,
+    unprivileged_ports: bool,
+    unprivileged_icmp: bool,
+) -> Result<HashMap<String, String>, SpecError> {
+    let mut out = HashMap::new();
+    for (key, value) in sysctls {
+        let key_norm = key.replace('/', ".");
+        let field = format!("linux.sysctls[{key}]");
+        if key_norm.starts_with("net.") {
+            if m.network == NamespaceMode::Node {
+                return Err(ctx.invalid(&field, "network sysctls cannot be set on a pod that uses the host network"));
+            }
+        } else if is_ipc_sysctl(&key_norm) {
+            if m.ipc == NamespaceMode::Node {
+                return Err(ctx.invalid(&field, "IPC sysctls cannot be set on a pod that uses the host IPC namespace"));
+            }
+        } else if matches!(key_norm.as_str(), "kernel.hostname" | "kernel.domainname") {
+            if m.network == NamespaceMode::Node {
+                return Err(ctx.invalid(&field, "UTS sysctls cannot be set on a pod that uses the host network"));
+            }
+        } else {
+            return Err(ctx.invalid(&field, "is not namespaced: setting it would change the host"));
+        }
+        out.insert(key_norm, value.clone());
+    }
+    if m.network != NamespaceMode::Node {
+        if unprivileged_ports {
+            out.entry("net.ipv4.ip_unprivileged_port_start".into()).or_insert_with(|| "0".into());
+        }
+        if unprivileged_icmp {
+            out.entry("net.ipv4.ping_group_range".into()).or_insert_with(|| "0 2147483647".into());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "namespaces_tests.rs"]
+mod tests;

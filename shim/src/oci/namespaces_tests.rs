@@ -1,0 +1,77 @@
+use super::*;
+use berth_proto::runtime::v1::UserNamespace;
+
+fn ctx() -> Ctx {
+    Ctx::new("sandbox[p]")
+}
+
+fn m(network: NamespaceMode, ipc: NamespaceMode, pid: NamespaceMode) -> Modes {
+    Modes { network, ipc, pid }
+}
+
+fn types(v: &[LinuxNamespace]) -> Vec<(LinuxNamespaceType, bool)> {
+    v.iter().map(|n| (n.typ(), n.path().is_some())).collect()
+}
+
+#[test]
+fn modes_default_to_pod_and_refuse_unsupported() {
+    let got = modes(&ctx(), None).unwrap();
+    assert_eq!(got, m(NamespaceMode::Pod, NamespaceMode::Pod, NamespaceMode::Pod));
+    let opts = NamespaceOption { network: NamespaceMode::Container as i32, ..Default::default() };
+    assert_eq!(modes(&ctx(), Some(&opts)).unwrap_err().field(), "sandbox[p].linux.security_context.namespace_options.network");
+    let opts = NamespaceOption { pid: 17, ..Default::default() };
+    assert_eq!(modes(&ctx(), Some(&opts)).unwrap_err().field(), "sandbox[p].linux.security_context.namespace_options.pid");
+    let node = NamespaceOption { userns_options: Some(UserNamespace { mode: NamespaceMode::Node as i32, ..Default::default() }), ..Default::default() };
+    assert!(modes(&ctx(), Some(&node)).is_ok());
+    let target = NamespaceOption { userns_options: Some(UserNamespace { mode: NamespaceMode::Target as i32, ..Default::default() }), ..Default::default() };
+    assert!(modes(&ctx(), Some(&target)).is_err());
+}
+
+#[test]
+fn sandbox_gets_new_namespaces_unless_host() {
+    use LinuxNamespaceType::*;
+    let pod = m(NamespaceMode::Pod, NamespaceMode::Pod, NamespaceMode::Container);
+    assert_eq!(types(&sandbox_namespaces(pod, None)), vec![(Mount, false), (Network, false), (Uts, false), (Ipc, false), (Pid, false)]);
+    let joined = sandbox_namespaces(pod, Some(Path::new("/run/netns/x")));
+    assert_eq!(joined[1].path().as_deref(), Some(Path::new("/run/netns/x")));
+    let host = m(NamespaceMode::Node, NamespaceMode::Node, NamespaceMode::Node);
+    assert_eq!(types(&sandbox_namespaces(host, None)), vec![(Mount, false)]);
+}
+
+#[test]
+fn missing_pod_namespace_paths_are_errors() {
+    let c = Ctx::new("containers[c]");
+    let pod = m(NamespaceMode::Pod, NamespaceMode::Pod, NamespaceMode::Pod);
+    let err = container_namespaces(&c, pod, NamespaceMode::Pod, "", &PodNamespaces::default(), None, false).unwrap_err();
+    assert_eq!(err.field(), "containers[c].linux.security_context.namespace_options.network");
+    let paths = PodNamespaces { pid: None, ..PodNamespaces::of_pid(1) };
+    let err = container_namespaces(&c, pod, NamespaceMode::Pod, "", &paths, None, false).unwrap_err();
+    assert_eq!(err.field(), "containers[c].linux.security_context.namespace_options.pid");
+    let err = container_namespaces(&c, pod, NamespaceMode::Target, "", &paths, Some(Path::new("/x")), false).unwrap_err();
+    assert_eq!(err.field(), "containers[c].linux.security_context.namespace_options.target_id");
+}
+
+#[test]
+fn sysctls_must_be_namespaced_and_owned() {
+    let pod = m(NamespaceMode::Pod, NamespaceMode::Pod, NamespaceMode::Pod);
+    let s = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
+    let got = sandbox_sysctls(&ctx(), &s(&[("net/ipv4/ip_forward", "1"), ("kernel.shmmax", "1"), ("fs.mqueue.msg_max", "20")]), pod, false, false).unwrap();
+    assert_eq!(got, s(&[("net.ipv4.ip_forward", "1"), ("kernel.shmmax", "1"), ("fs.mqueue.msg_max", "20")]));
+    let err = sandbox_sysctls(&ctx(), &s(&[("vm.swappiness", "1")]), pod, false, false).unwrap_err();
+    assert_eq!(err.field(), "sandbox[p].linux.sysctls[vm.swappiness]");
+    let host_net = m(NamespaceMode::Node, NamespaceMode::Pod, NamespaceMode::Pod);
+    assert!(sandbox_sysctls(&ctx(), &s(&[("net.core.somaxconn", "1")]), host_net, false, false).is_err());
+    let host_ipc = m(NamespaceMode::Pod, NamespaceMode::Node, NamespaceMode::Pod);
+    assert!(sandbox_sysctls(&ctx(), &s(&[("kernel.msgmax", "1")]), host_ipc, false, false).is_err());
+}
+
+#[test]
+fn unprivileged_ports_and_icmp_defaults() {
+    let pod = m(NamespaceMode::Pod, NamespaceMode::Pod, NamespaceMode::Pod);
+    let given: HashMap<String, String> = [("net.ipv4.ip_unprivileged_port_start".to_string(), "80".to_string())].into();
+    let got = sandbox_sysctls(&ctx(), &given, pod, true, true).unwrap();
+    assert_eq!(got["net.ipv4.ip_unprivileged_port_start"], "80");
+    assert_eq!(got["net.ipv4.ping_group_range"], "0 2147483647");
+    let host_net = m(NamespaceMode::Node, NamespaceMode::Pod, NamespaceMode::Pod);
+    assert!(sandbox_sysctls(&ctx(), &HashMap::new(), host_net, true, true).unwrap().is_empty());
+}
