@@ -38,7 +38,13 @@ fn sibling(configured: &Path, name: &str) -> anyhow::Result<PathBuf> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt().with_max_level(args.log_level).with_writer(std::io::stderr).init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("berth_shim", args.log_level)
+        .with_target("berth_runtime", args.log_level)
+        .with_default(tracing::Level::WARN);
+    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).with(filter).init();
     let mut cfg = Config::load(&args.config, args.config != Path::new("/etc/berth/shim.toml")).context("loading the configuration")?;
     if let Some(listen) = args.listen {
         cfg.listen = listen;

@@ -298,11 +298,14 @@ impl Monitor {
             unsafe { libc::_exit(code) };
         }
         drop((out_w, err_w, in_r, res_w));
-        let mut msg = String::new();
-        let _ = std::fs::File::from(res_r).read_to_string(&mut msg);
         let mut status = 0;
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(child, &mut status, 0) };
+        // The container's init still holds the write end until it execs: read what the
+        // (exited) child wrote without waiting for end-of-file.
+        set_nonblocking(&res_r);
+        let mut msg = String::new();
+        let _ = std::fs::File::from(res_r).read_to_string(&mut msg);
         if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
             return Err(if msg.is_empty() { format!("create of {id} failed (status {status})") } else { msg });
         }
@@ -385,6 +388,7 @@ impl Monitor {
             if let Some(mut job) = self.execs.remove(&pid) {
                 job.out.iter_mut().for_each(read_exec_output);
                 let mut err = String::new();
+                set_nonblocking(&job.error);
                 let _ = std::fs::File::from(job.error).read_to_string(&mut err);
                 let [(_, stdout), (_, stderr)] = job.out;
                 let reply = if err.is_empty() {

@@ -201,6 +201,13 @@ impl ImageStore {
         Ok(())
     }
 
+    /// The writable (upper) directory of snapshot `key`, if it exists (for writable-layer stats).
+    pub fn snapshot_upper(&self, key: &str) -> Option<PathBuf> {
+        check_key(key).ok()?;
+        let upper = self.inner.layout.snapshots().join(key).join("upper");
+        upper.is_dir().then_some(upper)
+    }
+
     /// Unmounts the snapshot `key` from `target` (only if our overlay is mounted there) and
     /// deletes its upper and work dirs. Missing is success.
     pub fn remove_snapshot(&self, key: &str, target: &Path) -> Result<(), ImageError> {

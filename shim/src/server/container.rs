@@ -235,7 +235,7 @@ impl Shim {
     pub fn update_container_resources(&self, req: cri::UpdateContainerResourcesRequest) -> CriResult<()> {
         let c = self.find_container(&req.container_id)?;
         let Some(res) = req.linux else { return Ok(()) };
-        let oci = crate::oci::linux_resources(&res);
+        let oci = crate::oci::linux_resources("linux", &res, self.host.swap_controller)?;
         berth_runtime::container::update(&self.runtime_root(), &c.record.id, &oci)?;
         let mut config = c.config.clone();
         config.linux.get_or_insert_with(Default::default).resources = Some(res);

@@ -29,7 +29,7 @@ fn to_cri(img: &Image) -> cri::Image {
 }
 
 fn image_error(e: crate::image::ImageError) -> CriError {
-    CriError::Internal(crate::error_chain(&e))
+    CriError::Internal(e.chain())
 }
 
 impl Shim {
@@ -63,6 +63,7 @@ impl Shim {
             username: a.username,
             password: a.password,
             auth: a.auth,
+            server_address: a.server_address,
             identity_token: a.identity_token,
             registry_token: a.registry_token,
         });

@@ -67,9 +67,12 @@ pub struct Shim {
     pub cfg: Config,
     pub store: Store,
     pub cni: Cni,
+    pub images: crate::image::ImageStore,
     pub monitor_bin: PathBuf,
     pub pause_bin: PathBuf,
     pub host: crate::oci::Host,
+    /// Set when this process lacks CAP_SYS_RESOURCE: the lowest oom_score_adj it may give.
+    pub oom_score_adj_floor: Option<i32>,
     events: broadcast::Sender<cri::ContainerEventResponse>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Monitors spawned by this process, reaped in the background when they exit.
@@ -82,21 +85,31 @@ impl Shim {
             std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         }
         let store = Store::open(&cfg.state_dir)?;
+        let registries = crate::image::RegistriesConfig::load(&cfg.registries).map_err(|e| CriError::Internal(format!("{}: {}", cfg.registries.display(), e.chain())))?;
+        let images = crate::image::ImageStore::open(&cfg.image_dir, registries).map_err(|e| CriError::Internal(e.chain()))?;
+        let longest = cfg.pods_dir().join("f".repeat(64)).join(crate::monitor::SOCKET);
+        if longest.as_os_str().len() >= 108 {
+            return Err(CriError::InvalidArgument(format!("run_dir {} is too long: pod sockets ({} bytes) must stay under 108 bytes", cfg.run_dir.display(), longest.as_os_str().len())));
+        }
         let cni = Cni { conf_dir: cfg.cni.conf_dir.clone(), bin_dirs: cfg.cni.bin_dirs.clone(), cache_dir: cfg.cni.cache_dir.clone() };
         let host = crate::oci::Host {
             hostname: nix_hostname(),
             cgroup_v2: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
             default_cgroup_parent: cfg.cgroup_parent.clone(),
-            ..Default::default()
+            swap_controller: Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+            last_cap: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40),
+            rro_mounts: false,
         };
         let (events, _) = broadcast::channel(1024);
         let shim = Arc::new(Shim {
             cfg,
             store,
             cni,
+            images,
             monitor_bin,
             pause_bin,
             host,
+            oom_score_adj_floor: oom_score_adj_floor(),
             events,
             locks: Mutex::new(HashMap::new()),
             pod_cidr: Mutex::new(String::new()),
@@ -154,6 +167,16 @@ impl Shim {
             self.refresh_container(&c.record.id);
         }
     }
+}
+
+fn oom_score_adj_floor() -> Option<i32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let cap_eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())?;
+    const CAP_SYS_RESOURCE: u32 = 24;
+    if cap_eff & (1 << CAP_SYS_RESOURCE) != 0 {
+        return None;
+    }
+    std::fs::read_to_string("/proc/self/oom_score_adj").ok()?.trim().parse().ok()
 }
 
 fn nix_hostname() -> String {

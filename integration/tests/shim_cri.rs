@@ -1,0 +1,222 @@
+//! berth-shim over its real gRPC socket: every RPC family against a real registry on loopback
+//! and the reference CNI plugins, all inside a network namespace made for the test.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_integration::netns::NetNs;
+use berth_integration::registry::Registry;
+use berth_integration::shim::{ShimOptions, ShimProcess};
+use berth_proto::runtime::v1::image_service_client::ImageServiceClient;
+use berth_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
+use berth_proto::runtime::v1::*;
+use tonic::transport::Channel;
+
+struct Env {
+    _ns: NetNs,
+    _registry: Registry,
+    shim: ShimProcess,
+    rt: RuntimeServiceClient<Channel>,
+    img: ImageServiceClient<Channel>,
+    _tmp: tempfile::TempDir,
+    logs: PathBuf,
+}
+
+/// A short temp dir (pod sockets live below it and unix socket paths are limited to 108 bytes).
+fn short_tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("bs").tempdir_in("/tmp").expect("tempdir")
+}
+
+async fn env(name: &str, port: u16, subnet: &str, with_cni: bool) -> Env {
+    let tmp = short_tempdir();
+    let ns = NetNs::new(&format!("bs-{name}")).expect("netns");
+    let registry = Registry::start(&ns, &tmp.path().join("reg"), port).expect("registry");
+    registry.push_busybox(&ns, "library/busybox:latest", &["sh"]).expect("push busybox");
+    let dir = tmp.path().join("s");
+    ShimProcess::configure(&dir, &ShimOptions { name, registry: &registry.addr, subnet, with_cni }).expect("configure");
+    let shim = ShimProcess::start(&ns, &dir).expect("start shim");
+    let (rt, img) = berth_integration::cri::connect(&shim.socket).await.expect("connect");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    Env { _ns: ns, _registry: registry, shim, rt, img, _tmp: tmp, logs }
+}
+
+fn sandbox_config(name: &str, logs: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "default".into(), attempt: 0 }),
+        hostname: name.into(),
+        log_directory: logs.display().to_string(),
+        labels: HashMap::from([("app".into(), name.into())]),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("c".into(), name.into())]),
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+impl Env {
+    async fn pull(&mut self) -> String {
+        let r = self.img.pull_image(PullImageRequest { image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }), ..Default::default() }).await.expect("pull");
+        r.into_inner().image_ref
+    }
+
+    async fn run_pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
+        let config = sandbox_config(name, &self.logs);
+        let id = self.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() }).await.unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", self.shim.log_tail())).into_inner().pod_sandbox_id;
+        (id, config)
+    }
+
+    async fn create(&mut self, pod: &str, pod_config: &PodSandboxConfig, c: ContainerConfig) -> String {
+        let req = CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(c), sandbox_config: Some(pod_config.clone()) };
+        self.rt.create_container(req).await.unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", self.shim.log_tail())).into_inner().container_id
+    }
+
+    async fn status(&mut self, id: &str) -> ContainerStatus {
+        self.rt.container_status(ContainerStatusRequest { container_id: id.into(), verbose: false }).await.expect("ContainerStatus").into_inner().status.expect("status")
+    }
+
+    async fn wait_exited(&mut self, id: &str) -> ContainerStatus {
+        for _ in 0..200 {
+            let st = self.status(id).await;
+            if st.state == ContainerState::ContainerExited as i32 {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("container {id} did not exit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn pod_lifecycle_logs_exec_and_idempotence() {
+    let mut e = env("life", 5101, "10.89.1.0/24", true).await;
+    let v = e.rt.version(VersionRequest::default()).await.unwrap().into_inner();
+    assert_eq!((v.runtime_name.as_str(), v.runtime_api_version.as_str()), ("berth", "v1"));
+    let st = e.rt.status(StatusRequest { verbose: false }).await.unwrap().into_inner().status.unwrap();
+    assert!(st.conditions.iter().all(|c| c.status), "{st:?}");
+
+    let image_ref = e.pull().await;
+    assert!(image_ref.starts_with("sha256:"), "{image_ref}");
+    let listed = e.img.list_images(ListImagesRequest::default()).await.unwrap().into_inner().images;
+    assert!(listed.iter().any(|i| i.id == image_ref && i.repo_tags.iter().any(|t| t == "docker.io/library/busybox:latest")), "{listed:?}");
+
+    let (pod, pod_config) = e.run_pod("web").await;
+    let ps = e.rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true }).await.unwrap().into_inner();
+    let ip = ps.status.as_ref().unwrap().network.as_ref().unwrap().ip.clone();
+    assert!(ip.starts_with("10.89.1."), "pod IP {ip:?}");
+    assert_eq!(ps.status.unwrap().state, PodSandboxState::SandboxReady as i32);
+
+    // Output on both streams, a long line, then a long-running sleep.
+    let script = "echo hello; echo oops >&2; printf '%0.sx' $(seq 1 20000); echo; hostname; exec sleep 1000";
+    let c = e.create(&pod, &pod_config, container_config("app", &["sh", "-c", script])).await;
+    assert_eq!(e.status(&c).await.state, ContainerState::ContainerCreated as i32);
+    e.rt.start_container(StartContainerRequest { container_id: c.clone() }).await.unwrap();
+    assert_eq!(e.status(&c).await.state, ContainerState::ContainerRunning as i32);
+
+    let r = e.rt.exec_sync(ExecSyncRequest { container_id: c.clone(), cmd: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()], timeout: 10 }).await.unwrap().into_inner();
+    assert_eq!((r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code), (&b"out\n"[..], &b"err\n"[..], 3));
+    let t = e.rt.exec_sync(ExecSyncRequest { container_id: c.clone(), cmd: vec!["sleep".into(), "30".into()], timeout: 1 }).await;
+    assert!(t.is_err(), "ExecSync past its timeout must fail");
+    let r = e.rt.exec_sync(ExecSyncRequest { container_id: c.clone(), cmd: vec!["sh".into(), "-c".into(), "ps | grep -c 'sleep 30' || true".into()], timeout: 10 }).await.unwrap().into_inner();
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "1", "the timed-out exec is gone (only grep's own line)");
+
+    let log = std::fs::read_to_string(e.logs.join("app.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let fields = |l: &str| l.splitn(4, ' ').map(str::to_string).collect::<Vec<_>>();
+    assert!(lines.iter().any(|l| { let f = fields(l); f[1] == "stdout" && f[2] == "F" && f[3] == "hello" }), "{log}");
+    assert!(lines.iter().any(|l| { let f = fields(l); f[1] == "stderr" && f[2] == "F" && f[3] == "oops" }), "{log}");
+    assert!(lines.iter().any(|l| fields(l)[2] == "P"), "a 20000-byte line is split into partials");
+    assert!(lines.iter().any(|l| fields(l)[3] == "web"), "hostname is the pod's: {log}");
+
+    let listed = e.rt.list_containers(ListContainersRequest { filter: Some(ContainerFilter { pod_sandbox_id: pod.clone(), label_selector: HashMap::from([("c".into(), "app".into())]), ..Default::default() }) }).await.unwrap().into_inner().containers;
+    assert_eq!(listed.len(), 1);
+    let stats = e.rt.container_stats(ContainerStatsRequest { container_id: c.clone() }).await.unwrap().into_inner().stats.unwrap();
+    assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
+
+    e.rt.stop_container(StopContainerRequest { container_id: c.clone(), timeout: 2 }).await.unwrap();
+    let st = e.status(&c).await;
+    assert_eq!((st.state, st.exit_code, st.reason.as_str()), (ContainerState::ContainerExited as i32, 137, "Error"), "sleep ignores SIGTERM as PID 1");
+    e.rt.stop_container(StopContainerRequest { container_id: c.clone(), timeout: 2 }).await.expect("stop again is fine");
+
+    // A container that exits on its own keeps its code.
+    let d = e.create(&pod, &pod_config, container_config("done", &["sh", "-c", "exit 7"])).await;
+    e.rt.start_container(StartContainerRequest { container_id: d.clone() }).await.unwrap();
+    let st = e.wait_exited(&d).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (7, "Error"));
+    assert!(st.finished_at >= st.started_at && st.started_at > 0);
+
+    e.rt.remove_container(RemoveContainerRequest { container_id: c.clone() }).await.unwrap();
+    e.rt.remove_container(RemoveContainerRequest { container_id: c.clone() }).await.expect("remove again is fine");
+    assert!(e.rt.container_status(ContainerStatusRequest { container_id: c.clone(), verbose: false }).await.is_err());
+
+    e.rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    e.rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.expect("stop pod again");
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.expect("remove pod again");
+    assert!(e.rt.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items.is_empty());
+    assert!(e.rt.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers.is_empty());
+    // Nothing left: no allocation in IPAM, no pod directories, no monitor.
+    let ipam = e.shim.dir.join("ipam/berth-test");
+    let leftover: Vec<_> = std::fs::read_dir(&ipam).map(|rd| rd.flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("10.")).collect()).unwrap_or_default();
+    assert!(leftover.is_empty(), "leaked IPs {leftover:?}");
+    assert_eq!(std::fs::read_dir(e.shim.dir.join("run/pods")).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn shim_kill9_keeps_containers_and_exit_codes() {
+    let mut e = env("k9", 5102, "10.89.2.0/24", true).await;
+    e.pull().await;
+    let (pod, pod_config) = e.run_pod("k9").await;
+    let long = e.create(&pod, &pod_config, container_config("long", &["sleep", "1000"])).await;
+    e.rt.start_container(StartContainerRequest { container_id: long.clone() }).await.unwrap();
+    let short = e.create(&pod, &pod_config, container_config("short", &["sh", "-c", "sleep 1; exit 42"])).await;
+    e.rt.start_container(StartContainerRequest { container_id: short.clone() }).await.unwrap();
+    let pid_before = e.rt.container_status(ContainerStatusRequest { container_id: long.clone(), verbose: true }).await.unwrap().into_inner().info["info"].clone();
+
+    e.shim.kill9_and_restart().expect("restart");
+    let (rt, img) = berth_integration::cri::connect(&e.shim.socket).await.unwrap();
+    e.rt = rt;
+    e.img = img;
+    // The short container exits while the shim is down: its code must not be lost.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let st = e.wait_exited(&short).await;
+    assert_eq!(st.exit_code, 42);
+    let st = e.status(&long).await;
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    let pid_after = e.rt.container_status(ContainerStatusRequest { container_id: long.clone(), verbose: true }).await.unwrap().into_inner().info["info"].clone();
+    assert_eq!(pid_before, pid_after, "same process, not a new one");
+    assert_eq!(e.rt.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers.len(), 2, "nothing duplicated");
+    let r = e.rt.exec_sync(ExecSyncRequest { container_id: long.clone(), cmd: vec!["echo".into(), "alive".into()], timeout: 5 }).await.unwrap().into_inner();
+    assert_eq!(r.stdout, b"alive\n");
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert_eq!(std::fs::read_dir(e.shim.dir.join("run/pods")).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn network_not_ready_without_cni_config_and_bad_requests_are_named() {
+    let mut e = env("nocni", 5103, "10.89.3.0/24", false).await;
+    let st = e.rt.status(StatusRequest { verbose: false }).await.unwrap().into_inner().status.unwrap();
+    let net = st.conditions.iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(!net.status && net.reason == "NetworkPluginNotReady", "{net:?}");
+    let err = e.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(PodSandboxConfig::default()), runtime_handler: String::new() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("metadata"), "{}", err.message());
+    let err = e.rt.create_container(CreateContainerRequest { pod_sandbox_id: "nope".into(), config: Some(container_config("x", &["true"])), sandbox_config: None }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = e.img.pull_image(PullImageRequest { image: Some(ImageSpec { image: "Bad Name!".into(), ..Default::default() }), ..Default::default() }).await.unwrap_err();
+    assert!(err.message().contains("Bad Name!"), "{}", err.message());
+}
