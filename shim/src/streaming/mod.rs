@@ -27,6 +27,9 @@ mod spdy;
 mod tokens;
 mod ws;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

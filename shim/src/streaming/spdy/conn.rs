@@ -249,7 +249,7 @@ impl Reader {
     }
 
     async fn open(&mut self, id: u32, flags: u8, headers: Headers) {
-        if id % 2 == 0 || id <= self.last_stream_id {
+        if id.is_multiple_of(2) || id <= self.last_stream_id {
             self.send(Frame::RstStream {
                 stream_id: id,
                 status: frame::RST_PROTOCOL_ERROR,

@@ -4,6 +4,7 @@
 mod conn;
 mod dictionary;
 pub(crate) mod frame;
+mod headers;
 mod zlib;
 
 pub(crate) use conn::{start, SpdyStream, StreamWriter};
