@@ -11,6 +11,7 @@ pub mod netns;
 pub mod podfiles;
 pub mod server;
 pub mod store;
+pub mod streaming;
 
 /// An error and its sources, joined with ": " (for logs and gRPC status messages).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
