@@ -25,7 +25,10 @@ struct Env {
 
 /// A short temp dir (pod sockets live below it and unix socket paths are limited to 108 bytes).
 fn short_tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("bs").tempdir_in("/tmp").expect("tempdir")
+    let mut b = tempfile::Builder::new();
+    // BERTH_KEEP_TMP=1 keeps logs and state of a failed run for reading.
+    b.prefix("bs").disable_cleanup(std::env::var_os("BERTH_KEEP_TMP").is_some());
+    b.tempdir_in("/tmp").expect("tempdir")
 }
 
 async fn env(name: &str, port: u16, subnet: &str, with_cni: bool) -> Env {
@@ -129,8 +132,8 @@ async fn pod_lifecycle_logs_exec_and_idempotence() {
     assert_eq!((r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code), (&b"out\n"[..], &b"err\n"[..], 3));
     let t = e.rt.exec_sync(ExecSyncRequest { container_id: c.clone(), cmd: vec!["sleep".into(), "30".into()], timeout: 1 }).await;
     assert!(t.is_err(), "ExecSync past its timeout must fail");
-    let r = e.rt.exec_sync(ExecSyncRequest { container_id: c.clone(), cmd: vec!["sh".into(), "-c".into(), "ps | grep -c 'sleep 30' || true".into()], timeout: 10 }).await.unwrap().into_inner();
-    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "1", "the timed-out exec is gone (only grep's own line)");
+    let r = e.rt.exec_sync(ExecSyncRequest { container_id: c.clone(), cmd: vec!["sh".into(), "-c".into(), "ps -o args | grep -c '^[s]leep 30' || true".into()], timeout: 10 }).await.unwrap().into_inner();
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "0", "the timed-out exec is gone");
 
     let log = std::fs::read_to_string(e.logs.join("app.log")).unwrap();
     let lines: Vec<&str> = log.lines().collect();
@@ -147,8 +150,18 @@ async fn pod_lifecycle_logs_exec_and_idempotence() {
 
     e.rt.stop_container(StopContainerRequest { container_id: c.clone(), timeout: 2 }).await.unwrap();
     let st = e.status(&c).await;
-    assert_eq!((st.state, st.exit_code, st.reason.as_str()), (ContainerState::ContainerExited as i32, 137, "Error"), "sleep ignores SIGTERM as PID 1");
+    assert_eq!((st.state, st.exit_code, st.reason.as_str()), (ContainerState::ContainerExited as i32, 143, "Error"), "SIGTERM first");
     e.rt.stop_container(StopContainerRequest { container_id: c.clone(), timeout: 2 }).await.expect("stop again is fine");
+
+    // One that ignores SIGTERM is SIGKILLed when the timeout runs out.
+    let stubborn = e.create(&pod, &pod_config, container_config("stubborn", &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"])).await;
+    e.rt.start_container(StartContainerRequest { container_id: stubborn.clone() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = std::time::Instant::now();
+    e.rt.stop_container(StopContainerRequest { container_id: stubborn.clone(), timeout: 1 }).await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(900), "waited for the timeout");
+    let st = e.status(&stubborn).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (137, "Error"));
 
     // A container that exits on its own keeps its code.
     let d = e.create(&pod, &pod_config, container_config("done", &["sh", "-c", "exit 7"])).await;

@@ -31,7 +31,11 @@ fn main() -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     out.write_all(b"ready\n").and_then(|()| out.flush()).context("signalling readiness")?;
     let null = std::fs::File::options().write(true).open("/dev/null").context("/dev/null")?;
-    // SAFETY: replacing our own stdout with /dev/null.
-    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
+    let log = std::fs::OpenOptions::new().append(true).open(args.dir.join("monitor.log")).context("opening monitor.log")?;
+    // SAFETY: replacing our own stdout with /dev/null and stderr with the log (panics land there).
+    unsafe {
+        libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1);
+        libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 2);
+    }
     daemon::serve(daemon::Options { dir: args.dir, runtime_root: args.runtime_root }, listener).context("monitor loop")
 }

@@ -126,7 +126,7 @@ fn sigchld_fd() -> Result<OwnedFd, DaemonError> {
 enum Slot {
     Listener,
     Signal,
-    Pipe(String, usize),
+    Pipe(String, RawFd),
     ExecOut(i32, usize),
 }
 
@@ -135,9 +135,9 @@ impl Monitor {
         let mut fds = vec![pollfd(listener.as_raw_fd()), pollfd(sigfd.as_raw_fd())];
         let mut slots = vec![Slot::Listener, Slot::Signal];
         for (id, c) in &self.containers {
-            for (i, p) in c.pipes.iter().enumerate() {
+            for p in &c.pipes {
                 fds.push(pollfd(p.fd.as_raw_fd()));
-                slots.push(Slot::Pipe(id.clone(), i));
+                slots.push(Slot::Pipe(id.clone(), p.fd.as_raw_fd()));
             }
         }
         for (pid, job) in &self.execs {
@@ -174,7 +174,7 @@ impl Monitor {
                     drain_signalfd(sigfd);
                     self.reap();
                 }
-                Slot::Pipe(id, i) => self.read_pipe(&id, i),
+                Slot::Pipe(id, fd) => self.read_pipe(&id, fd),
                 Slot::ExecOut(pid, i) => {
                     if let Some(job) = self.execs.get_mut(&pid) {
                         read_exec_output(&mut job.out[i]);
@@ -434,10 +434,12 @@ impl Monitor {
         c.exit = Some(exit);
     }
 
-    fn read_pipe(&mut self, id: &str, i: usize) {
+    /// Copies what a container wrote on one pipe (named by its fd: an earlier EOF in the same
+    /// poll round may have removed another pipe of the container) into its log.
+    fn read_pipe(&mut self, id: &str, fd: RawFd) {
         let Some(c) = self.containers.get_mut(id) else { return };
-        let eof = drain_pipe(&mut c.pipes[i], c.log.as_mut(), true);
-        if eof {
+        let Some(i) = c.pipes.iter().position(|p| p.fd.as_raw_fd() == fd) else { return };
+        if drain_pipe(&mut c.pipes[i], c.log.as_mut(), true) {
             c.pipes.remove(i);
         }
     }
