@@ -53,6 +53,8 @@ async fn main() -> anyhow::Result<()> {
     let pause = sibling(&cfg.pause, "berth-pause")?;
     let listen = cfg.listen.clone();
     let shim = Shim::new(cfg, monitor, pause).map_err(|e| anyhow::anyhow!(berth_shim::error_chain(&e)))?;
+    let streaming = shim.start_streaming().await.map_err(|e| anyhow::anyhow!(berth_shim::error_chain(&e)))?;
+    tracing::info!(address = %streaming, "streaming server (exec/attach/port-forward) listening");
 
     if let Some(dir) = listen.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

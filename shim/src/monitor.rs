@@ -84,3 +84,31 @@ impl MonitorClient {
         std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
     }
 }
+
+impl MonitorClient {
+    /// Sends a request whose answer carries file descriptors ([`Response::Stdio`]); returns the
+    /// connection (still open: an exec's exit code comes on it) and the named fds.
+    pub async fn call_stdio(&self, req: &Request) -> Result<(std::os::unix::net::UnixStream, Vec<(String, std::os::fd::OwnedFd)>), MonitorError> {
+        let socket = self.socket.clone();
+        let req = req.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, MonitorError> {
+            use std::io::Write;
+            let io = |source| MonitorError::Io { socket: socket.clone(), source };
+            let mut conn = std::os::unix::net::UnixStream::connect(&socket).map_err(io)?;
+            let mut line = serde_json::to_vec(&req).map_err(|e| MonitorError::Protocol(e.to_string()))?;
+            line.push(b'\n');
+            conn.write_all(&line).map_err(io)?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let (n, fds) = berth_runtime::monitor::fdpass::recv(&conn, &mut buf).map_err(io)?;
+            let text = &buf[..n];
+            let end = text.iter().position(|&b| b == b'\n').unwrap_or(text.len());
+            match serde_json::from_slice(&text[..end]).map_err(|e| MonitorError::Protocol(e.to_string()))? {
+                Response::Stdio { fds: names } if names.len() == fds.len() => Ok((conn, names.into_iter().zip(fds).collect())),
+                Response::Error { message } => Err(MonitorError::Failed(message)),
+                other => Err(MonitorError::Protocol(format!("expected stdio, got {other:?} with {} fds", fds.len()))),
+            }
+        })
+        .await
+        .map_err(|e| MonitorError::Protocol(e.to_string()))?
+    }
+}

@@ -10,7 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::container::{self, CreateOptions, ExecOptions, Loaded};
+use crate::container::{self, CreateOptions, Loaded};
 use crate::state::Root;
 
 use super::logs::{LineSplitter, LogFile, Stream};
@@ -38,37 +38,44 @@ pub struct Options {
     pub runtime_root: PathBuf,
 }
 
-struct Pipe {
+pub(super) struct Pipe {
     fd: OwnedFd,
     stream: Stream,
     splitter: LineSplitter,
 }
 
-struct Container {
+pub(super) struct Container {
     pid: i32,
     pipes: Vec<Pipe>,
     log: Option<LogFile>,
-    /// Write end of the container's stdin, kept for attach.
-    _stdin: Option<OwnedFd>,
-    exit: Option<Exit>,
+    /// Write end of the container's stdin, kept for attaches.
+    pub(super) stdin: Option<OwnedFd>,
+    pub(super) stdin_once: bool,
+    /// Write ends of attached callers' stdout and stderr copies.
+    pub(super) attached: Vec<[Option<OwnedFd>; 2]>,
+    pub(super) exit: Option<Exit>,
     waiters: Vec<UnixStream>,
 }
 
-struct ExecJob {
-    conn: UnixStream,
-    error: OwnedFd,
-    out: [(Option<OwnedFd>, Vec<u8>); 2],
-    deadline: Option<Instant>,
+pub(super) struct ExecJob {
+    pub(super) conn: UnixStream,
+    pub(super) error: OwnedFd,
+    pub(super) out: [(Option<OwnedFd>, Vec<u8>); 2],
+    pub(super) deadline: Option<Instant>,
+    /// The caller holds the stdio (Exec, not ExecSync): answer with the exit code only.
+    pub(super) streaming: bool,
 }
 
-struct Monitor {
-    dir: PathBuf,
-    root: Root,
-    containers: HashMap<String, Container>,
-    execs: HashMap<i32, ExecJob>,
+pub(super) struct Monitor {
+    pub(super) dir: PathBuf,
+    pub(super) root: Root,
+    pub(super) containers: HashMap<String, Container>,
+    pub(super) execs: HashMap<i32, ExecJob>,
     /// Exits reaped before their container was registered.
     early_exits: HashMap<i32, i32>,
     shutting_down: bool,
+    /// Names console sockets uniquely.
+    pub(super) counter: u64,
 }
 
 /// Binds the control socket (before the caller detaches, so the shim can connect at once).
@@ -98,6 +105,7 @@ pub fn serve(opts: Options, listener: UnixListener) -> Result<(), DaemonError> {
         execs: HashMap::new(),
         early_exits: HashMap::new(),
         shutting_down: false,
+        counter: 0,
     };
     loop {
         if m.shutting_down && m.containers.values().all(|c| c.exit.is_some()) && m.execs.is_empty() {
@@ -128,6 +136,7 @@ enum Slot {
     Signal,
     Pipe(String, RawFd),
     ExecOut(i32, usize),
+    ExecConn(i32),
 }
 
 impl Monitor {
@@ -141,6 +150,10 @@ impl Monitor {
             }
         }
         for (pid, job) in &self.execs {
+            if job.streaming {
+                fds.push(pollfd(job.conn.as_raw_fd()));
+                slots.push(Slot::ExecConn(*pid));
+            }
             for (i, (fd, _)) in job.out.iter().enumerate() {
                 if let Some(fd) = fd {
                     fds.push(pollfd(fd.as_raw_fd()));
@@ -180,6 +193,7 @@ impl Monitor {
                         read_exec_output(&mut job.out[i]);
                     }
                 }
+                Slot::ExecConn(pid) => self.exec_caller_gone(pid),
             }
         }
         self.expire_execs();
@@ -207,7 +221,9 @@ impl Monitor {
         tracing::debug!(?req, "request");
         let reply = match req {
             Request::Ping => Response::Ok,
-            Request::Create { id, bundle, log_path, stdin, tty } => self.create(&id, &bundle, log_path.as_deref(), stdin, tty),
+            Request::Create { id, bundle, log_path, stdin, stdin_once, tty } => self.create(&id, &bundle, log_path.as_deref(), stdin, stdin_once, tty),
+            Request::Exec { id, process, tty, stdin } => return self.exec_stream(&id, *process, tty, stdin, conn),
+            Request::Attach { id, stdin, stdout, stderr } => return self.attach(&id, [stdin, stdout, stderr], conn),
             Request::Start { id } => match container::start(&self.root, &id) {
                 Ok(()) => Response::Ok,
                 Err(e) => Response::Error { message: crate::spec::error_chain(&e) },
@@ -241,7 +257,7 @@ impl Monitor {
         respond(conn, &reply);
     }
 
-    fn create(&mut self, id: &str, bundle: &Path, log_path: Option<&Path>, stdin: bool, tty: bool) -> Response {
+    fn create(&mut self, id: &str, bundle: &Path, log_path: Option<&Path>, stdin: bool, stdin_once: bool, tty: bool) -> Response {
         if self.containers.contains_key(id) {
             return Response::Error { message: format!("container {id} already exists in this pod") };
         }
@@ -257,7 +273,7 @@ impl Monitor {
                         None
                     }
                 });
-                let mut c = Container { pid, pipes, log, _stdin: stdin_w, exit: None, waiters: Vec::new() };
+                let mut c = Container { pid, pipes, log, stdin: stdin_w, stdin_once, attached: Vec::new(), exit: None, waiters: Vec::new() };
                 if let Some(status) = self.early_exits.remove(&pid) {
                     self.record_exit(id, &mut c, status);
                 }
@@ -319,64 +335,6 @@ impl Monitor {
         Ok((pid, pipes, in_w))
     }
 
-    fn exec_sync(&mut self, id: &str, process: oci_spec::runtime::Process, timeout_ms: u64, conn: UnixStream) {
-        let fail = |conn, message: String| respond(conn, &Response::Error { message });
-        if !self.containers.get(id).is_some_and(|c| c.exit.is_none()) {
-            return fail(conn, format!("container {id} is not running"));
-        }
-        let pipes = (|| -> std::io::Result<_> { Ok((pipe()?, pipe()?, pipe()?)) })();
-        let ((out_r, out_w), (err_r, err_w), (e_r, e_w)) = match pipes {
-            Ok(p) => p,
-            Err(e) => return fail(conn, format!("pipe: {e}")),
-        };
-        let null = match std::fs::File::open("/dev/null") {
-            Ok(f) => OwnedFd::from(f),
-            Err(e) => return fail(conn, format!("/dev/null: {e}")),
-        };
-        // SAFETY: single-threaded monitor; the child calls the runtime library and exits.
-        let child = unsafe { libc::fork() };
-        if child < 0 {
-            return fail(conn, format!("fork: {}", std::io::Error::last_os_error()));
-        }
-        if child == 0 {
-            // SAFETY: own process group, so a timeout can kill the whole exec.
-            unsafe { libc::setpgid(0, 0) };
-            child_stdio(&null, &out_w, &err_w);
-            let opts = ExecOptions { root: &self.root, id, process, console_socket: None, pid_file: None, detach: false };
-            let code = match container::exec(opts) {
-                Ok(code) => code,
-                Err(e) => {
-                    let _ = std::fs::File::from(e_w).write_all(crate::spec::error_chain(&e).as_bytes());
-                    255
-                }
-            };
-            // SAFETY: leaving the forked child.
-            unsafe { libc::_exit(code) };
-        }
-        drop((out_w, err_w, e_w, null));
-        set_nonblocking(&out_r);
-        set_nonblocking(&err_r);
-        let deadline = (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms));
-        self.execs.insert(child, ExecJob { conn, error: e_r, out: [(Some(out_r), Vec::new()), (Some(err_r), Vec::new())], deadline });
-    }
-
-    fn expire_execs(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<i32> = self.execs.iter().filter(|(_, j)| j.deadline.is_some_and(|d| d <= now)).map(|(p, _)| *p).collect();
-        for pid in expired {
-            // SAFETY: killing the exec's own process group (our child and what it started).
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-                libc::kill(pid, libc::SIGKILL);
-            }
-            if let Some(mut job) = self.execs.remove(&pid) {
-                job.out.iter_mut().for_each(read_exec_output);
-                let [(_, stdout), (_, stderr)] = job.out;
-                respond(job.conn, &Response::ExecResult { exit_code: -1, stdout, stderr, timed_out: true });
-            }
-        }
-    }
-
     fn reap(&mut self) {
         loop {
             let mut status = 0;
@@ -391,8 +349,10 @@ impl Monitor {
                 set_nonblocking(&job.error);
                 let _ = std::fs::File::from(job.error).read_to_string(&mut err);
                 let [(_, stdout), (_, stderr)] = job.out;
-                let reply = if err.is_empty() {
-                    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+                let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+                let reply = if job.streaming && err.is_empty() {
+                    Response::ExecExited { exit_code: code }
+                } else if err.is_empty() {
                     Response::ExecResult { exit_code: code, stdout, stderr, timed_out: false }
                 } else {
                     Response::Error { message: err }
@@ -417,8 +377,10 @@ impl Monitor {
     /// Drains the output, writes `exit.json`, then tells the waiters.
     fn record_exit(&mut self, id: &str, c: &mut Container, status: i32) {
         for p in &mut c.pipes {
-            drain_pipe(p, c.log.as_mut(), false);
+            drain_pipe(p, c.log.as_mut(), &mut c.attached, false);
         }
+        // Attached callers see end-of-file: the container is gone.
+        c.attached.clear();
         let oom_killed = libc::WIFSIGNALED(status)
             && libc::WTERMSIG(status) == libc::SIGKILL
             && Loaded::load(&self.root, id).and_then(|l| l.cgroup()).map(|cg| cg.stats().memory.oom_kills > 0).unwrap_or(false);
@@ -439,14 +401,14 @@ impl Monitor {
     fn read_pipe(&mut self, id: &str, fd: RawFd) {
         let Some(c) = self.containers.get_mut(id) else { return };
         let Some(i) = c.pipes.iter().position(|p| p.fd.as_raw_fd() == fd) else { return };
-        if drain_pipe(&mut c.pipes[i], c.log.as_mut(), true) {
+        if drain_pipe(&mut c.pipes[i], c.log.as_mut(), &mut c.attached, true) {
             c.pipes.remove(i);
         }
     }
 }
 
-/// Reads what is available; returns true at end of file.
-fn drain_pipe(p: &mut Pipe, mut log: Option<&mut LogFile>, once: bool) -> bool {
+/// Reads what is available into the log and every attached copy; returns true at end of file.
+fn drain_pipe(p: &mut Pipe, mut log: Option<&mut LogFile>, attached: &mut Vec<[Option<OwnedFd>; 2]>, once: bool) -> bool {
     let mut buf = [0u8; 64 * 1024];
     loop {
         // SAFETY: reading into a local buffer of the given length.
@@ -463,13 +425,14 @@ fn drain_pipe(p: &mut Pipe, mut log: Option<&mut LogFile>, once: bool) -> bool {
         if let Some(log) = log.as_deref_mut() {
             log.write_records(&mut p.splitter, p.stream, &buf[..n as usize], false);
         }
+        super::attach::tee(attached, p.stream, &buf[..n as usize]);
         if once {
             return false;
         }
     }
 }
 
-fn read_exec_output(slot: &mut (Option<OwnedFd>, Vec<u8>)) {
+pub(super) fn read_exec_output(slot: &mut (Option<OwnedFd>, Vec<u8>)) {
     let Some(fd) = &slot.0 else { return };
     let mut buf = [0u8; 64 * 1024];
     loop {
@@ -487,7 +450,7 @@ fn read_exec_output(slot: &mut (Option<OwnedFd>, Vec<u8>)) {
     }
 }
 
-fn respond(mut conn: UnixStream, reply: &Response) {
+pub(super) fn respond(mut conn: UnixStream, reply: &Response) {
     let mut line = serde_json::to_vec(reply).unwrap_or_default();
     line.push(b'\n');
     let _ = conn.set_nonblocking(false);
@@ -507,7 +470,7 @@ fn drain_signalfd(fd: &OwnedFd) {
     while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
 }
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+pub(super) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two fds that we then own.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -517,7 +480,7 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn set_nonblocking(fd: &OwnedFd) {
+pub(super) fn set_nonblocking(fd: &OwnedFd) {
     // SAFETY: fcntl on an fd we own.
     unsafe {
         let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
@@ -526,7 +489,7 @@ fn set_nonblocking(fd: &OwnedFd) {
 }
 
 /// In a forked child: stdio onto the given fds, signals back to defaults and unblocked.
-fn child_stdio(stdin: &OwnedFd, stdout: &OwnedFd, stderr: &OwnedFd) {
+pub(super) fn child_stdio(stdin: &OwnedFd, stdout: &OwnedFd, stderr: &OwnedFd) {
     // SAFETY: dup2 onto the standard descriptors and resetting signal state in our own process.
     unsafe {
         libc::dup2(stdin.as_raw_fd(), 0);

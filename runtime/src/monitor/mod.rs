@@ -5,7 +5,10 @@
 //! containers outlive a restart of the shim. It lives in this crate because it is the one
 //! that forks containers, and so that it ships as a small static binary like berth-runtime.
 
+mod attach;
 pub mod daemon;
+mod exec;
+pub mod fdpass;
 pub mod logs;
 pub mod proto;
 

@@ -72,7 +72,7 @@ impl Shim {
             monitor::write_atomic(&bundle.join("config.json"), &bytes).map_err(io("writing config.json"))?;
             let answer = self
                 .monitor(&sb_id)
-                .call(&Request::Create { id: id.clone(), bundle: bundle.clone(), log_path, stdin: config.stdin, tty: config.tty })
+                .call(&Request::Create { id: id.clone(), bundle: bundle.clone(), log_path, stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty })
                 .await?;
             match answer {
                 Response::Created { pid } => Ok(pid),

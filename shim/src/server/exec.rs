@@ -40,14 +40,3 @@ impl Shim {
     }
 }
 
-impl Shim {
-    pub async fn exec_url(self: &Arc<Self>, _req: cri::ExecRequest) -> CriResult<cri::ExecResponse> {
-        Err(CriError::Unimplemented("Exec streaming is not wired yet".into()))
-    }
-    pub async fn attach_url(self: &Arc<Self>, _req: cri::AttachRequest) -> CriResult<cri::AttachResponse> {
-        Err(CriError::Unimplemented("Attach streaming is not wired yet".into()))
-    }
-    pub async fn port_forward_url(self: &Arc<Self>, _req: cri::PortForwardRequest) -> CriResult<cri::PortForwardResponse> {
-        Err(CriError::Unimplemented("PortForward streaming is not wired yet".into()))
-    }
-}

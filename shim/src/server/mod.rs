@@ -11,6 +11,7 @@ mod sandbox;
 pub mod service;
 mod specs;
 mod stats;
+mod streams;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,7 @@ pub struct Shim {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Monitors spawned by this process, reaped in the background when they exit.
     pub pod_cidr: Mutex<String>,
+    streaming: std::sync::OnceLock<crate::streaming::Server>,
 }
 
 impl Shim {
@@ -113,6 +115,7 @@ impl Shim {
             events,
             locks: Mutex::new(HashMap::new()),
             pod_cidr: Mutex::new(String::new()),
+            streaming: std::sync::OnceLock::new(),
         });
         shim.recover();
         Ok(shim)

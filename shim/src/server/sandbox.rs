@@ -107,7 +107,7 @@ impl Shim {
         });
         let bundle = self.write_sandbox_bundle(record, config)?;
         let infra = async {
-            let pid = match monitor.call(&Request::Create { id: id.clone(), bundle, log_path: None, stdin: false, tty: false }).await? {
+            let pid = match monitor.call(&Request::Create { id: id.clone(), bundle, log_path: None, stdin: false, stdin_once: false, tty: false }).await? {
                 crate::monitor::Response::Created { pid } => pid,
                 other => return Err(CriError::Internal(format!("unexpected monitor answer {other:?}"))),
             };

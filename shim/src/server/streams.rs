@@ -1,0 +1,228 @@
+//! The streaming server's backend: Exec and Attach through the pod's monitor (which hands over
+//! the process's stdio or pty), PortForward by connecting from inside the pod's network
+//! namespace on a dedicated OS thread. Also the Exec/Attach/PortForward RPCs that mint URLs.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use berth_proto::runtime::v1 as cri;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+
+use super::{CriError, CriResult, Shim};
+use crate::monitor::{Request, Response};
+use crate::store::ContainerState;
+use crate::streaming::{AsyncReadWrite, Backend, BackendError, BoxFuture, StreamIo};
+
+/// How long output may keep draining after an exec's process has exited.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+pub struct StreamBackend(pub Weak<Shim>);
+
+fn failed(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed { message: e.to_string() }
+}
+
+impl Backend for StreamBackend {
+    fn exec(&self, req: cri::ExecRequest, io: StreamIo) -> BoxFuture<Result<i32, BackendError>> {
+        let shim = self.0.upgrade();
+        Box::pin(async move { shim.ok_or_else(|| failed("shutting down"))?.stream_exec(req, io).await })
+    }
+
+    fn attach(&self, req: cri::AttachRequest, io: StreamIo) -> BoxFuture<Result<(), BackendError>> {
+        let shim = self.0.upgrade();
+        Box::pin(async move { shim.ok_or_else(|| failed("shutting down"))?.stream_attach(req, io).await })
+    }
+
+    fn port_forward(&self, sandbox_id: String, port: u16) -> BoxFuture<Result<Box<dyn AsyncReadWrite>, BackendError>> {
+        let shim = self.0.upgrade();
+        Box::pin(async move { shim.ok_or_else(|| failed("shutting down"))?.connect_in_pod(&sandbox_id, port).await })
+    }
+}
+
+fn receiver(fd: OwnedFd) -> std::io::Result<Box<dyn AsyncRead + Send + Unpin>> {
+    Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?))
+}
+
+fn sender(fd: OwnedFd) -> std::io::Result<Box<dyn AsyncWrite + Send + Unpin>> {
+    Ok(Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?))
+}
+
+/// Copies until end of input; errors (a vanished client, a closed pty) end the copy too.
+async fn pump(from: Option<Box<dyn AsyncRead + Send + Unpin>>, to: Option<Box<dyn AsyncWrite + Send + Unpin>>) {
+    if let (Some(mut from), Some(mut to)) = (from, to) {
+        let _ = tokio::io::copy(&mut from, &mut to).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut to).await;
+    }
+}
+
+fn take(fds: &mut Vec<(String, OwnedFd)>, name: &str) -> Option<OwnedFd> {
+    fds.iter().position(|(n, _)| n == name).map(|i| fds.remove(i).1)
+}
+
+fn set_winsize(fd: &OwnedFd, width: u16, height: u16) {
+    let ws = libc::winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads a winsize struct we own.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+}
+
+impl Shim {
+    fn running_container(&self, id: &str) -> Result<crate::store::Container, BackendError> {
+        let c = self.find_container(id).map_err(|_| BackendError::NotFound { what: format!("container {id}") })?;
+        let c = self.refresh_container(&c.record.id).unwrap_or(c);
+        if c.record.state != ContainerState::Running {
+            return Err(failed(format!("container {} is not running", c.record.id)));
+        }
+        Ok(c)
+    }
+
+    async fn stream_exec(self: Arc<Self>, req: cri::ExecRequest, mut io: StreamIo) -> Result<i32, BackendError> {
+        let c = self.running_container(&req.container_id)?;
+        let process = self.exec_process(&c.record.id, req.cmd.clone(), req.tty).map_err(|e| failed(crate::error_chain(&e)))?;
+        let want_stdin = io.stdin.is_some();
+        let request = Request::Exec { id: c.record.id.clone(), process: Box::new(process), tty: req.tty, stdin: want_stdin };
+        let (conn, mut fds) = self.monitor(&c.record.sandbox_id).call_stdio(&request).await.map_err(|e| failed(crate::error_chain(&e)))?;
+        let io_err = |e: std::io::Error| failed(format!("exec stdio: {e}"));
+        let (input, output, errors, resize_fd): (_, _, _, Option<OwnedFd>) = match take(&mut fds, "pty") {
+            Some(pty) => {
+                let writer = pty.try_clone().map_err(io_err)?;
+                let resize = pty.try_clone().map_err(io_err)?;
+                let r: Box<dyn AsyncRead + Send + Unpin> = Box::new(tokio::fs::File::from_std(std::fs::File::from(pty)));
+                let w: Box<dyn AsyncWrite + Send + Unpin> = Box::new(tokio::fs::File::from_std(std::fs::File::from(writer)));
+                (Some(w), Some(r), None, Some(resize))
+            }
+            None => (
+                take(&mut fds, "stdin").map(sender).transpose().map_err(io_err)?,
+                take(&mut fds, "stdout").map(receiver).transpose().map_err(io_err)?,
+                take(&mut fds, "stderr").map(receiver).transpose().map_err(io_err)?,
+                None,
+            ),
+        };
+        let stdin = pump(io.stdin.take(), input);
+        let resize = async {
+            if let (Some(rx), Some(fd)) = (io.resize.as_mut(), resize_fd.as_ref()) {
+                while let Some(size) = rx.recv().await {
+                    set_winsize(fd, size.width, size.height);
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let conn = tokio::net::UnixStream::from_std({
+            conn.set_nonblocking(true).map_err(io_err)?;
+            conn
+        })
+        .map_err(io_err)?;
+        let exit = async {
+            let mut line = String::new();
+            BufReader::new(conn).read_line(&mut line).await.map_err(io_err)?;
+            match serde_json::from_str::<Response>(&line) {
+                Ok(Response::ExecExited { exit_code }) => Ok(exit_code),
+                Ok(Response::Error { message }) => Err(failed(message)),
+                _ => Err(failed(format!("the pod monitor answered {line:?}"))),
+            }
+        };
+        let outputs = async {
+            tokio::join!(pump(output, io.stdout.take()), pump(errors, io.stderr.take()));
+        };
+        let work = async {
+            tokio::pin!(outputs);
+            let code = tokio::select! {
+                code = exit => code,
+                () = &mut outputs => std::future::pending().await,
+            };
+            // The process is gone; let what it wrote drain (a background child may hold the pipes).
+            let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, outputs).await;
+            code
+        };
+        tokio::select! {
+            code = work => code,
+            () = async { stdin.await; std::future::pending::<()>().await } => unreachable!(),
+            () = resize => unreachable!(),
+        }
+    }
+
+    async fn stream_attach(self: Arc<Self>, req: cri::AttachRequest, mut io: StreamIo) -> Result<(), BackendError> {
+        let c = self.running_container(&req.container_id)?;
+        let request = Request::Attach { id: c.record.id.clone(), stdin: io.stdin.is_some(), stdout: io.stdout.is_some(), stderr: io.stderr.is_some() };
+        let (_conn, mut fds) = self.monitor(&c.record.sandbox_id).call_stdio(&request).await.map_err(|e| failed(crate::error_chain(&e)))?;
+        let io_err = |e: std::io::Error| failed(format!("attach stdio: {e}"));
+        let input = take(&mut fds, "stdin").map(sender).transpose().map_err(io_err)?;
+        let output = take(&mut fds, "stdout").map(receiver).transpose().map_err(io_err)?;
+        let errors = take(&mut fds, "stderr").map(receiver).transpose().map_err(io_err)?;
+        let has_output = output.is_some() || errors.is_some();
+        let stdin = pump(io.stdin.take(), input);
+        let outputs = async {
+            tokio::join!(pump(output, io.stdout.take()), pump(errors, io.stderr.take()));
+        };
+        if has_output {
+            tokio::select! {
+                () = outputs => {}
+                () = async { stdin.await; std::future::pending::<()>().await } => {}
+            }
+        } else {
+            stdin.await;
+        }
+        Ok(())
+    }
+
+    /// A TCP connection to `port` on the pod's loopback, made from a thread that entered the
+    /// pod's network namespace (never a tokio worker).
+    async fn connect_in_pod(self: Arc<Self>, sandbox_id: &str, port: u16) -> Result<Box<dyn AsyncReadWrite>, BackendError> {
+        let sb = self.store.resolve_sandbox(sandbox_id).and_then(|id| self.store.sandbox(&id)).ok_or_else(|| BackendError::NotFound { what: format!("pod sandbox {sandbox_id}") })?;
+        let netns = sb.record.netns.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let result = (|| -> std::io::Result<std::net::TcpStream> {
+                if let Some(path) = &netns {
+                    let f = std::fs::File::open(path)?;
+                    // SAFETY: setns on this dedicated thread only; it exits right after.
+                    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                let s = std::net::TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10))?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })();
+            let _ = tx.send(result);
+        });
+        let stream = rx.await.map_err(failed)?.map_err(|e| failed(format!("connecting to port {port} in pod {}: {e}", sb.record.id)))?;
+        Ok(Box::new(tokio::net::TcpStream::from_std(stream).map_err(failed)?))
+    }
+
+    fn streaming(&self) -> CriResult<&crate::streaming::Server> {
+        self.streaming.get().ok_or_else(|| CriError::FailedPrecondition("the streaming server is not running".into()))
+    }
+
+    pub async fn exec_url(self: &Arc<Self>, req: cri::ExecRequest) -> CriResult<cri::ExecResponse> {
+        if req.cmd.is_empty() {
+            return Err(CriError::InvalidArgument("cmd: must not be empty".into()));
+        }
+        self.running_container(&req.container_id).map_err(|e| CriError::NotFound(e.to_string()))?;
+        let url = self.streaming()?.exec_url(req).map_err(|e| CriError::InvalidArgument(crate::error_chain(&e)))?;
+        Ok(cri::ExecResponse { url })
+    }
+
+    pub async fn attach_url(self: &Arc<Self>, req: cri::AttachRequest) -> CriResult<cri::AttachResponse> {
+        self.running_container(&req.container_id).map_err(|e| CriError::NotFound(e.to_string()))?;
+        let url = self.streaming()?.attach_url(req).map_err(|e| CriError::InvalidArgument(crate::error_chain(&e)))?;
+        Ok(cri::AttachResponse { url })
+    }
+
+    pub async fn port_forward_url(self: &Arc<Self>, req: cri::PortForwardRequest) -> CriResult<cri::PortForwardResponse> {
+        if self.store.resolve_sandbox(&req.pod_sandbox_id).is_none() {
+            return Err(CriError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id)));
+        }
+        let url = self.streaming()?.port_forward_url(req).map_err(|e| CriError::InvalidArgument(crate::error_chain(&e)))?;
+        Ok(cri::PortForwardResponse { url })
+    }
+
+    /// Starts the streaming server (once, after the shim is shared).
+    pub async fn start_streaming(self: &Arc<Self>) -> CriResult<std::net::SocketAddr> {
+        let config = crate::streaming::Config { listen: self.cfg.streaming_address, ..Default::default() };
+        let server = crate::streaming::Server::start(config, Arc::new(StreamBackend(Arc::downgrade(self)))).await.map_err(|e| CriError::Internal(crate::error_chain(&e)))?;
+        let addr = server.local_addr();
+        let _ = self.streaming.set(server);
+        Ok(addr)
+    }
+}
