@@ -302,7 +302,7 @@ impl Monitor {
             return Err(format!("fork: {}", std::io::Error::last_os_error()));
         }
         if child == 0 {
-            child_stdio(&in_r, &out_w, &err_w);
+            let res_w = child_stdio(&in_r, &out_w, &err_w, res_w);
             let opts = CreateOptions { root: &self.root, id, bundle, pid_file: None, console_socket: None, wait_for_start: true };
             let (code, msg) = match container::create(&opts) {
                 Ok(created) => (0, created.pid.to_string()),
@@ -488,16 +488,29 @@ pub(super) fn set_nonblocking(fd: &OwnedFd) {
     }
 }
 
-/// In a forked child: stdio onto the given fds, signals back to defaults and unblocked.
-pub(super) fn child_stdio(stdin: &OwnedFd, stdout: &OwnedFd, stderr: &OwnedFd) {
-    // SAFETY: dup2 onto the standard descriptors and resetting signal state in our own process.
+/// In a forked child: stdio onto the given fds, signals back to defaults and unblocked, and
+/// every other descriptor closed except `keep` (moved to fd 3, close-on-exec), which is
+/// returned. Without this, a long-lived exec child would hold other containers' stdin and
+/// pipes open (stdin_once could never reach end-of-file).
+pub(super) fn child_stdio(stdin: &OwnedFd, stdout: &OwnedFd, stderr: &OwnedFd, keep: OwnedFd) -> OwnedFd {
+    // SAFETY: dup2/fcntl/close_range on our own descriptors and resetting signal state, in the
+    // single-threaded forked child; fd 3 is owned by the returned OwnedFd alone.
     unsafe {
         libc::dup2(stdin.as_raw_fd(), 0);
         libc::dup2(stdout.as_raw_fd(), 1);
         libc::dup2(stderr.as_raw_fd(), 2);
+        let raw = keep.as_raw_fd();
+        if raw != 3 {
+            libc::dup2(raw, 3);
+        } else {
+            std::mem::forget(keep);
+        }
+        libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        OwnedFd::from_raw_fd(3)
     }
 }

@@ -38,7 +38,7 @@ impl Monitor {
         if child == 0 {
             // SAFETY: own process group, so a timeout can kill the whole exec.
             unsafe { libc::setpgid(0, 0) };
-            child_stdio(stdio[0], stdio[1], stdio[2]);
+            let e_w = child_stdio(stdio[0], stdio[1], stdio[2], e_w);
             let opts = ExecOptions { root: &self.root, id, process, console_socket: console, pid_file: None, detach: false };
             let code = match container::exec(opts) {
                 Ok(code) => code,

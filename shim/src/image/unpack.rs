@@ -144,9 +144,21 @@ impl<'a> Unpacker<'a> {
         };
         {
             let mut archive = tar::Archive::new(&mut hashing);
+            let mut seen = 0usize;
             for entry in archive.entries().map_err(|e| self.archive_err(e))? {
-                let entry = entry.map_err(|e| self.archive_err(e))?;
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    // Some writers (Go's archive/tar without Close, as umoci can leave it) end
+                    // the stream right after the last entry's data: no padding, no end marker.
+                    // Like Go's reader (and so containerd), take that as the end of the archive.
+                    Err(e) if seen > 0 && e.to_string() == "unexpected EOF during skip" => {
+                        tracing::debug!(layer = %self.layer, "layer ends without tar padding or end marker");
+                        break;
+                    }
+                    Err(e) => return Err(self.archive_err(e)),
+                };
                 self.entry(entry)?;
+                seen += 1;
             }
         }
         // The tar reader stops at the end marker; the diff ID covers the padding after it too.

@@ -74,6 +74,8 @@ pub struct Shim {
     pub host: crate::oci::Host,
     /// Set when this process lacks CAP_SYS_RESOURCE: the lowest oom_score_adj it may give.
     pub oom_score_adj_floor: Option<i32>,
+    /// This process's capability bounding set (a container cannot get more).
+    pub bounding_caps: u64,
     events: broadcast::Sender<cri::ContainerEventResponse>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Monitors spawned by this process, reaped in the background when they exit.
@@ -112,6 +114,7 @@ impl Shim {
             pause_bin,
             host,
             oom_score_adj_floor: oom_score_adj_floor(),
+            bounding_caps: proc_status_mask("CapBnd:").unwrap_or(u64::MAX),
             events,
             locks: Mutex::new(HashMap::new()),
             pod_cidr: Mutex::new(String::new()),
@@ -172,9 +175,14 @@ impl Shim {
     }
 }
 
-fn oom_score_adj_floor() -> Option<i32> {
+/// A hex capability mask from /proc/self/status ("CapEff:", "CapBnd:").
+fn proc_status_mask(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let cap_eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())?;
+    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+fn oom_score_adj_floor() -> Option<i32> {
+    let cap_eff = proc_status_mask("CapEff:")?;
     const CAP_SYS_RESOURCE: u32 = 24;
     if cap_eff & (1 << CAP_SYS_RESOURCE) != 0 {
         return None;

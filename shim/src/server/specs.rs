@@ -65,7 +65,7 @@ pub(super) fn container(shim: &Shim, id: &str, sb: &Sandbox, config: &cri::Conta
     };
     let built = oci::container_spec(&input)?;
     log_warnings(id, &built.warnings);
-    Ok(restrict_oom_score_adj(shim, built.spec))
+    Ok(within_bounding_set(shim, restrict_oom_score_adj(shim, built.spec)))
 }
 
 fn target_pid_ns(shim: &Shim, config: &cri::ContainerConfig) -> CriResult<Option<std::path::PathBuf>> {
@@ -104,5 +104,30 @@ fn restrict_oom_score_adj(shim: &Shim, mut spec: Spec) -> Spec {
             spec.set_process(Some(p));
         }
     }
+    spec
+}
+
+/// Capabilities this process cannot hold cannot be given to a container either: "ALL" and
+/// privileged mean every capability of the shim's bounding set (as containerd uses the
+/// current process's set). Hosts without e.g. CAP_SYS_RESOURCE then still run them.
+fn within_bounding_set(shim: &Shim, mut spec: Spec) -> Spec {
+    let bounding = shim.bounding_caps;
+    let Some(mut process) = spec.process().clone() else { return spec };
+    let Some(mut caps) = process.capabilities().clone() else { return spec };
+    let keep = |set: &Option<oci_spec::runtime::Capabilities>| {
+        set.as_ref().map(|s| {
+            s.iter()
+                .filter(|c| berth_runtime::capabilities::number(&c.to_string()).is_some_and(|n| bounding & (1u64 << n) != 0))
+                .copied()
+                .collect::<oci_spec::runtime::Capabilities>()
+        })
+    };
+    caps.set_bounding(keep(caps.bounding()));
+    caps.set_effective(keep(caps.effective()));
+    caps.set_permitted(keep(caps.permitted()));
+    caps.set_inheritable(keep(caps.inheritable()));
+    caps.set_ambient(keep(caps.ambient()));
+    process.set_capabilities(Some(caps));
+    spec.set_process(Some(process));
     spec
 }

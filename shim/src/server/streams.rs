@@ -126,12 +126,18 @@ impl Shim {
         };
         let work = async {
             tokio::pin!(outputs);
-            let code = tokio::select! {
-                code = exit => code,
-                () = &mut outputs => std::future::pending().await,
+            tokio::pin!(exit);
+            let mut drained = false;
+            let code = loop {
+                tokio::select! {
+                    code = &mut exit => break code,
+                    () = &mut outputs, if !drained => drained = true,
+                }
             };
-            // The process is gone; let what it wrote drain (a background child may hold the pipes).
-            let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, outputs).await;
+            if !drained {
+                // The process is gone; let what it wrote drain (a background child may hold the pipes).
+                let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, outputs).await;
+            }
             code
         };
         tokio::select! {
