@@ -171,16 +171,28 @@ pub struct Context<'a> {
 /// Everything before pivot_root: propagation, the rootfs bind, the spec's mounts and /dev.
 pub fn prepare(sys: &dyn Syscall, spec: &Spec, ctx: &Context<'_>) -> Result<(), RootfsError> {
     let prop = spec.linux().as_ref().and_then(|l| l.rootfs_propagation().as_deref()).and_then(propagation_flag);
-    // pivot_root refuses a shared new root and an unbindable one cannot be bind-mounted, so
-    // those start as slave; finalize() applies the requested propagation after the pivot.
-    let initial = match prop {
-        Some(p) if p & (libc::MS_SHARED | libc::MS_UNBINDABLE) == 0 => p | libc::MS_REC,
-        _ => libc::MS_SLAVE | libc::MS_REC,
+    let shared = prop.is_some_and(|p| p & libc::MS_SHARED != 0);
+    let propagation = |flags, target: &Path| {
+        sys.mount(None, target, None, flags, None).map_err(|source| RootfsError::Mount { what: "propagation".into(), target: target.into(), source })
     };
-    sys.mount(None, Path::new("/"), None, initial, None)
-        .map_err(|source| RootfsError::Mount { what: "propagation".into(), target: "/".into(), source })?;
+    if shared {
+        // Bidirectional volumes need the host's peer groups kept: "/" stays as it is and only
+        // the rootfs mount and its bind become private (pivot_root refuses shared ones).
+        propagation(libc::MS_PRIVATE, ctx.rootfs)?;
+    } else {
+        // An unbindable root cannot be bind-mounted, so it starts as slave; finalize() applies
+        // the requested propagation after the pivot.
+        let initial = match prop {
+            Some(p) if p & libc::MS_UNBINDABLE == 0 => p | libc::MS_REC,
+            _ => libc::MS_SLAVE | libc::MS_REC,
+        };
+        propagation(initial, Path::new("/"))?;
+    }
     sys.mount(Some(ctx.rootfs), ctx.rootfs, None, libc::MS_BIND | libc::MS_REC, None)
         .map_err(|source| RootfsError::Mount { what: "rootfs bind".into(), target: ctx.rootfs.into(), source })?;
+    if shared {
+        propagation(libc::MS_PRIVATE, ctx.rootfs)?;
+    }
     let mut dev_from_host = false;
     for m in spec.mounts().iter().flatten() {
         if m.destination() == Path::new("/dev") && is_bind(m) {
