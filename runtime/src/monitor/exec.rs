@@ -26,7 +26,7 @@ impl Monitor {
     /// Forks a child running `process` in container `id` with the given stdio (or a terminal
     /// through `console`); returns its pid and the pipe its error message arrives on.
     fn fork_exec(&self, id: &str, process: Process, stdio: [&OwnedFd; 3], console: Option<&Path>) -> Result<(i32, OwnedFd), String> {
-        if !self.containers.get(id).is_some_and(|c| c.exit.is_none()) {
+        if self.containers.get(id).is_none_or(|c| c.exit.is_some()) {
             return Err(format!("container {id} is not running"));
         }
         let (e_r, e_w) = pipe().map_err(|e| format!("pipe: {e}"))?;

@@ -144,8 +144,7 @@ impl<'a> Unpacker<'a> {
         };
         {
             let mut archive = tar::Archive::new(&mut hashing);
-            let mut seen = 0usize;
-            for entry in archive.entries().map_err(|e| self.archive_err(e))? {
+            for (seen, entry) in archive.entries().map_err(|e| self.archive_err(e))?.enumerate() {
                 let entry = match entry {
                     Ok(entry) => entry,
                     // Some writers (Go's archive/tar without Close, as umoci can leave it) end
@@ -158,7 +157,6 @@ impl<'a> Unpacker<'a> {
                     Err(e) => return Err(self.archive_err(e)),
                 };
                 self.entry(entry)?;
-                seen += 1;
             }
         }
         // The tar reader stops at the end marker; the diff ID covers the padding after it too.

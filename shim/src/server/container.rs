@@ -266,16 +266,14 @@ impl Shim {
             return Some(c);
         }
         let pod_dir = self.pod_dir(&c.record.sandbox_id);
-        let update = if let Some(exit) = monitor::read_exit(&pod_dir, id) {
-            Some(move |r: &mut ContainerRecord| {
+        let update = monitor::read_exit(&pod_dir, id).map(|exit| {
+            move |r: &mut ContainerRecord| {
                 r.state = ContainerState::Exited;
                 r.exit_code = exit.exit_code;
                 r.finished_at = exit.finished_at;
                 r.reason = if exit.oom_killed { "OOMKilled" } else if exit.exit_code == 0 { "Completed" } else { "Error" }.into();
-            })
-        } else {
-            None
-        };
+            }
+        });
         match update {
             Some(f) => self.store.update_container(id, f).ok().flatten(),
             None if !pod_dir.join(monitor::SOCKET).exists() => self

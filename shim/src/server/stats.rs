@@ -44,13 +44,12 @@ impl Shim {
         });
         let cg = berth_runtime::container::Loaded::load(&self.runtime_root(), &c.record.id).and_then(|l| l.cgroup()).ok();
         let st = cg.map(|cg| cg.stats()).unwrap_or_default();
-        let running = c.record.state == ContainerState::Running;
         let working_set = st.memory.usage;
         let upper = self.images.snapshot_upper(&c.record.id);
         let (used, inodes) = upper.as_deref().map(disk_usage).unwrap_or((0, 0));
         cri::ContainerStats {
             attributes,
-            cpu: Some(cri::CpuUsage { timestamp: now, usage_core_nano_seconds: u64v(st.cpu.usage_total), usage_nano_cores: running.then(|| cri::UInt64Value { value: 0 }), psi: None }),
+            cpu: Some(cri::CpuUsage { timestamp: now, usage_core_nano_seconds: u64v(st.cpu.usage_total), usage_nano_cores: None, psi: None }),
             memory: Some(cri::MemoryUsage {
                 timestamp: now,
                 working_set_bytes: u64v(working_set),
