@@ -31,6 +31,8 @@ pub struct MountFlags {
     pub flags: c_ulong,
     pub propagation: Vec<c_ulong>,
     pub data: Vec<String>,
+    /// `rro`: the whole bind mount tree read-only (mount_setattr with AT_RECURSIVE).
+    pub recursive_ro: bool,
 }
 
 impl MountFlags {
@@ -40,6 +42,10 @@ impl MountFlags {
         for opt in options {
             if let Some(flag) = propagation_flag(opt) {
                 out.propagation.push(flag);
+                continue;
+            }
+            if opt == "rro" {
+                out.recursive_ro = true;
                 continue;
             }
             let (set, clear): (c_ulong, c_ulong) = match opt.as_str() {
@@ -225,6 +231,9 @@ fn mount_one(sys: &dyn Syscall, m: &Mount, ctx: &Context<'_>) -> Result<(), Root
         if extra != 0 {
             remount(sys, &dest, libc::MS_BIND | extra).map_err(|e| mount_err("bind remount", e))?;
         }
+        if opts.recursive_ro {
+            sys.readonly_recursive(&dest).map_err(|e| mount_err("recursive read-only (rro)", e))?;
+        }
     } else if typ == "cgroup" || typ == "cgroup2" {
         mount_cgroup(sys, &dest, &opts, ctx)?;
     } else {
@@ -362,7 +371,9 @@ mod tests {
         assert_eq!(f.data().as_deref(), Some("mode=755,size=65536k"));
         let f = MountFlags::parse(&opts(&["ro", "rw"])).unwrap();
         assert_eq!(f.flags & libc::MS_RDONLY, 0, "later option wins");
-        assert!(MountFlags::parse(&opts(&["rro"])).unwrap_err().contains("rro"));
+        let f = MountFlags::parse(&opts(&["rbind", "rro"])).unwrap();
+        assert!(f.recursive_ro && f.flags & libc::MS_RDONLY == 0);
+        assert!(MountFlags::parse(&opts(&["rnosuid"])).unwrap_err().contains("rnosuid"));
     }
 
     #[test]

@@ -333,7 +333,7 @@ mod tests {
             "mounts[0].destination"
         );
         assert_eq!(
-            field_of(check(|v| v["mounts"] = json!([{ "destination": "/x", "type": "tmpfs", "options": ["rro"] }]))),
+            field_of(check(|v| v["mounts"] = json!([{ "destination": "/x", "type": "tmpfs", "options": ["rnosuid"] }]))),
             "mounts[0].options"
         );
         assert_eq!(

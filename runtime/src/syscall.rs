@@ -35,6 +35,8 @@ pub trait Syscall {
         data: Option<&str>,
     ) -> io::Result<()>;
     fn umount2(&self, target: &Path, flags: libc::c_int) -> io::Result<()>;
+    /// Makes the mount at `target` and every mount below it read-only (mount_setattr).
+    fn readonly_recursive(&self, target: &Path) -> io::Result<()>;
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()>;
     fn chdir(&self, path: &Path) -> io::Result<()>;
     fn fchdir(&self, fd: BorrowedFd<'_>) -> io::Result<()>;
@@ -85,6 +87,27 @@ impl Syscall for Linux {
         let target = cstr(target)?;
         // SAFETY: target is a valid C string.
         cvt(unsafe { libc::umount2(target.as_ptr(), flags) })?;
+        Ok(())
+    }
+
+    fn readonly_recursive(&self, target: &Path) -> io::Result<()> {
+        /// `struct mount_attr` of linux/mount.h.
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        const MOUNT_ATTR_RDONLY: u64 = 0x1;
+        const AT_RECURSIVE: libc::c_uint = 0x8000;
+        let target = cstr(target)?;
+        let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+        // SAFETY: target is a valid C string and attr a mount_attr of the size passed.
+        let r = unsafe {
+            libc::syscall(libc::SYS_mount_setattr, libc::AT_FDCWD, target.as_ptr(), AT_RECURSIVE, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
+        };
+        cvt(r as libc::c_int)?;
         Ok(())
     }
 
@@ -176,6 +199,7 @@ pub mod fake {
     pub enum Call {
         Mount { source: Option<PathBuf>, target: PathBuf, fstype: Option<String>, flags: libc::c_ulong, data: Option<String> },
         Umount { target: PathBuf, flags: libc::c_int },
+        ReadonlyRecursive(PathBuf),
         PivotRoot { new_root: PathBuf, put_old: PathBuf },
         Chdir(PathBuf),
         Fchdir,
@@ -215,6 +239,9 @@ pub mod fake {
         }
         fn umount2(&self, target: &Path, flags: libc::c_int) -> io::Result<()> {
             self.push(Call::Umount { target: target.to_path_buf(), flags })
+        }
+        fn readonly_recursive(&self, target: &Path) -> io::Result<()> {
+            self.push(Call::ReadonlyRecursive(target.to_path_buf()))
         }
         fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
             self.push(Call::PivotRoot { new_root: new_root.to_path_buf(), put_old: put_old.to_path_buf() })

@@ -73,6 +73,9 @@ pub struct ContainerRecord {
     pub log_path: Option<PathBuf>,
     /// The image's StopSignal ("" = SIGTERM).
     pub stop_signal: String,
+    /// The process's uid, gid and supplemental groups as the spec set them (ContainerStatus.user).
+    #[serde(default)]
+    pub user: Option<(u32, u32, Vec<u32>)>,
 }
 
 #[derive(Debug, Clone)]

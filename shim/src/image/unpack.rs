@@ -327,7 +327,12 @@ impl<'a> Unpacker<'a> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(full)
             .ctx("create", full)?;
-        io::copy(entry, &mut f).map_err(|e| self.archive_err(e))?;
+        let expected = entry.size();
+        let copied = io::copy(entry, &mut f).map_err(|e| self.archive_err(e))?;
+        if copied != expected {
+            let e = io::Error::new(io::ErrorKind::UnexpectedEof, format!("{}: {copied} of {expected} bytes before the archive ended", full.display()));
+            return Err(self.archive_err(e));
+        }
         rfs::fchown(
             &f,
             Some(Uid::from_raw(meta.uid)),

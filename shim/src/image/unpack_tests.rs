@@ -342,3 +342,17 @@ fn truncated_archive_is_an_error_and_leaves_nothing() {
     assert!(matches!(r, Err(ImageError::Archive { .. })), "{r:?}");
     assert!(!dest.exists());
 }
+
+#[test]
+fn a_stream_ending_right_after_the_last_entry_data_unpacks() {
+    // What umoci left in critest's images: header + 5 bytes of data, no padding, no end marker.
+    let full = tar_bytes(&[file("pause", b"hello")]);
+    let cut = full[..512 + 5].to_vec();
+    let (_t, dest, r) = unpack(&gzip(&cut), UnpackOptions::default());
+    assert_eq!(r.unwrap(), sha(&cut));
+    assert_eq!(fs::read(dest.join("pause")).unwrap(), b"hello");
+    // Cut inside the data it is still an error.
+    let (_t, dest, r) = unpack(&gzip(&full[..512 + 3]), UnpackOptions::default());
+    assert!(r.is_err(), "{r:?}");
+    assert!(!dest.exists());
+}

@@ -57,6 +57,7 @@ impl Shim {
             pid: 0,
             log_path: log_path.clone(),
             stop_signal: image.config.stop_signal.clone(),
+            user: None,
         };
         self.store.put_container(Container { record, config: config.clone() })?;
         let result = async {
@@ -68,6 +69,10 @@ impl Shim {
                 .map_err(|e| CriError::Internal(e.to_string()))?
                 .map_err(|e| CriError::Internal(format!("preparing the rootfs: {}", crate::error_chain(&e))))?;
             let spec = super::specs::container(self, &id, &sb, &config, &image, &rootfs)?;
+            if let Some(u) = spec.process().as_ref().map(|p| p.user()) {
+                let user = (u.uid(), u.gid(), u.additional_gids().clone().unwrap_or_default());
+                self.store.update_container(&id, |r| r.user = Some(user))?;
+            }
             let bytes = serde_json::to_vec(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
             monitor::write_atomic(&bundle.join("config.json"), &bytes).map_err(io("writing config.json"))?;
             let answer = self

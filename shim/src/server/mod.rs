@@ -102,7 +102,7 @@ impl Shim {
             default_cgroup_parent: cfg.cgroup_parent.clone(),
             swap_controller: Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
             last_cap: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40),
-            rro_mounts: false,
+            rro_mounts: true,
         };
         let (events, _) = broadcast::channel(1024);
         let shim = Arc::new(Shim {

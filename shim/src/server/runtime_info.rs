@@ -38,9 +38,9 @@ impl Shim {
             info,
             runtime_handlers: vec![cri::RuntimeHandler {
                 name: String::new(),
-                features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+                features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: true, user_namespaces: false }),
             }],
-            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: false, user_namespaces_host_network: false, mount_options: false }),
+            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false, mount_options: false }),
         }
     }
 
