@@ -4,7 +4,8 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use super::daemon::{pipe, respond, set_nonblocking, Monitor};
+use super::daemon::{respond, Monitor};
+use super::fds::{pipe, set_nonblocking};
 use super::fdpass;
 use super::logs::Stream;
 use super::proto::Response;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::container::{self, CreateOptions, Loaded};
 use crate::state::Root;
 
+use super::fds::{drain_signalfd, pollfd, set_nonblocking, child_stdio, pipe};
 use super::logs::{LineSplitter, LogFile, Stream};
 use super::proto::{now_nanos, Exit, Request, Response};
 use super::{exit_path, write_atomic, SOCKET};
@@ -460,57 +461,3 @@ pub(super) fn respond(mut conn: UnixStream, reply: &Response) {
     }
 }
 
-fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
-}
-
-fn drain_signalfd(fd: &OwnedFd) {
-    let mut buf = [0u8; 128 * 8];
-    // SAFETY: reading signalfd_siginfo records into a local buffer.
-    while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
-}
-
-pub(super) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds that we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-pub(super) fn set_nonblocking(fd: &OwnedFd) {
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
-}
-
-/// In a forked child: stdio onto the given fds, signals back to defaults and unblocked, and
-/// every other descriptor closed except `keep` (moved to fd 3, close-on-exec), which is
-/// returned. Without this, a long-lived exec child would hold other containers' stdin and
-/// pipes open (stdin_once could never reach end-of-file).
-pub(super) fn child_stdio(stdin: &OwnedFd, stdout: &OwnedFd, stderr: &OwnedFd, keep: OwnedFd) -> OwnedFd {
-    // SAFETY: dup2/fcntl/close_range on our own descriptors and resetting signal state, in the
-    // single-threaded forked child; fd 3 is owned by the returned OwnedFd alone.
-    unsafe {
-        libc::dup2(stdin.as_raw_fd(), 0);
-        libc::dup2(stdout.as_raw_fd(), 1);
-        libc::dup2(stderr.as_raw_fd(), 2);
-        let raw = keep.as_raw_fd();
-        if raw != 3 {
-            libc::dup2(raw, 3);
-        } else {
-            std::mem::forget(keep);
-        }
-        libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        OwnedFd::from_raw_fd(3)
-    }
-}

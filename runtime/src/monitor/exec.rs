@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::Process;
 
-use super::daemon::{child_stdio, pipe, read_exec_output, respond, set_nonblocking, ExecJob, Monitor};
+use super::daemon::{read_exec_output, respond, ExecJob, Monitor};
+use super::fds::{child_stdio, pipe, set_nonblocking};
 use super::fdpass;
 use super::proto::Response;
 use crate::container::{self, ExecOptions};

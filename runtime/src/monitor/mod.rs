@@ -9,6 +9,7 @@ mod attach;
 pub mod daemon;
 mod exec;
 pub mod fdpass;
+mod fds;
 pub mod logs;
 pub mod proto;
 

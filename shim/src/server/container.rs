@@ -221,18 +221,26 @@ impl Shim {
         Ok(cri::ContainerStatusResponse { status: Some(super::convert::container_status(&c)), info })
     }
 
-    pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
-        let f = filter.unwrap_or_default();
-        let id = (!f.id.is_empty()).then(|| self.store.resolve_container(&f.id).unwrap_or_default());
-        let sb = (!f.pod_sandbox_id.is_empty()).then(|| self.store.resolve_sandbox(&f.pod_sandbox_id).unwrap_or_default());
+    /// Containers matching the id / sandbox id (full or unique prefix) and label filters that
+    /// ListContainers and ListContainerStats share, brought up to date with their exits.
+    pub(super) fn containers_matching(&self, id: &str, sandbox_id: &str, labels: &std::collections::HashMap<String, String>) -> Vec<Container> {
+        let id = (!id.is_empty()).then(|| self.store.resolve_container(id).unwrap_or_default());
+        let sb = (!sandbox_id.is_empty()).then(|| self.store.resolve_sandbox(sandbox_id).unwrap_or_default());
         self.store
             .containers()
             .into_iter()
             .filter(|c| id.as_ref().is_none_or(|id| &c.record.id == id))
             .filter(|c| sb.as_ref().is_none_or(|sb| &c.record.sandbox_id == sb))
+            .filter(|c| super::labels_match(&c.config.labels, labels))
             .filter_map(|c| self.refresh_container(&c.record.id))
+            .collect()
+    }
+
+    pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+        let f = filter.unwrap_or_default();
+        self.containers_matching(&f.id, &f.pod_sandbox_id, &f.label_selector)
+            .into_iter()
             .filter(|c| f.state.as_ref().is_none_or(|st| st.state == super::convert::container_state(c) as i32))
-            .filter(|c| super::labels_match(&c.config.labels, &f.label_selector))
             .map(|c| super::convert::container(&c))
             .collect()
     }

@@ -78,16 +78,7 @@ impl Shim {
 
     pub fn list_container_stats(&self, f: Option<cri::ContainerStatsFilter>) -> Vec<cri::ContainerStats> {
         let f = f.unwrap_or_default();
-        let id = (!f.id.is_empty()).then(|| self.store.resolve_container(&f.id).unwrap_or_default());
-        let sb = (!f.pod_sandbox_id.is_empty()).then(|| self.store.resolve_sandbox(&f.pod_sandbox_id).unwrap_or_default());
-        self.store
-            .containers()
-            .into_iter()
-            .filter(|c| id.as_ref().is_none_or(|id| &c.record.id == id))
-            .filter(|c| sb.as_ref().is_none_or(|sb| &c.record.sandbox_id == sb))
-            .filter(|c| super::labels_match(&c.config.labels, &f.label_selector))
-            .map(|c| self.stats_of(&c))
-            .collect()
+        self.containers_matching(&f.id, &f.pod_sandbox_id, &f.label_selector).iter().map(|c| self.stats_of(c)).collect()
     }
 
     fn sandbox_stats_of(&self, sb: &Sandbox) -> cri::PodSandboxStats {
