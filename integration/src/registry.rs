@@ -68,11 +68,26 @@ impl Registry {
         }
         std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\nwww-data:x:33:33:www-data:/var/www:/bin/false\n")?;
         std::fs::write(rootfs.join("etc/group"), "root:x:0:\nwww-data:x:33:\nusers:x:100:www-data\nnogroup:x:65534:\n")?;
+        self.push_rootfs(ns, name, &work, &rootfs, cmd)
+    }
+
+    /// A pause image: only `/pause` (the static berth-pause), for runtimes that need one.
+    pub fn push_pause(&self, ns: &NetNs, name: &str, pause: &Path) -> anyhow::Result<()> {
+        let work = self.dir.join("build").join(name.replace(['/', ':'], "_"));
+        let _ = std::fs::remove_dir_all(&work);
+        let rootfs = work.join("rootfs");
+        std::fs::create_dir_all(&rootfs)?;
+        std::fs::copy(pause, rootfs.join("pause")).with_context(|| format!("copying {}", pause.display()))?;
+        self.push_rootfs(ns, name, &work, &rootfs, &["/pause"])
+    }
+
+    /// Packs `rootfs` as a one-layer image with config `cmd` and pushes it as `<addr>/<name>`.
+    fn push_rootfs(&self, ns: &NetNs, name: &str, work: &Path, rootfs: &Path, cmd: &[&str]) -> anyhow::Result<()> {
         let layout = work.join("oci");
         let image = format!("{}:img", layout.display());
         run(Command::new("umoci").args(["init", "--layout"]).arg(&layout))?;
         run(Command::new("umoci").args(["new", "--image", &image]))?;
-        run(Command::new("umoci").args(["insert", "--image", &image]).arg(&rootfs).arg("/"))?;
+        run(Command::new("umoci").args(["insert", "--image", &image]).arg(rootfs).arg("/"))?;
         let mut config = Command::new("umoci");
         config.args(["config", "--image", &image, "--os", "linux", "--architecture", "amd64", "--config.env", "PATH=/bin"]);
         for c in cmd {
