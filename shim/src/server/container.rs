@@ -69,10 +69,7 @@ impl Shim {
                 .map_err(|e| CriError::Internal(e.to_string()))?
                 .map_err(|e| CriError::Internal(format!("preparing the rootfs: {}", crate::error_chain(&e))))?;
             let spec = super::specs::container(self, &id, &sb, &config, &image, &rootfs)?;
-            if let Some(u) = spec.process().as_ref().map(|p| p.user()) {
-                let user = (u.uid(), u.gid(), u.additional_gids().clone().unwrap_or_default());
-                self.store.update_container(&id, |r| r.user = Some(user))?;
-            }
+            let user = spec.process().as_ref().map(|p| p.user()).map(|u| (u.uid(), u.gid(), u.additional_gids().clone().unwrap_or_default()));
             let bytes = serde_json::to_vec(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
             monitor::write_atomic(&bundle.join("config.json"), &bytes).map_err(io("writing config.json"))?;
             let answer = self
@@ -80,14 +77,18 @@ impl Shim {
                 .call(&Request::Create { id: id.clone(), bundle: bundle.clone(), log_path, stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty })
                 .await?;
             match answer {
-                Response::Created { pid } => Ok(pid),
+                Response::Created { pid } => Ok((pid, user)),
                 other => Err(CriError::Internal(format!("unexpected monitor answer {other:?}"))),
             }
         }
         .await;
         match result {
-            Ok(pid) => {
-                self.store.update_container(&id, |r| r.pid = pid)?;
+            Ok((pid, user)) => {
+                // One write for both: each record write is an fsync.
+                self.store.update_container(&id, |r| {
+                    r.pid = pid;
+                    r.user = user;
+                })?;
                 self.emit(&id, cri::ContainerEventType::ContainerCreatedEvent, None, vec![]);
                 Ok(id)
             }
