@@ -7,7 +7,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-pub use berth_runtime::monitor::{proto, read_exit, write_atomic, Exit, Request, Response, SOCKET};
+pub use berth_runtime::monitor::{proto, read_exit, write_atomic, write_replace, Exit, Request, Response, SOCKET};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {

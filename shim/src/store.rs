@@ -212,7 +212,9 @@ fn unique_prefix<'a>(keys: impl Iterator<Item = &'a String>, id: &str) -> Option
 fn persist<T: Serialize>(dir: &Path, record: &T, config: Option<&[u8]>) -> Result<(), StoreError> {
     let w = |path: PathBuf| move |source| StoreError::Write { path, source };
     if let Some(bytes) = config {
-        crate::monitor::write_atomic(&dir.join(CONFIG), bytes).map_err(w(dir.join(CONFIG)))?;
+        // Not fsynced on its own: the record written next is, and a config without a record
+        // is dropped at load (the request never completed).
+        crate::monitor::write_replace(&dir.join(CONFIG), bytes, false).map_err(w(dir.join(CONFIG)))?;
     }
     write_json(&dir.join(RECORD), record).map_err(w(dir.join(RECORD)))
 }
@@ -234,7 +236,9 @@ fn load_all<R: for<'de> Deserialize<'de>, C: Message + Default>(dir: &Path) -> R
         let record = std::fs::read(path.join(RECORD));
         let config = std::fs::read(path.join(CONFIG));
         match (record, config) {
-            (Ok(r), Ok(c)) => {
+            // An empty config (a power cut after the unsynced write) is incomplete too: valid
+            // configs always carry metadata.
+            (Ok(r), Ok(c)) if !c.is_empty() => {
                 let record = serde_json::from_slice(&r).map_err(|e| StoreError::Read { path: path.join(RECORD), message: e.to_string() })?;
                 let config = C::decode(c.as_slice()).map_err(|e| StoreError::Read { path: path.join(CONFIG), message: e.to_string() })?;
                 out.push((id, record, config));

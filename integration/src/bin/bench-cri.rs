@@ -186,7 +186,8 @@ state = "{d}/state"
 async fn main() -> anyhow::Result<()> {
     let pods = arg("--pods", 100);
     let res_pods = arg("--resident", 10);
-    let tmp = tempfile::Builder::new().prefix("bc").tempdir_in("/tmp")?;
+    // BERTH_KEEP_TMP=1 keeps the runtimes' logs and state for reading.
+    let tmp = tempfile::Builder::new().prefix("bc").disable_cleanup(std::env::var_os("BERTH_KEEP_TMP").is_some()).tempdir_in("/tmp")?;
     let ns = NetNs::new("bench-cri")?;
     let registry = Registry::start(&ns, &tmp.path().join("reg"), 5200)?;
     registry.push_busybox(&ns, "library/busybox:latest", &["sh"])?;

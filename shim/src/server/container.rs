@@ -71,7 +71,8 @@ impl Shim {
             let spec = super::specs::container(self, &id, &sb, &config, &image, &rootfs)?;
             let user = spec.process().as_ref().map(|p| p.user()).map(|u| (u.uid(), u.gid(), u.additional_gids().clone().unwrap_or_default()));
             let bytes = serde_json::to_vec(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
-            monitor::write_atomic(&bundle.join("config.json"), &bytes).map_err(io("writing config.json"))?;
+            // The bundle lives under the per-boot run dir: atomic, no fsync needed.
+            monitor::write_replace(&bundle.join("config.json"), &bytes, false).map_err(io("writing config.json"))?;
             let answer = self
                 .monitor(&sb_id)
                 .call(&Request::Create { id: id.clone(), bundle: bundle.clone(), log_path, stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty })

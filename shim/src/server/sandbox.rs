@@ -242,7 +242,7 @@ impl Shim {
         let spec = super::specs::sandbox(self, record, config, &rootfs)?;
         std::fs::create_dir_all(&bundle).map_err(io(format!("creating {}", bundle.display())))?;
         let bytes = serde_json::to_vec(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
-        crate::monitor::write_atomic(&bundle.join("config.json"), &bytes).map_err(io("writing the infra bundle"))?;
+        crate::monitor::write_replace(&bundle.join("config.json"), &bytes, false).map_err(io("writing the infra bundle"))?;
         Ok(bundle)
     }
 
