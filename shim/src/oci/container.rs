@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use berth_proto::runtime::v1::{ContainerConfig, LinuxContainerSecurityContext, NamespaceMode, PodSandboxConfig};
-use oci_spec::runtime::{Linux, LinuxResources, Process, Root, Spec, User};
+use oci_spec::runtime::{Linux, LinuxCapabilities, LinuxResources, LinuxSeccomp, Process, Root, Spec, User};
 
 use super::mounts::{container_mounts, MountInput};
 use super::namespaces::{container_namespaces, modes};
@@ -51,47 +51,19 @@ pub fn container_spec(input: &ContainerInput) -> Result<Built, SpecError> {
         return Err(ctx.invalid("linux.security_context.privileged", "the pod sandbox is not privileged"));
     }
 
+    if let Some(cdi) = config.cdi_devices.first() {
+        return Err(ctx.invalid("CDI_devices[0]", format!("CDI device {:?}: CDI is not supported by berth", cdi.name)));
+    }
+
     let pod = modes(&Ctx::new(format!("{}.sandbox", ctx.field(""))), sandbox_sc.and_then(|s| s.namespace_options.as_ref()))?;
     let own = modes(&ctx, sc.namespace_options.as_ref())?;
     // HOSTNAME: the pod's hostname; a host-network pod may leave it empty (the node's then).
     let hostname = if input.sandbox.hostname.is_empty() { input.host.hostname.as_str() } else { input.sandbox.hostname.as_str() };
 
-    // The deprecated string fields are still sent by older kubelets.
-    #[allow(deprecated)]
-    let mut warnings = ignored_profiles(sc.apparmor.as_ref(), &sc.apparmor_profile, sc.selinux_options.is_some());
-    let caps = container_capabilities(&ctx, sc.capabilities.as_ref(), privileged, input.host.last_cap)?;
-    let seccomp_field = "linux.security_context.seccomp";
-    #[allow(deprecated)]
-    let choice = choose_seccomp(&ctx, seccomp_field, sc.seccomp.as_ref(), &sc.seccomp_profile_path, Seccomp::Unconfined)?;
-    let seccomp = if privileged {
-        if choice != Seccomp::Unconfined {
-            warnings.push("seccomp profile ignored: the container is privileged".into());
-        }
-        None
-    } else {
-        let main = caps.effective().clone().unwrap_or_default();
-        let field = if sc.seccomp.is_some() { seccomp_field.to_owned() } else { format!("{seccomp_field}_profile_path") };
-        seccomp_spec(&ctx, &field, &choice, &main, input.lookup)?
-    };
-
-    let identity = users::container_identity(&ctx, Some(sc), &input.image.user, input.users)?;
-    let mut user = User::default();
-    user.set_uid(identity.uid);
-    user.set_gid(identity.gid);
-    user.set_additional_gids(Some(identity.additional_gids));
+    let (caps, seccomp, warnings) = security(&ctx, sc, input)?;
 
     let res = linux.and_then(|l| l.resources.as_ref());
-    let mut process = Process::default();
-    process.set_terminal(Some(config.tty));
-    process.set_console_size(None);
-    process.set_user(user);
-    process.set_args(Some(process::args(&ctx, config, input.image)?));
-    process.set_env(Some(process::env(&ctx, config, input.image, hostname)?));
-    process.set_cwd(process::cwd(&ctx, config, input.image)?);
-    process.set_capabilities(Some(caps));
-    process.set_rlimits(None);
-    process.set_no_new_privileges(Some(sc.no_new_privs));
-    process.set_oom_score_adj(res.map(|r| resources::oom_score_adj(&ctx, r)).transpose()?);
+    let process = container_process(&ctx, input, sc, caps, hostname)?;
 
     let mounts = container_mounts(
         &ctx,
@@ -148,6 +120,63 @@ pub fn container_spec(input: &ContainerInput) -> Result<Built, SpecError> {
     spec.set_annotations(Some(container_annotations(input, name)));
     spec.set_linux(Some(linux));
     Ok(Built { spec, warnings })
+}
+
+/// Capabilities, seccomp and the warnings for ignored AppArmor/SELinux/seccomp settings.
+fn security(
+    ctx: &Ctx,
+    sc: &LinuxContainerSecurityContext,
+    input: &ContainerInput,
+) -> Result<(LinuxCapabilities, Option<LinuxSeccomp>, Vec<String>), SpecError> {
+    let privileged = sc.privileged;
+    // The deprecated string fields are still sent by older kubelets.
+    #[allow(deprecated)]
+    let mut warnings = ignored_profiles(sc.apparmor.as_ref(), &sc.apparmor_profile, sc.selinux_options.is_some());
+    let caps = container_capabilities(ctx, sc.capabilities.as_ref(), privileged, input.host.last_cap)?;
+    let seccomp_field = "linux.security_context.seccomp";
+    #[allow(deprecated)]
+    let choice = choose_seccomp(ctx, seccomp_field, sc.seccomp.as_ref(), &sc.seccomp_profile_path, Seccomp::Unconfined)?;
+    let seccomp = if privileged {
+        if choice != Seccomp::Unconfined {
+            warnings.push("seccomp profile ignored: the container is privileged".into());
+        }
+        None
+    } else {
+        let main = caps.effective().clone().unwrap_or_default();
+        let field = if sc.seccomp.is_some() { seccomp_field.to_owned() } else { format!("{seccomp_field}_profile_path") };
+        seccomp_spec(ctx, &field, &choice, &main, input.lookup)?
+    };
+    Ok((caps, seccomp, warnings))
+}
+
+/// The process: argv, env, cwd, identity, terminal, capabilities, no_new_privs, oom_score_adj.
+fn container_process(
+    ctx: &Ctx,
+    input: &ContainerInput,
+    sc: &LinuxContainerSecurityContext,
+    caps: LinuxCapabilities,
+    hostname: &str,
+) -> Result<Process, SpecError> {
+    let config = input.config;
+    let identity = users::container_identity(ctx, Some(sc), &input.image.user, input.users)?;
+    let mut user = User::default();
+    user.set_uid(identity.uid);
+    user.set_gid(identity.gid);
+    user.set_additional_gids(Some(identity.additional_gids));
+
+    let res = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+    let mut process = Process::default();
+    process.set_terminal(Some(config.tty));
+    process.set_console_size(None);
+    process.set_user(user);
+    process.set_args(Some(process::args(ctx, config, input.image)?));
+    process.set_env(Some(process::env(ctx, config, input.image, hostname)?));
+    process.set_cwd(process::cwd(ctx, config, input.image)?);
+    process.set_capabilities(Some(caps));
+    process.set_rlimits(None);
+    process.set_no_new_privileges(Some(sc.no_new_privs));
+    process.set_oom_score_adj(res.map(|r| resources::oom_score_adj(ctx, r)).transpose()?);
+    Ok(process)
 }
 
 fn container_annotations(input: &ContainerInput, name: &str) -> HashMap<String, String> {

@@ -382,3 +382,10 @@ fn spec_serialises_to_json_the_runtime_parses() {
     let back = berth_runtime::spec::parse(&json).unwrap();
     fx.validate(&back);
 }
+
+#[test]
+fn cdi_devices_are_refused() {
+    let mut fx = Fixture::new();
+    fx.config.cdi_devices = vec![berth_proto::runtime::v1::CdiDevice { name: "vendor.com/gpu=0".into() }];
+    assert_eq!(fx.build().unwrap_err().field(), "containers[web].CDI_devices[0]");
+}

@@ -99,6 +99,30 @@ impl HostLookup for FsLookup {
     }
 }
 
+impl super::Host {
+    /// Reads the node's facts: hostname, cgroup layout, swap accounting, cap_last_cap.
+    /// `rro_mounts` stays false (berth-runtime has no recursive read-only mounts) and the
+    /// default cgroup parent is "/berth"; change them after if needed.
+    pub fn detect() -> Self {
+        let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned());
+        let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let swap_controller = if cgroup_v2 {
+            let own = read("/proc/self/cgroup").unwrap_or_default();
+            let rel = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim_start_matches('/').to_owned();
+            Path::new("/sys/fs/cgroup").join(rel).join("memory.swap.max").exists()
+        } else {
+            Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+        };
+        super::Host {
+            hostname: read("/proc/sys/kernel/hostname").unwrap_or_default(),
+            cgroup_v2,
+            swap_controller,
+            last_cap: berth_runtime::capabilities::last_cap(),
+            ..Default::default()
+        }
+    }
+}
+
 fn device_of(meta: &std::fs::Metadata, relative: PathBuf) -> Option<HostDevice> {
     let ft = meta.file_type();
     let kind = if ft.is_char_device() {
@@ -278,6 +302,14 @@ mod tests {
         assert_eq!((devs[0].kind, devs[0].major, devs[0].minor), (HostDeviceKind::Char, 1, 3));
         assert_eq!(devs[0].relative, PathBuf::new());
         assert!(FsLookup.devices(Path::new("/etc/hostname")).is_err());
+    }
+
+    #[test]
+    fn host_detect_reads_this_node() {
+        let host = crate::oci::Host::detect();
+        assert!(!host.hostname.is_empty());
+        assert!(host.last_cap >= 36, "{}", host.last_cap);
+        assert!(!host.rro_mounts);
     }
 
     #[test]

@@ -192,7 +192,7 @@ pub(crate) fn seccomp_spec(
 ) -> Result<Option<LinuxSeccomp>, SpecError> {
     match choice {
         Seccomp::Unconfined => Ok(None),
-        Seccomp::RuntimeDefault => Ok(Some(berth_runtime::seccomp::default_profile())),
+        Seccomp::RuntimeDefault => Ok(Some(runtime_default(caps))),
         Seccomp::Localhost(path) => {
             let bytes = lookup.read_seccomp_profile(path).map_err(|e| ctx.lookup(field, path, e))?;
             let profile = parse_seccomp_profile(&bytes, caps)
@@ -200,6 +200,57 @@ pub(crate) fn seccomp_spec(
             Ok(Some(profile))
         }
     }
+}
+
+/// Syscalls Docker's default profile allows only with a capability (moby's default.json).
+const CAP_SYSCALLS: &[(Capability, &[&str])] = &[
+    (Capability::DacReadSearch, &["open_by_handle_at"]),
+    (
+        Capability::SysAdmin,
+        &[
+            "bpf", "fanotify_init", "fsconfig", "fsmount", "fsopen", "fspick", "lookup_dcookie", "mount", "mount_setattr",
+            "move_mount", "open_tree", "perf_event_open", "quotactl", "quotactl_fd", "setdomainname", "sethostname",
+            "setns", "syslog", "umount", "umount2", "unshare",
+        ],
+    ),
+    (Capability::SysBoot, &["reboot"]),
+    (Capability::SysModule, &["delete_module", "init_module", "finit_module"]),
+    (Capability::SysPacct, &["acct"]),
+    (Capability::SysPtrace, &["kcmp", "pidfd_getfd", "process_madvise", "process_vm_readv", "process_vm_writev", "ptrace"]),
+    (Capability::SysRawio, &["iopl", "ioperm"]),
+    (Capability::SysTime, &["settimeofday", "stime", "clock_settime", "clock_settime64"]),
+    (Capability::SysTtyConfig, &["vhangup"]),
+    (Capability::SysNice, &["get_mempolicy", "mbind", "set_mempolicy", "set_mempolicy_home_node"]),
+    (Capability::Syslog, &["syslog"]),
+    (Capability::Bpf, &["bpf"]),
+    (Capability::Perfmon, &["perf_event_open"]),
+];
+
+/// berth-runtime's RuntimeDefault profile, widened like Docker's for the capabilities the
+/// process holds (a container given CAP_SYS_PTRACE may ptrace). Syscalls the base profile
+/// already has a rule for (clone, clone3) keep that rule.
+pub(crate) fn runtime_default(caps: &Capabilities) -> LinuxSeccomp {
+    let mut profile = berth_runtime::seccomp::default_profile();
+    let mut syscalls = profile.syscalls().clone().unwrap_or_default();
+    let known: HashSet<String> = syscalls.iter().flat_map(|s| s.names().iter().cloned()).collect();
+    let mut extra: Vec<String> = Vec::new();
+    for (cap, names) in CAP_SYSCALLS {
+        if caps.contains(cap) {
+            for n in names.iter().map(|n| n.to_string()) {
+                if !known.contains(&n) && !extra.contains(&n) {
+                    extra.push(n);
+                }
+            }
+        }
+    }
+    if !extra.is_empty() {
+        let mut rule = oci_spec::runtime::LinuxSyscall::default();
+        rule.set_names(extra);
+        rule.set_action(oci_spec::runtime::LinuxSeccompAction::ScmpActAllow);
+        syscalls.push(rule);
+        profile.set_syscalls(Some(syscalls));
+    }
+    profile
 }
 
 /// Parses a seccomp profile file: the OCI `linux.seccomp` format, or Docker's (with `archMap`,

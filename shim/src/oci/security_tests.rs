@@ -101,3 +101,18 @@ fn deprecated_apparmor_string_warns() {
     let rd = SecurityProfile::default();
     assert!(ignored_profiles(Some(&rd), "", false)[0].contains("runtime/default"));
 }
+
+#[test]
+fn runtime_default_widens_for_capabilities() {
+    let base = runtime_default(&Capabilities::new());
+    assert_eq!(base, berth_runtime::seccomp::default_profile());
+    let caps: Capabilities = [Capability::SysAdmin, Capability::SysPtrace, Capability::Syslog].into();
+    let wide = runtime_default(&caps);
+    let extra = wide.syscalls().as_ref().unwrap().last().unwrap().names().clone();
+    for name in ["mount", "sethostname", "unshare", "ptrace", "syslog"] {
+        assert!(extra.contains(&name.to_string()), "{name} missing from {extra:?}");
+    }
+    assert_eq!(extra.iter().filter(|n| *n == "syslog").count(), 1);
+    assert!(!extra.contains(&"clone".to_string()) && !extra.contains(&"reboot".to_string()));
+    berth_runtime::seccomp::compile(&wide).unwrap();
+}
