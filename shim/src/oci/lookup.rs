@@ -101,8 +101,7 @@ impl HostLookup for FsLookup {
 
 impl super::Host {
     /// Reads the node's facts: hostname, cgroup layout, swap accounting, cap_last_cap.
-    /// `rro_mounts` stays false (berth-runtime has no recursive read-only mounts) and the
-    /// default cgroup parent is "/berth"; change them after if needed.
+    /// `rro_mounts` stays false and the default cgroup parent is "/berth"; the shim sets both.
     pub fn detect() -> Self {
         let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned());
         let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();

@@ -14,7 +14,7 @@ mod stats;
 mod streams;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use berth_proto::runtime::v1 as cri;
@@ -96,14 +96,8 @@ impl Shim {
             return Err(CriError::InvalidArgument(format!("run_dir {} is too long: pod sockets ({} bytes) must stay under 108 bytes", cfg.run_dir.display(), longest.as_os_str().len())));
         }
         let cni = Cni { conf_dir: cfg.cni.conf_dir.clone(), bin_dirs: cfg.cni.bin_dirs.clone(), cache_dir: cfg.cni.cache_dir.clone() };
-        let host = crate::oci::Host {
-            hostname: nix_hostname(),
-            cgroup_v2: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
-            default_cgroup_parent: cfg.cgroup_parent.clone(),
-            swap_controller: Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
-            last_cap: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40),
-            rro_mounts: true,
-        };
+        // berth-runtime supports `rro` (mount_setattr), so recursive read-only mounts are on.
+        let host = crate::oci::Host { default_cgroup_parent: cfg.cgroup_parent.clone(), rro_mounts: true, ..crate::oci::Host::detect() };
         let (events, _) = broadcast::channel(1024);
         let shim = Arc::new(Shim {
             cfg,
@@ -188,10 +182,6 @@ fn oom_score_adj_floor() -> Option<i32> {
         return None;
     }
     std::fs::read_to_string("/proc/self/oom_score_adj").ok()?.trim().parse().ok()
-}
-
-fn nix_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// A random 64-hex-digit id, as containerd makes them.
