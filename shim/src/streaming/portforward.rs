@@ -241,22 +241,13 @@ pub(crate) async fn serve_ws_channels<IO>(
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> Headers {
-        Headers(
-            pairs
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
     #[test]
     fn streams_need_a_port_and_a_known_type() {
-        assert!(accept(&headers(&[("port", "80"), ("streamtype", "data")])).is_ok());
-        assert!(accept(&headers(&[("port", "80"), ("streamtype", "error")])).is_ok());
-        assert!(accept(&headers(&[("streamtype", "data")])).is_err());
-        assert!(accept(&headers(&[("port", "0"), ("streamtype", "data")])).is_err());
-        assert!(accept(&headers(&[("port", "70000"), ("streamtype", "data")])).is_err());
-        assert!(accept(&headers(&[("port", "80"), ("streamtype", "stdout")])).is_err());
+        assert!(accept(&Headers::from_pairs(&[("port", "80"), ("streamtype", "data")])).is_ok());
+        assert!(accept(&Headers::from_pairs(&[("port", "80"), ("streamtype", "error")])).is_ok());
+        assert!(accept(&Headers::from_pairs(&[("streamtype", "data")])).is_err());
+        assert!(accept(&Headers::from_pairs(&[("port", "0"), ("streamtype", "data")])).is_err());
+        assert!(accept(&Headers::from_pairs(&[("port", "70000"), ("streamtype", "data")])).is_err());
+        assert!(accept(&Headers::from_pairs(&[("port", "80"), ("streamtype", "stdout")])).is_err());
     }
 }

@@ -349,15 +349,6 @@ impl FrameDecoder {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> Headers {
-        Headers(
-            pairs
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
     fn all_frames() -> Vec<Frame> {
         vec![
             Frame::SynStream {
@@ -365,7 +356,7 @@ mod tests {
                 associated_to: 0,
                 priority: 3,
                 flags: FLAG_FIN,
-                headers: headers(&[("streamtype", "error"), ("port", "80"), ("requestid", "0")]),
+                headers: Headers::from_pairs(&[("streamtype", "error"), ("port", "80"), ("requestid", "0")]),
             },
             Frame::SynReply {
                 stream_id: 1,
@@ -375,7 +366,7 @@ mod tests {
             Frame::Headers {
                 stream_id: 3,
                 flags: FLAG_FIN,
-                headers: headers(&[("x", "a\0b")]),
+                headers: Headers::from_pairs(&[("x", "a\0b")]),
             },
             Frame::RstStream {
                 stream_id: 5,

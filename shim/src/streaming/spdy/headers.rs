@@ -12,6 +12,12 @@ const MAX_HEADERS: u32 = 1000;
 pub(crate) struct Headers(pub(crate) Vec<(String, String)>);
 
 impl Headers {
+    /// A block from (name, value) pairs, for tests and the test client.
+    #[cfg(test)]
+    pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> Headers {
+        Headers(pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect())
+    }
+
     /// The first value of `name` (case-insensitive).
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         let (_, value) = self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name))?;
@@ -75,18 +81,9 @@ impl Headers {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> Headers {
-        Headers(
-            pairs
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
     #[test]
     fn header_lookup_is_case_insensitive_and_takes_the_first_value() {
-        let h = headers(&[("streamtype", "stdout"), ("x", "a\0b")]);
+        let h = Headers::from_pairs(&[("streamtype", "stdout"), ("x", "a\0b")]);
         assert_eq!(h.get("streamType"), Some("stdout"));
         assert_eq!(h.get("x"), Some("a"));
         assert_eq!(h.get("port"), None);
@@ -101,7 +98,7 @@ mod tests {
 
     #[test]
     fn blocks_round_trip() {
-        let h = headers(&[("streamtype", "error"), ("x", "a\0b")]);
+        let h = Headers::from_pairs(&[("streamtype", "error"), ("x", "a\0b")]);
         assert_eq!(Headers::parse(&h.encode()).expect("parse"), h);
     }
 }

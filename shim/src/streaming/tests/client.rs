@@ -197,12 +197,7 @@ impl SpdyClient {
                 reply: Some(reply_tx),
             },
         );
-        let headers = Headers(
-            headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        );
+        let headers = Headers::from_pairs(headers);
         self.out
             .send(Frame::SynStream {
                 stream_id: id,
