@@ -201,11 +201,11 @@ impl ImageStore {
         Ok(())
     }
 
-    /// The writable (upper) directory of snapshot `key`, if it exists (for writable-layer stats).
-    pub fn snapshot_upper(&self, key: &str) -> Option<PathBuf> {
+    /// Bytes and inodes used by the writable (upper) directory of snapshot `key`, counted as
+    /// [`ImageStore::fs_info`] counts the store (for CRI writable-layer stats).
+    pub fn snapshot_usage(&self, key: &str) -> Option<(u64, u64)> {
         check_key(key).ok()?;
-        let upper = self.inner.layout.snapshots().join(key).join("upper");
-        upper.is_dir().then_some(upper)
+        tree_usage(&self.inner.layout.snapshots().join(key).join("upper")).ok()
     }
 
     /// Unmounts the snapshot `key` from `target` (only if our overlay is mounted there) and
@@ -235,29 +235,7 @@ impl ImageStore {
     /// not crossing into other filesystems.
     pub fn fs_info(&self) -> Result<FsUsage, ImageError> {
         let root = &self.inner.layout.root;
-        let dev = fs::symlink_metadata(root).ctx("stat", root)?.dev();
-        let mut seen = HashSet::new();
-        let (mut bytes, mut inodes) = (0u64, 0u64);
-        let mut stack = vec![root.clone()];
-        while let Some(p) = stack.pop() {
-            let m = match fs::symlink_metadata(&p) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(ImageError::io("stat", &p, e)),
-            };
-            if m.dev() != dev || !seen.insert(m.ino()) {
-                continue;
-            }
-            inodes += 1;
-            bytes += m.blocks() * 512;
-            if m.is_dir() {
-                match fs::read_dir(&p) {
-                    Ok(rd) => stack.extend(rd.filter_map(|e| e.ok().map(|e| e.path()))),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(ImageError::io("read", &p, e)),
-                }
-            }
-        }
+        let (bytes, inodes) = tree_usage(root)?;
         let timestamp_nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
@@ -268,4 +246,33 @@ impl ImageStore {
             timestamp_nanos,
         })
     }
+}
+
+/// Allocated bytes and inodes under `root` (itself included), hard links counted once, not
+/// crossing into other filesystems; entries vanishing during the walk are skipped.
+fn tree_usage(root: &Path) -> Result<(u64, u64), ImageError> {
+    let dev = fs::symlink_metadata(root).ctx("stat", root)?.dev();
+    let mut seen = HashSet::new();
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = match fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ImageError::io("stat", &p, e)),
+        };
+        if m.dev() != dev || !seen.insert(m.ino()) {
+            continue;
+        }
+        inodes += 1;
+        bytes += m.blocks() * 512;
+        if m.is_dir() {
+            match fs::read_dir(&p) {
+                Ok(rd) => stack.extend(rd.filter_map(|e| e.ok().map(|e| e.path()))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ImageError::io("read", &p, e)),
+            }
+        }
+    }
+    Ok((bytes, inodes))
 }

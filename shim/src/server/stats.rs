@@ -2,8 +2,6 @@
 //! container's cgroup through the runtime library; the writable layer from the snapshot's
 //! upper directory.
 
-use std::path::Path;
-
 use berth_proto::runtime::v1 as cri;
 
 use super::{CriError, CriResult, Shim};
@@ -11,26 +9,6 @@ use crate::store::{Container, ContainerState, Sandbox};
 
 fn u64v(value: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value })
-}
-
-/// Bytes and inodes under `dir` (not crossing into other filesystems' mounts).
-pub fn disk_usage(dir: &Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(root) = std::fs::symlink_metadata(dir) else { return (0, 0) };
-    let (mut bytes, mut inodes) = (0u64, 0u64);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(md) = e.metadata() else { continue };
-            inodes += 1;
-            bytes += md.blocks() * 512;
-            if md.is_dir() && md.dev() == root.dev() {
-                stack.push(e.path());
-            }
-        }
-    }
-    (bytes, inodes)
 }
 
 impl Shim {
@@ -45,8 +23,7 @@ impl Shim {
         let cg = berth_runtime::container::Loaded::load(&self.runtime_root(), &c.record.id).and_then(|l| l.cgroup()).ok();
         let st = cg.map(|cg| cg.stats()).unwrap_or_default();
         let working_set = st.memory.usage;
-        let upper = self.images.snapshot_upper(&c.record.id);
-        let (used, inodes) = upper.as_deref().map(disk_usage).unwrap_or((0, 0));
+        let (used, inodes) = self.images.snapshot_usage(&c.record.id).unwrap_or((0, 0));
         cri::ContainerStats {
             attributes,
             cpu: Some(cri::CpuUsage { timestamp: now, usage_core_nano_seconds: u64v(st.cpu.usage_total), usage_nano_cores: None, psi: None }),
