@@ -214,7 +214,6 @@ impl Shim {
 
     pub fn container_status(&self, id: &str, verbose: bool) -> CriResult<cri::ContainerStatusResponse> {
         let c = self.find_container(id)?;
-        let c = self.refresh_container(&c.record.id).unwrap_or(c);
         let mut info = std::collections::HashMap::new();
         if verbose {
             let v = serde_json::json!({ "pid": c.record.pid, "sandboxID": c.record.sandbox_id, "bundle": self.bundle_dir(&c.record.id) });
@@ -259,19 +258,26 @@ impl Shim {
     }
 
     pub async fn reopen_container_log(&self, id: &str) -> CriResult<()> {
-        let c = self.find_container(id)?;
-        if c.record.state != ContainerState::Running {
-            return Err(CriError::FailedPrecondition(format!("container {} is not running", c.record.id)));
-        }
+        let c = self.running_container(id)?;
         self.monitor(&c.record.sandbox_id).call(&Request::ReopenLog { id: c.record.id }).await?;
         Ok(())
     }
 
+    /// A container by full id or unique prefix, brought up to date with its exit record.
     pub(super) fn find_container(&self, id: &str) -> CriResult<Container> {
         self.store
             .resolve_container(id)
-            .and_then(|id| self.store.container(&id))
+            .and_then(|id| self.refresh_container(&id))
             .ok_or_else(|| CriError::NotFound(format!("container {id:?} not found")))
+    }
+
+    /// [`Self::find_container`], which must be running (exec, attach, log reopening).
+    pub(super) fn running_container(&self, id: &str) -> CriResult<Container> {
+        let c = self.find_container(id)?;
+        if c.record.state != ContainerState::Running {
+            return Err(CriError::FailedPrecondition(format!("container {} is not running", c.record.id)));
+        }
+        Ok(c)
     }
 
     /// Brings a record up to date with the monitor's exit record; returns the current copy.

@@ -7,7 +7,6 @@ use berth_proto::runtime::v1 as cri;
 
 use super::{CriError, CriResult, Shim};
 use crate::monitor::{Request, Response};
-use crate::store::ContainerState;
 
 impl Shim {
     /// The container's own process settings (env, user, cwd, capabilities) with `args`.
@@ -24,11 +23,7 @@ impl Shim {
         if req.cmd.is_empty() {
             return Err(CriError::InvalidArgument("cmd: must not be empty".into()));
         }
-        let c = self.find_container(&req.container_id)?;
-        let c = self.refresh_container(&c.record.id).unwrap_or(c);
-        if c.record.state != ContainerState::Running {
-            return Err(CriError::FailedPrecondition(format!("container {} is not running", c.record.id)));
-        }
+        let c = self.running_container(&req.container_id)?;
         let process = self.exec_process(&c.record.id, req.cmd, false)?;
         let timeout_ms = u64::try_from(req.timeout).unwrap_or(0).saturating_mul(1000);
         let answer = self.monitor(&c.record.sandbox_id).call(&Request::ExecSync { id: c.record.id.clone(), process: Box::new(process), timeout_ms }).await?;

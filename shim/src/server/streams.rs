@@ -11,7 +11,6 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 
 use super::{CriError, CriResult, Shim};
 use crate::monitor::{Request, Response};
-use crate::store::ContainerState;
 use crate::streaming::{AsyncReadWrite, Backend, BackendError, BoxFuture, StreamIo};
 
 /// How long output may keep draining after an exec's process has exited.
@@ -67,17 +66,15 @@ fn set_winsize(fd: &OwnedFd, width: u16, height: u16) {
 }
 
 impl Shim {
-    fn running_container(&self, id: &str) -> Result<crate::store::Container, BackendError> {
-        let c = self.find_container(id).map_err(|_| BackendError::NotFound { what: format!("container {id}") })?;
-        let c = self.refresh_container(&c.record.id).unwrap_or(c);
-        if c.record.state != ContainerState::Running {
-            return Err(failed(format!("container {} is not running", c.record.id)));
-        }
-        Ok(c)
+    fn running_for_stream(&self, id: &str) -> Result<crate::store::Container, BackendError> {
+        self.running_container(id).map_err(|e| match e {
+            CriError::NotFound(_) => BackendError::NotFound { what: format!("container {id}") },
+            other => failed(crate::error_chain(&other)),
+        })
     }
 
     async fn stream_exec(self: Arc<Self>, req: cri::ExecRequest, mut io: StreamIo) -> Result<i32, BackendError> {
-        let c = self.running_container(&req.container_id)?;
+        let c = self.running_for_stream(&req.container_id)?;
         let process = self.exec_process(&c.record.id, req.cmd.clone(), req.tty).map_err(|e| failed(crate::error_chain(&e)))?;
         let want_stdin = io.stdin.is_some();
         let request = Request::Exec { id: c.record.id.clone(), process: Box::new(process), tty: req.tty, stdin: want_stdin };
@@ -148,7 +145,7 @@ impl Shim {
     }
 
     async fn stream_attach(self: Arc<Self>, req: cri::AttachRequest, mut io: StreamIo) -> Result<(), BackendError> {
-        let c = self.running_container(&req.container_id)?;
+        let c = self.running_for_stream(&req.container_id)?;
         let request = Request::Attach { id: c.record.id.clone(), stdin: io.stdin.is_some(), stdout: io.stdout.is_some(), stderr: io.stderr.is_some() };
         let (_conn, mut fds) = self.monitor(&c.record.sandbox_id).call_stdio(&request).await.map_err(|e| failed(crate::error_chain(&e)))?;
         let io_err = |e: std::io::Error| failed(format!("attach stdio: {e}"));
@@ -204,13 +201,13 @@ impl Shim {
         if req.cmd.is_empty() {
             return Err(CriError::InvalidArgument("cmd: must not be empty".into()));
         }
-        self.running_container(&req.container_id).map_err(|e| CriError::NotFound(e.to_string()))?;
+        self.running_container(&req.container_id).map_err(|e| CriError::NotFound(crate::error_chain(&e)))?;
         let url = self.streaming()?.exec_url(req).map_err(|e| CriError::InvalidArgument(crate::error_chain(&e)))?;
         Ok(cri::ExecResponse { url })
     }
 
     pub async fn attach_url(self: &Arc<Self>, req: cri::AttachRequest) -> CriResult<cri::AttachResponse> {
-        self.running_container(&req.container_id).map_err(|e| CriError::NotFound(e.to_string()))?;
+        self.running_container(&req.container_id).map_err(|e| CriError::NotFound(crate::error_chain(&e)))?;
         let url = self.streaming()?.attach_url(req).map_err(|e| CriError::InvalidArgument(crate::error_chain(&e)))?;
         Ok(cri::AttachResponse { url })
     }
