@@ -40,7 +40,8 @@ impl Drop for NetNs {
     }
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+/// Runs `cmd`; a non-zero exit is an error carrying its stderr.
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
