@@ -16,3 +16,4 @@ pub mod cri;
 pub mod netns;
 pub mod registry;
 pub mod shim;
+pub mod streaming;

@@ -32,6 +32,28 @@ impl NetNs {
         c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
         c
     }
+
+    /// A TCP connection to `addr` made from inside this namespace (on a thread of its own: the
+    /// caller's threads stay in theirs).
+    pub async fn connect(&self, addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
+        let path = self.path();
+        let stream = tokio::task::spawn_blocking(move || -> anyhow::Result<std::net::TcpStream> {
+            std::thread::spawn(move || -> anyhow::Result<std::net::TcpStream> {
+                let ns = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                // SAFETY: setns on this short-lived thread only.
+                if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+                    bail!("setns {}: {}", path.display(), std::io::Error::last_os_error());
+                }
+                let s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("connect thread panicked"))?
+        })
+        .await??;
+        Ok(tokio::net::TcpStream::from_std(stream)?)
+    }
 }
 
 impl Drop for NetNs {

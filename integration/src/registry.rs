@@ -98,6 +98,50 @@ impl Registry {
         run(ns.command("skopeo").args(["copy", "--quiet", "--dest-tls-verify=false", &format!("oci:{image}"), &dest]))
     }
 
+    /// Pushes an image made of the given layer tarballs (uncompressed, used as they are: tests
+    /// hand-craft hostile ones) as `<addr>/<name>`, through an OCI layout written here.
+    pub fn push_layers(&self, ns: &NetNs, name: &str, layers: &[Vec<u8>]) -> anyhow::Result<()> {
+        use sha2::{Digest, Sha256};
+        let layout = self.dir.join("build").join(name.replace(['/', ':'], "_")).join("oci");
+        let _ = std::fs::remove_dir_all(&layout);
+        let blobs = layout.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs)?;
+        let put = |bytes: &[u8]| -> anyhow::Result<(String, usize)> {
+            let hex: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(blobs.join(&hex), bytes)?;
+            Ok((format!("sha256:{hex}"), bytes.len()))
+        };
+        let mut descriptors = Vec::new();
+        let mut diff_ids = Vec::new();
+        for layer in layers {
+            let (digest, size) = put(layer)?;
+            descriptors.push(serde_json::json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size }));
+            diff_ids.push(digest);
+        }
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": { "Cmd": ["/bin/sh"] },
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        });
+        let (config_digest, config_size) = put(&serde_json::to_vec(&config)?)?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size },
+            "layers": descriptors,
+        });
+        let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest)?)?;
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size,
+                            "annotations": { "org.opencontainers.image.ref.name": "img" } }],
+        });
+        std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
+        std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        let dest = format!("docker://{}/{name}", self.addr);
+        run(ns.command("skopeo").args(["copy", "--quiet", "--dest-tls-verify=false", &format!("oci:{}:img", layout.display()), &dest]))
+    }
+
     /// Where the registry keeps blobs (for corrupting one on purpose).
     pub fn storage(&self) -> PathBuf {
         self.dir.join("storage")

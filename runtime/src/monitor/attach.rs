@@ -1,5 +1,7 @@
 //! Attach: the caller gets the container's stdin (the monitor's own write end when the
 //! container is `stdin_once`, a duplicate otherwise) and pipes that receive a copy of its output.
+//! For a terminal container the stdin is a duplicate of the pty master, named "pty" so the
+//! caller can also resize it; its output is all on "stdout".
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -21,13 +23,14 @@ impl Monitor {
             let stdin = if c.stdin_once { c.stdin.take() } else { c.stdin.as_ref().and_then(|f| f.try_clone().ok()) };
             match stdin {
                 Some(fd) => {
-                    names.push("stdin".to_string());
+                    names.push(if c.tty { "pty" } else { "stdin" }.to_string());
                     fds.push(fd);
                 }
                 None => return respond(conn, &Response::Error { message: format!("container {id} has no stdin to attach to") }),
             }
         }
         let mut copies: [Option<OwnedFd>; 2] = [None, None];
+        let want_err = want_err && !c.tty;
         for (i, (want, name)) in [(want_out, "stdout"), (want_err, "stderr")].into_iter().enumerate() {
             if !want {
                 continue;

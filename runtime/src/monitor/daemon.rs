@@ -52,6 +52,8 @@ pub(super) struct Container {
     /// Write end of the container's stdin, kept for attaches.
     pub(super) stdin: Option<OwnedFd>,
     pub(super) stdin_once: bool,
+    /// On a terminal: `stdin` is a duplicate of the pty master, and output comes on one stream.
+    pub(super) tty: bool,
     /// Write ends of attached callers' stdout and stderr copies.
     pub(super) attached: Vec<[Option<OwnedFd>; 2]>,
     pub(super) exit: Option<Exit>,
@@ -262,10 +264,8 @@ impl Monitor {
         if self.containers.contains_key(id) {
             return Response::Error { message: format!("container {id} already exists in this pod") };
         }
-        if tty {
-            return Response::Error { message: "tty containers are not supported yet by berth-monitor".into() };
-        }
-        match self.spawn_create(id, bundle, stdin) {
+        let spawned = if tty { self.spawn_create_tty(id, bundle, stdin) } else { self.spawn_create(id, bundle, stdin) };
+        match spawned {
             Ok((pid, pipes, stdin_w)) => {
                 let log = log_path.and_then(|p| match LogFile::open(p) {
                     Ok(l) => Some(l),
@@ -274,7 +274,7 @@ impl Monitor {
                         None
                     }
                 });
-                let mut c = Container { pid, pipes, log, stdin: stdin_w, stdin_once, attached: Vec::new(), exit: None, waiters: Vec::new() };
+                let mut c = Container { pid, pipes, log, stdin: stdin_w, stdin_once, tty, attached: Vec::new(), exit: None, waiters: Vec::new() };
                 if let Some(status) = self.early_exits.remove(&pid) {
                     self.record_exit(id, &mut c, status);
                 }
@@ -285,7 +285,8 @@ impl Monitor {
         }
     }
 
-    /// Forks a child that runs the runtime's create with the container's stdio, and waits for it.
+    /// Creates a container with pipes for its stdio: output is read into the log, the write end
+    /// of its stdin (when asked) kept for attaches.
     fn spawn_create(&mut self, id: &str, bundle: &Path, stdin: bool) -> Result<(i32, Vec<Pipe>, Option<OwnedFd>), String> {
         let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
@@ -293,8 +294,48 @@ impl Monitor {
             let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
             (r, Some(w))
         } else {
-            (OwnedFd::from(std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?), None)
+            (super::fds::null().map_err(|e| format!("/dev/null: {e}"))?, None)
         };
+        let pid = self.fork_create(id, bundle, [&in_r, &out_w, &err_w], None)?;
+        drop((out_w, err_w, in_r));
+        set_nonblocking(&out_r);
+        set_nonblocking(&err_r);
+        let pipes = vec![
+            Pipe { fd: out_r, stream: Stream::Stdout, splitter: LineSplitter::default() },
+            Pipe { fd: err_r, stream: Stream::Stderr, splitter: LineSplitter::default() },
+        ];
+        Ok((pid, pipes, in_w))
+    }
+
+    /// Creates a container on a terminal (`process.terminal`): the runtime hands the pty master
+    /// over a console socket. Everything the container writes arrives on the master (logged as
+    /// stdout); attaches get a duplicate of the master to type into and resize.
+    fn spawn_create_tty(&mut self, id: &str, bundle: &Path, stdin: bool) -> Result<(i32, Vec<Pipe>, Option<OwnedFd>), String> {
+        self.counter += 1;
+        let path = self.dir.join(format!("c{}.sock", self.counter));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(|e| format!("console socket {}: {e}", path.display()))?;
+        let null = super::fds::null().map_err(|e| format!("/dev/null: {e}"))?;
+        // The runtime sends the master before its create returns; the socket buffers it.
+        let created = self.fork_create(id, bundle, [&null, &null, &null], Some(&path));
+        let master = created.as_ref().map_err(Clone::clone).and_then(|_| super::exec::receive_pty(&listener));
+        let _ = std::fs::remove_file(&path);
+        let pid = created?;
+        let master = match master {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = container::kill(&self.root, id, libc::SIGKILL, false);
+                return Err(e);
+            }
+        };
+        let pty = if stdin { Some(master.try_clone().map_err(|e| format!("dup pty: {e}"))?) } else { None };
+        set_nonblocking(&master);
+        Ok((pid, vec![Pipe { fd: master, stream: Stream::Stdout, splitter: LineSplitter::default() }], pty))
+    }
+
+    /// Forks a child that runs the runtime's create with the given stdio (or console socket),
+    /// waits for it and returns the container's pid.
+    fn fork_create(&mut self, id: &str, bundle: &Path, [in_r, out_w, err_w]: [&OwnedFd; 3], console: Option<&Path>) -> Result<i32, String> {
         let (res_r, res_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
         // SAFETY: the monitor is single-threaded; the child only calls into the runtime
         // library (itself written for a single-threaded caller) and exits.
@@ -303,8 +344,8 @@ impl Monitor {
             return Err(format!("fork: {}", std::io::Error::last_os_error()));
         }
         if child == 0 {
-            let res_w = child_stdio(&in_r, &out_w, &err_w, res_w);
-            let opts = CreateOptions { root: &self.root, id, bundle, pid_file: None, console_socket: None, wait_for_start: true };
+            let res_w = child_stdio(in_r, out_w, err_w, res_w);
+            let opts = CreateOptions { root: &self.root, id, bundle, pid_file: None, console_socket: console, wait_for_start: true };
             let (code, msg) = match container::create(&opts) {
                 Ok(created) => (0, created.pid.to_string()),
                 Err(e) => (1, crate::spec::error_chain(&e)),
@@ -314,7 +355,7 @@ impl Monitor {
             // SAFETY: leaving the forked child without running the parent's destructors.
             unsafe { libc::_exit(code) };
         }
-        drop((out_w, err_w, in_r, res_w));
+        drop(res_w);
         let mut status = 0;
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(child, &mut status, 0) };
@@ -326,14 +367,7 @@ impl Monitor {
         if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
             return Err(if msg.is_empty() { format!("create of {id} failed (status {status})") } else { msg });
         }
-        let pid: i32 = msg.trim().parse().map_err(|_| format!("create of {id}: bad pid {msg:?}"))?;
-        set_nonblocking(&out_r);
-        set_nonblocking(&err_r);
-        let pipes = vec![
-            Pipe { fd: out_r, stream: Stream::Stdout, splitter: LineSplitter::default() },
-            Pipe { fd: err_r, stream: Stream::Stderr, splitter: LineSplitter::default() },
-        ];
-        Ok((pid, pipes, in_w))
+        msg.trim().parse().map_err(|_| format!("create of {id}: bad pid {msg:?}"))
     }
 
     fn reap(&mut self) {
@@ -414,7 +448,9 @@ fn drain_pipe(p: &mut Pipe, mut log: Option<&mut LogFile>, attached: &mut Vec<[O
     loop {
         // SAFETY: reading into a local buffer of the given length.
         let n = unsafe { libc::read(p.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n == 0 {
+        // A terminal's master reads EIO once every holder of its slave side has gone.
+        let eof = n == 0 || (n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EIO));
+        if eof {
             if let Some(log) = log.as_deref_mut() {
                 log.write_records(&mut p.splitter, p.stream, &[], true);
             }

@@ -11,17 +11,13 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::Process;
 
 use super::daemon::{read_exec_output, respond, ExecJob, Monitor};
-use super::fds::{child_stdio, pipe, set_nonblocking};
+use super::fds::{child_stdio, null, pipe, set_nonblocking};
 use super::fdpass;
 use super::proto::Response;
 use crate::container::{self, ExecOptions};
 
 /// How long a terminal exec may take to hand over its pty.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn null() -> std::io::Result<OwnedFd> {
-    Ok(OwnedFd::from(std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?))
-}
 
 impl Monitor {
     /// Forks a child running `process` in container `id` with the given stdio (or a terminal
@@ -174,7 +170,7 @@ impl Monitor {
 }
 
 /// Waits for the runtime to connect to the console socket and send the pty master.
-fn receive_pty(listener: &UnixListener) -> Result<OwnedFd, String> {
+pub(super) fn receive_pty(listener: &UnixListener) -> Result<OwnedFd, String> {
     let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     if unsafe { libc::poll(&mut pfd, 1, CONSOLE_TIMEOUT.as_millis() as i32) } <= 0 {

@@ -23,6 +23,11 @@ pub(super) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// `/dev/null`, open for reading and writing (stdio of processes without a stream).
+pub(super) fn null() -> std::io::Result<OwnedFd> {
+    Ok(OwnedFd::from(std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?))
+}
+
 pub(super) fn set_nonblocking(fd: &OwnedFd) {
     // SAFETY: fcntl on an fd we own.
     unsafe {
@@ -45,9 +50,9 @@ pub(super) fn child_stdio(stdin: &OwnedFd, stdout: &OwnedFd, stderr: &OwnedFd, k
         let raw = keep.as_raw_fd();
         if raw != 3 {
             libc::dup2(raw, 3);
-        } else {
-            std::mem::forget(keep);
         }
+        // Its number is 3 now, or closed by close_range below: never close it by the old one.
+        std::mem::forget(keep);
         libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC);
         libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);

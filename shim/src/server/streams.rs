@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use berth_proto::runtime::v1 as cri;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::sync::mpsc;
 
 use super::{CriError, CriResult, Shim};
 use crate::monitor::{Request, Response};
@@ -65,6 +66,16 @@ fn set_winsize(fd: &OwnedFd, width: u16, height: u16) {
     unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
+/// Applies the client's terminal resizes to the pty; never finishes.
+async fn resize_loop(rx: Option<&mut mpsc::Receiver<crate::streaming::TermSize>>, fd: Option<&OwnedFd>) {
+    if let (Some(rx), Some(fd)) = (rx, fd) {
+        while let Some(size) = rx.recv().await {
+            set_winsize(fd, size.width, size.height);
+        }
+    }
+    std::future::pending::<()>().await
+}
+
 impl Shim {
     fn running_for_stream(&self, id: &str) -> Result<crate::store::Container, BackendError> {
         self.running_container(id).map_err(|e| match e {
@@ -96,14 +107,7 @@ impl Shim {
             ),
         };
         let stdin = pump(io.stdin.take(), input);
-        let resize = async {
-            if let (Some(rx), Some(fd)) = (io.resize.as_mut(), resize_fd.as_ref()) {
-                while let Some(size) = rx.recv().await {
-                    set_winsize(fd, size.width, size.height);
-                }
-            }
-            std::future::pending::<()>().await
-        };
+        let resize = resize_loop(io.resize.as_mut(), resize_fd.as_ref());
         let conn = tokio::net::UnixStream::from_std({
             conn.set_nonblocking(true).map_err(io_err)?;
             conn
@@ -149,21 +153,44 @@ impl Shim {
         let request = Request::Attach { id: c.record.id.clone(), stdin: io.stdin.is_some(), stdout: io.stdout.is_some(), stderr: io.stderr.is_some() };
         let (_conn, mut fds) = self.monitor(&c.record.sandbox_id).call_stdio(&request).await.map_err(|e| failed(crate::error_chain(&e)))?;
         let io_err = |e: std::io::Error| failed(format!("attach stdio: {e}"));
-        let input = take(&mut fds, "stdin").map(sender).transpose().map_err(io_err)?;
+        // A terminal container's stdin is its pty master: typed into, and resized.
+        let pty = take(&mut fds, "pty");
+        let resize_fd = pty.as_ref().map(|p| p.try_clone()).transpose().map_err(io_err)?;
+        let input: Option<Box<dyn AsyncWrite + Send + Unpin>> = match pty {
+            Some(pty) => Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(pty)))),
+            None => take(&mut fds, "stdin").map(sender).transpose().map_err(io_err)?,
+        };
+        // A stdin_once terminal sees end-of-input as the terminal's EOF character.
+        let eot = c.config.tty && c.config.stdin_once;
         let output = take(&mut fds, "stdout").map(receiver).transpose().map_err(io_err)?;
         let errors = take(&mut fds, "stderr").map(receiver).transpose().map_err(io_err)?;
         let has_output = output.is_some() || errors.is_some();
-        let stdin = pump(io.stdin.take(), input);
+        let stdin = async {
+            match (io.stdin.take(), input) {
+                (Some(mut from), Some(mut to)) if eot => {
+                    let _ = tokio::io::copy(&mut from, &mut to).await;
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut to, b"\x04").await;
+                }
+                (from, to) => pump(from, to).await,
+            }
+        };
+        let resize = resize_loop(io.resize.as_mut(), resize_fd.as_ref());
         let outputs = async {
             tokio::join!(pump(output, io.stdout.take()), pump(errors, io.stderr.take()));
         };
-        if has_output {
-            tokio::select! {
-                () = outputs => {}
-                () = async { stdin.await; std::future::pending::<()>().await } => {}
+        let io_done = async {
+            if has_output {
+                tokio::select! {
+                    () = outputs => {}
+                    () = async { stdin.await; std::future::pending::<()>().await } => {}
+                }
+            } else {
+                stdin.await;
             }
-        } else {
-            stdin.await;
+        };
+        tokio::select! {
+            () = io_done => {}
+            () = resize => unreachable!(),
         }
         Ok(())
     }
