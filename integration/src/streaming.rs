@@ -125,9 +125,9 @@ impl WsChannels {
     /// The next frame: `(fin, opcode, payload)`, or None when the connection ended.
     async fn frame(&mut self) -> anyhow::Result<Option<(bool, u8, Vec<u8>)>> {
         loop {
-            if let Some((fin, opcode, payload, used)) = parse_frame(&self.buf)? {
-                self.buf.drain(..used);
-                return Ok(Some((fin, opcode, payload)));
+            if let Some(f) = parse_frame(&self.buf)? {
+                self.buf.drain(..f.used);
+                return Ok(Some((f.fin, f.opcode, f.payload)));
             }
             let mut chunk = [0u8; 16384];
             let n = self.stream.read(&mut chunk).await?;
@@ -212,9 +212,18 @@ impl Channels {
     }
 }
 
-/// Decodes one complete server frame from `buf`: `(fin, opcode, payload, bytes used)`. Server
-/// frames are unmasked; continuation fragments have opcode 0.
-fn parse_frame(buf: &[u8]) -> anyhow::Result<Option<(bool, u8, Vec<u8>, usize)>> {
+/// One decoded server frame and the bytes of the buffer it used.
+#[derive(Debug, PartialEq)]
+struct Frame {
+    fin: bool,
+    /// Continuation fragments have opcode 0.
+    opcode: u8,
+    payload: Vec<u8>,
+    used: usize,
+}
+
+/// Decodes one complete server frame from `buf` (server frames are unmasked).
+fn parse_frame(buf: &[u8]) -> anyhow::Result<Option<Frame>> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -233,7 +242,7 @@ fn parse_frame(buf: &[u8]) -> anyhow::Result<Option<(bool, u8, Vec<u8>, usize)>>
     }
     let payload = buf[at..at + len].to_vec();
     at += len;
-    Ok(Some((buf[0] & 0x80 != 0, opcode, payload, at)))
+    Ok(Some(Frame { fin: buf[0] & 0x80 != 0, opcode, payload, used: at }))
 }
 
 #[cfg(test)]
@@ -242,11 +251,11 @@ mod tests {
 
     #[test]
     fn frames_parse_with_each_length_form() {
-        assert_eq!(parse_frame(&[0x82, 2, 1, b'x']).unwrap(), Some((true, 2, vec![1, b'x'], 4)));
-        assert_eq!(parse_frame(&[0x02, 1, 1]).unwrap(), Some((false, 2, vec![1], 3)), "first fragment");
+        assert_eq!(parse_frame(&[0x82, 2, 1, b'x']).unwrap(), Some(Frame { fin: true, opcode: 2, payload: vec![1, b'x'], used: 4 }));
+        assert_eq!(parse_frame(&[0x02, 1, 1]).unwrap(), Some(Frame { fin: false, opcode: 2, payload: vec![1], used: 3 }), "first fragment");
         let mut long = vec![0x82, 126, 0x01, 0x00];
         long.extend(vec![7u8; 256]);
-        assert_eq!(parse_frame(&long).unwrap().unwrap().2.len(), 256);
+        assert_eq!(parse_frame(&long).unwrap().unwrap().payload.len(), 256);
         assert_eq!(parse_frame(&long[..100]).unwrap(), None, "incomplete");
         assert!(parse_frame(&[0x82, 0x81, 0, 0, 0, 0, 0]).is_err(), "masked server frame");
     }

@@ -274,7 +274,7 @@ async fn hostile_layers_are_refused_by_pull_and_leave_nothing() {
         ("hardlink-out", layer(|b| entry(b, "ok/passwd", Link, "../../../../etc/passwd", b"")), "passwd"),
     ];
     for (name, bytes, _) in &cases {
-        e.registry.push_layers(&e.ns, &format!("hostile/{name}:latest"), &[bytes.clone()]).expect("push hostile image");
+        e.registry.push_layers(&e.ns, &format!("hostile/{name}:latest"), std::slice::from_ref(bytes)).expect("push hostile image");
     }
     for (name, _, needle) in &cases {
         let image = format!("{}/hostile/{name}:latest", e.registry.addr);
