@@ -294,3 +294,53 @@ async fn hostile_layers_are_refused_by_pull_and_leave_nothing() {
     let images: HashMap<_, _> = e.img.list_images(ListImagesRequest::default()).await.unwrap().into_inner().images.into_iter().map(|i| (i.id.clone(), i)).collect();
     assert_eq!(images.len(), 1, "only busybox: {:?}", images.keys());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn user_namespace_pod_maps_ids_and_owns_its_rootfs() {
+    let mut e = env("userns", 5107, "10.89.7.0/24", true).await;
+    e.pull().await;
+    let range = vec![IdMapping { container_id: 0, host_id: 200_000, length: 65_536 }];
+    let userns = UserNamespace { mode: NamespaceMode::Pod as i32, uids: range.clone(), gids: range };
+    let options = NamespaceOption { userns_options: Some(userns.clone()), ..Default::default() };
+    let mut pod_config = berth_integration::cri::sandbox_config("userns", &e.logs);
+    pod_config.linux.get_or_insert_with(Default::default).security_context = Some(LinuxSandboxSecurityContext { namespace_options: Some(options.clone()), ..Default::default() });
+    let pod = e.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config.clone()), runtime_handler: String::new() }).await.unwrap_or_else(|err| panic!("RunPodSandbox: {err}\n{}", e.shim.log_tail())).into_inner().pod_sandbox_id;
+    let ps = e.rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await.unwrap().into_inner().status.unwrap();
+    assert!(ps.network.unwrap().ip.starts_with("10.89.7."), "CNI attached the user namespace's network namespace");
+
+    let mut c = container_config("inside", &["sh", "-c", "cat /proc/self/uid_map; id -u; touch /probe && echo wrote; stat -c '%u %g' /bin/busybox; exec sleep 1000"]);
+    c.linux.get_or_insert_with(Default::default).security_context = Some(LinuxContainerSecurityContext { namespace_options: Some(options), ..Default::default() });
+    let id = start(&mut e, &pod, &pod_config, c).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = std::fs::read_to_string(e.logs.join("inside.log")).unwrap();
+    let out: Vec<&str> = log.lines().map(|l| l.splitn(4, ' ').nth(3).unwrap_or("")).collect();
+    assert!(out[0].split_whitespace().eq(["0", "200000", "65536"]), "uid_map: {log}");
+    assert_eq!(&out[1..4], ["0", "wrote", "0 0"], "root inside, owner of its idmapped rootfs: {log}");
+
+    // Seen from the host: the process runs as host uid 200000 and its new file is owned by it.
+    let info = e.rt.container_status(ContainerStatusRequest { container_id: id.clone(), verbose: true }).await.unwrap().into_inner().info["info"].clone();
+    let pid = serde_json::from_str::<serde_json::Value>(&info).unwrap()["pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("200000")), "{status}");
+    let upper = e.shim.dir.join("images/snapshots").join(&id).join("upper/probe");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&upper).map(|m| (m.uid(), m.gid())).unwrap(), (200_000, 200_000));
+
+    // Exec enters the same user namespace.
+    let r = e.rt.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: vec!["sh".into(), "-c".into(), "id -u; cat /proc/self/uid_map".into()], timeout: 10 }).await.unwrap().into_inner();
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.starts_with("0\n") && out.contains("200000"), "{out}");
+
+    // Refused up front: two ranges, or a range that does not start at 0.
+    for uids in [vec![IdMapping { container_id: 0, host_id: 1000, length: 10 }, IdMapping { container_id: 10, host_id: 5000, length: 10 }], vec![IdMapping { container_id: 1, host_id: 1000, length: 100 }]] {
+        let bad = UserNamespace { uids, ..userns.clone() };
+        let mut config = berth_integration::cri::sandbox_config("bad-userns", &e.logs);
+        config.linux.get_or_insert_with(Default::default).security_context = Some(LinuxSandboxSecurityContext { namespace_options: Some(NamespaceOption { userns_options: Some(bad), ..Default::default() }), ..Default::default() });
+        let err = e.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await.unwrap_err();
+        assert!(err.message().contains("userns_options.uids"), "{}", err.message());
+    }
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    assert_eq!(std::fs::read_dir(e.shim.dir.join("run/pods")).unwrap().count(), 0);
+    assert_eq!(e.rt.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items.len(), 0, "the refused pods left nothing");
+}

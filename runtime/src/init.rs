@@ -87,10 +87,13 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
     if let Some((cgroup, born_in_unified)) = &args.join_cgroup {
         cgroup.join_self(*born_in_unified).map_err(|e| InitError::Cgroup(error_chain(&e)))?;
     }
+    // While still the host's root: a user namespace's root cannot write its /proc entries.
+    process::set_oom_score_adj(spec.process().as_ref().expect("validated: process is present"))?;
     for (typ, fd) in &args.joined {
         crate::namespaces::setns(fd, *typ).map_err(|source| InitError::Setns { typ: typ.to_string(), source })?;
     }
-    let new_user = crate::namespaces::wants_new(spec, LinuxNamespaceType::User);
+    // Created by the clone, or joined by the runtime before it.
+    let new_user = crate::spec::namespaces(spec).iter().any(|ns| ns.typ() == LinuxNamespaceType::User);
     if new_user {
         become_ns_root()?;
     }
@@ -165,7 +168,6 @@ pub(crate) fn finish(
         crate::tty::setup(console, size).map_err(InitError::Tty)?;
     }
     process::set_rlimits(process)?;
-    process::set_oom_score_adj(process)?;
     process::set_personality_and_ioprio(f.linux, process)?;
     let nnp = process.no_new_privileges().unwrap_or(false);
     if let (Some(filter), false) = (f.seccomp, nnp) {

@@ -11,6 +11,7 @@ pub mod container;
 pub mod devices;
 pub mod features;
 pub mod hooks;
+pub mod idmap;
 pub mod init;
 pub mod monitor;
 pub mod namespaces;

@@ -91,24 +91,10 @@ impl Syscall for Linux {
     }
 
     fn readonly_recursive(&self, target: &Path) -> io::Result<()> {
-        /// `struct mount_attr` of linux/mount.h.
-        #[repr(C)]
-        struct MountAttr {
-            attr_set: u64,
-            attr_clr: u64,
-            propagation: u64,
-            userns_fd: u64,
-        }
-        const MOUNT_ATTR_RDONLY: u64 = 0x1;
-        const AT_RECURSIVE: libc::c_uint = 0x8000;
+        use crate::idmap::{mount_setattr, MountAttr, AT_RECURSIVE, MOUNT_ATTR_RDONLY};
         let target = cstr(target)?;
         let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
-        // SAFETY: target is a valid C string and attr a mount_attr of the size passed.
-        let r = unsafe {
-            libc::syscall(libc::SYS_mount_setattr, libc::AT_FDCWD, target.as_ptr(), AT_RECURSIVE, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
-        };
-        cvt(r as libc::c_int)?;
-        Ok(())
+        mount_setattr(libc::AT_FDCWD, &target, AT_RECURSIVE, &attr)
     }
 
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {

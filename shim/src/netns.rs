@@ -33,6 +33,34 @@ fn create_on_this_thread(path: &PathBuf) -> io::Result<()> {
     loopback_up()
 }
 
+/// Pins an existing network namespace (`src`, e.g. /proc/PID/ns/net) at `path` and brings its
+/// loopback up.
+pub fn pin(src: &Path, path: &Path) -> io::Result<()> {
+    let (src, path) = (src.to_path_buf(), path.to_path_buf());
+    std::thread::spawn(move || pin_on_this_thread(&src, &path)).join().map_err(|_| io::Error::other("netns thread panicked"))?
+}
+
+fn pin_on_this_thread(src: &Path, path: &Path) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::File::create(path)?;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(io::Error::other);
+    let (s, d) = (c(src)?, c(path)?);
+    // SAFETY: both strings are NUL-terminated; a bind mount with no data.
+    if unsafe { libc::mount(s.as_ptr(), d.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) } != 0 {
+        let e = io::Error::last_os_error();
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    let ns = std::fs::File::open(path)?;
+    // SAFETY: setns on this dedicated, short-lived thread only.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    loopback_up()
+}
+
 fn loopback_up() -> io::Result<()> {
     // SAFETY: a datagram socket used only for the interface ioctls below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

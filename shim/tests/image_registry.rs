@@ -217,8 +217,8 @@ async fn pull_through_mirror_snapshot_remove_reload() -> Result<()> {
     // overlay snapshot: rootfs has busybox, writes land in upper
     let target = tmp.path().join("rootfs-c1");
     std::fs::create_dir(&target)?;
-    store.prepare_rootfs(&img.id, "c1", &target)?;
-    store.prepare_rootfs(&img.id, "c1", &target)?; // idempotent
+    store.prepare_rootfs(&img.id, "c1", &target, None)?;
+    store.prepare_rootfs(&img.id, "c1", &target, None)?; // idempotent
     ensure!(
         target.join("bin/busybox").is_file(),
         "no bin/busybox in rootfs"
@@ -358,7 +358,7 @@ async fn import_docker_archive_and_oci_archive() -> Result<()> {
     assert_eq!(img.config.cmd, vec!["sh"]);
     let target = tmp.path().join("mnt");
     std::fs::create_dir(&target)?;
-    store.prepare_rootfs(&img.id, "imp", &target)?;
+    store.prepare_rootfs(&img.id, "imp", &target, None)?;
     let ok = target.join("bin/busybox").is_file();
     store.remove_snapshot("imp", &target)?;
     ensure!(ok, "imported image rootfs lacks bin/busybox");

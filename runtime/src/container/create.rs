@@ -114,11 +114,20 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<Created, ContainerError> {
     } else {
         None
     };
+    // A joined user namespace is entered here, before clone, so that the namespaces the
+    // init creates are owned by it (a pod's containers share its infra's user namespace).
+    // Host files stay writable: the credentials keep host uid 0 as owner.
+    let mut joined = joined;
+    let joined_user = joined.iter().position(|(t, _)| *t == LinuxNamespaceType::User).map(|i| joined.remove(i).1);
+    if let Some(fd) = &joined_user {
+        namespaces::setns(fd, LinuxNamespaceType::User).map_err(os("joining the user namespace"))?;
+    }
     if let Some(fd) = &pid_ns {
         namespaces::setns(fd, LinuxNamespaceType::Pid).map_err(os("joining the PID namespace"))?;
     }
 
     let new_user = namespaces::wants_new(&spec, LinuxNamespaceType::User);
+    let in_user_ns = new_user || joined_user.is_some();
     let unified = cgroup.unified_dir_fd();
     // SAFETY: the runtime is single-threaded here (the CLI never starts threads).
     let (pid, born_in_unified) = unsafe { namespaces::spawn(namespaces::clone_flags(&spec), unified.as_ref()) }.map_err(os("clone"))?;
@@ -134,8 +143,8 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<Created, ContainerError> {
             cgroup_binds: cgroup.binds(),
             joined,
             seccomp: filter,
-            // In a new user namespace the init cannot write the host's cgroup files.
-            join_cgroup: (!new_user).then(|| (cgroup.clone(), born_in_unified)),
+            // In a user namespace the init cannot write the host's cgroup files.
+            join_cgroup: (!in_user_ns).then(|| (cgroup.clone(), born_in_unified)),
         });
     }
     rollback.pid = Some(pid);
@@ -143,6 +152,8 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<Created, ContainerError> {
 
     if new_user {
         namespaces::write_id_maps(pid, &spec).map_err(os("writing uid/gid maps"))?;
+    }
+    if in_user_ns {
         cgroup.add(pid, born_in_unified)?;
     }
     let mut record = Record {

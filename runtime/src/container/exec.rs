@@ -101,6 +101,8 @@ fn child(channel: &Channel, joined: &[(LinuxNamespaceType, OwnedFd)], finish: &F
         Some(m) => return Err(InitError::Unexpected(m)),
         None => return Err(InitError::RuntimeGone),
     }
+    // While still the host's root: a user namespace's root cannot write its /proc entries.
+    crate::process::set_oom_score_adj(finish.process)?;
     for (typ, fd) in joined {
         namespaces::setns(fd, *typ).map_err(|source| InitError::Setns { typ: typ.to_string(), source })?;
     }

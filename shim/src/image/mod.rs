@@ -23,5 +23,5 @@ pub use auth::Auth;
 pub use error::ImageError;
 pub use meta::{Image, ImageConfig, Layer};
 pub use registries::{Endpoint, Mirror, PullFrom, RegistriesConfig, Registry};
-pub use snapshot::FsUsage;
+pub use snapshot::{FsUsage, RootfsIdMap};
 pub use store::{ImageStore, StoreOptions};

@@ -81,11 +81,23 @@ fn our_overlay_mounted(target: &Path, upper: &Path) -> bool {
     })
 }
 
+/// How a user namespace pod sees its root filesystem: the layers through idmapped mounts of
+/// its user namespace, and the writable layer's root owned by the pod's root.
+#[derive(Debug, Clone)]
+pub struct RootfsIdMap {
+    /// The pod's user namespace (/proc/PID/ns/user of its infra process).
+    pub userns: PathBuf,
+    /// Host ids of the pod's uid 0 and gid 0.
+    pub root_uid: u32,
+    pub root_gid: u32,
+}
+
 impl ImageStore {
     /// Mounts an overlay at `target`: the image's layers (top first) as lower dirs, upper and work
     /// dirs in `snapshots/<key>`. Calling it again for the same key and image re-mounts the same
-    /// upper dir if needed (a no-op when already mounted).
-    pub fn prepare_rootfs(&self, image: &str, key: &str, target: &Path) -> Result<(), ImageError> {
+    /// upper dir if needed (a no-op when already mounted). With `idmap`, the layers are seen
+    /// through the pod's user namespace (shared layers stay owned by host ids on disk).
+    pub fn prepare_rootfs(&self, image: &str, key: &str, target: &Path, idmap: Option<&RootfsIdMap>) -> Result<(), ImageError> {
         check_key(key)?;
         let layout = &self.inner.layout;
         let dir = layout.snapshots().join(key);
@@ -132,7 +144,12 @@ impl ImageStore {
         if our_overlay_mounted(target, &upper) {
             return Ok(());
         }
-        self.mount_overlay(&layers, &dir, target).inspect_err(|_| {
+        if let (Some(m), true) = (idmap, created) {
+            let upper = dir.join("upper");
+            rustix::fs::chown(&upper, Some(rustix::process::Uid::from_raw(m.root_uid)), Some(rustix::process::Gid::from_raw(m.root_gid)))
+                .map_err(|e| ImageError::io("chown", &upper, e.into()))?;
+        }
+        self.mount_overlay(&layers, &dir, target, idmap).inspect_err(|_| {
             if created {
                 let _ = fs::remove_dir_all(&dir);
             }
@@ -144,6 +161,7 @@ impl ImageStore {
         layers: &[String],
         dir: &Path,
         target: &Path,
+        idmap: Option<&RootfsIdMap>,
     ) -> Result<(), ImageError> {
         // Lower dirs are named through /proc/self/fd so the option string stays short.
         let mut fds: Vec<OwnedFd> = Vec::new();
@@ -154,6 +172,13 @@ impl ImageStore {
         if paths.is_empty() {
             paths.push(dir.join("empty"));
         }
+        // Idmapped clones of the layers, attached under the snapshot only until the overlay
+        // holds them.
+        let mapped = match idmap {
+            Some(m) => Some(IdmappedLayers::attach(&paths, &dir.join("idmapped"), m)?),
+            None => None,
+        };
+        let paths = mapped.as_ref().map_or(paths.clone(), |m| m.dirs.clone());
         for p in &paths {
             let fd = rustix::fs::open(
                 p,
@@ -201,6 +226,41 @@ impl ImageStore {
         Ok(())
     }
 
+}
+
+/// Idmapped mounts of a snapshot's layers, detached and removed on drop.
+struct IdmappedLayers {
+    dirs: Vec<PathBuf>,
+}
+
+impl IdmappedLayers {
+    fn attach(layers: &[PathBuf], under: &Path, m: &RootfsIdMap) -> Result<IdmappedLayers, ImageError> {
+        let userns = fs::File::open(&m.userns).map_err(|e| ImageError::io("open", &m.userns, e))?;
+        let mut out = IdmappedLayers { dirs: Vec::new() };
+        for (i, layer) in layers.iter().enumerate() {
+            let dir = under.join(i.to_string());
+            fs::create_dir_all(&dir).ctx("create", &dir)?;
+            let tree = berth_runtime::idmap::idmapped_tree(layer, &userns).map_err(|e| ImageError::io("idmapped mount of", layer, e))?;
+            berth_runtime::idmap::attach(&tree, &dir).map_err(|e| ImageError::io("attaching an idmapped layer at", &dir, e))?;
+            out.dirs.push(dir);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for IdmappedLayers {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = rustix::mount::unmount(d, UnmountFlags::DETACH);
+            let _ = fs::remove_dir(d);
+        }
+        if let Some(parent) = self.dirs.first().and_then(|d| d.parent()) {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+impl ImageStore {
     /// Bytes and inodes used by the writable (upper) directory of snapshot `key`, counted as
     /// [`ImageStore::fs_info`] counts the store (for CRI writable-layer stats).
     pub fn snapshot_usage(&self, key: &str) -> Option<(u64, u64)> {

@@ -266,11 +266,11 @@ fn snapshot_keys_are_checked() {
     let s = store(&t.path().join("store"));
     for key in ["", "..", "a/b", "x y"] {
         assert!(
-            s.prepare_rootfs("busybox", key, t.path()).is_err(),
+            s.prepare_rootfs("busybox", key, t.path(), None).is_err(),
             "{key:?}"
         );
     }
-    let err = s.prepare_rootfs("nothere", "k", t.path()).unwrap_err();
+    let err = s.prepare_rootfs("nothere", "k", t.path(), None).unwrap_err();
     assert!(matches!(err, ImageError::NotFound { .. }), "{err}");
     s.remove_snapshot("never-made", &t.path().join("nope"))
         .unwrap();

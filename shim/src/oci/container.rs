@@ -57,6 +57,10 @@ pub fn container_spec(input: &ContainerInput) -> Result<Built, SpecError> {
 
     let pod = modes(&Ctx::new(format!("{}.sandbox", ctx.field(""))), sandbox_sc.and_then(|s| s.namespace_options.as_ref()))?;
     let own = modes(&ctx, sc.namespace_options.as_ref())?;
+    let own_userns = sc.namespace_options.as_ref().and_then(|n| n.userns_options.as_ref());
+    if own_userns.is_some() && own.user != pod.user {
+        return Err(ctx.invalid("linux.security_context.namespace_options.userns_options", "must be the pod's (a container shares its pod's user namespace)"));
+    }
     // HOSTNAME: the pod's hostname; a host-network pod may leave it empty (the node's then).
     let hostname = if input.sandbox.hostname.is_empty() { input.host.hostname.as_str() } else { input.sandbox.hostname.as_str() };
 

@@ -280,11 +280,26 @@ fn host_network_and_ipc_leave_those_namespaces_out() {
     assert!(spec.process().as_ref().unwrap().env().as_ref().unwrap().contains(&"HOSTNAME=node-1".to_string()));
 }
 
+fn pod_userns() -> berth_proto::runtime::v1::UserNamespace {
+    let range = vec![berth_proto::runtime::v1::IdMapping { container_id: 0, host_id: 100_000, length: 65_536 }];
+    berth_proto::runtime::v1::UserNamespace { mode: NamespaceMode::Pod as i32, uids: range.clone(), gids: range }
+}
+
 #[test]
-fn user_namespaces_are_refused() {
+fn containers_join_their_pods_user_namespace() {
     let mut fx = Fixture::new();
-    fx.ns().userns_options = Some(berth_proto::runtime::v1::UserNamespace { mode: NamespaceMode::Pod as i32, ..Default::default() });
-    assert_eq!(fx.build().unwrap_err().field(), "containers[web].linux.security_context.namespace_options.userns_options.mode");
+    fx.pod_ns().userns_options = Some(pod_userns());
+    fx.ns().userns_options = Some(pod_userns());
+    let spec = fx.build().unwrap().spec;
+    let linux = spec.linux().as_ref().unwrap();
+    let user = linux.namespaces().as_ref().unwrap().iter().find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User).expect("user namespace");
+    assert_eq!(user.path().as_deref(), fx.namespaces.user.as_deref(), "joined, not created");
+    assert!(linux.uid_mappings().is_none(), "a joined user namespace has its maps already");
+    // A container cannot ask for another user namespace than its pod's.
+    let mut other = pod_userns();
+    other.uids[0].host_id = 200_000;
+    fx.ns().userns_options = Some(other);
+    assert_eq!(fx.build().unwrap_err().field(), "containers[web].linux.security_context.namespace_options.userns_options");
 }
 
 #[test]

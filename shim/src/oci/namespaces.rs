@@ -16,14 +16,45 @@ pub struct PodNamespaces {
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
     pub pid: Option<PathBuf>,
+    /// Joined only when the pod has a user namespace of its own.
+    pub user: Option<PathBuf>,
 }
 
 impl PodNamespaces {
     /// The namespaces of process `pid` (/proc/<pid>/ns/...).
     pub fn of_pid(pid: u32) -> Self {
         let p = |n: &str| Some(PathBuf::from(format!("/proc/{pid}/ns/{n}")));
-        PodNamespaces { network: p("net"), ipc: p("ipc"), uts: p("uts"), pid: p("pid") }
+        PodNamespaces { network: p("net"), ipc: p("ipc"), uts: p("uts"), pid: p("pid"), user: p("user") }
     }
+}
+
+/// One id range of a pod's user namespace: container ids 0..length are host ids
+/// host_id..host_id+length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub host_id: u32,
+    pub length: u32,
+}
+
+/// A pod's own user namespace (userns_options mode POD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserNs {
+    pub uids: IdRange,
+    pub gids: IdRange,
+}
+
+impl UserNs {
+    pub fn uid_mappings(&self) -> Vec<oci_spec::runtime::LinuxIdMapping> {
+        vec![id_mapping(self.uids)]
+    }
+
+    pub fn gid_mappings(&self) -> Vec<oci_spec::runtime::LinuxIdMapping> {
+        vec![id_mapping(self.gids)]
+    }
+}
+
+fn id_mapping(r: IdRange) -> oci_spec::runtime::LinuxIdMapping {
+    oci_spec::runtime::LinuxIdMappingBuilder::default().container_id(0u32).host_id(r.host_id).size(r.length).build().expect("every field is set")
 }
 
 pub(crate) fn ns(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
@@ -33,12 +64,14 @@ pub(crate) fn ns(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace
     n
 }
 
-/// The modes in `opts`, checked: network and IPC are POD or NODE; user namespaces unsupported.
+/// The modes in `opts`, checked: network and IPC are POD or NODE; the user namespace is the
+/// host's (NODE) or the pod's own (POD, with exactly one uid and one gid range from 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Modes {
     pub network: NamespaceMode,
     pub ipc: NamespaceMode,
     pub pid: NamespaceMode,
+    pub user: Option<UserNs>,
 }
 
 pub(crate) fn modes(ctx: &Ctx, opts: Option<&NamespaceOption>) -> Result<Modes, SpecError> {
@@ -56,16 +89,40 @@ pub(crate) fn modes(ctx: &Ctx, opts: Option<&NamespaceOption>) -> Result<Modes, 
             return Err(ctx.invalid(&format!("{field}.{name}"), format!("{} is not supported (POD or NODE)", m.as_str_name())));
         }
     }
-    if let Some(u) = &opts.userns_options {
-        match NamespaceMode::try_from(u.mode) {
-            Ok(NamespaceMode::Node) => {}
-            Ok(NamespaceMode::Pod) => {
-                return Err(ctx.invalid(&format!("{field}.userns_options.mode"), "user namespaces are not supported by berth"))
-            }
-            _ => return Err(ctx.invalid(&format!("{field}.userns_options.mode"), format!("mode {} is not POD or NODE", u.mode))),
-        }
+    let user = match &opts.userns_options {
+        None => None,
+        Some(u) => match NamespaceMode::try_from(u.mode) {
+            Ok(NamespaceMode::Node) => None,
+            Ok(NamespaceMode::Pod) => Some(UserNs {
+                uids: id_range(ctx, &format!("{field}.userns_options.uids"), &u.uids)?,
+                gids: id_range(ctx, &format!("{field}.userns_options.gids"), &u.gids)?,
+            }),
+            Ok(m) => return Err(ctx.invalid(&format!("{field}.userns_options.mode"), format!("{} is not supported (POD or NODE)", m.as_str_name()))),
+            Err(_) => return Err(ctx.invalid(&format!("{field}.userns_options.mode"), format!("unknown namespace mode {}", u.mode))),
+        },
+    };
+    if user.is_some() && [network, ipc, pid].contains(&NamespaceMode::Node) {
+        return Err(ctx.invalid(&format!("{field}.userns_options"), "a pod user namespace cannot be combined with the host's network, IPC or PID namespace"));
     }
-    Ok(Modes { network, ipc, pid })
+    Ok(Modes { network, ipc, pid, user })
+}
+
+/// The single id range of a pod user namespace: container id 0 upwards, not empty, not
+/// wrapping, and not giving the pod the host's root.
+fn id_range(ctx: &Ctx, field: &str, maps: &[berth_proto::runtime::v1::IdMapping]) -> Result<IdRange, SpecError> {
+    let [m] = maps else {
+        return Err(ctx.invalid(field, format!("exactly one mapping is supported, got {}", maps.len())));
+    };
+    if m.container_id != 0 {
+        return Err(ctx.invalid(field, format!("must map container id 0 (starts at {})", m.container_id)));
+    }
+    if m.length == 0 || m.host_id.checked_add(m.length).is_none() {
+        return Err(ctx.invalid(field, format!("invalid range of {} ids from host id {}", m.length, m.host_id)));
+    }
+    if m.host_id == 0 {
+        return Err(ctx.invalid(field, "host id 0 (the host's root) cannot be mapped into a pod"));
+    }
+    Ok(IdRange { host_id: m.host_id, length: m.length })
 }
 
 /// A container's namespaces. Network and IPC follow the sandbox's modes (what the infra process
@@ -85,6 +142,9 @@ pub(crate) fn container_namespaces(
         p.clone().ok_or_else(|| ctx.invalid(&format!("{field}.{name}"), "the pod has no such namespace to join"))
     };
     let mut out = vec![ns(LinuxNamespaceType::Mount, None)];
+    if pod.user.is_some() {
+        out.push(ns(LinuxNamespaceType::User, Some(&need("userns_options", &paths.user)?)));
+    }
     if pod.network == NamespaceMode::Pod {
         out.push(ns(LinuxNamespaceType::Network, Some(&need("network", &paths.network)?)));
         out.push(ns(LinuxNamespaceType::Uts, Some(&need("network", &paths.uts)?)));
@@ -113,8 +173,16 @@ pub(crate) fn container_namespaces(
 
 /// The infra process's namespaces: new mount, network (or `netns` when given), UTS and IPC
 /// unless the pod uses the host's, and a new PID namespace unless the pod uses the host's.
+/// A pod with its own user namespace gets a new one, and a new network namespace owned by it
+/// (`netns` is ignored: the shim pins the infra's afterwards).
 pub(crate) fn sandbox_namespaces(m: Modes, netns: Option<&Path>) -> Vec<LinuxNamespace> {
     let mut out = vec![ns(LinuxNamespaceType::Mount, None)];
+    let netns = if m.user.is_some() {
+        out.push(ns(LinuxNamespaceType::User, None));
+        None
+    } else {
+        netns
+    };
     if m.network != NamespaceMode::Node {
         out.push(ns(LinuxNamespaceType::Network, netns));
         out.push(ns(LinuxNamespaceType::Uts, None));
@@ -169,7 +237,9 @@ pub(crate) fn sandbox_sysctls(
             out.entry("net.ipv4.ip_unprivileged_port_start".into()).or_insert_with(|| "0".into());
         }
         if unprivileged_icmp {
-            out.entry("net.ipv4.ping_group_range".into()).or_insert_with(|| "0 2147483647".into());
+            // Inside a pod user namespace the range must consist of mapped group ids.
+            let last = m.user.map_or(2147483647, |u| u.gids.length - 1);
+            out.entry("net.ipv4.ping_group_range".into()).or_insert_with(|| format!("0 {last}"));
         }
     }
     Ok(out)

@@ -6,7 +6,7 @@ fn ctx() -> Ctx {
 }
 
 fn m(network: NamespaceMode, ipc: NamespaceMode, pid: NamespaceMode) -> Modes {
-    Modes { network, ipc, pid }
+    Modes { network, ipc, pid, user: None }
 }
 
 fn types(v: &[LinuxNamespace]) -> Vec<(LinuxNamespaceType, bool)> {
@@ -74,4 +74,38 @@ fn unprivileged_ports_and_icmp_defaults() {
     assert_eq!(got["net.ipv4.ping_group_range"], "0 2147483647");
     let host_net = m(NamespaceMode::Node, NamespaceMode::Pod, NamespaceMode::Pod);
     assert!(sandbox_sysctls(&ctx(), &HashMap::new(), host_net, true, true).unwrap().is_empty());
+}
+
+fn userns(uids: Vec<(u32, u32, u32)>) -> NamespaceOption {
+    let maps = |v: &[(u32, u32, u32)]| v.iter().map(|&(container_id, host_id, length)| berth_proto::runtime::v1::IdMapping { container_id, host_id, length }).collect::<Vec<_>>();
+    let gids = maps(&[(0, 1000, 100_000)]);
+    NamespaceOption { userns_options: Some(UserNamespace { mode: NamespaceMode::Pod as i32, uids: maps(&uids), gids }), ..Default::default() }
+}
+
+#[test]
+fn pod_user_namespaces_take_one_range_from_zero() {
+    let got = modes(&ctx(), Some(&userns(vec![(0, 1000, 100_000)]))).unwrap();
+    let range = IdRange { host_id: 1000, length: 100_000 };
+    assert_eq!(got.user, Some(UserNs { uids: range, gids: range }));
+    let field = "sandbox[p].linux.security_context.namespace_options.userns_options.uids";
+    for bad in [vec![(0, 1000, 100_000), (0, 2000, 100_000)], vec![(1, 1000, 100_000)], vec![(0, 1000, 0)], vec![(0, 0, 65536)], vec![(0, u32::MAX, 2)], vec![]] {
+        let err = modes(&ctx(), Some(&userns(bad.clone()))).unwrap_err();
+        assert_eq!(err.field(), field, "{bad:?}");
+    }
+    for mode in [NamespaceMode::Container, NamespaceMode::Target] {
+        let opts = NamespaceOption { userns_options: Some(UserNamespace { mode: mode as i32, ..Default::default() }), ..Default::default() };
+        assert!(modes(&ctx(), Some(&opts)).unwrap_err().to_string().contains("not supported"), "{mode:?}");
+    }
+    let host_net = NamespaceOption { network: NamespaceMode::Node as i32, ..userns(vec![(0, 1000, 100_000)]) };
+    assert!(modes(&ctx(), Some(&host_net)).is_err(), "no pod user namespace with the host network");
+}
+
+#[test]
+fn a_user_namespace_pod_owns_a_new_network_namespace() {
+    use LinuxNamespaceType::*;
+    let pod = modes(&ctx(), Some(&userns(vec![(0, 1000, 100_000)]))).unwrap();
+    let got = sandbox_namespaces(pod, Some(Path::new("/run/netns/x")));
+    assert_eq!(types(&got), vec![(Mount, false), (User, false), (Network, false), (Uts, false), (Ipc, false), (Pid, false)]);
+    let sysctls = sandbox_sysctls(&ctx(), &HashMap::new(), pod, true, true).unwrap();
+    assert_eq!(sysctls["net.ipv4.ping_group_range"], "0 99999", "only mapped groups");
 }

@@ -94,8 +94,8 @@ pub fn sandbox_spec(input: &SandboxInput) -> Result<Spec, SpecError> {
     let sysctls = linux_cfg.map(|l| l.sysctls.clone()).unwrap_or_default();
 
     let mut linux = Linux::default();
-    linux.set_uid_mappings(None);
-    linux.set_gid_mappings(None);
+    linux.set_uid_mappings(m.user.map(|u| u.uid_mappings()));
+    linux.set_gid_mappings(m.user.map(|u| u.gid_mappings()));
     linux.set_sysctl(Some(sandbox_sysctls(&ctx, &sysctls, m, input.unprivileged_ports, input.unprivileged_icmp)?));
     linux.set_resources(Some(resources));
     linux.set_cgroups_path(Some(resources::cgroups_path(parent, input.id, &input.host.default_cgroup_parent)));

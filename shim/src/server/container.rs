@@ -64,7 +64,8 @@ impl Shim {
             std::fs::create_dir_all(&rootfs).map_err(io(format!("creating {}", rootfs.display())))?;
             let images = self.images.clone();
             let (image_id, key, target) = (image.id.clone(), id.clone(), rootfs.clone());
-            tokio::task::spawn_blocking(move || images.prepare_rootfs(&image_id, &key, &target))
+            let idmap = rootfs_idmap(&sb);
+            tokio::task::spawn_blocking(move || images.prepare_rootfs(&image_id, &key, &target, idmap.as_ref()))
                 .await
                 .map_err(|e| CriError::Internal(e.to_string()))?
                 .map_err(|e| CriError::Internal(format!("preparing the rootfs: {}", crate::error_chain(&e))))?;
@@ -310,4 +311,14 @@ impl Shim {
             None => Some(c),
         }
     }
+}
+
+/// A user namespace pod's containers see their layers through its user namespace.
+fn rootfs_idmap(sb: &crate::store::Sandbox) -> Option<crate::image::RootfsIdMap> {
+    let userns = super::sandbox::namespace_mode(&sb.config).userns_options.filter(|u| u.mode == cri::NamespaceMode::Pod as i32)?;
+    Some(crate::image::RootfsIdMap {
+        userns: format!("/proc/{}/ns/user", sb.record.infra_pid).into(),
+        root_uid: userns.uids.first()?.host_id,
+        root_gid: userns.gids.first()?.host_id,
+    })
 }

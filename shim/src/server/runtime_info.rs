@@ -31,14 +31,16 @@ impl Shim {
         let mut info = std::collections::HashMap::new();
         if verbose {
             let cni = self.cni.ready().map(|l| l.path.display().to_string()).unwrap_or_default();
-            info.insert("config".into(), serde_json::json!({ "cniConfig": cni, "cgroupDriver": "cgroupfs", "listen": self.cfg.listen }).to_string());
+            info.insert("config".into(), serde_json::json!({ "cniConfig": cni, "cgroupDriver": "cgroupfs", "listen": self.cfg.listen, "stateDir": self.cfg.state_dir }).to_string());
         }
         cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions: vec![runtime, network] }),
             info,
             runtime_handlers: vec![cri::RuntimeHandler {
                 name: String::new(),
-                features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: true, user_namespaces: false }),
+                // Pod user namespaces: layers are idmapped mounts (overlayfs over idmapped
+                // lower layers, Linux 5.19 and newer).
+                features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: true, user_namespaces: true }),
             }],
             features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false, mount_options: false }),
         }

@@ -23,6 +23,11 @@ pub(crate) fn namespace_mode(config: &cri::PodSandboxConfig) -> cri::NamespaceOp
     config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.clone()).unwrap_or_default()
 }
 
+/// The pod asked for a user namespace of its own (userns_options mode POD).
+pub(crate) fn pod_userns(config: &cri::PodSandboxConfig) -> bool {
+    namespace_mode(config).userns_options.is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32)
+}
+
 pub(crate) fn host_network(config: &cri::PodSandboxConfig) -> bool {
     namespace_mode(config).network == cri::NamespaceMode::Node as i32
 }
@@ -96,7 +101,11 @@ impl Shim {
         if ns.ipc != cri::NamespaceMode::Node as i32 {
             podfiles::mount_shm(&files.shm).map_err(io("mounting the pod's /dev/shm"))?;
         }
-        if let Some(netns) = &record.netns {
+        // A pod with its own user namespace gets a network namespace owned by it, made by the
+        // infra process and pinned afterwards; other pods' is pinned first, and CNI runs
+        // while the infra starts.
+        let userns = pod_userns(config);
+        if let (Some(netns), false) = (&record.netns, userns) {
             let path = netns.clone();
             tokio::task::spawn_blocking(move || crate::netns::create(&path)).await.map_err(|e| CriError::Internal(e.to_string()))?.map_err(io("creating the pod network namespace"))?;
         }
@@ -123,7 +132,19 @@ impl Shim {
                 }
             }
         };
-        let (pid, ips) = tokio::join!(infra, network);
+        let (pid, ips) = if userns {
+            let pid = infra.await?;
+            if let Some(netns) = &record.netns {
+                let (src, dst) = (PathBuf::from(format!("/proc/{pid}/ns/net")), netns.clone());
+                tokio::task::spawn_blocking(move || crate::netns::pin(&src, &dst))
+                    .await
+                    .map_err(|e| CriError::Internal(e.to_string()))?
+                    .map_err(io("pinning the pod network namespace"))?;
+            }
+            (Ok(pid), network.await)
+        } else {
+            tokio::join!(infra, network)
+        };
         // Mark network attached for teardown even if the infra failed.
         if ips.is_ok() && record.netns.is_some() {
             self.store.update_sandbox(id, |r| r.network_attached = true)?;
@@ -246,9 +267,13 @@ impl Shim {
         Ok(bundle)
     }
 
-    /// A shared read-only rootfs holding only the pause binary.
+    /// A shared read-only rootfs holding only the pause binary and its mount points (made here:
+    /// a user namespace pod's infra cannot create them in a directory of the host's root).
     fn pause_rootfs(&self) -> CriResult<PathBuf> {
         let rootfs = self.cfg.run_dir.join("pause-rootfs");
+        for dir in ["proc", "dev"] {
+            std::fs::create_dir_all(rootfs.join(dir)).map_err(io(format!("creating {}", rootfs.display())))?;
+        }
         let target = rootfs.join("pause");
         let fresh = std::fs::metadata(&target).ok().map(|m| m.len()) == std::fs::metadata(&self.pause_bin).ok().map(|m| m.len());
         if !fresh {
