@@ -1,1 +1,5 @@
-//! The kubelet-equivalent node agent (issue 6). Not started yet: see the issue notes.
+//! Berth's node agent (the kubelet): pods from the API server and static manifests, run through
+//! any CRI runtime. See `../shared/DESIGN.md` and issue 6.
+
+pub mod quantity;
+pub mod spec;
