@@ -1,5 +1,6 @@
 //! Berth's node agent (the kubelet): pods from the API server and static manifests, run through
 //! any CRI runtime. See `../shared/DESIGN.md` and issue 6.
 
+pub mod cri;
 pub mod quantity;
 pub mod spec;

@@ -8,24 +8,13 @@ use std::time::Duration;
 use berth_proto::runtime::v1::*;
 use berth_proto::runtime::v1::image_service_client::ImageServiceClient;
 use berth_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::netns::NetNs;
 use crate::registry::Registry;
 use crate::shim::{ShimOptions, ShimProcess};
 
-pub async fn channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path: PathBuf = path.to_path_buf();
-    Endpoint::try_from("http://[::]:50051")
-        .expect("static URI")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
-}
+pub use berth_agent::cri::unix_channel as channel;
 
 /// Both CRI clients on one connection.
 pub async fn connect(path: &Path) -> Result<(RuntimeServiceClient<Channel>, ImageServiceClient<Channel>), tonic::transport::Error> {
