@@ -2,5 +2,6 @@
 //! any CRI runtime. See `../shared/DESIGN.md` and issue 6.
 
 pub mod cri;
+pub mod pod;
 pub mod quantity;
 pub mod spec;

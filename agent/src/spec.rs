@@ -121,7 +121,7 @@ pub fn container_resources(c: &Container, qos: QosClass, memory_capacity: i64) -
 }
 
 /// What environment sources say (configMaps, secrets) and the pod's runtime facts.
-pub trait EnvSources {
+pub trait EnvSources: Send + Sync {
     fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>>;
     fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>>;
     fn pod_ip(&self) -> Option<String>;
@@ -386,10 +386,16 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, node: &NodeFacts) -> cri::PodSand
 fn dns_config(spec: &k8s_openapi::api::core::v1::PodSpec, ns: &str, node: &NodeFacts) -> Option<cri::DnsConfig> {
     let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
     let host_network = spec.host_network.unwrap_or(false);
+    // ClusterFirst on the host network, or without a cluster DNS, falls back to Default.
+    let cluster_first = match policy {
+        "ClusterFirstWithHostNet" => true,
+        "ClusterFirst" => !host_network,
+        _ => false,
+    } && !node.cluster_dns.is_empty();
     let mut cfg = match policy {
         // Default: the node's resolv.conf (the runtime copies it when none is given).
         "Default" => return None,
-        "ClusterFirstWithHostNet" | "ClusterFirst" if !(policy == "ClusterFirst" && host_network) && !node.cluster_dns.is_empty() => {
+        "ClusterFirstWithHostNet" | "ClusterFirst" if cluster_first => {
             let d = &node.cluster_domain;
             cri::DnsConfig { servers: node.cluster_dns.clone(), searches: vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()], options: vec!["ndots:5".into()] }
         }
