@@ -1,7 +1,9 @@
 //! Berth's node agent (the kubelet): pods from the API server and static manifests, run through
 //! any CRI runtime. See `../shared/DESIGN.md` and issue 6.
 
+pub mod config;
 pub mod cri;
 pub mod pod;
 pub mod quantity;
 pub mod spec;
+pub mod volumes;
