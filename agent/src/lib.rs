@@ -5,6 +5,7 @@ pub mod config;
 pub mod cri;
 pub mod node;
 pub mod pod;
+pub mod probes;
 pub mod quantity;
 pub mod spec;
 pub mod volumes;

@@ -11,6 +11,6 @@ pub use status::ContainerView;
 pub use worker::{Backoff, ProbeState, PodContext, SyncOutcome, Worker};
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
