@@ -1,6 +1,7 @@
 //! Berth's node agent (the kubelet): pods from the API server and static manifests, run through
 //! any CRI runtime. See `../shared/DESIGN.md` and issue 6.
 
+pub mod agent;
 pub mod config;
 pub mod cri;
 pub mod node;

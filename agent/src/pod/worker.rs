@@ -79,6 +79,8 @@ pub struct SyncOutcome {
     pub terminal: bool,
     /// Ids of the pod's running containers by name (for probes).
     pub running: HashMap<String, String>,
+    /// What happened during this sync, as Kubernetes events: (type, reason, message).
+    pub events: Vec<(&'static str, &'static str, String)>,
 }
 
 /// Why a container is waiting, as status reports it.
@@ -96,6 +98,7 @@ pub struct Worker<R: Runtime> {
     backoff: HashMap<String, Backoff>,
     waiting: HashMap<String, Waiting>,
     start_time: Option<DateTime<Utc>>,
+    events: Vec<(&'static str, &'static str, String)>,
 }
 
 fn wait_for(requeue: &mut Option<Duration>, d: Duration) {
@@ -138,7 +141,7 @@ pub(super) fn terminal_phase(spec: &PodSpec, obs: &Observed) -> Option<&'static 
 
 impl<R: Runtime> Worker<R> {
     pub fn new(rt: Arc<R>, runtime_name: impl Into<String>) -> Self {
-        Worker { rt, runtime_name: runtime_name.into(), backoff: HashMap::new(), waiting: HashMap::new(), start_time: None }
+        Worker { rt, runtime_name: runtime_name.into(), backoff: HashMap::new(), waiting: HashMap::new(), start_time: None, events: Vec::new() }
     }
 
     async fn observe(&self, pod: &Pod) -> Result<Observed, CriError> {
@@ -274,7 +277,11 @@ impl<R: Runtime> Worker<R> {
         Ok(self.outcome(cx, &spec, &obs, None, requeue))
     }
 
-    fn outcome(&self, cx: &PodContext<'_>, spec: &PodSpec, obs: &Observed, phase: Option<&'static str>, requeue: Option<Duration>) -> SyncOutcome {
+    fn event(&mut self, kind: &'static str, reason: &'static str, message: String) {
+        self.events.push((kind, reason, message));
+    }
+
+    fn outcome(&mut self, cx: &PodContext<'_>, spec: &PodSpec, obs: &Observed, phase: Option<&'static str>, requeue: Option<Duration>) -> SyncOutcome {
         let status = status::pod_status(&status::StatusInput {
             pod: cx.pod,
             spec,
@@ -288,7 +295,7 @@ impl<R: Runtime> Worker<R> {
             now: cx.now,
         });
         let running = obs.containers.iter().filter_map(|(name, list)| list.first().filter(|v| v.running()).map(|v| (name.clone(), v.id.clone()))).collect();
-        SyncOutcome { status, requeue, terminal: phase.is_some(), running }
+        SyncOutcome { status, requeue, terminal: phase.is_some(), running, events: std::mem::take(&mut self.events) }
     }
 
     /// Restarts an exited container unless its back-off says wait.
@@ -298,6 +305,9 @@ impl<R: Runtime> Worker<R> {
         let wait = backoff.remaining(event, cx.now);
         if !wait.is_zero() {
             let message = format!("back-off {}s restarting failed container={} pod={}", backoff.delay().unwrap_or_default().as_secs(), c.name, spec::ids(cx.pod).1);
+            if self.waiting.get(&c.name).is_none_or(|w| w.reason != "CrashLoopBackOff") {
+                self.event("Warning", "BackOff", format!("Back-off restarting failed container {}", c.name));
+            }
             self.waiting.insert(c.name.clone(), Waiting { reason: "CrashLoopBackOff".into(), message });
             wait_for(requeue, wait);
             return;
@@ -332,6 +342,7 @@ impl<R: Runtime> Worker<R> {
         let env = match spec::container_env(cx.pod, c, cx.env) {
             Ok(env) => env,
             Err(e) => {
+                self.event("Warning", "Failed", format!("Error: {e}"));
                 self.waiting.insert(c.name.clone(), fail("CreateContainerConfigError", e.to_string()));
                 return;
             }
@@ -349,16 +360,20 @@ impl<R: Runtime> Worker<R> {
         let id = match self.rt.create_container(&sandbox.id, config, sandbox_config).await {
             Ok(id) => id,
             Err(e) => {
+                self.event("Warning", "Failed", format!("Error: {e}"));
                 self.waiting.insert(c.name.clone(), fail("CreateContainerError", e.to_string()));
                 return;
             }
         };
+        self.event("Normal", "Created", format!("Created container {}", c.name));
         match self.rt.start_container(&id).await {
             Ok(()) => {
                 self.waiting.remove(&c.name);
+                self.event("Normal", "Started", format!("Started container {}", c.name));
                 tracing::info!(pod = spec::ids(cx.pod).1, container = %c.name, attempt, "container started");
             }
             Err(e) => {
+                self.event("Warning", "Failed", format!("Error: {e}"));
                 self.waiting.insert(c.name.clone(), fail("RunContainerError", e.to_string()));
             }
         }
@@ -386,13 +401,16 @@ impl<R: Runtime> Worker<R> {
                 return Err(Waiting { reason: "ImagePullBackOff".into(), message: format!("Back-off pulling image {image:?}") });
             }
         }
+        self.event("Normal", "Pulling", format!("Pulling image {image:?}"));
         match self.rt.pull_image(&image, None, Some(sandbox.clone())).await {
             Ok(_) => {
                 self.backoff.remove(&key);
+                self.event("Normal", "Pulled", format!("Successfully pulled image {image:?}"));
                 Ok(image)
             }
             Err(e) => {
                 self.backoff.entry(key).or_default().next(cx.now);
+                self.event("Warning", "Failed", format!("Failed to pull image {image:?}: {e}"));
                 Err(Waiting { reason: "ErrImagePull".into(), message: e.to_string() })
             }
         }

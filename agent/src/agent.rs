@@ -1,0 +1,518 @@
+//! The running agent: registers the Node, keeps its status and Lease current, watches the pods
+//! bound to it (and reads static manifests), and runs one worker task per pod that syncs it
+//! against the runtime, prepares its volumes, probes its containers, patches its status and
+//! records events, and finally deletes it from the API once nothing of it is left.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, Node, ObjectReference, Pod, PodStatus, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::chrono::Utc;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent, WatchParams};
+use kube::Client;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::AgentConfig;
+use crate::cri::Runtime;
+use crate::node::{self, HostFacts};
+use crate::pod::{PodContext, ProbeState, Worker};
+use crate::probes::{self, Kind, Signal};
+use crate::spec::{self, EnvSources, NodeFacts};
+use crate::volumes::{self, VolumeSources};
+
+pub struct Agent<R: Runtime> {
+    pub cfg: AgentConfig,
+    pub node_name: String,
+    client: Client,
+    rt: Arc<R>,
+    runtime_name: String,
+    node_facts: NodeFacts,
+    facts: Mutex<HostFacts>,
+    pods: Mutex<HashMap<String, watch::Sender<Option<Pod>>>>,
+}
+
+/// ConfigMaps and Secrets a pod refers to, fetched before its sync.
+#[derive(Default)]
+struct Sources {
+    config_maps: BTreeMap<String, BTreeMap<String, String>>,
+    secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    pod_ip: Option<String>,
+    host_ip: Option<String>,
+}
+
+impl EnvSources for Sources {
+    fn config_map(&self, _: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        self.config_maps.get(name).cloned()
+    }
+    fn secret(&self, _: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        self.secrets.get(name).map(|m| m.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect())
+    }
+    fn pod_ip(&self) -> Option<String> {
+        self.pod_ip.clone()
+    }
+    fn host_ip(&self) -> Option<String> {
+        self.host_ip.clone()
+    }
+}
+
+impl VolumeSources for Sources {
+    fn secret_bytes(&self, _: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.secrets.get(name).cloned()
+    }
+}
+
+/// Names of the ConfigMaps and Secrets the pod's env and volumes use.
+fn referenced(pod: &Pod) -> (HashSet<String>, HashSet<String>) {
+    let (mut cms, mut secrets) = (HashSet::new(), HashSet::new());
+    let Some(spec) = &pod.spec else { return (cms, secrets) };
+    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        for e in c.env.iter().flatten().filter_map(|e| e.value_from.as_ref()) {
+            if let Some(k) = &e.config_map_key_ref {
+                cms.insert(k.name.clone());
+            }
+            if let Some(k) = &e.secret_key_ref {
+                secrets.insert(k.name.clone());
+            }
+        }
+        for f in c.env_from.iter().flatten() {
+            if let Some(r) = &f.config_map_ref {
+                cms.insert(r.name.clone());
+            }
+            if let Some(r) = &f.secret_ref {
+                secrets.insert(r.name.clone());
+            }
+        }
+    }
+    for v in spec.volumes.iter().flatten() {
+        if let Some(c) = &v.config_map {
+            cms.insert(c.name.clone());
+        }
+        if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+            secrets.insert(s);
+        }
+        for s in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(c) = &s.config_map {
+                cms.insert(c.name.clone());
+            }
+            if let Some(x) = &s.secret {
+                secrets.insert(x.name.clone());
+            }
+        }
+    }
+    (cms, secrets)
+}
+
+/// Keeps the previous lastTransitionTime of conditions whose status did not change.
+fn keep_transition_times(new: &mut PodStatus, old: Option<&PodStatus>) {
+    let Some(old) = old.and_then(|o| o.conditions.as_ref()) else { return };
+    for c in new.conditions.iter_mut().flatten() {
+        if let Some(o) = old.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+            c.last_transition_time = o.last_transition_time.clone();
+        }
+    }
+}
+
+impl<R: Runtime> Agent<R> {
+    pub async fn new(cfg: AgentConfig, client: Client, rt: Arc<R>) -> anyhow::Result<Arc<Self>> {
+        let version = rt.version().await?;
+        let facts = HostFacts { runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version), ..HostFacts::gather(&cfg) };
+        let node_name = node::node_name(&cfg, &facts);
+        let node_facts = NodeFacts {
+            log_root: cfg.pod_logs_dir.to_string_lossy().into_owned(),
+            cluster_dns: cfg.cluster_dns.clone(),
+            cluster_domain: cfg.cluster_domain.clone(),
+            cgroup_parent: cfg.cgroup_root.clone(),
+        };
+        Ok(Arc::new(Agent { cfg, node_name, client, rt, runtime_name: version.runtime_name, node_facts, facts: Mutex::new(facts), pods: Mutex::new(HashMap::new()) }))
+    }
+
+    /// Runs until the pod watch fails for good.
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        self.refresh_facts().await;
+        self.register().await?;
+        tokio::spawn(self.clone().node_status_loop());
+        tokio::spawn(self.clone().lease_loop());
+        self.watch_pods().await
+    }
+
+    async fn refresh_facts(&self) {
+        let mut facts = HostFacts::gather(&self.cfg);
+        facts.not_ready = match crate::cri::Runtime::version(self.rt.as_ref()).await {
+            Ok(v) => {
+                facts.runtime_version = format!("{}://{}", v.runtime_name, v.runtime_version);
+                None
+            }
+            Err(e) => Some(format!("container runtime is down: {e}")),
+        };
+        if facts.not_ready.is_none() {
+            facts.not_ready = self.runtime_conditions().await;
+        }
+        *self.facts.lock().expect("facts") = facts;
+    }
+
+    /// Why CRI Status says the node cannot run pods, if it does.
+    async fn runtime_conditions(&self) -> Option<String> {
+        let socket = self.cfg.runtime_socket();
+        let ch = crate::cri::unix_channel(&socket).await.ok()?;
+        let mut client = berth_proto::runtime::v1::runtime_service_client::RuntimeServiceClient::new(ch);
+        let st = client.status(berth_proto::runtime::v1::StatusRequest { verbose: false }).await.ok()?.into_inner().status?;
+        st.conditions.iter().find(|c| !c.status).map(|c| format!("{}=false reason:{} message:{}", c.r#type, c.reason, c.message))
+    }
+
+    async fn register(&self) -> anyhow::Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let node = node::node_object(&self.cfg, &self.facts.lock().expect("facts"), Utc::now());
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => tracing::info!(node = %self.node_name, "registered the node"),
+            Err(kube::Error::Api(e)) if e.code == 409 => tracing::info!(node = %self.node_name, "node already registered"),
+            Err(e) => return Err(anyhow::anyhow!("registering node {}: {e}", self.node_name)),
+        }
+        self.post_node_status().await
+    }
+
+    async fn post_node_status(&self) -> anyhow::Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let status = node::node_status(&self.cfg, &self.facts.lock().expect("facts"), Utc::now());
+        nodes.patch_status(&self.node_name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status }))).await?;
+        Ok(())
+    }
+
+    async fn node_status_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.cfg.node_status_update_frequency).await;
+            self.refresh_facts().await;
+            if let Err(e) = self.post_node_status().await {
+                tracing::warn!(error = %e, "updating the node status");
+            }
+        }
+    }
+
+    async fn lease_loop(self: Arc<Self>) {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+        let every = Duration::from_secs((self.cfg.node_lease_duration_seconds.max(4) / 4) as u64);
+        loop {
+            let spec = LeaseSpec {
+                holder_identity: Some(self.node_name.clone()),
+                lease_duration_seconds: Some(self.cfg.node_lease_duration_seconds),
+                renew_time: Some(MicroTime(Utc::now())),
+                ..Default::default()
+            };
+            let patch = serde_json::json!({ "spec": spec });
+            let renewed = match leases.patch(&self.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    let mut lease = Lease { spec: Some(spec), ..Default::default() };
+                    lease.metadata.name = Some(self.node_name.clone());
+                    lease.metadata.namespace = Some("kube-node-lease".into());
+                    leases.create(&PostParams::default(), &lease).await.map(|_| ())
+                }
+                other => other.map(|_| ()),
+            };
+            if let Err(e) = renewed {
+                tracing::warn!(error = %e, "renewing the node lease");
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// List, then watch from the list's resourceVersion; relist when the watch expires (410).
+    async fn watch_pods(self: &Arc<Self>) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let selector = format!("spec.nodeName={}", self.node_name);
+        loop {
+            let list = match pods.list(&ListParams::default().fields(&selector)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing pods");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            let live: HashSet<String> = list.items.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+            let gone: Vec<String> = self.pods.lock().expect("pods").keys().filter(|uid| !live.contains(*uid)).cloned().collect();
+            for uid in gone {
+                self.deliver_gone(&uid);
+            }
+            for p in list.items {
+                self.deliver(p);
+            }
+            let mut rv = list.metadata.resource_version.unwrap_or_default();
+            loop {
+                let wp = WatchParams::default().fields(&selector).timeout(290);
+                let stream = match pods.watch(&wp, &rv).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watching pods");
+                        break;
+                    }
+                };
+                let mut stream = stream.boxed();
+                let mut relist = false;
+                loop {
+                    match stream.try_next().await {
+                        Ok(Some(WatchEvent::Added(p))) | Ok(Some(WatchEvent::Modified(p))) => {
+                            rv = p.metadata.resource_version.clone().unwrap_or(rv);
+                            self.deliver(p);
+                        }
+                        Ok(Some(WatchEvent::Deleted(p))) => {
+                            rv = p.metadata.resource_version.clone().unwrap_or(rv);
+                            if let Some(uid) = &p.metadata.uid {
+                                self.deliver_gone(uid);
+                            }
+                        }
+                        Ok(Some(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
+                        Ok(Some(WatchEvent::Error(e))) => {
+                            relist = e.code == 410;
+                            tracing::debug!(code = e.code, message = %e.message, "watch error");
+                            break;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "pod watch stream");
+                            relist = true;
+                            break;
+                        }
+                    }
+                }
+                if relist {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn deliver(self: &Arc<Self>, pod: Pod) {
+        let Some(uid) = pod.metadata.uid.clone() else { return };
+        if pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")) {
+            return;
+        }
+        let mut pods = self.pods.lock().expect("pods");
+        match pods.get(&uid) {
+            Some(tx) => {
+                let _ = tx.send(Some(pod));
+            }
+            None => {
+                let (tx, rx) = watch::channel(Some(pod));
+                pods.insert(uid.clone(), tx);
+                tokio::spawn(self.clone().pod_task(uid, rx));
+            }
+        }
+    }
+
+    /// The pod vanished from the API (force deletion): tear it down at once.
+    fn deliver_gone(&self, uid: &str) {
+        if let Some(tx) = self.pods.lock().expect("pods").get(uid) {
+            let _ = tx.send(None);
+        }
+    }
+
+    async fn fetch_sources(&self, pod: &Pod, pod_ip: Option<String>) -> Sources {
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let (cms, secrets) = referenced(pod);
+        let mut src = Sources { pod_ip, host_ip: self.facts.lock().expect("facts").internal_ip.clone(), ..Default::default() };
+        let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        for name in cms {
+            if let Ok(Some(cm)) = cm_api.get_opt(&name).await {
+                let mut data: BTreeMap<String, String> = cm.data.unwrap_or_default();
+                for (k, v) in cm.binary_data.unwrap_or_default() {
+                    data.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+                }
+                src.config_maps.insert(name, data);
+            }
+        }
+        let secret_api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        for name in secrets {
+            if let Ok(Some(s)) = secret_api.get_opt(&name).await {
+                let mut data: BTreeMap<String, Vec<u8>> = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+                for (k, v) in s.string_data.unwrap_or_default() {
+                    data.insert(k, v.into_bytes());
+                }
+                src.secrets.insert(name, data);
+            }
+        }
+        src
+    }
+
+    async fn record(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let now = Utc::now();
+        let mut ev = Event {
+            involved_object: ObjectReference {
+                kind: Some("Pod".into()),
+                api_version: Some("v1".into()),
+                namespace: Some(ns.clone()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(kind.into()),
+            source: Some(EventSource { component: Some("kubelet".into()), host: Some(self.node_name.clone()) }),
+            reporting_component: Some("kubelet".into()),
+            reporting_instance: Some(self.node_name.clone()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            count: Some(1),
+            ..Default::default()
+        };
+        ev.metadata.generate_name = Some(format!("{}.", pod.metadata.name.clone().unwrap_or_default()));
+        ev.metadata.namespace = Some(ns);
+        if let Err(e) = events.create(&PostParams::default(), &ev).await {
+            tracing::debug!(error = %e, "recording an event");
+        }
+    }
+
+    async fn pod_task(self: Arc<Self>, uid: String, mut rx: watch::Receiver<Option<Pod>>) {
+        let mut worker = Worker::new(self.rt.clone(), self.runtime_name.clone());
+        let probe_state = Arc::new(Mutex::new(ProbeState::default()));
+        let (sig_tx, mut sig_rx) = mpsc::unbounded_channel::<Signal>();
+        let mut probers: HashMap<(String, Kind), (String, tokio::task::JoinHandle<()>)> = HashMap::new();
+        let mut last_status: Option<PodStatus> = None;
+        let mut last_pod: Option<Pod> = rx.borrow().clone();
+        let mut pod_ip: Option<String> = None;
+        loop {
+            let current = rx.borrow_and_update().clone();
+            if let Some(p) = &current {
+                last_pod = Some(p.clone());
+            }
+            let Some(pod) = last_pod.clone() else { break };
+            let deleting = current.is_none() || pod.metadata.deletion_timestamp.is_some();
+            if deleting {
+                for (_, (_, h)) in probers.drain() {
+                    h.abort();
+                }
+                let grace = if current.is_none() { 0 } else { pod.metadata.deletion_grace_period_seconds.or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30) };
+                self.record(&pod, "Normal", "Killing", &format!("Stopping pod {} (grace period {grace}s)", spec::ids(&pod).1)).await;
+                match worker.terminate(&pod, grace).await {
+                    Ok(true) => {
+                        if let Err(e) = volumes::cleanup(&self.cfg.root_dir, &pod) {
+                            tracing::warn!(error = %e, "removing pod volumes");
+                        }
+                        let _ = std::fs::remove_dir_all(spec::pod_log_dir(&self.node_facts.log_root, &pod));
+                        if current.is_some() {
+                            self.confirm_deletion(&pod).await;
+                        }
+                        break;
+                    }
+                    Ok(false) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    Err(e) => {
+                        tracing::warn!(pod = %uid, error = %e, "terminating");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+                continue;
+            }
+            let sources = self.fetch_sources(&pod, pod_ip.clone()).await;
+            let prepared = volumes::prepare(&self.cfg.root_dir, &pod, &sources);
+            if let Err(e) = &prepared {
+                self.record(&pod, "Warning", "FailedMount", &e.to_string()).await;
+            }
+            let mounts = |c: &k8s_openapi::api::core::v1::Container| match &prepared {
+                Ok(v) => volumes::container_mounts(v, c),
+                Err(e) => Err(e.to_string()),
+            };
+            let probes_now = probe_state.lock().expect("probe state").clone();
+            let memory_capacity = self.facts.lock().expect("facts").memory_total;
+            let cx = PodContext { pod: &pod, env: &sources, node: &self.node_facts, memory_capacity, mounts: &mounts, probes: &probes_now, now: Utc::now() };
+            let outcome = worker.sync(&cx).await;
+            let mut wait = self.cfg.sync_frequency;
+            match outcome {
+                Ok(mut out) => {
+                    for (kind, reason, message) in &out.events {
+                        self.record(&pod, kind, reason, message).await;
+                    }
+                    pod_ip = out.status.pod_ip.clone();
+                    self.manage_probers(&pod, &out.running, pod_ip.as_deref().unwrap_or(""), &probe_state, &sig_tx, &mut probers);
+                    keep_transition_times(&mut out.status, last_status.as_ref().or(pod.status.as_ref()));
+                    if last_status.as_ref() != Some(&out.status) {
+                        match self.patch_status(&pod, &out.status).await {
+                            Ok(()) => last_status = Some(out.status.clone()),
+                            Err(e) => tracing::warn!(pod = %uid, error = %e, "patching pod status"),
+                        }
+                    }
+                    if let Some(r) = out.requeue {
+                        wait = wait.min(r.max(Duration::from_millis(100)));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %uid, error = %e, "sync failed");
+                    wait = Duration::from_secs(2);
+                }
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(wait) => {}
+                sig = sig_rx.recv() => {
+                    if let Some(Signal::Restart { container, id, message }) = sig {
+                        self.record(&pod, "Normal", "Killing", &format!("Container {container} failed its probe and will be restarted: {message}")).await;
+                        let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+                        let _ = self.rt.stop_container(&id, grace).await;
+                        probers.retain(|(name, _), _| name != &container);
+                        probe_state.lock().expect("probe state").ready.remove(&container);
+                        probe_state.lock().expect("probe state").started.remove(&container);
+                    }
+                }
+            }
+        }
+        self.pods.lock().expect("pods").remove(&uid);
+        tracing::info!(pod = %uid, "pod worker done");
+    }
+
+    /// One probe task per (container, kind) for the running instance; restarted instances get
+    /// fresh probes.
+    fn manage_probers(&self, pod: &Pod, running: &HashMap<String, String>, ip: &str, state: &Arc<Mutex<ProbeState>>, sig: &mpsc::UnboundedSender<Signal>, probers: &mut HashMap<(String, Kind), (String, tokio::task::JoinHandle<()>)>) {
+        probers.retain(|(name, _), (id, h)| {
+            let keep = running.get(name) == Some(id);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        let Some(spec) = &pod.spec else { return };
+        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"))) {
+            let Some(id) = running.get(&c.name) else { continue };
+            {
+                let mut st = state.lock().expect("probe state");
+                if c.readiness_probe.is_some() {
+                    st.ready.entry(c.name.clone()).or_insert(false);
+                }
+                if c.startup_probe.is_some() {
+                    st.started.entry(c.name.clone()).or_insert(false);
+                }
+            }
+            for (kind, probe) in [(Kind::Liveness, &c.liveness_probe), (Kind::Readiness, &c.readiness_probe), (Kind::Startup, &c.startup_probe)] {
+                let Some(probe) = probe else { continue };
+                let key = (c.name.clone(), kind);
+                if probers.contains_key(&key) {
+                    continue;
+                }
+                let task = probes::watch_container(self.rt.clone(), c.clone(), kind, probe.clone(), id.clone(), ip.to_string(), state.clone(), sig.clone());
+                probers.insert(key, (id.clone(), tokio::spawn(task)));
+            }
+        }
+    }
+
+    async fn patch_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), kube::Error> {
+        let (ns, name, _) = spec::ids(pod);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status }))).await?;
+        Ok(())
+    }
+
+    /// Everything of the pod is gone from the node: finish its deletion in the API.
+    async fn confirm_deletion(&self, pod: &Pod) {
+        let (ns, name, uid) = spec::ids(pod);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }), ..Default::default() };
+        match api.delete(name, &dp).await {
+            Ok(_) => tracing::info!(pod = %name, "pod deleted"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => tracing::warn!(pod = %name, error = %e, "confirming the deletion"),
+        }
+    }
+}
