@@ -53,9 +53,10 @@ async fn node_allows(reg: &Registry, node: &str, a: &Attrs<'_>) -> Result<bool, 
     let read = matches!(a.verb, "get" | "list" | "watch");
     let own_name = a.name == Some(node);
     Ok(match (a.resource.kind, a.sub) {
-        ("Node", None) => read || (matches!(a.verb, "create" | "update" | "patch") && own_name),
+        // Creates are checked against the body's name by the router (a node creates only itself).
+        ("Node", None) => read || a.verb == "create" || (matches!(a.verb, "update" | "patch") && own_name),
         ("Node", Some("status")) => own_name && matches!(a.verb, "get" | "update" | "patch"),
-        ("Lease", None) => a.namespace == Some("kube-node-lease") && own_name && !matches!(a.verb, "list" | "watch"),
+        ("Lease", None) => a.namespace == Some("kube-node-lease") && (a.verb == "create" || own_name) && !matches!(a.verb, "list" | "watch"),
         ("Pod", None) => match a.verb {
             "list" | "watch" => a.fields.required("spec.nodeName") == Some(node),
             "get" | "delete" => pod_on_node(reg, a, node).await?.is_some(),

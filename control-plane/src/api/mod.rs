@@ -148,7 +148,7 @@ impl Api {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
-        tracing::debug!(method = %req.method, path = %req.path, user = user.as_ref().map(|u| u.name.as_str()), status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+        tracing::debug!(method = %req.method, path = %req.path, content_type = %req.content_type, accept = %req.accept, user = user.as_ref().map(|u| u.name.as_str()), status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
         resp
     }
 
@@ -195,7 +195,7 @@ impl Api {
         let fields = FieldSelector::parse(req.query.get("fieldSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
         let attrs = authz::Attrs { verb, resource: t.r, sub: t.sub.as_deref(), namespace: t.ns.as_deref(), name: t.name.as_deref(), fields: &fields };
         authz::authorize(&self.reg, user, &attrs).await?;
-        if verb == "create" && t.sub.is_none() {
+        if verb == "create" && t.sub.is_none() && !user.is_admin() {
             if let Some(node) = user.node_name() {
                 // A node may create only its own Node (and its own Lease).
                 let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
@@ -348,6 +348,9 @@ fn wants_table(accept: &str) -> bool {
 }
 
 fn parse_body(b: &Bytes) -> Result<Value, ApiError> {
+    if b.starts_with(b"k8s\0") {
+        return Err(ApiError::unsupported_media("the body is Kubernetes protobuf, which berth-control does not decode yet; send JSON"));
+    }
     serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
