@@ -61,7 +61,10 @@ pub fn api_group(group: &str) -> Option<Value> {
 pub fn api_group_list() -> Value {
     let groups: Vec<Value> = GROUPS.iter().filter(|(g, _)| !g.is_empty()).filter_map(|(g, _)| {
         let mut v = api_group(g)?;
-        v.as_object_mut().map(|m| { m.remove("kind"); m.remove("apiVersion"); });
+        if let Some(m) = v.as_object_mut() {
+            m.remove("kind");
+            m.remove("apiVersion");
+        }
         Some(v)
     }).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})

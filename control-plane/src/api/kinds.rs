@@ -365,15 +365,11 @@ fn validate_pod_spec(spec: &Value, at: &str, c: &mut Vec<Cause>) {
 
 fn immutable(kind: &str, new: &Value, old: &Value, c: &mut Vec<Cause>) {
     match kind {
-        "Deployment" | "ReplicaSet" | "DaemonSet" => {
-            if new["spec"]["selector"] != old["spec"]["selector"] {
-                c.push(Cause::invalid("spec.selector", &new["spec"]["selector"].to_string(), "field is immutable"));
-            }
+        "Deployment" | "ReplicaSet" | "DaemonSet" if new["spec"]["selector"] != old["spec"]["selector"] => {
+            c.push(Cause::invalid("spec.selector", &new["spec"]["selector"].to_string(), "field is immutable"));
         }
-        "Job" => {
-            if new["spec"]["template"] != old["spec"]["template"] {
-                c.push(Cause::invalid("spec.template", "", "field is immutable"));
-            }
+        "Job" if new["spec"]["template"] != old["spec"]["template"] => {
+            c.push(Cause::invalid("spec.template", "", "field is immutable"));
         }
         "Pod" => {
             // Only images, activeDeadlineSeconds and added tolerations may change.

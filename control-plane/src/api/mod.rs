@@ -77,7 +77,7 @@ fn error_response(e: &ApiError) -> Response<Body> {
 }
 
 fn segments(path: &str) -> Vec<String> {
-    path.split('/').filter(|s| !s.is_empty()).map(|s| percent_decode(s)).collect()
+    path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect()
 }
 
 fn percent_decode(s: &str) -> String {

@@ -282,6 +282,7 @@ impl Registry {
     }
 
     /// PATCH; retried on write conflicts unless the patch carries a resourceVersion.
+    #[allow(clippy::too_many_arguments)]
     pub async fn patch(&self, r: &ResourceDef, ns: Option<&str>, name: &str, kind: PatchType, body: &Value, sub: Option<&str>, fv: FieldValidation) -> ApiResult<Value> {
         for _ in 0..16 {
             let cur = self.get(r, ns, name).await?;

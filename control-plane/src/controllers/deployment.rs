@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::replicaset::strip_zero;
-use super::{controller_of, key_of, owner_ref, set_condition, split_key, Key, Reconciler};
+use super::{controller_of, owner_ref, set_condition, split_key, Key, Reconciler};
 use crate::api::registry::{meta_str, DeleteOpts, FieldValidation, Registry};
 use crate::api::resources::{self, ResourceDef};
 use crate::api::status::ApiError;
@@ -108,13 +108,12 @@ impl Deployments {
         sel["matchLabels"][HASH_LABEL] = json!(hash);
         let mut labels = tpl["metadata"]["labels"].clone();
         labels[HASH_LABEL] = json!(hash);
-        let start = if d["spec"]["strategy"]["type"] == "Recreate" { 0 } else { 0 };
         let rs = json!({
             "apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {"name": format!("{}-{hash}", meta_str(d, "name")), "namespace": ns, "labels": labels,
                          "annotations": {REVISION: (max_rev + 1).to_string(), "deployment.kubernetes.io/desired-replicas": replicas(d).to_string()},
                          "ownerReferences": [owner_ref(d)]},
-            "spec": {"replicas": start, "selector": sel, "template": t, "minReadySeconds": d["spec"]["minReadySeconds"]},
+            "spec": {"replicas": 0, "selector": sel, "template": t, "minReadySeconds": d["spec"]["minReadySeconds"]},
         });
         match self.reg.create(rsr, ns, rs, FieldValidation::Ignore).await {
             Ok(rs) => {
@@ -135,13 +134,10 @@ impl Reconciler for Deployments {
         vec![resources::by_kind("Deployment"), resources::by_kind("ReplicaSet")]
     }
     fn keys_for(&self, r: &ResourceDef, obj: &Value) -> Vec<Key> {
-        match r.kind {
-            "Deployment" => vec![key_of(obj)],
-            _ => controller_of(obj, "Deployment").map(|(n, _)| format!("{}/{n}", obj["metadata"]["namespace"].as_str().unwrap_or_default())).into_iter().collect(),
-        }
+        super::self_or_controller(r, obj, "Deployment")
     }
     async fn all_keys(&self) -> Vec<Key> {
-        self.reg.list_all(resources::by_kind("Deployment"), None, None).await.unwrap_or_default().iter().map(key_of).collect()
+        super::keys_of_kind(&self.reg, "Deployment").await
     }
     async fn reconcile(&self, key: &Key) -> Result<Option<Duration>, ApiError> {
         let (ns, name) = split_key(key);

@@ -176,7 +176,7 @@ impl Reconciler for Namespaces {
         vec![key_of(obj)]
     }
     async fn all_keys(&self) -> Vec<Key> {
-        self.reg.list_all(resources::by_kind("Namespace"), None, None).await.unwrap_or_default().iter().map(key_of).collect()
+        super::keys_of_kind(&self.reg, "Namespace").await
     }
     async fn reconcile(&self, key: &Key) -> Result<Option<Duration>, ApiError> {
         let (_, name) = split_key(key);

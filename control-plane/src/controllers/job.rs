@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::replicaset::{owned_pods, scale_pods};
-use super::{condition_true, controller_of, key_of, pod_active, pod_ready, set_condition, split_key, Key, Reconciler};
-use crate::api::registry::{meta_str, now, Registry};
+use super::{condition_true, pod_active, pod_ready, set_condition, split_key, Key, Reconciler};
+use crate::api::registry::{now, Registry};
 use crate::api::resources::{self, ResourceDef};
 use crate::api::status::ApiError;
 
@@ -25,13 +25,10 @@ impl Reconciler for Jobs {
         vec![resources::by_kind("Job"), resources::by_kind("Pod")]
     }
     fn keys_for(&self, r: &ResourceDef, obj: &Value) -> Vec<Key> {
-        match r.kind {
-            "Job" => vec![key_of(obj)],
-            _ => controller_of(obj, "Job").map(|(n, _)| format!("{}/{n}", obj["metadata"]["namespace"].as_str().unwrap_or_default())).into_iter().collect(),
-        }
+        super::self_or_controller(r, obj, "Job")
     }
     async fn all_keys(&self) -> Vec<Key> {
-        self.reg.list_all(resources::by_kind("Job"), None, None).await.unwrap_or_default().iter().map(key_of).collect()
+        super::keys_of_kind(&self.reg, "Job").await
     }
     async fn reconcile(&self, key: &Key) -> Result<Option<Duration>, ApiError> {
         let (ns, name) = split_key(key);
@@ -63,12 +60,12 @@ impl Reconciler for Jobs {
                 set_condition(&mut status, "SuccessCriteriaMet", "True", "CompletionsReached", "Reached expected number of succeeded pods");
                 set_condition(&mut status, "Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods");
                 status["completionTime"] = json!(now());
-                scale_pods(&self.reg, &job, "Job", &spec["template"], &active, 0).await?;
+                scale_pods(&self.reg, &job, &spec["template"], &active, 0).await?;
                 super::record_event(&self.reg, &job, "Normal", "Completed", "Job completed", "job-controller").await;
             } else if failed_out {
                 set_condition(&mut status, "FailureTarget", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit");
                 set_condition(&mut status, "Failed", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit");
-                scale_pods(&self.reg, &job, "Job", &spec["template"], &active, 0).await?;
+                scale_pods(&self.reg, &job, &spec["template"], &active, 0).await?;
                 super::record_event(&self.reg, &job, "Warning", "BackoffLimitExceeded", "Job has reached the specified backoff limit", "job-controller").await;
             } else if spec["suspend"] != true {
                 let remaining = completions.map_or(parallelism, |c| (c - succeeded).max(0));
@@ -76,7 +73,7 @@ impl Reconciler for Jobs {
                 if active.len() < want {
                     super::record_event(&self.reg, &job, "Normal", "SuccessfulCreate", &format!("Created {} pod(s)", want - active.len()), "job-controller").await;
                 }
-                scale_pods(&self.reg, &job, "Job", &spec["template"], &active, want).await?;
+                scale_pods(&self.reg, &job, &spec["template"], &active, want).await?;
             }
         }
         let still_active = if condition_true(&status, "Complete") || condition_true(&status, "Failed") { 0 } else { active.len() };
@@ -94,7 +91,6 @@ impl Reconciler for Jobs {
             o["status"] = status.clone();
             changed
         }).await?;
-        let _ = meta_str;
         Ok(None)
     }
 }

@@ -44,6 +44,20 @@ pub fn controller_of(obj: &Value, kind: &str) -> Option<(String, String)> {
         .map(|o| (o["name"].as_str().unwrap_or_default().to_string(), o["uid"].as_str().unwrap_or_default().to_string()))
 }
 
+/// The key of `obj` when it is of kind `own`, else the key of its controller of kind `own`.
+pub fn self_or_controller(r: &ResourceDef, obj: &Value, own: &str) -> Vec<Key> {
+    if r.kind == own {
+        return vec![key_of(obj)];
+    }
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+    controller_of(obj, own).map(|(n, _)| format!("{ns}/{n}")).into_iter().collect()
+}
+
+/// Keys of every object of `kind`.
+pub async fn keys_of_kind(reg: &Registry, kind: &str) -> Vec<Key> {
+    reg.list_all(resources::by_kind(kind), None, None).await.unwrap_or_default().iter().map(key_of).collect()
+}
+
 pub fn owner_ref(owner: &Value) -> Value {
     json!({"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
            "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true})

@@ -123,7 +123,7 @@ impl NodeLifecycle {
             match evict_at {
                 Some(at) if at <= now_t => {
                     super::record_event(&self.reg, p, "Normal", "TaintManagerEviction", &format!("Marking for deletion Pod {}/{pname}", ns.unwrap_or_default()), "taint-eviction-controller").await;
-                    let _ = self.reg.modify(pod_r, ns, pname, Some("status"), |o| set_condition(&mut o["status"], "DisruptionTarget", "True", "DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint"));
+                    let _ = self.reg.modify(pod_r, ns, pname, Some("status"), |o| set_condition(&mut o["status"], "DisruptionTarget", "True", "DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint")).await;
                     match self.reg.delete(pod_r, ns, pname, &DeleteOpts::default()).await {
                         Ok(_) | Err(ApiError { code: 404, .. }) => {}
                         Err(e) => return Err(e),
@@ -157,7 +157,7 @@ impl Reconciler for NodeLifecycle {
         }
     }
     async fn all_keys(&self) -> Vec<Key> {
-        self.reg.list_all(resources::by_kind("Node"), None, None).await.unwrap_or_default().iter().map(key_of).collect()
+        super::keys_of_kind(&self.reg, "Node").await
     }
     fn resync(&self) -> Duration {
         Duration::from_secs(5)

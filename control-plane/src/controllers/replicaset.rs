@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{controller_of, key_of, owner_ref, pod_active, pod_ready, split_key, Key, Reconciler};
+use super::{controller_of, owner_ref, pod_active, pod_ready, split_key, Key, Reconciler};
 use crate::api::registry::{meta_str, DeleteOpts, FieldValidation, Registry};
 use crate::api::resources::{self, ResourceDef};
 use crate::api::selector::LabelSelector;
@@ -53,14 +53,13 @@ fn delete_rank(p: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
     )
 }
 
-pub async fn scale_pods(reg: &Registry, owner: &Value, kind: &str, template: &Value, active: &[Value], want: usize) -> Result<(), ApiError> {
+pub async fn scale_pods(reg: &Registry, owner: &Value, template: &Value, active: &[Value], want: usize) -> Result<(), ApiError> {
     let ns = owner["metadata"]["namespace"].as_str();
     let pod_r = resources::by_kind("Pod");
     if active.len() < want {
         for _ in 0..(want - active.len()).min(BURST) {
             reg.create(pod_r, ns, pod_from_template(owner, template), FieldValidation::Ignore).await?;
         }
-        let _ = kind;
     } else if active.len() > want {
         let mut victims: Vec<&Value> = active.iter().collect();
         victims.sort_by_key(|p| delete_rank(p));
@@ -84,13 +83,10 @@ impl Reconciler for ReplicaSets {
         vec![resources::by_kind("ReplicaSet"), resources::by_kind("Pod")]
     }
     fn keys_for(&self, r: &ResourceDef, obj: &Value) -> Vec<Key> {
-        match r.kind {
-            "ReplicaSet" => vec![key_of(obj)],
-            _ => controller_of(obj, "ReplicaSet").map(|(n, _)| format!("{}/{n}", obj["metadata"]["namespace"].as_str().unwrap_or_default())).into_iter().collect(),
-        }
+        super::self_or_controller(r, obj, "ReplicaSet")
     }
     async fn all_keys(&self) -> Vec<Key> {
-        self.reg.list_all(resources::by_kind("ReplicaSet"), None, None).await.unwrap_or_default().iter().map(key_of).collect()
+        super::keys_of_kind(&self.reg, "ReplicaSet").await
     }
     async fn reconcile(&self, key: &Key) -> Result<Option<Duration>, ApiError> {
         let (ns, name) = split_key(key);
@@ -100,7 +96,7 @@ impl Reconciler for ReplicaSets {
         let active: Vec<Value> = pods.iter().filter(|p| pod_active(p)).cloned().collect();
         let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
         if rs["metadata"]["deletionTimestamp"].is_null() && active.len() != want {
-            scale_pods(&self.reg, &rs, "ReplicaSet", &rs["spec"]["template"], &active, want).await?;
+            scale_pods(&self.reg, &rs, &rs["spec"]["template"], &active, want).await?;
             return Ok(Some(Duration::from_millis(50)));
         }
         let ready = active.iter().filter(|p| pod_ready(p)).count();
