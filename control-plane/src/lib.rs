@@ -1,0 +1,8 @@
+//! berth-control: a Kubernetes API subset, scheduler and node controllers in one process.
+
+pub mod store;
+pub mod auth;
+pub mod pki;
+pub mod api;
+pub mod controllers;
+pub mod server;

@@ -1,0 +1,140 @@
+use super::*;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn open(dir: &Path) -> Arc<Embedded> {
+    Embedded::open(dir, EmbeddedOptions { history: 100, snapshot_every: 1000 }).unwrap()
+}
+
+#[tokio::test]
+async fn create_update_delete_with_revision_checks() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path());
+    let r1 = s.create("/p/a", b("1")).await.unwrap();
+    assert_eq!(r1, 1);
+    assert!(matches!(s.create("/p/a", b("x")).await, Err(StoreError::Exists { .. })));
+    assert!(matches!(s.update("/p/a", b("2"), Some(7)).await, Err(StoreError::Conflict { actual: 1, .. })));
+    let r2 = s.update("/p/a", b("2"), Some(r1)).await.unwrap();
+    let got = s.get("/p/a").await.unwrap().unwrap();
+    assert_eq!((got.value, got.create_rev, got.mod_rev), (b("2"), 1, r2));
+    assert!(matches!(s.update("/p/none", b("2"), None).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(s.delete("/p/a", Some(r1)).await, Err(StoreError::Conflict { .. })));
+    let (r3, last) = s.delete("/p/a", None).await.unwrap();
+    assert_eq!((r3, last.value), (3, b("2")));
+    assert!(s.get("/p/a").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn list_pages_by_prefix_and_at_an_older_revision() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path());
+    for k in ["/p/a", "/p/b", "/p/c", "/q/a"] {
+        s.create(k, b(k)).await.unwrap();
+    }
+    let page = s.list("/p/", ListOptions { limit: Some(2), ..Default::default() }).await.unwrap();
+    assert_eq!(page.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["/p/a", "/p/b"]);
+    assert_eq!((page.remaining, page.rev), (1, 4));
+    s.update("/p/b", b("new"), None).await.unwrap();
+    s.delete("/p/c", None).await.unwrap();
+    s.create("/p/d", b("d")).await.unwrap();
+    let next = ListOptions { at: Some(4), start_after: Some("/p/b".into()), limit: Some(2) };
+    let page2 = s.list("/p/", next).await.unwrap();
+    assert_eq!(page2.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["/p/c"]);
+    assert_eq!(page2.remaining, 0);
+    let old = s.list("/p/", ListOptions { at: Some(4), ..Default::default() }).await.unwrap();
+    assert_eq!(old.items[1].value, b("/p/b"));
+    let now = s.list("/p/", ListOptions::default()).await.unwrap();
+    assert_eq!(now.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["/p/a", "/p/b", "/p/d"]);
+    assert!(matches!(
+        s.list("/p/", ListOptions { at: Some(99), ..Default::default() }).await,
+        Err(StoreError::FutureRevision { .. })
+    ));
+}
+
+#[tokio::test]
+async fn watch_replays_history_then_follows_and_reports_compaction() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Embedded::open(d.path(), EmbeddedOptions { history: 3, snapshot_every: 1000 }).unwrap();
+    s.create("/p/a", b("1")).await.unwrap();
+    s.create("/q/x", b("1")).await.unwrap();
+    s.update("/p/a", b("2"), None).await.unwrap();
+    let mut w = s.watch("/p/", 1).await.unwrap();
+    let e = w.recv().await.unwrap().unwrap();
+    assert_eq!((e.rev, e.value.clone(), e.prev.clone()), (3, Some(b("2")), Some(b("1"))));
+    s.delete("/p/a", None).await.unwrap();
+    let e = w.recv().await.unwrap().unwrap();
+    assert!(e.is_delete());
+    assert_eq!((e.rev, e.prev), (4, Some(b("2"))));
+    // history is 3 events: revisions 2..4 remain, so watching after 0 is too old.
+    assert!(matches!(s.watch("/p/", 0).await, Err(StoreError::Compacted { compacted: 1, .. })));
+}
+
+#[tokio::test]
+async fn state_history_and_revisions_survive_reopen_and_snapshots() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let s = Embedded::open(d.path(), EmbeddedOptions { history: 50, snapshot_every: 7 }).unwrap();
+        for i in 0..20 {
+            s.create(&format!("/k/{i:02}"), b(&i.to_string())).await.unwrap();
+        }
+        for i in 0..5 {
+            s.delete(&format!("/k/{i:02}"), None).await.unwrap();
+        }
+    }
+    assert!(d.path().join(SNAP).exists());
+    let s = Embedded::open(d.path(), EmbeddedOptions { history: 50, snapshot_every: 7 }).unwrap();
+    assert_eq!(s.revision().await.unwrap(), 25);
+    let all = s.list("/k/", ListOptions::default()).await.unwrap();
+    assert_eq!(all.items.len(), 15);
+    assert_eq!(all.items[0].create_rev, 6);
+    let mut w = s.watch("/k/", 20).await.unwrap();
+    for rev in 21..=25 {
+        assert_eq!(w.recv().await.unwrap().unwrap().rev, rev);
+    }
+    assert_eq!(s.create("/k/new", b("n")).await.unwrap(), 26);
+}
+
+#[tokio::test]
+async fn a_torn_log_tail_is_cut_and_earlier_writes_survive() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let s = open(d.path());
+        s.create("/a", b("1")).await.unwrap();
+        s.create("/b", b("2")).await.unwrap();
+    }
+    // A crash mid-append: half a record at the end.
+    let log = d.path().join(LOG);
+    let mut rec = Vec::new();
+    encode(&Record::Put { rev: 3, key: "/c".into(), value: b("3") }, &mut rec);
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(&rec[..rec.len() / 2]).unwrap();
+    drop(f);
+    let s = open(d.path());
+    assert_eq!(s.revision().await.unwrap(), 2);
+    assert!(s.get("/c").await.unwrap().is_none());
+    assert_eq!(s.create("/c", b("3")).await.unwrap(), 3);
+    drop(s);
+    let s = open(d.path());
+    assert_eq!(s.get("/c").await.unwrap().unwrap().value, b("3"));
+}
+
+#[tokio::test]
+async fn a_crash_between_snapshot_and_log_truncation_replays_nothing_twice() {
+    let d = tempfile::tempdir().unwrap();
+    let log_copy;
+    {
+        let s = Embedded::open(d.path(), EmbeddedOptions { history: 50, snapshot_every: 1000 }).unwrap();
+        s.create("/a", b("1")).await.unwrap();
+        s.update("/a", b("2"), None).await.unwrap();
+        log_copy = std::fs::read(d.path().join(LOG)).unwrap();
+        let mut st = s.lock();
+        s.snapshot(&mut st).unwrap();
+    }
+    std::fs::write(d.path().join(LOG), log_copy).unwrap();
+    let s = open(d.path());
+    assert_eq!(s.revision().await.unwrap(), 2);
+    let a = s.get("/a").await.unwrap().unwrap();
+    assert_eq!((a.value, a.create_rev, a.mod_rev), (b("2"), 1, 2));
+}
