@@ -116,6 +116,22 @@ fn keep_transition_times(new: &mut PodStatus, old: Option<&PodStatus>) {
     }
 }
 
+impl<R: Runtime> crate::server::Node for Agent<R> {
+    type Rt = R;
+
+    fn runtime(&self) -> &R {
+        &self.rt
+    }
+
+    fn pods(&self) -> Vec<Pod> {
+        self.pods.lock().expect("pods").values().filter_map(|tx| tx.borrow().clone()).collect()
+    }
+
+    fn log_root(&self) -> &std::path::Path {
+        &self.cfg.pod_logs_dir
+    }
+}
+
 impl<R: Runtime> Agent<R> {
     pub async fn new(cfg: AgentConfig, client: Client, rt: Arc<R>) -> anyhow::Result<Arc<Self>> {
         let version = rt.version().await?;
@@ -130,9 +146,16 @@ impl<R: Runtime> Agent<R> {
         Ok(Arc::new(Agent { cfg, node_name, client, rt, runtime_name: version.runtime_name, node_facts, facts: Mutex::new(facts), pods: Mutex::new(HashMap::new()) }))
     }
 
-    /// Runs until the pod watch fails for good.
-    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+    /// Runs until the pod watch fails for good. `ca` (DER) verifies clients of the kubelet API.
+    pub async fn run(self: Arc<Self>, ca: Vec<Vec<u8>>) -> anyhow::Result<()> {
         self.refresh_facts().await;
+        let mut names = vec![self.node_name.clone(), "localhost".to_string()];
+        names.extend(self.facts.lock().expect("facts").internal_ip.clone());
+        let tls = crate::server::tls_config(&ca, &names)?;
+        let addr = format!("{}:{}", self.cfg.address, self.cfg.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("binding the kubelet API on {addr}: {e}"))?;
+        tracing::info!(%addr, "kubelet API listening");
+        tokio::spawn(crate::server::serve(self.clone(), listener, tls));
         self.register().await?;
         tokio::spawn(self.clone().node_status_loop());
         tokio::spawn(self.clone().lease_loop());

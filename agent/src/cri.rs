@@ -40,6 +40,15 @@ pub struct ExecResult {
     pub stderr: Vec<u8>,
 }
 
+/// Which streams an exec or attach carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
 /// The CRI calls the agent makes. Futures are `Send` so pod workers can run on any thread.
 pub trait Runtime: Send + Sync + 'static {
     fn version(&self) -> impl Future<Output = CriResult<cri::VersionResponse>> + Send;
@@ -55,6 +64,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn list_containers(&self, labels: HashMap<String, String>) -> impl Future<Output = CriResult<Vec<cri::Container>>> + Send;
     fn container_status(&self, id: &str) -> impl Future<Output = CriResult<cri::ContainerStatus>> + Send;
     fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout_secs: i64) -> impl Future<Output = CriResult<ExecResult>> + Send;
+    /// Streaming URLs (Exec, Attach, PortForward) for the kubelet API to splice clients to.
+    fn exec_url(&self, id: &str, cmd: Vec<String>, opts: StreamOptions) -> impl Future<Output = CriResult<String>> + Send;
+    fn attach_url(&self, id: &str, opts: StreamOptions) -> impl Future<Output = CriResult<String>> + Send;
+    fn port_forward_url(&self, sandbox_id: &str, ports: Vec<i32>) -> impl Future<Output = CriResult<String>> + Send;
     /// The image's id when present on the node.
     fn image_id(&self, image: &str) -> impl Future<Output = CriResult<Option<String>>> + Send;
     /// Pulls and returns the image reference (id).
@@ -154,6 +167,21 @@ impl Runtime for GrpcRuntime {
     async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout_secs: i64) -> CriResult<ExecResult> {
         let r = self.rt.clone().exec_sync(cri::ExecSyncRequest { container_id: id.into(), cmd, timeout: timeout_secs }).await.map_err(call("ExecSync"))?.into_inner();
         Ok(ExecResult { exit_code: r.exit_code, stdout: r.stdout, stderr: r.stderr })
+    }
+
+    async fn exec_url(&self, id: &str, cmd: Vec<String>, o: StreamOptions) -> CriResult<String> {
+        let req = cri::ExecRequest { container_id: id.into(), cmd, tty: o.tty, stdin: o.stdin, stdout: o.stdout, stderr: o.stderr && !o.tty };
+        Ok(self.rt.clone().exec(req).await.map_err(call("Exec"))?.into_inner().url)
+    }
+
+    async fn attach_url(&self, id: &str, o: StreamOptions) -> CriResult<String> {
+        let req = cri::AttachRequest { container_id: id.into(), tty: o.tty, stdin: o.stdin, stdout: o.stdout, stderr: o.stderr && !o.tty };
+        Ok(self.rt.clone().attach(req).await.map_err(call("Attach"))?.into_inner().url)
+    }
+
+    async fn port_forward_url(&self, sandbox_id: &str, ports: Vec<i32>) -> CriResult<String> {
+        let req = cri::PortForwardRequest { pod_sandbox_id: sandbox_id.into(), port: ports };
+        Ok(self.rt.clone().port_forward(req).await.map_err(call("PortForward"))?.into_inner().url)
     }
 
     async fn image_id(&self, image: &str) -> CriResult<Option<String>> {

@@ -8,5 +8,6 @@ pub mod node;
 pub mod pod;
 pub mod probes;
 pub mod quantity;
+pub mod server;
 pub mod spec;
 pub mod volumes;

@@ -39,7 +39,8 @@ struct Args {
     log_level: tracing::Level,
 }
 
-async fn client(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+/// The API client, and the cluster CA (DER) from the kubeconfig.
+async fn client(path: Option<&PathBuf>) -> anyhow::Result<(kube::Client, Vec<Vec<u8>>)> {
     let config = match path {
         Some(p) => {
             let kc = kube::config::Kubeconfig::read_from(p).with_context(|| format!("reading kubeconfig {}", p.display()))?;
@@ -47,7 +48,8 @@ async fn client(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
         }
         None => kube::Config::infer().await.context("no kubeconfig given and none found (KUBECONFIG, ~/.kube/config, in-cluster)")?,
     };
-    Ok(kube::Client::try_from(config)?)
+    let ca = config.root_cert.clone().unwrap_or_default();
+    Ok((kube::Client::try_from(config)?, ca))
 }
 
 #[tokio::main]
@@ -75,11 +77,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let socket = cfg.runtime_socket();
     let rt = GrpcRuntime::connect(&socket).await.with_context(|| format!("connecting to the CRI runtime at {}", socket.display()))?;
-    let client = client(cfg.kubeconfig.as_ref()).await?;
+    let (client, ca) = client(cfg.kubeconfig.as_ref()).await?;
     let agent = Agent::new(cfg, client, Arc::new(rt)).await?;
     tracing::info!(node = %agent.node_name, "berth-agent starting");
     tokio::select! {
-        r = agent.run() => r,
+        r = agent.run(ca) => r,
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("stopping (pods keep running)");
             Ok(())

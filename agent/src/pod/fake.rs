@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use berth_proto::runtime::v1 as cri;
 
-use crate::cri::{CriError, CriResult, ExecResult, Runtime};
+use crate::cri::{CriError, CriResult, ExecResult, Runtime, StreamOptions};
 
 #[derive(Default)]
 pub struct State {
@@ -192,6 +192,18 @@ impl Runtime for FakeRuntime {
 
     async fn exec_sync(&self, _id: &str, _cmd: Vec<String>, _timeout_secs: i64) -> CriResult<ExecResult> {
         Ok(ExecResult::default())
+    }
+
+    async fn exec_url(&self, id: &str, _cmd: Vec<String>, _o: StreamOptions) -> CriResult<String> {
+        Ok(format!("http://127.0.0.1:1/exec/{id}"))
+    }
+
+    async fn attach_url(&self, id: &str, _o: StreamOptions) -> CriResult<String> {
+        Ok(format!("http://127.0.0.1:1/attach/{id}"))
+    }
+
+    async fn port_forward_url(&self, id: &str, _ports: Vec<i32>) -> CriResult<String> {
+        Ok(format!("http://127.0.0.1:1/portforward/{id}"))
     }
 
     async fn image_id(&self, image: &str) -> CriResult<Option<String>> {
