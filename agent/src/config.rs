@@ -22,6 +22,7 @@
 //! syncFrequency: 10s
 //! address: 0.0.0.0                  # kubelet server
 //! port: 10250
+//! nodeIP: 192.168.1.10             # default: the default route's interface address
 //! ```
 
 use std::collections::BTreeMap;
@@ -79,6 +80,7 @@ pub struct AgentConfig {
     pub address: String,
     pub port: u16,
     /// The node's InternalIP (default: the address of the default route's interface).
+    #[serde(rename = "nodeIP")]
     pub node_ip: Option<String>,
 }
 

@@ -158,6 +158,19 @@ pub async fn run_once<R: Runtime>(rt: &R, c: &Container, probe: &Probe, id: &str
     Outcome::Failure("the probe has no handler".into())
 }
 
+/// Runs a lifecycle hook (postStart / preStop): exec, httpGet or sleep, within `limit`.
+pub async fn run_hook<R: Runtime>(rt: &R, c: &Container, h: &k8s_openapi::api::core::v1::LifecycleHandler, id: &str, ip: &str, limit: Duration) -> Result<(), String> {
+    if let Some(s) = &h.sleep {
+        tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(limit)).await;
+        return Ok(());
+    }
+    let probe = Probe { exec: h.exec.clone(), http_get: h.http_get.clone(), tcp_socket: h.tcp_socket.clone(), timeout_seconds: Some(limit.as_secs().max(1) as i32), ..Default::default() };
+    match run_once(rt, c, &probe, id, ip).await {
+        Outcome::Success => Ok(()),
+        Outcome::Failure(e) => Err(e),
+    }
+}
+
 /// What a probe task reports upward.
 pub enum Signal {
     /// A readiness or startup result changed: status needs recomputing.

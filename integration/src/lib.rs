@@ -12,6 +12,7 @@ pub use binaries::{bin_path, find_in_path, workspace_root, BinaryError};
 pub use bundle::{Bundle, BundleError};
 pub use check::Expectations;
 pub use mountns::{detach_cgroup2_unified, MountNsError};
+pub mod cluster;
 pub mod cri;
 pub mod netns;
 pub mod registry;

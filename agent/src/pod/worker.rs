@@ -371,6 +371,15 @@ impl<R: Runtime> Worker<R> {
                 self.waiting.remove(&c.name);
                 self.event("Normal", "Started", format!("Started container {}", c.name));
                 tracing::info!(pod = spec::ids(cx.pod).1, container = %c.name, attempt, "container started");
+                if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    let grace = cx.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+                    let limit = Duration::from_secs(grace.max(1) as u64);
+                    if let Err(e) = crate::probes::run_hook(self.rt.as_ref(), c, hook, &id, &sandbox.ip, limit).await {
+                        // As kubelet: a failed postStart kills the container; the restart policy decides what next.
+                        self.event("Warning", "FailedPostStartHook", format!("PostStartHook failed: {e}"));
+                        let _ = self.rt.stop_container(&id, grace).await;
+                    }
+                }
             }
             Err(e) => {
                 self.event("Warning", "Failed", format!("Error: {e}"));
@@ -416,6 +425,25 @@ impl<R: Runtime> Worker<R> {
         }
     }
 
+    /// Runs the preStop hooks of the running containers, concurrently, within the grace
+    /// period (what they use of it is taken from the stop's own timeout by the caller's clock).
+    async fn pre_stop(&self, pod: &Pod, obs: &Observed, grace: i64) {
+        let Some(spec) = &pod.spec else { return };
+        let ip = obs.sandbox.as_ref().map(|s| s.ip.clone()).unwrap_or_default();
+        let limit = Duration::from_secs(grace.max(0) as u64);
+        let hooks = spec.containers.iter().chain(spec.init_containers.iter().flatten()).filter_map(|c| {
+            let hook = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())?;
+            let v = obs.latest(&c.name).filter(|v| v.running())?;
+            let ip = ip.clone();
+            Some(async move {
+                if let Err(e) = tokio::time::timeout(limit, crate::probes::run_hook(self.rt.as_ref(), c, hook, &v.id, &ip, limit)).await.unwrap_or(Err("timed out".into())) {
+                    tracing::warn!(container = %c.name, error = %e, "preStop hook failed");
+                }
+            })
+        });
+        futures_util::future::join_all(hooks).await;
+    }
+
     /// Stops every running container of the pod (`grace` seconds each, concurrently).
     async fn kill_all(&self, obs: &Observed, grace: i64) {
         let running: Vec<&ContainerView> = obs.containers.values().flatten().filter(|v| v.running() || v.created()).collect();
@@ -458,6 +486,7 @@ impl<R: Runtime> Worker<R> {
     /// sandbox and everything in it removed. True once nothing of the pod is left.
     pub async fn terminate(&mut self, pod: &Pod, grace: i64) -> Result<bool, CriError> {
         let obs = self.observe(pod).await?;
+        self.pre_stop(pod, &obs, grace).await;
         self.kill_all(&obs, grace).await;
         let mut ids: Vec<String> = obs.stale_sandboxes.clone();
         ids.extend(obs.sandbox.iter().map(|s| s.id.clone()));

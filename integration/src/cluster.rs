@@ -1,0 +1,205 @@
+//! A one-node Berth cluster for end-to-end tests, all inside a network namespace made for the
+//! test: a registry with busybox, berth-shim (reference bridge CNI), berth-control, and
+//! berth-agent joined with a node certificate; `kubectl` drives it with the admin kubeconfig.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::netns::NetNs;
+use crate::registry::Registry;
+use crate::shim::{ShimOptions, ShimProcess};
+
+pub struct Cluster {
+    pub ns: NetNs,
+    pub registry: Registry,
+    pub shim: ShimProcess,
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub node: String,
+    /// The busybox image as pods name it.
+    pub image: String,
+    control: Option<Child>,
+    agent: Option<Child>,
+    agent_args: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    Ok(cmd.stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f).spawn()?)
+}
+
+impl Cluster {
+    /// `name` keeps concurrent clusters apart (netns, bridge, cgroups); `port` is the registry's.
+    pub fn start(name: &str, port: u16, subnet: &str) -> anyhow::Result<Cluster> {
+        let tmp = crate::cri::short_tempdir();
+        let dir = tmp.path().to_path_buf();
+        let ns = NetNs::new(&format!("bc-{name}"))?;
+        let registry = Registry::start(&ns, &dir.join("reg"), port)?;
+        registry.push_busybox(&ns, "library/busybox:1.36", &["sh"])?;
+        let shim_dir = dir.join("s");
+        ShimProcess::configure(&shim_dir, &ShimOptions { name, registry: &registry.addr, subnet, with_cni: true })?;
+        let shim = ShimProcess::start(&ns, &shim_dir)?;
+
+        let control_dir = dir.join("control");
+        let mut control = ns.command(crate::bin_path("berth-control")?);
+        control.arg("--data-dir").arg(&control_dir).args(["--listen", "127.0.0.1:6443", "--node-monitor-grace-period", "20"]);
+        let control = spawn_logged(control, &dir.join("control.log"))?;
+        let kubeconfig = control_dir.join("admin.kubeconfig");
+        wait_until(Duration::from_secs(20), || kubeconfig.exists()).with_context(|| format!("berth-control did not start: {}", tail(&dir.join("control.log"))))?;
+
+        let node = format!("node-{name}");
+        let out = Command::new(crate::bin_path("berth-control")?)
+            .arg("--data-dir")
+            .arg(&control_dir)
+            .args(["kubeconfig", "--user", &format!("system:node:{node}"), "--group", "system:nodes", "--server", "https://127.0.0.1:6443"])
+            .output()?;
+        if !out.status.success() {
+            bail!("node kubeconfig: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::write(dir.join("node.kubeconfig"), &out.stdout)?;
+        std::fs::create_dir_all(dir.join("manifests"))?;
+        let agent_config = format!(
+            "nodeName: {node}\nkubeconfig: {d}/node.kubeconfig\ncontainerRuntimeEndpoint: unix://{sock}\nrootDir: {d}/agent\npodLogsDir: {d}/logs\nstaticPodPath: {d}/manifests\ncgroupRoot: {cg}\nsyncFrequency: 2s\nnodeStatusUpdateFrequency: 5s\nnodeIP: 127.0.0.1\n",
+            d = dir.display(),
+            sock = shim.socket.display(),
+            cg = format!("/berth-it-{name}-{}-pods", std::process::id()),
+        );
+        std::fs::write(dir.join("agent.yaml"), agent_config)?;
+        let agent_args = vec!["--config".to_string(), dir.join("agent.yaml").display().to_string(), "--log-level".into(), "debug".into()];
+        let mut cluster = Cluster { ns, registry, shim, dir, kubeconfig, node, image: "busybox:1.36".into(), control: Some(control), agent: None, agent_args, _tmp: tmp };
+        cluster.start_agent()?;
+        cluster.wait_for(Duration::from_secs(30), "the node to be Ready", |c| {
+            c.kubectl(&["get", "node", &c.node, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"]).map(|o| o == "True").unwrap_or(false)
+        })?;
+        Ok(cluster)
+    }
+
+    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        let mut cmd = self.ns.command(crate::bin_path("berth-agent")?);
+        cmd.args(&self.agent_args);
+        self.agent = Some(spawn_logged(cmd, &self.dir.join("agent.log"))?);
+        Ok(())
+    }
+
+    /// SIGKILL the agent (its pods must keep running).
+    pub fn kill9_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+
+    /// Runs kubectl in the cluster's namespace; stdout on success, an error with stderr otherwise.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.kubectl_output(args, None)?;
+        if !out.status.success() {
+            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        let mut cmd = self.ns.command("kubectl");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        match stdin {
+            None => Ok(cmd.stdin(Stdio::null()).output()?),
+            Some(text) => {
+                let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+                std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), text.as_bytes())?;
+                drop(child.stdin.take());
+                Ok(child.wait_with_output()?)
+            }
+        }
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+        let out = self.kubectl_output(&["apply", "-f", "-"], Some(yaml))?;
+        if !out.status.success() {
+            bail!("kubectl apply: {}\n{yaml}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// The pod as JSON.
+    pub fn pod(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.kubectl(&["get", "pod", name, "-o", "json"])?)?)
+    }
+
+    /// Polls `ok` every 200 ms until it holds or `timeout` passes (then the agent's log tail is
+    /// in the error).
+    pub fn wait_for(&self, timeout: Duration, what: &str, mut ok: impl FnMut(&Cluster) -> bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if ok(self) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("timed out waiting for {what}\n--- agent log ---\n{}\n--- shim log ---\n{}", tail(&self.dir.join("agent.log")), self.shim.log_tail())
+    }
+
+    /// The text a container wrote (its CRI log files, all restarts, in order).
+    pub fn container_output(&self, pod: &str, container: &str) -> String {
+        let Ok(rd) = std::fs::read_dir(self.dir.join("logs")) else { return String::new() };
+        let mut out = String::new();
+        for d in rd.flatten().filter(|d| d.file_name().to_string_lossy().starts_with(&format!("default_{pod}_"))) {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(d.path().join(container)).into_iter().flatten().flatten().map(|e| e.path()).collect();
+            files.sort_by_key(|p| p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0));
+            for f in files {
+                for line in std::fs::read_to_string(f).unwrap_or_default().lines() {
+                    if let Some(msg) = line.splitn(4, ' ').nth(3) {
+                        out.push_str(msg);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn agent_log(&self) -> String {
+        tail(&self.dir.join("agent.log"))
+    }
+}
+
+fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out")
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Pods first (their containers and network), then the daemons.
+        let _ = self.kubectl(&["delete", "pods", "--all", "--grace-period=0", "--force", "--wait=false"]);
+        for _ in 0..50 {
+            if self.kubectl(&["get", "pods", "-o", "name"]).map(|o| o.is_empty()).unwrap_or(true) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for child in [self.agent.take(), self.control.take()].into_iter().flatten() {
+            let mut child = child;
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! berth-agent end to end: berth-control + berth-agent + berth-shim in a network namespace,
+//! driven with kubectl. Each test is one cluster; what it shows is in its name.
+
+use std::time::{Duration, Instant};
+
+use berth_integration::cluster::Cluster;
+use serde_json::Value;
+
+fn status_of<'a>(pod: &'a Value, container: &str) -> &'a Value {
+    let all = pod["status"]["containerStatuses"].as_array().into_iter().flatten().chain(pod["status"]["initContainerStatuses"].as_array().into_iter().flatten());
+    all.into_iter().find(|s| s["name"] == container).unwrap_or(&Value::Null)
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[test]
+#[ignore = "needs root"]
+fn probes_restart_and_readiness_and_hooks_run_in_order() {
+    let c = Cluster::start("probe", 5201, "10.89.21.0/24").expect("cluster");
+    let order = c.dir.join("order");
+    std::fs::create_dir_all(&order).unwrap();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  terminationGracePeriodSeconds: 5
+  volumes: [{{name: order, hostPath: {{path: {order}, type: Directory}}}}]
+  containers:
+  - name: app
+    image: {image}
+    command: [sh, -c, "trap 'echo term >> /order/log; exit 0' TERM; touch /tmp/alive; sleep 3; touch /tmp/ready; while true; do sleep 1; done"]
+    volumeMounts: [{{name: order, mountPath: /order}}]
+    livenessProbe: {{exec: {{command: [test, -f, /tmp/alive]}}, periodSeconds: 1, failureThreshold: 2}}
+    readinessProbe: {{exec: {{command: [test, -f, /tmp/ready]}}, periodSeconds: 1}}
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, "echo post-start >> /order/log"]}}}}
+      preStop: {{exec: {{command: [sh, -c, "echo pre-stop >> /order/log"]}}}}
+"#,
+        order = order.display(),
+        image = c.image
+    ))
+    .unwrap();
+    c.wait_for(LONG, "the pod to run", |c| c.pod("probed").is_ok_and(|p| p["status"]["phase"] == "Running")).unwrap();
+    let p = c.pod("probed").unwrap();
+    assert!(!ready(&p), "not ready before /tmp/ready exists: {}", p["status"]);
+    c.wait_for(LONG, "readiness to turn Ready", |c| c.pod("probed").is_ok_and(|p| ready(&p))).unwrap();
+    assert_eq!(std::fs::read_to_string(order.join("log")).unwrap(), "post-start\n");
+
+    // Liveness: remove the file the probe checks; the container is restarted.
+    let id = status_of(&c.pod("probed").unwrap(), "app")["containerID"].as_str().unwrap().to_string();
+    let cid = id.split("://").nth(1).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut client, _) = berth_integration::cri::connect(&c.shim.socket).await.unwrap();
+        let req = berth_proto::runtime::v1::ExecSyncRequest { container_id: cid.into(), cmd: vec!["rm".into(), "/tmp/alive".into()], timeout: 5 };
+        client.exec_sync(req).await.unwrap();
+    });
+    c.wait_for(LONG, "a liveness restart", |c| c.pod("probed").is_ok_and(|p| status_of(&p, "app")["restartCount"].as_i64().unwrap_or(0) >= 1)).unwrap();
+    let events = c.kubectl(&["get", "events", "--field-selector", "involvedObject.name=probed", "-o", "jsonpath={.items[*].reason}"]).unwrap();
+    assert!(events.contains("Killing") && events.contains("Started"), "events: {events}");
+    c.wait_for(LONG, "Ready again after the restart", |c| c.pod("probed").is_ok_and(|p| ready(&p))).unwrap();
+
+    // Deletion: preStop, then SIGTERM (the trap), then the pod is gone.
+    std::fs::write(order.join("log"), "").unwrap();
+    let t0 = Instant::now();
+    c.kubectl(&["delete", "pod", "probed", "--wait=true", "--timeout=60s"]).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(20), "deleted within the grace period: {:?}", t0.elapsed());
+    let log = std::fs::read_to_string(order.join("log")).unwrap();
+    assert_eq!(log, "pre-stop\nterm\n", "preStop runs before the container is signalled");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn init_containers_shared_empty_dir_and_config_map_updates() {
+    let c = Cluster::start("init", 5202, "10.89.22.0/24").expect("cluster");
+    c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {greeting: hello}\n").unwrap();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: staged}}
+spec:
+  volumes:
+  - {{name: shared, emptyDir: {{}}}}
+  - {{name: cfg, configMap: {{name: settings}}}}
+  initContainers:
+  - {{name: first, image: {image}, command: [sh, -c, "echo one >> /shared/steps"], volumeMounts: [{{name: shared, mountPath: /shared}}]}}
+  - {{name: second, image: {image}, command: [sh, -c, "test \"$(cat /shared/steps)\" = one && echo two >> /shared/steps"], volumeMounts: [{{name: shared, mountPath: /shared}}]}}
+  containers:
+  - name: writer
+    image: {image}
+    command: [sh, -c, "cat /shared/steps; echo from-writer > /shared/note; while true; do sleep 1; done"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  - name: reader
+    image: {image}
+    command: [sh, -c, "while true; do cat /shared/note /cfg/greeting 2>/dev/null; echo; sleep 1; done"]
+    env: [{{name: GREETING, valueFrom: {{configMapKeyRef: {{name: settings, key: greeting}}}}}}]
+    volumeMounts: [{{name: shared, mountPath: /shared}}, {{name: cfg, mountPath: /cfg}}]
+"#,
+        image = c.image
+    ))
+    .unwrap();
+    c.wait_for(LONG, "the pod to run", |c| c.pod("staged").is_ok_and(|p| p["status"]["phase"] == "Running")).unwrap();
+    let p = c.pod("staged").unwrap();
+    for name in ["first", "second"] {
+        assert_eq!(status_of(&p, name)["state"]["terminated"]["reason"], "Completed", "{name}: {}", status_of(&p, name));
+    }
+    let first_done = status_of(&p, "first")["state"]["terminated"]["finishedAt"].as_str().unwrap().to_string();
+    let second_start = status_of(&p, "second")["state"]["terminated"]["startedAt"].as_str().unwrap().to_string();
+    assert!(first_done <= second_start, "in order: {first_done} then {second_start}");
+    assert!(c.container_output("staged", "writer").starts_with("one\ntwo\n"), "{}", c.container_output("staged", "writer"));
+    c.wait_for(LONG, "the reader to see the writer's file and the configMap", |c| c.container_output("staged", "reader").contains("from-writer\nhello")).unwrap();
+
+    c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {greeting: bonjour}\n").unwrap();
+    c.wait_for(LONG, "the configMap update in the mounted volume", |c| c.container_output("staged", "reader").contains("bonjour")).unwrap();
+    assert_eq!(status_of(&c.pod("staged").unwrap(), "reader")["restartCount"], 0, "updated in place, no restart");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn oom_kills_crash_loops_graceful_stops_and_agent_restarts() {
+    let mut c = Cluster::start("oom", 5203, "10.89.23.0/24").expect("cluster");
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hungry}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: eat
+    image: {image}
+    command: [dd, if=/dev/zero, of=/dev/null, bs=300M, count=1]
+    resources: {{limits: {{memory: 64Mi}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crasher}}
+spec:
+  containers: [{{name: crash, image: {image}, command: [sh, -c, "exit 3"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: stubborn}}
+spec:
+  terminationGracePeriodSeconds: 3
+  containers: [{{name: app, image: {image}, command: [sh, -c, "trap '' TERM; while true; do sleep 1; done"]}}]
+"#,
+        image = c.image
+    ))
+    .unwrap();
+    c.wait_for(LONG, "the OOM kill", |c| c.pod("hungry").is_ok_and(|p| p["status"]["phase"] == "Failed")).unwrap();
+    let eat = status_of(&c.pod("hungry").unwrap(), "eat").clone();
+    assert_eq!(eat["state"]["terminated"]["reason"], "OOMKilled", "{eat}");
+    assert_eq!(c.pod("hungry").unwrap()["status"]["qosClass"], "Burstable");
+
+    // CrashLoopBackOff: restarts come later and later.
+    c.wait_for(Duration::from_secs(90), "three restarts", |c| c.pod("crasher").is_ok_and(|p| status_of(&p, "crash")["restartCount"].as_i64().unwrap_or(0) >= 3)).unwrap();
+    let p = c.pod("crasher").unwrap();
+    let st = status_of(&p, "crash");
+    let waiting = st["state"]["waiting"]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(waiting == "CrashLoopBackOff" || st["state"]["running"].is_object(), "{st}");
+    assert_eq!(st["lastState"]["terminated"]["exitCode"], 3);
+    let started: Vec<String> = c.kubectl(&["get", "events", "--field-selector", "involvedObject.name=crasher,reason=Started", "-o", "jsonpath={.items[*].firstTimestamp}"]).unwrap().split_whitespace().map(str::to_string).collect();
+    assert!(started.len() >= 4, "{started:?}");
+    let mut t: Vec<i64> = started.iter().map(|s| k8s_openapi::chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()).collect();
+    t.sort();
+    let gaps: Vec<i64> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[1] >= 9 && gaps[2] >= 19, "back-off 10 s then 20 s: gaps {gaps:?}");
+
+    // An agent killed with -9 and restarted adopts what runs: same container, no restart.
+    c.wait_for(LONG, "stubborn running", |c| c.pod("stubborn").is_ok_and(|p| p["status"]["phase"] == "Running")).unwrap();
+    let before = status_of(&c.pod("stubborn").unwrap(), "app")["containerID"].clone();
+    c.kill9_agent();
+    c.start_agent().unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let after = c.pod("stubborn").unwrap();
+    assert_eq!(status_of(&after, "app")["containerID"], before, "the same container: {}", c.agent_log());
+    assert_eq!(status_of(&after, "app")["restartCount"], 0);
+
+    // It ignores SIGTERM: deletion waits out the 3 s grace period, then SIGKILL.
+    let t0 = Instant::now();
+    c.kubectl(&["delete", "pod", "stubborn", "--wait=true", "--timeout=60s"]).unwrap();
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(15), "grace period honoured: {took:?}");
+}
