@@ -62,11 +62,12 @@ impl Cluster {
         }
         std::fs::write(dir.join("node.kubeconfig"), &out.stdout)?;
         std::fs::create_dir_all(dir.join("manifests"))?;
+        let cgroup_root = format!("/berth-it-{name}-{}-pods", std::process::id());
         let agent_config = format!(
             "nodeName: {node}\nkubeconfig: {d}/node.kubeconfig\ncontainerRuntimeEndpoint: unix://{sock}\nrootDir: {d}/agent\npodLogsDir: {d}/logs\nstaticPodPath: {d}/manifests\ncgroupRoot: {cg}\nsyncFrequency: 2s\nnodeStatusUpdateFrequency: 5s\nnodeIP: 127.0.0.1\n",
             d = dir.display(),
             sock = shim.socket.display(),
-            cg = format!("/berth-it-{name}-{}-pods", std::process::id()),
+            cg = cgroup_root,
         );
         std::fs::write(dir.join("agent.yaml"), agent_config)?;
         let agent_args = vec!["--config".to_string(), dir.join("agent.yaml").display().to_string(), "--log-level".into(), "debug".into()];
