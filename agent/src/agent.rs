@@ -159,6 +159,9 @@ impl<R: Runtime> Agent<R> {
         self.register().await?;
         tokio::spawn(self.clone().node_status_loop());
         tokio::spawn(self.clone().lease_loop());
+        if let Some(dir) = self.cfg.static_pod_path.clone() {
+            tokio::spawn(self.clone().static_pod_loop(dir));
+        }
         self.watch_pods().await
     }
 
@@ -255,7 +258,14 @@ impl<R: Runtime> Agent<R> {
                 }
             };
             let live: HashSet<String> = list.items.iter().filter_map(|p| p.metadata.uid.clone()).collect();
-            let gone: Vec<String> = self.pods.lock().expect("pods").keys().filter(|uid| !live.contains(*uid)).cloned().collect();
+            let gone: Vec<String> = self
+                .pods
+                .lock()
+                .expect("pods")
+                .iter()
+                .filter(|(uid, tx)| !live.contains(*uid) && !tx.borrow().as_ref().is_some_and(crate::static_pods::is_static))
+                .map(|(uid, _)| uid.clone())
+                .collect();
             for uid in gone {
                 self.deliver_gone(&uid);
             }
@@ -307,11 +317,59 @@ impl<R: Runtime> Agent<R> {
         }
     }
 
+    /// Runs the manifests in `dir`: new ones started, removed or changed ones stopped, and each
+    /// one's mirror pod kept in the API.
+    async fn static_pod_loop(self: Arc<Self>, dir: std::path::PathBuf) {
+        let mut running: HashSet<String> = HashSet::new();
+        loop {
+            let (pods, errors) = crate::static_pods::read_dir(&dir, &self.node_name);
+            for e in errors {
+                tracing::warn!("static pod manifest: {e}");
+            }
+            let now: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+            for uid in running.difference(&now) {
+                self.deliver_gone(uid);
+            }
+            for pod in pods {
+                self.ensure_mirror(&pod).await;
+                if !self.pods.lock().expect("pods").contains_key(pod.metadata.uid.as_deref().unwrap_or_default()) {
+                    self.deliver_local(pod);
+                }
+            }
+            running = now;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Posts (or replaces) the mirror pod of a static pod.
+    async fn ensure_mirror(&self, pod: &Pod) {
+        let (ns, name, _) = spec::ids(pod);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let want = pod.metadata.annotations.as_ref().and_then(|a| a.get(crate::static_pods::ANN_HASH)).cloned();
+        // Create first: a node may not read pods that are not (yet) bound to it.
+        match api.create(&PostParams::default(), &crate::static_pods::mirror(pod)).await {
+            Ok(_) => tracing::info!(pod = %name, "mirror pod created"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let current = api.get_opt(name).await.ok().flatten();
+                let hash = current.as_ref().and_then(|m| m.metadata.annotations.as_ref()).and_then(|a| a.get(crate::static_pods::ANN_MIRROR)).cloned();
+                if current.is_some() && hash != want {
+                    // An older manifest's mirror: replaced on the next round.
+                    let _ = api.delete(name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                }
+            }
+            Err(e) => tracing::warn!(pod = %name, error = %e, "creating the mirror pod"),
+        }
+    }
+
     fn deliver(self: &Arc<Self>, pod: Pod) {
-        let Some(uid) = pod.metadata.uid.clone() else { return };
-        if pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")) {
+        if pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(crate::static_pods::ANN_MIRROR)) {
             return;
         }
+        self.deliver_local(pod);
+    }
+
+    fn deliver_local(self: &Arc<Self>, pod: Pod) {
+        let Some(uid) = pod.metadata.uid.clone() else { return };
         let mut pods = self.pods.lock().expect("pods");
         match pods.get(&uid) {
             Some(tx) => {
@@ -417,7 +475,7 @@ impl<R: Runtime> Agent<R> {
                             tracing::warn!(error = %e, "removing pod volumes");
                         }
                         let _ = std::fs::remove_dir_all(spec::pod_log_dir(&self.node_facts.log_root, &pod));
-                        if current.is_some() {
+                        if current.is_some() || crate::static_pods::is_static(&pod) {
                             self.confirm_deletion(&pod).await;
                         }
                         break;
@@ -531,7 +589,9 @@ impl<R: Runtime> Agent<R> {
     async fn confirm_deletion(&self, pod: &Pod) {
         let (ns, name, uid) = spec::ids(pod);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }), ..Default::default() };
+        // A static pod's API copy (its mirror) has a UID of its own.
+        let preconditions = (!crate::static_pods::is_static(pod)).then(|| Preconditions { uid: Some(uid.to_string()), resource_version: None });
+        let dp = DeleteParams { grace_period_seconds: Some(0), preconditions, ..Default::default() };
         match api.delete(name, &dp).await {
             Ok(_) => tracing::info!(pod = %name, "pod deleted"),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}

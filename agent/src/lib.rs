@@ -10,4 +10,5 @@ pub mod probes;
 pub mod quantity;
 pub mod server;
 pub mod spec;
+pub mod static_pods;
 pub mod volumes;

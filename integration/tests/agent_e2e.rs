@@ -190,3 +190,20 @@ spec:
     let took = t0.elapsed();
     assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(15), "grace period honoured: {took:?}");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn static_pods_get_mirror_pods() {
+    let c = Cluster::start("static", 5204, "10.89.24.0/24").expect("cluster");
+    let manifest = c.dir.join("manifests/web.yaml");
+    std::fs::write(&manifest, format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers: [{{name: web, image: {}, command: [sh, -c, 'echo static; sleep 1000']}}]\n", c.image)).unwrap();
+    let name = format!("web-{}", c.node);
+    c.wait_for(LONG, "the mirror pod to run", |c| c.pod(&name).is_ok_and(|p| p["status"]["phase"] == "Running")).unwrap();
+    let p = c.pod(&name).unwrap();
+    assert!(p["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string(), "{}", p["metadata"]);
+    assert_eq!(p["spec"]["nodeName"], c.node.as_str());
+    c.wait_for(LONG, "the static pod's output", |c| c.container_output(&name, "web").contains("static")).unwrap();
+    // Removing the manifest removes the pod and its mirror.
+    std::fs::remove_file(&manifest).unwrap();
+    c.wait_for(LONG, "the mirror pod to go", |c| c.kubectl(&["get", "pods", "-o", "name"]).is_ok_and(|o| o.is_empty())).unwrap();
+}

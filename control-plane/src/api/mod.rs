@@ -195,7 +195,16 @@ impl Api {
         let fields = FieldSelector::parse(req.query.get("fieldSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
         let attrs = authz::Attrs { verb, resource: t.r, sub: t.sub.as_deref(), namespace: t.ns.as_deref(), name: t.name.as_deref(), fields: &fields };
         authz::authorize(&self.reg, user, &attrs).await?;
-        if verb == "create" && t.sub.is_none() && !user.is_admin() && t.r.kind != "Event" {
+        if verb == "create" && t.sub.is_none() && !user.is_admin() && t.r.kind == "Pod" {
+            if let Some(node) = user.node_name() {
+                // A node may create only mirror pods of its own static pods (as NodeRestriction).
+                let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+                let mirror = body["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string();
+                if !mirror || body["spec"]["nodeName"].as_str() != Some(node) {
+                    return Err(ApiError::forbidden(format!("node \"{node}\" may only create mirror pods bound to itself")));
+                }
+            }
+        } else if verb == "create" && t.sub.is_none() && !user.is_admin() && t.r.kind != "Event" {
             if let Some(node) = user.node_name() {
                 // A node may create only its own Node (and its own Lease); events about its
                 // pods carry generated names.
