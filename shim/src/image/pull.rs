@@ -280,17 +280,13 @@ impl ImageStore {
         if dst.exists() {
             return Ok(());
         }
-        let tmp = self.inner.layout.temp("blob");
-        let result = self.download(src, d, &tmp).await;
-        match result {
-            Ok(()) => tokio::fs::rename(&tmp, &dst)
-                .await
-                .map_err(|e| ImageError::io("rename into place", &dst, e)),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                Err(e)
-            }
-        }
+        // Removed on every way out, including this future being dropped part-way (a sibling
+        // layer's failure ends the whole pull while this download is still running).
+        let tmp = TempFile(self.inner.layout.temp("blob"));
+        self.download(src, d, &tmp.0).await?;
+        tokio::fs::rename(&tmp.0, &dst)
+            .await
+            .map_err(|e| ImageError::io("rename into place", &dst, e))
     }
 
     async fn download(
@@ -341,5 +337,14 @@ impl ImageStore {
             });
         }
         Ok(())
+    }
+}
+
+/// A download's temporary file, removed when dropped (after a rename it is already gone).
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
