@@ -14,6 +14,7 @@ pub mod ipam;
 pub mod netconf;
 pub mod netlink;
 pub mod netns;
+pub mod overlay;
 pub mod portmap;
 pub mod result;
 pub mod skel;

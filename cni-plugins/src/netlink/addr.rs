@@ -39,6 +39,7 @@ const RTNH_F_ONLINK: u32 = 4;
 
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
+const NDA_IFINDEX: u16 = 8;
 const NUD_PERMANENT: u16 = 0x80;
 const NTF_SELF: u8 = 0x02;
 
@@ -93,7 +94,12 @@ pub struct RouteSpec {
     pub scope: u8,
     /// Next hop reachable on the device even if no address covers it (VXLAN host-routes).
     pub onlink: bool,
+    /// Who installed it (`RTPROT_*`); Berth's overlay routes carry [`RTPROT_BERTH`].
+    pub protocol: u8,
 }
+
+/// The route protocol number marking routes that Berth's overlay sync owns.
+pub const RTPROT_BERTH: u8 = 0xbe;
 
 impl RouteSpec {
     pub fn new(dst: Cidr, gw: Option<IpAddr>, oif: Option<u32>) -> RouteSpec {
@@ -111,6 +117,7 @@ impl RouteSpec {
                 RT_SCOPE_LINK
             },
             onlink: false,
+            protocol: RTPROT_BOOT,
         }
     }
 
@@ -120,7 +127,7 @@ impl RouteSpec {
         h[0] = fam;
         h[1] = self.dst.prefix;
         h[4] = if self.table < 256 { self.table as u8 } else { 252 };
-        h[5] = RTPROT_BOOT;
+        h[5] = self.protocol;
         h[6] = self.scope;
         h[7] = RTN_UNICAST;
         let rflags = if self.onlink { RTNH_F_ONLINK } else { 0 };
@@ -147,6 +154,7 @@ fn parse_route(body: &[u8]) -> Option<RouteSpec> {
     let prefix = *body.get(1)?;
     let table = u32::from(*body.get(4)?);
     let scope = *body.get(6)?;
+    let protocol = *body.get(5)?;
     let kind = *body.get(7)?;
     if kind != RTN_UNICAST {
         return None;
@@ -168,6 +176,7 @@ fn parse_route(body: &[u8]) -> Option<RouteSpec> {
         advmss: None,
         scope,
         onlink: false,
+        protocol,
     })
 }
 
@@ -301,7 +310,10 @@ impl Socket {
     /// Neighbour entries of one family on `index`.
     pub fn neighs(&mut self, index: u32, v6: bool) -> Result<Vec<Neighbour>, NlError> {
         let fam = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
-        let msg = Msg::new(RTM_GETNEIGH, 0).header(&ndmsg(fam, index, 0, 0));
+        // A strict dump wants the device as NDA_IFINDEX, not in the header.
+        let msg = Msg::new(RTM_GETNEIGH, 0)
+            .header(&ndmsg(fam, 0, 0, 0))
+            .u32(NDA_IFINDEX, index);
         let all = self.dump(msg)?;
         Ok(all
             .iter()
