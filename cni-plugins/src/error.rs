@@ -41,7 +41,11 @@ impl<T, E: std::error::Error> KernelContext<T> for Result<T, E> {
     fn kernel(self, what: impl FnOnce() -> String) -> Result<T, CniError> {
         self.map_err(|e| {
             let chain = source_chain(&e);
-            let details = if chain.is_empty() { e.to_string() } else { format!("{e}: {chain}") };
+            let details = if chain.is_empty() {
+                e.to_string()
+            } else {
+                format!("{e}: {chain}")
+            };
             CniError::new(ErrorCode::Plugin(CODE_KERNEL), what()).with_details(details)
         })
     }

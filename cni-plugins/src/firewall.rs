@@ -24,7 +24,10 @@ pub fn minimal(cidrs: &[Cidr]) -> Vec<Cidr> {
     let set: BTreeSet<String> = cidrs.iter().map(|c| c.masked().to_string()).collect();
     let all: Vec<Cidr> = set.iter().filter_map(|s| s.parse().ok()).collect();
     all.iter()
-        .filter(|c| !all.iter().any(|o| o != *c && o.prefix < c.prefix && o.contains(c.addr)))
+        .filter(|c| {
+            !all.iter()
+                .any(|o| o != *c && o.prefix < c.prefix && o.contains(c.addr))
+        })
         .copied()
         .collect()
 }
@@ -64,7 +67,10 @@ fn masq_ops<'a>(sets: &'a [String; 2], ips: &[IpAddr], action: Action) -> Vec<Se
             elems: ips
                 .iter()
                 .filter(|ip| ip.is_ipv4() == *v4)
-                .map(|ip| Elem { key: Key::new().ip(*ip), data: None })
+                .map(|ip| Elem {
+                    key: Key::new().ip(*ip),
+                    data: None,
+                })
                 .collect(),
             action,
         })
@@ -74,7 +80,12 @@ fn masq_ops<'a>(sets: &'a [String; 2], ips: &[IpAddr], action: Action) -> Vec<Se
 /// Masquerades traffic from `ips` leaving for anything outside `exclude` (pod subnets, cluster
 /// CIDR). The chain is (re)built when `exclude` grows beyond what the marker under `state`
 /// records, or when the table is missing.
-pub fn masq_add(state: &Path, network: &str, ips: &[IpAddr], exclude: &[Cidr]) -> Result<(), NftError> {
+pub fn masq_add(
+    state: &Path,
+    network: &str,
+    ips: &[IpAddr],
+    exclude: &[Cidr],
+) -> Result<(), NftError> {
     let tag = masq_tag(network);
     let marker = state.join("masq").join(&tag);
     let baked: Vec<Cidr> = std::fs::read_to_string(&marker)
@@ -92,7 +103,9 @@ pub fn masq_add(state: &Path, network: &str, ips: &[IpAddr], exclude: &[Cidr]) -
         let _ = std::fs::write(&marker, text.join("\n"));
     }
     let sets = [format!("{tag}-4"), format!("{tag}-6")];
-    apply_with_setup(&masq_ops(&sets, ips, Action::Add), &|| masq_script(&tag, &want))
+    apply_with_setup(&masq_ops(&sets, ips, Action::Add), &|| {
+        masq_script(&tag, &want)
+    })
 }
 
 pub fn masq_del(network: &str, ips: &[IpAddr]) -> Result<(), NftError> {
@@ -132,14 +145,20 @@ pub fn spoof_update(port: &str, mac: [u8; 6], action: Action) -> Result<(), NftE
             family: FAMILY_BRIDGE,
             table: SPOOF_TABLE,
             set: "allowed",
-            elems: vec![Elem { key: Key::new().ifname(port).mac(mac), data: None }],
+            elems: vec![Elem {
+                key: Key::new().ifname(port).mac(mac),
+                data: None,
+            }],
             action,
         },
         SetOp {
             family: FAMILY_BRIDGE,
             table: SPOOF_TABLE,
             set: "ports",
-            elems: vec![Elem { key: Key::new().ifname(port), data: None }],
+            elems: vec![Elem {
+                key: Key::new().ifname(port),
+                data: None,
+            }],
             action,
         },
     ];
@@ -157,7 +176,10 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         let s = masq_script("nabc", &ex);
-        assert!(s.contains("ip saddr @nabc-4 ip daddr != { 10.1.0.0/16, 224.0.0.0/4 } masquerade"), "{s}");
+        assert!(
+            s.contains("ip saddr @nabc-4 ip daddr != { 10.1.0.0/16, 224.0.0.0/4 } masquerade"),
+            "{s}"
+        );
         assert!(s.contains("ip6 daddr != { fd00::/64, ff00::/8 }"), "{s}");
         assert!(s.contains("flush chain inet berth-masq nabc"));
         assert_eq!(masq_tag("a"), masq_tag("a"));

@@ -102,7 +102,10 @@ impl NetNs {
         let out = f();
         // Not being able to return would leave the thread in the wrong namespace: fatal.
         if let Err(e) = setns(home.fd.as_fd()) {
-            panic!("cannot return to network namespace {}: {e}", home.path.display());
+            panic!(
+                "cannot return to network namespace {}: {e}",
+                home.path.display()
+            );
         }
         Ok(out)
     }

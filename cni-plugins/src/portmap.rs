@@ -57,7 +57,10 @@ fn proto_number(p: &str) -> Result<u8, CniError> {
         "tcp" | "" => Ok(6),
         "udp" => Ok(17),
         "sctp" => Ok(132),
-        other => Err(CniError::new(ErrorCode::InvalidNetworkConfig, format!("unknown port mapping protocol {other:?}"))),
+        other => Err(CniError::new(
+            ErrorCode::InvalidNetworkConfig,
+            format!("unknown port mapping protocol {other:?}"),
+        )),
     }
 }
 
@@ -67,17 +70,26 @@ pub fn mappings(args: &CmdArgs) -> Result<Vec<PortMapping>, CniError> {
         return Ok(Vec::new());
     };
     let list: Vec<PortMapping> = serde_json::from_value(raw.clone()).map_err(|e| {
-        CniError::new(ErrorCode::InvalidNetworkConfig, format!("invalid runtimeConfig.portMappings: {e}"))
+        CniError::new(
+            ErrorCode::InvalidNetworkConfig,
+            format!("invalid runtimeConfig.portMappings: {e}"),
+        )
     })?;
     for m in &list {
         proto_number(&m.protocol)?;
         if m.host_port == 0 || m.container_port == 0 {
-            let msg = format!("port mapping {}:{} has a zero port", m.host_port, m.container_port);
+            let msg = format!(
+                "port mapping {}:{} has a zero port",
+                m.host_port, m.container_port
+            );
             return Err(CniError::new(ErrorCode::InvalidNetworkConfig, msg));
         }
         if let Some(ip) = m.host_ip.as_deref().filter(|s| !s.is_empty()) {
             ip.parse::<IpAddr>().map_err(|_| {
-                CniError::new(ErrorCode::InvalidNetworkConfig, format!("port mapping hostIP {ip:?} is not an address"))
+                CniError::new(
+                    ErrorCode::InvalidNetworkConfig,
+                    format!("port mapping hostIP {ip:?} is not an address"),
+                )
             })?;
         }
     }
@@ -88,10 +100,14 @@ pub fn mappings(args: &CmdArgs) -> Result<Vec<PortMapping>, CniError> {
 pub fn elements(mappings: &[PortMapping], ips: &[IpAddr]) -> Vec<(&'static str, Elem)> {
     let mut out = Vec::new();
     for m in mappings {
-        let Ok(proto) = proto_number(&m.protocol) else { continue };
+        let Ok(proto) = proto_number(&m.protocol) else {
+            continue;
+        };
         let host_ip: Option<IpAddr> = m.host_ip.as_deref().and_then(|s| s.parse().ok());
         for v4 in [true, false] {
-            let Some(pod) = ips.iter().find(|i| i.is_ipv4() == v4) else { continue };
+            let Some(pod) = ips.iter().find(|i| i.is_ipv4() == v4) else {
+                continue;
+            };
             if host_ip.is_some_and(|h| h.is_ipv4() != v4) {
                 continue;
             }
@@ -103,7 +119,13 @@ pub fn elements(mappings: &[PortMapping], ips: &[IpAddr]) -> Vec<(&'static str, 
             };
             let key = key.proto(proto).port(m.host_port);
             let data = Key::new().ip(*pod).port(m.container_port);
-            out.push((map, Elem { key, data: Some(data) }));
+            out.push((
+                map,
+                Elem {
+                    key,
+                    data: Some(data),
+                },
+            ));
         }
     }
     out
@@ -146,14 +168,21 @@ fn ops(elems: &[(&'static str, Elem)], action: Action) -> Vec<SetOp<'static>> {
             family: FAMILY_INET,
             table: TABLE,
             set,
-            elems: elems.iter().filter(|(s, _)| *s == set).map(|(_, e)| e.clone()).collect(),
+            elems: elems
+                .iter()
+                .filter(|(s, _)| *s == set)
+                .map(|(_, e)| e.clone())
+                .collect(),
             action,
         })
         .collect()
 }
 
 fn describe(m: &[PortMapping]) -> String {
-    let parts: Vec<String> = m.iter().map(|m| format!("{}/{}", m.host_port, m.protocol)).collect();
+    let parts: Vec<String> = m
+        .iter()
+        .map(|m| format!("{}/{}", m.host_port, m.protocol))
+        .collect();
     parts.join(", ")
 }
 
@@ -173,22 +202,32 @@ fn records(args: &CmdArgs) -> Records {
 }
 
 fn remove(rec: &PortmapRecord) -> Result<(), NftError> {
-    apply_with_setup(&ops(&elements(&rec.mappings, &rec.ips), Action::Remove), &String::new)
+    apply_with_setup(
+        &ops(&elements(&rec.mappings, &rec.ips), Action::Remove),
+        &String::new,
+    )
 }
 
 impl Plugin for Portmap {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
-        let prev = args
-            .prev_result()?
-            .ok_or_else(|| CniError::new(ErrorCode::InvalidNetworkConfig, "berth-portmap must be chained: prevResult is missing"))?;
+        let prev = args.prev_result()?.ok_or_else(|| {
+            CniError::new(
+                ErrorCode::InvalidNetworkConfig,
+                "berth-portmap must be chained: prevResult is missing",
+            )
+        })?;
         let list = mappings(args)?;
         if list.is_empty() {
             return Ok(prev);
         }
         let ips: Vec<IpAddr> = prev.ips.iter().map(|i| i.address.addr).collect();
-        let rec = PortmapRecord { mappings: list, ips };
+        let rec = PortmapRecord {
+            mappings: list,
+            ips,
+        };
         // Host-side bridges (not veths: their names come and go with pods).
-        let mut rt = crate::netlink::Socket::route().kernel(|| "cannot open a netlink socket".into())?;
+        let mut rt =
+            crate::netlink::Socket::route().kernel(|| "cannot open a netlink socket".into())?;
         let hosts: Vec<&str> = prev
             .interfaces
             .iter()
@@ -204,7 +243,13 @@ impl Plugin for Portmap {
             family: FAMILY_INET,
             table: TABLE,
             set: "hairpin",
-            elems: hosts.iter().map(|h| Elem { key: Key::new().ifname(h), data: None }).collect(),
+            elems: hosts
+                .iter()
+                .map(|h| Elem {
+                    key: Key::new().ifname(h),
+                    data: None,
+                })
+                .collect(),
             action: Action::Add,
         });
         // Recorded first, so an ADD killed half-way is still found by DEL and GC.
@@ -212,7 +257,10 @@ impl Plugin for Portmap {
         store.write(&args.attachment(), &rec)?;
         let applied = match apply_with_setup(&all, &script) {
             Err(NftError::Netlink { source, .. }) if source.is(libc::EEXIST) => {
-                let msg = format!("a host port of {} is already mapped", describe(&rec.mappings));
+                let msg = format!(
+                    "a host port of {} is already mapped",
+                    describe(&rec.mappings)
+                );
                 Err(CniError::new(ErrorCode::Plugin(CODE_PORT_IN_USE), msg))
             }
             other => other.kernel(|| format!("cannot map host ports {}", describe(&rec.mappings))),
@@ -228,7 +276,8 @@ impl Plugin for Portmap {
         let store = records(args);
         let who = args.attachment();
         if let Some(rec) = store.read::<PortmapRecord>(&who) {
-            remove(&rec).kernel(|| format!("cannot unmap host ports {}", describe(&rec.mappings)))?;
+            remove(&rec)
+                .kernel(|| format!("cannot unmap host ports {}", describe(&rec.mappings)))?;
         }
         store.remove(&who).map_err(CniError::from)
     }
@@ -237,11 +286,24 @@ impl Plugin for Portmap {
         let prev = args.prev_result()?.unwrap_or_default();
         let ips: Vec<IpAddr> = prev.ips.iter().map(|i| i.address.addr).collect();
         let list = mappings(args)?;
-        let mut sock = crate::netlink::Socket::netfilter().kernel(|| "cannot open nfnetlink".into())?;
+        let mut sock =
+            crate::netlink::Socket::netfilter().kernel(|| "cannot open nfnetlink".into())?;
         for (set, e) in elements(&list, &ips) {
             let has = sock.nft_has(FAMILY_INET, TABLE, set, &e.key);
-            if !has.or_else(|e: NlError| if e.is(libc::ENOENT) { Ok(false) } else { Err(e) }).kernel(|| "cannot read the portmap maps".into())? {
-                return Err(CniError::new(ErrorCode::Plugin(crate::error::CODE_KERNEL), format!("a mapping of {} is missing", describe(&list))));
+            if !has
+                .or_else(|e: NlError| {
+                    if e.is(libc::ENOENT) {
+                        Ok(false)
+                    } else {
+                        Err(e)
+                    }
+                })
+                .kernel(|| "cannot read the portmap maps".into())?
+            {
+                return Err(CniError::new(
+                    ErrorCode::Plugin(crate::error::CODE_KERNEL),
+                    format!("a mapping of {} is missing", describe(&list)),
+                ));
             }
         }
         Ok(())
@@ -251,6 +313,7 @@ impl Plugin for Portmap {
         let valid = args.conf.valid_attachments.clone().unwrap_or_default();
         let store = records(args);
         let mut errors = Vec::new();
+        store.sweep();
         for (who, rec) in store.list::<PortmapRecord>() {
             if valid.contains(&who) {
                 continue;
@@ -265,7 +328,10 @@ impl Plugin for Portmap {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(CniError::new(ErrorCode::CannotGc, "cannot remove some port mappings").with_details(errors.join("; ")))
+            Err(
+                CniError::new(ErrorCode::CannotGc, "cannot remove some port mappings")
+                    .with_details(errors.join("; ")),
+            )
         }
     }
 }
@@ -275,16 +341,27 @@ mod tests {
     use super::*;
 
     fn pm(host: u16, cont: u16, proto: &str, ip: Option<&str>) -> PortMapping {
-        PortMapping { host_port: host, container_port: cont, protocol: proto.into(), host_ip: ip.map(str::to_string) }
+        PortMapping {
+            host_port: host,
+            container_port: cont,
+            protocol: proto.into(),
+            host_ip: ip.map(str::to_string),
+        }
     }
 
     #[test]
     fn elements_per_family_and_host_ip() {
         let ips: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
         let e = elements(&[pm(8080, 80, "tcp", None)], &ips);
-        assert_eq!(e.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec!["dnat4", "dnat6"]);
+        assert_eq!(
+            e.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec!["dnat4", "dnat6"]
+        );
         assert_eq!(e[0].1.key.0, vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
-        assert_eq!(e[0].1.data.as_ref().unwrap().0, vec![10, 0, 0, 5, 0, 80, 0, 0]);
+        assert_eq!(
+            e[0].1.data.as_ref().unwrap().0,
+            vec![10, 0, 0, 5, 0, 80, 0, 0]
+        );
         let e = elements(&[pm(53, 53, "udp", Some("192.168.1.1"))], &ips);
         assert_eq!(e.len(), 1, "a v4 host IP maps only the v4 address");
         assert_eq!(e[0].0, "dnat4ip");
@@ -298,7 +375,13 @@ mod tests {
         assert!(s.contains("pre fib daddr type local jump hostports"));
         assert!(s.contains("out fib daddr type local jump hostports"));
         assert!(s.contains("ip saddr 127.0.0.0/8 masquerade"));
-        assert!(s.contains("iifname @hairpin meta mark set meta mark | 0x2000"), "{s}");
-        assert!(s.contains("meta mark & 0x2000 == 0x2000 oifname @hairpin masquerade"), "{s}");
+        assert!(
+            s.contains("iifname @hairpin meta mark set meta mark | 0x2000"),
+            "{s}"
+        );
+        assert!(
+            s.contains("meta mark & 0x2000 == 0x2000 oifname @hairpin masquerade"),
+            "{s}"
+        );
     }
 }

@@ -192,14 +192,21 @@ fn opt_u32(v: &Value, key: &str) -> Option<u32> {
 }
 
 fn cidr_field(v: &Value, key: &str) -> Result<Cidr, ResultError> {
-    let text = v.get(key).and_then(Value::as_str).ok_or_else(|| bad(format!("missing {key}")))?;
-    text.parse().map_err(|_| bad(format!("{key} {text:?} is not a CIDR")))
+    let text = v
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(format!("missing {key}")))?;
+    text.parse()
+        .map_err(|_| bad(format!("{key} {text:?} is not a CIDR")))
 }
 
 fn ip_field(v: &Value, key: &str) -> Result<Option<IpAddr>, ResultError> {
     match v.get(key).and_then(Value::as_str) {
         None | Some("") => Ok(None),
-        Some(t) => t.parse().map(Some).map_err(|_| bad(format!("{key} {t:?} is not an address"))),
+        Some(t) => t
+            .parse()
+            .map(Some)
+            .map_err(|_| bad(format!("{key} {t:?} is not an address"))),
     }
 }
 
@@ -215,7 +222,10 @@ fn parse_route(r: &Value) -> Result<Route, ResultError> {
 }
 
 fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 impl CniResult {
@@ -223,7 +233,11 @@ impl CniResult {
     /// prevResult.
     pub fn from_json(v: &Value) -> Result<CniResult, ResultError> {
         let mut out = CniResult {
-            dns: v.get("dns").cloned().and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default(),
+            dns: v
+                .get("dns")
+                .cloned()
+                .and_then(|d| serde_json::from_value(d).ok())
+                .unwrap_or_default(),
             ..Default::default()
         };
         if v.get("ip4").is_some() || v.get("ip6").is_some() {
@@ -252,7 +266,10 @@ impl CniResult {
         }
         for ip in list(v, "ips") {
             out.ips.push(IpConfig {
-                interface: ip.get("interface").and_then(Value::as_u64).map(|n| n as usize),
+                interface: ip
+                    .get("interface")
+                    .and_then(Value::as_u64)
+                    .map(|n| n as usize),
                 address: cidr_field(ip, "address")?,
                 gateway: ip_field(ip, "gateway")?,
             });

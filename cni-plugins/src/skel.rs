@@ -6,9 +6,9 @@ use crate::env::{CniEnv, Command};
 use crate::error::{source_chain, CniError, ErrorCode};
 use crate::netconf::{Attachment, NetConf};
 use crate::netns::{NetNs, NetNsError};
-use std::path::Path;
 use crate::result::CniResult;
 use crate::version::{at_least, negotiate, version_info, CURRENT};
+use std::path::Path;
 
 /// What one invocation received.
 #[derive(Debug, Clone)]
@@ -43,9 +43,14 @@ impl CmdArgs {
         NetNs::open(Path::new(&self.env.netns)).map_err(|e| match e {
             NetNsError::NotFound { .. } => CniError::new(
                 ErrorCode::InvalidEnv,
-                format!("CNI_NETNS {}: network namespace does not exist", self.env.netns),
+                format!(
+                    "CNI_NETNS {}: network namespace does not exist",
+                    self.env.netns
+                ),
             ),
-            other => CniError::new(ErrorCode::Io, other.to_string()).with_details(source_chain(&other)),
+            other => {
+                CniError::new(ErrorCode::Io, other.to_string()).with_details(source_chain(&other))
+            }
         })
     }
 }

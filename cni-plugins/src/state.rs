@@ -104,6 +104,25 @@ impl Records {
         }
     }
 
+    /// Removes temporary files left by writers that were killed (their pid is gone).
+    pub fn sweep(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .rsplit_once(".tmp")
+                .and_then(|(_, p)| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Every readable record with its attachment.
     pub fn list<T: DeserializeOwned>(&self) -> Vec<(Attachment, T)> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
@@ -142,6 +161,10 @@ mod tests {
         assert_eq!(r.list::<Vec<u32>>(), vec![(a.clone(), vec![1, 2])]);
         r.remove(&a).unwrap();
         r.remove(&a).unwrap();
+        let stale = r.dir.join("0123.tmp4194999");
+        fs::write(&stale, "").unwrap();
+        r.sweep();
+        assert!(!stale.exists(), "a dead writer's temp file is swept");
         assert!(r.list::<Vec<u32>>().is_empty());
         assert_ne!(fnv1a(&["a", "bc"]), fnv1a(&["ab", "c"]));
     }

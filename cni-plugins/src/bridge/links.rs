@@ -30,7 +30,10 @@ pub fn random_mac() -> [u8; 6] {
 /// The bridge, created (up, fixed MAC, MTU, VLAN filtering) if it does not exist yet.
 pub fn ensure_bridge(host: &mut Socket, conf: &BridgeConf) -> Result<Link, CniError> {
     let name = conf.bridge.as_str();
-    let lookup = |host: &mut Socket| host.link_by_name(name).kernel(|| format!("cannot look up bridge {name}"));
+    let lookup = |host: &mut Socket| {
+        host.link_by_name(name)
+            .kernel(|| format!("cannot look up bridge {name}"))
+    };
     let link = match lookup(host)? {
         Some(l) => l,
         None => {
@@ -48,20 +51,28 @@ pub fn ensure_bridge(host: &mut Socket, conf: &BridgeConf) -> Result<Link, CniEr
                 _ => {}
             }
             lookup(host)?.ok_or_else(|| {
-                CniError::new(ErrorCode::Plugin(CODE_KERNEL), format!("bridge {name} vanished after creation"))
+                CniError::new(
+                    ErrorCode::Plugin(CODE_KERNEL),
+                    format!("bridge {name} vanished after creation"),
+                )
             })?
         }
     };
     if link.kind.as_deref() != Some("bridge") {
-        let msg = format!("{name} exists and is not a bridge (it is {})", link.kind.as_deref().unwrap_or("a device"));
+        let msg = format!(
+            "{name} exists and is not a bridge (it is {})",
+            link.kind.as_deref().unwrap_or("a device")
+        );
         return Err(CniError::new(ErrorCode::InvalidNetworkConfig, msg));
     }
     if !link.is_up() {
-        host.set_up(link.index).kernel(|| format!("cannot set bridge {name} up"))?;
+        host.set_up(link.index)
+            .kernel(|| format!("cannot set bridge {name} up"))?;
     }
     if conf.promisc && link.flags & crate::netlink::link::IFF_PROMISC == 0 {
         let p = crate::netlink::link::IFF_PROMISC;
-        host.set_flags(link.index, p, p).kernel(|| format!("cannot set bridge {name} promiscuous"))?;
+        host.set_flags(link.index, p, p)
+            .kernel(|| format!("cannot set bridge {name} promiscuous"))?;
     }
     Ok(link)
 }
@@ -77,13 +88,24 @@ pub fn gateway_of(ip: &IpConfig) -> Cidr {
 
 /// Puts gateway address `gw` on the bridge. Another address of the same subnet is an error
 /// unless `forceAddress`, which replaces it.
-pub fn ensure_gateway(host: &mut Socket, bridge: &Link, gw: Cidr, force: bool) -> Result<(), CniError> {
-    let addrs = host.addrs(Some(bridge.index)).kernel(|| format!("cannot list addresses of {}", bridge.name))?;
+pub fn ensure_gateway(
+    host: &mut Socket,
+    bridge: &Link,
+    gw: Cidr,
+    force: bool,
+) -> Result<(), CniError> {
+    let addrs = host
+        .addrs(Some(bridge.index))
+        .kernel(|| format!("cannot list addresses of {}", bridge.name))?;
     if addrs.iter().any(|a| a.cidr.addr == gw.addr) {
         return Ok(());
     }
-    for old in addrs.iter().filter(|a| a.cidr.addr.is_ipv4() == gw.addr.is_ipv4()) {
-        let link_local = matches!(old.cidr.addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
+    for old in addrs
+        .iter()
+        .filter(|a| a.cidr.addr.is_ipv4() == gw.addr.is_ipv4())
+    {
+        let link_local =
+            matches!(old.cidr.addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
         if link_local || !(old.cidr.overlaps(&gw) || gw.overlaps(&old.cidr)) {
             continue;
         }
@@ -94,10 +116,13 @@ pub fn ensure_gateway(host: &mut Socket, bridge: &Link, gw: Cidr, force: bool) -
             );
             return Err(CniError::new(ErrorCode::InvalidNetworkConfig, msg));
         }
-        host.del_addr(bridge.index, old.cidr).kernel(|| format!("cannot remove {} from {}", old.cidr, bridge.name))?;
+        host.del_addr(bridge.index, old.cidr)
+            .kernel(|| format!("cannot remove {} from {}", old.cidr, bridge.name))?;
     }
     match host.add_addr(bridge.index, gw) {
-        Err(e) if !e.is(libc::EEXIST) => Err(e).kernel(|| format!("cannot add {gw} to bridge {}", bridge.name)),
+        Err(e) if !e.is(libc::EEXIST) => {
+            Err(e).kernel(|| format!("cannot add {gw} to bridge {}", bridge.name))
+        }
         _ => Ok(()),
     }
 }
@@ -105,10 +130,12 @@ pub fn ensure_gateway(host: &mut Socket, bridge: &Link, gw: Cidr, force: bool) -
 /// Turns on forwarding for the families of `ips` (host side, when the bridge is a gateway).
 pub fn enable_forwarding(ips: &[IpConfig]) -> Result<(), CniError> {
     if ips.iter().any(|i| i.address.addr.is_ipv4()) {
-        sysctl(&["net", "ipv4", "ip_forward"], "1").kernel(|| "cannot enable IPv4 forwarding".into())?;
+        sysctl(&["net", "ipv4", "ip_forward"], "1")
+            .kernel(|| "cannot enable IPv4 forwarding".into())?;
     }
     if ips.iter().any(|i| i.address.addr.is_ipv6()) {
-        sysctl(&["net", "ipv6", "conf", "all", "forwarding"], "1").kernel(|| "cannot enable IPv6 forwarding".into())?;
+        sysctl(&["net", "ipv6", "conf", "all", "forwarding"], "1")
+            .kernel(|| "cannot enable IPv6 forwarding".into())?;
     }
     Ok(())
 }
@@ -142,27 +169,46 @@ pub fn create_veth(
         match host.add_veth(&host_end, &pod_end, ns.fd()) {
             Ok(()) => break,
             Err(e) if e.is(libc::EEXIST) && attempt == 0 => {
-                if let Some(stale) = host.link_by_name(host_name).kernel(|| format!("cannot look up {host_name}"))? {
-                    host.del_link(stale.index).kernel(|| format!("cannot remove stale {host_name}"))?;
+                if let Some(stale) = host
+                    .link_by_name(host_name)
+                    .kernel(|| format!("cannot look up {host_name}"))?
+                {
+                    host.del_link(stale.index)
+                        .kernel(|| format!("cannot remove stale {host_name}"))?;
                     continue;
                 }
-                let msg = format!("interface {ifname} already exists in network namespace {}", ns.path().display());
+                let msg = format!(
+                    "interface {ifname} already exists in network namespace {}",
+                    ns.path().display()
+                );
                 return Err(CniError::new(ErrorCode::Plugin(CODE_LINK_EXISTS), msg));
             }
             Err(e) => {
-                return Err(e).kernel(|| format!("cannot create veth {host_name} with peer {ifname} in {}", ns.path().display()))
+                return Err(e).kernel(|| {
+                    format!(
+                        "cannot create veth {host_name} with peer {ifname} in {}",
+                        ns.path().display()
+                    )
+                })
             }
         }
     }
     let link = host
         .link_by_name(host_name)
         .kernel(|| format!("cannot look up {host_name}"))?
-        .ok_or_else(|| CniError::new(ErrorCode::Plugin(CODE_KERNEL), format!("{host_name} vanished after creation")))?;
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::Plugin(CODE_KERNEL),
+                format!("{host_name} vanished after creation"),
+            )
+        })?;
     if conf.hairpin {
-        host.set_hairpin(link.index, true).kernel(|| format!("cannot set hairpin mode on {host_name}"))?;
+        host.set_hairpin(link.index, true)
+            .kernel(|| format!("cannot set hairpin mode on {host_name}"))?;
     }
     if let Some(vid) = conf.vlan {
-        host.add_port_vlan(link.index, vid, true, false).kernel(|| format!("cannot put {host_name} in VLAN {vid}"))?;
+        host.add_port_vlan(link.index, vid, true, false)
+            .kernel(|| format!("cannot put {host_name} in VLAN {vid}"))?;
         let _ = host.del_port_vlan(link.index, 1);
     }
     Ok(link)
@@ -171,16 +217,26 @@ pub fn create_veth(
 /// The routes ADD installs in the pod: IPAM's (a missing gateway is the family's gateway) plus
 /// a default route per family when the bridge is the default gateway.
 pub fn pod_routes(ipam: &CniResult, conf: &BridgeConf) -> Vec<Route> {
-    let gw_for = |v4: bool| ipam.ips.iter().find(|i| i.address.addr.is_ipv4() == v4).map(|i| gateway_of(i).addr);
+    let gw_for = |v4: bool| {
+        ipam.ips
+            .iter()
+            .find(|i| i.address.addr.is_ipv4() == v4)
+            .map(|i| gateway_of(i).addr)
+    };
     let mut routes: Vec<Route> = ipam
         .routes
         .iter()
-        .map(|r| Route { gw: r.gw.or_else(|| gw_for(r.dst.addr.is_ipv4())), ..r.clone() })
+        .map(|r| Route {
+            gw: r.gw.or_else(|| gw_for(r.dst.addr.is_ipv4())),
+            ..r.clone()
+        })
         .collect();
     if conf.is_default_gateway {
         for v4 in [true, false] {
             let Some(gw) = gw_for(v4) else { continue };
-            let any: Cidr = if v4 { "0.0.0.0/0" } else { "::/0" }.parse().unwrap_or(Cidr::new(gw, 0));
+            let any: Cidr = if v4 { "0.0.0.0/0" } else { "::/0" }
+                .parse()
+                .unwrap_or(Cidr::new(gw, 0));
             if !routes.iter().any(|r| r.dst == any) {
                 routes.push(Route::new(any, Some(gw)));
             }
@@ -190,11 +246,19 @@ pub fn pod_routes(ipam: &CniResult, conf: &BridgeConf) -> Vec<Route> {
 }
 
 /// Addresses and routes on the pod's interface (via a socket opened in its netns).
-pub fn configure_pod(pod: &mut Socket, index: u32, ips: &[IpConfig], routes: &[Route]) -> Result<(), CniError> {
-    pod.set_up(index).kernel(|| "cannot set the pod interface up".into())?;
+pub fn configure_pod(
+    pod: &mut Socket,
+    index: u32,
+    ips: &[IpConfig],
+    routes: &[Route],
+) -> Result<(), CniError> {
+    pod.set_up(index)
+        .kernel(|| "cannot set the pod interface up".into())?;
     for ip in ips {
         match pod.add_addr(index, ip.address) {
-            Err(e) if !e.is(libc::EEXIST) => return Err(e).kernel(|| format!("cannot add {} to the pod interface", ip.address)),
+            Err(e) if !e.is(libc::EEXIST) => {
+                return Err(e).kernel(|| format!("cannot add {} to the pod interface", ip.address))
+            }
             _ => {}
         }
     }
@@ -208,7 +272,8 @@ pub fn configure_pod(pod: &mut Socket, index: u32, ips: &[IpConfig], routes: &[R
         }
         match pod.add_route(&spec, false) {
             Err(e) if !e.is(libc::EEXIST) => {
-                return Err(e).kernel(|| format!("cannot add route {} via {:?} in the pod", r.dst, r.gw))
+                return Err(e)
+                    .kernel(|| format!("cannot add route {} via {:?} in the pod", r.dst, r.gw))
             }
             _ => {}
         }

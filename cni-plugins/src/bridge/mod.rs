@@ -44,7 +44,12 @@ fn records(conf: &BridgeConf, args: &CmdArgs) -> Records {
 }
 
 /// Everything after IPAM; on error the caller tears down.
-fn attach(conf: &BridgeConf, args: &CmdArgs, ipam: &CniResult, rec: &mut BridgeRecord) -> Result<CniResult, CniError> {
+fn attach(
+    conf: &BridgeConf,
+    args: &CmdArgs,
+    ipam: &CniResult,
+    rec: &mut BridgeRecord,
+) -> Result<CniResult, CniError> {
     let ns = args.netns()?;
     let store = records(conf, args);
     let who = args.attachment();
@@ -53,23 +58,46 @@ fn attach(conf: &BridgeConf, args: &CmdArgs, ipam: &CniResult, rec: &mut BridgeR
     let bridge = links::ensure_bridge(&mut host, conf)?;
     if conf.is_gateway {
         for ip in &ipam.ips {
-            links::ensure_gateway(&mut host, &bridge, links::gateway_of(ip), conf.force_address)?;
+            links::ensure_gateway(
+                &mut host,
+                &bridge,
+                links::gateway_of(ip),
+                conf.force_address,
+            )?;
         }
         links::enable_forwarding(&ipam.ips)?;
     }
-    let veth = links::create_veth(&mut host, &ns, conf, &bridge, &rec.host_veth, &args.env.ifname)?;
-    let mut pod = ns.route_socket().kernel(|| format!("cannot open netlink in {}", args.env.netns))?;
+    let veth = links::create_veth(
+        &mut host,
+        &ns,
+        conf,
+        &bridge,
+        &rec.host_veth,
+        &args.env.ifname,
+    )?;
+    let mut pod = ns
+        .route_socket()
+        .kernel(|| format!("cannot open netlink in {}", args.env.netns))?;
     let eth = pod
         .link_by_name(&args.env.ifname)
         .kernel(|| format!("cannot look up {} in the pod", args.env.ifname))?
-        .ok_or_else(|| CniError::new(ErrorCode::Plugin(crate::error::CODE_KERNEL), "pod interface vanished"))?;
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::Plugin(crate::error::CODE_KERNEL),
+                "pod interface vanished",
+            )
+        })?;
     let routes = links::pod_routes(ipam, conf);
     let ips: Vec<IpConfig> = ipam
         .ips
         .iter()
         .map(|i| IpConfig {
             interface: Some(2),
-            gateway: if conf.is_gateway { Some(links::gateway_of(i).addr) } else { i.gateway },
+            gateway: if conf.is_gateway {
+                Some(links::gateway_of(i).addr)
+            } else {
+                i.gateway
+            },
             ..i.clone()
         })
         .collect();
@@ -92,8 +120,16 @@ fn attach(conf: &BridgeConf, args: &CmdArgs, ipam: &CniResult, rec: &mut BridgeR
     }
     Ok(CniResult {
         interfaces: vec![
-            Interface { name: bridge.name.clone(), mac: bridge.mac_string(), ..Default::default() },
-            Interface { name: veth.name.clone(), mac: veth.mac_string(), ..Default::default() },
+            Interface {
+                name: bridge.name.clone(),
+                mac: bridge.mac_string(),
+                ..Default::default()
+            },
+            Interface {
+                name: veth.name.clone(),
+                mac: veth.mac_string(),
+                ..Default::default()
+            },
             Interface {
                 name: eth.name.clone(),
                 mac: eth.mac_string(),
@@ -110,7 +146,13 @@ fn attach(conf: &BridgeConf, args: &CmdArgs, ipam: &CniResult, rec: &mut BridgeR
 
 /// Undoes an attachment as far as it exists: links, nftables entries, record. Every step runs;
 /// the failures are returned together.
-fn teardown(conf: &BridgeConf, args: &CmdArgs, who: &Attachment, rec: &BridgeRecord, netns: Option<&str>) -> Vec<String> {
+fn teardown(
+    conf: &BridgeConf,
+    args: &CmdArgs,
+    who: &Attachment,
+    rec: &BridgeRecord,
+    netns: Option<&str>,
+) -> Vec<String> {
     let mut errors = Vec::new();
     let mut note = |r: Result<(), CniError>| {
         if let Err(e) = r {
@@ -119,10 +161,16 @@ fn teardown(conf: &BridgeConf, args: &CmdArgs, who: &Attachment, rec: &BridgeRec
     };
     note(delete_links(&rec.host_veth, &who.ifname, netns));
     if rec.masq && !rec.ips.is_empty() {
-        note(firewall::masq_del(&args.conf.name, &rec.ips).kernel(|| "cannot remove ipMasq entries".into()));
+        note(
+            firewall::masq_del(&args.conf.name, &rec.ips)
+                .kernel(|| "cannot remove ipMasq entries".into()),
+        );
     }
     if let Some(mac) = rec.spoof_mac.as_deref().and_then(parse_mac) {
-        note(firewall::spoof_update(&rec.host_veth, mac, Action::Remove).kernel(|| "cannot remove macspoofchk entries".into()));
+        note(
+            firewall::spoof_update(&rec.host_veth, mac, Action::Remove)
+                .kernel(|| "cannot remove macspoofchk entries".into()),
+        );
     }
     note(records(conf, args).remove(who).map_err(CniError::from));
     errors
@@ -131,8 +179,13 @@ fn teardown(conf: &BridgeConf, args: &CmdArgs, who: &Attachment, rec: &BridgeRec
 /// Deletes the veth pair through its host end, or through the pod end when only that is left.
 fn delete_links(host_veth: &str, ifname: &str, netns: Option<&str>) -> Result<(), CniError> {
     let mut host = Socket::route().kernel(|| "cannot open a netlink socket".into())?;
-    if let Some(l) = host.link_by_name(host_veth).kernel(|| format!("cannot look up {host_veth}"))? {
-        return host.del_link(l.index).kernel(|| format!("cannot delete {host_veth}"));
+    if let Some(l) = host
+        .link_by_name(host_veth)
+        .kernel(|| format!("cannot look up {host_veth}"))?
+    {
+        return host
+            .del_link(l.index)
+            .kernel(|| format!("cannot delete {host_veth}"));
     }
     let Some(path) = netns.filter(|p| !p.is_empty()) else {
         return Ok(());
@@ -140,9 +193,16 @@ fn delete_links(host_veth: &str, ifname: &str, netns: Option<&str>) -> Result<()
     let Ok(ns) = crate::netns::NetNs::open(std::path::Path::new(path)) else {
         return Ok(()); // no netns: the kernel removed the pair with it
     };
-    let mut pod = ns.route_socket().kernel(|| format!("cannot open netlink in {path}"))?;
-    match pod.link_by_name(ifname).kernel(|| format!("cannot look up {ifname} in {path}"))? {
-        Some(l) if l.kind.as_deref() == Some("veth") => pod.del_link(l.index).kernel(|| format!("cannot delete {ifname} in {path}")),
+    let mut pod = ns
+        .route_socket()
+        .kernel(|| format!("cannot open netlink in {path}"))?;
+    match pod
+        .link_by_name(ifname)
+        .kernel(|| format!("cannot look up {ifname} in {path}"))?
+    {
+        Some(l) if l.kind.as_deref() == Some("veth") => pod
+            .del_link(l.index)
+            .kernel(|| format!("cannot delete {ifname} in {path}")),
         _ => Ok(()),
     }
 }
@@ -151,7 +211,11 @@ fn joined(errors: Vec<String>, what: &str) -> Result<(), CniError> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(CniError::new(ErrorCode::Plugin(crate::error::CODE_KERNEL), what.to_string()).with_details(errors.join("; ")))
+        Err(CniError::new(
+            ErrorCode::Plugin(crate::error::CODE_KERNEL),
+            what.to_string(),
+        )
+        .with_details(errors.join("; ")))
     }
 }
 
@@ -160,7 +224,7 @@ impl Plugin for Bridge {
         let conf = BridgeConf::parse(args)?;
         args.netns()?;
         let ipam = match &conf.ipam {
-            Some(t) => delegate::ipam_add(t, &args.env.path, &args.stdin)?,
+            Some(t) => delegate::ipam_add(t, args)?,
             None => CniResult::default(),
         };
         let mut rec = BridgeRecord {
@@ -172,7 +236,7 @@ impl Plugin for Bridge {
             // The pod end is ours only if the host end was created: delete via the host end.
             let _ = teardown(&conf, args, &args.attachment(), &rec, None);
             if let Some(t) = &conf.ipam {
-                let _ = delegate::exec(t, Command::Del, &args.env.path, &args.stdin);
+                let _ = delegate::ipam(t, Command::Del, args);
             }
         })
     }
@@ -180,18 +244,20 @@ impl Plugin for Bridge {
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::parse(args)?;
         let who = args.attachment();
-        let rec = records(&conf, args).read::<BridgeRecord>(&who).unwrap_or_else(|| {
-            let prev = args.prev_result().ok().flatten().unwrap_or_default();
-            BridgeRecord {
-                host_veth: host_veth_name(&args.conf.name, &who.container_id, &who.ifname),
-                ips: prev.ips.iter().map(|i| i.address.addr).collect(),
-                masq: conf.ip_masq,
-                spoof_mac: None,
-            }
-        });
+        let rec = records(&conf, args)
+            .read::<BridgeRecord>(&who)
+            .unwrap_or_else(|| {
+                let prev = args.prev_result().ok().flatten().unwrap_or_default();
+                BridgeRecord {
+                    host_veth: host_veth_name(&args.conf.name, &who.container_id, &who.ifname),
+                    ips: prev.ips.iter().map(|i| i.address.addr).collect(),
+                    masq: conf.ip_masq,
+                    spoof_mac: None,
+                }
+            });
         let mut errors = teardown(&conf, args, &who, &rec, Some(&args.env.netns));
         if let Some(t) = &conf.ipam {
-            if let Err(e) = delegate::exec(t, Command::Del, &args.env.path, &args.stdin) {
+            if let Err(e) = delegate::ipam(t, Command::Del, args) {
                 errors.push(e.msg);
             }
         }
@@ -200,11 +266,11 @@ impl Plugin for Bridge {
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::parse(args)?;
-        let prev = args
-            .prev_result()?
-            .ok_or_else(|| CniError::new(ErrorCode::InvalidNetworkConfig, "CHECK needs prevResult"))?;
+        let prev = args.prev_result()?.ok_or_else(|| {
+            CniError::new(ErrorCode::InvalidNetworkConfig, "CHECK needs prevResult")
+        })?;
         if let Some(t) = &conf.ipam {
-            delegate::exec(t, Command::Check, &args.env.path, &args.stdin)?;
+            delegate::ipam(t, Command::Check, args)?;
         }
         check::verify(&conf, args, &prev)
     }
@@ -212,7 +278,7 @@ impl Plugin for Bridge {
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::parse(args)?;
         match &conf.ipam {
-            Some(t) => delegate::exec(t, Command::Status, &args.env.path, &args.stdin).map(drop),
+            Some(t) => delegate::ipam(t, Command::Status, args).map(drop),
             None => Ok(()),
         }
     }
@@ -221,20 +287,25 @@ impl Plugin for Bridge {
         let conf = BridgeConf::parse(args)?;
         let valid = args.conf.valid_attachments.clone().unwrap_or_default();
         let mut errors = Vec::new();
-        for (who, rec) in records(&conf, args).list::<BridgeRecord>() {
+        let store = records(&conf, args);
+        store.sweep();
+        for (who, rec) in store.list::<BridgeRecord>() {
             if !valid.contains(&who) {
                 errors.extend(teardown(&conf, args, &who, &rec, None));
             }
         }
         if let Some(t) = &conf.ipam {
-            if let Err(e) = delegate::exec(t, Command::Gc, &args.env.path, &args.stdin) {
+            if let Err(e) = delegate::ipam(t, Command::Gc, args) {
                 errors.push(e.msg);
             }
         }
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(CniError::new(ErrorCode::CannotGc, "GC could not remove everything").with_details(errors.join("; ")))
+            Err(
+                CniError::new(ErrorCode::CannotGc, "GC could not remove everything")
+                    .with_details(errors.join("; ")),
+            )
         }
     }
 }

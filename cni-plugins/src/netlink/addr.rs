@@ -61,7 +61,9 @@ fn octets(ip: IpAddr) -> Vec<u8> {
 fn parse_ip(bytes: &[u8]) -> Option<IpAddr> {
     match bytes.len() {
         4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?))),
-        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(bytes).ok()?,
+        ))),
         _ => None,
     }
 }
@@ -126,7 +128,11 @@ impl RouteSpec {
         let mut h = [0u8; 12];
         h[0] = fam;
         h[1] = self.dst.prefix;
-        h[4] = if self.table < 256 { self.table as u8 } else { 252 };
+        h[4] = if self.table < 256 {
+            self.table as u8
+        } else {
+            252
+        };
         h[5] = self.protocol;
         h[6] = self.scope;
         h[7] = RTN_UNICAST;
@@ -137,13 +143,23 @@ impl RouteSpec {
             .header(&h)
             .attr(RTA_DST, &octets(self.dst.addr))
             .u32(RTA_TABLE, self.table)
-            .when(self.gw.is_some(), |m| m.attr(RTA_GATEWAY, &self.gw.map(octets).unwrap_or_default()))
-            .when(self.oif.is_some(), |m| m.u32(RTA_OIF, self.oif.unwrap_or(0)))
-            .when(self.metric.is_some(), |m| m.u32(RTA_PRIORITY, self.metric.unwrap_or(0)))
+            .when(self.gw.is_some(), |m| {
+                m.attr(RTA_GATEWAY, &self.gw.map(octets).unwrap_or_default())
+            })
+            .when(self.oif.is_some(), |m| {
+                m.u32(RTA_OIF, self.oif.unwrap_or(0))
+            })
+            .when(self.metric.is_some(), |m| {
+                m.u32(RTA_PRIORITY, self.metric.unwrap_or(0))
+            })
             .when(metrics, |m| {
                 m.nest(RTA_METRICS)
-                    .when(self.mtu.is_some(), |m| m.u32(RTAX_MTU, self.mtu.unwrap_or(0)))
-                    .when(self.advmss.is_some(), |m| m.u32(RTAX_ADVMSS, self.advmss.unwrap_or(0)))
+                    .when(self.mtu.is_some(), |m| {
+                        m.u32(RTAX_MTU, self.mtu.unwrap_or(0))
+                    })
+                    .when(self.advmss.is_some(), |m| {
+                        m.u32(RTAX_ADVMSS, self.advmss.unwrap_or(0))
+                    })
                     .end()
             })
     }
@@ -203,7 +219,9 @@ fn parse_neigh(body: &[u8]) -> Option<Neighbour> {
     Some(Neighbour {
         index,
         ip: attrs.get(NDA_DST).and_then(parse_ip),
-        mac: attrs.get(NDA_LLADDR).and_then(|m| <[u8; 6]>::try_from(m).ok()),
+        mac: attrs
+            .get(NDA_LLADDR)
+            .and_then(|m| <[u8; 6]>::try_from(m).ok()),
     })
 }
 
@@ -325,7 +343,12 @@ impl Socket {
     /// Sets a device FDB entry `mac → remote VTEP dst` on a VXLAN device.
     pub fn set_fdb(&mut self, index: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NlError> {
         let msg = Msg::new(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE)
-            .header(&ndmsg(libc::AF_BRIDGE as u8, index, NUD_PERMANENT, NTF_SELF))
+            .header(&ndmsg(
+                libc::AF_BRIDGE as u8,
+                index,
+                NUD_PERMANENT,
+                NTF_SELF,
+            ))
             .attr(NDA_LLADDR, &mac)
             .attr(NDA_DST, &octets(dst));
         self.request(msg)

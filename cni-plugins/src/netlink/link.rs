@@ -141,9 +141,15 @@ impl NewLink<'_> {
         Msg::new(RTM_NEWLINK, flags)
             .header(&ifinfo(0, 0, up, up))
             .str(IFLA_IFNAME, self.name)
-            .when(self.mtu.is_some(), |m| m.u32(IFLA_MTU, self.mtu.unwrap_or(0)))
-            .when(self.mac.is_some(), |m| m.attr(IFLA_ADDRESS, &self.mac.unwrap_or_default()))
-            .when(self.master.is_some(), |m| m.u32(IFLA_MASTER, self.master.unwrap_or(0)))
+            .when(self.mtu.is_some(), |m| {
+                m.u32(IFLA_MTU, self.mtu.unwrap_or(0))
+            })
+            .when(self.mac.is_some(), |m| {
+                m.attr(IFLA_ADDRESS, &self.mac.unwrap_or_default())
+            })
+            .when(self.master.is_some(), |m| {
+                m.u32(IFLA_MASTER, self.master.unwrap_or(0))
+            })
     }
 }
 
@@ -176,13 +182,21 @@ impl Socket {
     /// Every link of this namespace.
     pub fn links(&mut self) -> Result<Vec<Link>, NlError> {
         let msg = Msg::new(RTM_GETLINK, 0).header(&ifinfo(0, 0, 0, 0));
-        Ok(self.dump(msg)?.iter().filter_map(|b| parse_link(b)).collect())
+        Ok(self
+            .dump(msg)?
+            .iter()
+            .filter_map(|b| parse_link(b))
+            .collect())
     }
 
     /// Bridge ports with their hairpin mode (AF_BRIDGE dump).
     pub fn bridge_ports(&mut self) -> Result<Vec<Link>, NlError> {
         let msg = Msg::new(RTM_GETLINK, 0).header(&ifinfo(libc::AF_BRIDGE as u8, 0, 0, 0));
-        Ok(self.dump(msg)?.iter().filter_map(|b| parse_link(b)).collect())
+        Ok(self
+            .dump(msg)?
+            .iter()
+            .filter_map(|b| parse_link(b))
+            .collect())
     }
 
     /// Creates a bridge; `EEXIST` when the name is taken. VLAN filtering is only mentioned when
@@ -217,8 +231,12 @@ impl Socket {
             .header(&ifinfo(0, 0, peer_up, peer_up))
             .str(IFLA_IFNAME, peer.name)
             .u32(IFLA_NET_NS_FD, peer_ns.as_raw_fd() as u32)
-            .when(peer.mtu.is_some(), |m| m.u32(IFLA_MTU, peer.mtu.unwrap_or(0)))
-            .when(peer.mac.is_some(), |m| m.attr(IFLA_ADDRESS, &peer.mac.unwrap_or_default()))
+            .when(peer.mtu.is_some(), |m| {
+                m.u32(IFLA_MTU, peer.mtu.unwrap_or(0))
+            })
+            .when(peer.mac.is_some(), |m| {
+                m.attr(IFLA_ADDRESS, &peer.mac.unwrap_or_default())
+            })
             .end()
             .end()
             .end();
@@ -323,7 +341,9 @@ impl Socket {
         let msg = Msg::new(RTM_SETLINK, 0)
             .header(&ifinfo(libc::AF_BRIDGE as u8, index, 0, 0))
             .nest(IFLA_AF_SPEC)
-            .when(on_bridge_itself, |m| m.u16(IFLA_BRIDGE_FLAGS, BRIDGE_FLAGS_SELF))
+            .when(on_bridge_itself, |m| {
+                m.u16(IFLA_BRIDGE_FLAGS, BRIDGE_FLAGS_SELF)
+            })
             .attr(IFLA_BRIDGE_VLAN_INFO, &info)
             .end();
         self.request(msg)

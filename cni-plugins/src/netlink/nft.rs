@@ -140,7 +140,10 @@ fn elems_msg(ty: u16, flags: u16, op_family: u8, table: &str, set: &str, elems: 
             .attr(NFTA_DATA_VALUE, &e.key.0)
             .end();
         if let Some(d) = &e.data {
-            msg = msg.nest(NFTA_SET_ELEM_DATA).attr(NFTA_DATA_VALUE, &d.0).end();
+            msg = msg
+                .nest(NFTA_SET_ELEM_DATA)
+                .attr(NFTA_DATA_VALUE, &d.0)
+                .end();
         }
         msg = msg.end();
     }
@@ -184,7 +187,13 @@ impl Socket {
     }
 
     /// Whether set `set` of `table` holds an element with `key`.
-    pub fn nft_has(&mut self, family: u8, table: &str, set: &str, key: &Key) -> Result<bool, NlError> {
+    pub fn nft_has(
+        &mut self,
+        family: u8,
+        table: &str,
+        set: &str,
+        key: &Key,
+    ) -> Result<bool, NlError> {
         let elem = Elem {
             key: key.clone(),
             data: None,
@@ -204,7 +213,9 @@ pub fn nft_script(script: &str) -> Result<(), NftError> {
         .spawn()
         .map_err(NftError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(NftError::Spawn)?;
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(NftError::Spawn)?;
     }
     let out = child.wait_with_output().map_err(NftError::Spawn)?;
     if out.status.success() {

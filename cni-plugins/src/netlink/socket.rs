@@ -37,7 +37,9 @@ pub enum NlError {
 }
 
 fn ext(msg: &Option<String>) -> String {
-    msg.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+    msg.as_deref()
+        .map(|m| format!(" ({m})"))
+        .unwrap_or_default()
 }
 
 impl NlError {

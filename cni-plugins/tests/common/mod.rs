@@ -124,7 +124,9 @@ impl Ns {
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
     }
 }
 
@@ -163,7 +165,13 @@ pub struct Call<'a> {
 
 impl<'a> Call<'a> {
     pub fn new(command: &'a str, container_id: &'a str, netns: &'a str) -> Call<'a> {
-        Call { command, container_id, netns, ifname: "eth0", args: "" }
+        Call {
+            command,
+            container_id,
+            netns,
+            ifname: "eth0",
+            args: "",
+        }
     }
 }
 
@@ -192,7 +200,9 @@ pub fn spawn(plugin: &Path, host: &Ns, call: &Call, stdin: &[u8]) -> anyhow::Res
             Ok(())
         });
     }
-    let mut child = cmd.spawn().with_context(|| format!("spawning {}", plugin.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawning {}", plugin.display()))?;
     child.stdin.take().expect("stdin").write_all(stdin)?;
     Ok(child)
 }
@@ -206,7 +216,10 @@ pub fn invoke(plugin: &Path, host: &Ns, call: &Call, conf: &Value) -> anyhow::Re
     } else {
         serde_json::from_str(&text).with_context(|| format!("stdout not JSON: {text:?}"))?
     };
-    Ok(Reply { code: out.status.code().unwrap_or(-1), json })
+    Ok(Reply {
+        code: out.status.code().unwrap_or(-1),
+        json,
+    })
 }
 
 /// A conflist run the way libcni does: per-plugin config with name, cniVersion, prevResult and
@@ -217,10 +230,12 @@ pub struct ConfList {
 
 impl ConfList {
     pub fn new(name: &str, version: &str, plugins: Value) -> ConfList {
-        ConfList { list: json!({"cniVersion": version, "name": name, "plugins": plugins}) }
+        ConfList {
+            list: json!({"cniVersion": version, "name": name, "plugins": plugins}),
+        }
     }
 
-    fn plugin_conf(&self, p: &Value, prev: Option<&Value>, runtime: &Value) -> Value {
+    pub fn plugin_conf(&self, p: &Value, prev: Option<&Value>, runtime: &Value) -> Value {
         let mut c = p.clone();
         c["name"] = self.list["name"].clone();
         c["cniVersion"] = self.list["cniVersion"].clone();
@@ -243,7 +258,7 @@ impl ConfList {
         c
     }
 
-    fn plugins(&self) -> Vec<Value> {
+    pub fn plugins(&self) -> Vec<Value> {
         self.list["plugins"].as_array().cloned().unwrap_or_default()
     }
 
@@ -252,43 +267,76 @@ impl ConfList {
         let mut prev: Option<Value> = None;
         for p in self.plugins() {
             let conf = self.plugin_conf(&p, prev.as_ref(), runtime);
-            let r = invoke(&plugin_path(p["type"].as_str().unwrap_or("")), host, call, &conf)?;
+            let r = invoke(
+                &plugin_path(p["type"].as_str().unwrap_or("")),
+                host,
+                call,
+                &conf,
+            )?;
             if r.code != 0 {
                 return Ok(r);
             }
             prev = Some(r.json);
         }
-        Ok(Reply { code: 0, json: prev.unwrap_or(Value::Null) })
+        Ok(Reply {
+            code: 0,
+            json: prev.unwrap_or(Value::Null),
+        })
     }
 
     /// CHECK or DEL (DEL runs the plugins in reverse), with the cached ADD result.
-    pub fn each(&self, host: &Ns, call: &Call, runtime: &Value, prev: Option<&Value>) -> anyhow::Result<Reply> {
+    pub fn each(
+        &self,
+        host: &Ns,
+        call: &Call,
+        runtime: &Value,
+        prev: Option<&Value>,
+    ) -> anyhow::Result<Reply> {
         let mut plugins = self.plugins();
         if call.command == "DEL" {
             plugins.reverse();
         }
         for p in plugins {
             let conf = self.plugin_conf(&p, prev, runtime);
-            let r = invoke(&plugin_path(p["type"].as_str().unwrap_or("")), host, call, &conf)?;
+            let r = invoke(
+                &plugin_path(p["type"].as_str().unwrap_or("")),
+                host,
+                call,
+                &conf,
+            )?;
             if r.code != 0 {
                 return Ok(r);
             }
         }
-        Ok(Reply { code: 0, json: Value::Null })
+        Ok(Reply {
+            code: 0,
+            json: Value::Null,
+        })
     }
 
     /// GC (1.1) with the runtime's valid attachments, to every plugin.
     pub fn gc(&self, host: &Ns, valid: &[(&str, &str)]) -> anyhow::Result<Reply> {
-        let list: Vec<Value> = valid.iter().map(|(c, i)| json!({"containerID": c, "ifname": i})).collect();
+        let list: Vec<Value> = valid
+            .iter()
+            .map(|(c, i)| json!({"containerID": c, "ifname": i}))
+            .collect();
         for p in self.plugins() {
             let mut conf = self.plugin_conf(&p, None, &Value::Null);
             conf["cni.dev/valid-attachments"] = Value::Array(list.clone());
-            let r = invoke(&plugin_path(p["type"].as_str().unwrap_or("")), host, &Call::new("GC", "", ""), &conf)?;
+            let r = invoke(
+                &plugin_path(p["type"].as_str().unwrap_or("")),
+                host,
+                &Call::new("GC", "", ""),
+                &conf,
+            )?;
             if r.code != 0 {
                 return Ok(r);
             }
         }
-        Ok(Reply { code: 0, json: Value::Null })
+        Ok(Reply {
+            code: 0,
+            json: Value::Null,
+        })
     }
 }
 
@@ -320,7 +368,10 @@ pub fn tcp_transfer(server: &Ns, listen: &str, client: &Ns, connect: &str, bytes
             }
         });
         let stream = client.within(|| {
-            TcpStream::connect_timeout(&connect.parse().expect("addr"), std::time::Duration::from_secs(5))
+            TcpStream::connect_timeout(
+                &connect.parse().expect("addr"),
+                std::time::Duration::from_secs(5),
+            )
         });
         let Ok(mut stream) = stream else {
             // Unblock the acceptor.
