@@ -120,6 +120,16 @@ impl CniError {
     }
 }
 
+/// `Ok` when `errors` is empty, else one error with `code`, `msg` and every failure as details
+/// (best-effort operations such as DEL and GC try every step and report them together).
+pub fn all_or_report(errors: Vec<String>, code: ErrorCode, msg: &str) -> Result<(), CniError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(code, msg).with_details(errors.join("; ")))
+    }
+}
+
 /// Details for an error chain: each source after the first, joined.
 pub fn source_chain(err: &dyn std::error::Error) -> String {
     let mut parts = Vec::new();

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{CniError, ErrorCode, KernelContext, CODE_PORT_IN_USE};
+use crate::error::{all_or_report, CniError, ErrorCode, KernelContext, CODE_PORT_IN_USE};
 use crate::netlink::nft::{apply_with_setup, Action, Elem, Key, NftError, SetOp, FAMILY_INET};
 use crate::netlink::NlError;
 use crate::netns::sysctl;
@@ -325,14 +325,11 @@ impl Plugin for Portmap {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(
-                CniError::new(ErrorCode::CannotGc, "cannot remove some port mappings")
-                    .with_details(errors.join("; ")),
-            )
-        }
+        all_or_report(
+            errors,
+            ErrorCode::CannotGc,
+            "cannot remove some port mappings",
+        )
     }
 }
 

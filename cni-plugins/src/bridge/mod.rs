@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::delegate;
 use crate::env::Command;
-use crate::error::{CniError, ErrorCode, KernelContext};
+use crate::error::{all_or_report, CniError, ErrorCode, KernelContext};
 use crate::firewall;
 use crate::netconf::Attachment;
 use crate::netlink::nft::Action;
@@ -207,18 +207,6 @@ fn delete_links(host_veth: &str, ifname: &str, netns: Option<&str>) -> Result<()
     }
 }
 
-fn joined(errors: Vec<String>, what: &str) -> Result<(), CniError> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            ErrorCode::Plugin(crate::error::CODE_KERNEL),
-            what.to_string(),
-        )
-        .with_details(errors.join("; ")))
-    }
-}
-
 impl Plugin for Bridge {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
         let conf = BridgeConf::parse(args)?;
@@ -261,7 +249,11 @@ impl Plugin for Bridge {
                 errors.push(e.msg);
             }
         }
-        joined(errors, "DEL could not remove everything")
+        all_or_report(
+            errors,
+            ErrorCode::Plugin(crate::error::CODE_KERNEL),
+            "DEL could not remove everything",
+        )
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
@@ -299,14 +291,11 @@ impl Plugin for Bridge {
                 errors.push(e.msg);
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(
-                CniError::new(ErrorCode::CannotGc, "GC could not remove everything")
-                    .with_details(errors.join("; ")),
-            )
-        }
+        all_or_report(
+            errors,
+            ErrorCode::CannotGc,
+            "GC could not remove everything",
+        )
     }
 }
 

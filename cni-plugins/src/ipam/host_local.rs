@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use crate::cidr::Cidr;
-use crate::error::{source_chain, CniError, ErrorCode, CODE_RANGE_EXHAUSTED, CODE_REQUESTED_IP};
+use crate::error::{
+    all_or_report, source_chain, CniError, ErrorCode, CODE_RANGE_EXHAUSTED, CODE_REQUESTED_IP,
+};
 use crate::ipam::allocator::{is_allocatable, next_free};
 use crate::ipam::config::{IpamConfig, Range};
 use crate::ipam::store::{Store, StoreError};
@@ -243,13 +245,10 @@ impl Plugin for HostLocal {
                 }
             }
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(
-                CniError::new(ErrorCode::CannotGc, "some allocations could not be freed")
-                    .with_details(failed.join("; ")),
-            )
-        }
+        all_or_report(
+            failed,
+            ErrorCode::CannotGc,
+            "some allocations could not be freed",
+        )
     }
 }

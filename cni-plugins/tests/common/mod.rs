@@ -284,6 +284,28 @@ impl ConfList {
         })
     }
 
+    /// Invokes each plugin in `plugins` with the config `conf` makes for it; the first failure
+    /// stops the chain.
+    fn chain(
+        &self,
+        host: &Ns,
+        call: &Call,
+        plugins: Vec<Value>,
+        conf: impl Fn(&Value) -> Value,
+    ) -> anyhow::Result<Reply> {
+        for p in plugins {
+            let path = plugin_path(p["type"].as_str().unwrap_or(""));
+            let r = invoke(&path, host, call, &conf(&p))?;
+            if r.code != 0 {
+                return Ok(r);
+            }
+        }
+        Ok(Reply {
+            code: 0,
+            json: Value::Null,
+        })
+    }
+
     /// CHECK or DEL (DEL runs the plugins in reverse), with the cached ADD result.
     pub fn each(
         &self,
@@ -296,22 +318,7 @@ impl ConfList {
         if call.command == "DEL" {
             plugins.reverse();
         }
-        for p in plugins {
-            let conf = self.plugin_conf(&p, prev, runtime);
-            let r = invoke(
-                &plugin_path(p["type"].as_str().unwrap_or("")),
-                host,
-                call,
-                &conf,
-            )?;
-            if r.code != 0 {
-                return Ok(r);
-            }
-        }
-        Ok(Reply {
-            code: 0,
-            json: Value::Null,
-        })
+        self.chain(host, call, plugins, |p| self.plugin_conf(p, prev, runtime))
     }
 
     /// GC (1.1) with the runtime's valid attachments, to every plugin.
@@ -320,22 +327,10 @@ impl ConfList {
             .iter()
             .map(|(c, i)| json!({"containerID": c, "ifname": i}))
             .collect();
-        for p in self.plugins() {
-            let mut conf = self.plugin_conf(&p, None, &Value::Null);
+        self.chain(host, &Call::new("GC", "", ""), self.plugins(), |p| {
+            let mut conf = self.plugin_conf(p, None, &Value::Null);
             conf["cni.dev/valid-attachments"] = Value::Array(list.clone());
-            let r = invoke(
-                &plugin_path(p["type"].as_str().unwrap_or("")),
-                host,
-                &Call::new("GC", "", ""),
-                &conf,
-            )?;
-            if r.code != 0 {
-                return Ok(r);
-            }
-        }
-        Ok(Reply {
-            code: 0,
-            json: Value::Null,
+            conf
         })
     }
 }
