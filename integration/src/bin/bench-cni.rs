@@ -112,7 +112,9 @@ fn latency(pairs: usize, masq: bool, tmp: &Path) -> anyhow::Result<Value> {
             }
         }
     }
-    let stats = |v: &[f64]| json!({"median": percentile(v, 50.0), "p90": percentile(v, 90.0)});
+    let stats = |v: &[f64]| {
+        json!({"min": percentile(v, 0.0), "median": percentile(v, 50.0), "p90": percentile(v, 90.0)})
+    };
     let rows: Vec<Value> = plugins
         .iter()
         .map(|p| json!({"plugins": p.label, "pairs": p.add.len(), "add_ms": stats(&p.add), "del_ms": stats(&p.del)}))
