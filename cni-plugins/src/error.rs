@@ -23,6 +23,33 @@ pub enum ErrorCode {
 pub const CODE_RANGE_EXHAUSTED: u32 = 100;
 /// Host-local: a requested address cannot be honoured.
 pub const CODE_REQUESTED_IP: u32 = 101;
+/// A kernel operation (netlink, nftables, sysctl) failed; the message names it.
+pub const CODE_KERNEL: u32 = 110;
+/// The interface to create already exists (in the container or on the host).
+pub const CODE_LINK_EXISTS: u32 = 111;
+/// A host port of a port mapping is already mapped.
+pub const CODE_PORT_IN_USE: u32 = 112;
+/// A VXLAN/host-gw peer cannot be reached as configured (e.g. not on this L2 segment).
+pub const CODE_PEER: u32 = 113;
+
+/// Turns a kernel-side error into code 110 naming the operation, with the cause as details.
+pub trait KernelContext<T> {
+    fn kernel(self, what: impl FnOnce() -> String) -> Result<T, CniError>;
+}
+
+impl<T, E: std::error::Error> KernelContext<T> for Result<T, E> {
+    fn kernel(self, what: impl FnOnce() -> String) -> Result<T, CniError> {
+        self.map_err(|e| {
+            let chain = source_chain(&e);
+            let details = if chain.is_empty() {
+                e.to_string()
+            } else {
+                format!("{e}: {chain}")
+            };
+            CniError::new(ErrorCode::Plugin(CODE_KERNEL), what()).with_details(details)
+        })
+    }
+}
 
 impl ErrorCode {
     pub fn code(self) -> u32 {
@@ -90,6 +117,16 @@ impl CniError {
                 self.code.code()
             )
         })
+    }
+}
+
+/// `Ok` when `errors` is empty, else one error with `code`, `msg` and every failure as details
+/// (best-effort operations such as DEL and GC try every step and report them together).
+pub fn all_or_report(errors: Vec<String>, code: ErrorCode, msg: &str) -> Result<(), CniError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(code, msg).with_details(errors.join("; ")))
     }
 }
 

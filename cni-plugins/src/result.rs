@@ -172,6 +172,115 @@ impl CniResult {
     }
 }
 
+/// A result (or prevResult) that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the CNI result: {what}")]
+pub struct ResultError {
+    pub what: String,
+}
+
+fn bad(what: impl Into<String>) -> ResultError {
+    ResultError { what: what.into() }
+}
+
+fn opt_str(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn opt_u32(v: &Value, key: &str) -> Option<u32> {
+    v.get(key).and_then(Value::as_u64).map(|n| n as u32)
+}
+
+fn cidr_field(v: &Value, key: &str) -> Result<Cidr, ResultError> {
+    let text = v
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(format!("missing {key}")))?;
+    text.parse()
+        .map_err(|_| bad(format!("{key} {text:?} is not a CIDR")))
+}
+
+fn ip_field(v: &Value, key: &str) -> Result<Option<IpAddr>, ResultError> {
+    match v.get(key).and_then(Value::as_str) {
+        None | Some("") => Ok(None),
+        Some(t) => t
+            .parse()
+            .map(Some)
+            .map_err(|_| bad(format!("{key} {t:?} is not an address"))),
+    }
+}
+
+fn parse_route(r: &Value) -> Result<Route, ResultError> {
+    Ok(Route {
+        mtu: opt_u32(r, "mtu"),
+        advmss: opt_u32(r, "advmss"),
+        priority: opt_u32(r, "priority"),
+        table: opt_u32(r, "table"),
+        scope: opt_u32(r, "scope"),
+        ..Route::new(cidr_field(r, "dst")?, ip_field(r, "gw")?)
+    })
+}
+
+fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+impl CniResult {
+    /// Reads a result of any version (0.1.0 through 1.1.0), e.g. an IPAM plugin's answer or a
+    /// prevResult.
+    pub fn from_json(v: &Value) -> Result<CniResult, ResultError> {
+        let mut out = CniResult {
+            dns: v
+                .get("dns")
+                .cloned()
+                .and_then(|d| serde_json::from_value(d).ok())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        if v.get("ip4").is_some() || v.get("ip6").is_some() {
+            for key in ["ip4", "ip6"] {
+                let Some(o) = v.get(key) else { continue };
+                out.ips.push(IpConfig {
+                    interface: None,
+                    address: cidr_field(o, "ip")?,
+                    gateway: ip_field(o, "gateway")?,
+                });
+                for r in list(o, "routes") {
+                    out.routes.push(parse_route(r)?);
+                }
+            }
+            return Ok(out);
+        }
+        for i in list(v, "interfaces") {
+            out.interfaces.push(Interface {
+                name: opt_str(i, "name").ok_or_else(|| bad("interface without a name"))?,
+                mac: opt_str(i, "mac"),
+                mtu: opt_u32(i, "mtu"),
+                sandbox: opt_str(i, "sandbox"),
+                socket_path: opt_str(i, "socketPath"),
+                pci_id: opt_str(i, "pciID"),
+            });
+        }
+        for ip in list(v, "ips") {
+            out.ips.push(IpConfig {
+                interface: ip
+                    .get("interface")
+                    .and_then(Value::as_u64)
+                    .map(|n| n as usize),
+                address: cidr_field(ip, "address")?,
+                gateway: ip_field(ip, "gateway")?,
+            });
+        }
+        for r in list(v, "routes") {
+            out.routes.push(parse_route(r)?);
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +341,22 @@ mod tests {
             assert_eq!(v["ips"][1]["version"], "6");
             assert_eq!(v["ips"][1]["address"], "fd00::5/64");
         }
+    }
+
+    #[test]
+    fn parses_every_shape_back() {
+        for ver in ["0.2.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+            let back = CniResult::from_json(&sample().to_json(ver)).unwrap();
+            assert_eq!(back.ips.len(), 2, "{ver}");
+            assert_eq!(back.ips[0].gateway, sample().ips[0].gateway);
+            assert_eq!(back.routes[0].dst, sample().routes[0].dst);
+            assert_eq!(back.dns, sample().dns);
+            if ver != "0.2.0" {
+                assert_eq!(back.interfaces[0].mac, sample().interfaces[0].mac);
+                assert_eq!(back.interfaces[0].mtu, (ver == "1.1.0").then_some(1450));
+            }
+        }
+        assert!(CniResult::from_json(&json!({"ips": [{"address": "nope"}]})).is_err());
     }
 
     #[test]

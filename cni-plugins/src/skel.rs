@@ -4,9 +4,11 @@ use std::io::{Read, Write};
 
 use crate::env::{CniEnv, Command};
 use crate::error::{source_chain, CniError, ErrorCode};
-use crate::netconf::NetConf;
+use crate::netconf::{Attachment, NetConf};
+use crate::netns::{NetNs, NetNsError};
 use crate::result::CniResult;
 use crate::version::{at_least, negotiate, version_info, CURRENT};
+use std::path::Path;
 
 /// What one invocation received.
 #[derive(Debug, Clone)]
@@ -15,6 +17,42 @@ pub struct CmdArgs {
     pub conf: NetConf,
     /// The raw configuration, for plugins that re-read it (e.g. to pass it to an IPAM plugin).
     pub stdin: Vec<u8>,
+}
+
+impl CmdArgs {
+    /// The attachment this invocation is about (CNI_CONTAINERID, CNI_IFNAME).
+    pub fn attachment(&self) -> Attachment {
+        Attachment {
+            container_id: self.env.container_id.clone(),
+            ifname: self.env.ifname.clone(),
+        }
+    }
+
+    /// The prevResult, parsed (`None` when absent).
+    pub fn prev_result(&self) -> Result<Option<CniResult>, CniError> {
+        let Some(v) = &self.conf.prev_result else {
+            return Ok(None);
+        };
+        CniResult::from_json(v).map(Some).map_err(|e| {
+            CniError::new(ErrorCode::Decode, "cannot decode prevResult").with_details(e.to_string())
+        })
+    }
+
+    /// The container's network namespace; a missing one is error 4 naming CNI_NETNS.
+    pub fn netns(&self) -> Result<NetNs, CniError> {
+        NetNs::open(Path::new(&self.env.netns)).map_err(|e| match e {
+            NetNsError::NotFound { .. } => CniError::new(
+                ErrorCode::InvalidEnv,
+                format!(
+                    "CNI_NETNS {}: network namespace does not exist",
+                    self.env.netns
+                ),
+            ),
+            other => {
+                CniError::new(ErrorCode::Io, other.to_string()).with_details(source_chain(&other))
+            }
+        })
+    }
 }
 
 /// One CNI plugin: the commands other than VERSION, which the skeleton answers itself.

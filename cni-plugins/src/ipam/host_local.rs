@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use crate::cidr::Cidr;
-use crate::error::{source_chain, CniError, ErrorCode, CODE_RANGE_EXHAUSTED, CODE_REQUESTED_IP};
+use crate::error::{
+    all_or_report, source_chain, CniError, ErrorCode, CODE_RANGE_EXHAUSTED, CODE_REQUESTED_IP,
+};
 use crate::ipam::allocator::{is_allocatable, next_free};
 use crate::ipam::config::{IpamConfig, Range};
 use crate::ipam::store::{Store, StoreError};
@@ -35,13 +37,6 @@ fn io_error(e: StoreError) -> CniError {
 
 fn open(conf: &NetConf, cfg: &IpamConfig) -> Result<Store, CniError> {
     Store::open(&cfg.network_dir(&conf.name)).map_err(io_error)
-}
-
-fn owner(args: &CmdArgs) -> Attachment {
-    Attachment {
-        container_id: args.env.container_id.clone(),
-        ifname: args.env.ifname.clone(),
-    }
 }
 
 fn parse_ip(text: &str) -> Result<IpAddr, CniError> {
@@ -146,7 +141,7 @@ fn allocate_all(
     cfg: &IpamConfig,
     args: &CmdArgs,
 ) -> Result<Vec<IpConfig>, CniError> {
-    let who = owner(args);
+    let who = args.attachment();
     let mut requested = requested_ips(args)?;
     let mut fresh: Vec<IpAddr> = Vec::new();
     let mut ips = Vec::new();
@@ -201,7 +196,7 @@ impl Plugin for HostLocal {
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let cfg = config(&args.conf)?;
         let store = open(&args.conf, &cfg)?;
-        for ip in store.find(&owner(args)).map_err(io_error)? {
+        for ip in store.find(&args.attachment()).map_err(io_error)? {
             store.release(ip).map_err(io_error)?;
         }
         Ok(())
@@ -210,7 +205,7 @@ impl Plugin for HostLocal {
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
         let cfg = config(&args.conf)?;
         let store = open(&args.conf, &cfg)?;
-        let held = store.find(&owner(args)).map_err(io_error)?;
+        let held = store.find(&args.attachment()).map_err(io_error)?;
         for (i, set) in cfg.range_sets.iter().enumerate() {
             if !held.iter().any(|ip| set.iter().any(|r| r.contains(*ip))) {
                 let msg = format!(
@@ -250,13 +245,10 @@ impl Plugin for HostLocal {
                 }
             }
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(
-                CniError::new(ErrorCode::CannotGc, "some allocations could not be freed")
-                    .with_details(failed.join("; ")),
-            )
-        }
+        all_or_report(
+            failed,
+            ErrorCode::CannotGc,
+            "some allocations could not be freed",
+        )
     }
 }
