@@ -106,6 +106,24 @@ fn referenced(pod: &Pod) -> (HashSet<String>, HashSet<String>) {
     (cms, secrets)
 }
 
+/// Removes a pod's (now empty) cgroup directory from every cgroup hierarchy mounted here, as
+/// kubelet does: the runtime removes only the containers' own.
+fn remove_cgroup(path: &str) {
+    if path.is_empty() {
+        return;
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        if !post.starts_with("cgroup") {
+            continue;
+        }
+        if let Some(mountpoint) = pre.split(' ').nth(4) {
+            let _ = std::fs::remove_dir(format!("{mountpoint}{path}"));
+        }
+    }
+}
+
 /// Keeps the previous lastTransitionTime of conditions whose status did not change.
 fn keep_transition_times(new: &mut PodStatus, old: Option<&PodStatus>) {
     let Some(old) = old.and_then(|o| o.conditions.as_ref()) else { return };
@@ -161,6 +179,9 @@ impl<R: Runtime> Agent<R> {
         tokio::spawn(self.clone().lease_loop());
         if let Some(dir) = self.cfg.static_pod_path.clone() {
             tokio::spawn(self.clone().static_pod_loop(dir));
+        }
+        if self.cfg.network.mode != crate::network::Mode::None {
+            tokio::spawn(self.clone().network_loop());
         }
         self.watch_pods().await
     }
@@ -314,6 +335,30 @@ impl<R: Runtime> Agent<R> {
                     break;
                 }
             }
+        }
+    }
+
+    /// Keeps the CNI conflist and the overlay peers in step with the cluster's Nodes.
+    async fn network_loop(self: Arc<Self>) {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut rounds = 0u32;
+        loop {
+            match nodes.list(&ListParams::default()).await {
+                Ok(list) => {
+                    let (cfg, me) = (self.cfg.network.clone(), self.node_name.clone());
+                    // Re-apply now and then even without changes: a reboot or a manual edit
+                    // may have removed routes.
+                    let force = rounds % 12 == 0;
+                    match tokio::task::spawn_blocking(move || crate::network::apply(&cfg, &list.items, &me, force)).await {
+                        Ok(Err(e)) => tracing::warn!(error = %e, "node networking"),
+                        Err(e) => tracing::warn!(error = %e, "node networking task"),
+                        Ok(Ok(_)) => {}
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "listing nodes"),
+            }
+            rounds = rounds.wrapping_add(1);
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
     }
 
@@ -475,6 +520,7 @@ impl<R: Runtime> Agent<R> {
                             tracing::warn!(error = %e, "removing pod volumes");
                         }
                         let _ = std::fs::remove_dir_all(spec::pod_log_dir(&self.node_facts.log_root, &pod));
+                        remove_cgroup(&spec::pod_cgroup(&pod, &self.node_facts.cgroup_parent));
                         if current.is_some() || crate::static_pods::is_static(&pod) {
                             self.confirm_deletion(&pod).await;
                         }

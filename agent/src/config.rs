@@ -23,6 +23,12 @@
 //! address: 0.0.0.0                  # kubelet server
 //! port: 10250
 //! nodeIP: 192.168.1.10             # default: the default route's interface address
+//! network:                          # the conflist and overlay peers the agent keeps
+//!   mode: vxlan                     # none (default) | bridge | vxlan | host-gw
+//!   clusterCIDR: 10.244.0.0/16
+//!   cniConfDir: /etc/cni/net.d
+//!   cniBinDir: /opt/cni/bin
+//!   peersFile: /run/berth/peers.json
 //! ```
 
 use std::collections::BTreeMap;
@@ -79,6 +85,8 @@ pub struct AgentConfig {
     pub sync_frequency: Duration,
     pub address: String,
     pub port: u16,
+    /// Node networking: the CNI conflist and overlay peers the agent keeps (mode none: left alone).
+    pub network: crate::network::NetworkConfig,
     /// The node's InternalIP (default: the address of the default route's interface).
     #[serde(rename = "nodeIP")]
     pub node_ip: Option<String>,
@@ -109,6 +117,7 @@ impl Default for AgentConfig {
             sync_frequency: Duration::from_secs(10),
             address: "0.0.0.0".into(),
             port: 10250,
+            network: crate::network::NetworkConfig::default(),
             node_ip: None,
         }
     }

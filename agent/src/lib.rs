@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod cri;
+pub mod network;
 pub mod node;
 pub mod pod;
 pub mod probes;

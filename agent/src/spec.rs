@@ -367,7 +367,7 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, node: &NodeFacts) -> cri::PodSand
         labels: sandbox_labels(pod),
         annotations: pod.metadata.annotations.clone().unwrap_or_default().into_iter().collect(),
         linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: node.cgroup_parent.clone(),
+            cgroup_parent: pod_cgroup(pod, &node.cgroup_parent),
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(namespace_options),
                 run_as_user: psc.run_as_user.map(|value| cri::Int64Value { value }),
@@ -380,6 +380,21 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, node: &NodeFacts) -> cri::PodSand
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// The pod's cgroup under the QoS hierarchy, as kubelet's cgroupfs driver lays it out:
+/// `<root>/pod<uid>` (Guaranteed), `<root>/burstable/pod<uid>`, `<root>/besteffort/pod<uid>`.
+pub fn pod_cgroup(pod: &Pod, root: &str) -> String {
+    if root.is_empty() {
+        return String::new();
+    }
+    let uid = ids(pod).2;
+    let root = root.trim_end_matches('/');
+    match qos_class(pod) {
+        QosClass::Guaranteed => format!("{root}/pod{uid}"),
+        QosClass::Burstable => format!("{root}/burstable/pod{uid}"),
+        QosClass::BestEffort => format!("{root}/besteffort/pod{uid}"),
     }
 }
 

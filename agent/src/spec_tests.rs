@@ -110,6 +110,7 @@ fn sandbox_and_container_configs_carry_identity_and_ports() {
     let node = NodeFacts { log_root: "/var/log/pods".into(), cluster_dns: vec!["10.96.0.10".into()], cluster_domain: "cluster.local".into(), cgroup_parent: "/kubepods".into() };
     let sb = sandbox_config(&p, 1, &node);
     assert_eq!(sb.metadata.as_ref().unwrap().attempt, 1);
+    assert_eq!(sb.linux.as_ref().unwrap().cgroup_parent, "/kubepods/besteffort/podu-1", "the QoS hierarchy");
     assert_eq!(sb.log_directory, "/var/log/pods/prod_web_u-1");
     assert_eq!(sb.port_mappings.len(), 1, "only host ports");
     assert_eq!(sb.labels[LABEL_POD_UID], "u-1");
