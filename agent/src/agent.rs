@@ -348,7 +348,7 @@ impl<R: Runtime> Agent<R> {
                     let (cfg, me) = (self.cfg.network.clone(), self.node_name.clone());
                     // Re-apply now and then even without changes: a reboot or a manual edit
                     // may have removed routes.
-                    let force = rounds % 12 == 0;
+                    let force = rounds.is_multiple_of(12);
                     match tokio::task::spawn_blocking(move || crate::network::apply(&cfg, &list.items, &me, force)).await {
                         Ok(Err(e)) => tracing::warn!(error = %e, "node networking"),
                         Err(e) => tracing::warn!(error = %e, "node networking task"),
