@@ -1,6 +1,7 @@
 //! A one-node Berth cluster for end-to-end tests, all inside a network namespace made for the
-//! test: a registry with busybox, berth-shim (reference bridge CNI), berth-control, and
-//! berth-agent joined with a node certificate; `kubectl` drives it with the admin kubeconfig.
+//! test: a registry with busybox, the CRI runtime (berth-shim, or containerd 1.6 from Debian,
+//! both with the reference bridge CNI), berth-control, and berth-agent joined with a node
+//! certificate; `kubectl` drives it with the admin kubeconfig.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -12,10 +13,20 @@ use crate::netns::NetNs;
 use crate::registry::Registry;
 use crate::shim::{ShimOptions, ShimProcess};
 
+/// Which CRI runtime the agent drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    BerthShim,
+    Containerd,
+}
+
 pub struct Cluster {
     pub ns: NetNs,
     pub registry: Registry,
     pub shim: ShimProcess,
+    /// The CRI socket the agent uses.
+    pub cri_socket: PathBuf,
+    containerd: Option<Child>,
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub node: String,
@@ -35,6 +46,10 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
 impl Cluster {
     /// `name` keeps concurrent clusters apart (netns, bridge, cgroups); `port` is the registry's.
     pub fn start(name: &str, port: u16, subnet: &str) -> anyhow::Result<Cluster> {
+        Cluster::start_with(name, port, subnet, Runtime::BerthShim)
+    }
+
+    pub fn start_with(name: &str, port: u16, subnet: &str, runtime: Runtime) -> anyhow::Result<Cluster> {
         let tmp = crate::cri::short_tempdir();
         let dir = tmp.path().to_path_buf();
         let ns = NetNs::new(&format!("bc-{name}"))?;
@@ -43,6 +58,15 @@ impl Cluster {
         let shim_dir = dir.join("s");
         ShimProcess::configure(&shim_dir, &ShimOptions { name, registry: &registry.addr, subnet, with_cni: true })?;
         let shim = ShimProcess::start(&ns, &shim_dir)?;
+        let (containerd, cri_socket) = match runtime {
+            Runtime::BerthShim => (None, shim.socket.clone()),
+            Runtime::Containerd => {
+                registry.push_pause(&ns, "library/pause:3.9", &crate::bin_path("berth-pause")?)?;
+                let conflist = std::fs::read_to_string(shim_dir.join("net.d/10-berth-test.conflist"))?.replace(&shim_dir.join("ipam").display().to_string(), &dir.join("c/ipam").display().to_string());
+                let (child, sock) = crate::containerd::start(&ns, &dir.join("c"), &conflist, &format!("{}/library/pause:3.9", registry.addr), &registry.addr)?;
+                (Some(child), sock)
+            }
+        };
 
         let control_dir = dir.join("control");
         let mut control = ns.command(crate::bin_path("berth-control")?);
@@ -66,12 +90,12 @@ impl Cluster {
         let agent_config = format!(
             "nodeName: {node}\nkubeconfig: {d}/node.kubeconfig\ncontainerRuntimeEndpoint: unix://{sock}\nrootDir: {d}/agent\npodLogsDir: {d}/logs\nstaticPodPath: {d}/manifests\ncgroupRoot: {cg}\nsyncFrequency: 2s\nnodeStatusUpdateFrequency: 5s\nnodeIP: 127.0.0.1\n",
             d = dir.display(),
-            sock = shim.socket.display(),
+            sock = cri_socket.display(),
             cg = cgroup_root,
         );
         std::fs::write(dir.join("agent.yaml"), agent_config)?;
         let agent_args = vec!["--config".to_string(), dir.join("agent.yaml").display().to_string(), "--log-level".into(), "debug".into()];
-        let mut cluster = Cluster { ns, registry, shim, dir, kubeconfig, node, image: "busybox:1.36".into(), control: Some(control), agent: None, agent_args, _tmp: tmp };
+        let mut cluster = Cluster { ns, registry, shim, cri_socket, containerd, dir, kubeconfig, node, image: "busybox:1.36".into(), control: Some(control), agent: None, agent_args, _tmp: tmp };
         cluster.start_agent()?;
         cluster.wait_for(Duration::from_secs(30), "the node to be Ready", |c| {
             c.kubectl(&["get", "node", &c.node, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"]).map(|o| o == "True").unwrap_or(false)
@@ -196,7 +220,7 @@ impl Drop for Cluster {
             std::thread::sleep(Duration::from_millis(200));
         }
         std::thread::sleep(Duration::from_millis(500));
-        for child in [self.agent.take(), self.control.take()].into_iter().flatten() {
+        for child in [self.agent.take(), self.control.take(), self.containerd.take()].into_iter().flatten() {
             let mut child = child;
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

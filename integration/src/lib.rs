@@ -13,6 +13,7 @@ pub use bundle::{Bundle, BundleError};
 pub use check::Expectations;
 pub use mountns::{detach_cgroup2_unified, MountNsError};
 pub mod cluster;
+pub mod containerd;
 pub mod cri;
 pub mod netns;
 pub mod registry;

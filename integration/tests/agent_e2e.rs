@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use berth_integration::cluster::Cluster;
+use berth_integration::cluster::{Cluster, Runtime};
 use serde_json::Value;
 
 fn status_of<'a>(pod: &'a Value, container: &str) -> &'a Value {
@@ -20,7 +20,16 @@ const LONG: Duration = Duration::from_secs(60);
 #[test]
 #[ignore = "needs root"]
 fn probes_restart_and_readiness_and_hooks_run_in_order() {
-    let c = Cluster::start("probe", 5201, "10.89.21.0/24").expect("cluster");
+    probes_and_hooks(Cluster::start("probe", 5201, "10.89.21.0/24").expect("cluster"));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn probes_and_hooks_with_containerd() {
+    probes_and_hooks(Cluster::start_with("probe-ctrd", 5205, "10.89.25.0/24", Runtime::Containerd).expect("cluster"));
+}
+
+fn probes_and_hooks(c: Cluster) {
     let order = c.dir.join("order");
     std::fs::create_dir_all(&order).unwrap();
     c.apply(&format!(
@@ -57,7 +66,7 @@ spec:
     let cid = id.split("://").nth(1).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (mut client, _) = berth_integration::cri::connect(&c.shim.socket).await.unwrap();
+        let (mut client, _) = berth_integration::cri::connect(&c.cri_socket).await.unwrap();
         let req = berth_proto::runtime::v1::ExecSyncRequest { container_id: cid.into(), cmd: vec!["rm".into(), "/tmp/alive".into()], timeout: 5 };
         client.exec_sync(req).await.unwrap();
     });
@@ -78,7 +87,16 @@ spec:
 #[test]
 #[ignore = "needs root"]
 fn init_containers_shared_empty_dir_and_config_map_updates() {
-    let c = Cluster::start("init", 5202, "10.89.22.0/24").expect("cluster");
+    init_volumes_and_config(Cluster::start("init", 5202, "10.89.22.0/24").expect("cluster"));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn init_containers_and_volumes_with_containerd() {
+    init_volumes_and_config(Cluster::start_with("init-ctrd", 5206, "10.89.26.0/24", Runtime::Containerd).expect("cluster"));
+}
+
+fn init_volumes_and_config(c: Cluster) {
     c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {greeting: hello}\n").unwrap();
     c.apply(&format!(
         r#"

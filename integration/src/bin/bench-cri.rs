@@ -8,10 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use berth_integration::netns::NetNs;
 use berth_integration::registry::Registry;
 use berth_integration::shim::{ShimOptions, ShimProcess};
@@ -147,41 +146,6 @@ async fn resident(r: &mut Runtime, pods: usize, needle: &str) -> anyhow::Result<
     Ok((total as f64 / pods as f64 / 1024.0, procs.len()))
 }
 
-fn start_containerd(ns: &NetNs, dir: &Path, conflist: &str) -> anyhow::Result<(Child, PathBuf)> {
-    std::fs::create_dir_all(dir.join("net.d"))?;
-    std::fs::write(dir.join("net.d/10-bench.conflist"), conflist)?;
-    let sock = dir.join("containerd.sock");
-    let config = format!(
-        r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-[grpc]
-  address = "{sock}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "127.0.0.1:5200/library/pause:3.9"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{d}/net.d"
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."127.0.0.1:5200"]
-    endpoint = ["http://127.0.0.1:5200"]
-"#,
-        d = dir.display(),
-        sock = sock.display()
-    );
-    std::fs::write(dir.join("config.toml"), config)?;
-    let log = std::fs::File::create(dir.join("containerd.log"))?;
-    let child = ns.command("containerd").arg("--config").arg(dir.join("config.toml")).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn().context("starting containerd (apt-get install containerd)")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        if Instant::now() > deadline {
-            bail!("containerd did not listen on {} (see {}/containerd.log)", sock.display(), dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((child, sock))
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let pods = arg("--pods", 100);
@@ -197,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
     ShimProcess::configure(&shim_dir, &ShimOptions { name: "bench", registry: &registry.addr, subnet: "10.90.0.0/16", with_cni: true })?;
     let conflist = std::fs::read_to_string(shim_dir.join("net.d/10-berth-test.conflist"))?.replace("bt-bench", "bc-ctr").replace("10.90.0.0/16", "10.91.0.0/16").replace(&shim_dir.join("ipam").display().to_string(), &tmp.path().join("c/ipam").display().to_string());
     let shim = ShimProcess::start(&ns, &shim_dir)?;
-    let (mut ctrd, ctrd_sock) = start_containerd(&ns, &tmp.path().join("c"), &conflist)?;
+    let (mut ctrd, ctrd_sock) = berth_integration::containerd::start(&ns, &tmp.path().join("c"), &conflist, "127.0.0.1:5200/library/pause:3.9", "127.0.0.1:5200")?;
 
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs)?;
