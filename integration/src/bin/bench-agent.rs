@@ -1,0 +1,170 @@
+//! berth-agent under load, for each CRI runtime (berth-shim, containerd 1.6 + runc), same
+//! agent, same control plane, same machine:
+//! - 100 pods created at once (one `kubectl apply`) → time until each is Running as a watch
+//!   sees it, p50 and p99;
+//! - RSS of the agent and of the runtime, idle and with the 100 pods;
+//! - CPU (user + system, children included) of agent + runtime over a 30 s window while every
+//!   pod runs an exec probe each second.
+//!
+//! Usage: `bench-agent [--pods 100] [--window 30] [--runtime berth|containerd|both]` (root).
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use berth_integration::cluster::{Cluster, Runtime};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn arg_str(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
+}
+
+/// Processes whose command line contains `needle` (by /proc), excluding this one.
+fn pids(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| *p != me)
+        .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle)))
+        .collect()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+}
+
+/// utime + stime + cutime + cstime, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    (11..15).filter_map(|i| f.get(i)?.parse::<u64>().ok()).sum()
+}
+
+/// The runtime's resident processes: berth-shim + its monitors, or containerd + its shims.
+fn runtime_pids(rt: Runtime, dir: &std::path::Path) -> Vec<i32> {
+    let d = dir.display().to_string();
+    match rt {
+        Runtime::BerthShim => pids(&format!("{d}/s/shim.toml")).into_iter().chain(pids(&format!("{d}/s/run/pods"))).collect(),
+        Runtime::Containerd => pids(&format!("{d}/c/config.toml")).into_iter().chain(pids("containerd-shim-runc-v2")).collect(),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn pods_yaml(n: u64, image: &str, probe: bool) -> String {
+    let probe = if probe { "\n    livenessProbe: {exec: {command: [\"true\"]}, periodSeconds: 1}" } else { "" };
+    (0..n)
+        .map(|i| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{bench: \"1\"}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {image}\n    command: [sleep, \"100000\"]{probe}\n"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+struct Run {
+    p50: f64,
+    p99: f64,
+    agent_idle: u64,
+    runtime_idle: u64,
+    agent_loaded: u64,
+    runtime_loaded: u64,
+    cpu_percent: f64,
+}
+
+fn run(rt: Runtime, pods: u64, window: u64) -> anyhow::Result<Run> {
+    let name = if rt == Runtime::BerthShim { "bench-b" } else { "bench-c" };
+    let port = if rt == Runtime::BerthShim { 5301 } else { 5302 };
+    let c = Cluster::start_with(name, port, if rt == Runtime::BerthShim { "10.92.0.0/16" } else { "10.93.0.0/16" }, rt)?;
+    // Warm the image so pull time is not measured.
+    c.apply(&pods_yaml(1, &c.image, false).replace("name: p0", "name: warm"))?;
+    c.wait_for(Duration::from_secs(60), "the warm-up pod", |c| c.pod("warm").is_ok_and(|p| p["status"]["phase"] == "Running"))?;
+    c.kubectl(&["delete", "pod", "warm", "--wait=true"])?;
+    std::thread::sleep(Duration::from_secs(3));
+    let agent = pids(&format!("{}/agent.yaml", c.dir.display()));
+    let sum = |ps: &[i32], f: fn(i32) -> u64| ps.iter().map(|p| f(*p)).sum::<u64>();
+    let (agent_idle, runtime_idle) = (sum(&agent, rss_kib), sum(&runtime_pids(rt, &c.dir), rss_kib));
+
+    // Watch, then create all pods at once; each pod's time from the apply to Running as seen.
+    let mut watch = c.ns.command("kubectl");
+    watch.arg("--kubeconfig").arg(&c.kubeconfig).args(["get", "pods", "-l", "bench=1", "-w", "--no-headers", "-o", "custom-columns=N:.metadata.name,P:.status.phase"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut watcher = watch.spawn()?;
+    let stdout = watcher.stdout.take().expect("stdout");
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    c.apply(&pods_yaml(pods, &c.image, true))?;
+    let mut running: HashMap<String, f64> = HashMap::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() == 2 && f[1] == "Running" {
+            running.entry(f[0].to_string()).or_insert(t0.elapsed().as_secs_f64());
+        }
+        if running.len() as u64 >= pods || t0.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let mut times: Vec<f64> = running.values().copied().collect();
+    times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    if (times.len() as u64) < pods {
+        anyhow::bail!("only {} of {pods} pods reached Running\n{}", times.len(), c.agent_log());
+    }
+
+    // Steady state with the exec probes: CPU over the window.
+    std::thread::sleep(Duration::from_secs(5));
+    let procs: Vec<i32> = agent.iter().copied().chain(runtime_pids(rt, &c.dir)).collect();
+    let before = sum(&procs, cpu_ticks);
+    std::thread::sleep(Duration::from_secs(window));
+    let procs_after: Vec<i32> = agent.iter().copied().chain(runtime_pids(rt, &c.dir)).collect();
+    let after = sum(&procs_after, cpu_ticks);
+    // SAFETY: sysconf with a valid name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu_percent = after.saturating_sub(before) as f64 / hz / window as f64 * 100.0;
+    let (agent_loaded, runtime_loaded) = (sum(&agent, rss_kib), sum(&runtime_pids(rt, &c.dir), rss_kib));
+    c.kubectl(&["delete", "pods", "-l", "bench=1", "--wait=true", "--timeout=300s"])?;
+    Ok(Run { p50: percentile(&times, 0.5), p99: percentile(&times, 0.99), agent_idle, runtime_idle, agent_loaded, runtime_loaded, cpu_percent })
+}
+
+fn main() -> anyhow::Result<()> {
+    let pods = arg("--pods", 100);
+    let window = arg("--window", 30);
+    let which = arg_str("--runtime", "both");
+    let mut rows = Vec::new();
+    for (label, rt) in [("berth-shim", Runtime::BerthShim), ("containerd 1.6 + runc", Runtime::Containerd)] {
+        let wanted = which == "both" || (which == "berth" && rt == Runtime::BerthShim) || (which == "containerd" && rt == Runtime::Containerd);
+        if wanted {
+            eprintln!("== {label}");
+            rows.push((label, run(rt, pods, window)?));
+        }
+    }
+    println!("{pods} pods created at once, each with an exec liveness probe every second; same berth-agent and berth-control");
+    println!("| runtime | Running p50 | Running p99 | agent RSS idle / loaded | runtime RSS idle / loaded | CPU agent+runtime ({window} s) |");
+    println!("|---|---|---|---|---|---|");
+    for (label, r) in rows {
+        println!(
+            "| {label} | {:.2} s | {:.2} s | {:.1} / {:.1} MiB | {:.1} / {:.1} MiB | {:.1}% of a core |",
+            r.p50,
+            r.p99,
+            r.agent_idle as f64 / 1024.0,
+            r.agent_loaded as f64 / 1024.0,
+            r.runtime_idle as f64 / 1024.0,
+            r.runtime_loaded as f64 / 1024.0,
+            r.cpu_percent
+        );
+    }
+    Ok(())
+}
