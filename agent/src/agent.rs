@@ -87,6 +87,9 @@ fn referenced(pod: &Pod) -> (HashSet<String>, HashSet<String>) {
             }
         }
     }
+    for s in spec.image_pull_secrets.iter().flatten() {
+        secrets.insert(s.name.clone());
+    }
     for v in spec.volumes.iter().flatten() {
         if let Some(c) = &v.config_map {
             cms.insert(c.name.clone());
@@ -544,8 +547,16 @@ impl<R: Runtime> Agent<R> {
                 Err(e) => Err(e.to_string()),
             };
             let probes_now = probe_state.lock().expect("probe state").clone();
+            let pull_secrets: Vec<Vec<u8>> = pod
+                .spec
+                .iter()
+                .flat_map(|s| s.image_pull_secrets.iter().flatten())
+                .filter_map(|r| sources.secrets.get(&r.name))
+                .filter_map(|d| d.get(".dockerconfigjson").or_else(|| d.get(".dockercfg")).cloned())
+                .collect();
+            let pull_auth = |image: &str| spec::pull_auth(&pull_secrets, image);
             let memory_capacity = self.facts.lock().expect("facts").memory_total;
-            let cx = PodContext { pod: &pod, env: &sources, node: &self.node_facts, memory_capacity, mounts: &mounts, probes: &probes_now, now: Utc::now() };
+            let cx = PodContext { pod: &pod, env: &sources, node: &self.node_facts, memory_capacity, mounts: &mounts, probes: &probes_now, pull_auth: &pull_auth, now: Utc::now() };
             let outcome = worker.sync(&cx).await;
             let mut wait = self.cfg.sync_frequency;
             match outcome {

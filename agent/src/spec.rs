@@ -292,6 +292,38 @@ fn keyed(data: Option<BTreeMap<String, String>>, var: &str, kind: &'static str, 
     }
 }
 
+/// The registry host of an image reference, as Docker names it (`docker.io` for short names).
+pub fn registry_of(image: &str) -> String {
+    match image.split_once('/') {
+        Some((host, _)) if host.contains('.') || host.contains(':') || host == "localhost" => host.to_string(),
+        _ => "docker.io".to_string(),
+    }
+}
+
+/// Credentials for `image` from `.dockerconfigjson` / `.dockercfg` secret payloads, matching
+/// the registry host (docker.io also as index.docker.io).
+pub fn pull_auth(secrets: &[Vec<u8>], image: &str) -> Option<cri::AuthConfig> {
+    let host = registry_of(image);
+    let same = |key: &str| {
+        let k = key.trim_start_matches("https://").trim_start_matches("http://");
+        let k = k.split('/').next().unwrap_or(k);
+        k == host || (host == "docker.io" && (k == "index.docker.io" || k == "registry-1.docker.io"))
+    };
+    for data in secrets {
+        let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+        let auths = v.get("auths").unwrap_or(&v);
+        let Some(obj) = auths.as_object() else { continue };
+        for (key, entry) in obj {
+            if !same(key) {
+                continue;
+            }
+            let s = |f: &str| entry.get(f).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+            return Some(cri::AuthConfig { username: s("username"), password: s("password"), auth: s("auth"), server_address: key.clone(), identity_token: s("identitytoken"), registry_token: s("registrytoken") });
+        }
+    }
+    None
+}
+
 /// Command and args with `$(VAR)` expanded from the container's environment.
 pub fn command_and_args(c: &Container, env: &[(String, String)]) -> (Vec<String>, Vec<String>) {
     let map: HashMap<String, String> = env.iter().cloned().collect();

@@ -122,3 +122,13 @@ fn sandbox_and_container_configs_carry_identity_and_ports() {
     assert_eq!(cfg.metadata.unwrap().attempt, 2);
     assert_eq!(cfg.annotations[ANN_RESTART_COUNT], "2");
 }
+
+#[test]
+fn pull_secrets_match_the_image_registry() {
+    let cfg = br#"{"auths":{"registry.example:5000":{"username":"u","password":"p"},"https://index.docker.io/v1/":{"auth":"dTpw"}}}"#.to_vec();
+    let a = pull_auth(std::slice::from_ref(&cfg), "registry.example:5000/team/app:1").unwrap();
+    assert_eq!((a.username.as_str(), a.password.as_str()), ("u", "p"));
+    assert_eq!(pull_auth(std::slice::from_ref(&cfg), "busybox").unwrap().auth, "dTpw", "short names are docker.io");
+    assert!(pull_auth(&[cfg], "quay.io/x/y").is_none());
+    assert_eq!(registry_of("localhost:5000/x"), "localhost:5000");
+}

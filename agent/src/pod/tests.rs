@@ -63,7 +63,7 @@ impl Harness {
 
     async fn sync(&mut self, pod: &Pod, now: i64) -> SyncOutcome {
         let mounts = |_: &Container| Ok(Vec::new());
-        let cx = PodContext { pod, env: &NoSources, node: &self.node, memory_capacity: 1 << 30, mounts: &mounts, probes: &self.probes, now: at(now) };
+        let cx = PodContext { pod, env: &NoSources, node: &self.node, memory_capacity: 1 << 30, mounts: &mounts, probes: &self.probes, pull_auth: &|_: &str| None, now: at(now) };
         self.worker.sync(&cx).await.expect("sync")
     }
 }

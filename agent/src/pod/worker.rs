@@ -66,6 +66,8 @@ pub struct PodContext<'a> {
     /// The container's volume mounts (prepared by the caller), or why they cannot be made.
     pub mounts: &'a (dyn Fn(&Container) -> Result<Vec<cri::Mount>, String> + Sync),
     pub probes: &'a ProbeState,
+    /// Registry credentials (from the pod's imagePullSecrets) for the image's registry.
+    pub pull_auth: &'a (dyn Fn(&str) -> Option<cri::AuthConfig> + Sync),
     pub now: DateTime<Utc>,
 }
 
@@ -411,7 +413,7 @@ impl<R: Runtime> Worker<R> {
             }
         }
         self.event("Normal", "Pulling", format!("Pulling image {image:?}"));
-        match self.rt.pull_image(&image, None, Some(sandbox.clone())).await {
+        match self.rt.pull_image(&image, (cx.pull_auth)(&image), Some(sandbox.clone())).await {
             Ok(_) => {
                 self.backoff.remove(&key);
                 self.event("Normal", "Pulled", format!("Successfully pulled image {image:?}"));
