@@ -33,6 +33,8 @@ pub struct Agent<R: Runtime> {
     node_facts: NodeFacts,
     facts: Mutex<HostFacts>,
     pods: Mutex<HashMap<String, watch::Sender<Option<Pod>>>>,
+    /// Pods chosen for eviction (uid → the status message), handled by their workers.
+    evictions: Mutex<HashMap<String, String>>,
 }
 
 /// ConfigMaps and Secrets a pod refers to, fetched before its sync.
@@ -164,7 +166,7 @@ impl<R: Runtime> Agent<R> {
             cluster_domain: cfg.cluster_domain.clone(),
             cgroup_parent: cfg.cgroup_root.clone(),
         };
-        Ok(Arc::new(Agent { cfg, node_name, client, rt, runtime_name: version.runtime_name, node_facts, facts: Mutex::new(facts), pods: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Agent { cfg, node_name, client, rt, runtime_name: version.runtime_name, node_facts, facts: Mutex::new(facts), pods: Mutex::new(HashMap::new()), evictions: Mutex::new(HashMap::new()) }))
     }
 
     /// Runs until the pod watch fails for good. `ca` (DER) verifies clients of the kubelet API.
@@ -238,6 +240,37 @@ impl<R: Runtime> Agent<R> {
             if let Err(e) = self.post_node_status().await {
                 tracing::warn!(error = %e, "updating the node status");
             }
+            self.maybe_evict();
+        }
+    }
+
+    /// Under a hard eviction threshold, one pod at a time is evicted: BestEffort first, then
+    /// Burstable, then Guaranteed, the newest first within a class; static pods never.
+    fn maybe_evict(&self) {
+        let signal = node::eviction_signal(&self.cfg, &self.facts.lock().expect("facts"));
+        let Some((resource, left)) = signal else { return };
+        if !self.evictions.lock().expect("evictions").is_empty() {
+            return; // the last eviction is still under way
+        }
+        let pods = self.pods.lock().expect("pods");
+        let rank = |p: &Pod| match spec::qos_class(p) {
+            spec::QosClass::BestEffort => 0,
+            spec::QosClass::Burstable => 1,
+            spec::QosClass::Guaranteed => 2,
+        };
+        let victim = pods
+            .values()
+            .filter_map(|tx| tx.borrow().clone())
+            .filter(|p| !crate::static_pods::is_static(p) && p.metadata.deletion_timestamp.is_none())
+            .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
+            .min_by_key(|p| (rank(p), std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0))));
+        let Some(victim) = victim else { return };
+        let uid = victim.metadata.uid.clone().unwrap_or_default();
+        let message = format!("The node was low on resource: {resource}. Threshold quantity: {}, available: {left}.", self.cfg.eviction_hard.get(if resource == "memory" { "memory.available" } else { "nodefs.available" }).cloned().unwrap_or_default());
+        tracing::warn!(pod = spec::ids(&victim).1, %message, "evicting");
+        self.evictions.lock().expect("evictions").insert(uid.clone(), message);
+        if let Some(tx) = pods.get(&uid) {
+            tx.send_modify(|_| {});
         }
     }
 
@@ -511,6 +544,26 @@ impl<R: Runtime> Agent<R> {
             }
             let Some(pod) = last_pod.clone() else { break };
             let deleting = current.is_none() || pod.metadata.deletion_timestamp.is_some();
+            let eviction = self.evictions.lock().expect("evictions").get(&uid).cloned();
+            if let (Some(message), false) = (eviction, deleting) {
+                for (_, (_, h)) in probers.drain() {
+                    h.abort();
+                }
+                if let Err(e) = worker.terminate(&pod, 0).await {
+                    tracing::warn!(pod = %uid, error = %e, "evicting");
+                }
+                let mut status = last_status.clone().unwrap_or_default();
+                status.phase = Some("Failed".into());
+                status.reason = Some("Evicted".into());
+                status.message = Some(message.clone());
+                if let Err(e) = self.patch_status(&pod, &status).await {
+                    tracing::warn!(pod = %uid, error = %e, "reporting the eviction");
+                }
+                self.record(&pod, "Warning", "Evicted", &message).await;
+                self.evictions.lock().expect("evictions").remove(&uid);
+                last_status = Some(status);
+                continue;
+            }
             if deleting {
                 for (_, (_, h)) in probers.drain() {
                     h.abort();
@@ -534,6 +587,15 @@ impl<R: Runtime> Agent<R> {
                         tracing::warn!(pod = %uid, error = %e, "terminating");
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
+                }
+                continue;
+            }
+            // A pod the API already calls Succeeded or Failed (finished, or evicted) is never run
+            // again, by this worker or a fresh one after a restart: wait for its deletion.
+            let api_phase = last_status.as_ref().or(pod.status.as_ref()).and_then(|s| s.phase.clone());
+            if matches!(api_phase.as_deref(), Some("Succeeded" | "Failed")) && last_status.as_ref().is_none_or(|s| s.reason.as_deref() == Some("Evicted")) {
+                if rx.changed().await.is_err() {
+                    break;
                 }
                 continue;
             }

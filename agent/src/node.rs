@@ -137,6 +137,18 @@ fn reserved(cfg: &AgentConfig, key: &str, millis: bool) -> i64 {
         .sum()
 }
 
+/// The eviction signal that crossed its hard threshold, if any: `memory.available` or
+/// `nodefs.available`, with what is left.
+pub fn eviction_signal(cfg: &AgentConfig, facts: &HostFacts) -> Option<(&'static str, i64)> {
+    if facts.memory_total > 0 && facts.memory_available < threshold(cfg.eviction_hard.get("memory.available"), facts.memory_total) {
+        return Some(("memory", facts.memory_available));
+    }
+    if facts.fs_total > 0 && facts.fs_available < threshold(cfg.eviction_hard.get("nodefs.available"), facts.fs_total) {
+        return Some(("ephemeral-storage", facts.fs_available));
+    }
+    None
+}
+
 pub fn node_name(cfg: &AgentConfig, facts: &HostFacts) -> String {
     cfg.node_name.clone().unwrap_or_else(|| facts.hostname.to_lowercase())
 }
@@ -287,6 +299,18 @@ mod tests {
         assert_eq!(cond(&st, "PIDPressure").status, "True");
         let ready = cond(&st, "Ready");
         assert_eq!((ready.status.as_str(), ready.message.as_deref()), ("False", Some("NetworkReady=false: no CNI config")));
+    }
+
+    #[test]
+    fn eviction_signals_follow_the_thresholds() {
+        let cfg = AgentConfig::default();
+        let mut f = facts();
+        assert_eq!(eviction_signal(&cfg, &f), None);
+        f.memory_available = 10 << 20;
+        assert_eq!(eviction_signal(&cfg, &f), Some(("memory", 10 << 20)));
+        f.memory_available = 4 << 30;
+        f.fs_available = 1 << 30;
+        assert_eq!(eviction_signal(&cfg, &f).map(|s| s.0), Some("ephemeral-storage"));
     }
 
     #[test]

@@ -50,6 +50,11 @@ impl Cluster {
     }
 
     pub fn start_with(name: &str, port: u16, subnet: &str, runtime: Runtime) -> anyhow::Result<Cluster> {
+        Cluster::start_custom(name, port, subnet, runtime, "")
+    }
+
+    /// `agent_yaml` is appended to the agent's configuration file.
+    pub fn start_custom(name: &str, port: u16, subnet: &str, runtime: Runtime, agent_yaml: &str) -> anyhow::Result<Cluster> {
         let tmp = crate::cri::short_tempdir();
         let dir = tmp.path().to_path_buf();
         let ns = NetNs::new(&format!("bc-{name}"))?;
@@ -93,7 +98,7 @@ impl Cluster {
             sock = cri_socket.display(),
             cg = cgroup_root,
         );
-        std::fs::write(dir.join("agent.yaml"), agent_config)?;
+        std::fs::write(dir.join("agent.yaml"), agent_config + agent_yaml)?;
         let agent_args = vec!["--config".to_string(), dir.join("agent.yaml").display().to_string(), "--log-level".into(), "debug".into()];
         let mut cluster = Cluster { ns, registry, shim, cri_socket, containerd, dir, kubeconfig, node, image: "busybox:1.36".into(), control: Some(control), agent: None, agent_args, _tmp: tmp };
         cluster.start_agent()?;

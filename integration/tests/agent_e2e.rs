@@ -225,3 +225,24 @@ fn static_pods_get_mirror_pods() {
     std::fs::remove_file(&manifest).unwrap();
     c.wait_for(LONG, "the mirror pod to go", |c| c.kubectl(&["get", "pods", "-o", "name"]).is_ok_and(|o| o.is_empty())).unwrap();
 }
+
+#[test]
+#[ignore = "needs root"]
+fn pods_are_evicted_under_memory_pressure_best_effort_first() {
+    // A threshold no machine meets: the node is always under memory pressure.
+    let c = Cluster::start_custom("evict", 5207, "10.89.27.0/24", Runtime::BerthShim, "evictionHard: {memory.available: 100Ti}\n").expect("cluster");
+    let pod = |name: &str, resources: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {}\n  containers:\n  - name: c\n    image: {}\n    command: [sleep, \"1000\"]\n    resources: {resources}\n", c.node, c.image);
+    c.apply(&pod("guaranteed", "{limits: {memory: 32Mi, cpu: 100m}}")).unwrap();
+    c.apply(&pod("besteffort", "{}")).unwrap();
+    c.wait_for(LONG, "the BestEffort pod's eviction", |c| c.pod("besteffort").is_ok_and(|p| p["status"]["reason"] == "Evicted")).unwrap();
+    let p = c.pod("besteffort").unwrap();
+    assert_eq!(p["status"]["phase"], "Failed");
+    assert!(p["status"]["message"].as_str().unwrap_or_default().contains("low on resource: memory"), "{}", p["status"]);
+    let g = c.pod("guaranteed").unwrap();
+    assert_ne!(g["status"]["reason"], "Evicted", "BestEffort goes first");
+    let events = c.kubectl(&["get", "events", "--field-selector", "involvedObject.name=besteffort,reason=Evicted", "-o", "name"]).unwrap();
+    assert!(!events.is_empty(), "an Evicted event");
+    // The evicted pod stays down (no containers come back), even for a restarted agent.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.pod("besteffort").unwrap()["status"]["phase"], "Failed");
+}
