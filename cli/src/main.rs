@@ -30,18 +30,12 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// What `up` and `join` share.
+/// What `up`, `join` and `install` share.
 #[derive(Args, Clone)]
-struct NodeArgs {
-    /// Everything durable: store, PKI, images, configuration, logs.
-    #[arg(long, default_value = "/var/lib/berth")]
-    data_dir: PathBuf,
-    /// Per-boot state: the CRI socket, pid files, CNI records, pinned network namespaces.
-    #[arg(long, default_value = "/run/berth")]
-    run_dir: PathBuf,
+struct CommonArgs {
     #[arg(long, value_enum, default_value = "bridge")]
     network: Network,
-    /// This node's name (default: the host name; `join`: from the kubeconfig).
+    /// This node's name (default: the host name; with a node kubeconfig: its user's).
     #[arg(long)]
     node_name: Option<String>,
     /// This node's InternalIP (default: the default route's source address, else 127.0.0.1).
@@ -58,6 +52,19 @@ struct NodeArgs {
     /// Where Berth's binaries are (default: next to this one, then /usr/local/bin, /opt/cni/bin).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+}
+
+/// What `up` and `join` share.
+#[derive(Args, Clone)]
+struct NodeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Everything durable: store, PKI, images, configuration, logs.
+    #[arg(long, default_value = "/var/lib/berth")]
+    data_dir: PathBuf,
+    /// Per-boot state: the CRI socket, pid files, CNI records, pinned network namespaces.
+    #[arg(long, default_value = "/run/berth")]
+    run_dir: PathBuf,
     /// The static busybox the busybox image is made of (Debian's busybox-static).
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
@@ -114,22 +121,10 @@ enum Cmd {
         /// A worker's node kubeconfig.
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
-        #[arg(long)]
-        node_name: Option<String>,
-        #[arg(long)]
-        node_ip: Option<String>,
         #[arg(long, default_value = "0.0.0.0:6443")]
         listen: String,
-        #[arg(long, default_value = "10.244.0.0/16")]
-        cluster_cidr: String,
-        #[arg(long, value_enum, default_value = "bridge")]
-        network: Network,
-        #[arg(long, default_value = "127.0.0.1:5000")]
-        registry: String,
-        #[arg(long, default_value = "/berth")]
-        cgroup_root: String,
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
+        #[command(flatten)]
+        common: CommonArgs,
     },
     /// Serve the OCI image layouts under --dir read-only (seeding busybox:latest).
     Registry {
@@ -165,17 +160,18 @@ enum Cmd {
 }
 
 fn up_options(n: NodeArgs, listen: SocketAddr, join: Option<PathBuf>) -> up::UpOptions {
+    let c = n.common;
     up::UpOptions {
         data_dir: n.data_dir,
         run_dir: n.run_dir,
-        network: n.network,
+        network: c.network,
         listen,
-        node_name: n.node_name,
-        node_ip: n.node_ip,
-        cluster_cidr: n.cluster_cidr,
-        registry: n.registry,
-        cgroup_root: n.cgroup_root,
-        bin_dir: n.bin_dir,
+        node_name: c.node_name,
+        node_ip: c.node_ip,
+        cluster_cidr: c.cluster_cidr,
+        registry: c.registry,
+        cgroup_root: c.cgroup_root,
+        bin_dir: c.bin_dir,
         busybox: n.busybox,
         bridge: n.bridge,
         underlay_device: n.underlay_device,
@@ -215,9 +211,19 @@ fn main() -> anyhow::Result<()> {
             require_root()?;
             rt()?.block_on(down::run(&data_dir, purge))
         }
-        Cmd::Install { root, control, kubeconfig, node_name, node_ip, listen, cluster_cidr, network, registry, cgroup_root, bin_dir } => {
-            install::run(&install::InstallOptions { root, control, kubeconfig, node_name, node_ip, listen, cluster_cidr, network, registry, cgroup_root, bin_dir })
-        }
+        Cmd::Install { root, control, kubeconfig, listen, common: c } => install::run(&install::InstallOptions {
+            root,
+            control,
+            kubeconfig,
+            node_name: c.node_name,
+            node_ip: c.node_ip,
+            listen,
+            cluster_cidr: c.cluster_cidr,
+            network: c.network,
+            registry: c.registry,
+            cgroup_root: c.cgroup_root,
+            bin_dir: c.bin_dir,
+        }),
         Cmd::Registry { dir, listen, busybox } => {
             let layout = dir.join("library/busybox");
             if !layout.join("index.json").exists() {

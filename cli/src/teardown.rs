@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use berth_agent::cri::{GrpcRuntime, Runtime};
+use berth_runtime::cgroups::unescape;
 use serde::{Deserialize, Serialize};
 
 use crate::layout::Layout;
@@ -112,39 +113,20 @@ fn under(path: &str, root: &str) -> bool {
     !root.is_empty() && (path == root || path.starts_with(&format!("{root}/")))
 }
 
-/// One line of /proc/self/mountinfo: mount point and file system type.
-pub fn mounts() -> Vec<(PathBuf, String, String)> {
+/// Every mount point of this mount namespace.
+fn mount_points() -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines().filter_map(parse_mountinfo).collect()
+    text.lines().filter_map(mount_point).collect()
 }
 
-/// (mount point, fs type, root within the fs).
-fn parse_mountinfo(line: &str) -> Option<(PathBuf, String, String)> {
-    let fields: Vec<&str> = line.split(' ').collect();
-    let sep = fields.iter().position(|f| *f == "-")?;
-    Some((PathBuf::from(unescape(fields.get(4)?)), fields.get(sep + 1)?.to_string(), unescape(fields.get(3)?)))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The mount point (fifth field) of a mountinfo line.
+fn mount_point(line: &str) -> Option<PathBuf> {
+    line.split(' ').nth(4).map(|m| PathBuf::from(unescape(m)))
 }
 
 /// Mount points at or below any of `dirs`.
 pub fn mounts_under(dirs: &[&Path]) -> Vec<PathBuf> {
-    mounts().into_iter().map(|(m, _, _)| m).filter(|m| dirs.iter().any(|d| m.starts_with(d))).collect()
+    mount_points().into_iter().filter(|m| dirs.iter().any(|d| m.starts_with(d))).collect()
 }
 
 fn unmount_under(dirs: &[&Path], errors: &mut Vec<String>) {
@@ -200,7 +182,8 @@ pub fn cgroup_dirs(root: &str) -> Vec<PathBuf> {
     if rel.is_empty() {
         return Vec::new();
     }
-    mounts().into_iter().filter(|(_, fs, _)| fs == "cgroup" || fs == "cgroup2").map(|(m, _, _)| m.join(rel)).filter(|d| d.is_dir()).collect()
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    berth_runtime::cgroups::Layout::from_mountinfo(&info).hierarchies.into_iter().map(|h| h.mountpoint.join(rel)).filter(|d| d.is_dir()).collect()
 }
 
 fn remove_cgroups(root: &str, errors: &mut Vec<String>) {
@@ -244,11 +227,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_lines_are_parsed_and_unescaped() {
+    fn mount_points_are_unescaped() {
         let l = "36 35 98:0 /mnt1 /mnt\\040two rw,noatime master:1 - ext3 /dev/root rw,errors=continue";
-        assert_eq!(parse_mountinfo(l), Some((PathBuf::from("/mnt two"), "ext3".into(), "/mnt1".into())));
-        let c = "40 30 0:35 / /sys/fs/cgroup/memory rw shared:17 - cgroup cgroup rw,memory";
-        assert_eq!(parse_mountinfo(c).unwrap().1, "cgroup");
+        assert_eq!(mount_point(l), Some(PathBuf::from("/mnt two")));
     }
 
     #[test]
