@@ -113,7 +113,8 @@ impl Layout {
     }
 }
 
-fn unescape(s: &str) -> String {
+/// Undoes mountinfo's octal escapes (the kernel escapes space, tab, newline and backslash).
+pub fn unescape(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 

@@ -1,0 +1,228 @@
+//! The configuration files a node runs on, as pure functions of their settings: berth-shim's
+//! shim.toml, berth-agent's agent.yaml, the registries.conf that mirrors docker.io to the local
+//! image registry, and the CNI conflist (berth-bridge or berth-vxlan, berth-host-local,
+//! berth-portmap). `berth up` and `berth install` write the same files with different paths.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+/// TOML and YAML both read a JSON string literal as a string: one quoting for both.
+fn q(s: impl AsRef<str>) -> String {
+    serde_json::to_string(s.as_ref()).expect("strings serialise")
+}
+
+fn p(path: &std::path::Path) -> String {
+    q(path.to_string_lossy())
+}
+
+/// berth-shim's settings (see shim/src/config.rs for their meaning).
+#[derive(Debug, Clone)]
+pub struct ShimSettings {
+    pub listen: PathBuf,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub image_dir: PathBuf,
+    pub registries: PathBuf,
+    pub cgroup_parent: String,
+    /// Empty: next to berth-shim.
+    pub monitor: PathBuf,
+    pub pause: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dir: PathBuf,
+    pub cni_cache_dir: PathBuf,
+}
+
+pub fn shim_toml(s: &ShimSettings) -> String {
+    format!(
+        "# berth-shim configuration (every key: shim/src/config.rs)\nlisten = {}\nstate_dir = {}\nrun_dir = {}\nimage_dir = {}\nregistries = {}\ncgroup_parent = {}\nmonitor = {}\npause = {}\n\n[cni]\nconf_dir = {}\nbin_dirs = [{}]\ncache_dir = {}\n",
+        p(&s.listen),
+        p(&s.state_dir),
+        p(&s.run_dir),
+        p(&s.image_dir),
+        p(&s.registries),
+        q(&s.cgroup_parent),
+        p(&s.monitor),
+        p(&s.pause),
+        p(&s.cni_conf_dir),
+        p(&s.cni_bin_dir),
+        p(&s.cni_cache_dir),
+    )
+}
+
+/// berth-agent's settings (see agent/src/config.rs).
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub node_name: String,
+    pub kubeconfig: PathBuf,
+    pub socket: PathBuf,
+    pub root_dir: PathBuf,
+    pub pod_logs_dir: PathBuf,
+    pub static_pod_path: PathBuf,
+    pub cgroup_root: String,
+    pub node_ip: Option<String>,
+}
+
+pub fn agent_yaml(a: &AgentSettings) -> String {
+    let mut y = format!(
+        "# berth-agent configuration (every key: agent/src/config.rs)\nnodeName: {}\nkubeconfig: {}\ncontainerRuntimeEndpoint: {}\nrootDir: {}\npodLogsDir: {}\nstaticPodPath: {}\ncgroupRoot: {}\n",
+        q(&a.node_name),
+        p(&a.kubeconfig),
+        q(format!("unix://{}", a.socket.display())),
+        p(&a.root_dir),
+        p(&a.pod_logs_dir),
+        p(&a.static_pod_path),
+        q(&a.cgroup_root),
+    );
+    if let Some(ip) = &a.node_ip {
+        y.push_str(&format!("nodeIP: {}\n", q(ip)));
+    }
+    y
+}
+
+/// docker.io (where `busybox` means `docker.io/library/busybox`) mirrored to the node's local
+/// registry over plain http; a name that is not there falls through to docker.io.
+pub fn registries_conf(local: &str) -> String {
+    format!(
+        "# containers-registries.conf(5) v2, read by berth-shim\nunqualified-search-registries = [\"docker.io\"]\n\n[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = {l}\ninsecure = true\n\n[[registry]]\nlocation = {l}\ninsecure = true\n",
+        l = q(local)
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Network {
+    /// Pods on a Linux bridge; one node (or nodes routed some other way).
+    Bridge,
+    /// berth-vxlan: the bridge plus a VXLAN overlay to other nodes' pod subnets.
+    Vxlan,
+}
+
+/// The pod network of one node.
+#[derive(Debug, Clone)]
+pub struct NetSettings {
+    pub network: Network,
+    /// This node's pod subnet (its podCIDR).
+    pub pod_cidr: String,
+    pub cluster_cidr: String,
+    pub bridge: String,
+    /// berth-bridge records and the host-local store; None: the plugins' defaults (/run/berth/cni).
+    pub state_dir: Option<PathBuf>,
+    /// VXLAN only: the underlay interface (None: the plugin's default-route guess).
+    pub underlay_device: Option<String>,
+    pub peers_file: Option<PathBuf>,
+}
+
+pub fn conflist(n: &NetSettings) -> Value {
+    let mut ipam = json!({"type": "berth-host-local", "ranges": [[{"subnet": n.pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}]});
+    let mut main = match n.network {
+        Network::Bridge => json!({
+            "type": "berth-bridge", "bridge": n.bridge, "isDefaultGateway": true, "ipMasq": true,
+            "hairpinMode": true, "ipMasqExclude": [n.cluster_cidr],
+        }),
+        Network::Vxlan => {
+            let mut v = json!({"type": "berth-vxlan", "bridge": n.bridge, "clusterCIDR": n.cluster_cidr, "ipMasq": true, "hairpinMode": true});
+            if let Some(d) = &n.underlay_device {
+                v["underlayDevice"] = json!(d);
+            }
+            if let Some(f) = &n.peers_file {
+                v["peersFile"] = json!(f);
+            }
+            v
+        }
+    };
+    if let Some(dir) = &n.state_dir {
+        main["stateDir"] = json!(dir);
+        ipam["dataDir"] = json!(dir.join("networks"));
+    }
+    main["ipam"] = ipam;
+    json!({
+        "cniVersion": "1.1.0",
+        "name": "berth",
+        "plugins": [main, {"type": "berth-portmap", "capabilities": {"portMappings": true}}],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(network: Network) -> NetSettings {
+        NetSettings {
+            network,
+            pod_cidr: "10.244.0.0/24".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            bridge: "berth0".into(),
+            state_dir: Some("/run/x/cni".into()),
+            underlay_device: Some("eth0".into()),
+            peers_file: Some("/run/x/peers.json".into()),
+        }
+    }
+
+    #[test]
+    fn bridge_conflist_uses_berth_plugins_and_the_node_subnet() {
+        let c = conflist(&net(Network::Bridge));
+        let types: Vec<&str> = c["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["berth-bridge", "berth-portmap"]);
+        let b = &c["plugins"][0];
+        assert_eq!(b["ipam"]["type"], "berth-host-local");
+        assert_eq!(b["ipam"]["ranges"][0][0]["subnet"], "10.244.0.0/24");
+        assert_eq!(b["ipam"]["dataDir"], "/run/x/cni/networks");
+        assert_eq!(b["stateDir"], "/run/x/cni");
+        assert!(b.get("underlayDevice").is_none());
+    }
+
+    #[test]
+    fn vxlan_conflist_names_underlay_cluster_and_peers() {
+        let c = conflist(&net(Network::Vxlan));
+        let v = &c["plugins"][0];
+        assert_eq!(v["type"], "berth-vxlan");
+        assert_eq!(v["underlayDevice"], "eth0");
+        assert_eq!(v["clusterCIDR"], "10.244.0.0/16");
+        assert_eq!(v["peersFile"], "/run/x/peers.json");
+    }
+
+    #[test]
+    fn shim_toml_parses_as_toml_with_quoted_paths() {
+        let s = ShimSettings {
+            listen: "/run/b \"x\"/cri.sock".into(),
+            state_dir: "/s".into(),
+            run_dir: "/r".into(),
+            image_dir: "/i".into(),
+            registries: "/e/registries.conf".into(),
+            cgroup_parent: "/berth".into(),
+            monitor: "".into(),
+            pause: "/bin/berth-pause".into(),
+            cni_conf_dir: "/n".into(),
+            cni_bin_dir: "/opt/cni/bin".into(),
+            cni_cache_dir: "/c".into(),
+        };
+        let text = shim_toml(&s);
+        assert!(text.contains("listen = \"/run/b \\\"x\\\"/cri.sock\""), "{text}");
+        assert!(text.contains("bin_dirs = [\"/opt/cni/bin\"]"), "{text}");
+        assert!(text.contains("monitor = \"\""), "{text}");
+    }
+
+    #[test]
+    fn agent_yaml_has_the_node_and_endpoint() {
+        let a = AgentSettings {
+            node_name: "n1".into(),
+            kubeconfig: "/k".into(),
+            socket: "/run/berth/cri.sock".into(),
+            root_dir: "/a".into(),
+            pod_logs_dir: "/l".into(),
+            static_pod_path: "/m".into(),
+            cgroup_root: "/berth".into(),
+            node_ip: Some("10.0.0.1".into()),
+        };
+        let y = agent_yaml(&a);
+        assert!(y.contains("nodeName: \"n1\"\n"));
+        assert!(y.contains("containerRuntimeEndpoint: \"unix:///run/berth/cri.sock\"\n"));
+        assert!(y.ends_with("nodeIP: \"10.0.0.1\"\n"));
+    }
+
+    #[test]
+    fn registries_mirror_docker_io_to_the_local_registry() {
+        let r = registries_conf("127.0.0.1:5000");
+        assert!(r.contains("[[registry.mirror]]\nlocation = \"127.0.0.1:5000\"\ninsecure = true"));
+    }
+}
