@@ -326,6 +326,7 @@ impl<R: Runtime> Agent<R> {
             for uid in gone {
                 self.deliver_gone(&uid);
             }
+            self.remove_orphans(&live).await;
             for p in list.items {
                 self.deliver(p);
             }
@@ -439,6 +440,28 @@ impl<R: Runtime> Agent<R> {
                 }
             }
             Err(e) => tracing::warn!(pod = %name, error = %e, "creating the mirror pod"),
+        }
+    }
+
+    /// Sandboxes of pods the API no longer has (deleted while this agent was down) and that
+    /// no worker owns: stopped and removed, with their volumes.
+    async fn remove_orphans(&self, live: &HashSet<String>) {
+        let Ok(sandboxes) = self.rt.list_pod_sandboxes(HashMap::new()).await else { return };
+        let owned: HashSet<String> = self.pods.lock().expect("pods").keys().cloned().collect();
+        for sb in sandboxes {
+            let Some(uid) = sb.labels.get(spec::LABEL_POD_UID) else { continue };
+            let is_static = sb.annotations.get(crate::static_pods::ANN_SOURCE).is_some_and(|s| s == "file");
+            if live.contains(uid) || owned.contains(uid) || is_static {
+                continue;
+            }
+            tracing::info!(pod = ?sb.labels.get(spec::LABEL_POD_NAME), uid = %uid, "removing a pod the API no longer has");
+            let _ = self.rt.stop_pod_sandbox(&sb.id).await;
+            let _ = self.rt.remove_pod_sandbox(&sb.id).await;
+            let dir = self.cfg.root_dir.join("pods").join(uid);
+            let mut ghost = Pod::default();
+            ghost.metadata.uid = Some(uid.clone());
+            let _ = volumes::cleanup(&self.cfg.root_dir, &ghost);
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 

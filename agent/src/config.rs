@@ -14,7 +14,7 @@
 //! maxPods: 110
 //! systemReserved: {cpu: 100m, memory: 256Mi}
 //! kubeReserved: {}
-//! evictionHard: {memory.available: 100Mi, nodefs.available: "10%"}
+//! evictionHard: {memory.available: 100Mi, nodefs.available: 1Gi}   # "10%" style works too
 //! nodeLabels: {zone: a}
 //! registerWithTaints: [{key: dedicated, value: infra, effect: NoSchedule}]
 //! nodeStatusUpdateFrequency: 10s
@@ -109,7 +109,9 @@ impl Default for AgentConfig {
             max_pods: 110,
             system_reserved: BTreeMap::new(),
             kube_reserved: BTreeMap::new(),
-            eviction_hard: BTreeMap::from([("memory.available".into(), "100Mi".into()), ("nodefs.available".into(), "10%".into())]),
+            // kubelet's memory default; for the disk an absolute floor rather than kubelet's 10%,
+            // which on a large, well-used disk evicts every pod with many gigabytes still free.
+            eviction_hard: BTreeMap::from([("memory.available".into(), "100Mi".into()), ("nodefs.available".into(), "1Gi".into())]),
             node_labels: BTreeMap::new(),
             register_with_taints: Vec::new(),
             node_status_update_frequency: Duration::from_secs(10),

@@ -290,12 +290,12 @@ mod tests {
         let cfg = AgentConfig::default();
         let mut f = facts();
         f.memory_available = 50 << 20;
-        f.fs_available = 5 << 30;
+        f.fs_available = 512 << 20;
         f.pids_used = 950;
         f.not_ready = Some("NetworkReady=false: no CNI config".into());
         let st = node_status(&cfg, &f, Utc::now());
         assert_eq!(cond(&st, "MemoryPressure").status, "True");
-        assert_eq!(cond(&st, "DiskPressure").status, "True", "below 10% free");
+        assert_eq!(cond(&st, "DiskPressure").status, "True", "below 1 GiB free");
         assert_eq!(cond(&st, "PIDPressure").status, "True");
         let ready = cond(&st, "Ready");
         assert_eq!((ready.status.as_str(), ready.message.as_deref()), ("False", Some("NetworkReady=false: no CNI config")));
@@ -309,7 +309,7 @@ mod tests {
         f.memory_available = 10 << 20;
         assert_eq!(eviction_signal(&cfg, &f), Some(("memory", 10 << 20)));
         f.memory_available = 4 << 30;
-        f.fs_available = 1 << 30;
+        f.fs_available = 100 << 20;
         assert_eq!(eviction_signal(&cfg, &f).map(|s| s.0), Some("ephemeral-storage"));
     }
 

@@ -169,7 +169,8 @@ pub fn filter(pod: &Value, node: &Value, used: &HashMap<String, i64>, ports: &Ha
     None
 }
 
-/// Higher is better: preferred node affinity weights, then the least requested cpu+memory share.
+/// Higher is better: preferred node affinity weights, then the least requested cpu+memory share
+/// (the caller subtracts the spreading penalties).
 fn score(pod: &Value, node: &Value, used: &HashMap<String, i64>) -> i64 {
     let mut s = 0;
     for p in pod["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"].as_array().into_iter().flatten() {
@@ -213,6 +214,21 @@ impl Scheduler {
             }
             ports.entry(node.to_string()).or_default().extend(host_ports(&p["spec"]));
         }
+        // Spreading (kube-scheduler's default topology spread and balanced allocation, simply):
+        // pods per node, and per node and owner.
+        let owner = |p: &Value| p["metadata"]["ownerReferences"][0]["uid"].as_str().map(str::to_string);
+        let mut per_node: HashMap<String, (i64, HashMap<String, i64>)> = HashMap::new();
+        for p in pods.iter().filter(|p| pod_active(p)) {
+            let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+            if node.is_empty() {
+                continue;
+            }
+            let e = per_node.entry(node.to_string()).or_default();
+            e.0 += 1;
+            if let Some(o) = owner(p) {
+                *e.1.entry(o).or_default() += 1;
+            }
+        }
         let mut retry = false;
         for pod in pending {
             let mut reasons: HashMap<&'static str, usize> = HashMap::new();
@@ -224,7 +240,8 @@ impl Scheduler {
                 match filter(pod, n, used.get(name).unwrap_or(&empty), ports.get(name).unwrap_or(&empty_ports)) {
                     Some(why) => *reasons.entry(why).or_default() += 1,
                     None => {
-                        let s = score(pod, n, used.get(name).unwrap_or(&empty));
+                        let (total, owners) = per_node.get(name).map(|(t, o)| (*t, o.get(&owner(pod).unwrap_or_default()).copied().unwrap_or(0))).unwrap_or((0, 0));
+                        let s = score(pod, n, used.get(name).unwrap_or(&empty)) - owners * 20 - total;
                         if best.is_none_or(|(b, _)| s > b) {
                             best = Some((s, n));
                         }
@@ -242,6 +259,11 @@ impl Scheduler {
                                 *u.entry(k).or_default() += v;
                             }
                             ports.entry(node.clone()).or_default().extend(host_ports(&pod["spec"]));
+                            let e = per_node.entry(node.clone()).or_default();
+                            e.0 += 1;
+                            if let Some(o) = owner(pod) {
+                                *e.1.entry(o).or_default() += 1;
+                            }
                             super::record_event(&self.reg, pod, "Normal", "Scheduled", &format!("Successfully assigned {}/{name} to {node}", ns.unwrap_or_default()), "default-scheduler").await;
                         }
                         Err(e) if e.code == 404 || e.code == 409 => {}
