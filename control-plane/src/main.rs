@@ -13,6 +13,7 @@ use berth_control::api::registry::{FieldValidation, Registry};
 use berth_control::api::{resources, Api};
 use berth_control::auth::Authenticator;
 use berth_control::controllers::{self, Settings};
+use berth_control::kubelet::KubeletClient;
 use berth_control::pki::Pki;
 use berth_control::store::{Embedded, EmbeddedOptions, Store};
 
@@ -115,6 +116,7 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         authn: Authenticator { bootstrap_token: pki.bootstrap_token.clone() },
         server_addr: addr.to_string(),
         bookmark_every: a.bookmark_interval,
+        kubelet: KubeletClient::new(&pki.kubelet_client).context("the kubelet client")?,
     });
     controllers::start_all(&reg, &Settings {
         cluster_cidr: a.cluster_cidr.clone(),

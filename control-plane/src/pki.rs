@@ -1,5 +1,6 @@
 //! The control plane's PKI: on first start a CA, the serving certificate, the admin client
-//! certificate and kubeconfig and a bootstrap token; client certificates for nodes later.
+//! certificate and kubeconfig, the kubelet client certificate (berth-control's identity towards
+//! node agents) and a bootstrap token; client certificates for nodes later.
 //! Everything lives in one directory (mode 0700), keys are written 0600.
 
 use std::net::IpAddr;
@@ -39,6 +40,9 @@ pub struct Pki {
     ca_key: KeyPair,
     pub serving_cert_pem: String,
     pub serving_key_pem: String,
+    /// berth-control's client certificate towards node agents (logs/exec/attach/port-forward):
+    /// CN [`KUBELET_CLIENT_CN`], O `system:masters`.
+    pub kubelet_client: ClientCert,
     pub bootstrap_token: String,
 }
 
@@ -49,6 +53,9 @@ pub struct ClientCert {
 }
 
 const CA_CN: &str = "berth-ca";
+/// The user berth-control is when it calls a node's agent (kube-apiserver's
+/// `--kubelet-client-certificate`); agents accept CA-signed client certificates of non-nodes.
+pub const KUBELET_CLIENT_CN: &str = "berth-control:kubelet-client";
 
 fn ca_params() -> CertificateParams {
     let mut p = CertificateParams::default();
@@ -91,6 +98,7 @@ impl Pki {
             ca_key,
             serving_cert_pem: String::new(),
             serving_key_pem: String::new(),
+            kubelet_client: ClientCert { cert_pem: String::new(), key_pem: String::new() },
             bootstrap_token: String::new(),
         };
         if !srv_cert.exists() || !srv_key.exists() {
@@ -100,6 +108,16 @@ impl Pki {
         }
         pki.serving_cert_pem = std::fs::read_to_string(&srv_cert).map_err(io(&srv_cert))?;
         pki.serving_key_pem = std::fs::read_to_string(&srv_key).map_err(io(&srv_key))?;
+        let (kc_cert, kc_key) = (dir.join("kubelet-client.crt"), dir.join("kubelet-client.key"));
+        if !kc_cert.exists() || !kc_key.exists() {
+            let c = pki.issue_client(KUBELET_CLIENT_CN, &["system:masters"])?;
+            write_private(&kc_key, &c.key_pem)?;
+            write_file(&kc_cert, &c.cert_pem)?;
+        }
+        pki.kubelet_client = ClientCert {
+            cert_pem: std::fs::read_to_string(&kc_cert).map_err(io(&kc_cert))?,
+            key_pem: std::fs::read_to_string(&kc_key).map_err(io(&kc_key))?,
+        };
         let tok = dir.join("bootstrap-token");
         if !tok.exists() {
             let t = format!("{}.{}", random_token(6), random_token(16));
@@ -232,6 +250,9 @@ mod tests {
         assert_eq!(a.serving_cert_pem, b.serving_cert_pem);
         assert_eq!(a.bootstrap_token, b.bootstrap_token);
         assert_eq!(a.bootstrap_token.len(), 23);
+        assert_eq!(a.kubelet_client.cert_pem, b.kubelet_client.cert_pem);
+        let kc = crate::auth::cert_subject(&crate::auth::pem_to_der(&a.kubelet_client.cert_pem).unwrap()).unwrap();
+        assert_eq!(kc, (KUBELET_CLIENT_CN.to_string(), vec!["system:masters".to_string()]));
         let c = b.issue_client("system:node:n1", &["system:nodes"]).unwrap();
         let der = crate::auth::pem_to_der(&c.cert_pem).unwrap();
         let subj = crate::auth::cert_subject(&der).unwrap();

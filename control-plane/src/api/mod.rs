@@ -5,6 +5,7 @@ pub mod authz;
 pub mod discovery;
 pub mod kinds;
 pub mod patch;
+pub mod proxy;
 pub mod registry;
 pub mod resources;
 pub mod selector;
@@ -40,6 +41,8 @@ pub struct Api {
     /// host:port clients reach us at (for /api's serverAddressByClientCIDRs).
     pub server_addr: String,
     pub bookmark_every: Duration,
+    /// Reaches node agents for logs/exec/attach/port-forward and nodes/proxy.
+    pub kubelet: crate::kubelet::KubeletClient,
 }
 
 /// A parsed resource request.
@@ -129,9 +132,15 @@ impl Api {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = std::time::Instant::now();
+        let user = self.authn.authenticate(cert.as_deref(), req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+        if let Some(t) = proxy::match_path(req.uri().path()) {
+            let (method, path) = (req.method().clone(), req.uri().path().to_string());
+            let resp = proxy::handle(&self, req, t, user.as_ref()).await.unwrap_or_else(|e| error_response(&e));
+            tracing::debug!(%method, %path, user = user.as_ref().map(|u| u.name.as_str()), status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "proxied request");
+            return resp;
+        }
         let (parts, body) = req.into_parts();
         let h = |n: header::HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        let user = self.authn.authenticate(cert.as_deref(), parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return error_response(&ApiError { code: 413, reason: "RequestEntityTooLarge", message: format!("request body: {e}"), details: None }),

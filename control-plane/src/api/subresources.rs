@@ -1,5 +1,5 @@
 //! Subresources other than status: scale (deployments, replicasets), binding and eviction
-//! (pods); log/exec/attach/portforward answer 503 until the node agent serves them.
+//! (pods). log/exec/attach/portforward are proxied to the node's agent by `super::proxy`.
 
 use http::Method;
 use serde_json::{json, Value};
@@ -40,12 +40,6 @@ pub async fn handle(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&s
             }).await?;
             Ok(json_response(200, &obj))
         }
-        ("log" | "exec" | "attach" | "portforward", _) => Err(ApiError {
-            code: 503,
-            reason: "ServiceUnavailable",
-            message: format!("pods/{sub} is proxied to the node's agent, which berth-control does not do yet"),
-            details: None,
-        }),
         _ => Err(ApiError::method_not_allowed(format!("{} is not supported on {}/{sub}", req.method, r.plural))),
     }
 }

@@ -2,6 +2,8 @@
 //! driven by the real kubectl; a "node" played by the test with node credentials.
 #![allow(dead_code)]
 
+pub mod fake_kubelet;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
