@@ -272,3 +272,18 @@ fn kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume() {
     assert!(acked.iter().all(|a| added.contains(a)), "watch resumed from {start_rv} misses writes");
     c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: after-restart}\n");
 }
+
+#[test]
+fn imperative_create_with_protobuf_bodies() {
+    let c = Cluster::start();
+    c.ok(&["create", "namespace", "team"]);
+    c.ok(&["-n", "team", "create", "configmap", "settings", "--from-literal=mode=fast", "--from-literal=level=3"]);
+    c.ok(&["-n", "team", "create", "secret", "generic", "creds", "--from-literal=password=s3cret"]);
+    c.ok(&["-n", "team", "create", "serviceaccount", "robot"]);
+    let cm = c.json(&["-n", "team", "get", "configmap", "settings"]);
+    assert_eq!((cm["data"]["mode"].as_str(), cm["data"]["level"].as_str()), (Some("fast"), Some("3")));
+    let s = c.json(&["-n", "team", "get", "secret", "creds"]);
+    assert_eq!((s["data"]["password"].as_str(), s["type"].as_str()), (Some("czNjcmV0"), Some("Opaque")));
+    assert!(c.ok(&["get", "ns", "team"]).contains("Active"));
+    assert_eq!(c.json(&["-n", "team", "get", "sa", "robot"])["metadata"]["name"], "robot");
+}

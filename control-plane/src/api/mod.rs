@@ -5,6 +5,7 @@ pub mod authz;
 pub mod discovery;
 pub mod kinds;
 pub mod patch;
+pub mod protobuf;
 pub mod proxy;
 pub mod registry;
 pub mod resources;
@@ -358,8 +359,8 @@ fn wants_table(accept: &str) -> bool {
 }
 
 fn parse_body(b: &Bytes) -> Result<Value, ApiError> {
-    if b.starts_with(b"k8s\0") {
-        return Err(ApiError::unsupported_media("the body is Kubernetes protobuf, which berth-control does not decode yet; send JSON"));
+    if b.starts_with(protobuf::MAGIC) {
+        return protobuf::decode(b).map_err(ApiError::unsupported_media);
     }
     serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
