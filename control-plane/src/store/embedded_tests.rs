@@ -8,50 +8,7 @@ fn open(dir: &Path) -> Arc<Embedded> {
     Embedded::open(dir, EmbeddedOptions { history: 100, snapshot_every: 1000 }).unwrap()
 }
 
-#[tokio::test]
-async fn create_update_delete_with_revision_checks() {
-    let d = tempfile::tempdir().unwrap();
-    let s = open(d.path());
-    let r1 = s.create("/p/a", b("1")).await.unwrap();
-    assert_eq!(r1, 1);
-    assert!(matches!(s.create("/p/a", b("x")).await, Err(StoreError::Exists { .. })));
-    assert!(matches!(s.update("/p/a", b("2"), Some(7)).await, Err(StoreError::Conflict { actual: 1, .. })));
-    let r2 = s.update("/p/a", b("2"), Some(r1)).await.unwrap();
-    let got = s.get("/p/a").await.unwrap().unwrap();
-    assert_eq!((got.value, got.create_rev, got.mod_rev), (b("2"), 1, r2));
-    assert!(matches!(s.update("/p/none", b("2"), None).await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(s.delete("/p/a", Some(r1)).await, Err(StoreError::Conflict { .. })));
-    let (r3, last) = s.delete("/p/a", None).await.unwrap();
-    assert_eq!((r3, last.value), (3, b("2")));
-    assert!(s.get("/p/a").await.unwrap().is_none());
-}
-
-#[tokio::test]
-async fn list_pages_by_prefix_and_at_an_older_revision() {
-    let d = tempfile::tempdir().unwrap();
-    let s = open(d.path());
-    for k in ["/p/a", "/p/b", "/p/c", "/q/a"] {
-        s.create(k, b(k)).await.unwrap();
-    }
-    let page = s.list("/p/", ListOptions { limit: Some(2), ..Default::default() }).await.unwrap();
-    assert_eq!(page.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["/p/a", "/p/b"]);
-    assert_eq!((page.remaining, page.rev), (1, 4));
-    s.update("/p/b", b("new"), None).await.unwrap();
-    s.delete("/p/c", None).await.unwrap();
-    s.create("/p/d", b("d")).await.unwrap();
-    let next = ListOptions { at: Some(4), start_after: Some("/p/b".into()), limit: Some(2) };
-    let page2 = s.list("/p/", next).await.unwrap();
-    assert_eq!(page2.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["/p/c"]);
-    assert_eq!(page2.remaining, 0);
-    let old = s.list("/p/", ListOptions { at: Some(4), ..Default::default() }).await.unwrap();
-    assert_eq!(old.items[1].value, b("/p/b"));
-    let now = s.list("/p/", ListOptions::default()).await.unwrap();
-    assert_eq!(now.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["/p/a", "/p/b", "/p/d"]);
-    assert!(matches!(
-        s.list("/p/", ListOptions { at: Some(99), ..Default::default() }).await,
-        Err(StoreError::FutureRevision { .. })
-    ));
-}
+// CRUD, lists and watches common to every backend: tests/store_contract.rs.
 
 #[tokio::test]
 async fn watch_replays_history_then_follows_and_reports_compaction() {
