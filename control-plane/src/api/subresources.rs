@@ -94,5 +94,5 @@ async fn bind(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&str>, n
 
 /// Sets spec.nodeName once and marks the pod scheduled.
 pub async fn bind_pod(api: &Api, r: &'static ResourceDef, ns: Option<&str>, name: &str, node: &str) -> Result<(), ApiError> {
-    super::super::controllers::bind(&api.reg, r, ns, name, node).await
+    super::super::controllers::bind(&api.reg, r, ns, name, node).await.map(|_| ())
 }

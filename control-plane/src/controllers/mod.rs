@@ -6,6 +6,7 @@ pub mod gc;
 pub mod job;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod sched_cache;
 pub mod scheduler;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -79,13 +80,14 @@ pub trait Reconciler: Send + Sync + 'static {
     }
 }
 
-/// Runs a reconciler until the process ends.
-pub fn spawn(reg: Registry, rec: Arc<dyn Reconciler>) {
+/// Runs a reconciler until the process ends; returns a sender that queues keys for it.
+pub fn spawn(reg: Registry, rec: Arc<dyn Reconciler>) -> mpsc::UnboundedSender<Key> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Key>();
     for r in rec.watches() {
         let (reg, rec, tx) = (reg.clone(), rec.clone(), tx.clone());
         tokio::spawn(async move { feed(reg, rec, r, tx).await });
     }
+    let kick = tx.clone();
     tokio::spawn(async move {
         let mut queue: VecDeque<Key> = VecDeque::new();
         let mut queued: HashSet<Key> = HashSet::new();
@@ -138,6 +140,7 @@ pub fn spawn(reg: Registry, rec: Arc<dyn Reconciler>) {
             }
         }
     });
+    kick
 }
 
 /// Watches one resource (all namespaces) and maps changes to keys; restarts on errors.
@@ -190,10 +193,11 @@ pub async fn record_event(reg: &Registry, obj: &Value, ty: &str, reason: &str, m
     }
 }
 
-/// Binds a pod to a node once (409 if bound elsewhere) and sets PodScheduled.
-pub async fn bind(reg: &Registry, r: &'static ResourceDef, ns: Option<&str>, name: &str, node: &str) -> Result<(), ApiError> {
+/// Binds a pod to a node once (409 if bound elsewhere) and sets PodScheduled, in one write
+/// (as kube-apiserver's binding subresource does). Returns the bound pod.
+pub async fn bind(reg: &Registry, r: &'static ResourceDef, ns: Option<&str>, name: &str, node: &str) -> Result<Value, ApiError> {
     let mut already: Option<String> = None;
-    reg.modify(r, ns, name, None, |p| {
+    let bound = reg.modify(r, ns, name, Some("binding"), |p| {
         match p["spec"]["nodeName"].as_str() {
             Some(n) if !n.is_empty() => {
                 already = Some(n.to_string());
@@ -201,6 +205,7 @@ pub async fn bind(reg: &Registry, r: &'static ResourceDef, ns: Option<&str>, nam
             }
             _ => {
                 p["spec"]["nodeName"] = json!(node);
+                set_condition(&mut p["status"], "PodScheduled", "True", "", "");
                 true
             }
         }
@@ -209,8 +214,7 @@ pub async fn bind(reg: &Registry, r: &'static ResourceDef, ns: Option<&str>, nam
     if let Some(n) = already {
         return Err(ApiError::conflict("", "pods", name, &format!("pod {name} is already assigned to node \"{n}\"")));
     }
-    reg.modify(r, ns, name, Some("status"), |p| set_condition(&mut p["status"], "PodScheduled", "True", "", "")).await?;
-    Ok(())
+    Ok(bound)
 }
 
 /// Sets a status condition; returns whether anything changed.
@@ -272,11 +276,13 @@ pub struct Settings {
 
 /// Starts every controller.
 pub fn start_all(reg: &Registry, s: &Settings) {
-    spawn(reg.clone(), Arc::new(replicaset::ReplicaSets { reg: reg.clone() }));
-    spawn(reg.clone(), Arc::new(deployment::Deployments { reg: reg.clone() }));
-    spawn(reg.clone(), Arc::new(job::Jobs { reg: reg.clone() }));
-    spawn(reg.clone(), Arc::new(scheduler::Scheduler::new(reg.clone())));
-    spawn(reg.clone(), Arc::new(gc::Collector { reg: reg.clone() }));
-    spawn(reg.clone(), Arc::new(gc::Namespaces { reg: reg.clone() }));
-    spawn(reg.clone(), Arc::new(node_lifecycle::NodeLifecycle::new(reg.clone(), s.clone())));
+    let _ = spawn(reg.clone(), Arc::new(replicaset::ReplicaSets { reg: reg.clone() }));
+    let _ = spawn(reg.clone(), Arc::new(deployment::Deployments { reg: reg.clone() }));
+    let _ = spawn(reg.clone(), Arc::new(job::Jobs { reg: reg.clone() }));
+    let sched = Arc::new(scheduler::Scheduler::new(reg.clone()));
+    let kick = spawn(reg.clone(), sched.clone());
+    sched.cache.start(reg.clone(), kick, scheduler::PASS);
+    let _ = spawn(reg.clone(), Arc::new(gc::Collector { reg: reg.clone() }));
+    let _ = spawn(reg.clone(), Arc::new(gc::Namespaces { reg: reg.clone() }));
+    let _ = spawn(reg.clone(), Arc::new(node_lifecycle::NodeLifecycle::new(reg.clone(), s.clone())));
 }
