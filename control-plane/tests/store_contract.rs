@@ -79,6 +79,28 @@ async fn lists(kind: &str) {
     assert!(matches!(future, Err(StoreError::FutureRevision { .. })), "{future:?}");
 }
 
+/// More keys than one etcd range chunk, more bytes than one gRPC message.
+async fn large_lists(kind: &str) {
+    let (s, _g) = open(kind, 100_000).await;
+    let value = Bytes::from(vec![b'v'; 4096]);
+    for chunk in (0..1300).collect::<Vec<_>>().chunks(100) {
+        let writes = chunk.iter().map(|i| {
+            let (s, v) = (s.clone(), value.clone());
+            async move { s.create(&format!("/big/{i:05}"), v).await }
+        });
+        for r in futures_util::future::join_all(writes).await {
+            r.unwrap();
+        }
+    }
+    let all = s.list("/big/", ListOptions::default()).await.unwrap();
+    assert_eq!((all.items.len(), all.remaining), (1300, 0));
+    assert!(all.items.windows(2).all(|w| w[0].key < w[1].key));
+    let page = s.list("/big/", ListOptions { limit: Some(1100), ..Default::default() }).await.unwrap();
+    assert_eq!((page.items.len(), page.remaining, page.items[1099].key.as_str()), (1100, 200, "/big/01099"));
+    let rest = s.list("/big/", ListOptions { at: Some(page.rev), start_after: Some("/big/01099".into()), limit: None }).await.unwrap();
+    assert_eq!((rest.items.len(), rest.remaining, rest.rev), (200, 0, page.rev));
+}
+
 async fn watches(kind: &str) {
     let (s, _g) = open(kind, 100).await;
     let r1 = s.create("/p/a", b("1")).await.unwrap();
@@ -129,4 +151,4 @@ macro_rules! on_both_backends {
         mod etcd { $(#[tokio::test] async fn $name() { super::$name("etcd").await })* }
     };
 }
-on_both_backends!(crud, lists, watches, compaction);
+on_both_backends!(crud, lists, large_lists, watches, compaction);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{key_of, split_key, Key, Reconciler};
+use super::{key_of, raw_has, split_key, Key, Reconciler};
 use crate::api::registry::{decode, meta_str, DeleteOpts, FieldValidation, Registry};
 use crate::store::ListOptions;
 use crate::api::resources::{self, ResourceDef, RESOURCES};
@@ -21,12 +21,13 @@ pub struct Collector {
     pub reg: Registry,
 }
 
+/// Whether an object may have owners or be deleting (the only ones GC acts on).
+fn maybe_collectable(raw: &[u8]) -> bool {
+    raw_has(raw, "ownerReferences") || raw_has(raw, "deletionTimestamp")
+}
+
 /// (owner storage key, uid) → the owner, if alive.
 type Owners = HashMap<(String, String), Option<Value>>;
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 fn has_finalizer(o: &Value, f: &str) -> bool {
     o["metadata"]["finalizers"].as_array().into_iter().flatten().any(|x| x == f)
@@ -55,7 +56,7 @@ impl Collector {
         let mut all = Vec::new();
         for r in RESOURCES.iter().filter(|r| r.namespaced && r.kind != "Event") {
             let page = self.reg.store.list(&r.prefix(None), ListOptions::default()).await?;
-            for kv in page.items.iter().filter(|kv| contains(&kv.value, b"\"ownerReferences\"") || contains(&kv.value, b"\"deletionTimestamp\"")) {
+            for kv in page.items.iter().filter(|kv| maybe_collectable(&kv.value)) {
                 all.push((r, decode(kv)?));
             }
         }
@@ -172,6 +173,9 @@ impl Reconciler for Collector {
     fn keys_for(&self, _r: &ResourceDef, obj: &Value) -> Vec<Key> {
         let interesting = !obj["metadata"]["deletionTimestamp"].is_null() || obj["metadata"]["ownerReferences"].is_array();
         if interesting { vec![SWEEP.into()] } else { vec![] }
+    }
+    fn may_concern(&self, _r: &ResourceDef, raw: &[u8]) -> bool {
+        maybe_collectable(raw)
     }
     async fn all_keys(&self) -> Vec<Key> {
         vec![SWEEP.into()]

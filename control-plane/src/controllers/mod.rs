@@ -54,6 +54,17 @@ pub fn self_or_controller(r: &ResourceDef, obj: &Value, own: &str) -> Vec<Key> {
     controller_of(obj, own).map(|(n, _)| format!("{ns}/{n}")).into_iter().collect()
 }
 
+/// Whether the raw JSON of a stored object mentions `"field"` (a cheap pre-decode test).
+pub fn raw_has(raw: &[u8], field: &str) -> bool {
+    let needle = format!("\"{field}\"");
+    raw.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// For owner-keyed controllers: their own kind, or objects with owner references.
+pub fn own_or_owned(r: &ResourceDef, own: &str, raw: &[u8]) -> bool {
+    r.kind == own || raw_has(raw, "ownerReferences")
+}
+
 /// Keys of every object of `kind`.
 pub async fn keys_of_kind(reg: &Registry, kind: &str) -> Vec<Key> {
     reg.list_all(resources::by_kind(kind), None, None).await.unwrap_or_default().iter().map(key_of).collect()
@@ -71,6 +82,11 @@ pub trait Reconciler: Send + Sync + 'static {
     fn watches(&self) -> Vec<&'static ResourceDef>;
     /// Keys to reconcile when `obj` (of resource `r`) changed.
     fn keys_for(&self, r: &ResourceDef, obj: &Value) -> Vec<Key>;
+    /// Whether a stored object may map to keys at all, judged from its raw JSON before it
+    /// is decoded (most pod events concern no owner-keyed controller).
+    fn may_concern(&self, _r: &ResourceDef, _raw: &[u8]) -> bool {
+        true
+    }
     /// All keys, for resync.
     async fn all_keys(&self) -> Vec<Key>;
     /// Reconciles one key; Some(d) asks to run again after d.
@@ -161,7 +177,7 @@ async fn feed(reg: Registry, rec: Arc<dyn Reconciler>, r: &'static ResourceDef, 
             let _ = tx.send(k);
         }
         while let Some(Ok(ev)) = w.recv().await {
-            for v in [&ev.value, &ev.prev].into_iter().flatten() {
+            for v in [&ev.value, &ev.prev].into_iter().flatten().filter(|v| rec.may_concern(r, v)) {
                 if let Ok(obj) = serde_json::from_slice::<Value>(v) {
                     for k in rec.keys_for(r, &obj) {
                         if tx.send(k).is_err() {

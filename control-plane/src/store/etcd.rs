@@ -16,6 +16,11 @@ use tokio::sync::mpsc;
 
 use super::{Event, KeyValue, ListOptions, ListResult, Result, Rev, Store, StoreError, WatchStream};
 
+/// Keys read per range request.
+const LIST_CHUNK: usize = 1000;
+/// Largest gRPC response accepted (etcd's own request limit is 1.5 MiB per value).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct EtcdOptions {
     /// Revisions of history kept for watches and lists at older revisions.
@@ -91,7 +96,7 @@ impl Etcd {
     /// tells NotFound / Exists / Conflict apart.
     async fn txn(&self, key: &str, cond: Compare, then: TxnOp) -> Result<std::result::Result<(Rev, Vec<TxnOpResponse>), Option<KeyValue>>> {
         let t = Txn::new().when([cond]).and_then([then]).or_else([TxnOp::get(key, None)]);
-        let resp = self.client.kv_client().txn(t).await.map_err(etcd("txn"))?;
+        let resp = self.kv().txn(t).await.map_err(etcd("txn"))?;
         let rev = resp.header().map_or(0, |h| h.revision()) as Rev;
         let ops = resp.op_responses();
         if resp.succeeded() {
@@ -107,6 +112,20 @@ impl Etcd {
 
     async fn current(&self) -> Rev {
         self.revision().await.unwrap_or(0)
+    }
+
+    /// A KV client that accepts responses as large as one object can be.
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client.kv_client().max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    async fn range_error(&self, e: etcd_client::Error, at: Option<Rev>) -> StoreError {
+        let msg = e.to_string();
+        match at {
+            Some(at) if msg.contains("future revision") => StoreError::FutureRevision { requested: at, current: self.current().await },
+            Some(at) if msg.contains("compacted") => StoreError::Compacted { requested: at, compacted: self.compacted.load(Ordering::Relaxed) },
+            _ => StoreError::Etcd { op: "range", source: e },
+        }
     }
 }
 
@@ -146,7 +165,7 @@ impl Store for Etcd {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let r = self.client.kv_client().get(key, None).await.map_err(etcd("get"))?;
+        let r = self.kv().get(key, None).await.map_err(etcd("get"))?;
         Ok(r.kvs().first().map(kv_of))
     }
 
@@ -186,33 +205,34 @@ impl Store for Etcd {
         }
     }
 
+    /// Ranges are read in chunks at one revision: a single response for 10,000 pods would pass
+    /// gRPC's message size limit, and chunks bound the memory one read takes.
     async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult> {
-        let start = match &opts.start_after {
+        let mut start = match &opts.start_after {
             Some(s) if s.as_str() >= prefix => format!("{s}\0"),
             _ => prefix.to_string(),
         };
-        let mut o = GetOptions::new().with_range(prefix_end(prefix));
-        if let Some(l) = opts.limit {
-            o = o.with_limit(l as i64);
-        }
-        if let Some(at) = opts.at {
-            o = o.with_revision(at as i64);
-        }
-        let r = match self.client.kv_client().get(start, Some(o)).await {
-            Ok(r) => r,
-            Err(e) => {
-                let msg = e.to_string();
-                return Err(match opts.at {
-                    Some(at) if msg.contains("future revision") => StoreError::FutureRevision { requested: at, current: self.current().await },
-                    Some(at) if msg.contains("compacted") => StoreError::Compacted { requested: at, compacted: self.compacted.load(Ordering::Relaxed) },
-                    _ => StoreError::Etcd { op: "range", source: e },
-                });
+        let (end, want) = (prefix_end(prefix), opts.limit.unwrap_or(usize::MAX));
+        let mut at = opts.at;
+        let mut items: Vec<KeyValue> = Vec::new();
+        loop {
+            let n = (want - items.len()).min(LIST_CHUNK);
+            let mut o = GetOptions::new().with_range(end.clone()).with_limit(n as i64);
+            if let Some(at) = at {
+                o = o.with_revision(at as i64);
             }
-        };
-        let items: Vec<KeyValue> = r.kvs().iter().map(kv_of).collect();
-        let remaining = (r.count() as usize).saturating_sub(items.len());
-        let rev = opts.at.unwrap_or_else(|| r.header().map_or(0, |h| h.revision()) as Rev);
-        Ok(ListResult { items, rev, remaining })
+            let r = match self.kv().get(start.as_str(), Some(o)).await {
+                Ok(r) => r,
+                Err(e) => return Err(self.range_error(e, at).await),
+            };
+            let rev = *at.get_or_insert(r.header().map_or(0, |h| h.revision()) as Rev);
+            items.extend(r.kvs().iter().map(kv_of));
+            let left = (r.count() as usize).saturating_sub(r.kvs().len());
+            match items.last() {
+                Some(last) if left > 0 && items.len() < want => start = format!("{}\0", last.key),
+                _ => return Ok(ListResult { items, rev, remaining: left }),
+            }
+        }
     }
 
     async fn watch(&self, prefix: &str, after: Rev) -> Result<WatchStream> {
@@ -221,7 +241,7 @@ impl Store for Etcd {
             return Err(StoreError::FutureRevision { requested: after, current });
         }
         let wo = WatchOptions::new().with_prefix().with_start_revision(after as i64 + 1).with_prev_key();
-        let mut stream = self.client.watch_client().watch(prefix, Some(wo)).await.map_err(etcd("watch"))?;
+        let mut stream = self.client.watch_client().max_decoding_message_size(MAX_MESSAGE).watch(prefix, Some(wo)).await.map_err(etcd("watch"))?;
         let (tx, out) = mpsc::channel(256);
         tokio::spawn(async move {
             loop {
