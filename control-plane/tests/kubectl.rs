@@ -284,10 +284,60 @@ fn imperative_create_with_protobuf_bodies(b: Backend) {
     assert_eq!(c.json(&["-n", "team", "get", "sa", "robot"])["metadata"]["name"], "robot");
 }
 
+const DAEMONSET: &str = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      nodeSelector: {role: edge}
+      containers: [{name: c, image: "busybox:1.36"}]
+"#;
+
+fn ds_pods(c: &Cluster) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = c.json(&["get", "pods", "-l", "app=agent"])["items"].as_array().unwrap().iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| (p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(), p["spec"]["containers"][0]["image"].as_str().unwrap().to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn daemonset_runs_one_pod_per_eligible_node(b: Backend) {
+    let c = Cluster::on(b);
+    let _kubelets: Vec<Kubelet> = ["n1", "n2", "n3"].iter().map(|n| {
+        let node = c.node(n);
+        node.register();
+        Kubelet::start(node, |_| false)
+    }).collect();
+    c.ok(&["label", "node", "n1", "n2", "role=edge"]);
+    c.apply(DAEMONSET);
+    c.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    let one = |img: &str| vec![("n1".to_string(), img.to_string()), ("n2".to_string(), img.to_string())];
+    assert_eq!(ds_pods(&c), one("busybox:1.36"));
+    let ds = c.json(&["get", "ds", "agent"]);
+    assert_eq!((ds["status"]["desiredNumberScheduled"].as_i64(), ds["status"]["numberReady"].as_i64()), (Some(2), Some(2)));
+    // A rolling update replaces every pod.
+    c.ok(&["set", "image", "ds/agent", "c=busybox:1.37"]);
+    c.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    eventually(30, "old daemon pods gone", || (ds_pods(&c) == one("busybox:1.37")).then_some(()));
+    // A node that starts qualifying gets a pod; one that stops loses it.
+    c.ok(&["label", "node", "n3", "role=edge"]);
+    eventually(30, "a pod on n3", || ds_pods(&c).iter().any(|(n, _)| n == "n3").then_some(()));
+    c.ok(&["label", "node", "n1", "role-"]);
+    eventually(30, "n1's pod removed", || (ds_pods(&c).iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>() == ["n2", "n3"]).then_some(()));
+    assert!(c.ok(&["get", "ds"]).contains("agent"));
+    c.ok(&["delete", "ds", "agent"]);
+    eventually(30, "daemon pods garbage-collected", || ds_pods(&c).is_empty().then_some(()));
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),*) => {
         mod embedded { $(#[test] fn $name() { super::$name(super::Backend::Embedded) })* }
         mod etcd { $(#[test] fn $name() { super::$name(super::Backend::Etcd) })* }
     };
 }
-on_both_backends!(deployment_apply_scale_rollout_undo_describe_delete, get_watch_streams_changes, job_runs_to_completion, lease_expiry_turns_node_not_ready_and_evicts_pods, node_credentials_reach_only_their_own_pods_and_secrets, errors_are_kubernetes_status_codes, kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume, imperative_create_with_protobuf_bodies);
+on_both_backends!(deployment_apply_scale_rollout_undo_describe_delete, get_watch_streams_changes, job_runs_to_completion, lease_expiry_turns_node_not_ready_and_evicts_pods, node_credentials_reach_only_their_own_pods_and_secrets, errors_are_kubernetes_status_codes, kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume, imperative_create_with_protobuf_bodies, daemonset_runs_one_pod_per_eligible_node);

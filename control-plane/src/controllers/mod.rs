@@ -1,6 +1,7 @@
 //! Controllers: level-triggered reconcilers fed by store watches, one worker per controller (so
 //! a key is never reconciled twice at once), with periodic resync and requeue-after.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
 pub mod job;
@@ -295,6 +296,7 @@ pub fn start_all(reg: &Registry, s: &Settings) {
     let _ = spawn(reg.clone(), Arc::new(replicaset::ReplicaSets { reg: reg.clone() }));
     let _ = spawn(reg.clone(), Arc::new(deployment::Deployments { reg: reg.clone() }));
     let _ = spawn(reg.clone(), Arc::new(job::Jobs { reg: reg.clone() }));
+    let _ = spawn(reg.clone(), Arc::new(daemonset::DaemonSets { reg: reg.clone() }));
     let sched = Arc::new(scheduler::Scheduler::new(reg.clone()));
     let kick = spawn(reg.clone(), sched.clone());
     sched.cache.start(reg.clone(), kick, scheduler::PASS);

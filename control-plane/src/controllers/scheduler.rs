@@ -97,7 +97,7 @@ pub fn tolerates(tols: &Value, taint: &Value) -> Option<Option<i64>> {
     }).map(|t| t["tolerationSeconds"].as_i64())
 }
 
-fn node_selector_term_matches(term: &Value, node: &Value) -> bool {
+pub fn node_selector_term_matches(term: &Value, node: &Value) -> bool {
     let labels = crate::api::selector::labels_of(node);
     let exprs_ok = term["matchExpressions"].as_array().into_iter().flatten().all(|e| {
         let key = e["key"].as_str().unwrap_or_default();
