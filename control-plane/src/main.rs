@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(cli: &Cli) -> anyhow::Result<()> {
     let a = &cli.serve;
-    let pki = Pki::load_or_create(&cli.data_dir.join("pki"), &a.tls_san).context("setting up the PKI")?;
+    let pki = Arc::new(Pki::load_or_create(&cli.data_dir.join("pki"), &a.tls_san).context("setting up the PKI")?);
     let store: Arc<dyn Store> = if a.etcd_servers.is_empty() {
         let s = Embedded::open(&cli.data_dir.join("store"), EmbeddedOptions { history: a.watch_history, ..Default::default() })
             .context("opening the embedded store")?;
@@ -130,7 +130,7 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         cluster_cidr: a.cluster_cidr.clone(),
         node_cidr_prefix: a.node_cidr_mask_size,
         node_monitor_grace: a.node_monitor_grace_period,
-    });
+    }, pki.clone());
     tracing::info!(url = %server_url, kubeconfig = %kubeconfig.display(), "berth-control serving");
     println!("berth-control serving on {server_url}; admin kubeconfig: {}", kubeconfig.display());
     tokio::select! {

@@ -334,10 +334,69 @@ fn daemonset_runs_one_pod_per_eligible_node(b: Backend) {
     eventually(30, "daemon pods garbage-collected", || ds_pods(&c).is_empty().then_some(()));
 }
 
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A PEM certificate signing request for CN/O, and its key.
+fn signing_request(cn: &str, org: &str) -> (String, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.distinguished_name.push(rcgen::DnType::OrganizationName, org);
+    (p.serialize_request(&key).unwrap().pem().unwrap(), key)
+}
+
+fn csr_json(name: &str, req: &str) -> String {
+    serde_json::json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": name},
+        "spec": {"request": b64(req), "signerName": "kubernetes.io/kube-apiserver-client-kubelet", "usages": ["digital signature", "key encipherment", "client auth"]}}).to_string()
+}
+
+fn bootstrap_token_join_gets_a_node_certificate(b: Backend) {
+    let c = Cluster::on(b);
+    let token = std::fs::read_to_string(c.dir.path().join("pki/bootstrap-token")).unwrap().trim().to_string();
+    let admin = std::fs::read_to_string(&c.kubeconfig).unwrap();
+    let ca = admin.lines().find_map(|l| l.trim().strip_prefix("certificate-authority-data:")).unwrap().trim().to_string();
+    let kubeconfig = |file: &str, user: &str| {
+        let path = c.dir.path().join(file);
+        std::fs::write(&path, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n{user}\ncontexts:\n- name: b\n  context: {{cluster: b, user: u}}\ncurrent-context: b\n", c.url())).unwrap();
+        path
+    };
+    let boot = kubeconfig("bootstrap.kubeconfig", &format!("    token: {token}"));
+    let (req, key) = signing_request("system:node:n9", "system:nodes");
+    let o = common::kubectl_with(&boot, &["create", "-f", "-"], Some(&csr_json("node-csr-n9", &req)));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csr = eventually(20, "the CSR approved and signed", || {
+        let o = common::kubectl_with(&boot, &["get", "csr", "node-csr-n9", "-o", "json"], None);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        v["status"]["certificate"].is_string().then_some(v)
+    });
+    assert_eq!(csr["status"]["conditions"][0]["reason"], "AutoApproved");
+    assert_eq!(csr["spec"]["username"], format!("system:bootstrap:{}", token.split('.').next().unwrap()));
+    // The signed certificate is node n9's identity.
+    let cert = csr["status"]["certificate"].as_str().unwrap();
+    let n9 = common::Node { name: "n9".into(), kubeconfig: kubeconfig("n9.kubeconfig", &format!("    client-certificate-data: {cert}\n    client-key-data: {}", b64(&key.serialize_pem()))) };
+    n9.register();
+    assert!(n9.ok(&["get", "node", "n9", "-o", "name"]).contains("n9"));
+    // The token is good for nothing else.
+    let o = common::kubectl_with(&boot, &["get", "pods"], None);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("forbidden"), "{}", String::from_utf8_lossy(&o.stderr));
+    // A request for another identity waits for an admin, who may deny it.
+    let (req, _) = signing_request("mallory", "system:masters");
+    let o = common::kubectl_with(&boot, &["create", "-f", "-"], Some(&csr_json("grab-admin", &req)));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(c.ok(&["get", "csr", "grab-admin"]).contains("Pending"));
+    c.ok(&["certificate", "deny", "grab-admin"]);
+    eventually(10, "denied", || c.ok(&["get", "csr", "grab-admin"]).contains("Denied").then_some(()));
+    assert!(c.json(&["get", "csr", "grab-admin"])["status"]["certificate"].is_null());
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),*) => {
         mod embedded { $(#[test] fn $name() { super::$name(super::Backend::Embedded) })* }
         mod etcd { $(#[test] fn $name() { super::$name(super::Backend::Etcd) })* }
     };
 }
-on_both_backends!(deployment_apply_scale_rollout_undo_describe_delete, get_watch_streams_changes, job_runs_to_completion, lease_expiry_turns_node_not_ready_and_evicts_pods, node_credentials_reach_only_their_own_pods_and_secrets, errors_are_kubernetes_status_codes, kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume, imperative_create_with_protobuf_bodies, daemonset_runs_one_pod_per_eligible_node);
+on_both_backends!(deployment_apply_scale_rollout_undo_describe_delete, get_watch_streams_changes, job_runs_to_completion, lease_expiry_turns_node_not_ready_and_evicts_pods, node_credentials_reach_only_their_own_pods_and_secrets, errors_are_kubernetes_status_codes, kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume, imperative_create_with_protobuf_bodies, daemonset_runs_one_pod_per_eligible_node, bootstrap_token_join_gets_a_node_certificate);

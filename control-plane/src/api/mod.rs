@@ -205,7 +205,7 @@ impl Api {
         let fields = FieldSelector::parse(req.query.get("fieldSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
         let attrs = authz::Attrs { verb, resource: t.r, sub: t.sub.as_deref(), namespace: t.ns.as_deref(), name: t.name.as_deref(), fields: &fields };
         authz::authorize(&self.reg, user, &attrs).await?;
-        if verb == "create" && t.sub.is_none() && !user.is_admin() && t.r.kind != "Event" {
+        if verb == "create" && t.sub.is_none() && !user.is_admin() && !matches!(t.r.kind, "Event" | "CertificateSigningRequest") {
             if let Some(node) = user.node_name() {
                 // A node may create only its own Node (and its own Lease); events about its
                 // pods carry generated names.
@@ -215,10 +215,10 @@ impl Api {
                 }
             }
         }
-        self.dispatch(req, &t, verb, fields).await
+        self.dispatch(req, &t, verb, fields, user).await
     }
 
-    async fn dispatch(&self, req: &Req, t: &Target, verb: &str, fields: FieldSelector) -> Result<Response<Body>, ApiError> {
+    async fn dispatch(&self, req: &Req, t: &Target, verb: &str, fields: FieldSelector, user: &User) -> Result<Response<Body>, ApiError> {
         let (r, ns, name) = (t.r, t.ns.as_deref(), t.name.as_deref());
         if r.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
             return Err(ApiError::no_route(&req.path));
@@ -245,7 +245,16 @@ impl Api {
             "list" => self.list(req, r, ns, fields).await,
             "watch" => self.watch(req, r, ns, name, fields).await,
             "create" => {
-                let body = parse_body(&req.body)?;
+                let mut body = parse_body(&req.body)?;
+                if r.kind == "CertificateSigningRequest" {
+                    // Who asked is recorded by the server, never taken from the body.
+                    body["spec"]["username"] = json!(user.name);
+                    body["spec"]["groups"] = json!(user.groups);
+                    if let Some(s) = body["spec"].as_object_mut() {
+                        s.remove("uid");
+                        s.remove("extra");
+                    }
+                }
                 if dry_run {
                     return Err(ApiError::bad_request("dryRun create is not supported yet"));
                 }

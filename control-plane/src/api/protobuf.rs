@@ -1,6 +1,7 @@
 //! Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`) for the kinds
-//! kubectl's typed generators send that way: ConfigMap, Secret, Namespace, ServiceAccount
-//! (`kubectl create configmap|secret|namespace|serviceaccount`). The envelope is the
+//! kubectl's typed clients send that way: ConfigMap, Secret, Namespace, ServiceAccount
+//! (`kubectl create configmap|secret|namespace|serviceaccount`) and CertificateSigningRequest
+//! (`kubectl certificate approve|deny`). The envelope is the
 //! `k8s\0` magic then `runtime.Unknown`; the messages below carry just the fields those
 //! commands set (field numbers from k8s.io/api's generated.proto); prost skips the rest.
 //! Decoded bodies become JSON and follow the normal path. Responses stay JSON, which every
@@ -88,6 +89,81 @@ struct ServiceAccount {
     automount_service_account_token: Option<bool>,
 }
 
+#[derive(Clone, PartialEq, Message)]
+struct Time {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct CsrCondition {
+    #[prost(string, tag = "1")]
+    type_: String,
+    #[prost(string, tag = "2")]
+    reason: String,
+    #[prost(string, tag = "3")]
+    message: String,
+    #[prost(message, optional, tag = "4")]
+    last_update_time: Option<Time>,
+    #[prost(message, optional, tag = "5")]
+    last_transition_time: Option<Time>,
+    #[prost(string, tag = "6")]
+    status: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct CsrSpec {
+    #[prost(bytes = "vec", tag = "1")]
+    request: Vec<u8>,
+    #[prost(string, repeated, tag = "5")]
+    usages: Vec<String>,
+    #[prost(string, tag = "7")]
+    signer_name: String,
+    #[prost(int32, optional, tag = "8")]
+    expiration_seconds: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct CsrStatus {
+    #[prost(message, repeated, tag = "1")]
+    conditions: Vec<CsrCondition>,
+    #[prost(bytes = "vec", tag = "2")]
+    certificate: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Csr {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<CsrSpec>,
+    #[prost(message, optional, tag = "3")]
+    status: Option<CsrStatus>,
+}
+
+fn time(t: &Option<Time>) -> Value {
+    t.as_ref().and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0)).map_or(Value::Null, |d| json!(d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+}
+
+fn csr_json(m: Csr) -> Map<String, Value> {
+    let mut o = with_meta(m.metadata);
+    let spec = m.spec.unwrap_or_default();
+    let mut s = json!({"request": b64(&spec.request), "signerName": spec.signer_name, "usages": spec.usages});
+    if let Some(e) = spec.expiration_seconds {
+        s["expirationSeconds"] = json!(e);
+    }
+    o.insert("spec".into(), s);
+    let st = m.status.unwrap_or_default();
+    let conds: Vec<Value> = st.conditions.iter().map(|c| json!({"type": c.type_, "status": c.status, "reason": c.reason, "message": c.message,
+        "lastUpdateTime": time(&c.last_update_time), "lastTransitionTime": time(&c.last_transition_time)})).collect();
+    let mut status = json!({"conditions": conds});
+    if !st.certificate.is_empty() {
+        status["certificate"] = json!(b64(&st.certificate));
+    }
+    o.insert("status".into(), status);
+    o
+}
+
 /// Decodes a protobuf body into the JSON the API takes. Err is a message for a 415/400.
 pub fn decode(body: &[u8]) -> Result<Value, String> {
     let rest = body.strip_prefix(MAGIC).ok_or("not a Kubernetes protobuf body")?;
@@ -128,7 +204,8 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             }
             o
         }
-        (v, k) => return Err(format!("protobuf bodies are decoded for v1 ConfigMap, Secret, Namespace and ServiceAccount only (got {v} {k}); send JSON")),
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => csr_json(Csr::decode(raw).map_err(bad)?),
+        (v, k) => return Err(format!("protobuf bodies are decoded for v1 ConfigMap, Secret, Namespace, ServiceAccount and CertificateSigningRequest only (got {v} {k}); send JSON")),
     };
     obj.insert("apiVersion".into(), json!(tm.api_version));
     obj.insert("kind".into(), json!(tm.kind));
@@ -183,6 +260,10 @@ mod tests {
         let v = decode(&envelope("Secret", s.encode_to_vec())).unwrap();
         assert_eq!(v["data"]["p"], "cHc=");
         assert_eq!(v["type"], "Opaque");
+        let csr = Csr { status: Some(CsrStatus { conditions: vec![CsrCondition { type_: "Approved".into(), status: "True".into(), reason: "KubectlApprove".into(), last_update_time: Some(Time { seconds: 0 }), ..Default::default() }], certificate: vec![] }), ..Default::default() };
+        let u = Unknown { type_meta: Some(TypeMeta { api_version: "certificates.k8s.io/v1".into(), kind: "CertificateSigningRequest".into() }), raw: csr.encode_to_vec() };
+        let v = decode(&[MAGIC.to_vec(), u.encode_to_vec()].concat()).unwrap();
+        assert_eq!(v["status"]["conditions"][0], json!({"type": "Approved", "status": "True", "reason": "KubectlApprove", "message": "", "lastUpdateTime": "1970-01-01T00:00:00Z", "lastTransitionTime": null}));
         let e = decode(&envelope("Pod", vec![])).unwrap_err();
         assert!(e.contains("got v1 Pod"), "{e}");
         assert!(decode(b"k8s\0\xff\xff").is_err());

@@ -30,6 +30,17 @@ pub async fn handle(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&s
             api.reg.delete(r, ns, name, &opts).await?;
             Ok(json_response(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
         }
+        ("approval", &Method::PUT) => {
+            // `kubectl certificate approve|deny`: the conditions are all this writes.
+            let body = parse_body(&req.body)?;
+            let conds = body["status"]["conditions"].clone();
+            let obj = api.reg.modify(r, ns, name, Some("status"), |o| {
+                let changed = o["status"]["conditions"] != conds;
+                o["status"]["conditions"] = conds.clone();
+                changed
+            }).await?;
+            Ok(json_response(200, &obj))
+        }
         ("finalize", &Method::PUT) => {
             let body = parse_body(&req.body)?;
             let fins = body["spec"]["finalizers"].clone();

@@ -1,6 +1,7 @@
 //! Controllers: level-triggered reconcilers fed by store watches, one worker per controller (so
 //! a key is never reconciled twice at once), with periodic resync and requeue-after.
 
+pub mod csr;
 pub mod daemonset;
 pub mod deployment;
 pub mod gc;
@@ -291,8 +292,9 @@ pub struct Settings {
     pub node_monitor_grace: Duration,
 }
 
-/// Starts every controller.
-pub fn start_all(reg: &Registry, s: &Settings) {
+/// Starts every controller; `pki` signs the client certificates nodes ask for.
+pub fn start_all(reg: &Registry, s: &Settings, pki: Arc<crate::pki::Pki>) {
+    let _ = spawn(reg.clone(), Arc::new(csr::Csrs { reg: reg.clone(), pki }));
     let _ = spawn(reg.clone(), Arc::new(replicaset::ReplicaSets { reg: reg.clone() }));
     let _ = spawn(reg.clone(), Arc::new(deployment::Deployments { reg: reg.clone() }));
     let _ = spawn(reg.clone(), Arc::new(job::Jobs { reg: reg.clone() }));
