@@ -52,7 +52,6 @@ struct State {
     compacted: Rev,
     data: BTreeMap<String, Entry>,
     history: VecDeque<Arc<Event>>,
-    log: File,
     log_records: usize,
 }
 
@@ -60,6 +59,8 @@ pub struct Embedded {
     dir: PathBuf,
     opts: EmbeddedOptions,
     state: Mutex<State>,
+    /// The log file: written only by the committer, outside the state lock.
+    log: Mutex<File>,
     events: broadcast::Sender<Arc<Event>>,
     /// To the committer thread, which ends when this store is dropped.
     writes: std_mpsc::Sender<WriteReq>,
@@ -106,18 +107,18 @@ impl Embedded {
             compacted: 0,
             data: BTreeMap::new(),
             history: VecDeque::new(),
-            log: open_log(&dir.join(LOG))?,
             log_records: 0,
         };
+        let log = open_log(&dir.join(LOG))?;
         let snap = dir.join(SNAP);
         if snap.exists() {
             load_snapshot(&snap, &mut st)?;
         }
-        replay_log(&dir.join(LOG), &mut st, opts.history)?;
+        replay_log(&dir.join(LOG), &log, &mut st, opts.history)?;
         let (events, _) = broadcast::channel(4096);
         tracing::info!(dir = %dir.display(), rev = st.rev, keys = st.data.len(), "embedded store opened");
         let (writes, rx) = std_mpsc::channel();
-        let me = Arc::new(Embedded { dir: dir.to_path_buf(), opts, state: Mutex::new(st), events, writes });
+        let me = Arc::new(Embedded { dir: dir.to_path_buf(), opts, state: Mutex::new(st), log: Mutex::new(log), events, writes });
         let weak = Arc::downgrade(&me);
         std::thread::Builder::new().name("store-commit".into()).spawn(move || committer(weak, rx)).map_err(io(dir))?;
         Ok(me)
@@ -137,9 +138,11 @@ impl Embedded {
 
     /// Commits a batch: validates each write in order (against the state and the batch so far),
     /// appends all accepted records with one write + fdatasync, then applies them to memory,
-    /// tells watchers and answers. Runs on the committer thread.
+    /// tells watchers and answers. Runs on the committer thread, the only writer, so the state
+    /// cannot change between validation and apply and the lock is not held across the fsync
+    /// (readers on async workers never wait for the disk).
     fn commit(&self, batch: Vec<WriteReq>) {
-        let mut st = self.lock();
+        let st = self.lock();
         let mut overlay: HashMap<String, Option<Entry>> = HashMap::new();
         let mut accepted: Vec<(WriteReq, Record, Option<KeyValue>)> = Vec::with_capacity(batch.len());
         let mut refused: Vec<(WriteReq, StoreError)> = Vec::new();
@@ -165,20 +168,24 @@ impl Embedded {
             let prev = cur.map(|c| KeyValue { key: w.key.clone(), value: c.value, create_rev: c.create_rev, mod_rev: c.mod_rev });
             accepted.push((w, rec, prev));
         }
+        drop(st);
         let path = self.dir.join(LOG);
         let written = if accepted.is_empty() {
             Ok(())
         } else {
-            let before = st.log.metadata().map(|m| m.len());
-            let r = st.log.write_all(&buf).and_then(|_| st.log.sync_data());
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let before = log.metadata().map(|m| m.len());
+            let r = log.write_all(&buf).and_then(|_| log.sync_data());
             if r.is_err() {
                 // Nothing of this batch was acknowledged: cut whatever reached the file.
                 if let Ok(len) = before {
-                    let _ = st.log.set_len(len);
+                    let _ = log.set_len(len);
                 }
             }
             r
         };
+        let mut st = self.lock();
+        let mut snapshot = None;
         let mut answers: Vec<(oneshot::Sender<WriteOutcome>, WriteOutcome)> = refused.into_iter().map(|(w, e)| (w.done, Err(e))).collect();
         match written {
             Ok(()) => {
@@ -189,9 +196,8 @@ impl Embedded {
                     answers.push((w.done, Ok((ev.rev, prev))));
                 }
                 if st.log_records >= self.opts.snapshot_every {
-                    if let Err(e) = self.snapshot(&mut st) {
-                        tracing::warn!(error = %e, "store snapshot failed; the log keeps growing");
-                    }
+                    snapshot = Some((st.rev, snapshot_bytes(&st)));
+                    st.log_records = 0;
                 }
             }
             Err(e) => {
@@ -206,32 +212,36 @@ impl Embedded {
         for (done, r) in answers {
             let _ = done.send(r);
         }
+        // No write is applied until this returns, so the snapshot and the log truncation
+        // cannot miss one.
+        if let Some((rev, buf)) = snapshot {
+            if let Err(e) = self.write_snapshot(rev, &buf) {
+                tracing::warn!(error = %e, "store snapshot failed; the log keeps growing");
+            }
+        }
     }
 
     /// Writes the whole state to a new snapshot (fsync, rename, fsync dir), then empties the log.
+    #[cfg(test)]
     fn snapshot(&self, st: &mut State) -> Result<()> {
+        st.log_records = 0;
+        self.write_snapshot(st.rev, &snapshot_bytes(st))
+    }
+
+    /// Puts an encoded snapshot in place atomically, then empties the log it contains.
+    fn write_snapshot(&self, rev: Rev, buf: &[u8]) -> Result<()> {
         let tmp = self.dir.join("store.snap.tmp");
-        let mut buf = Vec::new();
-        encode(&Record::SnapHeader { rev: st.rev, compacted: st.compacted }, &mut buf);
-        for (k, e) in &st.data {
-            let rec = Record::SnapEntry { key: k.clone(), value: e.value.clone(), create_rev: e.create_rev, mod_rev: e.mod_rev };
-            encode(&rec, &mut buf);
-        }
-        for ev in &st.history {
-            let rec = Record::SnapEvent { rev: ev.rev, key: ev.key.clone(), value: ev.value.clone(), prev: ev.prev.clone() };
-            encode(&rec, &mut buf);
-        }
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&buf).map_err(io(&tmp))?;
+        f.write_all(buf).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         let snap = self.dir.join(SNAP);
         std::fs::rename(&tmp, &snap).map_err(io(&snap))?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
-        let log = self.dir.join(LOG);
-        st.log.set_len(0).map_err(io(&log))?;
-        st.log.sync_all().map_err(io(&log))?;
-        st.log_records = 0;
-        tracing::debug!(rev = st.rev, bytes = buf.len(), "store snapshot written");
+        let path = self.dir.join(LOG);
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.set_len(0).map_err(io(&path))?;
+        log.sync_all().map_err(io(&path))?;
+        tracing::debug!(rev, bytes = buf.len(), "store snapshot written");
         Ok(())
     }
 
@@ -314,6 +324,21 @@ fn validate(key: &str, op: &Op, cur: Option<&Entry>) -> Result<()> {
     }
 }
 
+/// The state as snapshot records (encoded under the lock; written without it).
+fn snapshot_bytes(st: &State) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode(&Record::SnapHeader { rev: st.rev, compacted: st.compacted }, &mut buf);
+    for (k, e) in &st.data {
+        let rec = Record::SnapEntry { key: k.clone(), value: e.value.clone(), create_rev: e.create_rev, mod_rev: e.mod_rev };
+        encode(&rec, &mut buf);
+    }
+    for ev in &st.history {
+        let rec = Record::SnapEvent { rev: ev.rev, key: ev.key.clone(), value: ev.value.clone(), prev: ev.prev.clone() };
+        encode(&rec, &mut buf);
+    }
+    buf
+}
+
 fn kv(k: &str, e: &Entry) -> KeyValue {
     KeyValue { key: k.to_string(), value: e.value.clone(), create_rev: e.create_rev, mod_rev: e.mod_rev }
 }
@@ -384,7 +409,7 @@ fn load_snapshot(path: &Path, st: &mut State) -> Result<()> {
 }
 
 /// Replays the log over the snapshot; a torn tail (crash mid-append, never acknowledged) is cut.
-fn replay_log(path: &Path, st: &mut State, history: usize) -> Result<()> {
+fn replay_log(path: &Path, log: &File, st: &mut State, history: usize) -> Result<()> {
     let buf = read_file(path)?;
     let (recs, valid) = decode_all(&buf);
     for rec in recs {
@@ -400,8 +425,8 @@ fn replay_log(path: &Path, st: &mut State, history: usize) -> Result<()> {
     }
     if valid != buf.len() {
         tracing::warn!(path = %path.display(), cut = buf.len() - valid, "cutting a torn tail off the store log");
-        st.log.set_len(valid as u64).map_err(io(path))?;
-        st.log.sync_all().map_err(io(path))?;
+        log.set_len(valid as u64).map_err(io(path))?;
+        log.sync_all().map_err(io(path))?;
     }
     Ok(())
 }
