@@ -328,7 +328,10 @@ impl Api {
         if let Some(n) = page.remaining {
             meta["remainingItemCount"] = json!(n);
         }
-        Ok(json_response(200, &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": meta, "items": page.items})))
+        // The items are moved in: json!() would serialise a second copy of a large list.
+        let mut list = json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": meta});
+        list["items"] = Value::Array(page.items);
+        Ok(json_response(200, &list))
     }
 
     async fn watch(&self, req: &Req, r: &'static ResourceDef, ns: Option<&str>, name: Option<&str>, mut fields: FieldSelector) -> Result<Response<Body>, ApiError> {
