@@ -3,6 +3,7 @@
 pub mod store;
 pub mod auth;
 pub mod pki;
+pub mod kubelet;
 pub mod api;
 pub mod controllers;
 pub mod server;

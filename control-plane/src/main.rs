@@ -13,8 +13,9 @@ use berth_control::api::registry::{FieldValidation, Registry};
 use berth_control::api::{resources, Api};
 use berth_control::auth::Authenticator;
 use berth_control::controllers::{self, Settings};
+use berth_control::kubelet::KubeletClient;
 use berth_control::pki::Pki;
-use berth_control::store::{Embedded, EmbeddedOptions, Store};
+use berth_control::store::{Embedded, EmbeddedOptions, Etcd, EtcdOptions, Store};
 
 #[derive(Parser)]
 #[command(name = "berth-control", about = "Berth's control plane: Kubernetes API, scheduler and node controllers")]
@@ -47,7 +48,10 @@ struct ServeArgs {
     /// Interval of watch bookmarks.
     #[arg(long, default_value = "30", value_parser = parse_secs)]
     bookmark_interval: Duration,
-    /// Store events kept for watches that resume.
+    /// etcd v3 endpoints (`http://host:2379`, comma-separated); the embedded store when empty.
+    #[arg(long, value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// Store events (embedded) or revisions (etcd) kept for watches that resume.
     #[arg(long, default_value_t = 50_000)]
     watch_history: usize,
     #[arg(long, default_value = "info")]
@@ -93,10 +97,15 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(cli: &Cli) -> anyhow::Result<()> {
     let a = &cli.serve;
-    let pki = Pki::load_or_create(&cli.data_dir.join("pki"), &a.tls_san).context("setting up the PKI")?;
-    let store = Embedded::open(&cli.data_dir.join("store"), EmbeddedOptions { history: a.watch_history, ..Default::default() })
-        .context("opening the embedded store")?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let pki = Arc::new(Pki::load_or_create(&cli.data_dir.join("pki"), &a.tls_san).context("setting up the PKI")?);
+    let store: Arc<dyn Store> = if a.etcd_servers.is_empty() {
+        let s = Embedded::open(&cli.data_dir.join("store"), EmbeddedOptions { history: a.watch_history, ..Default::default() })
+            .context("opening the embedded store")?;
+        Arc::new(s)
+    } else {
+        let opts = EtcdOptions { history: a.watch_history as u64, ..Default::default() };
+        Arc::new(Etcd::connect(&a.etcd_servers, opts).await.context("connecting to etcd")?)
+    };
     let reg = Registry::new(store);
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let nsr = resources::by_kind("Namespace");
@@ -115,12 +124,13 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         authn: Authenticator { bootstrap_token: pki.bootstrap_token.clone() },
         server_addr: addr.to_string(),
         bookmark_every: a.bookmark_interval,
+        kubelet: KubeletClient::new(&pki.kubelet_client).context("the kubelet client")?,
     });
     controllers::start_all(&reg, &Settings {
         cluster_cidr: a.cluster_cidr.clone(),
         node_cidr_prefix: a.node_cidr_mask_size,
         node_monitor_grace: a.node_monitor_grace_period,
-    });
+    }, pki.clone());
     tracing::info!(url = %server_url, kubeconfig = %kubeconfig.display(), "berth-control serving");
     println!("berth-control serving on {server_url}; admin kubeconfig: {}", kubeconfig.display());
     tokio::select! {

@@ -1,5 +1,6 @@
 //! The control plane's PKI: on first start a CA, the serving certificate, the admin client
-//! certificate and kubeconfig and a bootstrap token; client certificates for nodes later.
+//! certificate and kubeconfig, the kubelet client certificate (berth-control's identity towards
+//! node agents) and a bootstrap token; client certificates for nodes later.
 //! Everything lives in one directory (mode 0700), keys are written 0600.
 
 use std::net::IpAddr;
@@ -39,6 +40,9 @@ pub struct Pki {
     ca_key: KeyPair,
     pub serving_cert_pem: String,
     pub serving_key_pem: String,
+    /// berth-control's client certificate towards node agents (logs/exec/attach/port-forward):
+    /// CN [`KUBELET_CLIENT_CN`], O `system:masters`.
+    pub kubelet_client: ClientCert,
     pub bootstrap_token: String,
 }
 
@@ -49,6 +53,9 @@ pub struct ClientCert {
 }
 
 const CA_CN: &str = "berth-ca";
+/// The user berth-control is when it calls a node's agent (kube-apiserver's
+/// `--kubelet-client-certificate`); agents accept CA-signed client certificates of non-nodes.
+pub const KUBELET_CLIENT_CN: &str = "berth-control:kubelet-client";
 
 fn ca_params() -> CertificateParams {
     let mut p = CertificateParams::default();
@@ -91,6 +98,7 @@ impl Pki {
             ca_key,
             serving_cert_pem: String::new(),
             serving_key_pem: String::new(),
+            kubelet_client: ClientCert { cert_pem: String::new(), key_pem: String::new() },
             bootstrap_token: String::new(),
         };
         if !srv_cert.exists() || !srv_key.exists() {
@@ -100,6 +108,16 @@ impl Pki {
         }
         pki.serving_cert_pem = std::fs::read_to_string(&srv_cert).map_err(io(&srv_cert))?;
         pki.serving_key_pem = std::fs::read_to_string(&srv_key).map_err(io(&srv_key))?;
+        let (kc_cert, kc_key) = (dir.join("kubelet-client.crt"), dir.join("kubelet-client.key"));
+        if !kc_cert.exists() || !kc_key.exists() {
+            let c = pki.issue_client(KUBELET_CLIENT_CN, &["system:masters"])?;
+            write_private(&kc_key, &c.key_pem)?;
+            write_file(&kc_cert, &c.cert_pem)?;
+        }
+        pki.kubelet_client = ClientCert {
+            cert_pem: std::fs::read_to_string(&kc_cert).map_err(io(&kc_cert))?,
+            key_pem: std::fs::read_to_string(&kc_key).map_err(io(&kc_key))?,
+        };
         let tok = dir.join("bootstrap-token");
         if !tok.exists() {
             let t = format!("{}.{}", random_token(6), random_token(16));
@@ -152,6 +170,30 @@ impl Pki {
         let key = KeyPair::generate().map_err(gen(what))?;
         let cert = p.signed_by(&key, &self.issuer()).map_err(gen(what))?;
         Ok(ClientCert { cert_pem: to_pem("CERTIFICATE", cert.der()), key_pem: to_pem("PRIVATE KEY", &key.serialize_der()) })
+    }
+
+    /// Signs a PEM certificate signing request (its self-signature verified) as a client
+    /// certificate: the request's subject, client-auth usage only, ten years like the others.
+    /// Returns the request's (CN, O) with the PEM certificate.
+    pub fn sign_client_csr(&self, csr_pem: &str) -> Result<(String, Vec<String>, String)> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(gen("certificate from a signing request"))?;
+        let dn = &csr.params.distinguished_name;
+        let text = |v: &rcgen::DnValue| match v {
+            rcgen::DnValue::PrintableString(s) => s.to_string(),
+            rcgen::DnValue::Utf8String(s) => s.clone(),
+            other => format!("{other:?}"),
+        };
+        let cn = dn.get(&DnType::CommonName).map(text).unwrap_or_default();
+        let orgs: Vec<String> = dn.iter().filter(|(t, _)| **t == DnType::OrganizationName).map(|(_, v)| text(v)).collect();
+        let p = &mut csr.params;
+        p.subject_alt_names.clear();
+        p.is_ca = IsCa::NoCa;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2034, 1, 1);
+        let cert = csr.signed_by(&self.issuer()).map_err(gen("certificate from a signing request"))?;
+        Ok((cn, orgs, to_pem("CERTIFICATE", cert.der())))
     }
 
     /// A kubeconfig for `user` with an embedded client certificate.
@@ -232,11 +274,28 @@ mod tests {
         assert_eq!(a.serving_cert_pem, b.serving_cert_pem);
         assert_eq!(a.bootstrap_token, b.bootstrap_token);
         assert_eq!(a.bootstrap_token.len(), 23);
+        assert_eq!(a.kubelet_client.cert_pem, b.kubelet_client.cert_pem);
+        let kc = crate::auth::cert_subject(&crate::auth::pem_to_der(&a.kubelet_client.cert_pem).unwrap()).unwrap();
+        assert_eq!(kc, (KUBELET_CLIENT_CN.to_string(), vec!["system:masters".to_string()]));
         let c = b.issue_client("system:node:n1", &["system:nodes"]).unwrap();
         let der = crate::auth::pem_to_der(&c.cert_pem).unwrap();
         let subj = crate::auth::cert_subject(&der).unwrap();
         assert_eq!(subj.0, "system:node:n1");
         assert_eq!(subj.1, vec!["system:nodes".to_string()]);
+        // A node's signing request: subject kept, signed by the CA, verified on the way in.
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "system:node:n9");
+        p.distinguished_name.push(DnType::OrganizationName, "system:nodes");
+        let req = p.serialize_request(&key).unwrap().pem().unwrap();
+        let (cn, orgs, cert) = b.sign_client_csr(&req).unwrap();
+        assert_eq!((cn.as_str(), orgs), ("system:node:n9", vec!["system:nodes".to_string()]));
+        let subj = crate::auth::cert_subject(&crate::auth::pem_to_der(&cert).unwrap()).unwrap();
+        assert_eq!(subj.0, "system:node:n9");
+        let mut tampered = req.clone().into_bytes();
+        let mid = tampered.len() / 2;
+        tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+        assert!(b.sign_client_csr(&String::from_utf8(tampered).unwrap()).is_err());
         let mode = std::fs::metadata(d.path().join("ca.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }

@@ -1,5 +1,6 @@
 //! The HTTPS listener: rustls (ring provider) with optional client certificates verified
-//! against the cluster CA, HTTP/1.1 and HTTP/2 (ALPN), one task per connection.
+//! against the cluster CA, HTTP/1.1 (with upgrades, for exec/attach/port-forward) and HTTP/2
+//! (ALPN), one task per connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,7 +87,7 @@ async fn connection(api: Arc<Api>, acceptor: TlsAcceptor, tcp: tokio::net::TcpSt
         async move { Ok::<_, std::convert::Infallible>(api.handle(req, cert).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

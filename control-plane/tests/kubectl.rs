@@ -1,5 +1,6 @@
 //! berth-control driven by the real kubectl: workloads, watches, describe, selectors, jobs,
-//! node lifecycle, the node authoriser, errors, and crash recovery.
+//! node lifecycle, the node authoriser, errors, and crash recovery. Every test runs on both
+//! storage backends (`embedded::*` and `etcd::*`).
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, Cluster, Kubelet};
+use common::{eventually, Backend, Cluster, Kubelet};
 
 const DEPLOY: &str = r#"
 apiVersion: apps/v1
@@ -30,9 +31,8 @@ fn count(c: &Cluster, args: &[&str]) -> usize {
     c.json(args)["items"].as_array().map_or(0, Vec::len)
 }
 
-#[test]
-fn deployment_apply_scale_rollout_undo_describe_delete() {
-    let c = Cluster::start();
+fn deployment_apply_scale_rollout_undo_describe_delete(b: Backend) {
+    let c = Cluster::on(b);
     let node = c.node("n1");
     node.register();
     let _kubelet = Kubelet::start(node, |_| false);
@@ -76,9 +76,8 @@ fn deployment_apply_scale_rollout_undo_describe_delete() {
     });
 }
 
-#[test]
-fn get_watch_streams_changes() {
-    let c = Cluster::start_with(&["--watch-history", "20"]);
+fn get_watch_streams_changes(b: Backend) {
+    let c = Cluster::on_with(b, &["--watch-history", "20"]);
     let mut w = Command::new("kubectl")
         .env("KUBECONFIG", &c.kubeconfig)
         .args(["get", "configmaps", "-w", "--output-watch-events", "-o", "custom-columns=EVENT:.type,NAME:.object.metadata.name", "--no-headers"])
@@ -115,16 +114,18 @@ fn get_watch_streams_changes() {
     for i in 0..25 {
         c.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: filler-{i}}}\n"));
     }
-    let gone = c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1"]);
-    let ev: serde_json::Value = serde_json::from_str(gone.lines().next().unwrap()).unwrap();
-    assert_eq!((ev["type"].as_str(), ev["object"]["code"].as_i64(), ev["object"]["reason"].as_str()), (Some("ERROR"), Some(410), Some("Expired")), "{gone}");
+    // (etcd is compacted in the background, so this may take a moment there.)
+    eventually(10, "410 for a compacted resourceVersion", || {
+        let gone = c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1"]);
+        let ev: serde_json::Value = serde_json::from_str(gone.lines().next()?).ok()?;
+        ((ev["type"].as_str(), ev["object"]["code"].as_i64(), ev["object"]["reason"].as_str()) == (Some("ERROR"), Some(410), Some("Expired"))).then_some(())
+    });
     let e = c.fails(&["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=999999&timeoutSeconds=1"]);
     assert!(e.contains("Too large resource version"), "{e}");
 }
 
-#[test]
-fn job_runs_to_completion() {
-    let c = Cluster::start();
+fn job_runs_to_completion(b: Backend) {
+    let c = Cluster::on(b);
     let node = c.node("n1");
     node.register();
     let _kubelet = Kubelet::start(node, |p| p["metadata"]["labels"]["job-name"] == "pi");
@@ -136,9 +137,8 @@ fn job_runs_to_completion() {
     assert_eq!(count(&c, &["get", "pods", "-l", "job-name=pi"]), 3);
 }
 
-#[test]
-fn lease_expiry_turns_node_not_ready_and_evicts_pods() {
-    let c = Cluster::start();
+fn lease_expiry_turns_node_not_ready_and_evicts_pods(b: Backend) {
+    let c = Cluster::on(b);
     let node = c.node("n1");
     node.register();
     node.renew();
@@ -169,9 +169,8 @@ fn lease_expiry_turns_node_not_ready_and_evicts_pods() {
     assert!(!c.ok(&["get", "node", "n1"]).contains("NotReady"));
 }
 
-#[test]
-fn node_credentials_reach_only_their_own_pods_and_secrets() {
-    let c = Cluster::start();
+fn node_credentials_reach_only_their_own_pods_and_secrets(b: Backend) {
+    let c = Cluster::on(b);
     let (n1, n2) = (c.node("n1"), c.node("n2"));
     n1.register();
     n2.register();
@@ -206,9 +205,8 @@ fn node_credentials_reach_only_their_own_pods_and_secrets() {
     assert!(!o.status.success(), "n1 created another node");
 }
 
-#[test]
-fn errors_are_kubernetes_status_codes() {
-    let c = Cluster::start();
+fn errors_are_kubernetes_status_codes(b: Backend) {
+    let c = Cluster::on(b);
     let e = c.fails(&["get", "pod", "nope"]);
     assert!(e.contains("pods \"nope\" not found"), "{e}");
     let o = common::kubectl_with(&c.kubeconfig, &["create", "-f", "-"], Some("{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"bad\"},\"spec\":{\"containers\":[{\"name\":\"c\"}]}}"));
@@ -231,9 +229,8 @@ fn errors_are_kubernetes_status_codes() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown field \"bogus\""), "strict field validation: {}", String::from_utf8_lossy(&o.stderr));
 }
 
-#[test]
-fn kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume() {
-    let mut c = Cluster::start();
+fn kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume(b: Backend) {
+    let mut c = Cluster::on(b);
     let start_rv = c.json(&["get", "configmaps"])["metadata"]["resourceVersion"].as_str().unwrap().to_string();
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -272,3 +269,134 @@ fn kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume() {
     assert!(acked.iter().all(|a| added.contains(a)), "watch resumed from {start_rv} misses writes");
     c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: after-restart}\n");
 }
+
+fn imperative_create_with_protobuf_bodies(b: Backend) {
+    let c = Cluster::on(b);
+    c.ok(&["create", "namespace", "team"]);
+    c.ok(&["-n", "team", "create", "configmap", "settings", "--from-literal=mode=fast", "--from-literal=level=3"]);
+    c.ok(&["-n", "team", "create", "secret", "generic", "creds", "--from-literal=password=s3cret"]);
+    c.ok(&["-n", "team", "create", "serviceaccount", "robot"]);
+    let cm = c.json(&["-n", "team", "get", "configmap", "settings"]);
+    assert_eq!((cm["data"]["mode"].as_str(), cm["data"]["level"].as_str()), (Some("fast"), Some("3")));
+    let s = c.json(&["-n", "team", "get", "secret", "creds"]);
+    assert_eq!((s["data"]["password"].as_str(), s["type"].as_str()), (Some("czNjcmV0"), Some("Opaque")));
+    assert!(c.ok(&["get", "ns", "team"]).contains("Active"));
+    assert_eq!(c.json(&["-n", "team", "get", "sa", "robot"])["metadata"]["name"], "robot");
+}
+
+const DAEMONSET: &str = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      nodeSelector: {role: edge}
+      containers: [{name: c, image: "busybox:1.36"}]
+"#;
+
+fn ds_pods(c: &Cluster) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = c.json(&["get", "pods", "-l", "app=agent"])["items"].as_array().unwrap().iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| (p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(), p["spec"]["containers"][0]["image"].as_str().unwrap().to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn daemonset_runs_one_pod_per_eligible_node(b: Backend) {
+    let c = Cluster::on(b);
+    let _kubelets: Vec<Kubelet> = ["n1", "n2", "n3"].iter().map(|n| {
+        let node = c.node(n);
+        node.register();
+        Kubelet::start(node, |_| false)
+    }).collect();
+    c.ok(&["label", "node", "n1", "n2", "role=edge"]);
+    c.apply(DAEMONSET);
+    c.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    let one = |img: &str| vec![("n1".to_string(), img.to_string()), ("n2".to_string(), img.to_string())];
+    assert_eq!(ds_pods(&c), one("busybox:1.36"));
+    let ds = c.json(&["get", "ds", "agent"]);
+    assert_eq!((ds["status"]["desiredNumberScheduled"].as_i64(), ds["status"]["numberReady"].as_i64()), (Some(2), Some(2)));
+    // A rolling update replaces every pod.
+    c.ok(&["set", "image", "ds/agent", "c=busybox:1.37"]);
+    c.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    eventually(30, "old daemon pods gone", || (ds_pods(&c) == one("busybox:1.37")).then_some(()));
+    // A node that starts qualifying gets a pod; one that stops loses it.
+    c.ok(&["label", "node", "n3", "role=edge"]);
+    eventually(30, "a pod on n3", || ds_pods(&c).iter().any(|(n, _)| n == "n3").then_some(()));
+    c.ok(&["label", "node", "n1", "role-"]);
+    eventually(30, "n1's pod removed", || (ds_pods(&c).iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>() == ["n2", "n3"]).then_some(()));
+    assert!(c.ok(&["get", "ds"]).contains("agent"));
+    c.ok(&["delete", "ds", "agent"]);
+    eventually(30, "daemon pods garbage-collected", || ds_pods(&c).is_empty().then_some(()));
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A PEM certificate signing request for CN/O, and its key.
+fn signing_request(cn: &str, org: &str) -> (String, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.distinguished_name.push(rcgen::DnType::OrganizationName, org);
+    (p.serialize_request(&key).unwrap().pem().unwrap(), key)
+}
+
+fn csr_json(name: &str, req: &str) -> String {
+    serde_json::json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": name},
+        "spec": {"request": b64(req), "signerName": "kubernetes.io/kube-apiserver-client-kubelet", "usages": ["digital signature", "key encipherment", "client auth"]}}).to_string()
+}
+
+fn bootstrap_token_join_gets_a_node_certificate(b: Backend) {
+    let c = Cluster::on(b);
+    let token = std::fs::read_to_string(c.dir.path().join("pki/bootstrap-token")).unwrap().trim().to_string();
+    let admin = std::fs::read_to_string(&c.kubeconfig).unwrap();
+    let ca = admin.lines().find_map(|l| l.trim().strip_prefix("certificate-authority-data:")).unwrap().trim().to_string();
+    let kubeconfig = |file: &str, user: &str| {
+        let path = c.dir.path().join(file);
+        std::fs::write(&path, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n{user}\ncontexts:\n- name: b\n  context: {{cluster: b, user: u}}\ncurrent-context: b\n", c.url())).unwrap();
+        path
+    };
+    let boot = kubeconfig("bootstrap.kubeconfig", &format!("    token: {token}"));
+    let (req, key) = signing_request("system:node:n9", "system:nodes");
+    let o = common::kubectl_with(&boot, &["create", "-f", "-"], Some(&csr_json("node-csr-n9", &req)));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csr = eventually(20, "the CSR approved and signed", || {
+        let o = common::kubectl_with(&boot, &["get", "csr", "node-csr-n9", "-o", "json"], None);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        v["status"]["certificate"].is_string().then_some(v)
+    });
+    assert_eq!(csr["status"]["conditions"][0]["reason"], "AutoApproved");
+    assert_eq!(csr["spec"]["username"], format!("system:bootstrap:{}", token.split('.').next().unwrap()));
+    // The signed certificate is node n9's identity.
+    let cert = csr["status"]["certificate"].as_str().unwrap();
+    let n9 = common::Node { name: "n9".into(), kubeconfig: kubeconfig("n9.kubeconfig", &format!("    client-certificate-data: {cert}\n    client-key-data: {}", b64(&key.serialize_pem()))) };
+    n9.register();
+    assert!(n9.ok(&["get", "node", "n9", "-o", "name"]).contains("n9"));
+    // The token is good for nothing else.
+    let o = common::kubectl_with(&boot, &["get", "pods"], None);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("forbidden"), "{}", String::from_utf8_lossy(&o.stderr));
+    // A request for another identity waits for an admin, who may deny it.
+    let (req, _) = signing_request("mallory", "system:masters");
+    let o = common::kubectl_with(&boot, &["create", "-f", "-"], Some(&csr_json("grab-admin", &req)));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(c.ok(&["get", "csr", "grab-admin"]).contains("Pending"));
+    c.ok(&["certificate", "deny", "grab-admin"]);
+    eventually(10, "denied", || c.ok(&["get", "csr", "grab-admin"]).contains("Denied").then_some(()));
+    assert!(c.json(&["get", "csr", "grab-admin"])["status"]["certificate"].is_null());
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),*) => {
+        mod embedded { $(#[test] fn $name() { super::$name(super::Backend::Embedded) })* }
+        mod etcd { $(#[test] fn $name() { super::$name(super::Backend::Etcd) })* }
+    };
+}
+on_both_backends!(deployment_apply_scale_rollout_undo_describe_delete, get_watch_streams_changes, job_runs_to_completion, lease_expiry_turns_node_not_ready_and_evicts_pods, node_credentials_reach_only_their_own_pods_and_secrets, errors_are_kubernetes_status_codes, kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume, imperative_create_with_protobuf_bodies, daemonset_runs_one_pod_per_eligible_node, bootstrap_token_join_gets_a_node_certificate);

@@ -1,7 +1,8 @@
 //! Authorisation. Admins (`system:masters`) may do anything. Nodes get the Node authoriser's
 //! rules: read their own pods and the secrets, configmaps and service accounts those pods
 //! reference; write only their own Node, Lease and their pods' status. Every other
-//! authenticated user may read discovery only.
+//! authenticated user may read discovery only. Bootstrap-token users (`system:bootstrappers`)
+//! and nodes may create and read CertificateSigningRequests.
 
 use serde_json::Value;
 
@@ -37,6 +38,11 @@ fn deny(user: &User, a: &Attrs) -> ApiError {
 
 pub async fn authorize(reg: &Registry, user: &User, a: &Attrs<'_>) -> Result<(), ApiError> {
     if user.is_admin() {
+        return Ok(());
+    }
+    // Nodes joining with the bootstrap token (and nodes renewing) ask for client certificates.
+    let csr_verb = a.resource.kind == "CertificateSigningRequest" && a.sub.is_none() && matches!(a.verb, "create" | "get" | "list" | "watch");
+    if csr_verb && (user.in_group("system:bootstrappers") || user.node_name().is_some()) {
         return Ok(());
     }
     let Some(node) = user.node_name() else {

@@ -145,6 +145,7 @@ fn schema_for_kind(gen: &mut schemars::SchemaGenerator, kind: &str) {
         "DaemonSet" => { gen.subschema_for::<apps::DaemonSet>(); }
         "ControllerRevision" => { gen.subschema_for::<apps::ControllerRevision>(); }
         "Job" => { gen.subschema_for::<batch::Job>(); }
+        "CertificateSigningRequest" => { gen.subschema_for::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>(); }
         _ => {}
     }
 }
@@ -228,7 +229,7 @@ mod tests {
         let pods = core["items"][0]["versions"][0]["resources"].as_array().unwrap().iter().find(|r| r["resource"] == "pods").unwrap().clone();
         assert_eq!(pods["scope"], "Namespaced");
         assert!(pods["subresources"].as_array().unwrap().iter().any(|s| s["subresource"] == "status"));
-        assert_eq!(aggregated(false)["items"].as_array().unwrap().len(), 3);
+        assert_eq!(aggregated(false)["items"].as_array().unwrap().len(), 4, "apps, batch, certificates.k8s.io, coordination.k8s.io");
     }
 
     #[test]

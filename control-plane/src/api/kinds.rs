@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core};
+use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, certificates::v1 as certs, coordination::v1 as coord, core::v1 as core};
 
 use super::status::{ApiError, Cause};
 
@@ -33,6 +33,7 @@ pub fn roundtrip(kind: &str, v: &Value) -> Result<Value, String> {
         "DaemonSet" => roundtrip_as::<apps::DaemonSet>(v),
         "ControllerRevision" => roundtrip_as::<apps::ControllerRevision>(v),
         "Job" => roundtrip_as::<batch::Job>(v),
+        "CertificateSigningRequest" => roundtrip_as::<certs::CertificateSigningRequest>(v),
         _ => Ok(v.clone()),
     }
 }

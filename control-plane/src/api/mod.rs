@@ -5,6 +5,8 @@ pub mod authz;
 pub mod discovery;
 pub mod kinds;
 pub mod patch;
+pub mod protobuf;
+pub mod proxy;
 pub mod registry;
 pub mod resources;
 pub mod selector;
@@ -40,6 +42,8 @@ pub struct Api {
     /// host:port clients reach us at (for /api's serverAddressByClientCIDRs).
     pub server_addr: String,
     pub bookmark_every: Duration,
+    /// Reaches node agents for logs/exec/attach/port-forward and nodes/proxy.
+    pub kubelet: crate::kubelet::KubeletClient,
 }
 
 /// A parsed resource request.
@@ -129,9 +133,15 @@ impl Api {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = std::time::Instant::now();
+        let user = self.authn.authenticate(cert.as_deref(), req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+        if let Some(t) = proxy::match_path(req.uri().path()) {
+            let (method, path) = (req.method().clone(), req.uri().path().to_string());
+            let resp = proxy::handle(&self, req, t, user.as_ref()).await.unwrap_or_else(|e| error_response(&e));
+            tracing::debug!(%method, %path, user = user.as_ref().map(|u| u.name.as_str()), status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "proxied request");
+            return resp;
+        }
         let (parts, body) = req.into_parts();
         let h = |n: header::HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        let user = self.authn.authenticate(cert.as_deref(), parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return error_response(&ApiError { code: 413, reason: "RequestEntityTooLarge", message: format!("request body: {e}"), details: None }),
@@ -204,7 +214,7 @@ impl Api {
                     return Err(ApiError::forbidden(format!("node \"{node}\" may only create mirror pods bound to itself")));
                 }
             }
-        } else if verb == "create" && t.sub.is_none() && !user.is_admin() && t.r.kind != "Event" {
+        } else if verb == "create" && t.sub.is_none() && !user.is_admin() && !matches!(t.r.kind, "Event" | "CertificateSigningRequest") {
             if let Some(node) = user.node_name() {
                 // A node may create only its own Node (and its own Lease); events about its
                 // pods carry generated names.
@@ -214,10 +224,10 @@ impl Api {
                 }
             }
         }
-        self.dispatch(req, &t, verb, fields).await
+        self.dispatch(req, &t, verb, fields, user).await
     }
 
-    async fn dispatch(&self, req: &Req, t: &Target, verb: &str, fields: FieldSelector) -> Result<Response<Body>, ApiError> {
+    async fn dispatch(&self, req: &Req, t: &Target, verb: &str, fields: FieldSelector, user: &User) -> Result<Response<Body>, ApiError> {
         let (r, ns, name) = (t.r, t.ns.as_deref(), t.name.as_deref());
         if r.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
             return Err(ApiError::no_route(&req.path));
@@ -244,7 +254,16 @@ impl Api {
             "list" => self.list(req, r, ns, fields).await,
             "watch" => self.watch(req, r, ns, name, fields).await,
             "create" => {
-                let body = parse_body(&req.body)?;
+                let mut body = parse_body(&req.body)?;
+                if r.kind == "CertificateSigningRequest" {
+                    // Who asked is recorded by the server, never taken from the body.
+                    body["spec"]["username"] = json!(user.name);
+                    body["spec"]["groups"] = json!(user.groups);
+                    if let Some(s) = body["spec"].as_object_mut() {
+                        s.remove("uid");
+                        s.remove("extra");
+                    }
+                }
                 if dry_run {
                     return Err(ApiError::bad_request("dryRun create is not supported yet"));
                 }
@@ -318,7 +337,10 @@ impl Api {
         if let Some(n) = page.remaining {
             meta["remainingItemCount"] = json!(n);
         }
-        Ok(json_response(200, &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": meta, "items": page.items})))
+        // The items are moved in: json!() would serialise a second copy of a large list.
+        let mut list = json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": meta});
+        list["items"] = Value::Array(page.items);
+        Ok(json_response(200, &list))
     }
 
     async fn watch(&self, req: &Req, r: &'static ResourceDef, ns: Option<&str>, name: Option<&str>, mut fields: FieldSelector) -> Result<Response<Body>, ApiError> {
@@ -358,8 +380,8 @@ fn wants_table(accept: &str) -> bool {
 }
 
 fn parse_body(b: &Bytes) -> Result<Value, ApiError> {
-    if b.starts_with(b"k8s\0") {
-        return Err(ApiError::unsupported_media("the body is Kubernetes protobuf, which berth-control does not decode yet; send JSON"));
+    if b.starts_with(protobuf::MAGIC) {
+        return protobuf::decode(b).map_err(ApiError::unsupported_media);
     }
     serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }

@@ -329,7 +329,8 @@ impl Registry {
                 if !n.is_object() {
                     return Err(ApiError::bad_request("the request body must be a JSON object"));
                 }
-                if r.has_status() {
+                // "binding" (internal: spec.nodeName with the PodScheduled condition) writes both.
+                if r.has_status() && sub != Some("binding") {
                     n["status"] = cur.get("status").cloned().unwrap_or(Value::Null);
                 }
                 n

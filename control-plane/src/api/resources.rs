@@ -50,10 +50,11 @@ pub static RESOURCES: &[ResourceDef] = &[
     res!("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, &["ds"], ALL, &["status"]),
     res!("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", true, NONE, NONE, NONE),
     res!("batch", "v1", "jobs", "job", "Job", true, NONE, ALL, &["status"]),
+    res!("certificates.k8s.io", "v1", "certificatesigningrequests", "certificatesigningrequest", "CertificateSigningRequest", false, &["csr"], NONE, &["status", "approval"]),
 ];
 
 /// Groups in discovery order (core first).
-pub const GROUPS: &[(&str, &str)] = &[("", "v1"), ("apps", "v1"), ("batch", "v1"), ("coordination.k8s.io", "v1")];
+pub const GROUPS: &[(&str, &str)] = &[("", "v1"), ("apps", "v1"), ("batch", "v1"), ("certificates.k8s.io", "v1"), ("coordination.k8s.io", "v1")];
 
 impl ResourceDef {
     pub fn api_version(&self) -> String {

@@ -1,5 +1,5 @@
 //! Subresources other than status: scale (deployments, replicasets), binding and eviction
-//! (pods); log/exec/attach/portforward answer 503 until the node agent serves them.
+//! (pods). log/exec/attach/portforward are proxied to the node's agent by `super::proxy`.
 
 use http::Method;
 use serde_json::{json, Value};
@@ -30,6 +30,17 @@ pub async fn handle(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&s
             api.reg.delete(r, ns, name, &opts).await?;
             Ok(json_response(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
         }
+        ("approval", &Method::PUT) => {
+            // `kubectl certificate approve|deny`: the conditions are all this writes.
+            let body = parse_body(&req.body)?;
+            let conds = body["status"]["conditions"].clone();
+            let obj = api.reg.modify(r, ns, name, Some("status"), |o| {
+                let changed = o["status"]["conditions"] != conds;
+                o["status"]["conditions"] = conds.clone();
+                changed
+            }).await?;
+            Ok(json_response(200, &obj))
+        }
         ("finalize", &Method::PUT) => {
             let body = parse_body(&req.body)?;
             let fins = body["spec"]["finalizers"].clone();
@@ -40,12 +51,6 @@ pub async fn handle(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&s
             }).await?;
             Ok(json_response(200, &obj))
         }
-        ("log" | "exec" | "attach" | "portforward", _) => Err(ApiError {
-            code: 503,
-            reason: "ServiceUnavailable",
-            message: format!("pods/{sub} is proxied to the node's agent, which berth-control does not do yet"),
-            details: None,
-        }),
         _ => Err(ApiError::method_not_allowed(format!("{} is not supported on {}/{sub}", req.method, r.plural))),
     }
 }
@@ -100,5 +105,5 @@ async fn bind(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&str>, n
 
 /// Sets spec.nodeName once and marks the pod scheduled.
 pub async fn bind_pod(api: &Api, r: &'static ResourceDef, ns: Option<&str>, name: &str, node: &str) -> Result<(), ApiError> {
-    super::super::controllers::bind(&api.reg, r, ns, name, node).await
+    super::super::controllers::bind(&api.reg, r, ns, name, node).await.map(|_| ())
 }

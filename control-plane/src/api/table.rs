@@ -100,6 +100,7 @@ pub fn columns(kind: &str) -> Vec<Value> {
         "Endpoints" => c(&[("Name", "string", 0), ("Endpoints", "string", 0), ("Age", "string", 0)]),
         "Event" => c(&[("Last Seen", "string", 0), ("Type", "string", 0), ("Reason", "string", 0), ("Object", "string", 0), ("Message", "string", 0)]),
         "Lease" => c(&[("Name", "string", 0), ("Holder", "string", 0), ("Age", "string", 0)]),
+        "CertificateSigningRequest" => c(&[("Name", "string", 0), ("Age", "string", 0), ("SignerName", "string", 0), ("Requestor", "string", 0), ("RequestedDuration", "string", 0), ("Condition", "string", 0)]),
         _ => c(&[("Name", "string", 0), ("Age", "string", 0)]),
     }
 }
@@ -222,6 +223,15 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
             vec![json!(age(&last)), json!(s(&o["type"])), json!(s(&o["reason"])), json!(format!("{}/{}", s(&io["kind"]).to_lowercase(), s(&io["name"]))), json!(s(&o["message"]))]
         }
         "Lease" => vec![name, json!(sp["holderIdentity"].as_str().unwrap_or("")), json!(created)],
+        "CertificateSigningRequest" => {
+            // As kubectl prints it: the condition types, then Issued once signed; else Pending.
+            let mut cond: Vec<String> = o["status"]["conditions"].as_array().into_iter().flatten().map(|c| s(&c["type"]).to_string()).collect();
+            if o["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty()) {
+                cond.push("Issued".into());
+            }
+            let cond = if cond.is_empty() { "Pending".to_string() } else { cond.join(",") };
+            vec![name, json!(created), json!(s(&sp["signerName"])), json!(s(&sp["username"])), json!("<none>"), json!(cond)]
+        }
         _ => vec![name, json!(created)],
     }
 }

@@ -129,8 +129,11 @@ fn obj_at(key: &str, value: &Bytes, rev: Rev) -> Option<Value> {
 fn classify(q: &ListQuery, ev: &crate::store::Event) -> Option<(&'static str, Value)> {
     let sel = |v: &Value| q.labels.matches_object(v) && q.fields.matches(v);
     let new = ev.value.as_ref().and_then(|v| obj_at(&ev.key, v, ev.rev));
-    let old = ev.prev.as_ref().and_then(|v| obj_at(&ev.key, v, ev.rev));
-    let (new_m, old_m) = (new.as_ref().is_some_and(sel), old.as_ref().is_some_and(sel));
+    // Without selectors the previous value only matters for a delete: skip decoding it otherwise.
+    let everything = q.labels.0.is_empty() && q.fields.is_empty();
+    let old = if everything && new.is_some() { None } else { ev.prev.as_ref().and_then(|v| obj_at(&ev.key, v, ev.rev)) };
+    let new_m = new.as_ref().is_some_and(sel);
+    let old_m = if everything && new.is_some() { ev.prev.is_some() } else { old.as_ref().is_some_and(sel) };
     match (new, new_m, old_m) {
         (Some(n), true, true) => Some(("MODIFIED", n)),
         (Some(n), true, false) => Some(("ADDED", n)),

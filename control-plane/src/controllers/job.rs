@@ -27,6 +27,9 @@ impl Reconciler for Jobs {
     fn keys_for(&self, r: &ResourceDef, obj: &Value) -> Vec<Key> {
         super::self_or_controller(r, obj, "Job")
     }
+    fn may_concern(&self, r: &ResourceDef, raw: &[u8]) -> bool {
+        super::own_or_owned(r, "Job", raw)
+    }
     async fn all_keys(&self) -> Vec<Key> {
         super::keys_of_kind(&self.reg, "Job").await
     }

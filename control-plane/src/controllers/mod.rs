@@ -1,11 +1,14 @@
 //! Controllers: level-triggered reconcilers fed by store watches, one worker per controller (so
 //! a key is never reconciled twice at once), with periodic resync and requeue-after.
 
+pub mod csr;
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
 pub mod job;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod sched_cache;
 pub mod scheduler;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -53,6 +56,17 @@ pub fn self_or_controller(r: &ResourceDef, obj: &Value, own: &str) -> Vec<Key> {
     controller_of(obj, own).map(|(n, _)| format!("{ns}/{n}")).into_iter().collect()
 }
 
+/// Whether the raw JSON of a stored object mentions `"field"` (a cheap pre-decode test).
+pub fn raw_has(raw: &[u8], field: &str) -> bool {
+    let needle = format!("\"{field}\"");
+    raw.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// For owner-keyed controllers: their own kind, or objects with owner references.
+pub fn own_or_owned(r: &ResourceDef, own: &str, raw: &[u8]) -> bool {
+    r.kind == own || raw_has(raw, "ownerReferences")
+}
+
 /// Keys of every object of `kind`.
 pub async fn keys_of_kind(reg: &Registry, kind: &str) -> Vec<Key> {
     reg.list_all(resources::by_kind(kind), None, None).await.unwrap_or_default().iter().map(key_of).collect()
@@ -70,6 +84,11 @@ pub trait Reconciler: Send + Sync + 'static {
     fn watches(&self) -> Vec<&'static ResourceDef>;
     /// Keys to reconcile when `obj` (of resource `r`) changed.
     fn keys_for(&self, r: &ResourceDef, obj: &Value) -> Vec<Key>;
+    /// Whether a stored object may map to keys at all, judged from its raw JSON before it
+    /// is decoded (most pod events concern no owner-keyed controller).
+    fn may_concern(&self, _r: &ResourceDef, _raw: &[u8]) -> bool {
+        true
+    }
     /// All keys, for resync.
     async fn all_keys(&self) -> Vec<Key>;
     /// Reconciles one key; Some(d) asks to run again after d.
@@ -79,13 +98,14 @@ pub trait Reconciler: Send + Sync + 'static {
     }
 }
 
-/// Runs a reconciler until the process ends.
-pub fn spawn(reg: Registry, rec: Arc<dyn Reconciler>) {
+/// Runs a reconciler until the process ends; returns a sender that queues keys for it.
+pub fn spawn(reg: Registry, rec: Arc<dyn Reconciler>) -> mpsc::UnboundedSender<Key> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Key>();
     for r in rec.watches() {
         let (reg, rec, tx) = (reg.clone(), rec.clone(), tx.clone());
         tokio::spawn(async move { feed(reg, rec, r, tx).await });
     }
+    let kick = tx.clone();
     tokio::spawn(async move {
         let mut queue: VecDeque<Key> = VecDeque::new();
         let mut queued: HashSet<Key> = HashSet::new();
@@ -138,6 +158,7 @@ pub fn spawn(reg: Registry, rec: Arc<dyn Reconciler>) {
             }
         }
     });
+    kick
 }
 
 /// Watches one resource (all namespaces) and maps changes to keys; restarts on errors.
@@ -158,7 +179,7 @@ async fn feed(reg: Registry, rec: Arc<dyn Reconciler>, r: &'static ResourceDef, 
             let _ = tx.send(k);
         }
         while let Some(Ok(ev)) = w.recv().await {
-            for v in [&ev.value, &ev.prev].into_iter().flatten() {
+            for v in [&ev.value, &ev.prev].into_iter().flatten().filter(|v| rec.may_concern(r, v)) {
                 if let Ok(obj) = serde_json::from_slice::<Value>(v) {
                     for k in rec.keys_for(r, &obj) {
                         if tx.send(k).is_err() {
@@ -190,10 +211,11 @@ pub async fn record_event(reg: &Registry, obj: &Value, ty: &str, reason: &str, m
     }
 }
 
-/// Binds a pod to a node once (409 if bound elsewhere) and sets PodScheduled.
-pub async fn bind(reg: &Registry, r: &'static ResourceDef, ns: Option<&str>, name: &str, node: &str) -> Result<(), ApiError> {
+/// Binds a pod to a node once (409 if bound elsewhere) and sets PodScheduled, in one write
+/// (as kube-apiserver's binding subresource does). Returns the bound pod.
+pub async fn bind(reg: &Registry, r: &'static ResourceDef, ns: Option<&str>, name: &str, node: &str) -> Result<Value, ApiError> {
     let mut already: Option<String> = None;
-    reg.modify(r, ns, name, None, |p| {
+    let bound = reg.modify(r, ns, name, Some("binding"), |p| {
         match p["spec"]["nodeName"].as_str() {
             Some(n) if !n.is_empty() => {
                 already = Some(n.to_string());
@@ -201,6 +223,7 @@ pub async fn bind(reg: &Registry, r: &'static ResourceDef, ns: Option<&str>, nam
             }
             _ => {
                 p["spec"]["nodeName"] = json!(node);
+                set_condition(&mut p["status"], "PodScheduled", "True", "", "");
                 true
             }
         }
@@ -209,8 +232,7 @@ pub async fn bind(reg: &Registry, r: &'static ResourceDef, ns: Option<&str>, nam
     if let Some(n) = already {
         return Err(ApiError::conflict("", "pods", name, &format!("pod {name} is already assigned to node \"{n}\"")));
     }
-    reg.modify(r, ns, name, Some("status"), |p| set_condition(&mut p["status"], "PodScheduled", "True", "", "")).await?;
-    Ok(())
+    Ok(bound)
 }
 
 /// Sets a status condition; returns whether anything changed.
@@ -270,13 +292,17 @@ pub struct Settings {
     pub node_monitor_grace: Duration,
 }
 
-/// Starts every controller.
-pub fn start_all(reg: &Registry, s: &Settings) {
-    spawn(reg.clone(), Arc::new(replicaset::ReplicaSets { reg: reg.clone() }));
-    spawn(reg.clone(), Arc::new(deployment::Deployments { reg: reg.clone() }));
-    spawn(reg.clone(), Arc::new(job::Jobs { reg: reg.clone() }));
-    spawn(reg.clone(), Arc::new(scheduler::Scheduler::new(reg.clone())));
-    spawn(reg.clone(), Arc::new(gc::Collector { reg: reg.clone() }));
-    spawn(reg.clone(), Arc::new(gc::Namespaces { reg: reg.clone() }));
-    spawn(reg.clone(), Arc::new(node_lifecycle::NodeLifecycle::new(reg.clone(), s.clone())));
+/// Starts every controller; `pki` signs the client certificates nodes ask for.
+pub fn start_all(reg: &Registry, s: &Settings, pki: Arc<crate::pki::Pki>) {
+    let _ = spawn(reg.clone(), Arc::new(csr::Csrs { reg: reg.clone(), pki }));
+    let _ = spawn(reg.clone(), Arc::new(replicaset::ReplicaSets { reg: reg.clone() }));
+    let _ = spawn(reg.clone(), Arc::new(deployment::Deployments { reg: reg.clone() }));
+    let _ = spawn(reg.clone(), Arc::new(job::Jobs { reg: reg.clone() }));
+    let _ = spawn(reg.clone(), Arc::new(daemonset::DaemonSets { reg: reg.clone() }));
+    let sched = Arc::new(scheduler::Scheduler::new(reg.clone()));
+    let kick = spawn(reg.clone(), sched.clone());
+    sched.cache.start(reg.clone(), kick, scheduler::PASS);
+    let _ = spawn(reg.clone(), Arc::new(gc::Collector { reg: reg.clone() }));
+    let _ = spawn(reg.clone(), Arc::new(gc::Namespaces { reg: reg.clone() }));
+    let _ = spawn(reg.clone(), Arc::new(node_lifecycle::NodeLifecycle::new(reg.clone(), s.clone())));
 }

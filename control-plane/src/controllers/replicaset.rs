@@ -85,6 +85,9 @@ impl Reconciler for ReplicaSets {
     fn keys_for(&self, r: &ResourceDef, obj: &Value) -> Vec<Key> {
         super::self_or_controller(r, obj, "ReplicaSet")
     }
+    fn may_concern(&self, r: &ResourceDef, raw: &[u8]) -> bool {
+        super::own_or_owned(r, "ReplicaSet", raw)
+    }
     async fn all_keys(&self) -> Vec<Key> {
         super::keys_of_kind(&self.reg, "ReplicaSet").await
     }

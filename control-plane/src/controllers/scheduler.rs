@@ -5,29 +5,35 @@
 //! PodScheduled=False condition and one FailedScheduling event per distinct reason.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::{condition_true, pod_active, set_condition, Key, Reconciler};
+use super::sched_cache::SchedCache;
+use super::{condition_true, set_condition, Key, Reconciler};
 use crate::api::registry::{meta_str, Registry};
 use crate::api::resources::{self, ResourceDef};
 use crate::api::status::ApiError;
 
 /// The whole pending set is one key: a pass schedules every pending pod with one view of nodes.
-const PASS: &str = "pass";
+pub const PASS: &str = "pass";
+/// Binds in flight at once.
+const BIND_CONCURRENCY: usize = 32;
 
 pub struct Scheduler {
     reg: Registry,
+    /// Pods, nodes and per-node usage, kept from watches (started by `controllers::start_all`).
+    pub cache: Arc<SchedCache>,
     /// pod uid → last unschedulable message (one event per distinct reason).
     reported: Mutex<HashMap<String, String>>,
 }
 
 impl Scheduler {
     pub fn new(reg: Registry) -> Self {
-        Scheduler { reg, reported: Mutex::new(HashMap::new()) }
+        Scheduler { reg, cache: Arc::new(SchedCache::default()), reported: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -57,6 +63,11 @@ pub fn quantity_milli(q: &Value) -> i64 {
 }
 
 /// A pod's requests (max of init containers and sum of containers), in milli-units.
+/// The pseudo-resource counting a node's pods of the same owner (for spreading).
+pub fn owner_key(pod: &Value) -> Option<String> {
+    pod["metadata"]["ownerReferences"][0]["uid"].as_str().map(|u| format!("owner:{u}"))
+}
+
 pub fn pod_requests(spec: &Value) -> HashMap<String, i64> {
     let mut sum: HashMap<String, i64> = HashMap::new();
     for c in spec["containers"].as_array().into_iter().flatten() {
@@ -74,7 +85,7 @@ pub fn pod_requests(spec: &Value) -> HashMap<String, i64> {
     sum
 }
 
-fn host_ports(spec: &Value) -> Vec<(String, i64, String)> {
+pub fn host_ports(spec: &Value) -> Vec<(String, i64, String)> {
     spec["containers"].as_array().into_iter().flatten()
         .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p["hostPort"].as_i64().filter(|hp| *hp > 0).map(|hp| (p["hostIP"].as_str().unwrap_or("0.0.0.0").to_string(), hp, p["protocol"].as_str().unwrap_or("TCP").to_string())))
@@ -91,7 +102,7 @@ pub fn tolerates(tols: &Value, taint: &Value) -> Option<Option<i64>> {
     }).map(|t| t["tolerationSeconds"].as_i64())
 }
 
-fn node_selector_term_matches(term: &Value, node: &Value) -> bool {
+pub fn node_selector_term_matches(term: &Value, node: &Value) -> bool {
     let labels = crate::api::selector::labels_of(node);
     let exprs_ok = term["matchExpressions"].as_array().into_iter().flatten().all(|e| {
         let key = e["key"].as_str().unwrap_or_default();
@@ -169,8 +180,7 @@ pub fn filter(pod: &Value, node: &Value, used: &HashMap<String, i64>, ports: &Ha
     None
 }
 
-/// Higher is better: preferred node affinity weights, then the least requested cpu+memory share
-/// (the caller subtracts the spreading penalties).
+/// Higher is better: preferred node affinity weights, then the least requested cpu+memory share.
 fn score(pod: &Value, node: &Value, used: &HashMap<String, i64>) -> i64 {
     let mut s = 0;
     for p in pod["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"].as_array().into_iter().flatten() {
@@ -192,45 +202,13 @@ fn score(pod: &Value, node: &Value, used: &HashMap<String, i64>) -> i64 {
 impl Scheduler {
     async fn pass(&self) -> Result<Option<Duration>, ApiError> {
         let pod_r = resources::by_kind("Pod");
-        let nodes = self.reg.list_all(resources::by_kind("Node"), None, None).await?;
-        let pods = self.reg.list_all(pod_r, None, None).await?;
-        let mut used: HashMap<String, HashMap<String, i64>> = HashMap::new();
-        let mut ports: HashMap<String, HashSet<(String, i64, String)>> = HashMap::new();
-        let mut pending = Vec::new();
-        for p in &pods {
-            let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
-            if node.is_empty() {
-                if pod_active(p) && p["spec"]["schedulerName"].as_str().unwrap_or("default-scheduler") == "default-scheduler" {
-                    pending.push(p);
-                }
-                continue;
-            }
-            if !pod_active(p) && p["metadata"]["deletionTimestamp"].is_null() {
-                continue;
-            }
-            let u = used.entry(node.to_string()).or_default();
-            for (k, v) in pod_requests(&p["spec"]) {
-                *u.entry(k).or_default() += v;
-            }
-            ports.entry(node.to_string()).or_default().extend(host_ports(&p["spec"]));
-        }
-        // Spreading (kube-scheduler's default topology spread and balanced allocation, simply):
-        // pods per node, and per node and owner.
-        let owner = |p: &Value| p["metadata"]["ownerReferences"][0]["uid"].as_str().map(str::to_string);
-        let mut per_node: HashMap<String, (i64, HashMap<String, i64>)> = HashMap::new();
-        for p in pods.iter().filter(|p| pod_active(p)) {
-            let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
-            if node.is_empty() {
-                continue;
-            }
-            let e = per_node.entry(node.to_string()).or_default();
-            e.0 += 1;
-            if let Some(o) = owner(p) {
-                *e.1.entry(o).or_default() += 1;
-            }
-        }
+        let Some(view) = self.cache.view() else {
+            return Ok(Some(Duration::from_millis(200)));
+        };
+        let (nodes, mut used, mut ports) = (view.nodes, view.used, view.ports);
         let mut retry = false;
-        for pod in pending {
+        let mut binds: Vec<(Value, String)> = Vec::new();
+        for pod in view.pending.iter().map(|p| p.as_ref()) {
             let mut reasons: HashMap<&'static str, usize> = HashMap::new();
             let mut best: Option<(i64, &Value)> = None;
             for n in &nodes {
@@ -240,8 +218,12 @@ impl Scheduler {
                 match filter(pod, n, used.get(name).unwrap_or(&empty), ports.get(name).unwrap_or(&empty_ports)) {
                     Some(why) => *reasons.entry(why).or_default() += 1,
                     None => {
-                        let (total, owners) = per_node.get(name).map(|(t, o)| (*t, o.get(&owner(pod).unwrap_or_default()).copied().unwrap_or(0))).unwrap_or((0, 0));
-                        let s = score(pod, n, used.get(name).unwrap_or(&empty)) - owners * 20 - total;
+                        // Spreading, as kube-scheduler's default topology spread and balanced
+                        // allocation do it in effect: fewer pods of the same owner, then fewer
+                        // pods, on the node win.
+                        let u = used.get(name).unwrap_or(&empty);
+                        let same_owner = owner_key(pod).and_then(|k| u.get(&k).copied()).unwrap_or(0);
+                        let s = score(pod, n, u) - same_owner * 20 - u.get("pods").copied().unwrap_or(0) / 1000;
                         if best.is_none_or(|(b, _)| s > b) {
                             best = Some((s, n));
                         }
@@ -251,24 +233,17 @@ impl Scheduler {
             let (ns, name) = (pod["metadata"]["namespace"].as_str(), meta_str(pod, "name"));
             match best {
                 Some((_, n)) => {
+                    // Decided here, against this pass's accounting; bound below, concurrently.
                     let node = meta_str(n, "name").to_string();
-                    match super::bind(&self.reg, pod_r, ns, name, &node).await {
-                        Ok(()) => {
-                            let u = used.entry(node.clone()).or_default();
-                            for (k, v) in pod_requests(&pod["spec"]) {
-                                *u.entry(k).or_default() += v;
-                            }
-                            ports.entry(node.clone()).or_default().extend(host_ports(&pod["spec"]));
-                            let e = per_node.entry(node.clone()).or_default();
-                            e.0 += 1;
-                            if let Some(o) = owner(pod) {
-                                *e.1.entry(o).or_default() += 1;
-                            }
-                            super::record_event(&self.reg, pod, "Normal", "Scheduled", &format!("Successfully assigned {}/{name} to {node}", ns.unwrap_or_default()), "default-scheduler").await;
-                        }
-                        Err(e) if e.code == 404 || e.code == 409 => {}
-                        Err(e) => return Err(e),
+                    let u = used.entry(node.clone()).or_default();
+                    for (k, v) in pod_requests(&pod["spec"]) {
+                        *u.entry(k).or_default() += v;
                     }
+                    if let Some(k) = owner_key(pod) {
+                        *u.entry(k).or_default() += 1;
+                    }
+                    ports.entry(node.clone()).or_default().extend(host_ports(&pod["spec"]));
+                    binds.push((pod.clone(), node));
                 }
                 None => {
                     retry = true;
@@ -285,6 +260,26 @@ impl Scheduler {
                 }
             }
         }
+        // Binds are independent writes: issue them concurrently (the store batches their
+        // commits). A bind lost to a race (404/409) is redone by the next pass.
+        let results: Vec<Result<(), ApiError>> = futures_util::stream::iter(binds)
+            .map(|(pod, node)| async move {
+                let pod = &pod;
+                let (ns, name) = (pod["metadata"]["namespace"].as_str(), meta_str(pod, "name"));
+                match super::bind(&self.reg, pod_r, ns, name, &node).await {
+                    Ok(bound) => {
+                        self.cache.assume(pod_r, &bound);
+                        super::record_event(&self.reg, pod, "Normal", "Scheduled", &format!("Successfully assigned {}/{name} to {node}", ns.unwrap_or_default()), "default-scheduler").await;
+                        Ok(())
+                    }
+                    Err(e) if e.code == 404 || e.code == 409 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(BIND_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<(), _>>()?;
         Ok(retry.then_some(Duration::from_secs(5)))
     }
 }
@@ -294,12 +289,12 @@ impl Reconciler for Scheduler {
     fn name(&self) -> &'static str {
         "scheduler"
     }
+    /// None: the cache's own feeds ask for passes.
     fn watches(&self) -> Vec<&'static ResourceDef> {
-        vec![resources::by_kind("Pod"), resources::by_kind("Node")]
+        vec![]
     }
-    fn keys_for(&self, r: &ResourceDef, obj: &Value) -> Vec<Key> {
-        let relevant = r.kind == "Node" || obj["spec"]["nodeName"].as_str().unwrap_or_default().is_empty() || !obj["metadata"]["deletionTimestamp"].is_null();
-        if relevant { vec![PASS.to_string()] } else { vec![] }
+    fn keys_for(&self, _r: &ResourceDef, _obj: &Value) -> Vec<Key> {
+        vec![]
     }
     async fn all_keys(&self) -> Vec<Key> {
         vec![PASS.to_string()]

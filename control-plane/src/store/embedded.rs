@@ -1,22 +1,29 @@
 //! The embedded store: state in memory, every write appended to a log and fsynced before memory
 //! changes or anyone is answered; the log is folded into an atomically renamed snapshot now and
 //! then. Recent events are kept (and snapshotted) so watches resume across restarts.
+//!
+//! Writes go through one committer thread (group commit): it takes every write queued while
+//! the previous batch was being synced, validates them in order against the state plus the
+//! batch so far, appends them with one write and one fdatasync, then applies them and answers.
+//! Concurrent writers share an fsync instead of queueing for one each.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::codec::{decode_all, encode, Record};
 use super::{Event, KeyValue, ListOptions, ListResult, Result, Rev, Store, StoreError, WatchStream};
 
 const LOG: &str = "store.log";
 const SNAP: &str = "store.snap";
+/// Most writes committed with one fsync.
+const MAX_BATCH: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
@@ -45,7 +52,6 @@ struct State {
     compacted: Rev,
     data: BTreeMap<String, Entry>,
     history: VecDeque<Arc<Event>>,
-    log: File,
     log_records: usize,
 }
 
@@ -53,7 +59,37 @@ pub struct Embedded {
     dir: PathBuf,
     opts: EmbeddedOptions,
     state: Mutex<State>,
+    /// The log file: written only by the committer, outside the state lock.
+    log: Mutex<File>,
     events: broadcast::Sender<Arc<Event>>,
+    /// To the committer thread, which ends when this store is dropped.
+    writes: std_mpsc::Sender<WriteReq>,
+}
+
+/// One queued write and where its outcome goes.
+struct WriteReq {
+    key: String,
+    value: Option<Bytes>,
+    op: Op,
+    done: oneshot::Sender<WriteOutcome>,
+}
+
+/// A committed write's revision and the value it replaced.
+type WriteOutcome = Result<(Rev, Option<KeyValue>)>;
+
+/// Takes queued writes in batches until the store is gone.
+fn committer(store: Weak<Embedded>, rx: std_mpsc::Receiver<WriteReq>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let Some(me) = store.upgrade() else { return };
+        me.commit(batch);
+    }
 }
 
 enum Op {
@@ -71,86 +107,141 @@ impl Embedded {
             compacted: 0,
             data: BTreeMap::new(),
             history: VecDeque::new(),
-            log: open_log(&dir.join(LOG))?,
             log_records: 0,
         };
+        let log = open_log(&dir.join(LOG))?;
         let snap = dir.join(SNAP);
         if snap.exists() {
             load_snapshot(&snap, &mut st)?;
         }
-        replay_log(&dir.join(LOG), &mut st, opts.history)?;
+        replay_log(&dir.join(LOG), &log, &mut st, opts.history)?;
         let (events, _) = broadcast::channel(4096);
         tracing::info!(dir = %dir.display(), rev = st.rev, keys = st.data.len(), "embedded store opened");
-        Ok(Arc::new(Embedded { dir: dir.to_path_buf(), opts, state: Mutex::new(st), events }))
+        let (writes, rx) = std_mpsc::channel();
+        let me = Arc::new(Embedded { dir: dir.to_path_buf(), opts, state: Mutex::new(st), log: Mutex::new(log), events, writes });
+        let weak = Arc::downgrade(&me);
+        std::thread::Builder::new().name("store-commit".into()).spawn(move || committer(weak, rx)).map_err(io(dir))?;
+        Ok(me)
+    }
+
+    /// Queues a write for the committer and waits for its outcome.
+    async fn submit(&self, key: &str, value: Option<Bytes>, op: Op) -> Result<(Rev, Option<KeyValue>)> {
+        let (done, rx) = oneshot::channel();
+        let gone = || StoreError::Unavailable { reason: "the store's committer has stopped".into() };
+        self.writes.send(WriteReq { key: key.to_string(), value, op, done }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Validates, appends + fsyncs, then applies to memory and tells watchers. Blocking.
-    fn write(&self, key: &str, value: Option<Bytes>, op: Op) -> Result<(Rev, Option<KeyValue>)> {
-        let mut st = self.lock();
-        let cur = st.data.get(key).cloned();
-        match (&op, &cur) {
-            (Op::Create, Some(_)) => return Err(StoreError::Exists { key: key.into() }),
-            (Op::Update(_) | Op::Delete(_), None) => return Err(StoreError::NotFound { key: key.into() }),
-            (Op::Update(Some(exp)) | Op::Delete(Some(exp)), Some(c)) if c.mod_rev != *exp => {
-                return Err(StoreError::Conflict { key: key.into(), expected: *exp, actual: c.mod_rev })
+    /// Commits a batch: validates each write in order (against the state and the batch so far),
+    /// appends all accepted records with one write + fdatasync, then applies them to memory,
+    /// tells watchers and answers. Runs on the committer thread, the only writer, so the state
+    /// cannot change between validation and apply and the lock is not held across the fsync
+    /// (readers on async workers never wait for the disk).
+    fn commit(&self, batch: Vec<WriteReq>) {
+        let st = self.lock();
+        let mut overlay: HashMap<String, Option<Entry>> = HashMap::new();
+        let mut accepted: Vec<(WriteReq, Record, Option<KeyValue>)> = Vec::with_capacity(batch.len());
+        let mut refused: Vec<(WriteReq, StoreError)> = Vec::new();
+        let mut buf = Vec::new();
+        let mut rev = st.rev;
+        for w in batch {
+            let cur = match overlay.get(&w.key) {
+                Some(e) => e.clone(),
+                None => st.data.get(&w.key).cloned(),
+            };
+            if let Err(e) = validate(&w.key, &w.op, cur.as_ref()) {
+                refused.push((w, e));
+                continue;
             }
-            _ => {}
+            rev += 1;
+            let rec = match &w.value {
+                Some(v) => Record::Put { rev, key: w.key.clone(), value: v.clone() },
+                None => Record::Delete { rev, key: w.key.clone() },
+            };
+            encode(&rec, &mut buf);
+            let next = w.value.as_ref().map(|v| Entry { value: v.clone(), create_rev: cur.as_ref().map_or(rev, |c| c.create_rev), mod_rev: rev });
+            overlay.insert(w.key.clone(), next);
+            let prev = cur.map(|c| KeyValue { key: w.key.clone(), value: c.value, create_rev: c.create_rev, mod_rev: c.mod_rev });
+            accepted.push((w, rec, prev));
         }
-        let rev = st.rev + 1;
-        let rec = match &value {
-            Some(v) => Record::Put { rev, key: key.into(), value: v.clone() },
-            None => Record::Delete { rev, key: key.into() },
-        };
-        let mut buf = Vec::with_capacity(64 + value.as_ref().map_or(0, |v| v.len()));
-        encode(&rec, &mut buf);
+        drop(st);
         let path = self.dir.join(LOG);
-        st.log.write_all(&buf).map_err(io(&path))?;
-        st.log.sync_data().map_err(io(&path))?;
-        st.log_records += 1;
-        let prev = cur.as_ref().map(|c| KeyValue {
-            key: key.into(),
-            value: c.value.clone(),
-            create_rev: c.create_rev,
-            mod_rev: c.mod_rev,
-        });
-        let ev = apply(&mut st, rec, self.opts.history);
-        let _ = self.events.send(ev);
-        if st.log_records >= self.opts.snapshot_every {
-            if let Err(e) = self.snapshot(&mut st) {
+        let written = if accepted.is_empty() {
+            Ok(())
+        } else {
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let before = log.metadata().map(|m| m.len());
+            let r = log.write_all(&buf).and_then(|_| log.sync_data());
+            if r.is_err() {
+                // Nothing of this batch was acknowledged: cut whatever reached the file.
+                if let Ok(len) = before {
+                    let _ = log.set_len(len);
+                }
+            }
+            r
+        };
+        let mut st = self.lock();
+        let mut snapshot = None;
+        let mut answers: Vec<(oneshot::Sender<WriteOutcome>, WriteOutcome)> = refused.into_iter().map(|(w, e)| (w.done, Err(e))).collect();
+        match written {
+            Ok(()) => {
+                for (w, rec, prev) in accepted {
+                    let ev = apply(&mut st, rec, self.opts.history);
+                    st.log_records += 1;
+                    let _ = self.events.send(ev.clone());
+                    answers.push((w.done, Ok((ev.rev, prev))));
+                }
+                if st.log_records >= self.opts.snapshot_every {
+                    snapshot = Some((st.rev, snapshot_bytes(&st)));
+                    st.log_records = 0;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), writes = accepted.len(), "store log append failed");
+                for (w, _, _) in accepted {
+                    let source = std::io::Error::new(e.kind(), e.to_string());
+                    answers.push((w.done, Err(StoreError::Io { path: path.clone(), source })));
+                }
+            }
+        }
+        drop(st);
+        for (done, r) in answers {
+            let _ = done.send(r);
+        }
+        // No write is applied until this returns, so the snapshot and the log truncation
+        // cannot miss one.
+        if let Some((rev, buf)) = snapshot {
+            if let Err(e) = self.write_snapshot(rev, &buf) {
                 tracing::warn!(error = %e, "store snapshot failed; the log keeps growing");
             }
         }
-        Ok((rev, prev))
     }
 
     /// Writes the whole state to a new snapshot (fsync, rename, fsync dir), then empties the log.
+    #[cfg(test)]
     fn snapshot(&self, st: &mut State) -> Result<()> {
+        st.log_records = 0;
+        self.write_snapshot(st.rev, &snapshot_bytes(st))
+    }
+
+    /// Puts an encoded snapshot in place atomically, then empties the log it contains.
+    fn write_snapshot(&self, rev: Rev, buf: &[u8]) -> Result<()> {
         let tmp = self.dir.join("store.snap.tmp");
-        let mut buf = Vec::new();
-        encode(&Record::SnapHeader { rev: st.rev, compacted: st.compacted }, &mut buf);
-        for (k, e) in &st.data {
-            let rec = Record::SnapEntry { key: k.clone(), value: e.value.clone(), create_rev: e.create_rev, mod_rev: e.mod_rev };
-            encode(&rec, &mut buf);
-        }
-        for ev in &st.history {
-            let rec = Record::SnapEvent { rev: ev.rev, key: ev.key.clone(), value: ev.value.clone(), prev: ev.prev.clone() };
-            encode(&rec, &mut buf);
-        }
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&buf).map_err(io(&tmp))?;
+        f.write_all(buf).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         let snap = self.dir.join(SNAP);
         std::fs::rename(&tmp, &snap).map_err(io(&snap))?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
-        let log = self.dir.join(LOG);
-        st.log.set_len(0).map_err(io(&log))?;
-        st.log.sync_all().map_err(io(&log))?;
-        st.log_records = 0;
-        tracing::debug!(rev = st.rev, bytes = buf.len(), "store snapshot written");
+        let path = self.dir.join(LOG);
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.set_len(0).map_err(io(&path))?;
+        log.sync_all().map_err(io(&path))?;
+        tracing::debug!(rev, bytes = buf.len(), "store snapshot written");
         Ok(())
     }
 
@@ -223,6 +314,31 @@ impl Embedded {
     }
 }
 
+/// Whether `op` may apply to the key's current entry.
+fn validate(key: &str, op: &Op, cur: Option<&Entry>) -> Result<()> {
+    match (op, cur) {
+        (Op::Create, Some(_)) => Err(StoreError::Exists { key: key.into() }),
+        (Op::Update(_) | Op::Delete(_), None) => Err(StoreError::NotFound { key: key.into() }),
+        (Op::Update(Some(exp)) | Op::Delete(Some(exp)), Some(c)) if c.mod_rev != *exp => Err(StoreError::Conflict { key: key.into(), expected: *exp, actual: c.mod_rev }),
+        _ => Ok(()),
+    }
+}
+
+/// The state as snapshot records (encoded under the lock; written without it).
+fn snapshot_bytes(st: &State) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode(&Record::SnapHeader { rev: st.rev, compacted: st.compacted }, &mut buf);
+    for (k, e) in &st.data {
+        let rec = Record::SnapEntry { key: k.clone(), value: e.value.clone(), create_rev: e.create_rev, mod_rev: e.mod_rev };
+        encode(&rec, &mut buf);
+    }
+    for ev in &st.history {
+        let rec = Record::SnapEvent { rev: ev.rev, key: ev.key.clone(), value: ev.value.clone(), prev: ev.prev.clone() };
+        encode(&rec, &mut buf);
+    }
+    buf
+}
+
 fn kv(k: &str, e: &Entry) -> KeyValue {
     KeyValue { key: k.to_string(), value: e.value.clone(), create_rev: e.create_rev, mod_rev: e.mod_rev }
 }
@@ -293,7 +409,7 @@ fn load_snapshot(path: &Path, st: &mut State) -> Result<()> {
 }
 
 /// Replays the log over the snapshot; a torn tail (crash mid-append, never acknowledged) is cut.
-fn replay_log(path: &Path, st: &mut State, history: usize) -> Result<()> {
+fn replay_log(path: &Path, log: &File, st: &mut State, history: usize) -> Result<()> {
     let buf = read_file(path)?;
     let (recs, valid) = decode_all(&buf);
     for rec in recs {
@@ -309,16 +425,10 @@ fn replay_log(path: &Path, st: &mut State, history: usize) -> Result<()> {
     }
     if valid != buf.len() {
         tracing::warn!(path = %path.display(), cut = buf.len() - valid, "cutting a torn tail off the store log");
-        st.log.set_len(valid as u64).map_err(io(path))?;
-        st.log.sync_all().map_err(io(path))?;
+        log.set_len(valid as u64).map_err(io(path))?;
+        log.sync_all().map_err(io(path))?;
     }
     Ok(())
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Unavailable { reason: format!("store task failed: {e}") })?
 }
 
 #[async_trait]
@@ -332,22 +442,16 @@ impl Store for Arc<Embedded> {
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<Rev> {
-        let (me, key) = (self.clone(), key.to_string());
-        blocking(move || me.write(&key, Some(value), Op::Create).map(|r| r.0)).await
+        self.submit(key, Some(value), Op::Create).await.map(|r| r.0)
     }
 
     async fn update(&self, key: &str, value: Bytes, expected: Option<Rev>) -> Result<Rev> {
-        let (me, key) = (self.clone(), key.to_string());
-        blocking(move || me.write(&key, Some(value), Op::Update(expected)).map(|r| r.0)).await
+        self.submit(key, Some(value), Op::Update(expected)).await.map(|r| r.0)
     }
 
     async fn delete(&self, key: &str, expected: Option<Rev>) -> Result<(Rev, KeyValue)> {
-        let (me, key) = (self.clone(), key.to_string());
-        blocking(move || {
-            let (rev, prev) = me.write(&key, None, Op::Delete(expected))?;
-            Ok((rev, prev.ok_or(StoreError::NotFound { key })?))
-        })
-        .await
+        let (rev, prev) = self.submit(key, None, Op::Delete(expected)).await?;
+        Ok((rev, prev.ok_or_else(|| StoreError::NotFound { key: key.into() })?))
     }
 
     async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult> {

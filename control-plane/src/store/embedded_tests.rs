@@ -8,50 +8,7 @@ fn open(dir: &Path) -> Arc<Embedded> {
     Embedded::open(dir, EmbeddedOptions { history: 100, snapshot_every: 1000 }).unwrap()
 }
 
-#[tokio::test]
-async fn create_update_delete_with_revision_checks() {
-    let d = tempfile::tempdir().unwrap();
-    let s = open(d.path());
-    let r1 = s.create("/p/a", b("1")).await.unwrap();
-    assert_eq!(r1, 1);
-    assert!(matches!(s.create("/p/a", b("x")).await, Err(StoreError::Exists { .. })));
-    assert!(matches!(s.update("/p/a", b("2"), Some(7)).await, Err(StoreError::Conflict { actual: 1, .. })));
-    let r2 = s.update("/p/a", b("2"), Some(r1)).await.unwrap();
-    let got = s.get("/p/a").await.unwrap().unwrap();
-    assert_eq!((got.value, got.create_rev, got.mod_rev), (b("2"), 1, r2));
-    assert!(matches!(s.update("/p/none", b("2"), None).await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(s.delete("/p/a", Some(r1)).await, Err(StoreError::Conflict { .. })));
-    let (r3, last) = s.delete("/p/a", None).await.unwrap();
-    assert_eq!((r3, last.value), (3, b("2")));
-    assert!(s.get("/p/a").await.unwrap().is_none());
-}
-
-#[tokio::test]
-async fn list_pages_by_prefix_and_at_an_older_revision() {
-    let d = tempfile::tempdir().unwrap();
-    let s = open(d.path());
-    for k in ["/p/a", "/p/b", "/p/c", "/q/a"] {
-        s.create(k, b(k)).await.unwrap();
-    }
-    let page = s.list("/p/", ListOptions { limit: Some(2), ..Default::default() }).await.unwrap();
-    assert_eq!(page.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["/p/a", "/p/b"]);
-    assert_eq!((page.remaining, page.rev), (1, 4));
-    s.update("/p/b", b("new"), None).await.unwrap();
-    s.delete("/p/c", None).await.unwrap();
-    s.create("/p/d", b("d")).await.unwrap();
-    let next = ListOptions { at: Some(4), start_after: Some("/p/b".into()), limit: Some(2) };
-    let page2 = s.list("/p/", next).await.unwrap();
-    assert_eq!(page2.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["/p/c"]);
-    assert_eq!(page2.remaining, 0);
-    let old = s.list("/p/", ListOptions { at: Some(4), ..Default::default() }).await.unwrap();
-    assert_eq!(old.items[1].value, b("/p/b"));
-    let now = s.list("/p/", ListOptions::default()).await.unwrap();
-    assert_eq!(now.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["/p/a", "/p/b", "/p/d"]);
-    assert!(matches!(
-        s.list("/p/", ListOptions { at: Some(99), ..Default::default() }).await,
-        Err(StoreError::FutureRevision { .. })
-    ));
-}
+// CRUD, lists and watches common to every backend: tests/store_contract.rs.
 
 #[tokio::test]
 async fn watch_replays_history_then_follows_and_reports_compaction() {
@@ -137,4 +94,42 @@ async fn a_crash_between_snapshot_and_log_truncation_replays_nothing_twice() {
     assert_eq!(s.revision().await.unwrap(), 2);
     let a = s.get("/a").await.unwrap().unwrap();
     assert_eq!((a.value, a.create_rev, a.mod_rev), (b("2"), 1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_validates_each_write_against_the_batch_before_it() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path());
+    let r1 = s.create("/g/k", b("0")).await.unwrap();
+    // 64 racing compare-and-swaps on one revision: exactly one wins, even inside one batch.
+    let tasks: Vec<_> = (0..64).map(|i| {
+        let s = s.clone();
+        tokio::spawn(async move { s.update("/g/k", b(&i.to_string()), Some(r1)).await })
+    }).collect();
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    // 200 concurrent creates: distinct revisions, all durable across a reopen.
+    let tasks: Vec<_> = (0..200).map(|i| {
+        let s = s.clone();
+        tokio::spawn(async move { s.create(&format!("/g/c{i:03}"), b("x")).await.unwrap() })
+    }).collect();
+    let mut revs = Vec::new();
+    for t in tasks {
+        revs.push(t.await.unwrap());
+    }
+    revs.sort();
+    revs.dedup();
+    assert_eq!(revs.len(), 200);
+    let last = s.revision().await.unwrap();
+    drop(s);
+    let s = open(d.path());
+    assert_eq!(s.revision().await.unwrap(), last);
+    assert_eq!(s.list("/g/c", ListOptions::default()).await.unwrap().items.len(), 200);
 }

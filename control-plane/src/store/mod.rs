@@ -3,6 +3,7 @@
 
 mod codec;
 pub mod embedded;
+pub mod etcd;
 
 use std::path::PathBuf;
 
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub use embedded::{Embedded, EmbeddedOptions};
+pub use etcd::{Etcd, EtcdOptions};
 
 /// A store revision: every write gets the next one; 0 means "nothing written yet".
 pub type Rev = u64;
@@ -86,6 +88,12 @@ pub enum StoreError {
     },
     #[error("store file {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("etcd {op}")]
+    Etcd {
+        op: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
     #[error("store backend unavailable: {reason}")]
     Unavailable { reason: String },
 }

@@ -2,6 +2,9 @@
 //! driven by the real kubectl; a "node" played by the test with node credentials.
 #![allow(dead_code)]
 
+pub mod etcd;
+pub mod fake_kubelet;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -13,6 +16,15 @@ pub struct Cluster {
     pub child: Option<Child>,
     pub kubeconfig: PathBuf,
     pub extra: Vec<String>,
+    /// The etcd this cluster stores in (outlives berth-control restarts), if any.
+    pub etcd: Option<etcd::EtcdServer>,
+}
+
+/// Where berth-control keeps its state.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    Embedded,
+    Etcd,
 }
 
 fn free_port() -> u16 {
@@ -25,15 +37,24 @@ pub fn bin() -> &'static str {
 
 impl Cluster {
     pub fn start() -> Cluster {
-        Cluster::start_with(&[])
+        Cluster::on_with(Backend::Embedded, &[])
     }
 
-    /// Starts with extra server flags.
-    pub fn start_with(extra: &[&str]) -> Cluster {
+    pub fn on(b: Backend) -> Cluster {
+        Cluster::on_with(b, &[])
+    }
+
+    /// Starts on a backend with extra server flags.
+    pub fn on_with(b: Backend, extra: &[&str]) -> Cluster {
         assert!(Command::new("kubectl").arg("version").arg("--client").output().is_ok_and(|o| o.status.success()), "kubectl must be installed for these tests");
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("admin.kubeconfig");
-        let mut c = Cluster { dir, port: free_port(), child: None, kubeconfig, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let etcd = (b == Backend::Etcd).then(etcd::EtcdServer::start);
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(e) = &etcd {
+            extra.extend(["--etcd-servers".to_string(), e.url.clone()]);
+        }
+        let mut c = Cluster { dir, port: free_port(), child: None, kubeconfig, extra, etcd };
         c.spawn();
         c
     }
