@@ -246,3 +246,50 @@ fn pods_are_evicted_under_memory_pressure_best_effort_first() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.pod("besteffort").unwrap()["status"]["phase"], "Failed");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn kubectl_logs_exec_and_port_forward_through_the_control_plane() {
+    let c = Cluster::start("kctl", 5208, "10.89.28.0/24").expect("cluster");
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: talk}}\nspec:\n  containers:\n  - name: app\n    image: {}\n    command: [sh, -c, \"echo first; (nc -ll -p 8080 -e /bin/cat &); i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done\"]\n",
+        c.image
+    ))
+    .unwrap();
+    c.wait_for(LONG, "the pod to run", |c| c.pod("talk").is_ok_and(|p| p["status"]["phase"] == "Running")).unwrap();
+    c.wait_for(LONG, "kubectl logs", |c| c.kubectl(&["logs", "talk"]).is_ok_and(|o| o.starts_with("first\ntick 1"))).unwrap();
+    let tail = c.kubectl(&["logs", "talk", "--tail=1"]).unwrap();
+    assert!(tail.starts_with("tick ") && !tail.contains('\n'), "{tail:?}");
+
+    // logs -f streams: new lines arrive while the command runs.
+    let out = c.ns.command("timeout").args(["4", "kubectl", "--kubeconfig"]).arg(&c.kubeconfig).args(["logs", "-f", "talk", "--tail=1"]).output().unwrap();
+    let followed = String::from_utf8_lossy(&out.stdout);
+    assert!(followed.matches("tick").count() >= 3, "follow streamed new lines: {followed:?}");
+
+    // exec, with stdin, and its exit code.
+    let out = c.kubectl_output(&["exec", "-i", "talk", "--", "sh", "-c", "cat; echo done >&2; exit 3"], Some("through stdin\n")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("done"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "the exit code comes back");
+    assert_eq!(c.kubectl(&["exec", "talk", "--", "hostname"]).unwrap(), "talk");
+
+    // port-forward to the pod's echo server (which answers inside the pod first).
+    c.wait_for(LONG, "the echo server in the pod", |c| c.kubectl(&["exec", "talk", "--", "sh", "-c", "echo inside | nc -w 1 127.0.0.1 8080"]).is_ok_and(|o| o.contains("inside"))).unwrap();
+    let mut pf = c.ns.command("kubectl");
+    let pf_log = c.dir.join("port-forward.log");
+    let pf_err = std::fs::File::create(&pf_log).unwrap();
+    pf.arg("--kubeconfig").arg(&c.kubeconfig).args(["port-forward", "-v=6", "pod/talk", "18080:8080"]).stdout(pf_err.try_clone().unwrap()).stderr(pf_err);
+    let mut child = pf.spawn().unwrap();
+    let mut got = String::new();
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(300));
+        let out = c.ns.command("sh").args(["-c", "echo via-port-forward | busybox nc -w 2 127.0.0.1 18080"]).output().unwrap();
+        got = String::from_utf8_lossy(&out.stdout).into_owned();
+        if got.contains("via-port-forward") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(got.contains("via-port-forward"), "port-forward echoed: {got:?}\n{}\n{}", std::fs::read_to_string(&pf_log).unwrap_or_default(), c.agent_log());
+}
