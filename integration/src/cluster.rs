@@ -225,6 +225,23 @@ impl Drop for Cluster {
             std::thread::sleep(Duration::from_millis(200));
         }
         std::thread::sleep(Duration::from_millis(500));
+        // The agent first (so it recreates nothing), then whatever pods are left — e.g. a
+        // static pod of a failed test — straight through CRI, before the runtime stops.
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        let socket = self.cri_socket.clone();
+        if let Ok(rt) = tokio::runtime::Runtime::new() {
+            rt.block_on(async move {
+                let Ok((mut client, _)) = crate::cri::connect(&socket).await else { return };
+                let Ok(list) = client.list_pod_sandbox(berth_proto::runtime::v1::ListPodSandboxRequest::default()).await else { return };
+                for sb in list.into_inner().items {
+                    let _ = client.stop_pod_sandbox(berth_proto::runtime::v1::StopPodSandboxRequest { pod_sandbox_id: sb.id.clone() }).await;
+                    let _ = client.remove_pod_sandbox(berth_proto::runtime::v1::RemovePodSandboxRequest { pod_sandbox_id: sb.id }).await;
+                }
+            });
+        }
         for child in [self.agent.take(), self.control.take(), self.containerd.take()].into_iter().flatten() {
             let mut child = child;
             // SAFETY: signalling our own child.
