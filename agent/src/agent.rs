@@ -457,11 +457,10 @@ impl<R: Runtime> Agent<R> {
             tracing::info!(pod = ?sb.labels.get(spec::LABEL_POD_NAME), uid = %uid, "removing a pod the API no longer has");
             let _ = self.rt.stop_pod_sandbox(&sb.id).await;
             let _ = self.rt.remove_pod_sandbox(&sb.id).await;
-            let dir = self.cfg.root_dir.join("pods").join(uid);
+            // Its volumes: unmounted and removed with the pod directory.
             let mut ghost = Pod::default();
             ghost.metadata.uid = Some(uid.clone());
             let _ = volumes::cleanup(&self.cfg.root_dir, &ghost);
-            let _ = std::fs::remove_dir_all(dir);
         }
     }
 

@@ -174,7 +174,9 @@ pub fn expand(s: &str, env: &HashMap<String, String>) -> String {
     out
 }
 
-fn field_ref(pod: &Pod, src: &dyn EnvSources, var: &str, path: &str) -> Result<String, EnvError> {
+/// The value of a fieldRef path (`metadata.name`, `status.podIP`, `metadata.labels['k']`…);
+/// `var` names the requester in errors.
+pub(crate) fn field_ref(pod: &Pod, src: &dyn EnvSources, var: &str, path: &str) -> Result<String, EnvError> {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
     let keyed = |prefix: &str, map: Option<&BTreeMap<String, String>>| -> Option<String> {

@@ -252,17 +252,7 @@ fn downward_files(volume: &str, pod: &Pod, items: &[DownwardAPIVolumeFile], defa
                 match f.field_path.as_str() {
                     "metadata.labels" => render(m.labels.as_ref()),
                     "metadata.annotations" => render(m.annotations.as_ref()),
-                    path => {
-                        let c = Container::default();
-                        let env = [k8s_openapi::api::core::v1::EnvVar {
-                            name: "_".into(),
-                            value_from: Some(k8s_openapi::api::core::v1::EnvVarSource { field_ref: Some(f.clone()), ..Default::default() }),
-                            ..Default::default()
-                        }];
-                        let probe = Container { env: Some(env.to_vec()), ..c };
-                        let got = spec::container_env(pod, &probe, src).map_err(|e| invalid(volume, format!("{path}: {e}")))?;
-                        got.into_iter().next().map(|(_, v)| v).unwrap_or_default()
-                    }
+                    path => spec::field_ref(pod, src, volume, path).map_err(|e| invalid(volume, e.to_string()))?,
                 }
             } else if i.resource_field_ref.is_some() {
                 return Err(invalid(volume, "resourceFieldRef items are not supported yet"));

@@ -38,7 +38,8 @@ pub struct Cluster {
     _tmp: tempfile::TempDir,
 }
 
-fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
+/// Spawns `cmd` with stdout and stderr appended to `log`.
+pub fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
     let f = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     Ok(cmd.stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f).spawn()?)
 }

@@ -3,10 +3,11 @@
 //! (or host-gw) conflist and peers; pods on different hosts talk over the overlay; a Deployment
 //! spreads; a host whose agent stops turns NotReady, its pods move, and it rejoins.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_integration::cluster::spawn_logged;
 use berth_integration::netns::NetNs;
 use berth_integration::registry::Registry;
 use berth_integration::shim::{ShimOptions, ShimProcess};
@@ -38,11 +39,6 @@ struct Multi {
     kubeconfig: PathBuf,
     dir: PathBuf,
     _tmp: tempfile::TempDir,
-}
-
-fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    cmd.stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().expect("spawn")
 }
 
 impl Multi {
@@ -86,7 +82,7 @@ impl Multi {
         let control_dir = dir.join("control");
         let mut control = hosts[0].ns.command(berth_integration::bin_path("berth-control").unwrap());
         control.arg("--data-dir").arg(&control_dir).args(["--listen", &format!("{}:6443", ip(0)), "--tls-san", &ip(0), "--node-monitor-grace-period", "15", "--cluster-cidr", "10.244.0.0/16"]);
-        let control = spawn_logged(control, &dir.join("control.log"));
+        let control = spawn_logged(control, &dir.join("control.log")).expect("start berth-control");
         let kubeconfig = control_dir.join("admin.kubeconfig");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !kubeconfig.exists() {
@@ -128,7 +124,7 @@ impl Multi {
         let h = &mut self.hosts[n];
         let mut cmd = h.ns.command(berth_integration::bin_path("berth-agent").unwrap());
         cmd.args(&h.agent_args);
-        h.agent = Some(spawn_logged(cmd, &h.dir.join("agent.log")));
+        h.agent = Some(spawn_logged(cmd, &h.dir.join("agent.log")).expect("start berth-agent"));
     }
 
     fn stop_agent(&mut self, n: usize) {
