@@ -35,6 +35,25 @@ pub struct Agent<R: Runtime> {
     pods: Mutex<HashMap<String, watch::Sender<Option<Pod>>>>,
     /// Pods chosen for eviction (uid → the status message), handled by their workers.
     evictions: Mutex<HashMap<String, String>>,
+    /// Events on their way to the API, posted in order by one task so that no pod's sync
+    /// or status waits for them (kubelet's event broadcaster does the same).
+    events: mpsc::Sender<Event>,
+    /// Permits for pods setting up their sandbox (`parallelPodStarts`).
+    start_gate: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many events may wait for the API before new ones are dropped (and logged).
+const EVENT_QUEUE: usize = 4096;
+
+/// Posts queued events one after another; a failed post is logged and dropped.
+async fn post_events(client: Client, mut rx: mpsc::Receiver<Event>) {
+    while let Some(ev) = rx.recv().await {
+        let ns = ev.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            tracing::debug!(error = %e, reason = ?ev.reason, "recording an event");
+        }
+    }
 }
 
 /// ConfigMaps and Secrets a pod refers to, fetched before its sync.
@@ -166,7 +185,26 @@ impl<R: Runtime> Agent<R> {
             cluster_domain: cfg.cluster_domain.clone(),
             cgroup_parent: cfg.cgroup_root.clone(),
         };
-        Ok(Arc::new(Agent { cfg, node_name, client, rt, runtime_name: version.runtime_name, node_facts, facts: Mutex::new(facts), pods: Mutex::new(HashMap::new()), evictions: Mutex::new(HashMap::new()) }))
+        let (events, rx) = mpsc::channel(EVENT_QUEUE);
+        let starts = match cfg.parallel_pod_starts {
+            0 => 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let start_gate = Arc::new(tokio::sync::Semaphore::new(starts));
+        tokio::spawn(post_events(client.clone(), rx));
+        Ok(Arc::new(Agent {
+            cfg,
+            node_name,
+            client,
+            rt,
+            runtime_name: version.runtime_name,
+            node_facts,
+            facts: Mutex::new(facts),
+            pods: Mutex::new(HashMap::new()),
+            evictions: Mutex::new(HashMap::new()),
+            events,
+            start_gate,
+        }))
     }
 
     /// Runs until the pod watch fails for good. `ca` (DER) verifies clients of the kubelet API.
@@ -479,6 +517,7 @@ impl<R: Runtime> Agent<R> {
                 let _ = tx.send(Some(pod));
             }
             None => {
+                tracing::debug!(pod = ?pod.metadata.name, uid = %uid, "new pod: starting its worker");
                 let (tx, rx) = watch::channel(Some(pod));
                 pods.insert(uid.clone(), tx);
                 tokio::spawn(self.clone().pod_task(uid, rx));
@@ -520,9 +559,9 @@ impl<R: Runtime> Agent<R> {
         src
     }
 
-    async fn record(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
+    /// Queues an event about `pod` (posted by [`post_events`]).
+    fn record(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
         let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let now = Utc::now();
         let mut ev = Event {
             involved_object: ObjectReference {
@@ -546,13 +585,13 @@ impl<R: Runtime> Agent<R> {
         };
         ev.metadata.generate_name = Some(format!("{}.", pod.metadata.name.clone().unwrap_or_default()));
         ev.metadata.namespace = Some(ns);
-        if let Err(e) = events.create(&PostParams::default(), &ev).await {
-            tracing::debug!(error = %e, "recording an event");
+        if self.events.try_send(ev).is_err() {
+            tracing::warn!(reason, "the event queue is full: dropping an event");
         }
     }
 
     async fn pod_task(self: Arc<Self>, uid: String, mut rx: watch::Receiver<Option<Pod>>) {
-        let mut worker = Worker::new(self.rt.clone(), self.runtime_name.clone());
+        let mut worker = Worker::new(self.rt.clone(), self.runtime_name.clone()).with_start_gate(self.start_gate.clone());
         let probe_state = Arc::new(Mutex::new(ProbeState::default()));
         let (sig_tx, mut sig_rx) = mpsc::unbounded_channel::<Signal>();
         let mut probers: HashMap<(String, Kind), (String, tokio::task::JoinHandle<()>)> = HashMap::new();
@@ -581,7 +620,7 @@ impl<R: Runtime> Agent<R> {
                 if let Err(e) = self.patch_status(&pod, &status).await {
                     tracing::warn!(pod = %uid, error = %e, "reporting the eviction");
                 }
-                self.record(&pod, "Warning", "Evicted", &message).await;
+                self.record(&pod, "Warning", "Evicted", &message);
                 self.evictions.lock().expect("evictions").remove(&uid);
                 last_status = Some(status);
                 continue;
@@ -591,7 +630,7 @@ impl<R: Runtime> Agent<R> {
                     h.abort();
                 }
                 let grace = if current.is_none() { 0 } else { pod.metadata.deletion_grace_period_seconds.or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30) };
-                self.record(&pod, "Normal", "Killing", &format!("Stopping pod {} (grace period {grace}s)", spec::ids(&pod).1)).await;
+                self.record(&pod, "Normal", "Killing", &format!("Stopping pod {} (grace period {grace}s)", spec::ids(&pod).1));
                 match worker.terminate(&pod, grace).await {
                     Ok(true) => {
                         if let Err(e) = volumes::cleanup(&self.cfg.root_dir, &pod) {
@@ -624,7 +663,7 @@ impl<R: Runtime> Agent<R> {
             let sources = self.fetch_sources(&pod, pod_ip.clone()).await;
             let prepared = volumes::prepare(&self.cfg.root_dir, &pod, &sources);
             if let Err(e) = &prepared {
-                self.record(&pod, "Warning", "FailedMount", &e.to_string()).await;
+                self.record(&pod, "Warning", "FailedMount", &e.to_string());
             }
             let mounts = |c: &k8s_openapi::api::core::v1::Container| match &prepared {
                 Ok(v) => volumes::container_mounts(v, c),
@@ -646,14 +685,17 @@ impl<R: Runtime> Agent<R> {
             match outcome {
                 Ok(mut out) => {
                     for (kind, reason, message) in &out.events {
-                        self.record(&pod, kind, reason, message).await;
+                        self.record(&pod, kind, reason, message);
                     }
                     pod_ip = out.status.pod_ip.clone();
                     self.manage_probers(&pod, &out.running, pod_ip.as_deref().unwrap_or(""), &probe_state, &sig_tx, &mut probers);
                     keep_transition_times(&mut out.status, last_status.as_ref().or(pod.status.as_ref()));
                     if last_status.as_ref() != Some(&out.status) {
                         match self.patch_status(&pod, &out.status).await {
-                            Ok(()) => last_status = Some(out.status.clone()),
+                            Ok(()) => {
+                                tracing::debug!(pod = ?pod.metadata.name, phase = ?out.status.phase, "status patched");
+                                last_status = Some(out.status.clone());
+                            }
                             Err(e) => tracing::warn!(pod = %uid, error = %e, "patching pod status"),
                         }
                     }
@@ -671,7 +713,7 @@ impl<R: Runtime> Agent<R> {
                 _ = tokio::time::sleep(wait) => {}
                 sig = sig_rx.recv() => {
                     if let Some(Signal::Restart { container, id, message }) = sig {
-                        self.record(&pod, "Normal", "Killing", &format!("Container {container} failed its probe and will be restarted: {message}")).await;
+                        self.record(&pod, "Normal", "Killing", &format!("Container {container} failed its probe and will be restarted: {message}"));
                         let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
                         let _ = self.rt.stop_container(&id, grace).await;
                         probers.retain(|(name, _), _| name != &container);

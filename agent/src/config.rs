@@ -90,6 +90,10 @@ pub struct AgentConfig {
     /// The node's InternalIP (default: the address of the default route's interface).
     #[serde(rename = "nodeIP")]
     pub node_ip: Option<String>,
+    /// How many pods may be setting up their sandbox and first containers at once (0: twice
+    /// the CPUs). The rest queue in arrival order, so that a burst of pods starts them
+    /// first-come first-served instead of all sharing the CPUs and all finishing late.
+    pub parallel_pod_starts: usize,
 }
 
 impl Default for AgentConfig {
@@ -121,6 +125,7 @@ impl Default for AgentConfig {
             port: 10250,
             network: crate::network::NetworkConfig::default(),
             node_ip: None,
+            parallel_pod_starts: 0,
         }
     }
 }

@@ -27,6 +27,9 @@ pub struct NetworkConfig {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dir: PathBuf,
     pub peers_file: PathBuf,
+    /// The plugins' records (`stateDir`) and IPAM allocations (`<stateDir>/networks`): under
+    /// /run, so a reboot frees them.
+    pub state_dir: PathBuf,
     #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: Option<String>,
     pub underlay_device: Option<String>,
@@ -42,6 +45,7 @@ impl Default for NetworkConfig {
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_bin_dir: "/opt/cni/bin".into(),
             peers_file: "/run/berth/peers.json".into(),
+            state_dir: "/run/berth/cni".into(),
             cluster_cidr: None,
             underlay_device: None,
             bridge: "berth0".into(),
@@ -73,15 +77,15 @@ pub fn peers(nodes: &[Node], me: &str) -> Vec<Value> {
 
 /// This node's conflist for `pod_cidr`.
 pub fn conflist(cfg: &NetworkConfig, pod_cidr: &str, node_ip: Option<&str>) -> Option<Value> {
-    let ipam = json!({ "type": "berth-host-local", "ranges": [[{ "subnet": pod_cidr }]], "routes": [{ "dst": "0.0.0.0/0" }] });
+    let ipam = json!({ "type": "berth-host-local", "ranges": [[{ "subnet": pod_cidr }]], "routes": [{ "dst": "0.0.0.0/0" }], "dataDir": cfg.state_dir.join("networks") });
     let main = match cfg.mode {
         Mode::None => return None,
-        Mode::Bridge => json!({ "type": "berth-bridge", "bridge": cfg.bridge, "isDefaultGateway": true, "ipMasq": cfg.ip_masq, "hairpinMode": true, "ipam": ipam }),
+        Mode::Bridge => json!({ "type": "berth-bridge", "bridge": cfg.bridge, "isDefaultGateway": true, "ipMasq": cfg.ip_masq, "hairpinMode": true, "stateDir": cfg.state_dir, "ipam": ipam }),
         Mode::Vxlan | Mode::HostGw => {
             let mut m = json!({
                 "type": if cfg.mode == Mode::Vxlan { "berth-vxlan" } else { "berth-host-gw" },
                 "bridge": cfg.bridge, "ipMasq": cfg.ip_masq, "hairpinMode": true,
-                "peersFile": cfg.peers_file, "podCIDR": pod_cidr, "ipam": ipam,
+                "peersFile": cfg.peers_file, "podCIDR": pod_cidr, "stateDir": cfg.state_dir, "ipam": ipam,
             });
             if cfg.mode == Mode::Vxlan {
                 m["vni"] = json!(cfg.vni);
@@ -100,7 +104,7 @@ pub fn conflist(cfg: &NetworkConfig, pod_cidr: &str, node_ip: Option<&str>) -> O
     Some(json!({
         "cniVersion": "1.1.0",
         "name": "berth",
-        "plugins": [main, { "type": "berth-portmap", "capabilities": { "portMappings": true } }],
+        "plugins": [main, { "type": "berth-portmap", "capabilities": { "portMappings": true }, "stateDir": cfg.state_dir }],
     }))
 }
 

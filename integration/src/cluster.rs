@@ -63,13 +63,23 @@ impl Cluster {
         registry.push_busybox(&ns, "library/busybox:1.36", &["sh"])?;
         let shim_dir = dir.join("s");
         ShimProcess::configure(&shim_dir, &ShimOptions { name, registry: &registry.addr, subnet, with_cni: true })?;
+        // Berth's own CNI plugins, as a Berth node runs them (for containerd too, so both
+        // runtimes get the same network).
+        let cni_bin = dir.join("cni-bin");
+        std::fs::create_dir_all(&cni_bin)?;
+        for p in ["berth-bridge", "berth-host-local", "berth-portmap"] {
+            std::os::unix::fs::symlink(crate::bin_path(p)?, cni_bin.join(p))?;
+        }
+        std::fs::write(shim_dir.join("net.d/10-berth-test.conflist"), berth_conflist(name, subnet, &shim_dir.join("cni-state")).to_string())?;
+        let toml = std::fs::read_to_string(shim_dir.join("shim.toml"))?.replace("bin_dirs = [\"/usr/lib/cni\"]", &format!("bin_dirs = [\"{}\"]", cni_bin.display()));
+        std::fs::write(shim_dir.join("shim.toml"), toml)?;
         let shim = ShimProcess::start(&ns, &shim_dir)?;
         let (containerd, cri_socket) = match runtime {
             Runtime::BerthShim => (None, shim.socket.clone()),
             Runtime::Containerd => {
                 registry.push_pause(&ns, "library/pause:3.9", &crate::bin_path("berth-pause")?)?;
-                let conflist = std::fs::read_to_string(shim_dir.join("net.d/10-berth-test.conflist"))?.replace(&shim_dir.join("ipam").display().to_string(), &dir.join("c/ipam").display().to_string());
-                let (child, sock) = crate::containerd::start(&ns, &dir.join("c"), &conflist, &format!("{}/library/pause:3.9", registry.addr), &registry.addr)?;
+                let conflist = berth_conflist(name, subnet, &dir.join("c/cni-state")).to_string();
+                let (child, sock) = crate::containerd::start(&ns, &dir.join("c"), &conflist, &cni_bin, &format!("{}/library/pause:3.9", registry.addr), &registry.addr)?;
                 (Some(child), sock)
             }
         };
@@ -196,6 +206,20 @@ impl Cluster {
     pub fn agent_log(&self) -> String {
         tail(&self.dir.join("agent.log"))
     }
+}
+
+/// berth-bridge (host-local IPAM in-process) and berth-portmap on bridge `bt-<name>`, their
+/// records and allocations under `state`.
+fn berth_conflist(name: &str, subnet: &str, state: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "berth-test",
+        "plugins": [
+            { "type": "berth-bridge", "bridge": format!("bt-{name}"), "isGateway": true, "ipMasq": false, "stateDir": state,
+              "ipam": { "type": "berth-host-local", "ranges": [[{ "subnet": subnet }]], "dataDir": state.join("networks"), "routes": [{ "dst": "0.0.0.0/0" }] } },
+            { "type": "berth-portmap", "capabilities": { "portMappings": true }, "stateDir": state }
+        ]
+    })
 }
 
 fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {

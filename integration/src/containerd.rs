@@ -9,9 +9,9 @@ use anyhow::{bail, Context};
 
 use crate::netns::NetNs;
 
-/// Starts containerd with `conflist`, pulling the pause image `sandbox_image`; `registry`
-/// (host:port, plain http) mirrors docker.io and itself.
-pub fn start(ns: &NetNs, dir: &Path, conflist: &str, sandbox_image: &str, registry: &str) -> anyhow::Result<(Child, PathBuf)> {
+/// Starts containerd with `conflist` (its plugins in `cni_bin`), pulling the pause image
+/// `sandbox_image`; `registry` (host:port, plain http) mirrors docker.io and itself.
+pub fn start(ns: &NetNs, dir: &Path, conflist: &str, cni_bin: &Path, sandbox_image: &str, registry: &str) -> anyhow::Result<(Child, PathBuf)> {
     std::fs::create_dir_all(dir.join("net.d"))?;
     std::fs::write(dir.join("net.d/10-test.conflist"), conflist)?;
     let sock = dir.join("containerd.sock");
@@ -25,7 +25,7 @@ state = "{d}/state"
   sandbox_image = "{sandbox_image}"
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "{cni_bin}"
     conf_dir = "{d}/net.d"
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{registry}"]
     endpoint = ["http://{registry}"]
@@ -33,7 +33,8 @@ state = "{d}/state"
     endpoint = ["http://{registry}"]
 "#,
         d = dir.display(),
-        sock = sock.display()
+        sock = sock.display(),
+        cni_bin = cni_bin.display(),
     );
     std::fs::write(dir.join("config.toml"), config)?;
     let log = std::fs::File::create(dir.join("containerd.log"))?;

@@ -19,3 +19,4 @@ pub mod netns;
 pub mod registry;
 pub mod shim;
 pub mod streaming;
+pub mod multi;

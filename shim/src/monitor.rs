@@ -40,6 +40,11 @@ impl MonitorClient {
         let mut cmd = tokio::process::Command::new(binary);
         cmd.arg("--dir").arg(pod_dir).arg("--runtime-root").arg(runtime_root);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        // The cgroup layout this shim already knows: a monitor spares itself a read of the
+        // node's mountinfo, which grows with every pod.
+        if let Some(layout) = berth_runtime::cgroups::Layout::cached().ok().and_then(|l| serde_json::to_string(&l).ok()) {
+            cmd.env(berth_runtime::cgroups::LAYOUT_ENV, layout);
+        }
         // Its own session: signals meant for the shim's process group do not reach pods.
         // SAFETY: setsid is async-signal-safe and has no preconditions.
         unsafe {

@@ -101,6 +101,9 @@ pub struct Worker<R: Runtime> {
     waiting: HashMap<String, Waiting>,
     start_time: Option<DateTime<Utc>>,
     events: Vec<(&'static str, &'static str, String)>,
+    /// Shared by the node's workers: a sync that creates a sandbox holds a permit until it
+    /// returns (its containers started), see `parallelPodStarts`.
+    start_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 fn wait_for(requeue: &mut Option<Duration>, d: Duration) {
@@ -143,7 +146,13 @@ pub(super) fn terminal_phase(spec: &PodSpec, obs: &Observed) -> Option<&'static 
 
 impl<R: Runtime> Worker<R> {
     pub fn new(rt: Arc<R>, runtime_name: impl Into<String>) -> Self {
-        Worker { rt, runtime_name: runtime_name.into(), backoff: HashMap::new(), waiting: HashMap::new(), start_time: None, events: Vec::new() }
+        Worker { rt, runtime_name: runtime_name.into(), backoff: HashMap::new(), waiting: HashMap::new(), start_time: None, events: Vec::new(), start_gate: None }
+    }
+
+    /// Sandbox creation (and the rest of that sync) waits for a permit of `gate`.
+    pub fn with_start_gate(mut self, gate: Arc<tokio::sync::Semaphore>) -> Self {
+        self.start_gate = Some(gate);
+        self
     }
 
     async fn observe(&self, pod: &Pod) -> Result<Observed, CriError> {
@@ -189,6 +198,7 @@ impl<R: Runtime> Worker<R> {
         let spec = cx.pod.spec.clone().unwrap_or_default();
         let mut obs = self.observe(cx.pod).await?;
         let mut requeue = None;
+        let mut _start_permit = None;
         self.start_time.get_or_insert(cx.now);
         self.gc_stale(&obs).await;
 
@@ -200,6 +210,9 @@ impl<R: Runtime> Worker<R> {
         let sandbox = match obs.sandbox.clone().filter(|s| s.ready) {
             Some(s) => s,
             None => {
+                if let Some(gate) = &self.start_gate {
+                    _start_permit = gate.clone().acquire_owned().await.ok();
+                }
                 let attempt = obs.sandbox.as_ref().map_or(0, |s| s.attempt + 1);
                 if let Some(old) = obs.sandbox.take() {
                     tracing::info!(pod = spec::ids(cx.pod).1, sandbox = %old.id, "sandbox is not ready: replacing it");
@@ -208,7 +221,7 @@ impl<R: Runtime> Worker<R> {
                     let _ = self.rt.remove_pod_sandbox(&old.id).await;
                 }
                 match self.rt.run_pod_sandbox(spec::sandbox_config(cx.pod, attempt, cx.node)).await {
-                    Ok(_) => {}
+                    Ok(id) => tracing::debug!(pod = spec::ids(cx.pod).1, sandbox = ?id, "sandbox running"),
                     Err(e) => {
                         tracing::warn!(pod = spec::ids(cx.pod).1, error = %e, "creating the pod sandbox");
                         for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {

@@ -161,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
     ShimProcess::configure(&shim_dir, &ShimOptions { name: "bench", registry: &registry.addr, subnet: "10.90.0.0/16", with_cni: true })?;
     let conflist = std::fs::read_to_string(shim_dir.join("net.d/10-berth-test.conflist"))?.replace("bt-bench", "bc-ctr").replace("10.90.0.0/16", "10.91.0.0/16").replace(&shim_dir.join("ipam").display().to_string(), &tmp.path().join("c/ipam").display().to_string());
     let shim = ShimProcess::start(&ns, &shim_dir)?;
-    let (mut ctrd, ctrd_sock) = berth_integration::containerd::start(&ns, &tmp.path().join("c"), &conflist, "127.0.0.1:5200/library/pause:3.9", "127.0.0.1:5200")?;
+    let (mut ctrd, ctrd_sock) = berth_integration::containerd::start(&ns, &tmp.path().join("c"), &conflist, std::path::Path::new("/usr/lib/cni"), "127.0.0.1:5200/library/pause:3.9", "127.0.0.1:5200")?;
 
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs)?;

@@ -21,6 +21,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    berth_runtime::cgroups::Layout::adopt_from_env();
     let listener = daemon::bind(&args.dir).context("binding the control socket")?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(args.dir.join("monitor.log")).context("opening monitor.log")?;
     tracing_subscriber::fmt()

@@ -33,7 +33,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Cgr
 }
 
 /// A mounted cgroup hierarchy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hierarchy {
     pub mountpoint: PathBuf,
     pub version: Version,
@@ -44,12 +44,39 @@ pub struct Hierarchy {
 }
 
 /// All cgroup hierarchies visible to this process.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Layout {
     pub hierarchies: Vec<Hierarchy>,
 }
 
+/// The layout this process found first (or was given); see [`Layout::cached`].
+static CACHED: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+
+/// The environment variable through which a parent hands its layout (JSON) to a child in the
+/// same mount namespace, which then need not read mountinfo at all (berth-shim → berth-monitor).
+pub const LAYOUT_ENV: &str = "BERTH_CGROUP_LAYOUT";
+
 impl Layout {
+    /// [`Layout::detect`], once per process. Hosts do not remount their cgroup hierarchies
+    /// under running containers, and reading mountinfo is costly on a busy node: its size grows
+    /// with every pod (overlay, shm, netns mounts), and each exec and stats call needs the
+    /// layout.
+    pub fn cached() -> Result<Layout, CgroupError> {
+        if let Some(l) = CACHED.get() {
+            return Ok(l.clone());
+        }
+        let layout = Layout::detect()?;
+        Ok(CACHED.get_or_init(|| layout).clone())
+    }
+
+    /// Takes the layout from [`LAYOUT_ENV`] for [`Layout::cached`], if it is set and parses.
+    pub fn adopt_from_env() {
+        let given = std::env::var(LAYOUT_ENV).ok().and_then(|v| serde_json::from_str::<Layout>(&v).ok());
+        if let Some(l) = given.filter(|l| !l.hierarchies.is_empty()) {
+            let _ = CACHED.set(l);
+        }
+    }
+
     /// Reads /proc/self/mountinfo and the unified hierarchy's controllers.
     pub fn detect() -> Result<Layout, CgroupError> {
         let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;

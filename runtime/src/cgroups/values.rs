@@ -4,7 +4,7 @@
 use oci_spec::runtime::LinuxResources;
 
 /// Which cgroup version holds a controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Version {
     V1,
     V2,

@@ -89,7 +89,7 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<Created, ContainerError> {
 
     let linux = spec.linux().as_ref();
     let cgroup_path = cgroups::resolve_path(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id);
-    let cgroup = Cgroup::new(Layout::detect()?, cgroup_path.clone());
+    let cgroup = Cgroup::new(Layout::cached()?, cgroup_path.clone());
     cgroup.create()?;
     rollback.cgroup = Some(cgroup.clone());
     if let Some(res) = linux.and_then(|l| l.resources().as_ref()) {

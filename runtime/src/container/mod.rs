@@ -63,7 +63,7 @@ impl Loaded {
     }
 
     pub fn cgroup(&self) -> Result<Cgroup, ContainerError> {
-        Ok(Cgroup::new(Layout::detect()?, self.record.cgroup_path.clone()))
+        Ok(Cgroup::new(Layout::cached()?, self.record.cgroup_path.clone()))
     }
 
     pub fn require(&self, allowed: &[Status], op: &'static str) -> Result<(), ContainerError> {

@@ -65,6 +65,15 @@ pub(super) fn layers_in_use(layout: &Layout) -> Result<Vec<String>, ImageError> 
 
 /// The mount at `target` if it is an overlay whose upper dir is `upper`.
 fn our_overlay_mounted(target: &Path, upper: &Path) -> bool {
+    // An overlay has a device of its own: a target on its parent's device is no overlay
+    // mount, and mountinfo (long on a busy node) need not be read.
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+    match (dev(target), target.parent().and_then(dev)) {
+        (None, _) => return false,
+        (Some(a), Some(b)) if a == b => return false,
+        _ => {}
+    }
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
