@@ -78,10 +78,11 @@ struct Run {
     /// From the apply: the batch.
     p50: f64,
     p99: f64,
-    /// From each pod's creation (first seen by the watch) to Running: kubelet's pod startup SLI.
+    /// From each pod's creation (its POST answered) to Running as the watch saw it: the
+    /// Kubernetes pod startup SLI.
     startup_p50: f64,
     startup_p99: f64,
-    /// When the watch saw the last pod created.
+    /// When the last pod was created.
     created_last: f64,
     agent_idle: u64,
     runtime_idle: u64,
@@ -105,33 +106,44 @@ fn run(rt: Runtime, pods: u64, window: u64) -> anyhow::Result<Run> {
     let sum = |ps: &[i32], f: fn(i32) -> u64| ps.iter().map(|p| f(*p)).sum::<u64>();
     let (agent_idle, runtime_idle) = (sum(&agent, rss_kib), sum(&runtime_pids(rt, &c.dir), rss_kib));
 
-    // Watch, then create all pods at once; each pod's time from the apply to Running as seen.
+    // Watch, then create all pods at once; each pod's time to Running as the watch saw it.
     let mut watch = c.ns.command("kubectl");
     watch.arg("--kubeconfig").arg(&c.kubeconfig).args(["get", "pods", "-l", "bench=1", "-w", "--no-headers", "-o", "custom-columns=N:.metadata.name,P:.status.phase"]).stdout(Stdio::piped()).stderr(Stdio::null());
     let mut watcher = watch.spawn()?;
     let stdout = watcher.stdout.take().expect("stdout");
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
-    // One `kubectl create` of them all (a POST each, no read-modify-write as apply does).
-    let out = c.kubectl_output(&["create", "-f", "-"], Some(&pods_yaml(pods, &c.image, true)))?;
-    anyhow::ensure!(out.status.success(), "kubectl create: {}", String::from_utf8_lossy(&out.stderr));
-    // Per pod: when the watch first saw it (its creation, as an informer sees it) and when it
-    // first saw it Running.
+    // The watch is read on its own thread from now on: when it first saw each pod Running.
+    let reader = std::thread::spawn(move || {
+        let mut running: HashMap<String, f64> = HashMap::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() == 2 && f[1] == "Running" {
+                running.entry(f[0].to_string()).or_insert(t0.elapsed().as_secs_f64());
+            }
+            if running.len() as u64 >= pods || t0.elapsed() > Duration::from_secs(600) {
+                break;
+            }
+        }
+        running
+    });
+    // One `kubectl create` of them all (a POST each, no read-modify-write as apply does); it
+    // prints `pod/<name> created` as each POST returns: the pod's creation time.
+    let mut create = c.ns.command("kubectl");
+    create.arg("--kubeconfig").arg(&c.kubeconfig).args(["create", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut creator = create.spawn()?;
+    let yaml = pods_yaml(pods, &c.image, true);
+    let mut stdin = creator.stdin.take().expect("stdin");
+    std::thread::spawn(move || std::io::Write::write_all(&mut stdin, yaml.as_bytes()));
     let mut seen: HashMap<String, f64> = HashMap::new();
-    let mut running: HashMap<String, f64> = HashMap::new();
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line?;
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() == 2 {
-            seen.entry(f[0].to_string()).or_insert(t0.elapsed().as_secs_f64());
-        }
-        if f.len() == 2 && f[1] == "Running" {
-            running.entry(f[0].to_string()).or_insert(t0.elapsed().as_secs_f64());
-        }
-        if running.len() as u64 >= pods || t0.elapsed() > Duration::from_secs(600) {
-            break;
+    for line in std::io::BufReader::new(creator.stdout.take().expect("stdout")).lines().map_while(Result::ok) {
+        if let Some(name) = line.strip_prefix("pod/").and_then(|l| l.strip_suffix(" created")) {
+            seen.insert(name.to_string(), t0.elapsed().as_secs_f64());
         }
     }
+    let status = creator.wait()?;
+    anyhow::ensure!(status.success() && seen.len() as u64 == pods, "kubectl create: {status}, {} pods created", seen.len());
+    let running = reader.join().expect("watch reader");
     let _ = watcher.kill();
     let _ = watcher.wait();
     let mut times: Vec<f64> = running.values().copied().collect();
@@ -176,7 +188,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("{pods} pods created at once, each with an exec liveness probe every second; same berth-agent and berth-control");
-    println!("Running p50/p99: from the create command; startup p50/p99: from each pod's creation (first seen by the watch) to Running");
+    println!("Running p50/p99: from the create command; startup p50/p99: from each pod's creation (its POST answered) to Running as the watch saw it");
     println!("| runtime | Running p50 | Running p99 | startup p50 | startup p99 | last created | agent RSS idle / loaded | runtime RSS idle / loaded | CPU agent+runtime ({window} s) |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for (label, r) in rows {
