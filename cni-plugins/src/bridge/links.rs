@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use crate::bridge::config::BridgeConf;
 use crate::cidr::{from_u128, to_u128, Cidr};
 use crate::error::{CniError, ErrorCode, KernelContext, CODE_KERNEL, CODE_LINK_EXISTS};
+use crate::netlink::addr::add_addr_msg;
+use crate::netlink::link::{set_flags_msg, IFF_UP};
 use crate::netlink::{Link, NewLink, RouteSpec, Socket};
 use crate::netns::{sysctl, NetNs};
 use crate::result::{CniResult, IpConfig, Route};
@@ -245,36 +247,48 @@ pub fn pod_routes(ipam: &CniResult, conf: &BridgeConf) -> Vec<Route> {
     routes
 }
 
-/// Addresses and routes on the pod's interface (via a socket opened in its netns).
+/// Up, addresses and routes on the pod's interface (via a socket opened in its netns), sent as
+/// one batch: the kernel applies them in order, so each route finds its address in place.
 pub fn configure_pod(
     pod: &mut Socket,
     index: u32,
     ips: &[IpConfig],
     routes: &[Route],
 ) -> Result<(), CniError> {
-    pod.set_up(index)
-        .kernel(|| "cannot set the pod interface up".into())?;
-    for ip in ips {
-        match pod.add_addr(index, ip.address) {
-            Err(e) if !e.is(libc::EEXIST) => {
-                return Err(e).kernel(|| format!("cannot add {} to the pod interface", ip.address))
+    let specs: Vec<RouteSpec> = routes
+        .iter()
+        .map(|r| {
+            let mut spec = RouteSpec::new(r.dst, r.gw, Some(index));
+            spec.metric = r.priority;
+            spec.mtu = r.mtu;
+            spec.advmss = r.advmss;
+            if let Some(t) = r.table {
+                spec.table = t;
             }
-            _ => {}
-        }
+            spec
+        })
+        .collect();
+    let mut msgs = vec![set_flags_msg(index, IFF_UP, IFF_UP)];
+    msgs.extend(ips.iter().map(|ip| add_addr_msg(index, ip.address)));
+    msgs.extend(specs.iter().map(|s| s.add_msg(false)));
+    let outcomes = pod
+        .request_all(msgs)
+        .kernel(|| "cannot configure the pod interface".into())?;
+    let mut outcomes = outcomes.into_iter();
+    if let Some(Err(e)) = outcomes.next() {
+        return Err(e).kernel(|| "cannot set the pod interface up".into());
     }
-    for r in routes {
-        let mut spec = RouteSpec::new(r.dst, r.gw, Some(index));
-        spec.metric = r.priority;
-        spec.mtu = r.mtu;
-        spec.advmss = r.advmss;
-        if let Some(t) = r.table {
-            spec.table = t;
-        }
-        match pod.add_route(&spec, false) {
-            Err(e) if !e.is(libc::EEXIST) => {
-                return Err(e)
-                    .kernel(|| format!("cannot add route {} via {:?} in the pod", r.dst, r.gw))
-            }
+    let what = ips
+        .iter()
+        .map(|ip| format!("cannot add {} to the pod interface", ip.address))
+        .chain(
+            routes
+                .iter()
+                .map(|r| format!("cannot add route {} via {:?} in the pod", r.dst, r.gw)),
+        );
+    for (outcome, what) in outcomes.zip(what) {
+        match outcome {
+            Err(e) if !e.is(libc::EEXIST) => return Err(e).kernel(|| what),
             _ => {}
         }
     }

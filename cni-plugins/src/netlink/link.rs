@@ -163,6 +163,11 @@ pub struct Vxlan {
     pub underlay: Option<u32>,
 }
 
+/// The request behind [`Socket::set_flags`], for [`Socket::request_all`] batches.
+pub fn set_flags_msg(index: u32, flags: u32, mask: u32) -> Msg {
+    Msg::new(RTM_NEWLINK, 0).header(&ifinfo(0, index, flags, mask))
+}
+
 impl Socket {
     /// The link called `name`, or `None`.
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NlError> {
@@ -289,8 +294,7 @@ impl Socket {
 
     /// Sets the flags in `mask` to their values in `flags` (e.g. IFF_UP).
     pub fn set_flags(&mut self, index: u32, flags: u32, mask: u32) -> Result<(), NlError> {
-        let msg = Msg::new(RTM_NEWLINK, 0).header(&ifinfo(0, index, flags, mask));
-        self.request(msg)
+        self.request(set_flags_msg(index, flags, mask))
     }
 
     pub fn set_up(&mut self, index: u32) -> Result<(), NlError> {
