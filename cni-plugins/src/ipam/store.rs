@@ -264,9 +264,16 @@ mod tests {
         assert_eq!(store.last_reserved(0).unwrap(), Some(ip));
         let long: IpAddr = "::ffff:255.255.255.255".parse().unwrap();
         assert!(store.reserve(long, &owner("b"), 0).unwrap());
-        assert!(store.reserve("fd00::2".parse().unwrap(), &owner("c"), 0).unwrap());
-        assert_eq!(store.last_reserved(0).unwrap(), Some("fd00::2".parse().unwrap()));
-        let len = fs::metadata(tmp.path().join("last_reserved_ip.0")).unwrap().len();
+        assert!(store
+            .reserve("fd00::2".parse().unwrap(), &owner("c"), 0)
+            .unwrap());
+        assert_eq!(
+            store.last_reserved(0).unwrap(),
+            Some("fd00::2".parse().unwrap())
+        );
+        let len = fs::metadata(tmp.path().join("last_reserved_ip.0"))
+            .unwrap()
+            .len();
         assert_eq!(len, POINTER_WIDTH as u64 + 1, "fixed width, never grows");
     }
 
