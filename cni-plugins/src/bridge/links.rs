@@ -142,8 +142,19 @@ pub fn enable_forwarding(ips: &[IpConfig]) -> Result<(), CniError> {
     Ok(())
 }
 
+/// The two ends of a new veth pair.
+#[derive(Debug, Clone)]
+pub struct Veth {
+    /// The end on the bridge, as the kernel reported it right after creation.
+    pub host: Link,
+    /// The end in the pod: its index there (from the host end's IFLA_LINK) and the MAC and
+    /// MTU it was created with, so ADD needs no look-up inside the pod.
+    pub pod: Link,
+}
+
 /// Creates the veth pair: `host_name` on the bridge here, `ifname` born inside `ns`.
-/// A stale host end of the same name (an interrupted ADD) is replaced.
+/// A stale host end of the same name (an interrupted ADD) is replaced. Creation and the
+/// host end's look-up share one round trip.
 pub fn create_veth(
     host: &mut Socket,
     ns: &NetNs,
@@ -151,7 +162,7 @@ pub fn create_veth(
     bridge: &Link,
     host_name: &str,
     ifname: &str,
-) -> Result<Link, CniError> {
+) -> Result<Veth, CniError> {
     let host_end = NewLink {
         name: host_name,
         mtu: conf.mtu.or(Some(bridge.mtu)).filter(|m| *m > 0),
@@ -159,22 +170,33 @@ pub fn create_veth(
         up: true,
         master: Some(bridge.index),
     };
+    let pod_mac = conf.mac.unwrap_or_else(random_mac);
     let pod_end = NewLink {
         name: ifname,
         mtu: host_end.mtu,
-        mac: conf.mac,
+        mac: Some(pod_mac),
         // The kernel refuses IFF_UP on a peer born in another netns (ENOTCONN): set it up later.
         up: false,
         master: None,
     };
+    let created = || {
+        format!(
+            "cannot create veth {host_name} with peer {ifname} in {}",
+            ns.path().display()
+        )
+    };
+    let mut made = None;
     for attempt in 0..2 {
-        match host.add_veth(&host_end, &pod_end, ns.fd()) {
-            Ok(()) => break,
+        let (outcome, link) = host
+            .add_veth_and_get(&host_end, &pod_end, ns.fd())
+            .kernel(created)?;
+        match outcome {
+            Ok(()) => {
+                made = link;
+                break;
+            }
             Err(e) if e.is(libc::EEXIST) && attempt == 0 => {
-                if let Some(stale) = host
-                    .link_by_name(host_name)
-                    .kernel(|| format!("cannot look up {host_name}"))?
-                {
+                if let Some(stale) = link {
                     host.del_link(stale.index)
                         .kernel(|| format!("cannot remove stale {host_name}"))?;
                     continue;
@@ -185,25 +207,15 @@ pub fn create_veth(
                 );
                 return Err(CniError::new(ErrorCode::Plugin(CODE_LINK_EXISTS), msg));
             }
-            Err(e) => {
-                return Err(e).kernel(|| {
-                    format!(
-                        "cannot create veth {host_name} with peer {ifname} in {}",
-                        ns.path().display()
-                    )
-                })
-            }
+            Err(e) => return Err(e).kernel(created),
         }
     }
-    let link = host
-        .link_by_name(host_name)
-        .kernel(|| format!("cannot look up {host_name}"))?
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::Plugin(CODE_KERNEL),
-                format!("{host_name} vanished after creation"),
-            )
-        })?;
+    let link = made.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::Plugin(CODE_KERNEL),
+            format!("{host_name} vanished after creation"),
+        )
+    })?;
     if conf.hairpin {
         host.set_hairpin(link.index, true)
             .kernel(|| format!("cannot set hairpin mode on {host_name}"))?;
@@ -213,7 +225,18 @@ pub fn create_veth(
             .kernel(|| format!("cannot put {host_name} in VLAN {vid}"))?;
         let _ = host.del_port_vlan(link.index, 1);
     }
-    Ok(link)
+    let pod = Link {
+        index: link.link.unwrap_or(0),
+        name: ifname.to_string(),
+        flags: 0,
+        mtu: link.mtu,
+        mac: Some(pod_mac),
+        master: None,
+        kind: Some("veth".into()),
+        hairpin: None,
+        link: Some(link.index),
+    };
+    Ok(Veth { host: link, pod })
 }
 
 /// The routes ADD installs in the pod: IPAM's (a missing gateway is the family's gateway) plus

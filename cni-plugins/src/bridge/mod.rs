@@ -78,15 +78,11 @@ fn attach(
     let mut pod = ns
         .route_socket()
         .kernel(|| format!("cannot open netlink in {}", args.env.netns))?;
-    let eth = pod
-        .link_by_name(&args.env.ifname)
-        .kernel(|| format!("cannot look up {} in the pod", args.env.ifname))?
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::Plugin(crate::error::CODE_KERNEL),
-                "pod interface vanished",
-            )
-        })?;
+    let eth = match veth.pod.index {
+        0 => pod_link(&mut pod, &args.env.ifname)?, // a kernel without IFLA_LINK for veths
+        _ => veth.pod.clone(),
+    };
+    let veth = veth.host;
     let routes = links::pod_routes(ipam, conf);
     let ips: Vec<IpConfig> = ipam
         .ips
@@ -142,6 +138,18 @@ fn attach(
         routes,
         dns: args.conf.dns.clone().unwrap_or_else(|| ipam.dns.clone()),
     })
+}
+
+/// The pod end looked up inside the pod.
+fn pod_link(pod: &mut Socket, ifname: &str) -> Result<crate::netlink::Link, CniError> {
+    pod.link_by_name(ifname)
+        .kernel(|| format!("cannot look up {ifname} in the pod"))?
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::Plugin(crate::error::CODE_KERNEL),
+                "pod interface vanished",
+            )
+        })
 }
 
 /// Undoes an attachment as far as it exists: links, nftables entries, record. Every step runs;

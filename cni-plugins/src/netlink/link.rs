@@ -56,6 +56,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// Bridge port hairpin mode, when the kernel reports it.
     pub hairpin: Option<bool>,
+    /// IFLA_LINK: a veth's peer index (in the peer's namespace), a VLAN's parent.
+    pub link: Option<u32>,
 }
 
 impl Link {
@@ -122,6 +124,7 @@ fn parse_link(body: &[u8]) -> Option<Link> {
         master: attrs.get_u32(IFLA_MASTER).filter(|m| *m != 0),
         kind: info.and_then(|i| i.get_str(IFLA_INFO_KIND)),
         hairpin,
+        link: attrs.get_u32(IFLA_LINK).filter(|l| *l != 0),
     })
 }
 
@@ -166,6 +169,28 @@ pub struct Vxlan {
 /// The request behind [`Socket::set_flags`], for [`Socket::request_all`] batches.
 pub fn set_flags_msg(index: u32, flags: u32, mask: u32) -> Msg {
     Msg::new(RTM_NEWLINK, 0).header(&ifinfo(0, index, flags, mask))
+}
+
+/// The request behind [`Socket::add_veth`].
+fn veth_msg(link: &NewLink, peer: &NewLink, peer_ns: BorrowedFd<'_>) -> Msg {
+    let peer_up = if peer.up { IFF_UP } else { 0 };
+    link.msg(NLM_F_CREATE | NLM_F_EXCL)
+        .nest(IFLA_LINKINFO)
+        .str(IFLA_INFO_KIND, "veth")
+        .nest(IFLA_INFO_DATA)
+        .nest(VETH_INFO_PEER)
+        .header(&ifinfo(0, 0, peer_up, peer_up))
+        .str(IFLA_IFNAME, peer.name)
+        .u32(IFLA_NET_NS_FD, peer_ns.as_raw_fd() as u32)
+        .when(peer.mtu.is_some(), |m| {
+            m.u32(IFLA_MTU, peer.mtu.unwrap_or(0))
+        })
+        .when(peer.mac.is_some(), |m| {
+            m.attr(IFLA_ADDRESS, &peer.mac.unwrap_or_default())
+        })
+        .end()
+        .end()
+        .end()
 }
 
 impl Socket {
@@ -226,26 +251,24 @@ impl Socket {
         peer: &NewLink,
         peer_ns: BorrowedFd<'_>,
     ) -> Result<(), NlError> {
-        let peer_up = if peer.up { IFF_UP } else { 0 };
-        let msg = link
-            .msg(NLM_F_CREATE | NLM_F_EXCL)
-            .nest(IFLA_LINKINFO)
-            .str(IFLA_INFO_KIND, "veth")
-            .nest(IFLA_INFO_DATA)
-            .nest(VETH_INFO_PEER)
-            .header(&ifinfo(0, 0, peer_up, peer_up))
-            .str(IFLA_IFNAME, peer.name)
-            .u32(IFLA_NET_NS_FD, peer_ns.as_raw_fd() as u32)
-            .when(peer.mtu.is_some(), |m| {
-                m.u32(IFLA_MTU, peer.mtu.unwrap_or(0))
-            })
-            .when(peer.mac.is_some(), |m| {
-                m.attr(IFLA_ADDRESS, &peer.mac.unwrap_or_default())
-            })
-            .end()
-            .end()
-            .end();
-        self.request(msg)
+        self.request(veth_msg(link, peer, peer_ns))
+    }
+
+    /// [`Socket::add_veth`], then the look-up of `link.name`, in one round trip: the creation's
+    /// outcome and the host end as the kernel has it then (after a failed creation: whatever
+    /// holds the name, e.g. a stale end to replace).
+    pub fn add_veth_and_get(
+        &mut self,
+        link: &NewLink,
+        peer: &NewLink,
+        peer_ns: BorrowedFd<'_>,
+    ) -> Result<(Result<(), NlError>, Option<Link>), NlError> {
+        let get = Msg::new(RTM_GETLINK, 0)
+            .header(&ifinfo(0, 0, 0, 0))
+            .str(IFLA_IFNAME, link.name);
+        let (outcome, body) =
+            self.request_then_get(veth_msg(link, peer, peer_ns), get, &[libc::ENODEV])?;
+        Ok((outcome, body.as_deref().and_then(parse_link)))
     }
 
     /// Creates a VXLAN device without learning (FDB and neighbours are programmed).
