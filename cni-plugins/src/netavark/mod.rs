@@ -209,16 +209,22 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// The whole netavark-mode process: reads stdin (not for `info`), prints the answer or
-/// `{"error": …}`, and returns the exit code.
+/// The whole netavark-mode process: reads stdin, prints the answer or `{"error": …}`, and
+/// returns the exit code. `info` needs no input but still drains a piped stdin, so a caller
+/// that writes one (netavark writes its request and then closes) never meets a closed pipe; a
+/// terminal is left alone.
 pub fn run(sub: Subcommand, netns: Option<&str>) -> i32 {
+    use std::io::IsTerminal;
     let mut stdin = Vec::new();
-    let outcome = match sub {
-        Subcommand::Info => handle(sub, netns, &stdin),
-        _ => match std::io::stdin().read_to_end(&mut stdin) {
-            Ok(_) => handle(sub, netns, &stdin),
-            Err(source) => Err(NetavarkError::Stdin { source }),
-        },
+    let input = std::io::stdin();
+    let read = if sub == Subcommand::Info && input.is_terminal() {
+        Ok(0)
+    } else {
+        input.lock().read_to_end(&mut stdin)
+    };
+    let outcome = match read {
+        Ok(_) => handle(sub, netns, &stdin),
+        Err(source) => Err(NetavarkError::Stdin { source }),
     };
     let (code, text) = match outcome {
         Ok(text) => (0, text),
