@@ -56,9 +56,9 @@ impl NlError {
     }
 }
 
-/// A request's outcome and, from the same batch, a look-up's answer (see
-/// [`Socket::request_then_get`]).
-pub type Answered = (Result<(), NlError>, Option<Vec<u8>>);
+/// A request's outcome and the bodies of the notifications echoed for it (see
+/// [`Socket::request_echo`]).
+pub type Echoed = (Result<(), NlError>, Vec<Vec<u8>>);
 
 /// One netlink socket of a given protocol, bound in the network namespace it was opened in.
 #[derive(Debug)]
@@ -217,45 +217,31 @@ impl Socket {
         Ok(outcomes.into_iter().flatten().collect())
     }
 
-    /// Sends `msg` (with NLM_F_ACK) and the one-answer request `get` in one datagram: the
-    /// request's outcome and `get`'s answer (`None` for a `missing` errno) in one round trip.
-    /// The kernel handles `get` after `msg`, so it sees what `msg` did.
-    pub fn request_then_get(
-        &mut self,
-        mut msg: Msg,
-        mut get: Msg,
-        missing: &[i32],
-    ) -> Result<Answered, NlError> {
-        msg.add_flags(super::msg::NLM_F_REQUEST | super::msg::NLM_F_ACK);
-        get.add_flags(super::msg::NLM_F_REQUEST);
-        let first = self.next_seq();
-        let mut batch = msg.finish(first).to_vec();
-        let second = self.next_seq();
-        batch.extend_from_slice(get.finish(second));
-        self.send_bytes(&batch)?;
-        let mut outcome: Option<Result<(), NlError>> = None;
-        let mut answer: Option<Option<Vec<u8>>> = None;
-        while outcome.is_none() || answer.is_none() {
+    /// Sends `msg` with NLM_F_ACK and NLM_F_ECHO: its outcome, and the bodies of the
+    /// notifications the kernel echoed for it (Linux 6.2+ echoes new and changed links; older
+    /// kernels echo nothing, and the caller looks the object up instead).
+    pub fn request_echo(&mut self, mut msg: Msg) -> Result<Echoed, NlError> {
+        msg.add_flags(super::msg::NLM_F_REQUEST | super::msg::NLM_F_ACK | super::msg::NLM_F_ECHO);
+        let seq = self.send(&mut msg)?;
+        let mut echoed = Vec::new();
+        loop {
             let n = self.recv()?;
-            for_each_msg(&self.buf[..n], |ty, flags, seq, body| {
-                if seq == first && ty == NLMSG_ERROR && outcome.is_none() {
+            let mut outcome: Option<Result<(), NlError>> = None;
+            for_each_msg(&self.buf[..n], |ty, flags, mseq, body| {
+                if mseq != seq || outcome.is_some() {
+                    return Ok(());
+                }
+                if ty == NLMSG_ERROR {
                     outcome = Some(parse_error(flags, body)?.map_or(Ok(()), Err));
-                } else if seq == second && answer.is_none() {
-                    answer = Some(if ty != NLMSG_ERROR {
-                        Some(body.to_vec())
-                    } else {
-                        match parse_error(flags, body)? {
-                            Some(e) if !e.errno().is_some_and(|n| missing.contains(&n)) => {
-                                return Err(e)
-                            }
-                            _ => None,
-                        }
-                    });
+                } else {
+                    echoed.push(body.to_vec());
                 }
                 Ok(())
             })?;
+            if let Some(o) = outcome {
+                return Ok((o, echoed));
+            }
         }
-        Ok((outcome.unwrap_or(Ok(())), answer.flatten()))
     }
 
     /// Waits until every sequence number in `first..=last` has been acknowledged; the first
