@@ -152,9 +152,8 @@ pub struct Veth {
     pub pod: Link,
 }
 
-/// Creates the veth pair: `host_name` on the bridge here, `ifname` born inside `ns`.
-/// A stale host end of the same name (an interrupted ADD) is replaced. Creation and the
-/// host end's look-up share one round trip.
+/// Creates the veth pair: `host_name` on the bridge here, `ifname` with MAC `pod_mac` born
+/// inside `ns`. A stale host end of the same name (an interrupted ADD) is replaced.
 pub fn create_veth(
     host: &mut Socket,
     ns: &NetNs,
@@ -162,6 +161,7 @@ pub fn create_veth(
     bridge: &Link,
     host_name: &str,
     ifname: &str,
+    pod_mac: [u8; 6],
 ) -> Result<Veth, CniError> {
     let host_end = NewLink {
         name: host_name,
@@ -170,7 +170,6 @@ pub fn create_veth(
         up: true,
         master: Some(bridge.index),
     };
-    let pod_mac = conf.mac.unwrap_or_else(random_mac);
     let pod_end = NewLink {
         name: ifname,
         mtu: host_end.mtu,

@@ -53,6 +53,12 @@ fn attach(
     let ns = args.netns()?;
     let store = records(conf, args);
     let who = args.attachment();
+    let pod_mac = conf.mac.unwrap_or_else(links::random_mac);
+    // Everything ADD may create is recorded before any of it exists, in one write: undoing what
+    // was never made is harmless (a missing link or set element is success), while rewriting
+    // the record (a rename over it) makes ext4 start writeback of the new file.
+    rec.masq = conf.ip_masq && !rec.ips.is_empty();
+    rec.spoof_mac = conf.macspoofchk.then(|| format_mac(&pod_mac));
     store.write(&who, rec)?;
     let mut host = Socket::route().kernel(|| "cannot open a netlink socket".into())?;
     let bridge = links::ensure_bridge(&mut host, conf)?;
@@ -74,6 +80,7 @@ fn attach(
         &bridge,
         &rec.host_veth,
         &args.env.ifname,
+        pod_mac,
     )?;
     let mut pod = ns
         .route_socket()
@@ -98,21 +105,15 @@ fn attach(
         })
         .collect();
     links::configure_pod(&mut pod, eth.index, &ips, &routes)?;
-    if conf.ip_masq && !rec.ips.is_empty() {
+    if rec.masq {
         let mut exclude: Vec<_> = ips.iter().map(|i| i.address.masked()).collect();
         exclude.extend(conf.ip_masq_exclude.iter().copied());
-        rec.masq = true;
-        store.write(&who, rec)?;
         firewall::masq_add(&conf.state_dir, &args.conf.name, &rec.ips, &exclude)
             .kernel(|| format!("cannot add {:?} to the ipMasq set", rec.ips))?;
     }
     if conf.macspoofchk {
-        if let Some(mac) = eth.mac {
-            rec.spoof_mac = Some(format_mac(&mac));
-            store.write(&who, rec)?;
-            firewall::spoof_update(&rec.host_veth, mac, Action::Add)
-                .kernel(|| format!("cannot add the macspoofchk entry for {}", rec.host_veth))?;
-        }
+        firewall::spoof_update(&rec.host_veth, pod_mac, Action::Add)
+            .kernel(|| format!("cannot add the macspoofchk entry for {}", rec.host_veth))?;
     }
     Ok(CniResult {
         interfaces: vec![
