@@ -188,13 +188,11 @@ fn teardown(
 /// Deletes the veth pair through its host end, or through the pod end when only that is left.
 fn delete_links(host_veth: &str, ifname: &str, netns: Option<&str>) -> Result<(), CniError> {
     let mut host = Socket::route().kernel(|| "cannot open a netlink socket".into())?;
-    if let Some(l) = host
-        .link_by_name(host_veth)
-        .kernel(|| format!("cannot look up {host_veth}"))?
+    if host
+        .del_link_by_name(host_veth)
+        .kernel(|| format!("cannot delete {host_veth}"))?
     {
-        return host
-            .del_link(l.index)
-            .kernel(|| format!("cannot delete {host_veth}"));
+        return Ok(());
     }
     let Some(path) = netns.filter(|p| !p.is_empty()) else {
         return Ok(());

@@ -333,6 +333,18 @@ impl Socket {
         }
     }
 
+    /// Deletes the link called `name`; `false` when there is none. No look-up first: a
+    /// GETLINK would also run the link's pending link-watch work synchronously.
+    pub fn del_link_by_name(&mut self, name: &str) -> Result<bool, NlError> {
+        let msg = Msg::new(RTM_DELLINK, 0)
+            .header(&ifinfo(0, 0, 0, 0))
+            .str(IFLA_IFNAME, name);
+        match self.request(msg) {
+            Err(e) if e.is(libc::ENODEV) => Ok(false),
+            other => other.map(|()| true),
+        }
+    }
+
     /// Sets the flags in `mask` to their values in `flags` (e.g. IFF_UP).
     pub fn set_flags(&mut self, index: u32, flags: u32, mask: u32) -> Result<(), NlError> {
         self.request(set_flags_msg(index, flags, mask))
