@@ -215,15 +215,7 @@ pub fn create_veth(
             format!("{host_name} vanished after creation"),
         )
     })?;
-    if conf.hairpin {
-        host.set_hairpin(link.index, true)
-            .kernel(|| format!("cannot set hairpin mode on {host_name}"))?;
-    }
-    if let Some(vid) = conf.vlan {
-        host.add_port_vlan(link.index, vid, true, false)
-            .kernel(|| format!("cannot put {host_name} in VLAN {vid}"))?;
-        let _ = host.del_port_vlan(link.index, 1);
-    }
+    configure_port(host, conf, &link)?;
     let pod = Link {
         index: link.link.unwrap_or(0),
         name: ifname.to_string(),
@@ -236,6 +228,21 @@ pub fn create_veth(
         link: Some(link.index),
     };
     Ok(Veth { host: link, pod })
+}
+
+/// The bridge-port options of the host end: hairpin mode and the VLAN (as its native VLAN).
+fn configure_port(host: &mut Socket, conf: &BridgeConf, port: &Link) -> Result<(), CniError> {
+    let name = &port.name;
+    if conf.hairpin {
+        host.set_hairpin(port.index, true)
+            .kernel(|| format!("cannot set hairpin mode on {name}"))?;
+    }
+    if let Some(vid) = conf.vlan {
+        host.add_port_vlan(port.index, vid, true, false)
+            .kernel(|| format!("cannot put {name} in VLAN {vid}"))?;
+        let _ = host.del_port_vlan(port.index, 1);
+    }
+    Ok(())
 }
 
 /// The routes ADD installs in the pod: IPAM's (a missing gateway is the family's gateway) plus

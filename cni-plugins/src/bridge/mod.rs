@@ -91,30 +91,9 @@ fn attach(
     };
     let veth = veth.host;
     let routes = links::pod_routes(ipam, conf);
-    let ips: Vec<IpConfig> = ipam
-        .ips
-        .iter()
-        .map(|i| IpConfig {
-            interface: Some(2),
-            gateway: if conf.is_gateway {
-                Some(links::gateway_of(i).addr)
-            } else {
-                i.gateway
-            },
-            ..i.clone()
-        })
-        .collect();
+    let ips = pod_ips(ipam, conf);
     links::configure_pod(&mut pod, eth.index, &ips, &routes)?;
-    if rec.masq {
-        let mut exclude: Vec<_> = ips.iter().map(|i| i.address.masked()).collect();
-        exclude.extend(conf.ip_masq_exclude.iter().copied());
-        firewall::masq_add(&conf.state_dir, &args.conf.name, &rec.ips, &exclude)
-            .kernel(|| format!("cannot add {:?} to the ipMasq set", rec.ips))?;
-    }
-    if conf.macspoofchk {
-        firewall::spoof_update(&rec.host_veth, pod_mac, Action::Add)
-            .kernel(|| format!("cannot add the macspoofchk entry for {}", rec.host_veth))?;
-    }
+    add_firewall(conf, args, rec, &ips, pod_mac)?;
     Ok(CniResult {
         interfaces: vec![
             Interface {
@@ -139,6 +118,45 @@ fn attach(
         routes,
         dns: args.conf.dns.clone().unwrap_or_else(|| ipam.dns.clone()),
     })
+}
+
+/// IPAM's addresses as the result reports them: on the pod interface (index 2 of the result's
+/// interfaces), with the bridge as gateway when it is one.
+fn pod_ips(ipam: &CniResult, conf: &BridgeConf) -> Vec<IpConfig> {
+    ipam.ips
+        .iter()
+        .map(|i| IpConfig {
+            interface: Some(2),
+            gateway: if conf.is_gateway {
+                Some(links::gateway_of(i).addr)
+            } else {
+                i.gateway
+            },
+            ..i.clone()
+        })
+        .collect()
+}
+
+/// The nftables entries of an attachment: its addresses in the ipMasq sets, its port and MAC
+/// in the macspoofchk set.
+fn add_firewall(
+    conf: &BridgeConf,
+    args: &CmdArgs,
+    rec: &BridgeRecord,
+    ips: &[IpConfig],
+    pod_mac: [u8; 6],
+) -> Result<(), CniError> {
+    if rec.masq {
+        let mut exclude: Vec<_> = ips.iter().map(|i| i.address.masked()).collect();
+        exclude.extend(conf.ip_masq_exclude.iter().copied());
+        firewall::masq_add(&conf.state_dir, &args.conf.name, &rec.ips, &exclude)
+            .kernel(|| format!("cannot add {:?} to the ipMasq set", rec.ips))?;
+    }
+    if conf.macspoofchk {
+        firewall::spoof_update(&rec.host_veth, pod_mac, Action::Add)
+            .kernel(|| format!("cannot add the macspoofchk entry for {}", rec.host_veth))?;
+    }
+    Ok(())
 }
 
 /// The pod end looked up inside the pod.
