@@ -191,6 +191,24 @@ fn info_create_setup_teardown_as_netavark_calls_them() -> anyhow::Result<()> {
         .collect();
     assert!(left.is_empty(), "allocations left: {left:?}");
 
+    // Teardown is best-effort: a port mapping it cannot read is reported, the bridge side goes.
+    let pod = Ns::new("nv-pod")?;
+    let plain = exec_input(&network, "nvc", Value::Null, Value::Null);
+    let (code, status) = netavark(&host, &["setup", &pod.path()], &plain)?;
+    assert_eq!(code, 0, "{status}");
+    let bad_ports = json!([{"container_port": 80, "host_port": 0, "protocol": "tcp", "range": 1}]);
+    let broken = exec_input(&network, "nvc", Value::Null, bad_ports);
+    let (code, err) = netavark(&host, &["teardown", &pod.path()], &broken)?;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err["error"].as_str().unwrap_or("").contains("port mapping"),
+        "{err}"
+    );
+    assert!(
+        !pod.links()?.iter().any(|l| l == "eth0"),
+        "bridge side torn down anyway"
+    );
+
     // Requests netavark could send that berth-bridge must answer with an error, not a panic.
     let (code, err) = netavark(&host, &["setup"], &inputs[0])?;
     assert_eq!(code, 1);

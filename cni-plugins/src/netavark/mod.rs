@@ -159,17 +159,22 @@ fn setup(exec: &PluginExec, netns: &str) -> Result<StatusBlock, NetavarkError> {
     ))
 }
 
-/// `teardown`: port mappings and bridge DEL, both tried (a missing netns is fine).
+/// `teardown`: port mappings and bridge DEL, both tried whatever the other did (a missing
+/// netns is fine).
 fn teardown(exec: &PluginExec, netns: &str) -> Result<(), NetavarkError> {
     let mut errors = Vec::new();
-    if let Some(pm) = translate::portmap_conf(exec, &Value::Null)? {
-        if let Err(e) = Portmap.del(&cmd_args(Command::Del, exec, netns, &pm)?) {
-            errors.push(NetavarkError::from(e).to_string());
-        }
+    let ports = translate::portmap_conf(exec, &Value::Null)
+        .map_err(NetavarkError::from)
+        .and_then(|pm| match pm {
+            Some(pm) => Ok(Portmap.del(&cmd_args(Command::Del, exec, netns, &pm)?)?),
+            None => Ok(()),
+        });
+    if let Err(e) = ports {
+        errors.push(with_causes(&e));
     }
     let conf = translate::bridge_conf(exec)?;
     if let Err(e) = Bridge.del(&cmd_args(Command::Del, exec, netns, &conf)?) {
-        errors.push(NetavarkError::from(e).to_string());
+        errors.push(with_causes(&NetavarkError::from(e)));
     }
     if errors.is_empty() {
         Ok(())
@@ -205,6 +210,16 @@ pub fn handle(sub: Subcommand, netns: Option<&str>, stdin: &[u8]) -> Result<Stri
     }
 }
 
+/// The error with its causes, as netavark shows it to the user.
+fn with_causes(e: &NetavarkError) -> String {
+    let chain = source_chain(e);
+    if chain.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e}: {chain}")
+    }
+}
+
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
@@ -228,15 +243,10 @@ pub fn run(sub: Subcommand, netns: Option<&str>) -> i32 {
     };
     let (code, text) = match outcome {
         Ok(text) => (0, text),
-        Err(e) => {
-            let chain = source_chain(&e);
-            let msg = if chain.is_empty() {
-                e.to_string()
-            } else {
-                format!("{e}: {chain}")
-            };
-            (1, serde_json::json!({ "error": msg }).to_string())
-        }
+        Err(e) => (
+            1,
+            serde_json::json!({ "error": with_causes(&e) }).to_string(),
+        ),
     };
     let mut out = std::io::stdout().lock();
     match (
