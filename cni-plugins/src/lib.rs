@@ -11,6 +11,7 @@ pub mod env;
 pub mod error;
 pub mod firewall;
 pub mod ipam;
+pub mod netavark;
 pub mod netconf;
 pub mod netlink;
 pub mod netns;

@@ -77,7 +77,6 @@ impl Records {
 
     pub fn write<T: Serialize>(&self, who: &Attachment, data: &T) -> Result<(), StateError> {
         let path = self.path(who);
-        fs::create_dir_all(&self.dir).map_err(Self::err("create the directory of", &path))?;
         let env = Envelope {
             container_id: who.container_id.clone(),
             ifname: who.ifname.clone(),
@@ -85,7 +84,14 @@ impl Records {
         };
         let text = serde_json::to_vec(&env).unwrap_or_default();
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        fs::write(&tmp, text).map_err(Self::err("write", &path))?;
+        // The directory exists on every ADD but the first: create it only when missing.
+        if let Err(e) = fs::write(&tmp, &text) {
+            if e.kind() != ErrorKind::NotFound {
+                return Err(Self::err("write", &path)(e));
+            }
+            fs::create_dir_all(&self.dir).map_err(Self::err("create the directory of", &path))?;
+            fs::write(&tmp, &text).map_err(Self::err("write", &path))?;
+        }
         fs::rename(&tmp, &path).map_err(Self::err("rename", &path))
     }
 

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use crate::bridge::config::BridgeConf;
 use crate::cidr::{from_u128, to_u128, Cidr};
 use crate::error::{CniError, ErrorCode, KernelContext, CODE_KERNEL, CODE_LINK_EXISTS};
+use crate::netlink::addr::add_addr_msg;
+use crate::netlink::link::{set_flags_msg, IFF_UP};
 use crate::netlink::{Link, NewLink, RouteSpec, Socket};
 use crate::netns::{sysctl, NetNs};
 use crate::result::{CniResult, IpConfig, Route};
@@ -140,8 +142,18 @@ pub fn enable_forwarding(ips: &[IpConfig]) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Creates the veth pair: `host_name` on the bridge here, `ifname` born inside `ns`.
-/// A stale host end of the same name (an interrupted ADD) is replaced.
+/// The two ends of a new veth pair.
+#[derive(Debug, Clone)]
+pub struct Veth {
+    /// The end on the bridge, as the kernel reported it right after creation.
+    pub host: Link,
+    /// The end in the pod: its index there (from the host end's IFLA_LINK) and the MAC and
+    /// MTU it was created with, so ADD needs no look-up inside the pod.
+    pub pod: Link,
+}
+
+/// Creates the veth pair: `host_name` on the bridge here, `ifname` with MAC `pod_mac` born
+/// inside `ns`. A stale host end of the same name (an interrupted ADD) is replaced.
 pub fn create_veth(
     host: &mut Socket,
     ns: &NetNs,
@@ -149,7 +161,8 @@ pub fn create_veth(
     bridge: &Link,
     host_name: &str,
     ifname: &str,
-) -> Result<Link, CniError> {
+    pod_mac: [u8; 6],
+) -> Result<Veth, CniError> {
     let host_end = NewLink {
         name: host_name,
         mtu: conf.mtu.or(Some(bridge.mtu)).filter(|m| *m > 0),
@@ -160,19 +173,29 @@ pub fn create_veth(
     let pod_end = NewLink {
         name: ifname,
         mtu: host_end.mtu,
-        mac: conf.mac,
+        mac: Some(pod_mac),
         // The kernel refuses IFF_UP on a peer born in another netns (ENOTCONN): set it up later.
         up: false,
         master: None,
     };
+    let created = || {
+        format!(
+            "cannot create veth {host_name} with peer {ifname} in {}",
+            ns.path().display()
+        )
+    };
+    let mut made = None;
     for attempt in 0..2 {
-        match host.add_veth(&host_end, &pod_end, ns.fd()) {
-            Ok(()) => break,
+        let (outcome, link) = host
+            .add_veth_and_get(&host_end, &pod_end, ns.fd())
+            .kernel(created)?;
+        match outcome {
+            Ok(()) => {
+                made = link;
+                break;
+            }
             Err(e) if e.is(libc::EEXIST) && attempt == 0 => {
-                if let Some(stale) = host
-                    .link_by_name(host_name)
-                    .kernel(|| format!("cannot look up {host_name}"))?
-                {
+                if let Some(stale) = link {
                     host.del_link(stale.index)
                         .kernel(|| format!("cannot remove stale {host_name}"))?;
                     continue;
@@ -183,35 +206,43 @@ pub fn create_veth(
                 );
                 return Err(CniError::new(ErrorCode::Plugin(CODE_LINK_EXISTS), msg));
             }
-            Err(e) => {
-                return Err(e).kernel(|| {
-                    format!(
-                        "cannot create veth {host_name} with peer {ifname} in {}",
-                        ns.path().display()
-                    )
-                })
-            }
+            Err(e) => return Err(e).kernel(created),
         }
     }
-    let link = host
-        .link_by_name(host_name)
-        .kernel(|| format!("cannot look up {host_name}"))?
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::Plugin(CODE_KERNEL),
-                format!("{host_name} vanished after creation"),
-            )
-        })?;
+    let link = made.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::Plugin(CODE_KERNEL),
+            format!("{host_name} vanished after creation"),
+        )
+    })?;
+    configure_port(host, conf, &link)?;
+    let pod = Link {
+        index: link.link.unwrap_or(0),
+        name: ifname.to_string(),
+        flags: 0,
+        mtu: link.mtu,
+        mac: Some(pod_mac),
+        master: None,
+        kind: Some("veth".into()),
+        hairpin: None,
+        link: Some(link.index),
+    };
+    Ok(Veth { host: link, pod })
+}
+
+/// The bridge-port options of the host end: hairpin mode and the VLAN (as its native VLAN).
+fn configure_port(host: &mut Socket, conf: &BridgeConf, port: &Link) -> Result<(), CniError> {
+    let name = &port.name;
     if conf.hairpin {
-        host.set_hairpin(link.index, true)
-            .kernel(|| format!("cannot set hairpin mode on {host_name}"))?;
+        host.set_hairpin(port.index, true)
+            .kernel(|| format!("cannot set hairpin mode on {name}"))?;
     }
     if let Some(vid) = conf.vlan {
-        host.add_port_vlan(link.index, vid, true, false)
-            .kernel(|| format!("cannot put {host_name} in VLAN {vid}"))?;
-        let _ = host.del_port_vlan(link.index, 1);
+        host.add_port_vlan(port.index, vid, true, false)
+            .kernel(|| format!("cannot put {name} in VLAN {vid}"))?;
+        let _ = host.del_port_vlan(port.index, 1);
     }
-    Ok(link)
+    Ok(())
 }
 
 /// The routes ADD installs in the pod: IPAM's (a missing gateway is the family's gateway) plus
@@ -245,36 +276,48 @@ pub fn pod_routes(ipam: &CniResult, conf: &BridgeConf) -> Vec<Route> {
     routes
 }
 
-/// Addresses and routes on the pod's interface (via a socket opened in its netns).
+/// Up, addresses and routes on the pod's interface (via a socket opened in its netns), sent as
+/// one batch: the kernel applies them in order, so each route finds its address in place.
 pub fn configure_pod(
     pod: &mut Socket,
     index: u32,
     ips: &[IpConfig],
     routes: &[Route],
 ) -> Result<(), CniError> {
-    pod.set_up(index)
-        .kernel(|| "cannot set the pod interface up".into())?;
-    for ip in ips {
-        match pod.add_addr(index, ip.address) {
-            Err(e) if !e.is(libc::EEXIST) => {
-                return Err(e).kernel(|| format!("cannot add {} to the pod interface", ip.address))
+    let specs: Vec<RouteSpec> = routes
+        .iter()
+        .map(|r| {
+            let mut spec = RouteSpec::new(r.dst, r.gw, Some(index));
+            spec.metric = r.priority;
+            spec.mtu = r.mtu;
+            spec.advmss = r.advmss;
+            if let Some(t) = r.table {
+                spec.table = t;
             }
-            _ => {}
-        }
+            spec
+        })
+        .collect();
+    let mut msgs = vec![set_flags_msg(index, IFF_UP, IFF_UP)];
+    msgs.extend(ips.iter().map(|ip| add_addr_msg(index, ip.address)));
+    msgs.extend(specs.iter().map(|s| s.add_msg(false)));
+    let outcomes = pod
+        .request_all(msgs)
+        .kernel(|| "cannot configure the pod interface".into())?;
+    let mut outcomes = outcomes.into_iter();
+    if let Some(Err(e)) = outcomes.next() {
+        return Err(e).kernel(|| "cannot set the pod interface up".into());
     }
-    for r in routes {
-        let mut spec = RouteSpec::new(r.dst, r.gw, Some(index));
-        spec.metric = r.priority;
-        spec.mtu = r.mtu;
-        spec.advmss = r.advmss;
-        if let Some(t) = r.table {
-            spec.table = t;
-        }
-        match pod.add_route(&spec, false) {
-            Err(e) if !e.is(libc::EEXIST) => {
-                return Err(e)
-                    .kernel(|| format!("cannot add route {} via {:?} in the pod", r.dst, r.gw))
-            }
+    let what = ips
+        .iter()
+        .map(|ip| format!("cannot add {} to the pod interface", ip.address))
+        .chain(
+            routes
+                .iter()
+                .map(|r| format!("cannot add route {} via {:?} in the pod", r.dst, r.gw)),
+        );
+    for (outcome, what) in outcomes.zip(what) {
+        match outcome {
+            Err(e) if !e.is(libc::EEXIST) => return Err(e).kernel(|| what),
             _ => {}
         }
     }

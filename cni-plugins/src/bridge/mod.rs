@@ -53,6 +53,12 @@ fn attach(
     let ns = args.netns()?;
     let store = records(conf, args);
     let who = args.attachment();
+    let pod_mac = conf.mac.unwrap_or_else(links::random_mac);
+    // Everything ADD may create is recorded before any of it exists, in one write: undoing what
+    // was never made is harmless (a missing link or set element is success), while rewriting
+    // the record (a rename over it) makes ext4 start writeback of the new file.
+    rec.masq = conf.ip_masq && !rec.ips.is_empty();
+    rec.spoof_mac = conf.macspoofchk.then(|| format_mac(&pod_mac));
     store.write(&who, rec)?;
     let mut host = Socket::route().kernel(|| "cannot open a netlink socket".into())?;
     let bridge = links::ensure_bridge(&mut host, conf)?;
@@ -74,50 +80,20 @@ fn attach(
         &bridge,
         &rec.host_veth,
         &args.env.ifname,
+        pod_mac,
     )?;
     let mut pod = ns
         .route_socket()
         .kernel(|| format!("cannot open netlink in {}", args.env.netns))?;
-    let eth = pod
-        .link_by_name(&args.env.ifname)
-        .kernel(|| format!("cannot look up {} in the pod", args.env.ifname))?
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::Plugin(crate::error::CODE_KERNEL),
-                "pod interface vanished",
-            )
-        })?;
+    let eth = match veth.pod.index {
+        0 => pod_link(&mut pod, &args.env.ifname)?, // a kernel without IFLA_LINK for veths
+        _ => veth.pod.clone(),
+    };
+    let veth = veth.host;
     let routes = links::pod_routes(ipam, conf);
-    let ips: Vec<IpConfig> = ipam
-        .ips
-        .iter()
-        .map(|i| IpConfig {
-            interface: Some(2),
-            gateway: if conf.is_gateway {
-                Some(links::gateway_of(i).addr)
-            } else {
-                i.gateway
-            },
-            ..i.clone()
-        })
-        .collect();
+    let ips = pod_ips(ipam, conf);
     links::configure_pod(&mut pod, eth.index, &ips, &routes)?;
-    if conf.ip_masq && !rec.ips.is_empty() {
-        let mut exclude: Vec<_> = ips.iter().map(|i| i.address.masked()).collect();
-        exclude.extend(conf.ip_masq_exclude.iter().copied());
-        rec.masq = true;
-        store.write(&who, rec)?;
-        firewall::masq_add(&conf.state_dir, &args.conf.name, &rec.ips, &exclude)
-            .kernel(|| format!("cannot add {:?} to the ipMasq set", rec.ips))?;
-    }
-    if conf.macspoofchk {
-        if let Some(mac) = eth.mac {
-            rec.spoof_mac = Some(format_mac(&mac));
-            store.write(&who, rec)?;
-            firewall::spoof_update(&rec.host_veth, mac, Action::Add)
-                .kernel(|| format!("cannot add the macspoofchk entry for {}", rec.host_veth))?;
-        }
-    }
+    add_firewall(conf, args, rec, &ips, pod_mac)?;
     Ok(CniResult {
         interfaces: vec![
             Interface {
@@ -142,6 +118,57 @@ fn attach(
         routes,
         dns: args.conf.dns.clone().unwrap_or_else(|| ipam.dns.clone()),
     })
+}
+
+/// IPAM's addresses as the result reports them: on the pod interface (index 2 of the result's
+/// interfaces), with the bridge as gateway when it is one.
+fn pod_ips(ipam: &CniResult, conf: &BridgeConf) -> Vec<IpConfig> {
+    ipam.ips
+        .iter()
+        .map(|i| IpConfig {
+            interface: Some(2),
+            gateway: if conf.is_gateway {
+                Some(links::gateway_of(i).addr)
+            } else {
+                i.gateway
+            },
+            ..i.clone()
+        })
+        .collect()
+}
+
+/// The nftables entries of an attachment: its addresses in the ipMasq sets, its port and MAC
+/// in the macspoofchk set.
+fn add_firewall(
+    conf: &BridgeConf,
+    args: &CmdArgs,
+    rec: &BridgeRecord,
+    ips: &[IpConfig],
+    pod_mac: [u8; 6],
+) -> Result<(), CniError> {
+    if rec.masq {
+        let mut exclude: Vec<_> = ips.iter().map(|i| i.address.masked()).collect();
+        exclude.extend(conf.ip_masq_exclude.iter().copied());
+        firewall::masq_add(&conf.state_dir, &args.conf.name, &rec.ips, &exclude)
+            .kernel(|| format!("cannot add {:?} to the ipMasq set", rec.ips))?;
+    }
+    if conf.macspoofchk {
+        firewall::spoof_update(&rec.host_veth, pod_mac, Action::Add)
+            .kernel(|| format!("cannot add the macspoofchk entry for {}", rec.host_veth))?;
+    }
+    Ok(())
+}
+
+/// The pod end looked up inside the pod.
+fn pod_link(pod: &mut Socket, ifname: &str) -> Result<crate::netlink::Link, CniError> {
+    pod.link_by_name(ifname)
+        .kernel(|| format!("cannot look up {ifname} in the pod"))?
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::Plugin(crate::error::CODE_KERNEL),
+                "pod interface vanished",
+            )
+        })
 }
 
 /// Undoes an attachment as far as it exists: links, nftables entries, record. Every step runs;
@@ -179,13 +206,11 @@ fn teardown(
 /// Deletes the veth pair through its host end, or through the pod end when only that is left.
 fn delete_links(host_veth: &str, ifname: &str, netns: Option<&str>) -> Result<(), CniError> {
     let mut host = Socket::route().kernel(|| "cannot open a netlink socket".into())?;
-    if let Some(l) = host
-        .link_by_name(host_veth)
-        .kernel(|| format!("cannot look up {host_veth}"))?
+    if host
+        .del_link_by_name(host_veth)
+        .kernel(|| format!("cannot delete {host_veth}"))?
     {
-        return host
-            .del_link(l.index)
-            .kernel(|| format!("cannot delete {host_veth}"));
+        return Ok(());
     }
     let Some(path) = netns.filter(|p| !p.is_empty()) else {
         return Ok(());

@@ -91,6 +91,24 @@ fn exhausted(set: &[Range]) -> CniError {
     CniError::new(ErrorCode::Plugin(CODE_RANGE_EXHAUSTED), msg)
 }
 
+/// What the store held when ADD began, plus what this ADD reserved since: read once, so an ADD
+/// lists the data dir once however many range sets it allocates from.
+struct Taken(Vec<(IpAddr, Attachment)>);
+
+impl Taken {
+    fn held_by(&self, who: &Attachment) -> impl Iterator<Item = IpAddr> + '_ {
+        let who = who.clone();
+        self.0
+            .iter()
+            .filter(move |(_, a)| *a == who)
+            .map(|(ip, _)| *ip)
+    }
+
+    fn used(&self) -> HashSet<IpAddr> {
+        self.0.iter().map(|(ip, _)| *ip).collect()
+    }
+}
+
 /// Allocates one address from range set `i`: the caller's existing one, a requested one or the next.
 fn allocate_one(
     store: &Store,
@@ -98,16 +116,16 @@ fn allocate_one(
     set: &[Range],
     who: &Attachment,
     requested: &mut Vec<IpAddr>,
+    taken: &mut Taken,
 ) -> Result<(IpAddr, Range, bool), CniError> {
-    let held = store.find(who).map_err(io_error)?;
-    if let Some((ip, r)) = held
-        .iter()
-        .find_map(|ip| set.iter().find(|r| r.contains(*ip)).map(|r| (*ip, r)))
+    if let Some((ip, r)) = taken
+        .held_by(who)
+        .find_map(|ip| set.iter().find(|r| r.contains(ip)).map(|r| (ip, r)))
     {
         requested.retain(|x| *x != ip);
         return Ok((ip, r.clone(), false));
     }
-    if let Some(pos) = requested
+    let (ip, range) = if let Some(pos) = requested
         .iter()
         .position(|ip| set.iter().any(|r| r.contains(*ip)))
     {
@@ -122,18 +140,20 @@ fn allocate_one(
             let msg = format!("requested IP {ip} is already allocated");
             return Err(CniError::new(ErrorCode::Plugin(CODE_REQUESTED_IP), msg));
         }
-        return Ok((ip, range.clone(), true));
-    }
-    let used = store.used().map_err(io_error)?;
-    let last = store.last_reserved(i).map_err(io_error)?;
-    let (ip, idx) = next_free(set, &used, last).ok_or_else(|| exhausted(set))?;
-    if !store.reserve(ip, who, i).map_err(io_error)? {
-        return Err(CniError::new(
-            ErrorCode::TryAgainLater,
-            format!("IP {ip} was taken concurrently"),
-        ));
-    }
-    Ok((ip, set[idx].clone(), true))
+        (ip, range.clone())
+    } else {
+        let last = store.last_reserved(i).map_err(io_error)?;
+        let (ip, idx) = next_free(set, &taken.used(), last).ok_or_else(|| exhausted(set))?;
+        if !store.reserve(ip, who, i).map_err(io_error)? {
+            return Err(CniError::new(
+                ErrorCode::TryAgainLater,
+                format!("IP {ip} was taken concurrently"),
+            ));
+        }
+        (ip, set[idx].clone())
+    };
+    taken.0.push((ip, who.clone()));
+    Ok((ip, range, true))
 }
 
 fn allocate_all(
@@ -143,11 +163,12 @@ fn allocate_all(
 ) -> Result<Vec<IpConfig>, CniError> {
     let who = args.attachment();
     let mut requested = requested_ips(args)?;
+    let mut taken = Taken(store.allocations().map_err(io_error)?);
     let mut fresh: Vec<IpAddr> = Vec::new();
     let mut ips = Vec::new();
     let mut outcome = Ok(());
     for (i, set) in cfg.range_sets.iter().enumerate() {
-        match allocate_one(store, i, set, &who, &mut requested) {
+        match allocate_one(store, i, set, &who, &mut requested, &mut taken) {
             Ok((ip, range, new)) => {
                 if new {
                     fresh.push(ip);

@@ -11,6 +11,14 @@ use crate::netconf::Attachment;
 
 const LOCK_FILE: &str = "lock";
 const LAST_RESERVED: &str = "last_reserved_ip.";
+/// Longest textual address (IPv4-mapped IPv6) the pointer file must hold.
+const POINTER_WIDTH: usize = 45;
+
+/// The pointer file's content: the address padded with spaces to a fixed width, so an
+/// in-place overwrite always covers whatever an earlier (shorter or unpadded) write left.
+fn pointer_text(ip: IpAddr) -> String {
+    format!("{ip:<POINTER_WIDTH$}\n")
+}
 
 /// A failed store operation, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -72,20 +80,29 @@ fn flock_exclusive(file: &File) -> std::io::Result<()> {
 impl Store {
     /// Creates `dir` if needed and takes its lock (blocking until other invocations finish).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            path: dir.into(),
+        let path = dir.join(LOCK_FILE);
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        };
+        // The directory exists on every call but the first: create it only when missing.
+        let lock = match open() {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                    path: dir.into(),
+                    source,
+                })?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(|source| StoreError::Lock {
+            path: path.clone(),
             source,
         })?;
-        let path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| StoreError::Lock {
-                path: path.clone(),
-                source,
-            })?;
         flock_exclusive(&lock).map_err(|source| StoreError::Lock { path, source })?;
         Ok(Store {
             dir: dir.into(),
@@ -171,10 +188,23 @@ impl Store {
             let _ = fs::remove_file(&path);
             return Err(StoreError::Write { path, source });
         }
-        let last = self.dir.join(format!("{LAST_RESERVED}{set}"));
-        fs::write(&last, ip.to_string())
-            .map_err(|source| StoreError::Write { path: last, source })?;
+        self.set_last_reserved(ip, set)?;
         Ok(true)
+    }
+
+    /// Moves set `set`'s round-robin pointer to `ip`. The file is overwritten in place at a
+    /// fixed width, never truncated: on ext4 a truncate-and-rewrite makes `close` start
+    /// writeback of the file (`auto_da_alloc`), measured here at 0.2–8 ms per ADD.
+    fn set_last_reserved(&self, ip: IpAddr, set: usize) -> Result<(), StoreError> {
+        let path = self.dir.join(format!("{LAST_RESERVED}{set}"));
+        let text = pointer_text(ip);
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, text.as_bytes(), 0));
+        written.map_err(|source| StoreError::Write { path, source })
     }
 
     /// Frees one address; freeing a free address is not an error.
@@ -221,6 +251,30 @@ mod tests {
             Some(ip),
             "pointer survives release"
         );
+    }
+
+    #[test]
+    fn pointer_overwrites_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        // An unpadded pointer as an older build (or the reference host-local) wrote it.
+        fs::write(tmp.path().join("last_reserved_ip.0"), "10.250.255.254").unwrap();
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(store.reserve(ip, &owner("a"), 0).unwrap());
+        assert_eq!(store.last_reserved(0).unwrap(), Some(ip));
+        let long: IpAddr = "::ffff:255.255.255.255".parse().unwrap();
+        assert!(store.reserve(long, &owner("b"), 0).unwrap());
+        assert!(store
+            .reserve("fd00::2".parse().unwrap(), &owner("c"), 0)
+            .unwrap());
+        assert_eq!(
+            store.last_reserved(0).unwrap(),
+            Some("fd00::2".parse().unwrap())
+        );
+        let len = fs::metadata(tmp.path().join("last_reserved_ip.0"))
+            .unwrap()
+            .len();
+        assert_eq!(len, POINTER_WIDTH as u64 + 1, "fixed width, never grows");
     }
 
     #[test]

@@ -123,6 +123,16 @@ impl RouteSpec {
         }
     }
 
+    /// The request behind [`Socket::add_route`], for [`Socket::request_all`] batches.
+    pub fn add_msg(&self, replace: bool) -> Msg {
+        let flags = if replace {
+            NLM_F_CREATE | NLM_F_REPLACE
+        } else {
+            NLM_F_CREATE | NLM_F_EXCL
+        };
+        self.msg(RTM_NEWROUTE, flags)
+    }
+
     fn msg(&self, ty: u16, flags: u16) -> Msg {
         let fam = family(self.dst.addr);
         let mut h = [0u8; 12];
@@ -225,19 +235,25 @@ fn parse_neigh(body: &[u8]) -> Option<Neighbour> {
     })
 }
 
+/// The request behind [`Socket::add_addr`], for [`Socket::request_all`] batches.
+pub fn add_addr_msg(index: u32, cidr: Cidr) -> Msg {
+    let fam = family(cidr.addr);
+    let msg = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
+        .header(&ifaddr(fam, cidr.prefix, index))
+        .attr(IFA_LOCAL, &octets(cidr.addr))
+        .attr(IFA_ADDRESS, &octets(cidr.addr))
+        .u32(IFA_FLAGS, IFA_F_NODAD);
+    if cidr.addr.is_ipv4() && cidr.prefix < 31 {
+        msg.attr(IFA_BROADCAST, &octets(cidr.last()))
+    } else {
+        msg
+    }
+}
+
 impl Socket {
     /// Adds `cidr` to interface `index` (no duplicate address detection); `EEXIST` if present.
     pub fn add_addr(&mut self, index: u32, cidr: Cidr) -> Result<(), NlError> {
-        let fam = family(cidr.addr);
-        let mut msg = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
-            .header(&ifaddr(fam, cidr.prefix, index))
-            .attr(IFA_LOCAL, &octets(cidr.addr))
-            .attr(IFA_ADDRESS, &octets(cidr.addr))
-            .u32(IFA_FLAGS, IFA_F_NODAD);
-        if cidr.addr.is_ipv4() && cidr.prefix < 31 {
-            msg = msg.attr(IFA_BROADCAST, &octets(cidr.last()));
-        }
-        self.request(msg)
+        self.request(add_addr_msg(index, cidr))
     }
 
     /// Removes an address; a missing one is success.
@@ -276,12 +292,7 @@ impl Socket {
 
     /// Adds a route; `replace` overwrites an existing one with the same key.
     pub fn add_route(&mut self, route: &RouteSpec, replace: bool) -> Result<(), NlError> {
-        let flags = if replace {
-            NLM_F_CREATE | NLM_F_REPLACE
-        } else {
-            NLM_F_CREATE | NLM_F_EXCL
-        };
-        self.request(route.msg(RTM_NEWROUTE, flags))
+        self.request(route.add_msg(replace))
     }
 
     /// Deletes a route; a missing one is success.

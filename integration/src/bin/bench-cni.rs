@@ -190,12 +190,21 @@ fn throughput(plugin: &str, tmp: &Path, seconds: u32) -> anyhow::Result<f64> {
     v["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("iperf3: {v}"))
 }
 
+/// The 1-minute load average (`/proc/loadavg`), if readable.
+fn loadavg() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 fn main() -> anyhow::Result<()> {
     let pairs: usize = arg("--pairs").and_then(|v| v.parse().ok()).unwrap_or(200);
     let tmp = tempfile::tempdir()?;
     let host = NetNs::new("bench-cni-host")?;
     enter(&host)?;
+    let load_before = loadavg();
     let mut report = json!({"latency": latency(pairs, flag("--ip-masq"), tmp.path())?});
+    // The machine is shared: the 1-minute load average says how much the medians carry.
+    report["loadavg_1m"] = json!({"before": load_before, "after": loadavg()});
     if !flag("--no-iperf") {
         let secs = 5;
         let vx = throughput("berth-vxlan", tmp.path(), secs)?;
