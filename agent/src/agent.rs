@@ -35,6 +35,8 @@ pub struct Agent<R: Runtime> {
     pods: Mutex<HashMap<String, watch::Sender<Option<Pod>>>>,
     /// Pods chosen for eviction (uid → the status message), handled by their workers.
     evictions: Mutex<HashMap<String, String>>,
+    /// Service-account tokens of projected volumes.
+    tokens: crate::sa_tokens::TokenManager,
 }
 
 /// ConfigMaps and Secrets a pod refers to, fetched before its sync.
@@ -44,6 +46,8 @@ struct Sources {
     secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     pod_ip: Option<String>,
     host_ip: Option<String>,
+    /// Projected service-account tokens by `sa_tokens::source_key`.
+    tokens: BTreeMap<String, String>,
 }
 
 impl EnvSources for Sources {
@@ -64,6 +68,9 @@ impl EnvSources for Sources {
 impl VolumeSources for Sources {
     fn secret_bytes(&self, _: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         self.secrets.get(name).cloned()
+    }
+    fn service_account_token(&self, audience: Option<&str>, expiration_secs: i64) -> Option<String> {
+        self.tokens.get(&crate::sa_tokens::source_key(audience, expiration_secs)).cloned()
     }
 }
 
@@ -166,7 +173,7 @@ impl<R: Runtime> Agent<R> {
             cluster_domain: cfg.cluster_domain.clone(),
             cgroup_parent: cfg.cgroup_root.clone(),
         };
-        Ok(Arc::new(Agent { cfg, node_name, client, rt, runtime_name: version.runtime_name, node_facts, facts: Mutex::new(facts), pods: Mutex::new(HashMap::new()), evictions: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Agent { cfg, node_name, client, rt, runtime_name: version.runtime_name, node_facts, facts: Mutex::new(facts), pods: Mutex::new(HashMap::new()), evictions: Mutex::new(HashMap::new()), tokens: Default::default() }))
     }
 
     /// Runs until the pod watch fails for good. `ca` (DER) verifies clients of the kubelet API.
@@ -178,7 +185,9 @@ impl<R: Runtime> Agent<R> {
         let addr = format!("{}:{}", self.cfg.address, self.cfg.port);
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("binding the kubelet API on {addr}: {e}"))?;
         tracing::info!(%addr, "kubelet API listening");
-        tokio::spawn(crate::server::serve(self.clone(), listener, tls));
+        let reviewer = Box::new(crate::authn::ApiReviewer { client: self.client.clone() });
+        let auth = Arc::new(crate::authn::KubeletAuth::new(reviewer, self.node_name.clone(), self.cfg.authorization.mode));
+        tokio::spawn(crate::server::serve(self.clone(), listener, tls, auth));
         self.register().await?;
         tokio::spawn(self.clone().node_status_loop());
         tokio::spawn(self.clone().lease_loop());
@@ -497,6 +506,7 @@ impl<R: Runtime> Agent<R> {
         let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let (cms, secrets) = referenced(pod);
         let mut src = Sources { pod_ip, host_ip: self.facts.lock().expect("facts").internal_ip.clone(), ..Default::default() };
+        src.tokens = self.tokens.tokens_for(&crate::sa_tokens::ApiTokens { client: self.client.clone() }, pod, std::time::SystemTime::now()).await;
         let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         for name in cms {
             if let Ok(Some(cm)) = cm_api.get_opt(&name).await {
@@ -682,6 +692,7 @@ impl<R: Runtime> Agent<R> {
             }
         }
         self.pods.lock().expect("pods").remove(&uid);
+        self.tokens.forget(&uid);
         tracing::info!(pod = %uid, "pod worker done");
     }
 

@@ -2,6 +2,7 @@
 //! any CRI runtime. See `../shared/DESIGN.md` and issue 6.
 
 pub mod agent;
+pub mod authn;
 pub mod config;
 pub mod cri;
 pub mod network;
@@ -9,6 +10,7 @@ pub mod node;
 pub mod pod;
 pub mod probes;
 pub mod quantity;
+pub mod sa_tokens;
 pub mod server;
 pub mod spec;
 pub mod static_pods;

@@ -1,9 +1,10 @@
 //! The kubelet API on :10250 (HTTPS): `/healthz`, `/pods`, `/containerLogs` (follow, tail,
 //! since, previous, timestamps, limitBytes), `/exec`, `/attach` and `/portForward` (the
 //! upgraded connection spliced to the CRI runtime's streaming server, so SPDY and WebSocket
-//! clients both work), `/metrics`. Clients authenticate with a certificate signed by the
-//! cluster CA; node identities (`system:nodes`) are refused, so one node cannot reach into
-//! another's pods.
+//! clients both work), `/metrics`, `/stats/summary` and `/metrics/resource` (`crate::stats`).
+//! Clients authenticate with a certificate signed by the cluster CA — node identities
+//! (`system:nodes`) are refused, so one node cannot reach into another's pods — or with a
+//! bearer token the control plane vouches for (`crate::authn`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -76,11 +77,11 @@ pub fn tls_config(ca_der: &[Vec<u8>], names: &[String]) -> anyhow::Result<Arc<ru
 }
 
 /// Serves until the listener fails.
-pub async fn serve<N: Node>(node: Arc<N>, listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>) {
+pub async fn serve<N: Node>(node: Arc<N>, listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, auth: Arc<crate::authn::KubeletAuth>) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let Ok((tcp, peer)) = listener.accept().await else { continue };
-        let (acceptor, node) = (acceptor.clone(), node.clone());
+        let (acceptor, node, auth) = (acceptor.clone(), node.clone(), auth.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -88,8 +89,8 @@ pub async fn serve<N: Node>(node: Arc<N>, listener: tokio::net::TcpListener, tls
             };
             let cert: Option<Vec<u8>> = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
             let service = hyper::service::service_fn(move |req| {
-                let (node, cert) = (node.clone(), cert.clone());
-                async move { Ok::<_, Infallible>(handle(node, req, cert.as_deref(), peer).await) }
+                let (node, cert, auth) = (node.clone(), cert.clone(), auth.clone());
+                async move { Ok::<_, Infallible>(handle(node, &auth, req, cert.as_deref(), peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
             let _ = conn.await;
@@ -109,12 +110,13 @@ fn value<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-async fn handle<N: Node>(node: Arc<N>, req: Request<Incoming>, cert: Option<&[u8]>, peer: SocketAddr) -> Response<Body> {
+async fn handle<N: Node>(node: Arc<N>, auth: &crate::authn::KubeletAuth, req: Request<Incoming>, cert: Option<&[u8]>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return full(StatusCode::OK, "ok");
     }
-    let user = match authorize(cert) {
+    let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let user = match auth.check(cert, authorization, req.method(), &path).await {
         Ok(u) => u,
         Err((status, message)) => {
             tracing::info!(%peer, path, "kubelet API refused: {message}");
