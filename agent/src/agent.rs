@@ -160,6 +160,14 @@ impl<R: Runtime> crate::server::Node for Agent<R> {
     fn log_root(&self) -> &std::path::Path {
         &self.cfg.pod_logs_dir
     }
+
+    fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    fn root_dir(&self) -> &std::path::Path {
+        &self.cfg.root_dir
+    }
 }
 
 impl<R: Runtime> Agent<R> {
@@ -186,8 +194,9 @@ impl<R: Runtime> Agent<R> {
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("binding the kubelet API on {addr}: {e}"))?;
         tracing::info!(%addr, "kubelet API listening");
         let reviewer = Box::new(crate::authn::ApiReviewer { client: self.client.clone() });
-        let auth = Arc::new(crate::authn::KubeletAuth::new(reviewer, self.node_name.clone(), self.cfg.authorization.mode));
-        tokio::spawn(crate::server::serve(self.clone(), listener, tls, auth));
+        let auth = crate::authn::KubeletAuth::new(reviewer, self.node_name.clone(), self.cfg.authorization.mode);
+        let state = Arc::new(crate::server::ApiState { auth, rates: Default::default() });
+        tokio::spawn(crate::server::serve(self.clone(), listener, tls, state));
         self.register().await?;
         tokio::spawn(self.clone().node_status_loop());
         tokio::spawn(self.clone().lease_loop());

@@ -13,5 +13,6 @@ pub mod quantity;
 pub mod sa_tokens;
 pub mod server;
 pub mod spec;
+pub mod stats;
 pub mod static_pods;
 pub mod volumes;

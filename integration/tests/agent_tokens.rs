@@ -76,3 +76,64 @@ fn projected_service_account_tokens_authenticate_to_the_api_and_the_kubelet() {
     c.kubectl(&["delete", "pod", "tok", "--wait=false"]).unwrap();
     c.wait_for(LONG, "the bound token to be refused", |c| token_review(c, &token, &[])["status"]["authenticated"] == false).unwrap();
 }
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn stats_summary_and_resource_metrics_through_the_api_proxy() {
+    let c = Cluster::start("stats", 5231, "10.89.31.0/24").expect("cluster");
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: busy}}\nspec:\n  containers:\n  - name: app\n    image: {}\n    command: [sh, -c, \"echo started; dd if=/dev/zero of=/scratch/blob bs=1k count=2048; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo warm; sleep 1000\"]\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}]\n  volumes: [{{name: scratch, emptyDir: {{}}}}]\n",
+        c.image
+    ))
+    .unwrap();
+    c.wait_for(LONG, "the pod to warm up", |c| c.container_output("busy", "app").contains("warm")).unwrap();
+    let base = format!("/api/v1/nodes/{}/proxy", c.node);
+    let summary = || -> Value { serde_json::from_str(&c.kubectl(&["get", "--raw", &format!("{base}/stats/summary")]).unwrap()).unwrap() };
+    let first = summary();
+    std::thread::sleep(Duration::from_millis(1100));
+    let s = summary();
+    let node = &s["node"];
+    assert_eq!(node["nodeName"], c.node.as_str());
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    assert!(n(&node["cpu"]["usageCoreNanoSeconds"]) > 0 && node["cpu"]["usageNanoCores"].is_u64(), "{node}");
+    assert!(n(&node["memory"]["workingSetBytes"]) > 0 && n(&node["memory"]["availableBytes"]) > 0, "{node}");
+    assert!(n(&node["fs"]["capacityBytes"]) > 0 && n(&node["fs"]["usedBytes"]) > 0, "{node}");
+    assert!(n(&node["runtime"]["imageFs"]["usedBytes"]) > 0 && n(&node["runtime"]["imageFs"]["capacityBytes"]) > 0, "{node}");
+    assert!(n(&node["rlimit"]["maxpid"]) > 0 && n(&node["rlimit"]["curproc"]) > 0, "{node}");
+    assert!(node["network"]["interfaces"].is_array(), "{node}");
+    let pod = s["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "busy").unwrap_or_else(|| panic!("{s}")).clone();
+    let app = &pod["containers"][0];
+    assert_eq!(app["name"], "app");
+    let (cpu, ws) = (n(&app["cpu"]["usageCoreNanoSeconds"]), n(&app["memory"]["workingSetBytes"]));
+    assert!(cpu > 0 && ws > 0, "{app}");
+    assert!(n(&app["logs"]["usedBytes"]) > 0 && app["rootfs"]["usedBytes"].is_u64(), "{app}");
+    assert!(n(&pod["cpu"]["usageCoreNanoSeconds"]) >= cpu && n(&pod["memory"]["workingSetBytes"]) >= ws, "{pod}");
+    assert!(pod["cpu"]["usageNanoCores"].is_u64(), "a rate from the previous reading: {pod}");
+    let vol = pod["volume"].as_array().unwrap().iter().find(|v| v["name"] == "scratch").unwrap().clone();
+    assert!(n(&vol["usedBytes"]) >= 2048 * 1024, "{vol}");
+    assert!(n(&pod["ephemeral-storage"]["usedBytes"]) >= 2048 * 1024, "{pod}");
+    assert!(pod["startTime"].is_string() && app["startTime"].is_string(), "{pod}");
+    assert!(first["pods"].as_array().is_some_and(|p| !p.is_empty()));
+    eprintln!(
+        "summary: node cpu {} ns ({} nanocores), node working set {} B; busy/app cpu {cpu} ns, working set {ws} B, logs {} B, scratch {} B",
+        n(&node["cpu"]["usageCoreNanoSeconds"]), n(&node["cpu"]["usageNanoCores"]), n(&node["memory"]["workingSetBytes"]), n(&app["logs"]["usedBytes"]), n(&vol["usedBytes"])
+    );
+
+    let text = c.kubectl(&["get", "--raw", &format!("{base}/metrics/resource")]).unwrap();
+    let labels = "{container=\"app\",namespace=\"default\",pod=\"busy\"}";
+    let ccpu = metric(&text, &format!("container_cpu_usage_seconds_total{labels}"));
+    let cws = metric(&text, &format!("container_memory_working_set_bytes{labels}"));
+    assert!(ccpu > 0.0 && cws > 0.0, "{text}");
+    assert!(metric(&text, &format!("container_start_time_seconds{labels}")) > 1.0e9, "{text}");
+    assert!(metric(&text, "pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"busy\"}") >= ccpu, "{text}");
+    assert!(metric(&text, "pod_memory_working_set_bytes{namespace=\"default\",pod=\"busy\"}") > 0.0, "{text}");
+    assert!(metric(&text, "node_cpu_usage_seconds_total ") > 0.0 && metric(&text, "node_memory_working_set_bytes ") > 0.0, "{text}");
+    assert_eq!(metric(&text, "resource_scrape_error "), 0.0, "{text}");
+    assert!(text.contains("# TYPE container_cpu_usage_seconds_total counter"), "{text}");
+    eprintln!("metrics/resource: container cpu {ccpu} s, working set {cws} B");
+}
