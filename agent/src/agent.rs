@@ -200,6 +200,7 @@ impl<R: Runtime> Agent<R> {
         self.register().await?;
         tokio::spawn(self.clone().node_status_loop());
         tokio::spawn(self.clone().lease_loop());
+        tokio::spawn(crate::image_gc::run(self.rt.clone(), crate::image_gc::Policy::from_config(&self.cfg)));
         if let Some(dir) = self.cfg.static_pod_path.clone() {
             tokio::spawn(self.clone().static_pod_loop(dir));
         }

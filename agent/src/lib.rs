@@ -5,6 +5,7 @@ pub mod agent;
 pub mod authn;
 pub mod config;
 pub mod cri;
+pub mod image_gc;
 pub mod network;
 pub mod node;
 pub mod pod;

@@ -137,3 +137,39 @@ fn stats_summary_and_resource_metrics_through_the_api_proxy() {
     assert!(text.contains("# TYPE container_cpu_usage_seconds_total counter"), "{text}");
     eprintln!("metrics/resource: container cpu {ccpu} s, working set {cws} B");
 }
+
+/// Tags of the images the runtime holds.
+fn image_tags(c: &Cluster) -> Vec<String> {
+    let socket = c.cri_socket.clone();
+    tokio::runtime::Runtime::new().unwrap().block_on(async move {
+        let (_, mut img) = berth_integration::cri::connect(&socket).await.unwrap();
+        let list = img.list_images(berth_proto::runtime::v1::ListImagesRequest { filter: None }).await.unwrap().into_inner().images;
+        list.into_iter().flat_map(|i| i.repo_tags).collect()
+    })
+}
+
+#[test]
+#[ignore = "needs root"]
+fn image_gc_removes_unused_images_and_keeps_used_ones() {
+    // Thresholds no disk is under: every pass wants to free all it may.
+    let gc = "imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\nimageMinimumGCAge: 0s\n";
+    let c = Cluster::start_custom("imggc", 5232, "10.89.32.0/24", Runtime::BerthShim, gc).expect("cluster");
+    c.registry.push_busybox(&c.ns, "library/busybox:gc", &["true"]).unwrap();
+    let pod = |name: &str, image: &str, cmd: &str, policy: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: {policy}\n  containers: [{{name: c, image: {image}, command: [sh, -c, \"{cmd}\"]}}]\n");
+    c.apply(&pod("keep", &c.image, "sleep 1000", "Always")).unwrap();
+    c.apply(&pod("once", "busybox:gc", "true", "Never")).unwrap();
+    c.wait_for(LONG, "the pods to run and finish", |c| {
+        c.pod("keep").is_ok_and(|p| p["status"]["phase"] == "Running") && c.pod("once").is_ok_and(|p| p["status"]["phase"] == "Succeeded")
+    })
+    .unwrap();
+    let tags = image_tags(&c);
+    assert!(tags.iter().any(|t| t.ends_with("busybox:gc")), "{tags:?}");
+    // While its (exited) container exists the image stays; once the pod is gone it goes.
+    c.kubectl(&["delete", "pod", "once"]).unwrap();
+    c.wait_for(Duration::from_secs(90), "the unused image to be collected", |c| !image_tags(c).iter().any(|t| t.ends_with("busybox:gc"))).unwrap();
+    let tags = image_tags(&c);
+    assert!(tags.iter().any(|t| t.ends_with("busybox:1.36")), "the running pod's image stays: {tags:?}");
+    let log = std::fs::read_to_string(c.dir.join("agent.log")).unwrap();
+    assert!(log.lines().any(|l| l.contains("image garbage-collected") && l.contains("busybox:gc")), "{}", c.agent_log());
+    assert_eq!(c.pod("keep").unwrap()["status"]["phase"], "Running");
+}
