@@ -134,7 +134,7 @@ fn pod_sample(pod: &k8s_openapi::api::core::v1::Pod, containers: &[cri::Containe
         }
         sandbox_ids.insert(info.pod_sandbox_id.clone());
         let cname = a.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        let (cpu, mem, rootfs) = (c.cpu.clone().unwrap_or_default(), c.memory.clone().unwrap_or_default(), c.writable_layer.clone().unwrap_or_default());
+        let (cpu, mem, rootfs) = (c.cpu.unwrap_or_default(), c.memory.unwrap_or_default(), c.writable_layer.clone().unwrap_or_default());
         let (logs_used, logs_inodes) = host::disk_usage(&log_dir.join(&cname));
         p.containers.push(ContainerSample {
             name: cname,
@@ -153,7 +153,7 @@ fn pod_sample(pod: &k8s_openapi::api::core::v1::Pod, containers: &[cri::Containe
     let sandbox = sandboxes.iter().filter(|s| s.attributes.as_ref().and_then(|a| a.metadata.as_ref()).is_some_and(|m| m.uid == uid)).find(|s| sandbox_ids.is_empty() || s.attributes.as_ref().is_some_and(|a| sandbox_ids.contains(&a.id)));
     match sandbox.and_then(|s| s.linux.as_ref()) {
         Some(l) => {
-            let (cpu, mem) = (l.cpu.clone().unwrap_or_default(), l.memory.clone().unwrap_or_default());
+            let (cpu, mem) = (l.cpu.unwrap_or_default(), l.memory.unwrap_or_default());
             (p.cpu_ns, p.working_set, p.usage) = (u(&cpu.usage_core_nano_seconds), u(&mem.working_set_bytes), u(&mem.usage_bytes));
             p.processes = l.process.as_ref().map(|x| u(&x.process_count));
         }
