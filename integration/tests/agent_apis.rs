@@ -85,7 +85,16 @@ fn metric(text: &str, prefix: &str) -> f64 {
 #[test]
 #[ignore = "needs root"]
 fn stats_summary_and_resource_metrics_through_the_api_proxy() {
-    let c = Cluster::start("stats", 5231, "10.89.31.0/24").expect("cluster");
+    stats_through_the_proxy(Cluster::start("stats", 5231, "10.89.31.0/24").expect("cluster"), Runtime::BerthShim);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn stats_summary_and_resource_metrics_with_containerd() {
+    stats_through_the_proxy(Cluster::start_with("statsctd", 5233, "10.89.33.0/24", Runtime::Containerd).expect("cluster"), Runtime::Containerd);
+}
+
+fn stats_through_the_proxy(c: Cluster, runtime: Runtime) {
     c.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: busy}}\nspec:\n  containers:\n  - name: app\n    image: {}\n    command: [sh, -c, \"echo started; dd if=/dev/zero of=/scratch/blob bs=1k count=2048; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo warm; sleep 1000\"]\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}]\n  volumes: [{{name: scratch, emptyDir: {{}}}}]\n",
         c.image
@@ -103,7 +112,11 @@ fn stats_summary_and_resource_metrics_through_the_api_proxy() {
     assert!(n(&node["cpu"]["usageCoreNanoSeconds"]) > 0 && node["cpu"]["usageNanoCores"].is_u64(), "{node}");
     assert!(n(&node["memory"]["workingSetBytes"]) > 0 && n(&node["memory"]["availableBytes"]) > 0, "{node}");
     assert!(n(&node["fs"]["capacityBytes"]) > 0 && n(&node["fs"]["usedBytes"]) > 0, "{node}");
-    assert!(n(&node["runtime"]["imageFs"]["usedBytes"]) > 0 && n(&node["runtime"]["imageFs"]["capacityBytes"]) > 0, "{node}");
+    assert!(n(&node["runtime"]["imageFs"]["capacityBytes"]) > 0 && node["runtime"]["imageFs"]["usedBytes"].is_u64(), "{node}");
+    if runtime == Runtime::BerthShim {
+        // containerd 1.6 measures its snapshots in the background: 0 for its first minute.
+        assert!(n(&node["runtime"]["imageFs"]["usedBytes"]) > 0, "{node}");
+    }
     assert!(n(&node["rlimit"]["maxpid"]) > 0 && n(&node["rlimit"]["curproc"]) > 0, "{node}");
     assert!(node["network"]["interfaces"].is_array(), "{node}");
     let pod = s["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "busy").unwrap_or_else(|| panic!("{s}")).clone();
