@@ -4,7 +4,9 @@
 //! against the control plane — positive answers cached for two minutes, keyed by the token's
 //! SHA-256 — and the caller is then authorised with a SubjectAccessReview on the node's
 //! subresource for the path (`nodes/stats`, `nodes/metrics`, `nodes/log`, `nodes/spec`,
-//! `nodes/proxy` for the rest), unless `authorization.mode` is `AlwaysAllow`.
+//! `nodes/proxy` for the rest), unless `authorization.mode` is `AlwaysAllow`. An allowed
+//! (user, verb, subresource) is trusted for five minutes, as kubelet's webhook cache does;
+//! denials are asked again each time, so a new grant works at once.
 //! No credential or a refused token → 401; a caller the review denies → 403.
 
 use std::collections::HashMap;
@@ -20,6 +22,8 @@ use kube::api::PostParams;
 
 /// How long a positive TokenReview is trusted (kubelet's `cacheTTL` default).
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(120);
+/// How long an allowed SubjectAccessReview is trusted (kubelet's `cacheAuthorizedTTL`).
+pub const ALLOWED_CACHE_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -32,14 +36,14 @@ pub enum AuthError {
 }
 
 /// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub name: String,
     pub groups: Vec<String>,
 }
 
 /// What a request asks to do: verb on `nodes/<subresource>` of this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Attributes {
     pub verb: &'static str,
     pub subresource: &'static str,
@@ -130,13 +134,14 @@ pub struct KubeletAuth {
     node: String,
     mode: AuthorizationMode,
     cache: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
+    allowed: Mutex<HashMap<(Identity, Attributes), Instant>>,
 }
 
 type Refusal = (StatusCode, String);
 
 impl KubeletAuth {
     pub fn new(reviewer: Box<dyn Reviewer>, node: String, mode: AuthorizationMode) -> KubeletAuth {
-        KubeletAuth { reviewer, node, mode, cache: Mutex::new(HashMap::new()) }
+        KubeletAuth { reviewer, node, mode, cache: Mutex::new(HashMap::new()), allowed: Mutex::new(HashMap::new()) }
     }
 
     /// The caller's name, or the status to answer with.
@@ -152,8 +157,19 @@ impl KubeletAuth {
             return Ok(who.name);
         }
         let attrs = attributes(method, path);
+        let key = (who.clone(), attrs.clone());
+        {
+            let mut allowed = self.allowed.lock().expect("authorisation cache");
+            allowed.retain(|_, at| at.elapsed() < ALLOWED_CACHE_TTL);
+            if allowed.contains_key(&key) {
+                return Ok(who.name);
+            }
+        }
         match self.reviewer.access_review(&who, &self.node, &attrs).await {
-            Ok((true, _)) => Ok(who.name),
+            Ok((true, _)) => {
+                self.allowed.lock().expect("authorisation cache").insert(key, Instant::now());
+                Ok(who.name)
+            }
             Ok((false, reason)) => Err((StatusCode::FORBIDDEN, format!("Forbidden (user={}, verb={}, resource=nodes, subresource={}){}", who.name, attrs.verb, attrs.subresource, if reason.is_empty() { String::new() } else { format!(": {reason}") }))),
             Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("authorising the request: {e}: {}", source_text(&e)))),
         }
@@ -221,11 +237,14 @@ mod tests {
         let get = Method::GET;
         assert_eq!(auth.check(None, Some("Bearer admin"), &get, "/pods").await, Ok("alice".into()));
         assert_eq!(auth.check(None, Some("Bearer admin"), &get, "/stats/summary").await, Ok("alice".into()));
-        assert_eq!(reviews.load(Ordering::SeqCst), 1, "the second request used the cache");
-        assert_eq!(asked.lock().unwrap().iter().map(|a| a.subresource).collect::<Vec<_>>(), ["proxy", "stats"]);
+        assert_eq!(auth.check(None, Some("Bearer admin"), &get, "/pods").await, Ok("alice".into()));
+        assert_eq!(reviews.load(Ordering::SeqCst), 1, "later requests used the token cache");
+        assert_eq!(asked.lock().unwrap().iter().map(|a| a.subresource).collect::<Vec<_>>(), ["proxy", "stats"], "and the allowed cache");
         let e = auth.check(None, Some("Bearer sa"), &get, "/pods").await.unwrap_err();
         assert_eq!(e.0, StatusCode::FORBIDDEN);
         assert!(e.1.contains("subresource=proxy"), "{}", e.1);
+        assert_eq!(auth.check(None, Some("Bearer sa"), &get, "/pods").await.unwrap_err().0, StatusCode::FORBIDDEN);
+        assert_eq!(asked.lock().unwrap().len(), 4, "denials are asked again");
         assert_eq!(auth.check(None, Some("Bearer garbage"), &get, "/pods").await.unwrap_err().0, StatusCode::UNAUTHORIZED);
         assert_eq!(auth.check(None, Some("Bearer garbage"), &get, "/pods").await.unwrap_err().0, StatusCode::UNAUTHORIZED);
         assert_eq!(reviews.load(Ordering::SeqCst), 4, "refusals are not cached");
