@@ -40,6 +40,8 @@ pub struct Agent<R: Runtime> {
     events: mpsc::Sender<Event>,
     /// Permits for pods setting up their sandbox (`parallelPodStarts`).
     start_gate: Arc<tokio::sync::Semaphore>,
+    /// Service-account tokens of projected volumes.
+    tokens: crate::sa_tokens::TokenManager,
 }
 
 /// How many events may wait for the API before new ones are dropped (and logged).
@@ -63,6 +65,8 @@ struct Sources {
     secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     pod_ip: Option<String>,
     host_ip: Option<String>,
+    /// Projected service-account tokens by `sa_tokens::source_key`.
+    tokens: BTreeMap<String, String>,
 }
 
 impl EnvSources for Sources {
@@ -83,6 +87,9 @@ impl EnvSources for Sources {
 impl VolumeSources for Sources {
     fn secret_bytes(&self, _: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         self.secrets.get(name).cloned()
+    }
+    fn service_account_token(&self, audience: Option<&str>, expiration_secs: i64) -> Option<String> {
+        self.tokens.get(&crate::sa_tokens::source_key(audience, expiration_secs)).cloned()
     }
 }
 
@@ -172,6 +179,14 @@ impl<R: Runtime> crate::server::Node for Agent<R> {
     fn log_root(&self) -> &std::path::Path {
         &self.cfg.pod_logs_dir
     }
+
+    fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    fn root_dir(&self) -> &std::path::Path {
+        &self.cfg.root_dir
+    }
 }
 
 impl<R: Runtime> Agent<R> {
@@ -204,6 +219,7 @@ impl<R: Runtime> Agent<R> {
             evictions: Mutex::new(HashMap::new()),
             events,
             start_gate,
+            tokens: Default::default(),
         }))
     }
 
@@ -216,10 +232,14 @@ impl<R: Runtime> Agent<R> {
         let addr = format!("{}:{}", self.cfg.address, self.cfg.port);
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("binding the kubelet API on {addr}: {e}"))?;
         tracing::info!(%addr, "kubelet API listening");
-        tokio::spawn(crate::server::serve(self.clone(), listener, tls));
+        let reviewer = Box::new(crate::authn::ApiReviewer { client: self.client.clone() });
+        let auth = crate::authn::KubeletAuth::new(reviewer, self.node_name.clone(), self.cfg.authorization.mode);
+        let state = Arc::new(crate::server::ApiState { auth, rates: Default::default() });
+        tokio::spawn(crate::server::serve(self.clone(), listener, tls, state));
         self.register().await?;
         tokio::spawn(self.clone().node_status_loop());
         tokio::spawn(self.clone().lease_loop());
+        tokio::spawn(crate::image_gc::run(self.rt.clone(), crate::image_gc::Policy::from_config(&self.cfg)));
         if let Some(dir) = self.cfg.static_pod_path.clone() {
             tokio::spawn(self.clone().static_pod_loop(dir));
         }
@@ -536,6 +556,7 @@ impl<R: Runtime> Agent<R> {
         let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let (cms, secrets) = referenced(pod);
         let mut src = Sources { pod_ip, host_ip: self.facts.lock().expect("facts").internal_ip.clone(), ..Default::default() };
+        src.tokens = self.tokens.tokens_for(&crate::sa_tokens::ApiTokens { client: self.client.clone() }, pod, std::time::SystemTime::now()).await;
         let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         for name in cms {
             if let Ok(Some(cm)) = cm_api.get_opt(&name).await {
@@ -724,6 +745,7 @@ impl<R: Runtime> Agent<R> {
             }
         }
         self.pods.lock().expect("pods").remove(&uid);
+        self.tokens.forget(&uid);
         tracing::info!(pod = %uid, "pod worker done");
     }
 

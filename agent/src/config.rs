@@ -23,6 +23,10 @@
 //! address: 0.0.0.0                  # kubelet server
 //! port: 10250
 //! nodeIP: 192.168.1.10             # default: the default route's interface address
+//! authorization: {mode: Webhook}    # Webhook (SubjectAccessReview for bearer tokens) | AlwaysAllow
+//! imageGCHighThresholdPercent: 85   # image GC starts when the image filesystem is this full
+//! imageGCLowThresholdPercent: 80    # ... and frees images (LRU, unused) down to this
+//! imageMinimumGCAge: 2m             # an image is never collected younger than this
 //! network:                          # the conflist and overlay peers the agent keeps
 //!   mode: vxlan                     # none (default) | bridge | vxlan | host-gw
 //!   clusterCIDR: 10.244.0.0/16
@@ -54,6 +58,13 @@ pub struct Taint {
     #[serde(default)]
     pub value: Option<String>,
     pub effect: String,
+}
+
+/// kubelet's `authorization` block (the webhook cache settings are not configurable here).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Authorization {
+    pub mode: crate::authn::AuthorizationMode,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -94,6 +105,14 @@ pub struct AgentConfig {
     /// the CPUs). The rest queue in arrival order, so that a burst of pods starts them
     /// first-come first-served instead of all sharing the CPUs and all finishing late.
     pub parallel_pod_starts: usize,
+    /// How bearer-token callers of the kubelet API are authorised.
+    pub authorization: Authorization,
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    pub image_gc_high_threshold_percent: u8,
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    pub image_gc_low_threshold_percent: u8,
+    #[serde(rename = "imageMinimumGCAge", with = "duration")]
+    pub image_minimum_gc_age: Duration,
 }
 
 impl Default for AgentConfig {
@@ -126,6 +145,10 @@ impl Default for AgentConfig {
             network: crate::network::NetworkConfig::default(),
             node_ip: None,
             parallel_pod_starts: 0,
+            authorization: Authorization::default(),
+            image_gc_high_threshold_percent: 85,
+            image_gc_low_threshold_percent: 80,
+            image_minimum_gc_age: Duration::from_secs(120),
         }
     }
 }
@@ -198,6 +221,10 @@ impl AgentConfig {
         for (k, v) in self.system_reserved.iter().chain(&self.kube_reserved) {
             crate::quantity::Quantity::parse(v).map_err(|e| ConfigError::Invalid { field: "systemReserved/kubeReserved", message: format!("{k}: {e}") })?;
         }
+        let (hi, lo) = (self.image_gc_high_threshold_percent, self.image_gc_low_threshold_percent);
+        if hi > 100 || lo >= hi.max(1) {
+            return bad("imageGCLowThresholdPercent", format!("low ({lo}) must be below high ({hi}), and high at most 100"));
+        }
         for t in &self.register_with_taints {
             if !matches!(t.effect.as_str(), "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
                 return bad("registerWithTaints", format!("taint {}: effect {:?} is not NoSchedule, PreferNoSchedule or NoExecute", t.key, t.effect));
@@ -236,6 +263,10 @@ mod tests {
         assert!(AgentConfig::parse("containerRuntimeEndpoint: tcp://x").unwrap_err().contains("containerRuntimeEndpoint"));
         assert!(AgentConfig::parse("registerWithTaints: [{key: a, effect: Sometimes}]").unwrap_err().contains("effect"));
         assert!(AgentConfig::parse("systemReserved: {memory: lots}").unwrap_err().contains("memory"));
+        assert!(AgentConfig::parse("imageGCHighThresholdPercent: 50\nimageGCLowThresholdPercent: 60").unwrap_err().contains("imageGCLowThresholdPercent"));
+        let cfg = AgentConfig::parse("authorization: {mode: AlwaysAllow}\nimageMinimumGCAge: 0s\nimageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0").unwrap();
+        assert_eq!(cfg.authorization.mode, crate::authn::AuthorizationMode::AlwaysAllow);
+        assert_eq!(cfg.image_minimum_gc_age, Duration::ZERO);
     }
 
     #[test]

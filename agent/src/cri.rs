@@ -72,6 +72,13 @@ pub trait Runtime: Send + Sync + 'static {
     fn image_id(&self, image: &str) -> impl Future<Output = CriResult<Option<String>>> + Send;
     /// Pulls and returns the image reference (id).
     fn pull_image(&self, image: &str, auth: Option<cri::AuthConfig>, sandbox: Option<cri::PodSandboxConfig>) -> impl Future<Output = CriResult<String>> + Send;
+    /// Stats of every pod sandbox and container (the Summary API).
+    fn list_pod_sandbox_stats(&self) -> impl Future<Output = CriResult<Vec<cri::PodSandboxStats>>> + Send;
+    fn list_container_stats(&self) -> impl Future<Output = CriResult<Vec<cri::ContainerStats>>> + Send;
+    /// The image filesystem (image GC, the Summary API's runtime.imageFs).
+    fn image_fs_info(&self) -> impl Future<Output = CriResult<cri::ImageFsInfoResponse>> + Send;
+    fn list_images(&self) -> impl Future<Output = CriResult<Vec<cri::Image>>> + Send;
+    fn remove_image(&self, image: &str) -> impl Future<Output = CriResult<()>> + Send;
 }
 
 /// A gRPC channel over a unix socket (tonic wants a URI; the connector ignores it).
@@ -192,5 +199,29 @@ impl Runtime for GrpcRuntime {
     async fn pull_image(&self, image: &str, auth: Option<cri::AuthConfig>, sandbox: Option<cri::PodSandboxConfig>) -> CriResult<String> {
         let req = cri::PullImageRequest { image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }), auth, sandbox_config: sandbox };
         Ok(self.img.clone().pull_image(req).await.map_err(call("PullImage"))?.into_inner().image_ref)
+    }
+
+    async fn list_pod_sandbox_stats(&self) -> CriResult<Vec<cri::PodSandboxStats>> {
+        let r = self.rt.clone().list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None }).await.map_err(call("ListPodSandboxStats"))?;
+        Ok(r.into_inner().stats)
+    }
+
+    async fn list_container_stats(&self) -> CriResult<Vec<cri::ContainerStats>> {
+        let r = self.rt.clone().list_container_stats(cri::ListContainerStatsRequest { filter: None }).await.map_err(call("ListContainerStats"))?;
+        Ok(r.into_inner().stats)
+    }
+
+    async fn image_fs_info(&self) -> CriResult<cri::ImageFsInfoResponse> {
+        Ok(self.img.clone().image_fs_info(cri::ImageFsInfoRequest {}).await.map_err(call("ImageFsInfo"))?.into_inner())
+    }
+
+    async fn list_images(&self) -> CriResult<Vec<cri::Image>> {
+        Ok(self.img.clone().list_images(cri::ListImagesRequest { filter: None }).await.map_err(call("ListImages"))?.into_inner().images)
+    }
+
+    async fn remove_image(&self, image: &str) -> CriResult<()> {
+        let req = cri::RemoveImageRequest { image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }) };
+        self.img.clone().remove_image(req).await.map_err(call("RemoveImage"))?;
+        Ok(())
     }
 }

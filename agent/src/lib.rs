@@ -2,14 +2,18 @@
 //! any CRI runtime. See `../shared/DESIGN.md` and issue 6.
 
 pub mod agent;
+pub mod authn;
 pub mod config;
 pub mod cri;
+pub mod image_gc;
 pub mod network;
 pub mod node;
 pub mod pod;
 pub mod probes;
 pub mod quantity;
+pub mod sa_tokens;
 pub mod server;
 pub mod spec;
+pub mod stats;
 pub mod static_pods;
 pub mod volumes;

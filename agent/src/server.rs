@@ -1,9 +1,10 @@
 //! The kubelet API on :10250 (HTTPS): `/healthz`, `/pods`, `/containerLogs` (follow, tail,
 //! since, previous, timestamps, limitBytes), `/exec`, `/attach` and `/portForward` (the
 //! upgraded connection spliced to the CRI runtime's streaming server, so SPDY and WebSocket
-//! clients both work), `/metrics`. Clients authenticate with a certificate signed by the
-//! cluster CA; node identities (`system:nodes`) are refused, so one node cannot reach into
-//! another's pods.
+//! clients both work), `/metrics`, `/stats/summary` and `/metrics/resource` (`crate::stats`).
+//! Clients authenticate with a certificate signed by the cluster CA — node identities
+//! (`system:nodes`) are refused, so one node cannot reach into another's pods — or with a
+//! bearer token the control plane vouches for (`crate::authn`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -41,6 +42,15 @@ pub trait Node: Send + Sync + 'static {
     /// The pods this node runs now.
     fn pods(&self) -> Vec<Pod>;
     fn log_root(&self) -> &Path;
+    fn node_name(&self) -> &str;
+    /// The agent's state directory (pod volumes live under it; its filesystem is nodefs).
+    fn root_dir(&self) -> &Path;
+}
+
+/// The server's own state: who may call, and the previous CPU readings for rates.
+pub struct ApiState {
+    pub auth: crate::authn::KubeletAuth,
+    pub rates: crate::stats::Rates,
 }
 
 /// Who may call: CA-signed client certificates that are not another node's.
@@ -76,11 +86,11 @@ pub fn tls_config(ca_der: &[Vec<u8>], names: &[String]) -> anyhow::Result<Arc<ru
 }
 
 /// Serves until the listener fails.
-pub async fn serve<N: Node>(node: Arc<N>, listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>) {
+pub async fn serve<N: Node>(node: Arc<N>, listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<ApiState>) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let Ok((tcp, peer)) = listener.accept().await else { continue };
-        let (acceptor, node) = (acceptor.clone(), node.clone());
+        let (acceptor, node, state) = (acceptor.clone(), node.clone(), state.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -88,8 +98,8 @@ pub async fn serve<N: Node>(node: Arc<N>, listener: tokio::net::TcpListener, tls
             };
             let cert: Option<Vec<u8>> = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
             let service = hyper::service::service_fn(move |req| {
-                let (node, cert) = (node.clone(), cert.clone());
-                async move { Ok::<_, Infallible>(handle(node, req, cert.as_deref(), peer).await) }
+                let (node, cert, state) = (node.clone(), cert.clone(), state.clone());
+                async move { Ok::<_, Infallible>(handle(node, &state, req, cert.as_deref(), peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
             let _ = conn.await;
@@ -109,12 +119,13 @@ fn value<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-async fn handle<N: Node>(node: Arc<N>, req: Request<Incoming>, cert: Option<&[u8]>, peer: SocketAddr) -> Response<Body> {
+async fn handle<N: Node>(node: Arc<N>, state: &ApiState, req: Request<Incoming>, cert: Option<&[u8]>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return full(StatusCode::OK, "ok");
     }
-    let user = match authorize(cert) {
+    let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let user = match state.auth.check(cert, authorization, req.method(), &path).await {
         Ok(u) => u,
         Err((status, message)) => {
             tracing::info!(%peer, path, "kubelet API refused: {message}");
@@ -130,6 +141,18 @@ async fn handle<N: Node>(node: Arc<N>, req: Request<Incoming>, cert: Option<&[u8
             full(StatusCode::OK, serde_json::to_vec(&list).unwrap_or_default())
         }
         (&Method::GET, ["metrics"]) => full(StatusCode::OK, metrics(node.as_ref())),
+        (&Method::GET, ["stats", "summary"]) => {
+            let snap = snapshot(node.as_ref()).await;
+            let body = serde_json::to_vec(&crate::stats::summary(&snap, &state.rates)).unwrap_or_default();
+            let mut r = full(StatusCode::OK, body);
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        (&Method::GET, ["metrics", "resource"]) => {
+            let mut r = full(StatusCode::OK, crate::stats::prometheus::resource_metrics(&snapshot(node.as_ref()).await));
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
         (&Method::GET, ["containerLogs", ns, pod, container]) => container_logs(node.as_ref(), ns, pod, container, &q).await,
         (_, ["exec" | "attach", ns, pod, container, ..]) => {
             let exec = parts[0] == "exec";
@@ -138,6 +161,11 @@ async fn handle<N: Node>(node: Arc<N>, req: Request<Incoming>, cert: Option<&[u8
         (_, ["portForward", ns, pod, ..]) => stream(node.as_ref(), req, ns, pod, None, Stream::PortForward, q).await,
         _ => full(StatusCode::NOT_FOUND, format!("no such kubelet endpoint: {path}")),
     }
+}
+
+async fn snapshot<N: Node>(node: &N) -> crate::stats::Snapshot {
+    let paths = crate::stats::Paths { proc_root: Path::new("/proc"), root_dir: node.root_dir(), log_root: node.log_root() };
+    crate::stats::collect(node.runtime(), node.node_name(), &node.pods(), &paths).await
 }
 
 fn find_pod<N: Node>(node: &N, ns: &str, name: &str) -> Option<Pod> {

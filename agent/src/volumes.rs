@@ -1,5 +1,6 @@
 //! Pod volumes on the node: emptyDir (disk, or tmpfs with medium Memory and sizeLimit),
 //! hostPath with its type checks, and configMap / secret / downwardAPI / projected volumes
+//! (serviceAccountToken sources included, the tokens fetched by `crate::sa_tokens`)
 //! written the way kubelet's atomic writer does — files in a timestamped directory, `..data`
 //! pointing at it, each entry a link through `..data` — so an update swaps one symlink and a
 //! reader never sees half of it. Then each container's volumeMounts as CRI mounts (subPath
@@ -30,6 +31,10 @@ pub trait VolumeSources: EnvSources {
         self.config_map(namespace, name).map(|m| m.into_iter().map(|(k, v)| (k, v.into_bytes())).collect())
     }
     fn secret_bytes(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+    /// The pod's current service-account token for a projection (None: not obtained).
+    fn service_account_token(&self, _audience: Option<&str>, _expiration_secs: i64) -> Option<String> {
+        None
+    }
 }
 
 /// A pod's prepared volumes: name → host path.
@@ -168,8 +173,8 @@ fn prepare_one(base: &Path, pod: &Pod, v: &Volume, src: &dyn VolumeSources) -> R
             if let Some(dapi) = &source.downward_api {
                 files.extend(downward_files(name, pod, dapi.items.as_deref().unwrap_or_default(), p.default_mode, src)?);
             }
-            if source.service_account_token.is_some() {
-                return Err(invalid(name, "serviceAccountToken projections need TokenRequest, which this agent does not use yet"));
+            if let Some(t) = &source.service_account_token {
+                files.push(token_file(name, t, p.default_mode, src)?);
             }
         }
         mkdir(&d)?;
@@ -177,6 +182,20 @@ fn prepare_one(base: &Path, pod: &Pod, v: &Volume, src: &dyn VolumeSources) -> R
         return Ok(d);
     }
     Err(invalid(name, "unsupported volume type (emptyDir, hostPath, configMap, secret, downwardAPI and projected are)"))
+}
+
+/// A serviceAccountToken projection's file.
+fn token_file(volume: &str, t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection, default_mode: Option<i32>, src: &dyn VolumeSources) -> Result<File, VolumeError> {
+    if !safe_relative(&t.path) {
+        return Err(invalid(volume, format!("serviceAccountToken path {:?} must be relative and without '..'", t.path)));
+    }
+    let secs = t.expiration_seconds.unwrap_or(crate::sa_tokens::DEFAULT_EXPIRATION_SECS);
+    if secs < crate::sa_tokens::MIN_EXPIRATION_SECS {
+        return Err(invalid(volume, format!("serviceAccountToken expirationSeconds {secs} is below the minimum of 600")));
+    }
+    let audience = t.audience.as_deref().filter(|a| !a.is_empty());
+    let token = src.service_account_token(audience, secs).ok_or_else(|| invalid(volume, format!("no service-account token for audience {:?} (TokenRequest failed)", audience.unwrap_or("<API>"))))?;
+    Ok((t.path.clone(), token.into_bytes(), default_mode.unwrap_or(0o644) as u32 & 0o777))
 }
 
 /// hostPath `type` checks, creating what *OrCreate asks for.

@@ -7,6 +7,7 @@ use super::*;
 #[derive(Default)]
 struct Src {
     cm: BTreeMap<String, String>,
+    token: Option<String>,
 }
 
 impl EnvSources for Src {
@@ -28,6 +29,10 @@ impl VolumeSources for Src {
     fn secret_bytes(&self, _: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         (name == "creds").then(|| BTreeMap::from([("token".to_string(), vec![0, 1, 2])]))
     }
+    fn service_account_token(&self, audience: Option<&str>, expiration_secs: i64) -> Option<String> {
+        assert_eq!((audience, expiration_secs), (Some("vault"), 3600));
+        self.token.clone()
+    }
 }
 
 fn pod(volumes: Vec<Volume>) -> Pod {
@@ -45,7 +50,7 @@ fn cm_volume(items: Option<Vec<KeyToPath>>) -> Volume {
 #[test]
 fn config_maps_are_written_atomically_and_updated_in_place() {
     let root = tempfile::tempdir().unwrap();
-    let mut src = Src { cm: BTreeMap::from([("a.conf".into(), "one".into()), ("b.conf".into(), "two".into())]) };
+    let mut src = Src { cm: BTreeMap::from([("a.conf".into(), "one".into()), ("b.conf".into(), "two".into())]), token: None };
     let p = pod(vec![cm_volume(None)]);
     let vols = prepare(root.path(), &p, &src).unwrap();
     let dir = &vols.paths["conf"];
@@ -126,4 +131,25 @@ fn secrets_and_memory_empty_dirs_live_on_tmpfs() {
     assert_eq!(std::fs::read(vols.paths["s"].join("token")).unwrap(), vec![0, 1, 2]);
     cleanup(root.path(), &p).unwrap();
     assert!(!vols.paths["s"].exists(), "unmounted and removed");
+}
+
+#[test]
+fn service_account_tokens_are_projected_and_swapped_when_renewed() {
+    let root = tempfile::tempdir().unwrap();
+    let v: Volume = serde_json::from_value(serde_json::json!({"name": "t", "projected": {"defaultMode": 0o600, "sources": [{"serviceAccountToken": {"path": "token", "audience": "vault"}}]}})).unwrap();
+    let p = pod(vec![v]);
+    let mut src = Src { token: Some("jwt-1".into()), ..Default::default() };
+    let dir = prepare(root.path(), &p, &src).unwrap().paths["t"].clone();
+    assert_eq!(std::fs::read_to_string(dir.join("token")).unwrap(), "jwt-1");
+    assert_eq!(std::fs::metadata(dir.join("..data/token")).unwrap().permissions().mode() & 0o777, 0o600);
+    let first = std::fs::read_link(dir.join("..data")).unwrap();
+    src.token = Some("jwt-2".into());
+    prepare(root.path(), &p, &src).unwrap();
+    assert_eq!(std::fs::read_to_string(dir.join("token")).unwrap(), "jwt-2");
+    assert_ne!(std::fs::read_link(dir.join("..data")).unwrap(), first, "a renewed token is a new ..data");
+    src.token = None;
+    let e = prepare(root.path(), &p, &src).unwrap_err().to_string();
+    assert!(e.contains("TokenRequest failed"), "{e}");
+    let short: Volume = serde_json::from_value(serde_json::json!({"name": "s", "projected": {"sources": [{"serviceAccountToken": {"path": "t", "expirationSeconds": 60}}]}})).unwrap();
+    assert!(prepare(root.path(), &pod(vec![short]), &src).unwrap_err().to_string().contains("minimum of 600"));
 }

@@ -1,5 +1,6 @@
 //! Authentication: who is calling, from a verified client certificate (CN = user, O = groups,
-//! as Kubernetes reads them) or a bearer token (the bootstrap token).
+//! as Kubernetes reads them) or a bearer token (the bootstrap token here; service-account
+//! tokens, which need the store, in `api::tokenreview`).
 
 use base64::Engine as _;
 
@@ -20,6 +21,14 @@ impl User {
             return None;
         }
         self.name.strip_prefix("system:node:")
+    }
+    /// (namespace, name) when this is a service account (`system:serviceaccount:NS:NAME`
+    /// in `system:serviceaccounts`).
+    pub fn service_account(&self) -> Option<(&str, &str)> {
+        if !self.in_group("system:serviceaccounts") {
+            return None;
+        }
+        self.name.strip_prefix("system:serviceaccount:")?.split_once(':')
     }
     pub fn is_admin(&self) -> bool {
         self.in_group("system:masters")
@@ -136,6 +145,9 @@ mod tests {
         assert_eq!(n.node_name(), Some("n1"));
         let fake = User { name: "system:node:n1".into(), groups: vec![] };
         assert_eq!(fake.node_name(), None);
+        let sa = User { name: "system:serviceaccount:ns1:default".into(), groups: vec!["system:serviceaccounts".into()] };
+        assert_eq!(sa.service_account(), Some(("ns1", "default")));
+        assert_eq!(User { groups: vec![], ..sa }.service_account(), None);
     }
 
     #[test]

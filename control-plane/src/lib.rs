@@ -7,3 +7,4 @@ pub mod kubelet;
 pub mod api;
 pub mod controllers;
 pub mod server;
+pub mod tokens;

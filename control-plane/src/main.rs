@@ -125,6 +125,7 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         server_addr: addr.to_string(),
         bookmark_every: a.bookmark_interval,
         kubelet: KubeletClient::new(&pki.kubelet_client).context("the kubelet client")?,
+        tokens: berth_control::tokens::TokenSigner::new(&pki.sa_key_pkcs8).context("the service-account signing key")?,
     });
     controllers::start_all(&reg, &Settings {
         cluster_cidr: a.cluster_cidr.clone(),

@@ -1,6 +1,7 @@
 //! The control plane's PKI: on first start a CA, the serving certificate, the admin client
 //! certificate and kubeconfig, the kubelet client certificate (berth-control's identity towards
-//! node agents) and a bootstrap token; client certificates for nodes later.
+//! node agents), the service-account token signing key (`sa.key`, P-256) and a bootstrap
+//! token; client certificates for nodes later.
 //! Everything lives in one directory (mode 0700), keys are written 0600.
 
 use std::net::IpAddr;
@@ -44,6 +45,9 @@ pub struct Pki {
     /// CN [`KUBELET_CLIENT_CN`], O `system:masters`.
     pub kubelet_client: ClientCert,
     pub bootstrap_token: String,
+    /// PKCS#8 DER of the key that signs service-account tokens (kube-apiserver's
+    /// `--service-account-signing-key-file`).
+    pub sa_key_pkcs8: Vec<u8>,
 }
 
 /// A client credential: PEM certificate and key.
@@ -100,6 +104,7 @@ impl Pki {
             serving_key_pem: String::new(),
             kubelet_client: ClientCert { cert_pem: String::new(), key_pem: String::new() },
             bootstrap_token: String::new(),
+            sa_key_pkcs8: Vec::new(),
         };
         if !srv_cert.exists() || !srv_key.exists() {
             let c = pki.issue_serving(hosts)?;
@@ -124,6 +129,12 @@ impl Pki {
             write_private(&tok, &format!("{t}\n"))?;
         }
         pki.bootstrap_token = std::fs::read_to_string(&tok).map_err(io(&tok))?.trim().to_string();
+        let sa_key = dir.join("sa.key");
+        if !sa_key.exists() {
+            let key = KeyPair::generate().map_err(gen("service-account signing key"))?;
+            write_private(&sa_key, &to_pem("PRIVATE KEY", &key.serialize_der()))?;
+        }
+        pki.sa_key_pkcs8 = key_from_pem(&sa_key)?.serialize_der();
         Ok(pki)
     }
 
@@ -275,6 +286,8 @@ mod tests {
         assert_eq!(a.bootstrap_token, b.bootstrap_token);
         assert_eq!(a.bootstrap_token.len(), 23);
         assert_eq!(a.kubelet_client.cert_pem, b.kubelet_client.cert_pem);
+        assert_eq!(a.sa_key_pkcs8, b.sa_key_pkcs8);
+        assert!(crate::tokens::TokenSigner::new(&a.sa_key_pkcs8).is_ok());
         let kc = crate::auth::cert_subject(&crate::auth::pem_to_der(&a.kubelet_client.cert_pem).unwrap()).unwrap();
         assert_eq!(kc, (KUBELET_CLIENT_CN.to_string(), vec!["system:masters".to_string()]));
         let c = b.issue_client("system:node:n1", &["system:nodes"]).unwrap();

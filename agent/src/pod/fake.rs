@@ -18,6 +18,13 @@ pub struct State {
     pub pulls: u32,
     pub log: Vec<String>,
     clock: i64,
+    /// ListImages' answer (image GC tests) and the images RemoveImage was asked for.
+    pub image_list: Vec<cri::Image>,
+    pub removed_images: Vec<String>,
+    /// ImageFsInfo's answer.
+    pub image_fs: Vec<cri::FilesystemUsage>,
+    /// ListContainerStats' answer.
+    pub container_stats: Vec<cri::ContainerStats>,
 }
 
 #[derive(Default)]
@@ -181,7 +188,17 @@ impl Runtime for FakeRuntime {
             .containers
             .iter()
             .filter(|(_, (_, c, _))| matches(&c.labels, &labels))
-            .map(|(id, (sb, c, s))| cri::Container { id: id.clone(), pod_sandbox_id: sb.clone(), metadata: c.metadata.clone(), labels: c.labels.clone(), state: s.state, created_at: s.created_at, ..Default::default() })
+            .map(|(id, (sb, c, s))| cri::Container {
+                id: id.clone(),
+                pod_sandbox_id: sb.clone(),
+                metadata: c.metadata.clone(),
+                labels: c.labels.clone(),
+                state: s.state,
+                created_at: s.created_at,
+                image: c.image.clone(),
+                image_ref: s.image_ref.clone(),
+                ..Default::default()
+            })
             .collect())
     }
 
@@ -218,5 +235,30 @@ impl Runtime for FakeRuntime {
         }
         st.images.insert(image.to_string());
         Ok("sha256:img".into())
+    }
+
+    async fn list_pod_sandbox_stats(&self) -> CriResult<Vec<cri::PodSandboxStats>> {
+        Ok(Vec::new())
+    }
+
+    async fn list_container_stats(&self) -> CriResult<Vec<cri::ContainerStats>> {
+        Ok(self.state.lock().unwrap().container_stats.clone())
+    }
+
+    async fn image_fs_info(&self) -> CriResult<cri::ImageFsInfoResponse> {
+        let fs = self.state.lock().unwrap().image_fs.clone();
+        Ok(cri::ImageFsInfoResponse { image_filesystems: fs.clone(), container_filesystems: fs })
+    }
+
+    async fn list_images(&self) -> CriResult<Vec<cri::Image>> {
+        Ok(self.state.lock().unwrap().image_list.clone())
+    }
+
+    async fn remove_image(&self, image: &str) -> CriResult<()> {
+        let mut st = self.state.lock().unwrap();
+        st.log.push(format!("remove-image {image}"));
+        st.removed_images.push(image.to_string());
+        st.image_list.retain(|i| i.id != image);
+        Ok(())
     }
 }

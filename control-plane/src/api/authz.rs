@@ -1,8 +1,13 @@
 //! Authorisation. Admins (`system:masters`) may do anything. Nodes get the Node authoriser's
 //! rules: read their own pods and the secrets, configmaps and service accounts those pods
 //! reference; write only their own Node, Lease and their pods' status. Every other
-//! authenticated user may read discovery only. Bootstrap-token users (`system:bootstrappers`)
-//! and nodes may create and read CertificateSigningRequests.
+//! authenticated user may read discovery and ask SelfSubjectAccessReviews. Service accounts
+//! (`system:serviceaccount:NS:NAME`) may read (get, list, watch) everything in their own
+//! namespace except Secrets. Nodes may also create TokenReviews and SubjectAccessReviews (their
+//! kubelet API checks bearer tokens with them) and tokens for the service accounts of their own
+//! pods. Bootstrap-token users (`system:bootstrappers`) and nodes may create and read
+//! CertificateSigningRequests. What these rules refuse, a ClusterRoleBinding may still grant
+//! (`super::rbac`).
 
 use serde_json::Value;
 
@@ -37,22 +42,38 @@ fn deny(user: &User, a: &Attrs) -> ApiError {
 }
 
 pub async fn authorize(reg: &Registry, user: &User, a: &Attrs<'_>) -> Result<(), ApiError> {
-    if user.is_admin() {
+    if user.is_admin() || builtin(reg, user, a).await? || super::rbac::allows(reg, user, a).await? {
         return Ok(());
     }
+    Err(deny(user, a))
+}
+
+/// The built-in rules (no RBAC objects).
+async fn builtin(reg: &Registry, user: &User, a: &Attrs<'_>) -> Result<bool, ApiError> {
     // Nodes joining with the bootstrap token (and nodes renewing) ask for client certificates.
     let csr_verb = a.resource.kind == "CertificateSigningRequest" && a.sub.is_none() && matches!(a.verb, "create" | "get" | "list" | "watch");
     if csr_verb && (user.in_group("system:bootstrappers") || user.node_name().is_some()) {
-        return Ok(());
+        return Ok(true);
     }
-    let Some(node) = user.node_name() else {
-        return Err(deny(user, a));
-    };
-    if node_allows(reg, node, a).await? {
-        Ok(())
-    } else {
-        Err(deny(user, a))
+    if a.verb == "create" && a.resource.kind == "SelfSubjectAccessReview" {
+        return Ok(true);
     }
+    if let Some((ns, _)) = user.service_account() {
+        return Ok(service_account_allows(ns, a));
+    }
+    match user.node_name() {
+        Some(node) => node_allows(reg, node, a).await,
+        None => Ok(false),
+    }
+}
+
+/// Read access in the service account's own namespace, Secrets excepted.
+fn service_account_allows(ns: &str, a: &Attrs<'_>) -> bool {
+    matches!(a.verb, "get" | "list" | "watch")
+        && a.resource.namespaced
+        && a.namespace == Some(ns)
+        && a.resource.kind != "Secret"
+        && matches!(a.sub, None | Some("status" | "log"))
 }
 
 async fn node_allows(reg: &Registry, node: &str, a: &Attrs<'_>) -> Result<bool, ApiError> {
@@ -83,6 +104,13 @@ async fn node_allows(reg: &Registry, node: &str, a: &Attrs<'_>) -> Result<bool, 
             }
         }
         ("Event", None) => matches!(a.verb, "create" | "update" | "patch"),
+        ("TokenReview" | "SubjectAccessReview", None) => a.verb == "create",
+        // Tokens for the service accounts of the node's pods; bound to such a pod (checked
+        // against the request body by `tokenreview::token_request`).
+        ("ServiceAccount", Some("token")) => match (a.verb, a.name, a.namespace) {
+            ("create", Some(name), Some(ns)) => referenced_by_node(reg, node, "ServiceAccount", ns, name).await?,
+            _ => false,
+        },
         ("Service" | "Endpoints", None) => read,
         _ => false,
     })
@@ -140,6 +168,19 @@ pub fn references(pod: &Value, kind: &str, name: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn service_accounts_read_their_own_namespace_but_not_secrets() {
+        let f = FieldSelector::default();
+        let at = |verb, kind: &str, ns, sub| Attrs { verb, resource: resources::by_kind(kind), sub, namespace: ns, name: None, fields: &f };
+        assert!(service_account_allows("a", &at("list", "Pod", Some("a"), None)));
+        assert!(service_account_allows("a", &at("get", "Pod", Some("a"), Some("log"))));
+        assert!(!service_account_allows("a", &at("list", "Pod", Some("b"), None)));
+        assert!(!service_account_allows("a", &at("delete", "Pod", Some("a"), None)));
+        assert!(!service_account_allows("a", &at("get", "Secret", Some("a"), None)));
+        assert!(!service_account_allows("a", &at("get", "Node", None, None)));
+        assert!(!service_account_allows("a", &at("create", "Pod", Some("a"), Some("exec"))));
+    }
 
     #[test]
     fn pod_references() {

@@ -28,7 +28,7 @@ fn in_gv<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static 
 fn sub_verbs(sub: &str) -> Vec<&'static str> {
     match sub {
         "status" | "scale" => vec!["get", "patch", "update"],
-        "binding" | "eviction" => vec!["create"],
+        "binding" | "eviction" | "token" => vec!["create"],
         "log" => vec!["get"],
         "exec" | "attach" | "portforward" => vec!["create", "get"],
         _ => vec!["update"],
@@ -40,6 +40,7 @@ fn sub_kind(r: &ResourceDef, sub: &str) -> (&'static str, &'static str, &'static
         "scale" => ("autoscaling", "v1", "Scale"),
         "binding" => ("", "v1", "Binding"),
         "eviction" => ("policy", "v1", "Eviction"),
+        "token" => ("authentication.k8s.io", "v1", "TokenRequest"),
         "exec" => ("", "v1", "PodExecOptions"),
         "attach" => ("", "v1", "PodAttachOptions"),
         "portforward" => ("", "v1", "PodPortForwardOptions"),
@@ -145,6 +146,11 @@ fn schema_for_kind(gen: &mut schemars::SchemaGenerator, kind: &str) {
         "DaemonSet" => { gen.subschema_for::<apps::DaemonSet>(); }
         "ControllerRevision" => { gen.subschema_for::<apps::ControllerRevision>(); }
         "Job" => { gen.subschema_for::<batch::Job>(); }
+        "ClusterRole" => { gen.subschema_for::<k8s_openapi::api::rbac::v1::ClusterRole>(); }
+        "ClusterRoleBinding" => { gen.subschema_for::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(); }
+        "TokenReview" => { gen.subschema_for::<k8s_openapi::api::authentication::v1::TokenReview>(); }
+        "SubjectAccessReview" => { gen.subschema_for::<k8s_openapi::api::authorization::v1::SubjectAccessReview>(); }
+        "SelfSubjectAccessReview" => { gen.subschema_for::<k8s_openapi::api::authorization::v1::SelfSubjectAccessReview>(); }
         "CertificateSigningRequest" => { gen.subschema_for::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>(); }
         _ => {}
     }
@@ -229,7 +235,9 @@ mod tests {
         let pods = core["items"][0]["versions"][0]["resources"].as_array().unwrap().iter().find(|r| r["resource"] == "pods").unwrap().clone();
         assert_eq!(pods["scope"], "Namespaced");
         assert!(pods["subresources"].as_array().unwrap().iter().any(|s| s["subresource"] == "status"));
-        assert_eq!(aggregated(false)["items"].as_array().unwrap().len(), 4, "apps, batch, certificates.k8s.io, coordination.k8s.io");
+        assert_eq!(aggregated(false)["items"].as_array().unwrap().len(), 7, "apps, authentication, authorization, batch, certificates, coordination, rbac");
+        let sa = core["items"][0]["versions"][0]["resources"].as_array().unwrap().iter().find(|r| r["resource"] == "serviceaccounts").unwrap().clone();
+        assert_eq!(sa["subresources"][0]["responseKind"]["kind"], "TokenRequest");
     }
 
     #[test]

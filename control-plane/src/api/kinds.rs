@@ -34,6 +34,8 @@ pub fn roundtrip(kind: &str, v: &Value) -> Result<Value, String> {
         "ControllerRevision" => roundtrip_as::<apps::ControllerRevision>(v),
         "Job" => roundtrip_as::<batch::Job>(v),
         "CertificateSigningRequest" => roundtrip_as::<certs::CertificateSigningRequest>(v),
+        "ClusterRole" => roundtrip_as::<k8s_openapi::api::rbac::v1::ClusterRole>(v),
+        "ClusterRoleBinding" => roundtrip_as::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(v),
         _ => Ok(v.clone()),
     }
 }

@@ -7,11 +7,13 @@ pub mod kinds;
 pub mod patch;
 pub mod protobuf;
 pub mod proxy;
+pub mod rbac;
 pub mod registry;
 pub mod resources;
 pub mod selector;
 pub mod status;
 pub mod table;
+pub mod tokenreview;
 mod subresources;
 mod watch;
 
@@ -44,6 +46,8 @@ pub struct Api {
     pub bookmark_every: Duration,
     /// Reaches node agents for logs/exec/attach/port-forward and nodes/proxy.
     pub kubelet: crate::kubelet::KubeletClient,
+    /// Signs and verifies service-account tokens.
+    pub tokens: crate::tokens::TokenSigner,
 }
 
 /// A parsed resource request.
@@ -133,7 +137,7 @@ impl Api {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = std::time::Instant::now();
-        let user = self.authn.authenticate(cert.as_deref(), req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+        let user = self.authenticate(cert.as_deref(), req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())).await;
         if let Some(t) = proxy::match_path(req.uri().path()) {
             let (method, path) = (req.method().clone(), req.uri().path().to_string());
             let resp = proxy::handle(&self, req, t, user.as_ref()).await.unwrap_or_else(|e| error_response(&e));
@@ -160,6 +164,18 @@ impl Api {
         };
         tracing::debug!(method = %req.method, path = %req.path, content_type = %req.content_type, accept = %req.accept, user = user.as_ref().map(|u| u.name.as_str()), status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
         resp
+    }
+
+    /// Client certificate or bootstrap token first, then a service-account token.
+    async fn authenticate(&self, cert: Option<&[u8]>, authorization: Option<&str>) -> Option<User> {
+        if let Some(u) = self.authn.authenticate(cert, authorization) {
+            return Some(u);
+        }
+        let token = authorization?.strip_prefix("Bearer ")?.trim();
+        if !crate::tokens::looks_like_jwt(token) {
+            return None;
+        }
+        tokenreview::authenticate_bearer(self, token).await
     }
 
     async fn route(&self, req: &Req, user: Option<&User>) -> Result<Response<Body>, ApiError> {
@@ -214,7 +230,7 @@ impl Api {
                     return Err(ApiError::forbidden(format!("node \"{node}\" may only create mirror pods bound to itself")));
                 }
             }
-        } else if verb == "create" && t.sub.is_none() && !user.is_admin() && !matches!(t.r.kind, "Event" | "CertificateSigningRequest") {
+        } else if verb == "create" && t.sub.is_none() && !user.is_admin() && !t.r.is_virtual() && !matches!(t.r.kind, "Event" | "CertificateSigningRequest") {
             if let Some(node) = user.node_name() {
                 // A node may create only its own Node (and its own Lease); events about its
                 // pods carry generated names.
@@ -231,6 +247,13 @@ impl Api {
         let (r, ns, name) = (t.r, t.ns.as_deref(), t.name.as_deref());
         if r.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
             return Err(ApiError::no_route(&req.path));
+        }
+        match (verb, r.kind, t.sub.as_deref()) {
+            ("create", "ServiceAccount", Some("token")) => return tokenreview::token_request(self, req, ns.unwrap_or_default(), name.unwrap_or_default(), user).await,
+            ("create", "TokenReview", None) => return tokenreview::token_review(self, req).await,
+            ("create", "SubjectAccessReview" | "SelfSubjectAccessReview", None) => return tokenreview::access_review(self, req, user, r.kind).await,
+            (_, "TokenReview" | "SubjectAccessReview" | "SelfSubjectAccessReview", _) => return Err(ApiError::method_not_allowed(format!("{} supports create only", r.plural))),
+            _ => {}
         }
         if let Some(sub) = t.sub.as_deref() {
             if sub != "status" {

@@ -1,7 +1,8 @@
 //! Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`) for the kinds
 //! kubectl's typed clients send that way: ConfigMap, Secret, Namespace, ServiceAccount
 //! (`kubectl create configmap|secret|namespace|serviceaccount`) and CertificateSigningRequest
-//! (`kubectl certificate approve|deny`). The envelope is the
+//! (`kubectl certificate approve|deny`), TokenRequest (`kubectl create token`) and
+//! SelfSubjectAccessReview (`kubectl auth can-i`). The envelope is the
 //! `k8s\0` magic then `runtime.Unknown`; the messages below carry just the fields those
 //! commands set (field numbers from k8s.io/api's generated.proto); prost skips the rest.
 //! Decoded bodies become JSON and follow the normal path. Responses stay JSON, which every
@@ -164,6 +165,106 @@ fn csr_json(m: Csr) -> Map<String, Value> {
     o
 }
 
+#[derive(Clone, PartialEq, Message)]
+struct BoundObjectReference {
+    #[prost(string, tag = "1")]
+    kind: String,
+    #[prost(string, tag = "2")]
+    api_version: String,
+    #[prost(string, tag = "3")]
+    name: String,
+    #[prost(string, tag = "4")]
+    uid: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TokenRequestSpec {
+    #[prost(string, repeated, tag = "1")]
+    audiences: Vec<String>,
+    #[prost(message, optional, tag = "3")]
+    bound_object_ref: Option<BoundObjectReference>,
+    #[prost(int64, optional, tag = "4")]
+    expiration_seconds: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TokenRequest {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<TokenRequestSpec>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ResourceAttributes {
+    #[prost(string, tag = "1")]
+    namespace: String,
+    #[prost(string, tag = "2")]
+    verb: String,
+    #[prost(string, tag = "3")]
+    group: String,
+    #[prost(string, tag = "4")]
+    version: String,
+    #[prost(string, tag = "5")]
+    resource: String,
+    #[prost(string, tag = "6")]
+    subresource: String,
+    #[prost(string, tag = "7")]
+    name: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct NonResourceAttributes {
+    #[prost(string, tag = "1")]
+    path: String,
+    #[prost(string, tag = "2")]
+    verb: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SelfSubjectAccessReviewSpec {
+    #[prost(message, optional, tag = "1")]
+    resource_attributes: Option<ResourceAttributes>,
+    #[prost(message, optional, tag = "2")]
+    non_resource_attributes: Option<NonResourceAttributes>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SelfSubjectAccessReview {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<SelfSubjectAccessReviewSpec>,
+}
+
+fn ssar_json(m: SelfSubjectAccessReview) -> Map<String, Value> {
+    let mut o = with_meta(m.metadata);
+    let s = m.spec.unwrap_or_default();
+    let mut spec = json!({});
+    if let Some(r) = s.resource_attributes {
+        spec["resourceAttributes"] = json!({"namespace": r.namespace, "verb": r.verb, "group": r.group, "version": r.version, "resource": r.resource, "subresource": r.subresource, "name": r.name});
+    }
+    if let Some(n) = s.non_resource_attributes {
+        spec["nonResourceAttributes"] = json!({"path": n.path, "verb": n.verb});
+    }
+    o.insert("spec".into(), spec);
+    o
+}
+
+fn token_request_json(m: TokenRequest) -> Map<String, Value> {
+    let mut o = with_meta(m.metadata);
+    let s = m.spec.unwrap_or_default();
+    let mut spec = json!({"audiences": s.audiences});
+    if let Some(e) = s.expiration_seconds {
+        spec["expirationSeconds"] = json!(e);
+    }
+    if let Some(b) = s.bound_object_ref {
+        spec["boundObjectRef"] = json!({"kind": b.kind, "apiVersion": b.api_version, "name": b.name, "uid": b.uid});
+    }
+    o.insert("spec".into(), spec);
+    o
+}
+
 /// Decodes a protobuf body into the JSON the API takes. Err is a message for a 415/400.
 pub fn decode(body: &[u8]) -> Result<Value, String> {
     let rest = body.strip_prefix(MAGIC).ok_or("not a Kubernetes protobuf body")?;
@@ -205,7 +306,9 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             o
         }
         ("certificates.k8s.io/v1", "CertificateSigningRequest") => csr_json(Csr::decode(raw).map_err(bad)?),
-        (v, k) => return Err(format!("protobuf bodies are decoded for v1 ConfigMap, Secret, Namespace, ServiceAccount and CertificateSigningRequest only (got {v} {k}); send JSON")),
+        ("authentication.k8s.io/v1", "TokenRequest") => token_request_json(TokenRequest::decode(raw).map_err(bad)?),
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => ssar_json(SelfSubjectAccessReview::decode(raw).map_err(bad)?),
+        (v, k) => return Err(format!("protobuf bodies are decoded for v1 ConfigMap, Secret, Namespace, ServiceAccount, CertificateSigningRequest, TokenRequest and SelfSubjectAccessReview only (got {v} {k}); send JSON")),
     };
     obj.insert("apiVersion".into(), json!(tm.api_version));
     obj.insert("kind".into(), json!(tm.kind));
@@ -264,6 +367,10 @@ mod tests {
         let u = Unknown { type_meta: Some(TypeMeta { api_version: "certificates.k8s.io/v1".into(), kind: "CertificateSigningRequest".into() }), raw: csr.encode_to_vec() };
         let v = decode(&[MAGIC.to_vec(), u.encode_to_vec()].concat()).unwrap();
         assert_eq!(v["status"]["conditions"][0], json!({"type": "Approved", "status": "True", "reason": "KubectlApprove", "message": "", "lastUpdateTime": "1970-01-01T00:00:00Z", "lastTransitionTime": null}));
+        let tr = TokenRequest { spec: Some(TokenRequestSpec { audiences: vec!["a".into()], expiration_seconds: Some(700), bound_object_ref: None }), metadata: None };
+        let u = Unknown { type_meta: Some(TypeMeta { api_version: "authentication.k8s.io/v1".into(), kind: "TokenRequest".into() }), raw: tr.encode_to_vec() };
+        let v = decode(&[MAGIC.to_vec(), u.encode_to_vec()].concat()).unwrap();
+        assert_eq!(v["spec"], json!({"audiences": ["a"], "expirationSeconds": 700}));
         let e = decode(&envelope("Pod", vec![])).unwrap_err();
         assert!(e.contains("got v1 Pod"), "{e}");
         assert!(decode(b"k8s\0\xff\xff").is_err());

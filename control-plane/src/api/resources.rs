@@ -40,7 +40,7 @@ pub static RESOURCES: &[ResourceDef] = &[
     res!("", "v1", "nodes", "node", "Node", false, &["no"], NONE, &["status"]),
     res!("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], NONE, NONE),
     res!("", "v1", "secrets", "secret", "Secret", true, NONE, NONE, NONE),
-    res!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], NONE, NONE),
+    res!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], NONE, &["token"]),
     res!("", "v1", "services", "service", "Service", true, &["svc"], ALL, &["status"]),
     res!("", "v1", "endpoints", "endpoints", "Endpoints", true, &["ep"], NONE, NONE),
     res!("", "v1", "events", "event", "Event", true, &["ev"], NONE, NONE),
@@ -50,11 +50,25 @@ pub static RESOURCES: &[ResourceDef] = &[
     res!("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, &["ds"], ALL, &["status"]),
     res!("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", true, NONE, NONE, NONE),
     res!("batch", "v1", "jobs", "job", "Job", true, NONE, ALL, &["status"]),
+    res!("authentication.k8s.io", "v1", "tokenreviews", "tokenreview", "TokenReview", false, NONE, NONE, NONE),
+    res!("authorization.k8s.io", "v1", "subjectaccessreviews", "subjectaccessreview", "SubjectAccessReview", false, NONE, NONE, NONE),
+    res!("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview", false, NONE, NONE, NONE),
+    res!("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, NONE, NONE, NONE),
+    res!("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, NONE, NONE, NONE),
     res!("certificates.k8s.io", "v1", "certificatesigningrequests", "certificatesigningrequest", "CertificateSigningRequest", false, &["csr"], NONE, &["status", "approval"]),
 ];
 
 /// Groups in discovery order (core first).
-pub const GROUPS: &[(&str, &str)] = &[("", "v1"), ("apps", "v1"), ("batch", "v1"), ("certificates.k8s.io", "v1"), ("coordination.k8s.io", "v1")];
+pub const GROUPS: &[(&str, &str)] = &[
+    ("", "v1"),
+    ("apps", "v1"),
+    ("authentication.k8s.io", "v1"),
+    ("authorization.k8s.io", "v1"),
+    ("batch", "v1"),
+    ("certificates.k8s.io", "v1"),
+    ("coordination.k8s.io", "v1"),
+    ("rbac.authorization.k8s.io", "v1"),
+];
 
 impl ResourceDef {
     pub fn api_version(&self) -> String {
@@ -94,7 +108,15 @@ impl ResourceDef {
         self.subresources.contains(&"status")
     }
 
+    /// Whether objects of this kind are never stored (reviews answered on create).
+    pub fn is_virtual(&self) -> bool {
+        self.kind.ends_with("Review")
+    }
+
     pub fn verbs(&self) -> &'static [&'static str] {
+        if self.is_virtual() {
+            return &["create"];
+        }
         &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
     }
 }
