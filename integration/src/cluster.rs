@@ -212,7 +212,8 @@ impl Cluster {
 /// records and allocations under `state`.
 fn berth_conflist(name: &str, subnet: &str, state: &Path) -> serde_json::Value {
     serde_json::json!({
-        "cniVersion": "1.1.0",
+        // 1.0.0: containerd 1.6's libcni knows no later version.
+        "cniVersion": "1.0.0",
         "name": "berth-test",
         "plugins": [
             { "type": "berth-bridge", "bridge": format!("bt-{name}"), "isGateway": true, "ipMasq": false, "stateDir": state,

@@ -20,3 +20,4 @@ pub mod registry;
 pub mod shim;
 pub mod streaming;
 pub mod multi;
+pub mod startup;

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use berth_integration::multi::{Multi, HOSTS};
+use berth_integration::startup::{self, percentile};
 
 fn echo_pod(name: &str, node: &str) -> String {
     format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [nc, -ll, -p, \"8080\", -e, /bin/cat]\n")
@@ -38,6 +39,29 @@ fn cross_host_traffic_and_failover(mode: &str, tag: &str) {
     // A larger transfer back from host 2 to host 0.
     let (code, out) = m.exec(2, "echo2", &["sh", "-c", &format!("dd if=/dev/zero bs=1k count=512 2>/dev/null | nc -w 3 {} 8080 | wc -c", ips[0])]);
     assert_eq!((code, out.trim()), (0, "524288"), "512 KiB echoed across hosts");
+
+    // Start-up latency across the three nodes: 60 pods created at once, spread by the
+    // scheduler; from each pod's creation to Running as a watch sees it.
+    let yaml = (0..60)
+        .map(|i| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: st{i}, labels: {{startup: \"1\"}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [sleep, \"100000\"]\n"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let kubectl = || {
+        let mut k = m.hosts[0].ns.command("kubectl");
+        k.arg("--kubeconfig").arg(&m.kubeconfig);
+        k
+    };
+    let s = startup::measure(&kubectl, "startup=1", yaml, 60, Duration::from_secs(180)).expect("60 pods running");
+    eprintln!(
+        "{mode}: 60 pods over {HOSTS} nodes: start-up p50 {:.2} s, p99 {:.2} s; from the create command p50 {:.2} s, p99 {:.2} s (last created at {:.2} s)",
+        percentile(&s.per_pod, 0.5),
+        percentile(&s.per_pod, 0.99),
+        percentile(&s.from_create, 0.5),
+        percentile(&s.from_create, 0.99),
+        s.created_last
+    );
+    let _ = m.kubectl(&["delete", "pods", "-l", "startup=1", "--wait=false"]);
+    m.wait("the start-up pods gone", Duration::from_secs(120), |m| m.kubectl(&["get", "pods", "-l", "startup=1", "-o", "name"]).is_empty());
 
     // A Deployment of 6 spreads over the nodes; stopping one agent moves its pods.
     m.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 6\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      tolerations:\n      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}\n      - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}\n      containers: [{name: c, image: busybox:1.36, command: [sleep, \"100000\"]}]\n");

@@ -8,12 +8,10 @@
 //!
 //! Usage: `bench-agent [--pods 100] [--window 30] [--runtime berth|containerd|both]` (root).
 
-use std::collections::HashMap;
-use std::io::BufRead;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_integration::cluster::{Cluster, Runtime};
+use berth_integration::startup::{self, percentile};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -59,13 +57,6 @@ fn runtime_pids(rt: Runtime, dir: &std::path::Path) -> Vec<i32> {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn pods_yaml(n: u64, image: &str, probe: bool) -> String {
     let probe = if probe { "\n    livenessProbe: {exec: {command: [\"true\"]}, periodSeconds: 1}" } else { "" };
     (0..n)
@@ -106,54 +97,13 @@ fn run(rt: Runtime, pods: u64, window: u64) -> anyhow::Result<Run> {
     let sum = |ps: &[i32], f: fn(i32) -> u64| ps.iter().map(|p| f(*p)).sum::<u64>();
     let (agent_idle, runtime_idle) = (sum(&agent, rss_kib), sum(&runtime_pids(rt, &c.dir), rss_kib));
 
-    // Watch, then create all pods at once; each pod's time to Running as the watch saw it.
-    let mut watch = c.ns.command("kubectl");
-    watch.arg("--kubeconfig").arg(&c.kubeconfig).args(["get", "pods", "-l", "bench=1", "-w", "--no-headers", "-o", "custom-columns=N:.metadata.name,P:.status.phase"]).stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut watcher = watch.spawn()?;
-    let stdout = watcher.stdout.take().expect("stdout");
-    std::thread::sleep(Duration::from_millis(500));
-    let t0 = Instant::now();
-    // The watch is read on its own thread from now on: when it first saw each pod Running.
-    let reader = std::thread::spawn(move || {
-        let mut running: HashMap<String, f64> = HashMap::new();
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() == 2 && f[1] == "Running" {
-                running.entry(f[0].to_string()).or_insert(t0.elapsed().as_secs_f64());
-            }
-            if running.len() as u64 >= pods || t0.elapsed() > Duration::from_secs(600) {
-                break;
-            }
-        }
-        running
-    });
-    // One `kubectl create` of them all (a POST each, no read-modify-write as apply does); it
-    // prints `pod/<name> created` as each POST returns: the pod's creation time.
-    let mut create = c.ns.command("kubectl");
-    create.arg("--kubeconfig").arg(&c.kubeconfig).args(["create", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut creator = create.spawn()?;
-    let yaml = pods_yaml(pods, &c.image, true);
-    let mut stdin = creator.stdin.take().expect("stdin");
-    std::thread::spawn(move || std::io::Write::write_all(&mut stdin, yaml.as_bytes()));
-    let mut seen: HashMap<String, f64> = HashMap::new();
-    for line in std::io::BufReader::new(creator.stdout.take().expect("stdout")).lines().map_while(Result::ok) {
-        if let Some(name) = line.strip_prefix("pod/").and_then(|l| l.strip_suffix(" created")) {
-            seen.insert(name.to_string(), t0.elapsed().as_secs_f64());
-        }
-    }
-    let status = creator.wait()?;
-    anyhow::ensure!(status.success() && seen.len() as u64 == pods, "kubectl create: {status}, {} pods created", seen.len());
-    let running = reader.join().expect("watch reader");
-    let _ = watcher.kill();
-    let _ = watcher.wait();
-    let mut times: Vec<f64> = running.values().copied().collect();
-    times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    if (times.len() as u64) < pods {
-        anyhow::bail!("only {} of {pods} pods reached Running\n{}", times.len(), c.agent_log());
-    }
-    let mut startup: Vec<f64> = running.iter().map(|(name, t)| t - seen.get(name).copied().unwrap_or(0.0)).collect();
-    startup.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let created_last = seen.values().copied().fold(0.0, f64::max);
+    // All pods created at once; each one's time to Running as a watch saw it.
+    let kubectl = || {
+        let mut k = c.ns.command("kubectl");
+        k.arg("--kubeconfig").arg(&c.kubeconfig);
+        k
+    };
+    let s = startup::measure(&kubectl, "bench=1", pods_yaml(pods, &c.image, true), pods as usize, Duration::from_secs(600)).map_err(|e| anyhow::anyhow!("{e}\n{}", c.agent_log()))?;
     if let Ok(keep) = std::env::var("BENCH_KEEP_LOGS") {
         for f in ["agent.log", "control.log", "s/shim.log"] {
             let _ = std::fs::copy(c.dir.join(f), format!("{keep}/{}-{}", name, f.replace('/', "-")));
@@ -172,7 +122,7 @@ fn run(rt: Runtime, pods: u64, window: u64) -> anyhow::Result<Run> {
     let cpu_percent = after.saturating_sub(before) as f64 / hz / window as f64 * 100.0;
     let (agent_loaded, runtime_loaded) = (sum(&agent, rss_kib), sum(&runtime_pids(rt, &c.dir), rss_kib));
     c.kubectl(&["delete", "pods", "-l", "bench=1", "--wait=true", "--timeout=300s"])?;
-    Ok(Run { p50: percentile(&times, 0.5), p99: percentile(&times, 0.99), startup_p50: percentile(&startup, 0.5), startup_p99: percentile(&startup, 0.99), created_last, agent_idle, runtime_idle, agent_loaded, runtime_loaded, cpu_percent })
+    Ok(Run { p50: percentile(&s.from_create, 0.5), p99: percentile(&s.from_create, 0.99), startup_p50: percentile(&s.per_pod, 0.5), startup_p99: percentile(&s.per_pod, 0.99), created_last: s.created_last, agent_idle, runtime_idle, agent_loaded, runtime_loaded, cpu_percent })
 }
 
 fn main() -> anyhow::Result<()> {
