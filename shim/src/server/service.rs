@@ -51,6 +51,16 @@ fn chunked<T: Send + 'static, M: Send + 'static>(items: Vec<T>, wrap: fn(Vec<T>)
     Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))
 }
 
+/// Runs a state-changing operation on a task of its own and waits for it. A client that goes
+/// away mid-call (an agent killed with SIGKILL) drops the RPC's future; the operation must
+/// still finish, or records, monitors and processes are left half-made.
+async fn detached<T: Send + 'static>(op: impl std::future::Future<Output = Result<T, CriError>> + Send + 'static) -> Result<T, Status> {
+    match tokio::spawn(op).await {
+        Ok(r) => r.map_err(to_status),
+        Err(e) => Err(Status::internal(format!("the operation's task failed: {e}"))),
+    }
+}
+
 /// The RuntimeService + ImageService server over one shared [`Shim`].
 #[derive(Clone)]
 pub struct Service(pub Arc<Shim>);
@@ -62,17 +72,20 @@ impl RuntimeService for Service {
     }
 
     async fn run_pod_sandbox(&self, r: Request<cri::RunPodSandboxRequest>) -> R<cri::RunPodSandboxResponse> {
-        let pod_sandbox_id = self.0.run_pod_sandbox(r.into_inner()).await.map_err(to_status)?;
+        let shim = self.0.clone();
+        let pod_sandbox_id = detached(async move { shim.run_pod_sandbox(r.into_inner()).await }).await?;
         ok(cri::RunPodSandboxResponse { pod_sandbox_id })
     }
 
     async fn stop_pod_sandbox(&self, r: Request<cri::StopPodSandboxRequest>) -> R<cri::StopPodSandboxResponse> {
-        self.0.stop_pod_sandbox(&r.into_inner().pod_sandbox_id).await.map_err(to_status)?;
+        let shim = self.0.clone();
+        detached(async move { shim.stop_pod_sandbox(&r.into_inner().pod_sandbox_id).await }).await?;
         ok(cri::StopPodSandboxResponse {})
     }
 
     async fn remove_pod_sandbox(&self, r: Request<cri::RemovePodSandboxRequest>) -> R<cri::RemovePodSandboxResponse> {
-        self.0.remove_pod_sandbox(&r.into_inner().pod_sandbox_id).await.map_err(to_status)?;
+        let shim = self.0.clone();
+        detached(async move { shim.remove_pod_sandbox(&r.into_inner().pod_sandbox_id).await }).await?;
         ok(cri::RemovePodSandboxResponse {})
     }
 
@@ -91,23 +104,26 @@ impl RuntimeService for Service {
     }
 
     async fn create_container(&self, r: Request<cri::CreateContainerRequest>) -> R<cri::CreateContainerResponse> {
-        let container_id = self.0.create_container(r.into_inner()).await.map_err(to_status)?;
+        let shim = self.0.clone();
+        let container_id = detached(async move { shim.create_container(r.into_inner()).await }).await?;
         ok(cri::CreateContainerResponse { container_id })
     }
 
     async fn start_container(&self, r: Request<cri::StartContainerRequest>) -> R<cri::StartContainerResponse> {
-        self.0.start_container(&r.into_inner().container_id).await.map_err(to_status)?;
+        let shim = self.0.clone();
+        detached(async move { shim.start_container(&r.into_inner().container_id).await }).await?;
         ok(cri::StartContainerResponse {})
     }
 
     async fn stop_container(&self, r: Request<cri::StopContainerRequest>) -> R<cri::StopContainerResponse> {
-        let r = r.into_inner();
-        self.0.stop_container(&r.container_id, r.timeout).await.map_err(to_status)?;
+        let (shim, r) = (self.0.clone(), r.into_inner());
+        detached(async move { shim.stop_container(&r.container_id, r.timeout).await }).await?;
         ok(cri::StopContainerResponse {})
     }
 
     async fn remove_container(&self, r: Request<cri::RemoveContainerRequest>) -> R<cri::RemoveContainerResponse> {
-        self.0.remove_container(&r.into_inner().container_id).await.map_err(to_status)?;
+        let shim = self.0.clone();
+        detached(async move { shim.remove_container(&r.into_inner().container_id).await }).await?;
         ok(cri::RemoveContainerResponse {})
     }
 
