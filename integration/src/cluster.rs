@@ -70,6 +70,8 @@ impl Cluster {
         for p in ["berth-bridge", "berth-host-local", "berth-portmap"] {
             std::os::unix::fs::symlink(crate::bin_path(p)?, cni_bin.join(p))?;
         }
+        // containerd also runs the reference loopback plugin for every sandbox.
+        std::os::unix::fs::symlink("/usr/lib/cni/loopback", cni_bin.join("loopback"))?;
         std::fs::write(shim_dir.join("net.d/10-berth-test.conflist"), berth_conflist(name, subnet, &shim_dir.join("cni-state")).to_string())?;
         let toml = std::fs::read_to_string(shim_dir.join("shim.toml"))?.replace("bin_dirs = [\"/usr/lib/cni\"]", &format!("bin_dirs = [\"{}\"]", cni_bin.display()));
         std::fs::write(shim_dir.join("shim.toml"), toml)?;

@@ -103,6 +103,9 @@ impl ContainerView {
 pub(super) struct Observed {
     pub sandbox: Option<SandboxView>,
     pub stale_sandboxes: Vec<String>,
+    /// The highest sandbox attempt the runtime still holds (a new sandbox takes the next one:
+    /// sandbox names, which carry the attempt, must not collide with a stale one's).
+    pub max_attempt: Option<u32>,
     /// Instances by container name, newest first.
     pub containers: HashMap<String, Vec<ContainerView>>,
 }

@@ -160,7 +160,7 @@ impl<R: Runtime> Worker<R> {
         let labels = HashMap::from([(spec::LABEL_POD_UID.to_string(), uid)]);
         let mut sandboxes = self.rt.list_pod_sandboxes(labels.clone()).await?;
         sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        let mut obs = Observed::default();
+        let mut obs = Observed { max_attempt: sandboxes.iter().map(|s| s.metadata.as_ref().map_or(0, |m| m.attempt)).max(), ..Default::default() };
         for (i, s) in sandboxes.into_iter().enumerate() {
             if i > 0 {
                 obs.stale_sandboxes.push(s.id);
@@ -213,7 +213,7 @@ impl<R: Runtime> Worker<R> {
                 if let Some(gate) = &self.start_gate {
                     _start_permit = gate.clone().acquire_owned().await.ok();
                 }
-                let attempt = obs.sandbox.as_ref().map_or(0, |s| s.attempt + 1);
+                let attempt = obs.max_attempt.map_or(0, |a| a + 1);
                 if let Some(old) = obs.sandbox.take() {
                     tracing::info!(pod = spec::ids(cx.pod).1, sandbox = %old.id, "sandbox is not ready: replacing it");
                     self.kill_all(&obs, 0).await;
