@@ -108,6 +108,19 @@ pub fn render_kubeconfig(cluster: &ClusterInfo, node: &str, cert_pem: &[u8], key
     )
 }
 
+/// A bootstrap kubeconfig: `server` and its CA (PEM) embedded, user `kubelet-bootstrap` with the
+/// bootstrap token (`ID.SECRET`) as its bearer token. What `berth join --token` writes.
+pub fn render_bootstrap_kubeconfig(cluster: &ClusterInfo, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: berth\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: kubelet-bootstrap\n  user:\n    token: {token}\n\
+         contexts:\n- name: bootstrap\n  context:\n    cluster: berth\n    user: kubelet-bootstrap\ncurrent-context: bootstrap\n",
+        server = serde_json::to_string(&cluster.server).unwrap_or_default(),
+        ca = b64(&cluster.ca_pem),
+        token = serde_json::to_string(token).unwrap_or_default(),
+    )
+}
+
 /// Embedded data, else the file it names (relative to the kubeconfig's directory).
 fn data_or_file(data: Option<&str>, file: Option<&str>, base: &Path) -> Result<Option<Vec<u8>>, String> {
     if let Some(d) = data {

@@ -59,6 +59,15 @@ fn rendered_kubeconfig_round_trips_and_is_usable() {
 }
 
 #[test]
+fn bootstrap_kubeconfig_carries_the_token_and_ca() {
+    let cluster = ClusterInfo { server: "https://10.0.0.1:6443".into(), ca_pem: b"CA PEM".to_vec() };
+    let kc = parse(&render_bootstrap_kubeconfig(&cluster, "abcdef.0123456789abcdef"));
+    assert_eq!(cluster_info(&kc, Path::new("/")).unwrap(), cluster);
+    assert!(kc.auth_infos[0].auth_info.as_ref().unwrap().token.is_some());
+    assert_eq!(usable_client_cert(&kc, Path::new("/"), unix_now()), None);
+}
+
+#[test]
 fn expired_or_missing_client_certs_are_not_usable() {
     let cluster = ClusterInfo { server: "https://h:6443".into(), ca_pem: b"CA".to_vec() };
     let (old, key) = self_signed("system:node:n1", 2001);
