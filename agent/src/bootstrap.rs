@@ -26,9 +26,9 @@ pub enum BootstrapError {
     #[error("generating the node key and signing request for {node}")]
     Key { node: String, #[source] source: rcgen::Error },
     #[error("API client from bootstrap kubeconfig {path}")]
-    Client { path: PathBuf, #[source] source: kube::Error },
+    Client { path: PathBuf, #[source] source: Box<kube::Error> },
     #[error("creating CertificateSigningRequest {name}")]
-    Create { name: String, #[source] source: kube::Error },
+    Create { name: String, #[source] source: Box<kube::Error> },
     #[error("CertificateSigningRequest {name} was denied: {reason}: {message}")]
     Denied { name: String, reason: String, message: String },
     #[error("CertificateSigningRequest {name} failed: {reason}: {message}")]
@@ -205,11 +205,11 @@ pub async fn ensure_node_kubeconfig(bootstrap: &Path, kubeconfig: &Path, node: &
     let boot = read_kubeconfig(bootstrap).map_err(bad)?;
     let cluster = cluster_info(&boot, &base(bootstrap)).map_err(bad)?;
     let config = kube::Config::from_custom_kubeconfig(boot, &kube::config::KubeConfigOptions::default()).await.map_err(|e| bad(e.to_string()))?;
-    let client = kube::Client::try_from(config).map_err(|source| BootstrapError::Client { path: bootstrap.to_path_buf(), source })?;
+    let client = kube::Client::try_from(config).map_err(|e| BootstrapError::Client { path: bootstrap.to_path_buf(), source: Box::new(e) })?;
     let (request, key) = signing_request(node)?;
     let name = csr_name(&request);
     let api = kube::Api::<CertificateSigningRequest>::all(client);
-    api.create(&kube::api::PostParams::default(), &csr_object(&name, &request)).await.map_err(|source| BootstrapError::Create { name: name.clone(), source })?;
+    api.create(&kube::api::PostParams::default(), &csr_object(&name, &request)).await.map_err(|e| BootstrapError::Create { name: name.clone(), source: Box::new(e) })?;
     tracing::info!(csr = %name, node, server = %cluster.server, "created CertificateSigningRequest; waiting for its certificate");
     let cert = wait_for_certificate(&api, &name, timeout).await?;
     write_private(kubeconfig, &render_kubeconfig(&cluster, node, &cert, key.serialize_pem().as_bytes()))?;
@@ -234,20 +234,19 @@ pub fn csr_state(name: &str, csr: &CertificateSigningRequest) -> Result<Option<V
 async fn wait_for_certificate(api: &kube::Api<CertificateSigningRequest>, name: &str, timeout: Duration) -> Result<Vec<u8>, BootstrapError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let last;
-        match api.get(name).await {
+        let last = match api.get(name).await {
             Ok(csr) => {
                 if let Some(cert) = csr_state(name, &csr)? {
                     return Ok(cert);
                 }
                 let conditions: Vec<String> = csr.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().map(|c| c.type_).collect();
-                last = if conditions.is_empty() { "Pending".into() } else { conditions.join(",") };
+                if conditions.is_empty() { "Pending".into() } else { conditions.join(",") }
             }
             Err(e) => {
                 tracing::debug!(csr = name, error = %e, "reading the CSR");
-                last = e.to_string();
+                e.to_string()
             }
-        }
+        };
         if Instant::now() >= deadline {
             return Err(BootstrapError::Timeout { name: name.into(), waited: timeout, last });
         }
