@@ -85,14 +85,15 @@ async fn main() -> anyhow::Result<()> {
     if let Some(v) = args.node_ip {
         cfg.node_ip = Some(v);
     }
-    let socket = cfg.runtime_socket();
-    let rt = GrpcRuntime::connect(&socket).await.with_context(|| format!("connecting to the CRI runtime at {}", socket.display()))?;
+    // The node's credentials first, as kubelet does (before the runtime).
     if let Some((boot, kubeconfig)) = cfg.bootstrap_paths()? {
         let node = berth_agent::node::node_name(&cfg, &berth_agent::node::HostFacts::gather(&cfg));
         berth_agent::bootstrap::ensure_node_kubeconfig(boot, kubeconfig, &node, BOOTSTRAP_TIMEOUT)
             .await
             .with_context(|| format!("TLS bootstrap of node {node} with {}", boot.display()))?;
     }
+    let socket = cfg.runtime_socket();
+    let rt = GrpcRuntime::connect(&socket).await.with_context(|| format!("connecting to the CRI runtime at {}", socket.display()))?;
     let (client, ca) = client(cfg.kubeconfig.as_ref()).await?;
     let agent = Agent::new(cfg, client, Arc::new(rt)).await?;
     tracing::info!(node = %agent.node_name, "berth-agent starting");

@@ -98,3 +98,34 @@ fn bootstrap_token_gets_a_node_kubeconfig_through_an_approved_csr() -> anyhow::R
     assert!(!node_kc.exists());
     Ok(())
 }
+
+/// The berth-agent binary with `bootstrapKubeconfig` in its config file bootstraps before it
+/// looks for its runtime: with no CRI socket it still leaves a working node kubeconfig, then
+/// stops on the missing runtime. (Needs `cargo build -p berth-control -p berth-agent`.)
+#[test]
+fn berth_agent_binary_bootstraps_from_its_config_before_the_runtime() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let (_control, server) = start_control(dir)?;
+    let token = std::fs::read_to_string(dir.join("control/pki/bootstrap-token"))?.trim().to_string();
+    let ca_pem = std::fs::read(dir.join("control/pki/ca.crt"))?;
+    let boot = dir.join("bootstrap.kubeconfig");
+    std::fs::write(&boot, render_bootstrap_kubeconfig(&ClusterInfo { server, ca_pem }, &token))?;
+    let node_kc = dir.join("node.kubeconfig");
+    let config = format!(
+        "nodeName: bn2\nkubeconfig: {}\nbootstrapKubeconfig: {}\ncontainerRuntimeEndpoint: unix://{}/no-cri.sock\nrootDir: {}/agent\n",
+        node_kc.display(),
+        boot.display(),
+        dir.display(),
+        dir.display()
+    );
+    std::fs::write(dir.join("agent.yaml"), config)?;
+    let out = Command::new(berth_integration::bin_path("berth-agent")?).arg("--config").arg(dir.join("agent.yaml")).stdin(Stdio::null()).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("connecting to the CRI runtime"), "{stderr}");
+    assert!(stderr.contains("wrote the node kubeconfig"), "{stderr}");
+    let o = kubectl(&node_kc, &["auth", "can-i", "get", "secrets", "-A"], None)?;
+    let answer = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(answer.contains("User \"system:node:bn2\""), "{answer}");
+    Ok(())
+}
