@@ -4,6 +4,7 @@
 //! ```yaml
 //! nodeName: node-1                 # default: the host name
 //! kubeconfig: /etc/berth/agent.kubeconfig
+//! bootstrapKubeconfig: /etc/berth/bootstrap.kubeconfig   # TLS bootstrap when kubeconfig has no client cert
 //! containerRuntimeEndpoint: unix:///run/berth/cri.sock
 //! rootDir: /var/lib/berth/agent     # pod volumes, plugin state
 //! podLogsDir: /var/log/pods
@@ -75,6 +76,10 @@ pub struct AgentConfig {
     pub api_version: Option<String>,
     pub node_name: Option<String>,
     pub kubeconfig: Option<PathBuf>,
+    /// TLS bootstrap (kubelet's `--bootstrap-kubeconfig`): when `kubeconfig` is missing or holds
+    /// no usable client certificate, these credentials (a bootstrap token) request one through
+    /// a CertificateSigningRequest and `kubeconfig` is written with it.
+    pub bootstrap_kubeconfig: Option<PathBuf>,
     pub container_runtime_endpoint: String,
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
@@ -122,6 +127,7 @@ impl Default for AgentConfig {
             api_version: None,
             node_name: None,
             kubeconfig: None,
+            bootstrap_kubeconfig: None,
             container_runtime_endpoint: "unix:///run/berth/cri.sock".into(),
             root_dir: "/var/lib/berth/agent".into(),
             pod_logs_dir: "/var/log/pods".into(),
@@ -233,6 +239,16 @@ impl AgentConfig {
         Ok(())
     }
 
+    /// TLS bootstrap's (bootstrap kubeconfig, node kubeconfig to write), when configured. Checked
+    /// after flags are applied, since either path may come from one.
+    pub fn bootstrap_paths(&self) -> Result<Option<(&Path, &Path)>, ConfigError> {
+        match (&self.bootstrap_kubeconfig, &self.kubeconfig) {
+            (None, _) => Ok(None),
+            (Some(b), Some(k)) => Ok(Some((b.as_path(), k.as_path()))),
+            (Some(_), None) => Err(ConfigError::Invalid { field: "bootstrapKubeconfig", message: "needs kubeconfig: the path the node kubeconfig is written to".into() }),
+        }
+    }
+
     /// The CRI socket path.
     pub fn runtime_socket(&self) -> PathBuf {
         PathBuf::from(self.container_runtime_endpoint.trim_start_matches("unix://"))
@@ -258,6 +274,11 @@ mod tests {
     #[test]
     fn bad_config_names_the_field() {
         assert!(AgentConfig::parse("maxPods: 0").unwrap_err().contains("maxPods"));
+        let cfg = AgentConfig::parse("bootstrapKubeconfig: /b").unwrap();
+        assert!(cfg.bootstrap_paths().unwrap_err().to_string().contains("needs kubeconfig"));
+        let cfg = AgentConfig::parse("bootstrapKubeconfig: /b\nkubeconfig: /k").unwrap();
+        assert_eq!(cfg.bootstrap_paths().unwrap(), Some((Path::new("/b"), Path::new("/k"))));
+        assert_eq!(AgentConfig::default().bootstrap_paths().unwrap(), None);
         assert!(AgentConfig::parse("nodeNmae: x").unwrap_err().contains("nodeNmae"), "unknown keys are refused");
         assert!(AgentConfig::parse("syncFrequency: 10").unwrap_err().contains("missing unit"));
         assert!(AgentConfig::parse("containerRuntimeEndpoint: tcp://x").unwrap_err().contains("containerRuntimeEndpoint"));

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod authn;
+pub mod bootstrap;
 pub mod config;
 pub mod cri;
 pub mod image_gc;
@@ -17,3 +18,4 @@ pub mod spec;
 pub mod stats;
 pub mod static_pods;
 pub mod volumes;
+pub mod x509_time;

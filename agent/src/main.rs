@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use berth_agent::agent::Agent;
@@ -12,6 +13,9 @@ use berth_agent::cri::GrpcRuntime;
 use clap::Parser;
 
 const DEFAULT_CONFIG: &str = "/etc/berth/agent.yaml";
+/// How long TLS bootstrap waits for its CSR to be approved and signed (then exits, and a
+/// supervisor's restart tries again).
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Parser)]
 #[command(name = "berth-agent", about = "Berth's node agent (a kubelet): runs the pods the API server binds to this node through CRI")]
@@ -22,6 +26,9 @@ struct Args {
     /// Kubeconfig for the API server (overrides the file's `kubeconfig`).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Bootstrap kubeconfig for TLS bootstrap (overrides the file's `bootstrapKubeconfig`).
+    #[arg(long)]
+    bootstrap_kubeconfig: Option<PathBuf>,
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
@@ -63,6 +70,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(v) = args.kubeconfig {
         cfg.kubeconfig = Some(v);
     }
+    if let Some(v) = args.bootstrap_kubeconfig {
+        cfg.bootstrap_kubeconfig = Some(v);
+    }
     if let Some(v) = args.node_name {
         cfg.node_name = Some(v);
     }
@@ -74,6 +84,13 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.node_ip {
         cfg.node_ip = Some(v);
+    }
+    // The node's credentials first, as kubelet does (before the runtime).
+    if let Some((boot, kubeconfig)) = cfg.bootstrap_paths()? {
+        let node = berth_agent::node::node_name(&cfg, &berth_agent::node::HostFacts::gather(&cfg));
+        berth_agent::bootstrap::ensure_node_kubeconfig(boot, kubeconfig, &node, BOOTSTRAP_TIMEOUT)
+            .await
+            .with_context(|| format!("TLS bootstrap of node {node} with {}", boot.display()))?;
     }
     let socket = cfg.runtime_socket();
     let rt = GrpcRuntime::connect(&socket).await.with_context(|| format!("connecting to the CRI runtime at {}", socket.display()))?;

@@ -118,6 +118,7 @@ fn write_configs(o: &InstallOptions, etc: &Path, node_name: &str) -> anyhow::Res
     };
     std::fs::write(etc.join("shim.toml"), render::shim_toml(&shim))?;
     let agent = render::AgentSettings {
+        bootstrap_kubeconfig: None,
         node_name: node_name.into(),
         kubeconfig: format!("{ETC}/agent.kubeconfig").into(),
         socket: "/run/berth/cri.sock".into(),

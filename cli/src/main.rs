@@ -7,6 +7,7 @@ mod daemon;
 mod down;
 mod image;
 mod install;
+mod join;
 mod layout;
 mod registry;
 mod render;
@@ -97,19 +98,25 @@ enum Cmd {
         #[arg(long)]
         purge: bool,
     },
-    /// Add this host to a control plane: berth-shim + berth-agent in the foreground, with a node
-    /// kubeconfig made on the control-plane host by `berth-control kubeconfig`.
+    /// Add this host to a control plane: berth-shim + berth-agent in the foreground, either with
+    /// the cluster's bootstrap token (`--token --server --ca-cert`: the agent gets its node
+    /// certificate by TLS bootstrap) or with a node kubeconfig made on the control-plane host by
+    /// `berth-control kubeconfig`.
     Join {
         #[command(flatten)]
         node: NodeArgs,
         /// The node kubeconfig (user system:node:NAME).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["token", "server", "ca_cert"])]
         kubeconfig: Option<PathBuf>,
-        /// Bootstrap-token join (not yet: berth-control has no CSR flow).
+        /// The bootstrap token ID.SECRET (the control-plane host's DATA/control/pki/bootstrap-token).
         #[arg(long)]
         token: Option<String>,
-        #[arg(long)]
+        /// The API server, https://HOST:6443 (with --token).
+        #[arg(long, requires = "token")]
         server: Option<String>,
+        /// The cluster CA certificate, PEM (the control-plane host's DATA/control/pki/ca.crt; with --token).
+        #[arg(long, requires = "token")]
+        ca_cert: Option<PathBuf>,
     },
     /// Install binaries, configuration and systemd units under --root.
     Install {
@@ -159,7 +166,7 @@ enum Cmd {
     },
 }
 
-fn up_options(n: NodeArgs, listen: SocketAddr, join: Option<PathBuf>) -> up::UpOptions {
+fn up_options(n: NodeArgs, listen: SocketAddr, join: Option<PathBuf>, join_token: Option<join::TokenJoin>) -> up::UpOptions {
     let c = n.common;
     up::UpOptions {
         data_dir: n.data_dir,
@@ -176,6 +183,7 @@ fn up_options(n: NodeArgs, listen: SocketAddr, join: Option<PathBuf>) -> up::UpO
         bridge: n.bridge,
         underlay_device: n.underlay_device,
         join_kubeconfig: join,
+        join_token,
         timeout: Duration::from_secs(n.timeout),
     }
 }
@@ -194,18 +202,18 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Up { node, listen } => {
             require_root()?;
-            rt()?.block_on(up::run(up_options(node, listen, None)))
+            rt()?.block_on(up::run(up_options(node, listen, None, None)))
         }
-        Cmd::Join { node, kubeconfig, token, server } => {
-            require_root()?;
-            let Some(kubeconfig) = kubeconfig else {
-                anyhow::bail!(
-                    "bootstrap-token join ({}{}) is not there yet: berth-control has no CSR flow. On the control-plane host run\n    berth-control --data-dir /var/lib/berth/control kubeconfig --user system:node:NAME --group system:nodes --server https://HOST:6443 > node.kubeconfig\nand pass it here with --kubeconfig node.kubeconfig",
-                    token.map(|_| "--token").unwrap_or("no --kubeconfig"),
-                    server.map(|s| format!(", --server {s}")).unwrap_or_default()
-                );
+        Cmd::Join { node, kubeconfig, token, server, ca_cert } => {
+            let token_join = match (&kubeconfig, token) {
+                (Some(_), _) => None,
+                (None, Some(t)) => Some(join::TokenJoin::new(&t, server.as_deref(), ca_cert.as_deref())?),
+                (None, None) => anyhow::bail!(
+                    "berth join needs --token ID.SECRET --server https://HOST:6443 --ca-cert ca.crt (from the control-plane host's DATA/control/pki/), or --kubeconfig node.kubeconfig made there by\n    berth-control --data-dir /var/lib/berth/control kubeconfig --user system:node:NAME --group system:nodes --server https://HOST:6443"
+                ),
             };
-            rt()?.block_on(up::run(up_options(node, "127.0.0.1:0".parse()?, Some(kubeconfig))))
+            require_root()?;
+            rt()?.block_on(up::run(up_options(node, "127.0.0.1:0".parse()?, kubeconfig, token_join)))
         }
         Cmd::Down { data_dir, purge } => {
             require_root()?;
@@ -238,5 +246,23 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Network { kubeconfig, network, cluster_cidr, out } => rt()?.block_on(install::network(&kubeconfig, network, &cluster_cidr, &out)),
         Cmd::NodeKubeconfig { control_dir, out, node, server } => install::node_kubeconfig(&control_dir, &out, &node, &server),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cli::try_parse_from(["berth", "join"].iter().chain(args)).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn join_takes_a_token_or_a_kubeconfig() {
+        let Ok(Cmd::Join { token, server, ca_cert, kubeconfig, .. }) = join(&["--token", "abcdef.0123456789abcdef", "--server", "https://h:6443", "--ca-cert", "/ca.crt"]) else { panic!("token join") };
+        assert_eq!((token.as_deref(), server.as_deref(), ca_cert, kubeconfig), (Some("abcdef.0123456789abcdef"), Some("https://h:6443"), Some(PathBuf::from("/ca.crt")), None));
+        assert!(join(&["--kubeconfig", "/k", "--token", "t"]).is_err(), "one or the other");
+        assert!(join(&["--server", "https://h:6443"]).is_err(), "--server goes with --token");
+        assert!(join(&["--kubeconfig", "/k"]).is_ok());
     }
 }

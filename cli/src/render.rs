@@ -55,6 +55,8 @@ pub fn shim_toml(s: &ShimSettings) -> String {
 pub struct AgentSettings {
     pub node_name: String,
     pub kubeconfig: PathBuf,
+    /// `berth join --token`: TLS bootstrap writes `kubeconfig` from these credentials.
+    pub bootstrap_kubeconfig: Option<PathBuf>,
     pub socket: PathBuf,
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
@@ -74,6 +76,9 @@ pub fn agent_yaml(a: &AgentSettings) -> String {
         p(&a.static_pod_path),
         q(&a.cgroup_root),
     );
+    if let Some(b) = &a.bootstrap_kubeconfig {
+        y.push_str(&format!("bootstrapKubeconfig: {}\n", p(b)));
+    }
     if let Some(ip) = &a.node_ip {
         y.push_str(&format!("nodeIP: {}\n", q(ip)));
     }
@@ -207,6 +212,7 @@ mod tests {
         let a = AgentSettings {
             node_name: "n1".into(),
             kubeconfig: "/k".into(),
+            bootstrap_kubeconfig: None,
             socket: "/run/berth/cri.sock".into(),
             root_dir: "/a".into(),
             pod_logs_dir: "/l".into(),
@@ -218,6 +224,10 @@ mod tests {
         assert!(y.contains("nodeName: \"n1\"\n"));
         assert!(y.contains("containerRuntimeEndpoint: \"unix:///run/berth/cri.sock\"\n"));
         assert!(y.ends_with("nodeIP: \"10.0.0.1\"\n"));
+        assert!(!y.contains("bootstrapKubeconfig"));
+        let y = agent_yaml(&AgentSettings { bootstrap_kubeconfig: Some("/b.kubeconfig".into()), ..a });
+        let cfg = berth_agent::config::AgentConfig::parse(&y).unwrap();
+        assert_eq!(cfg.bootstrap_paths().unwrap(), Some((std::path::Path::new("/b.kubeconfig"), std::path::Path::new("/k"))), "{y}");
     }
 
     #[test]

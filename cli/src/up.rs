@@ -36,7 +36,16 @@ pub struct UpOptions {
     pub underlay_device: Option<String>,
     /// `berth join`: the node kubeconfig of a remote control plane (no berth-control here).
     pub join_kubeconfig: Option<PathBuf>,
+    /// `berth join --token`: berth-agent gets the node certificate by TLS bootstrap.
+    pub join_token: Option<crate::join::TokenJoin>,
     pub timeout: Duration,
+}
+
+impl UpOptions {
+    /// Joining a remote control plane (no berth-control here).
+    fn joining(&self) -> bool {
+        self.join_kubeconfig.is_some() || self.join_token.is_some()
+    }
 }
 
 /// The state of a running node.
@@ -118,18 +127,13 @@ async fn start(o: &UpOptions, bins: &Binaries, node: &mut Node, started: Instant
     let mut registry = Daemon::new(&layout, "registry", &bins.berth, args(&[&"registry", &"--dir", &layout.registry_dir(), &"--listen", &o.registry, &"--busybox", &o.busybox]));
     registry.start()?;
     node.daemons.push(registry);
-    let name = match &o.join_kubeconfig {
-        Some(k) => join_credentials(k, &layout)?,
-        None => {
-            start_control(o, bins, node, &node_ip).await?;
-            let name = o.node_name.clone().unwrap_or_else(hostname);
-            node_credentials(bins, &layout, &name, &server_url(o.listen, &node_ip))?;
-            name
-        }
-    };
+    let (name, bootstrap_kubeconfig) = node_identity(o, bins, node, &node_ip).await?;
+    // TLS bootstrap still to do: the agent writes the node kubeconfig before anything can use it.
+    let bootstrapping = bootstrap_kubeconfig.is_some() && !layout.node_kubeconfig().exists();
     let agent = render::AgentSettings {
         node_name: name.clone(),
         kubeconfig: layout.node_kubeconfig(),
+        bootstrap_kubeconfig,
         socket: layout.socket(),
         root_dir: layout.data.join("agent"),
         pod_logs_dir: layout.data.join("pod-logs"),
@@ -146,15 +150,23 @@ async fn start(o: &UpOptions, bins: &Binaries, node: &mut Node, started: Instant
     // The network first when the control plane allocates the podCIDR at once: the agent's
     // first status is then Ready.
     let since = crate::api::unix_now();
-    let client = crate::api::client(&layout.node_kubeconfig()).await?;
-    crate::api::preregister(&client, &name).await;
-    let early = crate::api::wait_pod_cidr(&client, &name, Duration::from_secs(2), &node.stop).await.ok().flatten();
+    let mut early = None;
+    if !bootstrapping {
+        let client = crate::api::client(&layout.node_kubeconfig()).await?;
+        crate::api::preregister(&client, &name).await;
+        early = crate::api::wait_pod_cidr(&client, &name, Duration::from_secs(2), &node.stop).await.ok().flatten();
+    }
     if let Some(cidr) = &early {
         write_conflist(o, &layout, cidr)?;
     }
     let mut agent_d = Daemon::new(&layout, "agent", &bins.agent, args(&[&"--config", &layout.agent_yaml()]));
     agent_d.start()?;
     node.daemons.push(agent_d);
+    if bootstrapping {
+        let what = "berth-agent's TLS bootstrap (its CSR approved and the node kubeconfig written)";
+        wait(node, o.timeout, what, || async { layout.node_kubeconfig().exists() }).await?;
+    }
+    let client = crate::api::client(&layout.node_kubeconfig()).await?;
     let cidr = match early {
         Some(c) => Some(c),
         None => crate::api::wait_pod_cidr(&client, &name, Duration::from_secs(30), &node.stop).await?,
@@ -199,6 +211,31 @@ fn node_credentials(bins: &Binaries, layout: &Layout, name: &str, server: &str) 
         bail!("berth-control kubeconfig: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     crate::image::write_atomic(&path, &out.stdout).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The node's name and, for a token join, the bootstrap kubeconfig the agent starts from; the
+/// node credentials are in place (up, join --kubeconfig) or left to the agent (join --token).
+async fn node_identity(o: &UpOptions, bins: &Binaries, node: &mut Node, node_ip: &str) -> anyhow::Result<(String, Option<PathBuf>)> {
+    let layout = node.layout.clone();
+    if let Some(k) = &o.join_kubeconfig {
+        return Ok((join_credentials(k, &layout)?, None));
+    }
+    let name = o.node_name.clone().unwrap_or_else(hostname);
+    match &o.join_token {
+        Some(t) => {
+            // A node kubeconfig of another node (an earlier join under another name) is not ours.
+            let path = layout.node_kubeconfig();
+            if path.exists() && crate::api::node_name_of(&path).ok().as_deref() != Some(name.as_str()) {
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+            Ok((name, Some(t.write_bootstrap_kubeconfig(&layout.etc().join("bootstrap.kubeconfig"))?)))
+        }
+        None => {
+            start_control(o, bins, node, node_ip).await?;
+            node_credentials(bins, &layout, &name, &server_url(o.listen, node_ip))?;
+            Ok((name, None))
+        }
+    }
 }
 
 /// `berth join`: the given node kubeconfig becomes this node's; its user names the node.
@@ -265,12 +302,12 @@ where
 }
 
 fn print_ready(o: &UpOptions, layout: &Layout, name: &str, pod_cidr: &str, took: Duration) {
-    let kubeconfig = match o.join_kubeconfig {
-        Some(_) => layout.node_kubeconfig(),
-        None => layout.admin_kubeconfig(),
+    let kubeconfig = match o.joining() {
+        true => layout.node_kubeconfig(),
+        false => layout.admin_kubeconfig(),
     };
     println!("berth: node {name} is Ready after {:.1}s (pods on {pod_cidr}, {:?} network)", took.as_secs_f64(), o.network);
-    if o.join_kubeconfig.is_none() {
+    if !o.joining() {
         println!("\nUse it with the kubectl you have:\n\n    export KUBECONFIG={}\n    kubectl get nodes\n    kubectl run hello --image=busybox -- sleep 3600\n    kubectl apply -f examples/deployment.yaml\n", kubeconfig.display());
     }
     println!("Logs: {}/. Images: busybox from the local registry {} ({}).", layout.log_dir().display(), o.registry, layout.registry_dir().display());
