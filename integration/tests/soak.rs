@@ -197,7 +197,24 @@ fn a_thousand_pods_with_random_kill9() {
         std::thread::sleep(Duration::from_millis(rng.below(1500)));
         strike(&mut m, chaos, Duration::from_millis(rng.below(500)));
         count(&mut kills, chaos);
-        m.wait(&format!("round {r}: every pod Running or finished (after {chaos:?})"), Duration::from_secs(180), |m| round_done(&round_state(m, r), r));
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !round_done(&round_state(&m, r), r) {
+            if Instant::now() > deadline {
+                // Which pods, in which phase, with which container states: enough to find
+                // the pod in the agents' logs.
+                let state = round_state(&m, r);
+                let stuck: Vec<String> = state
+                    .iter()
+                    .filter(|(name, (phase, _))| {
+                        let i: usize = name.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                        if i.is_multiple_of(2) { phase != "Succeeded" && phase != "Failed" } else { phase != "Running" }
+                    })
+                    .map(|(name, _)| format!("{name}: {}", m.kubectl(&["get", "pod", name, "-o", "jsonpath={.spec.nodeName} {.metadata.uid} {.status}"])))
+                    .collect();
+                m.wait(&format!("round {r}: every pod Running or finished (after {chaos:?}); stuck:\n{}", stuck.join("\n")), Duration::from_secs(1), |m| round_done(&round_state(m, r), r));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
         if r == 0 {
             // The leak probes see live pods: with the round's pods running, every kind is
             // present somewhere (a probe that cannot see a pod could not see a leak).
