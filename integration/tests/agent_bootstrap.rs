@@ -3,7 +3,7 @@
 //! certificate through an auto-approved CSR; the node kubeconfig it writes is `system:node:NAME`.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -50,15 +50,22 @@ fn start_control(dir: &Path) -> anyhow::Result<(Control, String)> {
     Ok((control, format!("https://127.0.0.1:{port}")))
 }
 
+/// The bootstrap kubeconfig a joining node gets (the control plane's token and CA): its path
+/// and the token.
+fn write_bootstrap_kubeconfig(dir: &Path, server: String) -> anyhow::Result<(PathBuf, String)> {
+    let token = std::fs::read_to_string(dir.join("control/pki/bootstrap-token"))?.trim().to_string();
+    let ca_pem = std::fs::read(dir.join("control/pki/ca.crt"))?;
+    let boot = dir.join("bootstrap.kubeconfig");
+    std::fs::write(&boot, render_bootstrap_kubeconfig(&ClusterInfo { server, ca_pem }, &token))?;
+    Ok((boot, token))
+}
+
 #[test]
 fn bootstrap_token_gets_a_node_kubeconfig_through_an_approved_csr() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let (_control, server) = start_control(dir)?;
-    let token = std::fs::read_to_string(dir.join("control/pki/bootstrap-token"))?.trim().to_string();
-    let ca_pem = std::fs::read(dir.join("control/pki/ca.crt"))?;
-    let boot = dir.join("bootstrap.kubeconfig");
-    std::fs::write(&boot, render_bootstrap_kubeconfig(&ClusterInfo { server, ca_pem }, &token))?;
+    let (boot, token) = write_bootstrap_kubeconfig(dir, server)?;
     let node_kc = dir.join("node/node.kubeconfig");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
@@ -107,10 +114,7 @@ fn berth_agent_binary_bootstraps_from_its_config_before_the_runtime() -> anyhow:
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let (_control, server) = start_control(dir)?;
-    let token = std::fs::read_to_string(dir.join("control/pki/bootstrap-token"))?.trim().to_string();
-    let ca_pem = std::fs::read(dir.join("control/pki/ca.crt"))?;
-    let boot = dir.join("bootstrap.kubeconfig");
-    std::fs::write(&boot, render_bootstrap_kubeconfig(&ClusterInfo { server, ca_pem }, &token))?;
+    let (boot, _) = write_bootstrap_kubeconfig(dir, server)?;
     let node_kc = dir.join("node.kubeconfig");
     let config = format!(
         "nodeName: bn2\nkubeconfig: {}\nbootstrapKubeconfig: {}\ncontainerRuntimeEndpoint: unix://{}/no-cri.sock\nrootDir: {}/agent\n",

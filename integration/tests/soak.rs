@@ -95,15 +95,17 @@ fn round_state(m: &Multi, r: usize) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
+/// Pod `i` of a round has reached its end state: finished (even `i`) or running (odd `i`).
+fn pod_done(i: usize, phase: &str) -> bool {
+    if i.is_multiple_of(2) {
+        phase == "Succeeded" || phase == "Failed"
+    } else {
+        phase == "Running"
+    }
+}
+
 fn round_done(state: &BTreeMap<String, (String, String)>, r: usize) -> bool {
-    (0..PER_ROUND).all(|i| {
-        let Some((phase, _)) = state.get(&format!("s{r}-{i}")) else { return false };
-        if i % 2 == 0 {
-            phase == "Succeeded" || phase == "Failed"
-        } else {
-            phase == "Running"
-        }
-    })
+    (0..PER_ROUND).all(|i| state.get(&format!("s{r}-{i}")).is_some_and(|(phase, _)| pod_done(i, phase)))
 }
 
 fn lines_of(out: &std::process::Output) -> Vec<String> {
@@ -205,10 +207,7 @@ fn a_thousand_pods_with_random_kill9() {
                 let state = round_state(&m, r);
                 let stuck: Vec<String> = state
                     .iter()
-                    .filter(|(name, (phase, _))| {
-                        let i: usize = name.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                        if i.is_multiple_of(2) { phase != "Succeeded" && phase != "Failed" } else { phase != "Running" }
-                    })
+                    .filter(|(name, (phase, _))| !pod_done(name.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0), phase))
                     .map(|(name, _)| format!("{name}: {}", m.kubectl(&["get", "pod", name, "-o", "jsonpath={.spec.nodeName} {.metadata.uid} {.status}"])))
                     .collect();
                 m.wait(&format!("round {r}: every pod Running or finished (after {chaos:?}); stuck:\n{}", stuck.join("\n")), Duration::from_secs(1), |m| round_done(&round_state(m, r), r));
