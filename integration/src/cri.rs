@@ -80,6 +80,13 @@ pub fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
 }
 
 impl Env {
+    /// New clients for a restarted shim.
+    pub async fn reconnect(&mut self) {
+        let (rt, img) = connect(&self.shim.socket).await.expect("connecting to the restarted shim");
+        self.rt = rt;
+        self.img = img;
+    }
+
     pub async fn pull(&mut self) -> String {
         let r = self.img.pull_image(PullImageRequest { image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }), ..Default::default() }).await.expect("pull");
         r.into_inner().image_ref

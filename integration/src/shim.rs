@@ -15,6 +15,8 @@ pub struct ShimProcess {
     pub child: Option<Child>,
     pub cgroup_parent: String,
     netns: String,
+    /// `BERTH_SHIM_CRASH_AT` for the next spawn (see `berth_shim::crash_point`).
+    crash_at: Option<String>,
 }
 
 pub struct ShimOptions<'a> {
@@ -67,6 +69,7 @@ impl ShimProcess {
             child: None,
             cgroup_parent: String::new(),
             netns: ns.name.clone(),
+            crash_at: None,
         };
         shim.spawn()?;
         Ok(shim)
@@ -82,6 +85,7 @@ impl ShimProcess {
             .arg("--config")
             .arg(self.dir.join("shim.toml"))
             .args(["--log-level", "debug"])
+            .envs(self.crash_at.iter().map(|p| ("BERTH_SHIM_CRASH_AT", p)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -110,10 +114,31 @@ impl ShimProcess {
     /// SIGKILL, then start again on the same state.
     pub fn kill9_and_restart(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
-            c.kill()?;
+            if c.try_wait()?.is_none() {
+                c.kill()?;
+            }
             c.wait()?;
         }
         self.spawn()
+    }
+
+    /// SIGKILL, then a new shim that kills itself when it reaches `point` (None: a normal one).
+    pub fn restart_crashing_at(&mut self, point: Option<&str>) -> anyhow::Result<()> {
+        self.crash_at = point.map(str::to_string);
+        self.kill9_and_restart()
+    }
+
+    /// Waits for the shim to die (at its crash point).
+    pub fn wait_dead(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().context("no shim running")?;
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("berth-shim still alive after {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 }
 

@@ -106,9 +106,7 @@ async fn shim_kill9_keeps_containers_and_exit_codes() {
     let pid_before = e.rt.container_status(ContainerStatusRequest { container_id: long.clone(), verbose: true }).await.unwrap().into_inner().info["info"].clone();
 
     e.shim.kill9_and_restart().expect("restart");
-    let (rt, img) = berth_integration::cri::connect(&e.shim.socket).await.unwrap();
-    e.rt = rt;
-    e.img = img;
+    e.reconnect().await;
     // The short container exits while the shim is down: its code must not be lost.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let st = e.wait_exited(&short).await;
@@ -120,6 +118,52 @@ async fn shim_kill9_keeps_containers_and_exit_codes() {
     assert_eq!(e.rt.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers.len(), 2, "nothing duplicated");
     let r = e.rt.exec_sync(ExecSyncRequest { container_id: long.clone(), cmd: vec!["echo".into(), "alive".into()], timeout: 5 }).await.unwrap().into_inner();
     assert_eq!(r.stdout, b"alive\n");
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert_eq!(std::fs::read_dir(e.shim.dir.join("run/pods")).unwrap().count(), 0);
+}
+
+/// The shim dies exactly between two steps of CreateContainer (the monitor made the
+/// container, the record has no pid yet) and of StartContainer (Running recorded, the start
+/// not yet asked for). The caller saw an error both times: after the restart the half-made
+/// container is gone without a trace and can be created again, and the unstarted one is
+/// Created and starts, keeping its exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn shim_killed_mid_create_or_start_recovers() {
+    let mut e = env("cut", 5108, "10.89.8.0/24", true).await;
+    e.pull().await;
+    let (pod, pod_config) = e.run_pod("cut").await;
+    let runtime_dir = e.shim.dir.join("run/runtime");
+    let count = |d: &std::path::Path| std::fs::read_dir(d).map(|rd| rd.count()).unwrap_or(0);
+    let (runtime_before, bundles_before) = (count(&runtime_dir), count(&e.shim.dir.join("run/bundles")));
+
+    e.shim.restart_crashing_at(Some("create:monitor-answered")).expect("restart");
+    e.reconnect().await;
+    let config = Some(container_config("c", &["sh", "-c", "exit 3"]));
+    let cut = e.rt.create_container(CreateContainerRequest { pod_sandbox_id: pod.clone(), config, sandbox_config: Some(pod_config.clone()) }).await;
+    assert!(cut.is_err(), "the shim died mid-create: {cut:?}");
+    e.shim.wait_dead(Duration::from_secs(10)).expect("shim died at its crash point");
+    e.shim.restart_crashing_at(None).expect("restart");
+    e.reconnect().await;
+    assert!(e.rt.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers.is_empty(), "the half-made container is rolled back");
+    assert_eq!((count(&runtime_dir), count(&e.shim.dir.join("run/bundles"))), (runtime_before, bundles_before), "no runtime state or bundle left behind");
+    let c = e.create(&pod, &pod_config, container_config("c", &["sh", "-c", "exit 3"])).await;
+    e.rt.start_container(StartContainerRequest { container_id: c.clone() }).await.unwrap();
+    assert_eq!(e.wait_exited(&c).await.exit_code, 3);
+
+    let d = e.create(&pod, &pod_config, container_config("d", &["sh", "-c", "exit 5"])).await;
+    e.shim.restart_crashing_at(Some("start:running-recorded")).expect("restart");
+    e.reconnect().await;
+    let cut = e.rt.start_container(StartContainerRequest { container_id: d.clone() }).await;
+    assert!(cut.is_err(), "the shim died mid-start: {cut:?}");
+    e.shim.wait_dead(Duration::from_secs(10)).expect("shim died at its crash point");
+    e.shim.restart_crashing_at(None).expect("restart");
+    e.reconnect().await;
+    assert_eq!(e.status(&d).await.state, ContainerState::ContainerCreated as i32, "the start never happened");
+    e.rt.start_container(StartContainerRequest { container_id: d.clone() }).await.expect("start after recovery");
+    let st = e.wait_exited(&d).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (5, "Error"));
+    assert_eq!(e.rt.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers.len(), 2, "nothing duplicated");
     e.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     assert_eq!(std::fs::read_dir(e.shim.dir.join("run/pods")).unwrap().count(), 0);
 }

@@ -13,6 +13,18 @@ pub mod server;
 pub mod store;
 pub mod streaming;
 
+/// The shim SIGKILLs itself when it reaches the point named by `BERTH_SHIM_CRASH_AT`: the
+/// crash-recovery tests use it to die exactly between two steps that a real crash could split.
+/// Unset (always, outside those tests) it costs one cached lookup.
+pub fn crash_point(name: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT.get_or_init(|| std::env::var("BERTH_SHIM_CRASH_AT").ok()).as_deref() == Some(name) {
+        tracing::warn!(point = name, "BERTH_SHIM_CRASH_AT reached: killing this process");
+        // SAFETY: signalling this process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
 /// An error and its sources, joined with ": " (for logs and gRPC status messages).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let monitor = sibling(&cfg.monitor, "berth-monitor")?;
     let pause = sibling(&cfg.pause, "berth-pause")?;
     let listen = cfg.listen.clone();
-    let shim = Shim::new(cfg, monitor, pause).map_err(|e| anyhow::anyhow!(berth_shim::error_chain(&e)))?;
+    let shim = Shim::new(cfg, monitor, pause).await.map_err(|e| anyhow::anyhow!(berth_shim::error_chain(&e)))?;
     let streaming = shim.start_streaming().await.map_err(|e| anyhow::anyhow!(berth_shim::error_chain(&e)))?;
     tracing::info!(address = %streaming, "streaming server (exec/attach/port-forward) listening");
 

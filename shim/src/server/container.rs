@@ -78,6 +78,7 @@ impl Shim {
                 .monitor(&sb_id)
                 .call(&Request::Create { id: id.clone(), bundle: bundle.clone(), log_path, stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty })
                 .await?;
+            crate::crash_point("create:monitor-answered");
             match answer {
                 Response::Created { pid } => Ok((pid, user)),
                 other => Err(CriError::Internal(format!("unexpected monitor answer {other:?}"))),
@@ -115,7 +116,17 @@ impl Shim {
             r.state = ContainerState::Running;
             r.started_at = monitor::proto::now_nanos();
         })?;
+        crate::crash_point("start:running-recorded");
         if let Err(e) = self.monitor(&c.record.sandbox_id).call(&Request::Start { id: c.record.id.clone() }).await {
+            // A start asked for by a predecessor that died may have reached the monitor after
+            // this shim's recovery looked: a started container is what was asked for.
+            let started = berth_runtime::container::Loaded::load(&self.runtime_root(), &c.record.id)
+                .is_ok_and(|l| matches!(l.status, berth_runtime::state::Status::Running | berth_runtime::state::Status::Paused));
+            if started {
+                tracing::warn!(id = %c.record.id, error = %crate::error_chain(&e), "start answered with an error, but the container runs");
+                self.emit(&c.record.id, cri::ContainerEventType::ContainerStartedEvent, None, vec![]);
+                return Ok(());
+            }
             self.store.update_container(&c.record.id, |r| {
                 r.state = ContainerState::Exited;
                 r.exit_code = 128;

@@ -23,7 +23,7 @@ use tokio::sync::broadcast;
 use crate::cni::Cni;
 use crate::config::Config;
 use crate::monitor::{MonitorClient, MonitorError};
-use crate::store::{Store, StoreError};
+use crate::store::{ContainerState, Store, StoreError};
 
 /// Every failure an RPC can report; mapped to a gRPC code in `service.rs`.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,9 @@ pub struct Shim {
 }
 
 impl Shim {
-    pub fn new(cfg: Config, monitor_bin: PathBuf, pause_bin: PathBuf) -> CriResult<Arc<Shim>> {
+    /// Opens the stores and finishes what a killed predecessor left half-done (see
+    /// [`Shim::recover`]) before any request is served.
+    pub async fn new(cfg: Config, monitor_bin: PathBuf, pause_bin: PathBuf) -> CriResult<Arc<Shim>> {
         for dir in [&cfg.state_dir, &cfg.run_dir, &cfg.pods_dir(), &cfg.runtime_root(), &cfg.netns_dir(), &cfg.cni.cache_dir] {
             std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         }
@@ -114,7 +116,7 @@ impl Shim {
             pod_cidr: Mutex::new(String::new()),
             streaming: std::sync::OnceLock::new(),
         });
-        shim.recover();
+        shim.recover().await;
         Ok(shim)
     }
 
@@ -154,17 +156,41 @@ impl Shim {
         self.events.subscribe()
     }
 
-    /// After a restart: sandboxes whose pod directory vanished (a reboot) are NotReady and
-    /// their running containers are marked exited with an unknown code.
-    fn recover(&self) {
+    /// After a restart:
+    /// - sandboxes whose pod directory vanished (a reboot) are NotReady and their running
+    ///   containers are marked exited with an unknown code;
+    /// - a container whose CreateContainer was cut short (its record is written first, its pid
+    ///   last) is rolled back: the caller never got its id and will create it again;
+    /// - a container recorded Running whose start never reached the runtime (the shim died
+    ///   between recording it and asking the monitor) is Created again, so StartContainer can
+    ///   be repeated instead of the container waiting forever.
+    async fn recover(self: &Arc<Self>) {
         for sb in self.store.sandboxes() {
             if sb.record.state == crate::store::SandboxState::Ready && !self.pod_dir(&sb.record.id).join(crate::monitor::SOCKET).exists() {
                 tracing::warn!(sandbox = %sb.record.id, "pod monitor is gone (reboot?): sandbox is NotReady");
                 let _ = self.store.update_sandbox(&sb.record.id, |r| r.state = crate::store::SandboxState::NotReady);
             }
         }
+        let root = self.runtime_root();
         for c in self.store.containers() {
-            self.refresh_container(&c.record.id);
+            let Some(c) = self.refresh_container(&c.record.id) else { continue };
+            let id = &c.record.id;
+            match c.record.state {
+                ContainerState::Created if c.record.pid == 0 => {
+                    tracing::warn!(container = %id, "CreateContainer was interrupted: rolling it back");
+                    if let Err(e) = self.remove_container_locked(id).await {
+                        tracing::warn!(container = %id, error = %e, "rolling back an interrupted create");
+                    }
+                }
+                ContainerState::Running if berth_runtime::container::Loaded::load(&root, id).is_ok_and(|l| l.status == berth_runtime::state::Status::Created) => {
+                    tracing::warn!(container = %id, "StartContainer was interrupted before the start: the container is Created again");
+                    let _ = self.store.update_container(id, |r| {
+                        r.state = ContainerState::Created;
+                        r.started_at = 0;
+                    });
+                }
+                _ => {}
+            }
         }
     }
 }
