@@ -115,7 +115,12 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let addr = listener.local_addr()?;
-    let server_url = format!("https://{addr}");
+    // A wildcard listen is reached on loopback (in the serving certificate's names).
+    let reach = match addr.ip().is_unspecified() {
+        true => std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        false => addr,
+    };
+    let server_url = format!("https://{reach}");
     let kubeconfig = cli.data_dir.join("admin.kubeconfig");
     pki.write_admin_kubeconfig(&kubeconfig, &server_url)?;
     let tls = berth_control::server::tls_config(&pki)?;
