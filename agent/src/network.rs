@@ -80,7 +80,14 @@ pub fn conflist(cfg: &NetworkConfig, pod_cidr: &str, node_ip: Option<&str>) -> O
     let ipam = json!({ "type": "berth-host-local", "ranges": [[{ "subnet": pod_cidr }]], "routes": [{ "dst": "0.0.0.0/0" }], "dataDir": cfg.state_dir.join("networks") });
     let main = match cfg.mode {
         Mode::None => return None,
-        Mode::Bridge => json!({ "type": "berth-bridge", "bridge": cfg.bridge, "isDefaultGateway": true, "ipMasq": cfg.ip_masq, "hairpinMode": true, "stateDir": cfg.state_dir, "ipam": ipam }),
+        Mode::Bridge => {
+            let mut b = json!({ "type": "berth-bridge", "bridge": cfg.bridge, "isDefaultGateway": true, "ipMasq": cfg.ip_masq, "hairpinMode": true, "stateDir": cfg.state_dir, "ipam": ipam });
+            // Pod-to-pod traffic within the cluster keeps its source address.
+            if let Some(c) = &cfg.cluster_cidr {
+                b["ipMasqExclude"] = json!([c]);
+            }
+            b
+        }
         Mode::Vxlan | Mode::HostGw => {
             let mut m = json!({
                 "type": if cfg.mode == Mode::Vxlan { "berth-vxlan" } else { "berth-host-gw" },
@@ -187,7 +194,8 @@ mod tests {
         assert_eq!(l["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.2.0/24");
         assert_eq!(l["plugins"][0]["underlayIP"], "192.168.0.9");
         cfg.mode = Mode::Bridge;
-        assert_eq!(conflist(&cfg, "10.88.0.0/24", None).unwrap()["plugins"][0]["type"], "berth-bridge");
+        let b = conflist(&cfg, "10.88.0.0/24", None).unwrap();
+        assert_eq!((&b["plugins"][0]["type"], &b["plugins"][0]["ipMasqExclude"]), (&json!("berth-bridge"), &json!(["10.244.0.0/16"])));
         cfg.mode = Mode::None;
         assert!(conflist(&cfg, "10.88.0.0/24", None).is_none());
     }

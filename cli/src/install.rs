@@ -1,8 +1,8 @@
 //! `berth install --root DIR`: a node laid out for systemd under DIR (`/` on a real host, a
 //! staging directory for packaging and tests) — binaries in usr/local/bin, CNI plugins in
-//! opt/cni/bin, configuration in etc/berth, the conflist in etc/cni/net.d, units in
-//! etc/systemd/system — plus the two helpers the units run: `berth node-kubeconfig` and
-//! `berth network`.
+//! opt/cni/bin, configuration in etc/berth, units in etc/systemd/system — plus the helper a
+//! control-plane host's agent unit runs, `berth node-kubeconfig`. berth-agent writes the CNI
+//! conflist in etc/cni/net.d once the control plane has given the node its podCIDR.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -57,16 +57,11 @@ pub fn run(o: &InstallOptions) -> anyhow::Result<()> {
     if let Some(k) = &o.kubeconfig {
         install_file(k, &etc.join("agent.kubeconfig"), 0o600)?;
     }
-    // The first node's subnet until `berth network` (the agent's ExecStartPost) writes the
-    // podCIDR the control plane allocated.
-    let net = net_settings(o.network, &crate::up::default_subnet(&o.cluster_cidr), &o.cluster_cidr);
-    std::fs::write(net_d.join("10-berth.conflist"), serde_json::to_vec_pretty(&render::conflist(&net))?)?;
     let settings = UnitSettings {
         control: o.control,
         node_name: node_name.clone(),
         listen: o.listen.clone(),
         cluster_cidr: o.cluster_cidr.clone(),
-        network: network_name(o.network),
         registry: o.registry.clone(),
     };
     // What `berth down` sweeps on this host once the services are stopped.
@@ -81,25 +76,6 @@ pub fn run(o: &InstallOptions) -> anyhow::Result<()> {
         println!("then: export KUBECONFIG={DATA}/control/admin.kubeconfig");
     }
     Ok(())
-}
-
-fn network_name(n: Network) -> &'static str {
-    match n {
-        Network::Bridge => "bridge",
-        Network::Vxlan => "vxlan",
-    }
-}
-
-fn net_settings(network: Network, pod_cidr: &str, cluster_cidr: &str) -> render::NetSettings {
-    render::NetSettings {
-        network,
-        pod_cidr: pod_cidr.into(),
-        cluster_cidr: cluster_cidr.into(),
-        bridge: "berth0".into(),
-        state_dir: None,
-        underlay_device: None,
-        peers_file: (network == Network::Vxlan).then(|| PathBuf::from("/run/berth/peers.json")),
-    }
 }
 
 fn write_configs(o: &InstallOptions, etc: &Path, node_name: &str) -> anyhow::Result<()> {
@@ -127,6 +103,16 @@ fn write_configs(o: &InstallOptions, etc: &Path, node_name: &str) -> anyhow::Res
         static_pod_path: format!("{ETC}/manifests").into(),
         cgroup_root: o.cgroup_root.clone(),
         node_ip: o.node_ip.clone(),
+        network: render::AgentNetwork {
+            mode: o.network,
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_bin_dir: "/opt/cni/bin".into(),
+            peers_file: "/run/berth/peers.json".into(),
+            state_dir: "/run/berth/cni".into(),
+            cluster_cidr: o.cluster_cidr.clone(),
+            bridge: "berth0".into(),
+            underlay_device: None,
+        },
     };
     std::fs::write(etc.join("agent.yaml"), render::agent_yaml(&agent))?;
     std::fs::write(etc.join("registries.conf"), render::registries_conf(&o.registry))?;
@@ -167,19 +153,4 @@ pub fn node_kubeconfig(control_dir: &Path, out: &Path, node: &str, server: &str)
         bail!("berth-control kubeconfig: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
     crate::image::write_atomic(out, &output.stdout).with_context(|| format!("writing {}", out.display()))
-}
-
-/// `berth network`: waits for the node's podCIDR and writes the conflist for it.
-pub async fn network(kubeconfig: &Path, network: Network, cluster_cidr: &str, out: &Path) -> anyhow::Result<()> {
-    let name = crate::api::node_name_of(kubeconfig)?;
-    let client = crate::api::client(kubeconfig).await?;
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let cidr = crate::api::wait_pod_cidr(&client, &name, Duration::from_secs(30), &stop).await?;
-    let pod_cidr = cidr.unwrap_or_else(|| crate::up::default_subnet(cluster_cidr));
-    let bytes = serde_json::to_vec_pretty(&render::conflist(&net_settings(network, &pod_cidr, cluster_cidr)))?;
-    if std::fs::read(out).ok().as_deref() != Some(&bytes[..]) {
-        crate::image::write_atomic(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-    }
-    println!("berth: node {name}: pods on {pod_cidr} ({})", out.display());
-    Ok(())
 }

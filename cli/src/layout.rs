@@ -32,9 +32,6 @@ impl Layout {
     pub fn net_d(&self) -> PathBuf {
         self.etc().join("net.d")
     }
-    pub fn conflist(&self) -> PathBuf {
-        self.net_d().join("10-berth.conflist")
-    }
     pub fn node_kubeconfig(&self) -> PathBuf {
         self.etc().join("node.kubeconfig")
     }

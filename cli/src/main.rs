@@ -1,6 +1,6 @@
 //! `berth`: one command to a single-node cluster (`up`/`down`), adding a host to a control
 //! plane (`join`), a systemd install (`install`), and the small services those use
-//! (`registry`, `network`, `node-kubeconfig`).
+//! (`registry`, `node-kubeconfig`).
 
 mod api;
 mod daemon;
@@ -71,7 +71,7 @@ struct NodeArgs {
     busybox: PathBuf,
     #[arg(long, default_value = "berth0")]
     bridge: String,
-    /// VXLAN underlay interface (default: the default route's).
+    /// VXLAN underlay interface (default: the one holding the node's InternalIP).
     #[arg(long)]
     underlay_device: Option<String>,
     /// Seconds to wait for each step (API up, node Ready).
@@ -141,17 +141,6 @@ enum Cmd {
         listen: String,
         #[arg(long, default_value = "/bin/busybox")]
         busybox: PathBuf,
-    },
-    /// Write the CNI conflist for this node's podCIDR (systemd: the agent's ExecStartPost).
-    Network {
-        #[arg(long)]
-        kubeconfig: PathBuf,
-        #[arg(long, value_enum, default_value = "bridge")]
-        network: Network,
-        #[arg(long, default_value = "10.244.0.0/16")]
-        cluster_cidr: String,
-        #[arg(long, default_value = "/etc/cni/net.d/10-berth.conflist")]
-        out: PathBuf,
     },
     /// Make this control-plane host's node kubeconfig (systemd: the agent's ExecStartPre).
     NodeKubeconfig {
@@ -244,7 +233,6 @@ fn main() -> anyhow::Result<()> {
             eprintln!("berth registry: serving {} on http://{listen}", dir.display());
             registry::serve(dir, listener)
         }
-        Cmd::Network { kubeconfig, network, cluster_cidr, out } => rt()?.block_on(install::network(&kubeconfig, network, &cluster_cidr, &out)),
         Cmd::NodeKubeconfig { control_dir, out, node, server } => install::node_kubeconfig(&control_dir, &out, &node, &server),
     }
 }

@@ -1,11 +1,11 @@
 //! The configuration files a node runs on, as pure functions of their settings: berth-shim's
 //! shim.toml, berth-agent's agent.yaml, the registries.conf that mirrors docker.io to the local
-//! image registry, and the CNI conflist (berth-bridge or berth-vxlan, berth-host-local,
-//! berth-portmap). `berth up` and `berth install` write the same files with different paths.
+//! image registry. `berth up`, `berth join` and `berth install` write the same files with
+//! different paths. The CNI conflist is berth-agent's to write (its `network` section): only
+//! it learns the node's podCIDR and the other nodes' overlay peers.
 
 use std::path::PathBuf;
 
-use serde_json::{json, Value};
 
 /// TOML and YAML both read a JSON string literal as a string: one quoting for both.
 fn q(s: impl AsRef<str>) -> String {
@@ -63,6 +63,22 @@ pub struct AgentSettings {
     pub static_pod_path: PathBuf,
     pub cgroup_root: String,
     pub node_ip: Option<String>,
+    pub network: AgentNetwork,
+}
+
+/// berth-agent's `network` section: the pod network it keeps (agent/src/network.rs).
+#[derive(Debug, Clone)]
+pub struct AgentNetwork {
+    pub mode: Network,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dir: PathBuf,
+    pub peers_file: PathBuf,
+    /// The plugins' records; their IPAM allocations go to `<state_dir>/networks`.
+    pub state_dir: PathBuf,
+    pub cluster_cidr: String,
+    pub bridge: String,
+    /// VXLAN only: the underlay interface (None: the node's InternalIP).
+    pub underlay_device: Option<String>,
 }
 
 pub fn agent_yaml(a: &AgentSettings) -> String {
@@ -81,6 +97,20 @@ pub fn agent_yaml(a: &AgentSettings) -> String {
     }
     if let Some(ip) = &a.node_ip {
         y.push_str(&format!("nodeIP: {}\n", q(ip)));
+    }
+    let n = &a.network;
+    y.push_str(&format!(
+        "network:\n  mode: {}\n  cniConfDir: {}\n  cniBinDir: {}\n  peersFile: {}\n  stateDir: {}\n  clusterCIDR: {}\n  bridge: {}\n",
+        q(n.mode.name()),
+        p(&n.cni_conf_dir),
+        p(&n.cni_bin_dir),
+        p(&n.peers_file),
+        p(&n.state_dir),
+        q(&n.cluster_cidr),
+        q(&n.bridge),
+    ));
+    if let Some(d) = &n.underlay_device {
+        y.push_str(&format!("  underlayDevice: {}\n", q(d)));
     }
     y
 }
@@ -102,89 +132,19 @@ pub enum Network {
     Vxlan,
 }
 
-/// The pod network of one node.
-#[derive(Debug, Clone)]
-pub struct NetSettings {
-    pub network: Network,
-    /// This node's pod subnet (its podCIDR).
-    pub pod_cidr: String,
-    pub cluster_cidr: String,
-    pub bridge: String,
-    /// berth-bridge records and the host-local store; None: the plugins' defaults (/run/berth/cni).
-    pub state_dir: Option<PathBuf>,
-    /// VXLAN only: the underlay interface (None: the plugin's default-route guess).
-    pub underlay_device: Option<String>,
-    pub peers_file: Option<PathBuf>,
-}
-
-pub fn conflist(n: &NetSettings) -> Value {
-    let mut ipam = json!({"type": "berth-host-local", "ranges": [[{"subnet": n.pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}]});
-    let mut main = match n.network {
-        Network::Bridge => json!({
-            "type": "berth-bridge", "bridge": n.bridge, "isDefaultGateway": true, "ipMasq": true,
-            "hairpinMode": true, "ipMasqExclude": [n.cluster_cidr],
-        }),
-        Network::Vxlan => {
-            let mut v = json!({"type": "berth-vxlan", "bridge": n.bridge, "clusterCIDR": n.cluster_cidr, "ipMasq": true, "hairpinMode": true});
-            if let Some(d) = &n.underlay_device {
-                v["underlayDevice"] = json!(d);
-            }
-            if let Some(f) = &n.peers_file {
-                v["peersFile"] = json!(f);
-            }
-            v
+impl Network {
+    /// The name berth-agent's `network.mode` and the units use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::Bridge => "bridge",
+            Network::Vxlan => "vxlan",
         }
-    };
-    if let Some(dir) = &n.state_dir {
-        main["stateDir"] = json!(dir);
-        ipam["dataDir"] = json!(dir.join("networks"));
     }
-    main["ipam"] = ipam;
-    json!({
-        "cniVersion": "1.1.0",
-        "name": "berth",
-        "plugins": [main, {"type": "berth-portmap", "capabilities": {"portMappings": true}}],
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn net(network: Network) -> NetSettings {
-        NetSettings {
-            network,
-            pod_cidr: "10.244.0.0/24".into(),
-            cluster_cidr: "10.244.0.0/16".into(),
-            bridge: "berth0".into(),
-            state_dir: Some("/run/x/cni".into()),
-            underlay_device: Some("eth0".into()),
-            peers_file: Some("/run/x/peers.json".into()),
-        }
-    }
-
-    #[test]
-    fn bridge_conflist_uses_berth_plugins_and_the_node_subnet() {
-        let c = conflist(&net(Network::Bridge));
-        let types: Vec<&str> = c["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
-        assert_eq!(types, ["berth-bridge", "berth-portmap"]);
-        let b = &c["plugins"][0];
-        assert_eq!(b["ipam"]["type"], "berth-host-local");
-        assert_eq!(b["ipam"]["ranges"][0][0]["subnet"], "10.244.0.0/24");
-        assert_eq!(b["ipam"]["dataDir"], "/run/x/cni/networks");
-        assert_eq!(b["stateDir"], "/run/x/cni");
-        assert!(b.get("underlayDevice").is_none());
-    }
-
-    #[test]
-    fn vxlan_conflist_names_underlay_cluster_and_peers() {
-        let c = conflist(&net(Network::Vxlan));
-        let v = &c["plugins"][0];
-        assert_eq!(v["type"], "berth-vxlan");
-        assert_eq!(v["underlayDevice"], "eth0");
-        assert_eq!(v["clusterCIDR"], "10.244.0.0/16");
-        assert_eq!(v["peersFile"], "/run/x/peers.json");
-    }
 
     #[test]
     fn shim_toml_parses_as_toml_with_quoted_paths() {
@@ -219,12 +179,27 @@ mod tests {
             static_pod_path: "/m".into(),
             cgroup_root: "/berth".into(),
             node_ip: Some("10.0.0.1".into()),
+            network: AgentNetwork {
+                mode: Network::Vxlan,
+                cni_conf_dir: "/n".into(),
+                cni_bin_dir: "/opt/cni/bin".into(),
+                peers_file: "/run/x/peers.json".into(),
+                state_dir: "/run/x/cni".into(),
+                cluster_cidr: "10.244.0.0/16".into(),
+                bridge: "berth0".into(),
+                underlay_device: Some("eth0".into()),
+            },
         };
         let y = agent_yaml(&a);
         assert!(y.contains("nodeName: \"n1\"\n"));
         assert!(y.contains("containerRuntimeEndpoint: \"unix:///run/berth/cri.sock\"\n"));
-        assert!(y.ends_with("nodeIP: \"10.0.0.1\"\n"));
+        assert!(y.contains("nodeIP: \"10.0.0.1\"\n"));
         assert!(!y.contains("bootstrapKubeconfig"));
+        let cfg = berth_agent::config::AgentConfig::parse(&y).unwrap();
+        let n = &cfg.network;
+        assert_eq!(n.mode, berth_agent::network::Mode::Vxlan, "{y}");
+        assert_eq!((n.cni_conf_dir.to_str(), n.peers_file.to_str(), n.state_dir.to_str()), (Some("/n"), Some("/run/x/peers.json"), Some("/run/x/cni")));
+        assert_eq!((n.cluster_cidr.as_deref(), n.underlay_device.as_deref(), n.bridge.as_str()), (Some("10.244.0.0/16"), Some("eth0"), "berth0"));
         let y = agent_yaml(&AgentSettings { bootstrap_kubeconfig: Some("/b.kubeconfig".into()), ..a });
         let cfg = berth_agent::config::AgentConfig::parse(&y).unwrap();
         assert_eq!(cfg.bootstrap_paths().unwrap(), Some((std::path::Path::new("/b.kubeconfig"), std::path::Path::new("/k"))), "{y}");

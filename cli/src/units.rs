@@ -9,7 +9,6 @@ pub struct UnitSettings {
     pub node_name: String,
     pub listen: String,
     pub cluster_cidr: String,
-    pub network: &'static str,
     pub registry: String,
 }
 
@@ -50,8 +49,8 @@ fn shim() -> String {
 }
 
 /// The agent needs the shim (Requires + After). On a control-plane host it first makes its own
-/// node credential from the local CA; after it starts, `berth network` writes the CNI conflist
-/// for the podCIDR the control plane gave the node.
+/// node credential from the local CA. The agent itself writes the CNI conflist for the podCIDR
+/// the control plane gives the node (its `network` section).
 fn agent(s: &UnitSettings) -> String {
     let (after, pre) = match s.control {
         true => (
@@ -61,8 +60,7 @@ fn agent(s: &UnitSettings) -> String {
         false => ("", String::new()),
     };
     format!(
-        "[Unit]\nDescription=Berth node agent (kubelet)\nAfter=berth-shim.service{after}\nRequires=berth-shim.service\n\n[Service]\n{pre}ExecStart={BIN}/berth-agent --config {ETC}/agent.yaml\nExecStartPost={BIN}/berth network --kubeconfig {ETC}/agent.kubeconfig --network {} --cluster-cidr {} --out /etc/cni/net.d/10-berth.conflist\nRestart=always\nRestartSec=2\nDelegate=yes\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n",
-        s.network, s.cluster_cidr
+        "[Unit]\nDescription=Berth node agent (kubelet)\nAfter=berth-shim.service{after}\nRequires=berth-shim.service\n\n[Service]\n{pre}ExecStart={BIN}/berth-agent --config {ETC}/agent.yaml\nRestart=always\nRestartSec=2\nDelegate=yes\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n",
     )
 }
 
@@ -81,7 +79,7 @@ mod tests {
     use super::*;
 
     fn settings(control: bool) -> UnitSettings {
-        UnitSettings { control, node_name: "n1".into(), listen: "0.0.0.0:6443".into(), cluster_cidr: "10.244.0.0/16".into(), network: "bridge", registry: "127.0.0.1:5000".into() }
+        UnitSettings { control, node_name: "n1".into(), listen: "0.0.0.0:6443".into(), cluster_cidr: "10.244.0.0/16".into(), registry: "127.0.0.1:5000".into() }
     }
 
     fn unit(s: &UnitSettings, name: &str) -> String {
@@ -103,7 +101,7 @@ mod tests {
         assert_eq!(values(&u, "Requires"), ["berth-shim.service"]);
         assert!(values(&u, "After")[0].contains("berth-control.service"));
         assert!(values(&u, "ExecStartPre")[0].contains("node-kubeconfig"));
-        assert!(values(&u, "ExecStartPost")[0].contains("berth network"));
+        assert!(values(&u, "ExecStartPost").is_empty(), "the agent writes the conflist itself");
         let joined = unit(&settings(false), "berth-agent.service");
         assert!(values(&joined, "ExecStartPre").is_empty());
         assert!(!units(&settings(false)).iter().any(|(n, _)| n == "berth-control.service"));

@@ -1,6 +1,6 @@
 //! `berth up` and `berth join`: write a node's configuration, start the local image registry,
-//! berth-control (up only), berth-shim and berth-agent as children, give the node the pod
-//! network of the podCIDR the control plane allocated, wait until it is Ready, then stay in
+//! berth-control (up only), berth-shim and berth-agent as children (the agent keeps the pod
+//! network of the podCIDR the control plane allocated), wait until it is Ready, then stay in
 //! the foreground restarting what dies until SIGINT/SIGTERM (`berth down`), which stops
 //! everything and removes what the node made, keeping its data.
 
@@ -140,6 +140,16 @@ async fn start(o: &UpOptions, bins: &Binaries, node: &mut Node, started: Instant
         static_pod_path: layout.data.join("manifests"),
         cgroup_root: o.cgroup_root.clone(),
         node_ip: Some(node_ip),
+        network: render::AgentNetwork {
+            mode: o.network,
+            cni_conf_dir: layout.net_d(),
+            cni_bin_dir: bins.cni_dir.clone(),
+            peers_file: layout.peers_file(),
+            state_dir: layout.cni_state(),
+            cluster_cidr: o.cluster_cidr.clone(),
+            bridge: o.bridge.clone(),
+            underlay_device: o.underlay_device.clone(),
+        },
     };
     std::fs::write(layout.agent_yaml(), render::agent_yaml(&agent))?;
     let _ = std::fs::remove_file(layout.socket());
@@ -147,17 +157,11 @@ async fn start(o: &UpOptions, bins: &Binaries, node: &mut Node, started: Instant
     shim.start()?;
     node.daemons.push(shim);
     wait(node, o.timeout, "berth-shim's CRI socket", || async { layout.socket().exists() }).await?;
-    // The network first when the control plane allocates the podCIDR at once: the agent's
-    // first status is then Ready.
     let since = crate::api::unix_now();
-    let mut early = None;
     if !bootstrapping {
-        let client = crate::api::client(&layout.node_kubeconfig()).await?;
-        crate::api::preregister(&client, &name).await;
-        early = crate::api::wait_pod_cidr(&client, &name, Duration::from_secs(2), &node.stop).await.ok().flatten();
-    }
-    if let Some(cidr) = &early {
-        write_conflist(o, &layout, cidr)?;
+        // The Node first, so the control plane has allocated its podCIDR by the time the
+        // agent looks: the agent writes the conflist at once and its first status is Ready.
+        crate::api::preregister(&crate::api::client(&layout.node_kubeconfig()).await?, &name).await;
     }
     let mut agent_d = Daemon::new(&layout, "agent", &bins.agent, args(&[&"--config", &layout.agent_yaml()]));
     agent_d.start()?;
@@ -167,12 +171,9 @@ async fn start(o: &UpOptions, bins: &Binaries, node: &mut Node, started: Instant
         wait(node, o.timeout, what, || async { layout.node_kubeconfig().exists() }).await?;
     }
     let client = crate::api::client(&layout.node_kubeconfig()).await?;
-    let cidr = match early {
-        Some(c) => Some(c),
-        None => crate::api::wait_pod_cidr(&client, &name, Duration::from_secs(30), &node.stop).await?,
+    let Some(pod_cidr) = crate::api::wait_pod_cidr(&client, &name, Duration::from_secs(30), &node.stop).await? else {
+        bail!("the control plane gave node {name} no podCIDR within 30 s (berth-control allocates them from its --cluster-cidr; another control plane must allocate node CIDRs)");
     };
-    let pod_cidr = cidr.unwrap_or_else(|| default_subnet(&o.cluster_cidr));
-    write_conflist(o, &layout, &pod_cidr)?;
     wait(node, o.timeout, &format!("node {name} to be Ready"), || crate::api::node_ready(&client, &name, since)).await?;
     print_ready(o, &layout, &name, &pod_cidr, started.elapsed());
     Ok(())
@@ -251,29 +252,6 @@ fn server_url(listen: SocketAddr, node_ip: &str) -> String {
         true => format!("https://{node_ip}:{}", listen.port()),
         false => format!("https://{listen}"),
     }
-}
-
-/// The first /24 of the cluster CIDR, for a control plane that allocates no podCIDR.
-pub fn default_subnet(cluster_cidr: &str) -> String {
-    let base = cluster_cidr.split('/').next().unwrap_or("10.244.0.0");
-    format!("{base}/24")
-}
-
-fn write_conflist(o: &UpOptions, layout: &Layout, pod_cidr: &str) -> anyhow::Result<()> {
-    let net = render::NetSettings {
-        network: o.network,
-        pod_cidr: pod_cidr.to_string(),
-        cluster_cidr: o.cluster_cidr.clone(),
-        bridge: o.bridge.clone(),
-        state_dir: Some(layout.cni_state()),
-        underlay_device: o.underlay_device.clone(),
-        peers_file: Some(layout.peers_file()),
-    };
-    let bytes = serde_json::to_vec_pretty(&render::conflist(&net))?;
-    if std::fs::read(layout.conflist()).ok().as_deref() != Some(&bytes[..]) {
-        crate::image::write_atomic(&layout.conflist(), &bytes)?;
-    }
-    Ok(())
 }
 
 /// Polls `ok` every 200 ms; fails on timeout, on a stop request, or when a daemon exits.
@@ -381,10 +359,5 @@ mod tests {
     fn server_url_uses_the_node_ip_for_a_wildcard_listen() {
         assert_eq!(server_url("0.0.0.0:6443".parse().unwrap(), "10.0.0.5"), "https://10.0.0.5:6443");
         assert_eq!(server_url("127.0.0.1:6443".parse().unwrap(), "10.0.0.5"), "https://127.0.0.1:6443");
-    }
-
-    #[test]
-    fn default_subnet_is_the_first_24_of_the_cluster() {
-        assert_eq!(default_subnet("10.244.0.0/16"), "10.244.0.0/24");
     }
 }
