@@ -51,14 +51,7 @@ pub struct Attributes {
 
 /// kubelet's mapping of a request to the node subresource it is authorised on.
 pub fn attributes(method: &Method, path: &str) -> Attributes {
-    let verb = match *method {
-        Method::GET | Method::HEAD => "get",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE => "delete",
-        _ => "unknown",
-    };
+    let verb = berth_control::api::proxy::verb(method);
     let first = path.trim_start_matches('/').split('/').next().unwrap_or_default();
     let subresource = match first {
         "stats" => "stats",

@@ -48,7 +48,9 @@ pub fn match_path(path: &str) -> Option<Target> {
     }
 }
 
-fn verb(m: &Method) -> &'static str {
+/// The authorisation verb of a non-resource request's HTTP method, as kube-apiserver and
+/// kubelet map it (the agent authorises its API with this too).
+pub fn verb(m: &Method) -> &'static str {
     match *m {
         Method::GET | Method::HEAD => "get",
         Method::POST => "create",
