@@ -137,20 +137,62 @@ fn referenced(pod: &Pod) -> (HashSet<String>, HashSet<String>) {
     (cms, secrets)
 }
 
+/// The mount points of every cgroup hierarchy (v1 and v2) mounted here.
+fn cgroup_mountpoints() -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            post.starts_with("cgroup").then(|| pre.split(' ').nth(4).map(str::to_string)).flatten()
+        })
+        .collect()
+}
+
 /// Removes a pod's (now empty) cgroup directory from every cgroup hierarchy mounted here, as
 /// kubelet does: the runtime removes only the containers' own.
 fn remove_cgroup(path: &str) {
     if path.is_empty() {
         return;
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in mounts.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
-        if !post.starts_with("cgroup") {
-            continue;
+    for mountpoint in cgroup_mountpoints() {
+        let _ = std::fs::remove_dir(format!("{mountpoint}{path}"));
+    }
+}
+
+/// rmdir of `dir` and the cgroups below it, deepest first. A cgroup that still holds a process
+/// refuses (EBUSY), so this never removes anything in use.
+fn remove_cgroup_tree(dir: &std::path::Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
         }
-        if let Some(mountpoint) = pre.split(' ').nth(4) {
-            let _ = std::fs::remove_dir(format!("{mountpoint}{path}"));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// kubelet's pod cgroup GC: `pod<uid>` cgroups under `root` (and its burstable/besteffort
+/// directories), in every hierarchy, of pods that are neither in `keep` nor run here. A pod
+/// removed while this agent was down, or removed by the orphan sweep, leaves one behind.
+fn sweep_pod_cgroups(root: &str, keep: &HashSet<String>) {
+    sweep_pod_cgroups_in(&cgroup_mountpoints(), root, keep);
+}
+
+fn sweep_pod_cgroups_in(mountpoints: &[String], root: &str, keep: &HashSet<String>) {
+    let root = root.trim_end_matches('/');
+    if root.is_empty() {
+        return;
+    }
+    for mountpoint in mountpoints {
+        for qos in ["", "/burstable", "/besteffort"] {
+            let dir = std::path::PathBuf::from(format!("{mountpoint}{root}{qos}"));
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name();
+                let Some(uid) = name.to_str().and_then(|n| n.strip_prefix("pod")) else { continue };
+                if !keep.contains(uid) {
+                    remove_cgroup_tree(&e.path());
+                }
+            }
         }
     }
 }
@@ -299,7 +341,15 @@ impl<R: Runtime> Agent<R> {
                 tracing::warn!(error = %e, "updating the node status");
             }
             self.maybe_evict();
+            self.sweep_pod_cgroups(&HashSet::new());
         }
+    }
+
+    /// Pod cgroups of pods this agent does not run (nor `live` ones it is about to).
+    fn sweep_pod_cgroups(&self, live: &HashSet<String>) {
+        let mut keep: HashSet<String> = self.pods.lock().expect("pods").keys().cloned().collect();
+        keep.extend(live.iter().cloned());
+        sweep_pod_cgroups(&self.node_facts.cgroup_parent, &keep);
     }
 
     /// Under a hard eviction threshold, one pod at a time is evicted: BestEffort first, then
@@ -520,6 +570,7 @@ impl<R: Runtime> Agent<R> {
             ghost.metadata.uid = Some(uid.clone());
             let _ = volumes::cleanup(&self.cfg.root_dir, &ghost);
         }
+        self.sweep_pod_cgroups(live);
     }
 
     fn deliver(self: &Arc<Self>, pod: Pod) {
@@ -745,6 +796,7 @@ impl<R: Runtime> Agent<R> {
             }
         }
         self.pods.lock().expect("pods").remove(&uid);
+        self.sweep_pod_cgroups(&HashSet::new());
         self.tokens.forget(&uid);
         tracing::info!(pod = %uid, "pod worker done");
     }
@@ -802,5 +854,28 @@ impl<R: Runtime> Agent<R> {
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => tracing::warn!(pod = %name, error = %e, "confirming the deletion"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_cgroup_sweep_removes_only_unknown_idle_pods() {
+        let d = tempfile::tempdir().unwrap();
+        let mount = d.path().join("memory");
+        let pod = |rel: &str| mount.join("berth").join(rel);
+        for rel in ["podgone/ctr", "burstable/podgone2", "besteffort/podkept/ctr", "besteffort/podbusy/ctr", "besteffort/notapod"] {
+            std::fs::create_dir_all(pod(rel)).unwrap();
+        }
+        // A cgroup holding a process refuses rmdir; a file stands in for it here.
+        std::fs::write(pod("besteffort/podbusy/ctr/tasks"), "42").unwrap();
+        let keep: HashSet<String> = ["kept".to_string()].into();
+        sweep_pod_cgroups_in(&[mount.display().to_string()], "/berth/", &keep);
+        assert!(!pod("podgone").exists() && !pod("burstable/podgone2").exists(), "unknown idle pods are removed with their container cgroups");
+        assert!(pod("besteffort/podkept/ctr").exists(), "a pod this agent runs stays");
+        assert!(pod("besteffort/podbusy/ctr").exists(), "a cgroup in use stays");
+        assert!(pod("besteffort/notapod").exists() && pod("burstable").exists(), "QoS and other directories stay");
     }
 }
