@@ -137,16 +137,21 @@ fn referenced(pod: &Pod) -> (HashSet<String>, HashSet<String>) {
     (cms, secrets)
 }
 
-/// The mount points of every cgroup hierarchy (v1 and v2) mounted here.
-fn cgroup_mountpoints() -> Vec<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            post.starts_with("cgroup").then(|| pre.split(' ').nth(4).map(str::to_string)).flatten()
-        })
-        .collect()
+/// The mount points of every cgroup hierarchy (v1 and v2) mounted here, read once: they do
+/// not change under a running node (as berth-runtime's `Layout::cached`), while mountinfo grows
+/// with every pod and is read after each pod ends.
+fn cgroup_mountpoints() -> &'static [String] {
+    static MOUNTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    MOUNTS.get_or_init(|| {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        mounts
+            .lines()
+            .filter_map(|line| {
+                let (pre, post) = line.split_once(" - ")?;
+                post.starts_with("cgroup").then(|| pre.split(' ').nth(4).map(str::to_string)).flatten()
+            })
+            .collect()
+    })
 }
 
 /// Removes a pod's (now empty) cgroup directory from every cgroup hierarchy mounted here, as
@@ -175,7 +180,7 @@ fn remove_cgroup_tree(dir: &std::path::Path) {
 /// directories), in every hierarchy, of pods that are neither in `keep` nor run here. A pod
 /// removed while this agent was down, or removed by the orphan sweep, leaves one behind.
 fn sweep_pod_cgroups(root: &str, keep: &HashSet<String>) {
-    sweep_pod_cgroups_in(&cgroup_mountpoints(), root, keep);
+    sweep_pod_cgroups_in(cgroup_mountpoints(), root, keep);
 }
 
 fn sweep_pod_cgroups_in(mountpoints: &[String], root: &str, keep: &HashSet<String>) {
