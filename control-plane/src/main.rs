@@ -42,6 +42,9 @@ struct ServeArgs {
     cluster_cidr: String,
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
+    /// Services' ClusterIPs; the first is the `kubernetes` Service's.
+    #[arg(long, default_value = berth_control::api::registry::DEFAULT_SERVICE_RANGE)]
+    service_cluster_ip_range: String,
     /// A node whose Lease is older than this turns NotReady.
     #[arg(long, default_value = "40", value_parser = parse_secs)]
     node_monitor_grace_period: Duration,
@@ -106,7 +109,7 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         let opts = EtcdOptions { history: a.watch_history as u64, ..Default::default() };
         Arc::new(Etcd::connect(&a.etcd_servers, opts).await.context("connecting to etcd")?)
     };
-    let reg = Registry::new(store);
+    let reg = Registry::new(store).with_service_range(&a.service_cluster_ip_range).map_err(|e| anyhow::anyhow!("--service-cluster-ip-range {e}"))?;
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let nsr = resources::by_kind("Namespace");
         if reg.get_opt(nsr, None, ns).await?.is_none() {
@@ -123,6 +126,11 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
     let server_url = format!("https://{reach}");
     let kubeconfig = cli.data_dir.join("admin.kubeconfig");
     pki.write_admin_kubeconfig(&kubeconfig, &server_url)?;
+    let advertise = match addr.ip().is_unspecified() {
+        true => a.tls_san.iter().find_map(|s| s.parse::<std::net::IpAddr>().ok()).unwrap_or(reach.ip()),
+        false => addr.ip(),
+    };
+    berth_control::controllers::endpoints::ensure_kubernetes_service(&reg, advertise, addr.port()).await.context("the `kubernetes` Service")?;
     let tls = berth_control::server::tls_config(&pki)?;
     let api = Arc::new(Api {
         reg: reg.clone(),

@@ -393,10 +393,50 @@ fn bootstrap_token_join_gets_a_node_certificate(b: Backend) {
     assert!(c.json(&["get", "csr", "grab-admin"])["status"]["certificate"].is_null());
 }
 
+/// Services get ClusterIPs from the service range (the first is the API server's own
+/// `kubernetes` Service) and Endpoints that follow the Ready pods their selector matches.
+fn services_get_cluster_ips_and_endpoints_follow_ready_pods(b: Backend) {
+    let c = Cluster::on(b);
+    let node = c.node("n1");
+    node.register();
+    let _kubelet = Kubelet::start(node, |_| false);
+    assert_eq!(c.json(&["get", "svc", "kubernetes"])["spec"]["clusterIP"], "10.96.0.1");
+    let ep = c.json(&["get", "endpoints", "kubernetes"]);
+    assert_eq!(ep["subsets"][0]["ports"][0]["name"], "https", "{ep}");
+    assert!(!ep["subsets"][0]["addresses"][0]["ip"].as_str().unwrap_or_default().is_empty(), "{ep}");
+
+    c.apply(DEPLOY);
+    c.ok(&["expose", "deployment", "web", "--port", "8080", "--target-port", "80"]);
+    let ip = c.json(&["get", "svc", "web"])["spec"]["clusterIP"].as_str().unwrap_or_default().to_string();
+    assert!(ip.starts_with("10.96.") && ip != "10.96.0.1", "{ip}");
+    let ready = |c: &Cluster| c.json(&["get", "endpoints", "web"])["subsets"][0]["addresses"].as_array().map_or(0, Vec::len);
+    eventually(60, "3 ready endpoints", || (ready(&c) == 3).then_some(()));
+    let ep = c.json(&["get", "endpoints", "web"]);
+    assert_eq!(ep["subsets"][0]["ports"][0]["port"], 80, "{ep}");
+    assert_eq!(ep["subsets"][0]["addresses"][0]["targetRef"]["kind"], "Pod", "{ep}");
+
+    // An address in use, or outside the range, is a 422 naming the field.
+    for (name, bad, why) in [("dup", ip.as_str(), "already allocated"), ("far", "192.168.7.7", "not in the valid range")] {
+        let o = c.kubectl(&["create", "service", "clusterip", name, "--tcp=80:80", "--clusterip", bad]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains("spec.clusterIP") && err.contains(why), "{err}");
+    }
+    // The address is kept across updates and cannot be changed.
+    c.ok(&["label", "svc", "web", "team=a"]);
+    assert_eq!(c.json(&["get", "svc", "web"])["spec"]["clusterIP"], ip.as_str());
+    let o = c.kubectl(&["patch", "svc", "web", "--type=merge", "-p", r#"{"spec":{"clusterIP":"10.96.0.77"}}"#]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("immutable"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    c.ok(&["scale", "deployment", "web", "--replicas=0"]);
+    eventually(30, "no endpoints left", || (ready(&c) == 0).then_some(()));
+    c.ok(&["delete", "svc", "web"]);
+    eventually(30, "the Endpoints removed with the Service", || (!c.kubectl(&["get", "endpoints", "web"]).status.success()).then_some(()));
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),*) => {
         mod embedded { $(#[test] fn $name() { super::$name(super::Backend::Embedded) })* }
         mod etcd { $(#[test] fn $name() { super::$name(super::Backend::Etcd) })* }
     };
 }
-on_both_backends!(deployment_apply_scale_rollout_undo_describe_delete, get_watch_streams_changes, job_runs_to_completion, lease_expiry_turns_node_not_ready_and_evicts_pods, node_credentials_reach_only_their_own_pods_and_secrets, errors_are_kubernetes_status_codes, kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume, imperative_create_with_protobuf_bodies, daemonset_runs_one_pod_per_eligible_node, bootstrap_token_join_gets_a_node_certificate);
+on_both_backends!(deployment_apply_scale_rollout_undo_describe_delete, get_watch_streams_changes, job_runs_to_completion, lease_expiry_turns_node_not_ready_and_evicts_pods, node_credentials_reach_only_their_own_pods_and_secrets, errors_are_kubernetes_status_codes, kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume, imperative_create_with_protobuf_bodies, daemonset_runs_one_pod_per_eligible_node, bootstrap_token_join_gets_a_node_certificate, services_get_cluster_ips_and_endpoints_follow_ready_pods);

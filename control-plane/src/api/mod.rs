@@ -11,6 +11,7 @@ pub mod rbac;
 pub mod registry;
 pub mod resources;
 pub mod selector;
+pub mod service_ips;
 pub mod status;
 pub mod table;
 pub mod tokenreview;

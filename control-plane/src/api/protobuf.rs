@@ -1,6 +1,6 @@
 //! Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`) for the kinds
-//! kubectl's typed clients send that way: ConfigMap, Secret, Namespace, ServiceAccount
-//! (`kubectl create configmap|secret|namespace|serviceaccount`) and CertificateSigningRequest
+//! kubectl's typed clients send that way: ConfigMap, Secret, Namespace, ServiceAccount, Service
+//! (`kubectl create configmap|secret|namespace|serviceaccount|service`) and CertificateSigningRequest
 //! (`kubectl certificate approve|deny`), TokenRequest (`kubectl create token`) and
 //! SelfSubjectAccessReview (`kubectl auth can-i`). The envelope is the
 //! `k8s\0` magic then `runtime.Unknown`; the messages below carry just the fields those
@@ -88,6 +88,92 @@ struct ServiceAccount {
     metadata: Option<ObjectMeta>,
     #[prost(bool, optional, tag = "4")]
     automount_service_account_token: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct IntOrString {
+    #[prost(int64, optional, tag = "1")]
+    type_: Option<i64>,
+    #[prost(int32, optional, tag = "2")]
+    int_val: Option<i32>,
+    #[prost(string, optional, tag = "3")]
+    str_val: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ServicePort {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    protocol: Option<String>,
+    #[prost(int32, optional, tag = "3")]
+    port: Option<i32>,
+    #[prost(message, optional, tag = "4")]
+    target_port: Option<IntOrString>,
+    #[prost(int32, optional, tag = "5")]
+    node_port: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ServiceSpec {
+    #[prost(message, repeated, tag = "1")]
+    ports: Vec<ServicePort>,
+    #[prost(map = "string, string", tag = "2")]
+    selector: HashMap<String, String>,
+    #[prost(string, optional, tag = "3")]
+    cluster_ip: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    type_: Option<String>,
+    #[prost(string, optional, tag = "10")]
+    external_name: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Service {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<ServiceSpec>,
+}
+
+fn service_json(m: Service) -> Map<String, Value> {
+    let mut o = with_meta(m.metadata);
+    let s = m.spec.unwrap_or_default();
+    let mut spec = Map::new();
+    let ports: Vec<Value> = s
+        .ports
+        .into_iter()
+        .map(|p| {
+            let mut v = Map::new();
+            for (k, x) in [("name", p.name), ("protocol", p.protocol)] {
+                if let Some(x) = x.filter(|x| !x.is_empty()) {
+                    v.insert(k.into(), json!(x));
+                }
+            }
+            for (k, x) in [("port", p.port), ("nodePort", p.node_port)] {
+                if let Some(x) = x.filter(|x| *x != 0) {
+                    v.insert(k.into(), json!(x));
+                }
+            }
+            match p.target_port {
+                Some(IntOrString { type_: Some(1), str_val: Some(s), .. }) => v.insert("targetPort".into(), json!(s)),
+                Some(IntOrString { int_val: Some(n), .. }) if n != 0 => v.insert("targetPort".into(), json!(n)),
+                _ => None,
+            };
+            Value::Object(v)
+        })
+        .collect();
+    if !ports.is_empty() {
+        spec.insert("ports".into(), json!(ports));
+    }
+    put_map(&mut spec, "selector", s.selector.into_iter().map(|(k, v)| (k, json!(v))));
+    for (k, x) in [("clusterIP", s.cluster_ip), ("type", s.type_), ("externalName", s.external_name)] {
+        if let Some(x) = x.filter(|x| !x.is_empty()) {
+            spec.insert(k.into(), json!(x));
+        }
+    }
+    o.insert("spec".into(), Value::Object(spec));
+    o
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -305,10 +391,11 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             }
             o
         }
+        ("v1", "Service") => service_json(Service::decode(raw).map_err(bad)?),
         ("certificates.k8s.io/v1", "CertificateSigningRequest") => csr_json(Csr::decode(raw).map_err(bad)?),
         ("authentication.k8s.io/v1", "TokenRequest") => token_request_json(TokenRequest::decode(raw).map_err(bad)?),
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => ssar_json(SelfSubjectAccessReview::decode(raw).map_err(bad)?),
-        (v, k) => return Err(format!("protobuf bodies are decoded for v1 ConfigMap, Secret, Namespace, ServiceAccount, CertificateSigningRequest, TokenRequest and SelfSubjectAccessReview only (got {v} {k}); send JSON")),
+        (v, k) => return Err(format!("protobuf bodies are decoded for v1 ConfigMap, Secret, Namespace, ServiceAccount, Service, CertificateSigningRequest, TokenRequest and SelfSubjectAccessReview only (got {v} {k}); send JSON")),
     };
     obj.insert("apiVersion".into(), json!(tm.api_version));
     obj.insert("kind".into(), json!(tm.kind));
@@ -351,6 +438,23 @@ mod tests {
     fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
         let u = Unknown { type_meta: Some(TypeMeta { api_version: "v1".into(), kind: kind.into() }), raw };
         [MAGIC.to_vec(), u.encode_to_vec()].concat()
+    }
+
+    #[test]
+    fn service_ports_and_target_ports_to_json() {
+        let port = |name: &str, n: i32, target: IntOrString| ServicePort { name: Some(name.into()), protocol: Some("TCP".into()), port: Some(n), target_port: Some(target), node_port: None };
+        let svc = Service {
+            metadata: Some(ObjectMeta { name: "web".into(), ..Default::default() }),
+            spec: Some(ServiceSpec {
+                ports: vec![port("a", 80, IntOrString { type_: Some(0), int_val: Some(8080), str_val: None }), port("b", 81, IntOrString { type_: Some(1), int_val: None, str_val: Some("http".into()) })],
+                selector: [("app".to_string(), "web".to_string())].into(),
+                cluster_ip: Some("10.96.0.9".into()),
+                type_: Some("ClusterIP".into()),
+                external_name: None,
+            }),
+        };
+        let v = decode(&envelope("Service", svc.encode_to_vec())).unwrap();
+        assert_eq!(v["spec"], json!({"ports": [{"name": "a", "protocol": "TCP", "port": 80, "targetPort": 8080}, {"name": "b", "protocol": "TCP", "port": 81, "targetPort": "http"}], "selector": {"app": "web"}, "clusterIP": "10.96.0.9", "type": "ClusterIP"}));
     }
 
     #[test]

@@ -11,14 +11,20 @@ use super::kinds;
 use super::patch::{self, PatchType};
 use super::resources::{self, ResourceDef};
 use super::selector::{FieldSelector, LabelSelector};
+use super::service_ips::{self, ServiceIps};
 use super::status::ApiError;
 use crate::store::{KeyValue, ListOptions, Rev, Store, StoreError};
+
+/// kube-apiserver's default `--service-cluster-ip-range`.
+pub const DEFAULT_SERVICE_RANGE: &str = "10.96.0.0/12";
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
 #[derive(Clone)]
 pub struct Registry {
     pub store: Arc<dyn Store>,
+    /// ClusterIPs of Services.
+    pub service_ips: Arc<ServiceIps>,
 }
 
 /// How a write treats fields the type does not know.
@@ -114,7 +120,13 @@ fn parse_continue(tok: &str) -> ApiResult<(Rev, String)> {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Registry { store }
+        Registry { store, service_ips: Arc::new(ServiceIps::parse(DEFAULT_SERVICE_RANGE).expect("the default range parses")) }
+    }
+
+    /// Services get their ClusterIPs from `cidr`.
+    pub fn with_service_range(mut self, cidr: &str) -> Result<Self, String> {
+        self.service_ips = Arc::new(ServiceIps::parse(cidr)?);
+        Ok(self)
     }
 
     pub async fn get(&self, r: &ResourceDef, ns: Option<&str>, name: &str) -> ApiResult<Value> {
@@ -243,6 +255,16 @@ impl Registry {
             self.check_namespace(ns.unwrap_or_default()).await?;
         }
         let name = meta_str(&obj, "name").to_string();
+        // Held until the Service is stored, so two creates never pick the same address.
+        let _allocating = match r.kind {
+            "Service" => {
+                let guard = self.service_ips.lock.lock().await;
+                let used = service_ips::in_use(&self.list_all(r, None, None).await?);
+                self.service_ips.assign(&mut obj, &used).map_err(|c| ApiError::invalid(r.kind, r.group, &name, vec![c]))?;
+                Some(guard)
+            }
+            _ => None,
+        };
         match self.store.create(&r.key(ns, &name), encode(&obj)).await {
             Ok(rev) => {
                 obj["metadata"]["resourceVersion"] = json!(rev.to_string());
@@ -362,7 +384,10 @@ impl Registry {
             let g = cur["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             new["metadata"]["generation"] = json!(g);
         }
-        let causes = kinds::validate(r.kind, &new, Some(&cur));
+        let mut causes = kinds::validate(r.kind, &new, Some(&cur));
+        if r.kind == "Service" {
+            causes.extend(service_ips::keep_on_update(&mut new, &cur));
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(r.kind, r.group, name, causes));
         }

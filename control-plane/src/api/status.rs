@@ -15,6 +15,7 @@ pub struct ApiError {
 }
 
 /// One field problem in a 422 Invalid.
+#[derive(Debug)]
 pub struct Cause {
     pub field: String,
     pub kind: &'static str,

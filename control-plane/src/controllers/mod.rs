@@ -4,6 +4,7 @@
 pub mod csr;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod node_lifecycle;
@@ -299,6 +300,7 @@ pub fn start_all(reg: &Registry, s: &Settings, pki: Arc<crate::pki::Pki>) {
     let _ = spawn(reg.clone(), Arc::new(deployment::Deployments { reg: reg.clone() }));
     let _ = spawn(reg.clone(), Arc::new(job::Jobs { reg: reg.clone() }));
     let _ = spawn(reg.clone(), Arc::new(daemonset::DaemonSets { reg: reg.clone() }));
+    let _ = spawn(reg.clone(), Arc::new(endpoints::Endpoints { reg: reg.clone() }));
     let sched = Arc::new(scheduler::Scheduler::new(reg.clone()));
     let kick = spawn(reg.clone(), sched.clone());
     sched.cache.start(reg.clone(), kick, scheduler::PASS);
