@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::mountns::Tmpfs;
 use crate::netns::NetNs;
 use crate::registry::Registry;
 use crate::shim::{ShimOptions, ShimProcess};
@@ -35,6 +36,11 @@ pub struct Cluster {
     control: Option<Child>,
     agent: Option<Child>,
     agent_args: Vec<String>,
+    /// The agent's cgroupRoot, removed on drop.
+    cgroup_root: String,
+    /// The runtimes' run directories, on tmpfs as under a node's /run (after `shim`, so
+    /// unmounted once the runtimes have stopped).
+    _run_tmpfs: Vec<Tmpfs>,
     _tmp: tempfile::TempDir,
 }
 
@@ -62,6 +68,7 @@ impl Cluster {
         let registry = Registry::start(&ns, &dir.join("reg"), port)?;
         registry.push_busybox(&ns, "library/busybox:1.36", &["sh"])?;
         let shim_dir = dir.join("s");
+        let mut run_tmpfs = vec![Tmpfs::mount(&shim_dir.join("run"))?];
         ShimProcess::configure(&shim_dir, &ShimOptions { name, registry: &registry.addr, subnet, with_cni: true })?;
         // Berth's own CNI plugins, as a Berth node runs them (for containerd too, so both
         // runtimes get the same network).
@@ -80,6 +87,7 @@ impl Cluster {
             Runtime::BerthShim => (None, shim.socket.clone()),
             Runtime::Containerd => {
                 registry.push_pause(&ns, "library/pause:3.9", &crate::bin_path("berth-pause")?)?;
+                run_tmpfs.push(Tmpfs::mount(&dir.join("c/state"))?);
                 let conflist = berth_conflist(name, subnet, &dir.join("c/cni-state")).to_string();
                 let (child, sock) = crate::containerd::start(&ns, &dir.join("c"), &conflist, &cni_bin, &format!("{}/library/pause:3.9", registry.addr), &registry.addr)?;
                 (Some(child), sock)
@@ -113,7 +121,7 @@ impl Cluster {
         );
         std::fs::write(dir.join("agent.yaml"), agent_config + agent_yaml)?;
         let agent_args = vec!["--config".to_string(), dir.join("agent.yaml").display().to_string(), "--log-level".into(), "debug".into()];
-        let mut cluster = Cluster { ns, registry, shim, cri_socket, containerd, dir, kubeconfig, node, image: "busybox:1.36".into(), control: Some(control), agent: None, agent_args, _tmp: tmp };
+        let mut cluster = Cluster { ns, registry, shim, cri_socket, containerd, dir, kubeconfig, node, image: "busybox:1.36".into(), control: Some(control), agent: None, agent_args, cgroup_root, _run_tmpfs: run_tmpfs, _tmp: tmp };
         cluster.start_agent()?;
         cluster.wait_for(Duration::from_secs(30), "the node to be Ready", |c| {
             c.kubectl(&["get", "node", &c.node, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"]).map(|o| o == "True").unwrap_or(false)
@@ -276,5 +284,6 @@ impl Drop for Cluster {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let _ = child.wait();
         }
+        crate::remove_cgroup_tree(&self.cgroup_root);
     }
 }

@@ -53,3 +53,32 @@ pub fn detach_cgroup2_unified() -> Result<bool, MountNsError> {
         _ => Err(MountNsError::Detach(err)),
     }
 }
+
+/// A tmpfs mounted on a test directory, lazily unmounted when dropped. A node keeps its
+/// runtimes' run directories (`/run/berth`, `/run/containerd`) on the tmpfs systemd mounts on
+/// /run; the harness gives its runtimes the same, wherever its temp dir lives.
+#[derive(Debug)]
+pub struct Tmpfs(std::ffi::CString);
+
+impl Tmpfs {
+    /// Creates `dir` if needed and mounts a private tmpfs (mode 0700) on it.
+    pub fn mount(dir: &std::path::Path) -> io::Result<Tmpfs> {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::create_dir_all(dir)?;
+        let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: valid NUL-terminated strings; tmpfs takes no source.
+        let rc = unsafe { libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, c"mode=0700".as_ptr().cast()) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("mounting a tmpfs on {}: {e}", dir.display())));
+        }
+        Ok(Tmpfs(target))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // SAFETY: a valid path; MNT_DETACH also takes the mounts a runtime left below it.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}

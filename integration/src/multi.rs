@@ -219,6 +219,12 @@ impl Drop for Multi {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(self.dir.join("unused"));
+        for h in &self.hosts {
+            let config = std::fs::read_to_string(h.dir.join("agent.yaml")).unwrap_or_default();
+            if let Some(root) = config.lines().find_map(|l| l.strip_prefix("cgroupRoot: ")) {
+                crate::remove_cgroup_tree(root);
+            }
+        }
     }
 }
 

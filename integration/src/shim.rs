@@ -67,7 +67,12 @@ impl ShimProcess {
             dir: dir.to_path_buf(),
             socket: dir.join("cri.sock"),
             child: None,
-            cgroup_parent: String::new(),
+            // As `configure` wrote it, for the clean-up on drop.
+            cgroup_parent: std::fs::read_to_string(dir.join("shim.toml"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| Some(l.strip_prefix("cgroup_parent = \"")?.strip_suffix('"')?.to_string()))
+                .unwrap_or_default(),
             netns: ns.name.clone(),
             crash_at: None,
         };
@@ -149,5 +154,6 @@ impl Drop for ShimProcess {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
         }
+        crate::remove_cgroup_tree(&self.cgroup_parent);
     }
 }
