@@ -94,8 +94,10 @@ pub struct Container {
 #[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
-    sandboxes: Arc<RwLock<HashMap<String, Sandbox>>>,
-    containers: Arc<RwLock<HashMap<String, Container>>>,
+    // Entries are shared: a list copies pointers, not every config (each pod's worker lists
+    // its pod's sandboxes and containers, so copying all of them made a burst quadratic).
+    sandboxes: Arc<RwLock<HashMap<String, Arc<Sandbox>>>>,
+    containers: Arc<RwLock<HashMap<String, Arc<Container>>>>,
 }
 
 const RECORD: &str = "record.json";
@@ -107,10 +109,10 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let store = Store { dir: dir.to_path_buf(), sandboxes: Default::default(), containers: Default::default() };
         for (id, record, config) in load_all::<SandboxRecord, cri::PodSandboxConfig>(&dir.join("sandboxes"))? {
-            store.sandboxes.write().expect("lock").insert(id, Sandbox { record, config });
+            store.sandboxes.write().expect("lock").insert(id, Arc::new(Sandbox { record, config }));
         }
         for (id, record, config) in load_all::<ContainerRecord, cri::ContainerConfig>(&dir.join("containers"))? {
-            store.containers.write().expect("lock").insert(id, Container { record, config });
+            store.containers.write().expect("lock").insert(id, Arc::new(Container { record, config }));
         }
         Ok(store)
     }
@@ -125,7 +127,7 @@ impl Store {
     pub fn put_sandbox(&self, sb: Sandbox) -> Result<(), StoreError> {
         let dir = self.sandbox_dir(&sb.record.id);
         persist(&dir, &sb.record, Some(&sb.config.encode_to_vec()))?;
-        self.sandboxes.write().expect("lock").insert(sb.record.id.clone(), sb);
+        self.sandboxes.write().expect("lock").insert(sb.record.id.clone(), Arc::new(sb));
         Ok(())
     }
 
@@ -134,7 +136,7 @@ impl Store {
         let Some(mut sb) = self.sandbox(id) else { return Ok(None) };
         f(&mut sb.record);
         persist(&self.sandbox_dir(id), &sb.record, None)?;
-        self.sandboxes.write().expect("lock").insert(id.to_string(), sb.clone());
+        self.sandboxes.write().expect("lock").insert(id.to_string(), Arc::new(sb.clone()));
         Ok(Some(sb))
     }
 
@@ -145,16 +147,16 @@ impl Store {
     }
 
     pub fn sandbox(&self, id: &str) -> Option<Sandbox> {
-        self.sandboxes.read().expect("lock").get(id).cloned()
+        self.sandboxes.read().expect("lock").get(id).map(|s| Sandbox::clone(s))
     }
 
-    pub fn sandboxes(&self) -> Vec<Sandbox> {
+    pub fn sandboxes(&self) -> Vec<Arc<Sandbox>> {
         self.sandboxes.read().expect("lock").values().cloned().collect()
     }
 
     pub fn put_container(&self, c: Container) -> Result<(), StoreError> {
         persist(&self.container_dir(&c.record.id), &c.record, Some(&c.config.encode_to_vec()))?;
-        self.containers.write().expect("lock").insert(c.record.id.clone(), c);
+        self.containers.write().expect("lock").insert(c.record.id.clone(), Arc::new(c));
         Ok(())
     }
 
@@ -162,7 +164,7 @@ impl Store {
         let Some(mut c) = self.container(id) else { return Ok(None) };
         f(&mut c.record);
         persist(&self.container_dir(id), &c.record, None)?;
-        self.containers.write().expect("lock").insert(id.to_string(), c.clone());
+        self.containers.write().expect("lock").insert(id.to_string(), Arc::new(c.clone()));
         Ok(Some(c))
     }
 
@@ -173,10 +175,10 @@ impl Store {
     }
 
     pub fn container(&self, id: &str) -> Option<Container> {
-        self.containers.read().expect("lock").get(id).cloned()
+        self.containers.read().expect("lock").get(id).map(|c| Container::clone(c))
     }
 
-    pub fn containers(&self) -> Vec<Container> {
+    pub fn containers(&self) -> Vec<Arc<Container>> {
         self.containers.read().expect("lock").values().cloned().collect()
     }
 
