@@ -282,6 +282,19 @@ fn imperative_create_with_protobuf_bodies(b: Backend) {
     assert_eq!((s["data"]["password"].as_str(), s["type"].as_str()), (Some("czNjcmV0"), Some("Opaque")));
     assert!(c.ok(&["get", "ns", "team"]).contains("Active"));
     assert_eq!(c.json(&["-n", "team", "get", "sa", "robot"])["metadata"]["name"], "robot");
+
+    // Deployments and Jobs, whose pod templates come as protobuf too.
+    c.ok(&["-n", "team", "create", "deployment", "web", "--image=busybox:1.36", "--replicas=2", "--port=8080", "--", "sleep", "3600"]);
+    let d = c.json(&["-n", "team", "get", "deployment", "web"]);
+    assert_eq!((d["spec"]["replicas"].as_i64(), d["spec"]["selector"]["matchLabels"]["app"].as_str()), (Some(2), Some("web")), "{d}");
+    let ctr = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!((ctr["name"].as_str(), ctr["image"].as_str(), ctr["ports"][0]["containerPort"].as_i64()), (Some("busybox"), Some("busybox:1.36"), Some(8080)), "{d}");
+    assert_eq!(ctr["command"], serde_json::json!(["sleep", "3600"]), "{d}");
+    assert_eq!(d["spec"]["template"]["metadata"]["labels"]["app"], "web", "{d}");
+    c.ok(&["-n", "team", "create", "job", "once", "--image=busybox:1.36", "--", "true"]);
+    let j = c.json(&["-n", "team", "get", "job", "once"]);
+    assert_eq!(j["spec"]["template"]["spec"]["restartPolicy"], "Never", "{j}");
+    assert_eq!(j["spec"]["template"]["spec"]["containers"][0]["command"], serde_json::json!(["true"]), "{j}");
 }
 
 const DAEMONSET: &str = r#"
