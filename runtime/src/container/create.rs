@@ -81,7 +81,7 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<Created, ContainerError> {
     if process.selinux_label().as_ref().is_some_and(|p| !p.is_empty()) {
         tracing::warn!("process.selinuxLabel is ignored: this host has no SELinux support in berth-runtime");
     }
-    let filter = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(seccomp::compile).transpose()?;
+    let filter = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(seccomp::compile_cached).transpose()?;
     let rootfs = spec::rootfs(&spec, &bundle);
 
     let dir = opts.root.create_dir(opts.id)?;

@@ -30,7 +30,7 @@ pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
         return Err(ContainerError::Invalid("a terminal needs --console-socket".into()));
     }
     let config = &c.record.config;
-    let filter = config.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(seccomp::compile).transpose()?;
+    let filter = config.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(seccomp::compile_cached).transpose()?;
     // Every namespace the container has (created or joined), through its init's /proc entry.
     let paths: Vec<(LinuxNamespaceType, std::path::PathBuf)> = spec::namespaces(config)
         .iter()

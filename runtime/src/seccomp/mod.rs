@@ -107,6 +107,26 @@ impl std::fmt::Debug for Filter {
     }
 }
 
+/// [`compile`], remembering the last few profiles of this process. A pod's monitor compiles
+/// for its infra and app containers and for every exec (an exec probe each second), nearly
+/// always the same RuntimeDefault profile: comparing it with a remembered one is far cheaper
+/// than planning and generating the program again.
+pub fn compile_cached(spec: &oci_spec::runtime::LinuxSeccomp) -> Result<Filter, SeccompError> {
+    use std::sync::Mutex;
+    const KEEP: usize = 4;
+    static CACHE: Mutex<Vec<(oci_spec::runtime::LinuxSeccomp, Filter)>> = Mutex::new(Vec::new());
+    if let Some((_, f)) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(p, _)| p == spec) {
+        return Ok(f.clone());
+    }
+    let filter = compile(spec)?;
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() == KEEP {
+        cache.remove(0);
+    }
+    cache.push((spec.clone(), filter.clone()));
+    Ok(filter)
+}
+
 /// Validates an OCI `linux.seccomp` profile and compiles it to a BPF program.
 pub fn compile(spec: &oci_spec::runtime::LinuxSeccomp) -> Result<Filter, SeccompError> {
     let plan = plan::plan(spec)?;
@@ -149,3 +169,4 @@ pub fn install(filter: &Filter) -> Result<Option<OwnedFd>, SeccompError> {
     // SAFETY: with SECCOMP_FILTER_FLAG_NEW_LISTENER the kernel returns a new descriptor we now own.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
+

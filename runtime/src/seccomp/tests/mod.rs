@@ -2,6 +2,7 @@
 //! plus installs into forked children with no_new_privs.
 
 mod actions;
+mod cache;
 mod arch;
 mod args;
 mod install;
