@@ -165,6 +165,19 @@ fn remove_cgroup(path: &str) {
     }
 }
 
+/// The cgroup `path` (e.g. `/kubepods`) and the cgroups below it, deepest first, removed from
+/// every hierarchy mounted here; cgroups still in use stay (see [`remove_cgroup_tree`]). An
+/// empty path (the hierarchies' roots) removes nothing.
+pub fn remove_cgroup_everywhere(path: &str) {
+    let path = path.trim_matches('/');
+    if path.is_empty() {
+        return;
+    }
+    for mountpoint in cgroup_mountpoints() {
+        remove_cgroup_tree(&std::path::Path::new(mountpoint).join(path));
+    }
+}
+
 /// rmdir of `dir` and the cgroups below it, deepest first. A cgroup that still holds a process
 /// refuses (EBUSY), so this never removes anything in use.
 fn remove_cgroup_tree(dir: &std::path::Path) {

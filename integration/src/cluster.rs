@@ -284,6 +284,6 @@ impl Drop for Cluster {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let _ = child.wait();
         }
-        crate::remove_cgroup_tree(&self.cgroup_root);
+        berth_agent::agent::remove_cgroup_everywhere(&self.cgroup_root);
     }
 }

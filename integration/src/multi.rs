@@ -222,7 +222,7 @@ impl Drop for Multi {
         for h in &self.hosts {
             let config = std::fs::read_to_string(h.dir.join("agent.yaml")).unwrap_or_default();
             if let Some(root) = config.lines().find_map(|l| l.strip_prefix("cgroupRoot: ")) {
-                crate::remove_cgroup_tree(root);
+                berth_agent::agent::remove_cgroup_everywhere(root);
             }
         }
     }

@@ -154,6 +154,6 @@ impl Drop for ShimProcess {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
         }
-        crate::remove_cgroup_tree(&self.cgroup_parent);
+        berth_agent::agent::remove_cgroup_everywhere(&self.cgroup_parent);
     }
 }
