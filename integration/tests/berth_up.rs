@@ -278,7 +278,7 @@ fn berth_join_with_a_token_adds_a_ready_node_reachable_over_vxlan() -> anyhow::R
     wait_for(Duration::from_secs(90), "both pods to run", || all_running(&a, &kc, 2)).with_context(|| phases(&a, &kc))?;
     let server_ip = kubectl(&a, &kc, &["get", "pod", "server", "-o", "jsonpath={.status.podIP}"])?;
     let client_ip = kubectl(&a, &kc, &["get", "pod", "client", "-o", "jsonpath={.status.podIP}"])?;
-    assert_ne!(server_ip.rsplitn(2, '.').nth(1), client_ip.rsplitn(2, '.').nth(1), "the pods are on the two nodes' subnets: {server_ip} {client_ip}");
+    assert_ne!(server_ip.rsplit_once('.').map(|x| x.0), client_ip.rsplit_once('.').map(|x| x.0), "the pods are on the two nodes' subnets: {server_ip} {client_ip}");
     let mut last = String::new();
     let answered = wait_for(Duration::from_secs(30), "the pod on the joined node to answer across the overlay", || {
         // nc, not wget: Debian's static busybox wget segfaults in a root without /etc files.

@@ -25,9 +25,12 @@ pub struct Endpoints {
 /// A key meaning "every Service of this namespace" (a pod changed).
 const ALL: &str = "*";
 
-/// The Service's ports as one pod serves them: (name, port, protocol), or None when a named
-/// target port is not among the pod's container ports.
-fn resolve_ports(svc: &Value, pod: &Value) -> Option<Vec<(String, i64, String)>> {
+/// A Service's ports as one pod serves them: (name, port, protocol).
+type Ports = Vec<(String, i64, String)>;
+
+/// The Service's ports as `pod` serves them, or None when a named target port is not among the
+/// pod's container ports.
+fn resolve_ports(svc: &Value, pod: &Value) -> Option<Ports> {
     let mut out = Vec::new();
     for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
         let proto = p["protocol"].as_str().unwrap_or("TCP").to_string();
@@ -52,7 +55,7 @@ fn resolve_ports(svc: &Value, pod: &Value) -> Option<Vec<(String, i64, String)>>
 
 /// The subsets of a Service's Endpoints from the pods it selects.
 pub fn subsets(svc: &Value, pods: &[Value]) -> Vec<Value> {
-    let mut groups: BTreeMap<Vec<(String, i64, String)>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let mut groups: BTreeMap<Ports, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
     let mut pods: Vec<&Value> = pods.iter().filter(|p| pod_active(p) && !p["status"]["podIP"].as_str().unwrap_or_default().is_empty()).collect();
     // A stable order, so an unchanged set of pods never rewrites the Endpoints.
     pods.sort_by_key(|p| (p["status"]["podIP"].as_str().unwrap_or_default().to_string(), meta_str(p, "name").to_string()));

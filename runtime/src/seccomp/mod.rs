@@ -169,4 +169,3 @@ pub fn install(filter: &Filter) -> Result<Option<OwnedFd>, SeccompError> {
     // SAFETY: with SECCOMP_FILTER_FLAG_NEW_LISTENER the kernel returns a new descriptor we now own.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
-
