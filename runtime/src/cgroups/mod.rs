@@ -211,8 +211,16 @@ impl Cgroup {
         if wanted.is_empty() {
             return Ok(());
         }
-        let mut dir = h.mountpoint.clone();
         let components: Vec<&str> = self.path.split('/').filter(|c| !c.is_empty()).collect();
+        // A controller is enabled in a cgroup's subtree_control only if it is in its parent's:
+        // when the leaf's parent has them all (every container of a pod after the first),
+        // so do all the ancestors.
+        let parent = components[..components.len().saturating_sub(1)].iter().fold(h.mountpoint.clone(), |d, c| d.join(c));
+        let has_all = |text: &str| wanted.iter().all(|c| text.split_whitespace().any(|e| e == c.as_str()));
+        if std::fs::read_to_string(parent.join("cgroup.subtree_control")).is_ok_and(|t| has_all(&t)) {
+            return Ok(());
+        }
+        let mut dir = h.mountpoint.clone();
         for (i, comp) in components.iter().enumerate() {
             let control = dir.join("cgroup.subtree_control");
             let enabled = std::fs::read_to_string(&control).unwrap_or_default();
@@ -238,10 +246,16 @@ impl Cgroup {
             }
         }
         let mut retry = Vec::new();
+        // Consecutive writes to one file (the device rules, one per write) share an open.
+        let mut open: Option<(PathBuf, std::fs::File)> = None;
         for w in &writes {
             let Some(dir) = self.target_dir(w.controller)? else { continue };
             let path = dir.join(&w.file);
-            match write_file(&path, &w.value) {
+            let reused = match open.take() {
+                Some((p, f)) if p == path => Some(f),
+                _ => None,
+            };
+            match write_via(reused, &path, &w.value).map(|f| open = Some((path.clone(), f))) {
                 // v1 memory and swap limits must be written in an order that depends on the
                 // current values: retry what the kernel refused once the rest is in place.
                 Err(CgroupError::Write { ref source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => retry.push(path),
@@ -394,30 +408,42 @@ impl Cgroup {
 
 /// A new v1 cpuset cgroup has empty cpus/mems and refuses tasks: copy them down from the parent.
 fn seed_cpuset(root: &Path, leaf: &Path) -> Result<(), CgroupError> {
-    let rel = leaf.strip_prefix(root).unwrap_or(leaf);
-    let mut parent = root.to_path_buf();
-    for comp in rel.components() {
-        let dir = parent.join(comp);
-        for file in ["cpuset.cpus", "cpuset.mems"] {
-            let current = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-            if current.trim().is_empty() {
-                let from = std::fs::read_to_string(parent.join(file)).map_err(io_err("reading", &parent.join(file)))?;
-                write_file(&dir.join(file), from.trim())?;
-            }
-        }
-        parent = dir;
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        seeded(root, leaf, file)?;
     }
     Ok(())
 }
 
+/// `dir`'s value of `file`, copied down from the nearest ancestor that has one first if it is
+/// empty (a new v1 cpuset cgroup is, and refuses tasks until both files are set). Usually
+/// only the leaf is new: its parent answers and the walk stops there.
+fn seeded(root: &Path, dir: &Path, file: &str) -> Result<String, CgroupError> {
+    let current = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    let current = current.trim();
+    if !current.is_empty() || dir == root || !dir.starts_with(root) {
+        return Ok(current.to_string());
+    }
+    let Some(parent) = dir.parent() else { return Ok(String::new()) };
+    let value = seeded(root, parent, file)?;
+    write_file(&dir.join(file), &value)?;
+    Ok(value)
+}
+
 pub fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    write_via(None, path, value).map(drop)
+}
+
+/// Writes `value` to `path` in one write, through `file` if given (already open on `path`),
+/// and hands the file back for the next write to it.
+fn write_via(file: Option<std::fs::File>, path: &Path, value: &str) -> Result<std::fs::File, CgroupError> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().write(true).truncate(false).open(path).map_err(|source| CgroupError::Write {
-        path: path.into(),
-        value: value.into(),
-        source,
-    })?;
-    f.write_all(value.as_bytes()).map_err(|source| CgroupError::Write { path: path.into(), value: value.into(), source })
+    let err = |source| CgroupError::Write { path: path.into(), value: value.into(), source };
+    let mut f = match file {
+        Some(f) => f,
+        None => std::fs::OpenOptions::new().write(true).truncate(false).open(path).map_err(err)?,
+    };
+    f.write_all(value.as_bytes()).map_err(err)?;
+    Ok(f)
 }
 
 #[cfg(test)]
@@ -484,5 +510,22 @@ mod tests {
         assert!(cg.apply(&res).unwrap().is_empty());
         assert_eq!(std::fs::read_to_string(mem.join("berth/t1/memory.limit_in_bytes")).unwrap(), "1048576");
         assert_eq!(cg.binds().len(), 2);
+    }
+
+    #[test]
+    fn cpuset_seed_copies_from_the_nearest_set_ancestor() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let (pods, pod, leaf) = (root.join("pods"), root.join("pods/pod1"), root.join("pods/pod1/c1"));
+        std::fs::create_dir_all(&leaf).unwrap();
+        for (dir, cpus, mems) in [(root, "0-3\n", "0\n"), (&*pods, "1-2\n", "\n"), (&*pod, "\n", "\n"), (&*leaf, "", "")] {
+            std::fs::write(dir.join("cpuset.cpus"), cpus).unwrap();
+            std::fs::write(dir.join("cpuset.mems"), mems).unwrap();
+        }
+        seed_cpuset(root, &leaf).unwrap();
+        let read = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!((read(&leaf, "cpuset.cpus"), read(&pod, "cpuset.cpus")), ("1-2".into(), "1-2".into()), "cpus from the nearest set ancestor");
+        assert_eq!((read(&leaf, "cpuset.mems"), read(&pod, "cpuset.mems"), read(&pods, "cpuset.mems")), ("0".into(), "0".into(), "0".into()), "mems from the root");
+        assert_eq!(read(root, "cpuset.cpus"), "0-3\n", "a set ancestor is left alone");
     }
 }
