@@ -43,7 +43,7 @@ pub struct SandboxRecord {
     pub infra_pid: i32,
     pub cgroup_parent: String,
     pub runtime_handler: String,
-    /// CNI ADD succeeded and DEL has not yet.
+    /// CNI ADD may have run (this is recorded before it starts) and DEL has not yet.
     pub network_attached: bool,
 }
 

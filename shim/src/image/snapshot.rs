@@ -139,7 +139,9 @@ impl ImageStore {
                     false
                 }
                 Err(_) => {
-                    for d in [dir.join("upper"), dir.join("work"), dir.join("empty")] {
+                    // `empty` stands in for the lower dir of an image without layers only.
+                    let empty = layers.is_empty().then(|| dir.join("empty"));
+                    for d in [dir.join("upper"), dir.join("work")].into_iter().chain(empty) {
                         fs::create_dir_all(&d).ctx("create", &d)?;
                     }
                     let bytes = serde_json::to_vec(&layers).unwrap_or_default();
