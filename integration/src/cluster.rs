@@ -79,7 +79,9 @@ impl Cluster {
         }
         // containerd also runs the reference loopback plugin for every sandbox.
         std::os::unix::fs::symlink("/usr/lib/cni/loopback", cni_bin.join("loopback"))?;
-        std::fs::write(shim_dir.join("net.d/10-berth-test.conflist"), berth_conflist(name, subnet, &shim_dir.join("cni-state")).to_string())?;
+        // The plugins' records and IP allocations live per boot, under the run dir (the agent's
+        // default is /run/berth/cni).
+        std::fs::write(shim_dir.join("net.d/10-berth-test.conflist"), berth_conflist(name, subnet, &shim_dir.join("run/cni")).to_string())?;
         let toml = std::fs::read_to_string(shim_dir.join("shim.toml"))?.replace("bin_dirs = [\"/usr/lib/cni\"]", &format!("bin_dirs = [\"{}\"]", cni_bin.display()));
         std::fs::write(shim_dir.join("shim.toml"), toml)?;
         let shim = ShimProcess::start(&ns, &shim_dir)?;
@@ -88,7 +90,7 @@ impl Cluster {
             Runtime::Containerd => {
                 registry.push_pause(&ns, "library/pause:3.9", &crate::bin_path("berth-pause")?)?;
                 run_tmpfs.push(Tmpfs::mount(&dir.join("c/state"))?);
-                let conflist = berth_conflist(name, subnet, &dir.join("c/cni-state")).to_string();
+                let conflist = berth_conflist(name, subnet, &dir.join("c/state/cni")).to_string();
                 let (child, sock) = crate::containerd::start(&ns, &dir.join("c"), &conflist, &cni_bin, &format!("{}/library/pause:3.9", registry.addr), &registry.addr)?;
                 (Some(child), sock)
             }
