@@ -166,8 +166,11 @@ fn container_status(input: &StatusInput<'_>, c: &Container, default_waiting: &st
         Some(v) => (v.terminated(input.runtime_name), obs.previous(&c.name).map(|p| p.terminated(input.runtime_name))),
     };
     let running = latest.is_some_and(|v| v.running());
-    let started = running && input.probes.started.get(&c.name).copied().unwrap_or(true);
-    let ready = started && input.probes.ready.get(&c.name).copied().unwrap_or(true);
+    // A probe that has not answered yet counts as failing (kubelet's initial result): a
+    // container with a readiness probe is not ready, nor one with a startup probe started,
+    // until its probe first succeeds.
+    let started = running && input.probes.started.get(&c.name).copied().unwrap_or(c.startup_probe.is_none());
+    let ready = started && input.probes.ready.get(&c.name).copied().unwrap_or(c.readiness_probe.is_none());
     ContainerStatus {
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),

@@ -260,3 +260,25 @@ fn pull_policy_defaults() {
     assert_eq!(d("registry:5000/busybox:1.36"), "IfNotPresent");
     assert_eq!(d("busybox@sha256:abc"), "IfNotPresent");
 }
+
+#[tokio::test]
+async fn a_probed_container_is_not_ready_or_started_before_its_probe_answers() {
+    let mut h = Harness::new();
+    let probe = || Some(k8s_openapi::api::core::v1::Probe { exec: Some(k8s_openapi::api::core::v1::ExecAction { command: Some(vec!["true".into()]) }), ..Default::default() });
+    let (mut readied, mut gated) = (c("readied"), c("gated"));
+    readied.readiness_probe = probe();
+    gated.startup_probe = probe();
+    let p = pod(vec![], vec![readied, gated, c("plain")], "Always");
+    h.sync(&p, 0).await;
+    let out = h.sync(&p, 1).await;
+    let st = |name: &str| out.status.container_statuses.iter().flatten().find(|s| s.name == name).cloned().unwrap();
+    assert_eq!(state_of(&out.status, "readied").0, "running");
+    assert!(!st("readied").ready && st("readied").started == Some(true), "no readiness result yet: not ready");
+    assert!(!st("gated").ready && st("gated").started == Some(false), "no startup result yet: not started");
+    assert!(st("plain").ready && st("plain").started == Some(true), "no probes: ready once running");
+    assert_eq!(cond(&out.status, "Ready"), "False");
+    h.probes.ready.insert("readied".into(), true);
+    h.probes.started.insert("gated".into(), true);
+    let out = h.sync(&p, 2).await;
+    assert_eq!(cond(&out.status, "Ready"), "True", "{:?}", out.status.conditions);
+}

@@ -255,7 +255,7 @@ impl<R: Runtime> Worker<R> {
                     self.start_existing(c, v).await;
                     false
                 }
-                Some(v) if v.running() => sidecar && cx.probes.started.get(&c.name).copied().unwrap_or(true),
+                Some(v) if v.running() => sidecar && cx.probes.started.get(&c.name).copied().unwrap_or(c.startup_probe.is_none()),
                 Some(v) if !sidecar && v.exit_code == 0 => true,
                 Some(v) => {
                     self.restart(cx, &sandbox, c, v, &mut requeue).await;
