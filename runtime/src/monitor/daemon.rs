@@ -505,7 +505,12 @@ pub(super) fn respond(mut conn: UnixStream, reply: &Response) {
 /// again. Errors are left to the child, which reads the same file and reports them.
 pub(super) fn warm_seccomp_cache(path: &Path, in_state: bool) {
     if let Some(profile) = std::fs::read(path).ok().and_then(|b| seccomp_profile_of(&b, in_state)) {
-        let _ = crate::seccomp::compile_cached(&profile);
+        if let Ok((_, true)) = crate::seccomp::cached_or_compiled(&profile) {
+            // Compiling grows the heap by a few hundred KiB of temporaries: give them back,
+            // this process stays for the pod's lifetime.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
 }
 
