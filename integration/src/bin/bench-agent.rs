@@ -2,7 +2,8 @@
 //! agent, same control plane, same machine:
 //! - 100 pods created at once (one `kubectl create`) → time until each is Running as a watch
 //!   sees it, p50 and p99: from the create command, and from each pod's creation;
-//! - RSS of the agent and of the runtime, idle and with the 100 pods;
+//! - RSS of the agent and of the runtime, idle and with the 100 pods (and the runtime's PSS,
+//!   which counts the pages its processes share once);
 //! - CPU (user + system, children included) of agent + runtime over a 30 s window while every
 //!   pod runs an exec probe each second (from 5 s after its start).
 //!
@@ -38,6 +39,12 @@ fn pids(needle: &str) -> Vec<i32> {
 
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+}
+
+/// Proportional set size: shared pages (the binary of 100 monitors or shims) split among
+/// the processes that map them, so a sum over processes counts them once.
+fn pss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default().lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
 }
 
 /// utime + stime + cutime + cstime, in clock ticks.
@@ -84,6 +91,7 @@ struct Run {
     runtime_idle: u64,
     agent_loaded: u64,
     runtime_loaded: u64,
+    runtime_loaded_pss: u64,
     cpu_percent: f64,
 }
 
@@ -126,8 +134,9 @@ fn run(rt: Runtime, pods: u64, window: u64) -> anyhow::Result<Run> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu_percent = after.saturating_sub(before) as f64 / hz / window as f64 * 100.0;
     let (agent_loaded, runtime_loaded) = (sum(&agent, rss_kib), sum(&runtime_pids(rt, &c.dir), rss_kib));
+    let runtime_loaded_pss = sum(&runtime_pids(rt, &c.dir), pss_kib);
     c.kubectl(&["delete", "pods", "-l", "bench=1", "--wait=true", "--timeout=300s"])?;
-    Ok(Run { p50: percentile(&s.from_create, 0.5), p99: percentile(&s.from_create, 0.99), startup_p50: percentile(&s.per_pod, 0.5), startup_p99: percentile(&s.per_pod, 0.99), created_last: s.created_last, agent_idle, runtime_idle, agent_loaded, runtime_loaded, cpu_percent })
+    Ok(Run { p50: percentile(&s.from_create, 0.5), p99: percentile(&s.from_create, 0.99), startup_p50: percentile(&s.per_pod, 0.5), startup_p99: percentile(&s.per_pod, 0.99), created_last: s.created_last, agent_idle, runtime_idle, agent_loaded, runtime_loaded, runtime_loaded_pss, cpu_percent })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -144,11 +153,11 @@ fn main() -> anyhow::Result<()> {
     }
     println!("{pods} pods created at once, each with an exec liveness probe every second; same berth-agent and berth-control");
     println!("Running p50/p99: from the create command; startup p50/p99: from each pod's creation (its POST answered) to Running as the watch saw it");
-    println!("| runtime | Running p50 | Running p99 | startup p50 | startup p99 | last created | agent RSS idle / loaded | runtime RSS idle / loaded | CPU agent+runtime ({window} s) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| runtime | Running p50 | Running p99 | startup p50 | startup p99 | last created | agent RSS idle / loaded | runtime RSS idle / loaded | runtime PSS loaded | CPU agent+runtime ({window} s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (label, r) in rows {
         println!(
-            "| {label} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.1} / {:.1} MiB | {:.1} / {:.1} MiB | {:.1}% of a core |",
+            "| {label} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.1} / {:.1} MiB | {:.1} / {:.1} MiB | {:.1} MiB | {:.1}% of a core |",
             r.p50,
             r.p99,
             r.startup_p50,
@@ -158,6 +167,7 @@ fn main() -> anyhow::Result<()> {
             r.agent_loaded as f64 / 1024.0,
             r.runtime_idle as f64 / 1024.0,
             r.runtime_loaded as f64 / 1024.0,
+            r.runtime_loaded_pss as f64 / 1024.0,
             r.cpu_percent
         );
     }
