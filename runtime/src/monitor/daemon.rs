@@ -264,7 +264,7 @@ impl Monitor {
         if self.containers.contains_key(id) {
             return Response::Error { message: format!("container {id} already exists in this pod") };
         }
-        warm_seccomp_cache(&bundle.join("config.json"), false);
+        warm_seccomp_cache(&bundle.join("config.json"));
         let spawned = if tty { self.spawn_create_tty(id, bundle, stdin) } else { self.spawn_create(id, bundle, stdin) };
         match spawned {
             Ok((pid, pipes, stdin_w)) => {
@@ -498,13 +498,15 @@ pub(super) fn respond(mut conn: UnixStream, reply: &Response) {
     }
 }
 
-/// Compiles the seccomp profile of `path` (a bundle's config.json, or with `in_state` a
-/// container's state.json, which holds the config) into this process's cache, before a fork.
-/// The create or exec runs in a forked child: what it compiles dies with it, so without this
-/// every container of the pod and every exec (each exec probe) compiled the same profile
-/// again. Errors are left to the child, which reads the same file and reports them.
-pub(super) fn warm_seccomp_cache(path: &Path, in_state: bool) {
-    if let Some(profile) = std::fs::read(path).ok().and_then(|b| seccomp_profile_of(&b, in_state)) {
+/// Compiles the seccomp profile of a bundle's config.json into this process's cache before the
+/// create is forked. Creates and execs run in forked children: what a child compiles dies with
+/// it, so without this every container of the pod and every exec (each exec probe) compiled
+/// the same profile again. Every container of the pod is created through here, so the
+/// children forked for its execs inherit its profile too (while the cache keeps it: the last
+/// few distinct profiles). Errors are left to the child, which reads the same file and
+/// reports them.
+fn warm_seccomp_cache(config: &Path) {
+    if let Some(profile) = std::fs::read(config).ok().and_then(|b| seccomp_profile_of(&b)) {
         if let Ok((_, true)) = crate::seccomp::cached_or_compiled(&profile) {
             // Compiling grows the heap by a few hundred KiB of temporaries: give them back,
             // this process stays for the pod's lifetime.
@@ -514,9 +516,8 @@ pub(super) fn warm_seccomp_cache(path: &Path, in_state: bool) {
     }
 }
 
-/// The `linux.seccomp` of a config.json (or of the config in a state.json), read without
-/// the rest of the spec.
-fn seccomp_profile_of(bytes: &[u8], in_state: bool) -> Option<oci_spec::runtime::LinuxSeccomp> {
+/// The `linux.seccomp` of a config.json, read without the rest of the spec.
+fn seccomp_profile_of(bytes: &[u8]) -> Option<oci_spec::runtime::LinuxSeccomp> {
     #[derive(serde::Deserialize)]
     struct Config {
         linux: Option<Linux>,
@@ -525,12 +526,7 @@ fn seccomp_profile_of(bytes: &[u8], in_state: bool) -> Option<oci_spec::runtime:
     struct Linux {
         seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     }
-    #[derive(serde::Deserialize)]
-    struct State {
-        config: Config,
-    }
-    let config = if in_state { serde_json::from_slice::<State>(bytes).map(|s| s.config) } else { serde_json::from_slice::<Config>(bytes) };
-    config.ok()?.linux?.seccomp
+    serde_json::from_slice::<Config>(bytes).ok()?.linux?.seccomp
 }
 
 #[cfg(test)]
@@ -538,17 +534,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seccomp_profile_is_read_alone_from_a_config_or_a_state() {
+    fn the_seccomp_profile_is_read_alone_from_a_config() {
         let profile = serde_json::json!({ "defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{ "names": ["read", "write"], "action": "SCMP_ACT_ALLOW" }] });
         let config = serde_json::json!({ "ociVersion": "1.2.0", "process": { "args": ["sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 } }, "root": { "path": "rootfs" }, "linux": { "seccomp": profile, "namespaces": [{ "type": "mount" }] } });
         let full: oci_spec::runtime::Spec = serde_json::from_value(config.clone()).unwrap();
         let want = full.linux().as_ref().unwrap().seccomp().clone();
         assert!(want.is_some());
-        assert_eq!(seccomp_profile_of(config.to_string().as_bytes(), false), want, "what the full parse gives, so the child's lookup hits");
-        let state = serde_json::json!({ "id": "c", "status": "running", "config": config });
-        assert_eq!(seccomp_profile_of(state.to_string().as_bytes(), true), want);
+        assert_eq!(seccomp_profile_of(config.to_string().as_bytes()), want, "what the full parse gives, so the child's lookup hits");
         let plain = serde_json::json!({ "ociVersion": "1.2.0", "linux": {} });
-        assert_eq!(seccomp_profile_of(plain.to_string().as_bytes(), false), None);
-        assert_eq!(seccomp_profile_of(b"{not json", false), None);
+        assert_eq!(seccomp_profile_of(plain.to_string().as_bytes()), None);
+        assert_eq!(seccomp_profile_of(b"{not json"), None);
     }
 }

@@ -26,9 +26,6 @@ impl Monitor {
         if self.containers.get(id).is_none_or(|c| c.exit.is_some()) {
             return Err(format!("container {id} is not running"));
         }
-        if let Ok(dir) = self.root.container_dir(id) {
-            super::daemon::warm_seccomp_cache(&dir.join(crate::state::STATE_FILE), true);
-        }
         let (e_r, e_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
         // SAFETY: single-threaded monitor; the child calls the runtime library and exits.
         let child = unsafe { libc::fork() };

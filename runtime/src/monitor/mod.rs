@@ -65,12 +65,7 @@ pub fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Resul
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let (a, b) = (crate::syscall::cstr(a)?, crate::syscall::cstr(b)?);
     // SAFETY: two valid C strings; renameat2 only reads them.
-    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::syscall::cvt(unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) }).map(drop)
 }
 
 #[cfg(test)]
