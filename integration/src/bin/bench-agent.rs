@@ -37,14 +37,19 @@ fn pids(needle: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The `field:` line of `/proc/<pid>/<file>`, in kB (0 when absent).
+fn proc_kib(pid: i32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default().lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+}
+
 fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+    proc_kib(pid, "status", "VmRSS")
 }
 
 /// Proportional set size: shared pages (the binary of 100 monitors or shims) split among
 /// the processes that map them, so a sum over processes counts them once.
 fn pss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default().lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+    proc_kib(pid, "smaps_rollup", "Pss")
 }
 
 /// utime + stime + cutime + cstime, in clock ticks.
