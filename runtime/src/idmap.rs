@@ -18,6 +18,8 @@ pub(crate) struct MountAttr {
 }
 
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 pub(crate) const AT_RECURSIVE: libc::c_uint = 0x8000;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -45,6 +47,21 @@ pub fn idmapped_tree(source: &Path, userns: &std::fs::File) -> io::Result<OwnedF
     // SAFETY: fd was just returned by open_tree.
     let tree = unsafe { OwnedFd::from_raw_fd(fd) };
     let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+    mount_setattr(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint, &attr)?;
+    Ok(tree)
+}
+
+/// A detached, read-only clone of the mount at `source` (not recursive): a read-only root for
+/// a container without a mount namespace, which `fchdir` + `chroot(".")` enter without adding
+/// a mount to anyone's table. It goes away with the last process rooted in it.
+pub fn readonly_tree(source: &Path) -> io::Result<OwnedFd> {
+    let c = cstr(source)?;
+    // SAFETY: open_tree with a valid C path; the result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint) };
+    let fd = cvt(fd as libc::c_int)?;
+    // SAFETY: fd was just returned by open_tree.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, attr_clr: 0, propagation: 0, userns_fd: 0 };
     mount_setattr(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint, &attr)?;
     Ok(tree)
 }

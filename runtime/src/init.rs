@@ -100,8 +100,12 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
     if crate::namespaces::wants_new(spec, LinuxNamespaceType::Cgroup) {
         crate::namespaces::unshare(libc::CLONE_NEWCGROUP).map_err(os("unsharing the cgroup namespace"))?;
     }
-    let ctx = Context { rootfs: &args.rootfs, cgroup_binds: &args.cgroup_binds, in_user_ns: new_user };
-    rootfs::prepare(&sys, spec, &ctx)?;
+    // Without a mount namespace nothing is mounted (validated): the init only chroots.
+    let own_mounts = crate::spec::has_namespace(spec, LinuxNamespaceType::Mount);
+    if own_mounts {
+        let ctx = Context { rootfs: &args.rootfs, cgroup_binds: &args.cgroup_binds, in_user_ns: new_user };
+        rootfs::prepare(&sys, spec, &ctx)?;
+    }
     let hooks = spec.hooks().as_ref();
     let has_runtime_hooks = hooks.is_some_and(|h| h.prestart().is_some() || h.create_runtime().is_some());
     if has_runtime_hooks {
@@ -111,7 +115,14 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
     if let Some(list) = hooks.and_then(|h| h.create_container().as_ref()) {
         hooks::run_all("createContainer", list, state_json.as_bytes())?;
     }
-    rootfs::pivot(&sys, &args.rootfs)?;
+    if own_mounts {
+        rootfs::pivot(&sys, &args.rootfs)?;
+    } else {
+        // The host's /proc shows this process's network and IPC namespaces' sysctls.
+        write_sysctls(spec)?;
+        let readonly = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
+        rootfs::chroot(&sys, &args.rootfs, readonly)?;
+    }
     let process = spec.process().as_ref().expect("validated: process is present");
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         sys.sethostname(h).map_err(os("sethostname"))?;
@@ -119,12 +130,11 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
     if let Some(d) = spec.domainname().as_deref().filter(|h| !h.is_empty()) {
         sys.setdomainname(d).map_err(os("setdomainname"))?;
     }
-    for (key, value) in spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()).into_iter().flatten() {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value).map_err(|source| InitError::Sysctl { key: key.clone(), source })?;
+    if own_mounts {
+        write_sysctls(spec)?;
+        // After the sysctls: /proc/sys is usually one of the read-only paths.
+        rootfs::finalize(&sys, spec)?;
     }
-    // After the sysctls: /proc/sys is usually one of the read-only paths.
-    rootfs::finalize(&sys, spec)?;
     let process_args = Finish { process, linux: spec.linux().as_ref(), console: args.console.as_ref(), seccomp: args.seccomp.as_ref() };
     finish(&process_args, &args.channel, || {
         if let Some(dir) = &args.state_dir {
@@ -135,6 +145,16 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
         }
         Ok(())
     })
+}
+
+/// The spec's sysctls, through /proc/sys (whose net.* and IPC entries are those of the
+/// writer's namespaces).
+fn write_sysctls(spec: &Spec) -> Result<(), InitError> {
+    for (key, value) in spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()).into_iter().flatten() {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|source| InitError::Sysctl { key: key.clone(), source })?;
+    }
+    Ok(())
 }
 
 /// Becomes root of a user namespace just created or joined (its id maps are written).

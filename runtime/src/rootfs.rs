@@ -19,6 +19,8 @@ pub enum RootfsError {
     Prepare { path: PathBuf, #[source] source: io::Error },
     #[error("pivot_root into {rootfs}")]
     Pivot { rootfs: PathBuf, #[source] source: io::Error },
+    #[error("chroot into {rootfs}")]
+    Chroot { rootfs: PathBuf, #[source] source: io::Error },
     #[error("resolving {path} inside the rootfs")]
     Resolve { path: PathBuf, #[source] source: io::Error },
     #[error("creating device {path}")]
@@ -315,6 +317,21 @@ pub fn pivot(sys: &dyn Syscall, rootfs: &Path) -> Result<(), RootfsError> {
     // Keep unmount events of the old root from propagating back to the host.
     sys.mount(None, Path::new("."), None, libc::MS_SLAVE | libc::MS_REC, None).map_err(err)?;
     sys.umount2(Path::new("."), libc::MNT_DETACH).map_err(err)?;
+    sys.chdir(Path::new("/")).map_err(err)
+}
+
+/// Confines a container without a mount namespace to `rootfs`: chroot, then cwd inside it.
+/// A read-only root is a detached read-only clone of the rootfs mount, entered by fd: the
+/// host's mount table does not change.
+pub fn chroot(sys: &dyn Syscall, rootfs: &Path, readonly: bool) -> Result<(), RootfsError> {
+    let err = |source| RootfsError::Chroot { rootfs: rootfs.into(), source };
+    if readonly {
+        let tree = crate::idmap::readonly_tree(rootfs).map_err(err)?;
+        sys.fchdir(tree.as_fd()).map_err(err)?;
+        sys.chroot(Path::new(".")).map_err(err)?;
+    } else {
+        sys.chroot(rootfs).map_err(err)?;
+    }
     sys.chdir(Path::new("/")).map_err(err)
 }
 

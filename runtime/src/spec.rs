@@ -173,7 +173,35 @@ fn validate_namespaces(spec: &Spec) -> Result<(), SpecError> {
         return Err(invalid("domainname", "setting a domainname needs a new UTS namespace"));
     }
     if !has_namespace(spec, LinuxNamespaceType::Mount) {
-        return Err(invalid("linux.namespaces", "a mount namespace is required (pivot_root needs one)"));
+        validate_without_mount_ns(spec)?;
+    }
+    Ok(())
+}
+
+/// A container without a mount namespace of its own shares the runtime's, and is confined to
+/// its root by chroot (CAP_SYS_CHROOT is not in any default set; a read-only root is a
+/// detached read-only clone of it). Nothing may be mounted for it, since that would change
+/// the host: this is for pods' infra processes, which need no filesystem but their binary.
+fn validate_without_mount_ns(spec: &Spec) -> Result<(), SpecError> {
+    let why = "needs a mount namespace (linux.namespaces has none)";
+    if spec.mounts().as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(invalid("mounts", why));
+    }
+    let linux = spec.linux().as_ref();
+    if linux.and_then(|l| l.devices().as_ref()).is_some_and(|d| !d.is_empty()) {
+        return Err(invalid("linux.devices", why));
+    }
+    if linux.and_then(|l| l.masked_paths().as_ref()).is_some_and(|p| !p.is_empty()) {
+        return Err(invalid("linux.maskedPaths", why));
+    }
+    if linux.and_then(|l| l.readonly_paths().as_ref()).is_some_and(|p| !p.is_empty()) {
+        return Err(invalid("linux.readonlyPaths", why));
+    }
+    if linux.and_then(|l| l.rootfs_propagation().as_ref()).is_some() {
+        return Err(invalid("linux.rootfsPropagation", why));
+    }
+    if namespaces(spec).iter().any(|ns| ns.typ() == LinuxNamespaceType::User) {
+        return Err(invalid("linux.namespaces", "a user namespace needs a mount namespace too"));
     }
     Ok(())
 }
@@ -304,6 +332,32 @@ mod tests {
     }
 
     #[test]
+    fn without_a_mount_namespace_nothing_may_be_mounted() {
+        let no_mnt = |v: &mut serde_json::Value| v["linux"]["namespaces"] = json!([{ "type": "uts" }, { "type": "pid" }]);
+        check(no_mnt).unwrap();
+        let with = |f: fn(&mut serde_json::Value)| {
+            check(move |v| {
+                no_mnt(v);
+                f(v)
+            })
+        };
+        assert_eq!(field_of(with(|v| v["mounts"] = json!([{ "destination": "/proc", "type": "proc", "source": "proc" }]))), "mounts");
+        assert_eq!(field_of(with(|v| v["linux"]["maskedPaths"] = json!(["/proc/kcore"]))), "linux.maskedPaths");
+        assert_eq!(field_of(with(|v| v["linux"]["readonlyPaths"] = json!(["/proc/sys"]))), "linux.readonlyPaths");
+        assert_eq!(field_of(with(|v| v["linux"]["rootfsPropagation"] = json!("private"))), "linux.rootfsPropagation");
+        assert_eq!(
+            field_of(with(|v| v["linux"]["devices"] = json!([{ "path": "/dev/null", "type": "c", "major": 1, "minor": 3 }]))),
+            "linux.devices"
+        );
+        let userns = |v: &mut serde_json::Value| {
+            v["linux"]["namespaces"] = json!([{ "type": "user" }, { "type": "uts" }]);
+            v["linux"]["uidMappings"] = json!([{ "containerID": 0, "hostID": 100000, "size": 65536 }]);
+            v["linux"]["gidMappings"] = json!([{ "containerID": 0, "hostID": 100000, "size": 65536 }]);
+        };
+        assert_eq!(field_of(check(userns)), "linux.namespaces");
+    }
+
+    #[test]
     fn names_the_offending_field() {
         assert_eq!(field_of(check(|v| v["ociVersion"] = json!("2.0.0"))), "ociVersion");
         assert_eq!(field_of(check(|v| v["root"]["path"] = json!("missing"))), "root.path");
@@ -317,7 +371,6 @@ mod tests {
         assert_eq!(field_of(check(|v| v["process"]["oomScoreAdj"] = json!(5000))), "process.oomScoreAdj");
         assert_eq!(field_of(check(|v| v["linux"]["namespaces"] = json!([{ "type": "mount" }, { "type": "mount" }]))), "linux.namespaces[1]");
         assert_eq!(field_of(check(|v| v["linux"]["namespaces"] = json!([{ "type": "mount" }]))), "hostname");
-        assert_eq!(field_of(check(|v| { v["hostname"] = json!(null); v["linux"]["namespaces"] = json!([{ "type": "pid" }]) })), "linux.namespaces");
         assert_eq!(
             field_of(check(|v| v["linux"]["namespaces"].as_array_mut().unwrap().push(json!({ "type": "user" })))),
             "linux.uidMappings"

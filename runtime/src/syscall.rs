@@ -38,6 +38,7 @@ pub trait Syscall {
     /// Makes the mount at `target` and every mount below it read-only (mount_setattr).
     fn readonly_recursive(&self, target: &Path) -> io::Result<()>;
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()>;
+    fn chroot(&self, path: &Path) -> io::Result<()>;
     fn chdir(&self, path: &Path) -> io::Result<()>;
     fn fchdir(&self, fd: BorrowedFd<'_>) -> io::Result<()>;
     fn mknod(&self, path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> io::Result<()>;
@@ -103,6 +104,13 @@ impl Syscall for Linux {
         // SAFETY: both arguments are valid C strings; pivot_root has no libc wrapper.
         let ret = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
         cvt(ret as libc::c_int)?;
+        Ok(())
+    }
+
+    fn chroot(&self, path: &Path) -> io::Result<()> {
+        let path = cstr(path)?;
+        // SAFETY: path is a valid C string.
+        cvt(unsafe { libc::chroot(path.as_ptr()) })?;
         Ok(())
     }
 
@@ -187,6 +195,7 @@ pub mod fake {
         Umount { target: PathBuf, flags: libc::c_int },
         ReadonlyRecursive(PathBuf),
         PivotRoot { new_root: PathBuf, put_old: PathBuf },
+        Chroot(PathBuf),
         Chdir(PathBuf),
         Fchdir,
         Mknod { path: PathBuf, mode: libc::mode_t, dev: libc::dev_t },
@@ -231,6 +240,9 @@ pub mod fake {
         }
         fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
             self.push(Call::PivotRoot { new_root: new_root.to_path_buf(), put_old: put_old.to_path_buf() })
+        }
+        fn chroot(&self, path: &Path) -> io::Result<()> {
+            self.push(Call::Chroot(path.to_path_buf()))
         }
         fn chdir(&self, path: &Path) -> io::Result<()> {
             self.push(Call::Chdir(path.to_path_buf()))

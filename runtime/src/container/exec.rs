@@ -1,7 +1,7 @@
 //! `exec`: start another process inside a running container — same namespaces, cgroup,
 //! seccomp profile and confinement rules as its init, with the given process spec.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use oci_spec::runtime::{LinuxNamespaceType, Process};
@@ -38,6 +38,11 @@ pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
         .collect();
     let namespaces::Joined { pid: pid_ns, others: joined } =
         namespaces::open_joined(paths.iter().map(|(t, p)| (*t, p.as_path()))).map_err(os("opening the container's namespaces"))?;
+    // A container without a mount namespace is chrooted: the helper enters the same root.
+    let root = (!spec::has_namespace(config, LinuxNamespaceType::Mount))
+        .then(|| std::fs::File::open(format!("/proc/{}/root", c.record.pid)).map(OwnedFd::from))
+        .transpose()
+        .map_err(os("opening the container's root"))?;
     let console = opts.console_socket.map(|p| crate::tty::connect(p).map_err(os(format!("connecting to {}", p.display())))).transpose()?;
     if let Some(fd) = &pid_ns {
         namespaces::setns(fd, LinuxNamespaceType::Pid).map_err(os("joining the container's PID namespace"))?;
@@ -52,7 +57,7 @@ pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
         let finish = Finish { process: &opts.process, linux: config.linux().as_ref(), console: console.as_ref(), seccomp: filter.as_ref() };
         // Still in the host's namespaces: move ourselves into the container's cgroups (fast path).
         let joined_cgroup = cgroup.join_self(born_in_unified).map_err(|e| InitError::Cgroup(spec::error_chain(&e)));
-        let result = joined_cgroup.and_then(|()| child(&child_end, &joined, &finish));
+        let result = joined_cgroup.and_then(|()| child(&child_end, &joined, root.as_ref(), &finish));
         let err = match result {
             Ok(never) => match never {},
             Err(e) => e,
@@ -61,7 +66,7 @@ pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
         // SAFETY: leave without running the parent's destructors or atexit handlers.
         unsafe { libc::_exit(127) }
     }
-    drop((child_end, console, joined, unified));
+    drop((child_end, console, joined, unified, root));
     let reap = |pid| {
         // SAFETY: killing and reaping our own child.
         unsafe {
@@ -95,7 +100,7 @@ pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
 
 
 /// The exec helper, in the host's namespaces until it joins the container's.
-fn child(channel: &Channel, joined: &[(LinuxNamespaceType, OwnedFd)], finish: &Finish<'_>) -> Result<std::convert::Infallible, InitError> {
+fn child(channel: &Channel, joined: &[(LinuxNamespaceType, OwnedFd)], root: Option<&OwnedFd>, finish: &Finish<'_>) -> Result<std::convert::Infallible, InitError> {
     match channel.recv().map_err(InitError::Sync)? {
         Some(Msg::Go(_)) => {}
         Some(m) => return Err(InitError::Unexpected(m)),
@@ -108,6 +113,13 @@ fn child(channel: &Channel, joined: &[(LinuxNamespaceType, OwnedFd)], finish: &F
     }
     if joined.iter().any(|(t, _)| *t == LinuxNamespaceType::User) {
         init::become_ns_root()?;
+    }
+    if let Some(root) = root {
+        let sys = crate::syscall::Linux;
+        use crate::syscall::Syscall;
+        sys.fchdir(root.as_fd()).map_err(|source| InitError::Os { what: "entering the container's root", source })?;
+        sys.chroot(Path::new(".")).map_err(|source| InitError::Os { what: "chroot into the container's root", source })?;
+        sys.chdir(Path::new("/")).map_err(|source| InitError::Os { what: "chdir /", source })?;
     }
     init::finish(finish, channel, || Ok(()))
 }

@@ -171,13 +171,16 @@ pub(crate) fn container_namespaces(
     Ok(out)
 }
 
-/// The infra process's namespaces: new mount, network (or `netns` when given), UTS and IPC
-/// unless the pod uses the host's, and a new PID namespace unless the pod uses the host's.
-/// A pod with its own user namespace gets a new one, and a new network namespace owned by it
-/// (`netns` is ignored: the shim pins the infra's afterwards).
+/// The infra process's namespaces: network (or `netns` when given), UTS and IPC unless the
+/// pod uses the host's, and a new PID namespace unless the pod uses the host's. No mount
+/// namespace: the infra mounts nothing and is chrooted into its read-only root, which spares
+/// each pod a copy of the host's mount table and a pivot_root (see [`super::sandbox_spec`]).
+/// A pod with its own user namespace gets a new one and a mount namespace, and a new network
+/// namespace owned by it (`netns` is ignored: the shim pins the infra's afterwards).
 pub(crate) fn sandbox_namespaces(m: Modes, netns: Option<&Path>) -> Vec<LinuxNamespace> {
-    let mut out = vec![ns(LinuxNamespaceType::Mount, None)];
+    let mut out = Vec::new();
     let netns = if m.user.is_some() {
+        out.push(ns(LinuxNamespaceType::Mount, None));
         out.push(ns(LinuxNamespaceType::User, None));
         None
     } else {

@@ -31,11 +31,11 @@ fn modes_default_to_pod_and_refuse_unsupported() {
 fn sandbox_gets_new_namespaces_unless_host() {
     use LinuxNamespaceType::*;
     let pod = m(NamespaceMode::Pod, NamespaceMode::Pod, NamespaceMode::Container);
-    assert_eq!(types(&sandbox_namespaces(pod, None)), vec![(Mount, false), (Network, false), (Uts, false), (Ipc, false), (Pid, false)]);
+    assert_eq!(types(&sandbox_namespaces(pod, None)), vec![(Network, false), (Uts, false), (Ipc, false), (Pid, false)]);
     let joined = sandbox_namespaces(pod, Some(Path::new("/run/netns/x")));
-    assert_eq!(joined[1].path().as_deref(), Some(Path::new("/run/netns/x")));
+    assert_eq!(joined[0].path().as_deref(), Some(Path::new("/run/netns/x")));
     let host = m(NamespaceMode::Node, NamespaceMode::Node, NamespaceMode::Node);
-    assert_eq!(types(&sandbox_namespaces(host, None)), vec![(Mount, false)]);
+    assert_eq!(types(&sandbox_namespaces(host, None)), vec![]);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! [`sandbox_spec`]: the OCI spec of a pod's infra (pause) process, which only holds the pod's
 //! namespaces: no capabilities, read-only root, no_new_privs, RuntimeDefault seccomp unless
-//! the pod asks otherwise, the pod's hostname and sysctls, and a low cgroup weight.
+//! the pod asks otherwise, the pod's hostname and sysctls, and a low cgroup weight. It has no
+//! mount namespace (unless the pod has a user namespace): it is chrooted into its root.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,7 +26,8 @@ pub struct SandboxInput<'a> {
     pub config: &'a PodSandboxConfig,
     /// The pause program inside `rootfs`, e.g. "/pause".
     pub pause_path: &'a str,
-    /// The infra's root filesystem (absolute).
+    /// The infra's root filesystem (absolute): a read-only mount, since the infra has no
+    /// mount namespace to remount it in (except in a user namespace pod).
     pub rootfs: &'a Path,
     /// An existing network namespace to join (e.g. one prepared for CNI); `None` makes a new one.
     pub netns: Option<&'a Path>,
@@ -114,10 +116,17 @@ pub fn sandbox_spec(input: &SandboxInput) -> Result<Spec, SpecError> {
     spec.set_root(Some(root));
     spec.set_process(Some(process));
     spec.set_hostname((!host_network && !config.hostname.is_empty()).then(|| config.hostname.clone()));
-    spec.set_mounts(Some(vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-    ]));
+    // Without a mount namespace (all but user namespace pods) the infra mounts nothing: pause
+    // needs neither /proc nor /dev, and `input.rootfs` must be a read-only mount already.
+    let own_mounts = m.user.is_some();
+    spec.set_mounts(Some(if own_mounts {
+        vec![
+            mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+            mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        ]
+    } else {
+        Vec::new()
+    }));
     spec.set_annotations(Some(sandbox_annotations(input, &meta)));
     spec.set_linux(Some(linux));
     Ok(spec)

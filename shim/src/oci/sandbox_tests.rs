@@ -79,9 +79,12 @@ fn pause_spec_defaults() {
     assert_eq!(linux.cgroups_path().as_deref(), Some(std::path::Path::new("/kubepods/podu/sb1")));
     assert_eq!(linux.resources().as_ref().unwrap().cpu().as_ref().unwrap().shares(), Some(SANDBOX_CPU_SHARES));
     assert_eq!(seccomp_mode(&spec), Some(&berth_runtime::seccomp::default_profile()));
-    for t in [T::Mount, T::Network, T::Uts, T::Ipc, T::Pid] {
+    for t in [T::Network, T::Uts, T::Ipc, T::Pid] {
         assert!(namespace(&spec, t).unwrap().path().is_none(), "{t:?}");
     }
+    // No mount namespace, so nothing to mount: the runtime chroots the infra.
+    assert!(namespace(&spec, T::Mount).is_none());
+    assert_eq!(spec.mounts().as_deref(), Some(&[][..]));
     let a = spec.annotations().as_ref().unwrap();
     assert_eq!(a[crate::oci::annotations::CONTAINER_TYPE], "sandbox");
     assert_eq!(a[crate::oci::annotations::SANDBOX_ID], "sb1");
