@@ -167,3 +167,42 @@ fn program_over_the_kernel_limit_is_an_error() {
         "syscalls": [{ "names": names, "action": "SCMP_ACT_ALLOW", "args": args }] }));
     assert!(msg.contains("more than the kernel's limit of 4096"), "{msg}");
 }
+
+/// Runs of consecutive syscalls with one action become range checks: every number in, around
+/// and between the runs still gets its own verdict (checked exhaustively, in leaves and across
+/// the binary search), and the program is much shorter than one `jeq` per syscall.
+#[test]
+fn consecutive_syscalls_share_a_range_check() {
+    let t = Target::X86_64;
+    let name = |nr: u32| t.table().iter().find(|(_, n)| *n == nr).map(|(s, _)| *s).unwrap_or_else(|| panic!("no x86_64 syscall {nr}"));
+    // nr → verdict: runs of ALLOW broken by an errno run, single numbers, a conditional one
+    // (arg0 == 7), and gaps that fall to the default.
+    let allow: Vec<u32> = (0..=40).chain([42]).chain(44..=60).chain(62..=100).chain([150]).chain(200..=260).collect();
+    let denied: Vec<u32> = (101..=104).chain([149]).collect();
+    let conditional = 61u32;
+    let rules = json!([
+        { "names": allow.iter().map(|n| name(*n)).collect::<Vec<_>>(), "action": "SCMP_ACT_ALLOW" },
+        { "names": denied.iter().map(|n| name(*n)).collect::<Vec<_>>(), "action": "SCMP_ACT_ERRNO", "errnoRet": 38 },
+        { "names": [name(conditional)], "action": "SCMP_ACT_ALLOW", "args": [{ "index": 0, "value": 7, "op": "SCMP_CMP_EQ" }] },
+    ]);
+    let f = build(json!({ "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "architectures": ["SCMP_ARCH_X86_64"], "syscalls": rules }));
+    let listed = allow.len() + denied.len() + 1;
+    assert!(f.instructions().len() < listed / 2, "{} instructions for {listed} syscalls", f.instructions().len());
+    for nr in 0..=300u32 {
+        let want = if allow.contains(&nr) {
+            ALLOW
+        } else if denied.contains(&nr) {
+            errno(38)
+        } else if nr > 260 {
+            errno(libc::ENOSYS)
+        } else {
+            errno(1)
+        };
+        if nr == conditional {
+            assert_eq!(eval(&f, t.audit_arch(), nr, [7, 0, 0, 0, 0, 0]), ALLOW, "nr {nr} arg 7");
+            assert_eq!(eval(&f, t.audit_arch(), nr, [8, 0, 0, 0, 0, 0]), errno(1), "nr {nr} arg 8");
+        } else {
+            assert_eq!(eval(&f, t.audit_arch(), nr, [0; 6]), want, "nr {nr}");
+        }
+    }
+}

@@ -22,7 +22,9 @@ fn with_arg0(v: u64) -> [u64; 6] {
 #[test]
 fn default_profile_compiles() {
     let f = compile(&default_profile()).expect("default profile compiles");
-    assert!(f.instructions().len() < super::super::MAX_INSTRUCTIONS);
+    // Its runs of neighbouring syscalls are range checks: 462 instructions for three
+    // architectures, against 1634 with one `jeq` per syscall.
+    assert!(f.instructions().len() < 600, "{} instructions", f.instructions().len());
     assert_eq!(f.flags(), 0);
     assert!(!f.wants_listener());
     // It round-trips through config.json.
