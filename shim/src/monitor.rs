@@ -45,14 +45,9 @@ impl MonitorClient {
         if let Some(layout) = berth_runtime::cgroups::Layout::cached().ok().and_then(|l| serde_json::to_string(&l).ok()) {
             cmd.env(berth_runtime::cgroups::LAYOUT_ENV, layout);
         }
-        // Its own session: signals meant for the shim's process group do not reach pods.
-        // SAFETY: setsid is async-signal-safe and has no preconditions.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
+        // No pre_exec hook: std then spawns with posix_spawn (vfork) instead of a fork of the
+        // whole shim. The monitor starts its own session itself, first thing, so signals meant
+        // for the shim's process group do not reach pods.
         let mut child = cmd.spawn().map_err(|source| MonitorError::Spawn { binary: binary.to_path_buf(), source })?;
         let stdout = child.stdout.take().ok_or_else(|| MonitorError::NotReady("no stdout".into()))?;
         let mut line = String::new();

@@ -20,6 +20,11 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Its own session, before anything else: signals sent to the shim's process group (a ^C
+    // in the shim's terminal) must not reach the pods. The shim spawns it without a pre-exec
+    // hook, so that spawning is a vfork rather than a fork of the shim.
+    // SAFETY: setsid has no preconditions; it fails only for a group leader, which we are not.
+    unsafe { libc::setsid() };
     let args = Args::parse();
     berth_runtime::cgroups::Layout::adopt_from_env();
     let listener = daemon::bind(&args.dir).context("binding the control socket")?;
