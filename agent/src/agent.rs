@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -37,7 +37,7 @@ pub struct Agent<R: Runtime> {
     evictions: Mutex<HashMap<String, String>>,
     /// Events on their way to the API, posted in order by one task so that no pod's sync
     /// or status waits for them (kubelet's event broadcaster does the same).
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<(Instant, Event)>,
     /// Permits for pods setting up their sandbox (`parallelPodStarts`).
     start_gate: Arc<tokio::sync::Semaphore>,
     /// Service-account tokens of projected volumes.
@@ -47,9 +47,19 @@ pub struct Agent<R: Runtime> {
 /// How many events may wait for the API before new ones are dropped (and logged).
 const EVENT_QUEUE: usize = 4096;
 
-/// Posts queued events one after another; a failed post is logged and dropped.
-async fn post_events(client: Client, mut rx: mpsc::Receiver<Event>) {
-    while let Some(ev) = rx.recv().await {
+/// How long an event may be held back while pods are starting.
+const EVENT_HOLD: Duration = Duration::from_secs(2);
+
+/// Posts queued events one after another; a failed post is logged and dropped. Events yield
+/// to pod start-ups: while any pod is setting up (a `start_gate` permit is out), an event waits
+/// until the starts are done or it has been queued for [`EVENT_HOLD`], so that a burst of new
+/// pods does not share the node and the API server with the events about them. Their
+/// timestamps are those of the moment they were recorded.
+async fn post_events(client: Client, mut rx: mpsc::Receiver<(Instant, Event)>, start_gate: Arc<tokio::sync::Semaphore>, starts: usize) {
+    while let Some((queued, ev)) = rx.recv().await {
+        while start_gate.available_permits() < starts && queued.elapsed() < EVENT_HOLD {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let ns = ev.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let api: Api<Event> = Api::namespaced(client.clone(), &ns);
         if let Err(e) = api.create(&PostParams::default(), &ev).await {
@@ -266,7 +276,7 @@ impl<R: Runtime> Agent<R> {
             n => n,
         };
         let start_gate = Arc::new(tokio::sync::Semaphore::new(starts));
-        tokio::spawn(post_events(client.clone(), rx));
+        tokio::spawn(post_events(client.clone(), rx, start_gate.clone(), starts));
         Ok(Arc::new(Agent {
             cfg,
             node_name,
@@ -675,7 +685,7 @@ impl<R: Runtime> Agent<R> {
         };
         ev.metadata.generate_name = Some(format!("{}.", pod.metadata.name.clone().unwrap_or_default()));
         ev.metadata.namespace = Some(ns);
-        if self.events.try_send(ev).is_err() {
+        if self.events.try_send((Instant::now(), ev)).is_err() {
             tracing::warn!(reason, "the event queue is full: dropping an event");
         }
     }
