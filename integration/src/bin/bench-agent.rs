@@ -52,6 +52,13 @@ fn pss_kib(pid: i32) -> u64 {
     proc_kib(pid, "smaps_rollup", "Pss")
 }
 
+/// The machine's busy time so far (every CPU: all but idle and iowait), in clock ticks.
+fn node_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    f.iter().sum::<u64>() - f.get(3).copied().unwrap_or(0) - f.get(4).copied().unwrap_or(0)
+}
+
 /// utime + stime + cutime + cstime, in clock ticks.
 fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -98,6 +105,9 @@ struct Run {
     runtime_loaded: u64,
     runtime_loaded_pss: u64,
     cpu_percent: f64,
+    /// The whole machine's CPU time from the create command until every pod ran, per pod
+    /// (agent, runtime, control plane, kubectl, CNI, kernel threads): what a pod costs the node.
+    burst_ms_per_pod: f64,
 }
 
 fn run(rt: Runtime, pods: u64, window: u64) -> anyhow::Result<Run> {
@@ -121,7 +131,9 @@ fn run(rt: Runtime, pods: u64, window: u64) -> anyhow::Result<Run> {
         k.arg("--kubeconfig").arg(&c.kubeconfig);
         k
     };
+    let busy_before = node_busy_ticks();
     let s = startup::measure(&kubectl, "bench=1", pods_yaml(pods, &c.image, true), pods as usize, Duration::from_secs(600)).map_err(|e| anyhow::anyhow!("{e}\n{}", c.agent_log()))?;
+    let burst_ticks = node_busy_ticks().saturating_sub(busy_before);
     if let Ok(keep) = std::env::var("BENCH_KEEP_LOGS") {
         for f in ["agent.log", "control.log", "s/shim.log"] {
             let _ = std::fs::copy(c.dir.join(f), format!("{keep}/{}-{}", name, f.replace('/', "-")));
@@ -138,10 +150,11 @@ fn run(rt: Runtime, pods: u64, window: u64) -> anyhow::Result<Run> {
     // SAFETY: sysconf with a valid name.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu_percent = after.saturating_sub(before) as f64 / hz / window as f64 * 100.0;
+    let burst_ms_per_pod = burst_ticks as f64 / hz * 1000.0 / pods as f64;
     let (agent_loaded, runtime_loaded) = (sum(&agent, rss_kib), sum(&runtime_pids(rt, &c.dir), rss_kib));
     let runtime_loaded_pss = sum(&runtime_pids(rt, &c.dir), pss_kib);
     c.kubectl(&["delete", "pods", "-l", "bench=1", "--wait=true", "--timeout=300s"])?;
-    Ok(Run { p50: percentile(&s.from_create, 0.5), p99: percentile(&s.from_create, 0.99), startup_p50: percentile(&s.per_pod, 0.5), startup_p99: percentile(&s.per_pod, 0.99), created_last: s.created_last, agent_idle, runtime_idle, agent_loaded, runtime_loaded, runtime_loaded_pss, cpu_percent })
+    Ok(Run { p50: percentile(&s.from_create, 0.5), p99: percentile(&s.from_create, 0.99), startup_p50: percentile(&s.per_pod, 0.5), startup_p99: percentile(&s.per_pod, 0.99), created_last: s.created_last, agent_idle, runtime_idle, agent_loaded, runtime_loaded, runtime_loaded_pss, cpu_percent, burst_ms_per_pod })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -158,16 +171,18 @@ fn main() -> anyhow::Result<()> {
     }
     println!("{pods} pods created at once, each with an exec liveness probe every second; same berth-agent and berth-control");
     println!("Running p50/p99: from the create command; startup p50/p99: from each pod's creation (its POST answered) to Running as the watch saw it");
-    println!("| runtime | Running p50 | Running p99 | startup p50 | startup p99 | last created | agent RSS idle / loaded | runtime RSS idle / loaded | runtime PSS loaded | CPU agent+runtime ({window} s) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("node CPU per pod: the whole machine's busy time from the create command until all ran, divided by the pods");
+    println!("| runtime | Running p50 | Running p99 | startup p50 | startup p99 | last created | node CPU per pod | agent RSS idle / loaded | runtime RSS idle / loaded | runtime PSS loaded | CPU agent+runtime ({window} s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (label, r) in rows {
         println!(
-            "| {label} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.1} / {:.1} MiB | {:.1} / {:.1} MiB | {:.1} MiB | {:.1}% of a core |",
+            "| {label} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.1} ms | {:.1} / {:.1} MiB | {:.1} / {:.1} MiB | {:.1} MiB | {:.1}% of a core |",
             r.p50,
             r.p99,
             r.startup_p50,
             r.startup_p99,
             r.created_last,
+            r.burst_ms_per_pod,
             r.agent_idle as f64 / 1024.0,
             r.agent_loaded as f64 / 1024.0,
             r.runtime_idle as f64 / 1024.0,
