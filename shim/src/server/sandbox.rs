@@ -276,7 +276,10 @@ impl Shim {
         let fresh = std::fs::metadata(&target).ok().map(|m| m.len()) == std::fs::metadata(&self.pause_bin).ok().map(|m| m.len());
         if !fresh {
             std::fs::create_dir_all(&rootfs).map_err(io(format!("creating {}", rootfs.display())))?;
-            let tmp = rootfs.join(".pause.tmp");
+            // A name of its own: concurrent first sandboxes each copy, and each rename
+            // atomically installs the same binary.
+            static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let tmp = rootfs.join(format!(".pause.tmp.{}", COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
             std::fs::copy(&self.pause_bin, &tmp).map_err(io(format!("copying {}", self.pause_bin.display())))?;
             std::fs::rename(&tmp, &target).map_err(io("installing the pause binary"))?;
         }
