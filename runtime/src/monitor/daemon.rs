@@ -1,7 +1,8 @@
 //! The monitor's event loop: one thread, `poll(2)` over the control socket, its connections,
-//! container output pipes and a signalfd for SIGCHLD. Containers are created in a forked child
-//! (the runtime library may join a PID namespace for its children, which must not stick to
-//! the monitor) and reparent to the monitor, a child subreaper, when that child exits.
+//! container output pipes and a signalfd for SIGCHLD. Containers are created in a child that
+//! shares the monitor's memory (see [`super::vfork`]; the runtime library may join a PID
+//! namespace for its children, which must not stick to the monitor) and reparent to the
+//! monitor, a child subreaper, when that child exits.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -338,25 +339,33 @@ impl Monitor {
     /// waits for it and returns the container's pid.
     fn fork_create(&mut self, id: &str, bundle: &Path, [in_r, out_w, err_w]: [&OwnedFd; 3], console: Option<&Path>) -> Result<i32, String> {
         let (res_r, res_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-        // SAFETY: the monitor is single-threaded; the child only calls into the runtime
-        // library (itself written for a single-threaded caller) and exits.
-        let child = unsafe { libc::fork() };
-        if child < 0 {
-            return Err(format!("fork: {}", std::io::Error::last_os_error()));
-        }
-        if child == 0 {
-            let res_w = child_stdio(in_r, out_w, err_w, res_w);
-            let opts = CreateOptions { root: &self.root, id, bundle, pid_file: None, console_socket: console, wait_for_start: true };
+        // A fresh stack each time: unmapped once the child is gone, so the monitor (one per
+        // pod, living as long as it) does not keep the pages the create touched.
+        let stack = super::vfork::ChildStack::new().map_err(|e| format!("mapping a stack for create: {e}"))?;
+        let root = &self.root;
+        let res_w_raw = res_w.as_raw_fd();
+        let run = move || {
+            // The child's own descriptor table: stdio for the init, the result pipe as fd 3.
+            // SAFETY: res_w_raw is the parent's open descriptor, copied into this child's table;
+            // this child owns its copy.
+            let res_w = child_stdio(in_r, out_w, err_w, unsafe { OwnedFd::from_raw_fd(res_w_raw) });
+            let opts = CreateOptions { root, id, bundle, pid_file: None, console_socket: console, wait_for_start: true };
             let (code, msg) = match container::create(&opts) {
                 Ok(created) => (0, created.pid.to_string()),
                 Err(e) => (1, crate::spec::error_chain(&e)),
             };
             let mut f = std::fs::File::from(res_w);
             let _ = f.write_all(msg.as_bytes());
-            // SAFETY: leaving the forked child without running the parent's destructors.
-            unsafe { libc::_exit(code) };
-        }
-        drop(res_w);
+            code
+        };
+        // SAFETY: the monitor is single-threaded; the child only calls into the runtime library
+        // (itself written for a single-threaded caller), frees what it allocates, and exits.
+        let child = unsafe { super::vfork::spawn_shared(&stack, run) }.map_err(|e| format!("clone: {e}"))?;
+        drop((res_w, stack));
+        // The child parsed the spec and set up the container in this heap; give back the
+        // memory it freed (a monitor lives as long as its pod).
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
         let mut status = 0;
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(child, &mut status, 0) };

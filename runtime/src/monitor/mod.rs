@@ -12,6 +12,7 @@ pub mod fdpass;
 mod fds;
 pub mod logs;
 pub mod proto;
+mod vfork;
 
 use std::path::{Path, PathBuf};
 
