@@ -37,33 +37,29 @@ pub(crate) fn mount_setattr(dirfd: libc::c_int, path: &std::ffi::CStr, flags: li
     Ok(())
 }
 
-/// A detached clone of the mount tree at `source` (not recursive), idmapped through the user
-/// namespace `userns` (an open /proc/PID/ns/user).
-pub fn idmapped_tree(source: &Path, userns: &std::fs::File) -> io::Result<OwnedFd> {
+/// A detached clone of the mount at `source` (not recursive) with `attr` applied to it.
+fn cloned_tree(source: &Path, attr: &MountAttr) -> io::Result<OwnedFd> {
     let c = cstr(source)?;
     // SAFETY: open_tree with a valid C path; the result is a new fd we own.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint) };
     let fd = cvt(fd as libc::c_int)?;
     // SAFETY: fd was just returned by open_tree.
     let tree = unsafe { OwnedFd::from_raw_fd(fd) };
-    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
-    mount_setattr(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint, &attr)?;
+    mount_setattr(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint, attr)?;
     Ok(tree)
+}
+
+/// A detached clone of the mount tree at `source` (not recursive), idmapped through the user
+/// namespace `userns` (an open /proc/PID/ns/user).
+pub fn idmapped_tree(source: &Path, userns: &std::fs::File) -> io::Result<OwnedFd> {
+    cloned_tree(source, &MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 })
 }
 
 /// A detached, read-only clone of the mount at `source` (not recursive): a read-only root for
 /// a container without a mount namespace, which `fchdir` + `chroot(".")` enter without adding
 /// a mount to anyone's table. It goes away with the last process rooted in it.
 pub fn readonly_tree(source: &Path) -> io::Result<OwnedFd> {
-    let c = cstr(source)?;
-    // SAFETY: open_tree with a valid C path; the result is a new fd we own.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint) };
-    let fd = cvt(fd as libc::c_int)?;
-    // SAFETY: fd was just returned by open_tree.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
-    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    mount_setattr(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint, &attr)?;
-    Ok(tree)
+    cloned_tree(source, &MountAttr { attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, attr_clr: 0, propagation: 0, userns_fd: 0 })
 }
 
 /// Attaches a detached mount (from [`idmapped_tree`]) at `target`.
