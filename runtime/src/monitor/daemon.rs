@@ -265,7 +265,6 @@ impl Monitor {
         if self.containers.contains_key(id) {
             return Response::Error { message: format!("container {id} already exists in this pod") };
         }
-        warm_seccomp_cache(&bundle.join("config.json"));
         let spawned = if tty { self.spawn_create_tty(id, bundle, stdin) } else { self.spawn_create(id, bundle, stdin) };
         match spawned {
             Ok((pid, pipes, stdin_w)) => {
@@ -362,8 +361,10 @@ impl Monitor {
         // (itself written for a single-threaded caller), frees what it allocates, and exits.
         let child = unsafe { super::vfork::spawn_shared(&stack, run) }.map_err(|e| format!("clone: {e}"))?;
         drop((res_w, stack));
-        // The child parsed the spec and set up the container in this heap; give back the
-        // memory it freed (a monitor lives as long as its pod).
+        // The child parsed the spec, compiled its seccomp profile into this process's cache
+        // (so the pod's other containers and every exec child forked from here find it) and
+        // set up the container, all in this heap: give back what it freed (a monitor lives as
+        // long as its pod).
         // SAFETY: malloc_trim only releases free heap memory.
         unsafe { libc::malloc_trim(0) };
         let mut status = 0;
@@ -504,54 +505,5 @@ pub(super) fn respond(mut conn: UnixStream, reply: &Response) {
     let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
     if let Err(e) = conn.write_all(&line) {
         tracing::warn!(error = %e, "answering the shim");
-    }
-}
-
-/// Compiles the seccomp profile of a bundle's config.json into this process's cache before the
-/// create is forked. Creates and execs run in forked children: what a child compiles dies with
-/// it, so without this every container of the pod and every exec (each exec probe) compiled
-/// the same profile again. Every container of the pod is created through here, so the
-/// children forked for its execs inherit its profile too (while the cache keeps it: the last
-/// few distinct profiles). Errors are left to the child, which reads the same file and
-/// reports them.
-fn warm_seccomp_cache(config: &Path) {
-    if let Some(profile) = std::fs::read(config).ok().and_then(|b| seccomp_profile_of(&b)) {
-        if let Ok((_, true)) = crate::seccomp::cached_or_compiled(&profile) {
-            // Compiling grows the heap by a few hundred KiB of temporaries: give them back,
-            // this process stays for the pod's lifetime.
-            // SAFETY: malloc_trim only releases free heap memory.
-            unsafe { libc::malloc_trim(0) };
-        }
-    }
-}
-
-/// The `linux.seccomp` of a config.json, read without the rest of the spec.
-fn seccomp_profile_of(bytes: &[u8]) -> Option<oci_spec::runtime::LinuxSeccomp> {
-    #[derive(serde::Deserialize)]
-    struct Config {
-        linux: Option<Linux>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Linux {
-        seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
-    }
-    serde_json::from_slice::<Config>(bytes).ok()?.linux?.seccomp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_seccomp_profile_is_read_alone_from_a_config() {
-        let profile = serde_json::json!({ "defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{ "names": ["read", "write"], "action": "SCMP_ACT_ALLOW" }] });
-        let config = serde_json::json!({ "ociVersion": "1.2.0", "process": { "args": ["sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 } }, "root": { "path": "rootfs" }, "linux": { "seccomp": profile, "namespaces": [{ "type": "mount" }] } });
-        let full: oci_spec::runtime::Spec = serde_json::from_value(config.clone()).unwrap();
-        let want = full.linux().as_ref().unwrap().seccomp().clone();
-        assert!(want.is_some());
-        assert_eq!(seccomp_profile_of(config.to_string().as_bytes()), want, "what the full parse gives, so the child's lookup hits");
-        let plain = serde_json::json!({ "ociVersion": "1.2.0", "linux": {} });
-        assert_eq!(seccomp_profile_of(plain.to_string().as_bytes()), None);
-        assert_eq!(seccomp_profile_of(b"{not json"), None);
     }
 }

@@ -112,16 +112,11 @@ impl std::fmt::Debug for Filter {
 /// always the same RuntimeDefault profile: comparing it with a remembered one is far cheaper
 /// than planning and generating the program again.
 pub fn compile_cached(spec: &oci_spec::runtime::LinuxSeccomp) -> Result<Filter, SeccompError> {
-    cached_or_compiled(spec).map(|(filter, _)| filter)
-}
-
-/// [`compile_cached`]; true when this call compiled (the profile was not remembered).
-pub fn cached_or_compiled(spec: &oci_spec::runtime::LinuxSeccomp) -> Result<(Filter, bool), SeccompError> {
     use std::sync::Mutex;
     const KEEP: usize = 4;
     static CACHE: Mutex<Vec<(oci_spec::runtime::LinuxSeccomp, Filter)>> = Mutex::new(Vec::new());
     if let Some((_, f)) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(p, _)| p == spec) {
-        return Ok((f.clone(), false));
+        return Ok(f.clone());
     }
     let filter = compile(spec)?;
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
@@ -129,7 +124,7 @@ pub fn cached_or_compiled(spec: &oci_spec::runtime::LinuxSeccomp) -> Result<(Fil
         cache.remove(0);
     }
     cache.push((spec.clone(), filter.clone()));
-    Ok((filter, true))
+    Ok(filter)
 }
 
 /// Validates an OCI `linux.seccomp` profile and compiles it to a BPF program.
