@@ -168,6 +168,81 @@ async fn shim_killed_mid_create_or_start_recovers() {
     assert_eq!(std::fs::read_dir(e.shim.dir.join("run/pods")).unwrap().count(), 0);
 }
 
+/// A pod whose containers have PID namespaces of their own (as the kubelet asks unless
+/// shareProcessNamespace) has no infra process: its monitor holds the pod's UTS and IPC
+/// namespaces, with its hostname and sysctls, and keeps holding them across a kill -9 of the
+/// shim. A sysctl the kernel refuses fails the sandbox by name, leaving nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn pods_without_a_shared_pid_namespace_have_no_infra_process() {
+    let mut e = env("held", 5109, "10.89.9.0/24", true).await;
+    e.pull().await;
+    let logs = e.logs.clone();
+    let held_config = |sysctls: &[(&str, &str)]| {
+        let mut config = berth_integration::cri::sandbox_config("held", &logs);
+        config.linux = Some(LinuxPodSandboxConfig {
+            sysctls: sysctls.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption { pid: NamespaceMode::Container as i32, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        config
+    };
+    let config = held_config(&[("kernel.shm_rmid_forced", "1"), ("net.ipv4.ip_local_port_range", "40000 41000")]);
+    let pod = e.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() }).await.unwrap().into_inner().pod_sandbox_id;
+    let holder = |info: &HashMap<String, String>| serde_json::from_str::<serde_json::Value>(&info["info"]).unwrap()["pid"].as_i64().unwrap();
+    let status = e.rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true }).await.unwrap().into_inner();
+    let pid = holder(&status.info);
+    assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(), "berth-monitor", "the pod's monitor holds its namespaces");
+    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap().display().to_string();
+    assert_ne!(ns(&pid.to_string(), "ipc"), ns("self", "ipc"));
+    assert_ne!(ns(&pid.to_string(), "uts"), ns("self", "uts"));
+
+    let own_pid_ns = |name: &str, mode: NamespaceMode| {
+        let mut c = container_config(name, &["sleep", "1000"]);
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext { namespace_options: Some(NamespaceOption { pid: mode as i32, ..Default::default() }), ..Default::default() }),
+            ..Default::default()
+        });
+        c
+    };
+    let shared = CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(own_pid_ns("shared", NamespaceMode::Pod)), sandbox_config: Some(config.clone()) };
+    let err = e.rt.create_container(shared).await.unwrap_err();
+    assert!(err.message().contains("namespace_options.pid"), "no PID namespace to share, not the host's: {}", err.message());
+    let probe = "hostname; cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_local_port_range; readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts; cat /proc/1/comm";
+    let mut seen = Vec::new();
+    for name in ["a", "b"] {
+        let c = e.create(&pod, &config, own_pid_ns(name, NamespaceMode::Container)).await;
+        e.rt.start_container(StartContainerRequest { container_id: c.clone() }).await.unwrap();
+        let r = e.rt.exec_sync(ExecSyncRequest { container_id: c.clone(), cmd: vec!["sh".into(), "-c".into(), probe.into()], timeout: 10 }).await.unwrap().into_inner();
+        seen.push(String::from_utf8_lossy(&r.stdout).to_string());
+        seen.push(c);
+    }
+    let expected = format!("held\n1\n40000\t41000\n{}\n{}\nsleep\n", ns(&pid.to_string(), "ipc"), ns(&pid.to_string(), "uts"));
+    assert_eq!((seen[0].as_str(), seen[2].as_str()), (expected.as_str(), expected.as_str()), "both containers: the pod's hostname, sysctls and namespaces; PID 1 their own");
+    let stats = e.rt.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await.unwrap().into_inner().stats.unwrap();
+    assert_eq!(stats.linux.unwrap().process.unwrap().process_count.unwrap().value, 2, "two containers, no infra process");
+
+    e.shim.kill9_and_restart().expect("restart");
+    e.reconnect().await;
+    let status = e.rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true }).await.unwrap().into_inner();
+    assert_eq!((holder(&status.info), status.status.unwrap().state), (pid, PodSandboxState::SandboxReady as i32));
+    let r = e.rt.exec_sync(ExecSyncRequest { container_id: seen[1].clone(), cmd: vec!["hostname".into()], timeout: 5 }).await.unwrap().into_inner();
+    assert_eq!(r.stdout, b"held\n");
+    e.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert_eq!(std::fs::read_dir(e.shim.dir.join("run/pods")).unwrap().count(), 0);
+
+    let bad = held_config(&[("net.ipv4.no_such_sysctl", "1")]);
+    let err = e.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(bad), runtime_handler: String::new() }).await.unwrap_err();
+    assert!(err.message().contains("net.ipv4.no_such_sysctl"), "{}", err.message());
+    assert_eq!(e.rt.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items.len(), 0);
+    for dir in ["run/pods", "run/netns"] {
+        assert_eq!(std::fs::read_dir(e.shim.dir.join(dir)).map(|d| d.count()).unwrap_or(0), 0, "{dir} is empty");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root"]
 async fn network_not_ready_without_cni_config_and_bad_requests_are_named() {

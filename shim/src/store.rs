@@ -40,11 +40,16 @@ pub struct SandboxRecord {
     /// The pinned network namespace (None with host networking).
     pub netns: Option<PathBuf>,
     pub ips: Vec<String>,
+    /// The process whose namespaces are the pod's: the infra container's, or the monitor's.
     pub infra_pid: i32,
     pub cgroup_parent: String,
     pub runtime_handler: String,
     /// CNI ADD may have run (this is recorded before it starts) and DEL has not yet.
     pub network_attached: bool,
+    /// The pod's monitor holds its UTS and IPC namespaces (`infra_pid` is the monitor's):
+    /// there is no infra container. Records written before this field have one.
+    #[serde(default)]
+    pub held_by_monitor: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +276,7 @@ mod tests {
                 cgroup_parent: "/berth".into(),
                 runtime_handler: String::new(),
                 network_attached: false,
+                held_by_monitor: false,
             },
             config: cri::PodSandboxConfig { hostname: "h".into(), ..Default::default() },
         }

@@ -3,6 +3,7 @@
 mod create;
 mod delete;
 mod exec;
+mod hold;
 mod kill;
 mod pause;
 mod start;
@@ -11,6 +12,7 @@ mod update;
 pub use create::{create, CreateOptions, Created};
 pub use delete::{delete, delete_loaded};
 pub use exec::{exec, ExecOptions};
+pub use hold::hold;
 pub use kill::{kill, parse_signal};
 pub use pause::{pause, resume};
 pub use start::{run_poststart, start};

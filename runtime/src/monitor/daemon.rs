@@ -11,7 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::container::{self, CreateOptions, Loaded};
+use crate::container::{self, ContainerError, CreateOptions, Loaded};
 use crate::state::Root;
 
 use super::fds::{drain_signalfd, pollfd, set_nonblocking, child_stdio, pipe};
@@ -78,6 +78,8 @@ pub(super) struct Monitor {
     /// Exits reaped before their container was registered.
     early_exits: HashMap<i32, i32>,
     shutting_down: bool,
+    /// This process holds the pod's UTS and IPC namespaces (there is no infra container).
+    held: bool,
     /// Names console sockets uniquely.
     pub(super) counter: u64,
 }
@@ -109,6 +111,7 @@ pub fn serve(opts: Options, listener: UnixListener) -> Result<(), DaemonError> {
         execs: HashMap::new(),
         early_exits: HashMap::new(),
         shutting_down: false,
+        held: false,
         counter: 0,
     };
     loop {
@@ -228,6 +231,7 @@ impl Monitor {
             Request::Create { id, bundle, log_path, stdin, stdin_once, tty } => self.create(&id, &bundle, log_path.as_deref(), stdin, stdin_once, tty),
             Request::Exec { id, process, tty, stdin } => return self.exec_stream(&id, *process, tty, stdin, conn),
             Request::Attach { id, stdin, stdout, stderr } => return self.attach(&id, [stdin, stdout, stderr], conn),
+            Request::Hold { bundle } => self.hold(&bundle),
             Request::Start { id } => match container::start(&self.root, &id) {
                 Ok(()) => Response::Ok,
                 Err(e) => Response::Error { message: crate::spec::error_chain(&e) },
@@ -259,6 +263,22 @@ impl Monitor {
             }
         };
         respond(conn, &reply);
+    }
+
+    /// Holds the pod's namespaces in this process (see [`container::hold`]); once, before any
+    /// container. The answer names this process as the one whose namespaces the pod's are.
+    fn hold(&mut self, bundle: &Path) -> Response {
+        if self.held || !self.containers.is_empty() {
+            return Response::Error { message: "the pod's namespaces can be held only once, before any container".into() };
+        }
+        let held = crate::spec::load(bundle).map_err(ContainerError::from).and_then(|spec| container::hold(&spec, bundle));
+        match held {
+            Ok(()) => {
+                self.held = true;
+                Response::Created { pid: std::process::id() as i32 }
+            }
+            Err(e) => Response::Error { message: crate::spec::error_chain(&e) },
+        }
     }
 
     fn create(&mut self, id: &str, bundle: &Path, log_path: Option<&Path>, stdin: bool, stdin_once: bool, tty: bool) -> Response {

@@ -11,6 +11,10 @@ pub enum Request {
     /// With `stdin`, the monitor keeps the write end of its stdin for attaches; `stdin_once`
     /// hands it to the first attach and closes it when that attach ends.
     Create { id: String, bundle: PathBuf, log_path: Option<PathBuf>, stdin: bool, #[serde(default)] stdin_once: bool, tty: bool },
+    /// Hold the pod's UTS and IPC namespaces in the monitor itself, with the hostname and
+    /// sysctls of the bundle's spec, instead of running an infra container: the answer is
+    /// [`Response::Created`] with the monitor's pid, whose namespaces are the pod's.
+    Hold { bundle: PathBuf },
     /// Start a created container.
     Start { id: String },
     /// Run a process inside a running container and collect its output.

@@ -1,8 +1,9 @@
 //! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
 //!
 //! A sandbox is a pod directory (shared files, /dev/shm, the monitor's socket and exit
-//! records), a pinned network namespace with CNI attached, and the infra process run through
-//! the pod's monitor. Its record is on disk before any of these exist, so a crash part-way
+//! records), a pinned network namespace with CNI attached, and the pod's UTS and IPC
+//! namespaces: held by the pod's monitor itself, or, when the pod shares one PID namespace or
+//! has a user namespace, by an infra process run through the monitor. Its record is on disk before any of these exist, so a crash part-way
 //! leaves something Stop/Remove can clean up.
 
 use std::collections::HashMap;
@@ -21,6 +22,14 @@ use crate::store::{Sandbox, SandboxRecord, SandboxState};
 
 pub(crate) fn namespace_mode(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
     config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.clone()).unwrap_or_default()
+}
+
+/// No process of the pod is PID 1 of a PID namespace shared by its containers (PID mode
+/// CONTAINER or NODE): then the pod's monitor can hold its UTS and IPC namespaces and no infra
+/// container is needed (a user namespace pod still has one: its namespaces are owned by it).
+fn needs_no_pid_one(config: &cri::PodSandboxConfig) -> bool {
+    let pid = namespace_mode(config).pid;
+    pid == cri::NamespaceMode::Container as i32 || pid == cri::NamespaceMode::Node as i32
 }
 
 /// The pod asked for a user namespace of its own (userns_options mode POD).
@@ -68,6 +77,7 @@ impl Shim {
             // DEL of an attachment that never happened is success (CNI spec). One record
             // write (an fsync) fewer per pod than marking it after the ADD.
             network_attached: !host_net,
+            held_by_monitor: !pod_userns(&config) && needs_no_pid_one(&config),
         };
         self.store.put_sandbox(Sandbox { record: record.clone(), config: config.clone() })?;
         match self.start_sandbox(&record, &config).await {
@@ -116,13 +126,17 @@ impl Shim {
             let mut child = child;
             let _ = child.wait().await;
         });
+        let held = record.held_by_monitor;
         let bundle = self.write_sandbox_bundle(record, config)?;
         let infra = async {
-            let pid = match monitor.call(&Request::Create { id: id.clone(), bundle, log_path: None, stdin: false, stdin_once: false, tty: false }).await? {
+            let request = if held { Request::Hold { bundle } } else { Request::Create { id: id.clone(), bundle, log_path: None, stdin: false, stdin_once: false, tty: false } };
+            let pid = match monitor.call(&request).await? {
                 crate::monitor::Response::Created { pid } => pid,
                 other => return Err(CriError::Internal(format!("unexpected monitor answer {other:?}"))),
             };
-            monitor.call(&Request::Start { id: id.clone() }).await?;
+            if !held {
+                monitor.call(&Request::Start { id: id.clone() }).await?;
+            }
             Ok::<i32, CriError>(pid)
         };
         let network = async {
@@ -258,7 +272,15 @@ impl Shim {
     fn write_sandbox_bundle(&self, record: &SandboxRecord, config: &cri::PodSandboxConfig) -> CriResult<PathBuf> {
         let bundle = self.bundle_dir(&record.id);
         let rootfs = self.pause_rootfs()?;
-        let spec = super::specs::sandbox(self, record, config, &rootfs)?;
+        let mut spec = super::specs::sandbox(self, record, config, &rootfs)?;
+        if record.held_by_monitor {
+            // The holder keeps the UTS and IPC namespaces; the containers have PID namespaces
+            // of their own, so the pod has none to hold.
+            if let Some(linux) = spec.linux_mut() {
+                let kept = linux.namespaces().iter().flatten().filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Pid).cloned().collect();
+                linux.set_namespaces(Some(kept));
+            }
+        }
         std::fs::create_dir_all(&bundle).map_err(io(format!("creating {}", bundle.display())))?;
         let bytes = serde_json::to_vec(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
         crate::monitor::write_replace(&bundle.join("config.json"), &bytes, false).map_err(io("writing the infra bundle"))?;

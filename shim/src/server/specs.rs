@@ -43,6 +43,12 @@ pub(super) fn container(shim: &Shim, id: &str, sb: &Sandbox, config: &cri::Conta
     let files = PodFiles::in_dir(&pod_dir);
     let mut namespaces = PodNamespaces::of_pid(sb.record.infra_pid as u32);
     namespaces.network = sb.record.netns.clone();
+    if sb.record.held_by_monitor {
+        // The monitor holds the pod's UTS and IPC namespaces only; its PID and user namespaces
+        // are the host's, so a container asking for the pod's is refused, not given the host's.
+        namespaces.pid = None;
+        namespaces.user = None;
+    }
     let target_pid_ns = target_pid_ns(shim, config)?;
     let users = users(rootfs);
     let defaults = image_defaults(image);

@@ -77,7 +77,7 @@ impl Shim {
                 cpu: Some(cri::CpuUsage { timestamp: now, usage_core_nano_seconds: u64v(cpu + infra.cpu.usage_total), usage_nano_cores: None, psi: None }),
                 memory: Some(cri::MemoryUsage { timestamp: now, working_set_bytes: u64v(mem + infra.memory.usage), usage_bytes: u64v(mem + infra.memory.usage), ..Default::default() }),
                 network: None,
-                process: Some(cri::ProcessUsage { timestamp: now, process_count: u64v(containers.len() as u64 + 1) }),
+                process: Some(cri::ProcessUsage { timestamp: now, process_count: u64v(containers.len() as u64 + u64::from(!sb.record.held_by_monitor)) }),
                 containers,
                 io: None,
             }),
