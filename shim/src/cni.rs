@@ -188,7 +188,7 @@ impl Cni {
         let raw = prev.unwrap_or(Value::Null);
         let cache = self.cache_path(&list.name, att);
         let entry = json!({ "kind": "cniCacheV1", "config": String::from_utf8_lossy(&list.bytes), "result": raw, "netns": att.netns });
-        crate::store::write_json(&cache, &entry).map_err(|source| CniError::Cache { path: cache.clone(), source })?;
+        crate::store::write_json(&cache, &entry, true).map_err(|source| CniError::Cache { path: cache.clone(), source })?;
         Ok(AddResult { ips: result_ips(&raw), raw })
     }
 

@@ -19,10 +19,10 @@ pub enum StoreError {
     Read { path: PathBuf, message: String },
 }
 
-/// Writes JSON atomically (see [`crate::monitor::write_atomic`]).
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+/// Writes JSON atomically, fsynced when `durable` (see [`crate::monitor::write_replace`]).
+pub fn write_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    crate::monitor::write_atomic(path, &bytes)
+    crate::monitor::write_replace(path, &bytes, durable)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,16 +131,25 @@ impl Store {
 
     pub fn put_sandbox(&self, sb: Sandbox) -> Result<(), StoreError> {
         let dir = self.sandbox_dir(&sb.record.id);
-        persist(&dir, &sb.record, Some(&sb.config.encode_to_vec()))?;
+        persist(&dir, &sb.record, Some(&sb.config.encode_to_vec()), true)?;
         self.sandboxes.write().expect("lock").insert(sb.record.id.clone(), Arc::new(sb));
         Ok(())
     }
 
     /// Changes a sandbox's record (disk first, then memory).
     pub fn update_sandbox(&self, id: &str, f: impl FnOnce(&mut SandboxRecord)) -> Result<Option<Sandbox>, StoreError> {
+        self.change_sandbox(id, f, true)
+    }
+
+    /// [`Store::update_sandbox`] for a fact that dies with the machine (see [`Store::update_container_this_boot`]).
+    pub fn update_sandbox_this_boot(&self, id: &str, f: impl FnOnce(&mut SandboxRecord)) -> Result<Option<Sandbox>, StoreError> {
+        self.change_sandbox(id, f, false)
+    }
+
+    fn change_sandbox(&self, id: &str, f: impl FnOnce(&mut SandboxRecord), durable: bool) -> Result<Option<Sandbox>, StoreError> {
         let Some(mut sb) = self.sandbox(id) else { return Ok(None) };
         f(&mut sb.record);
-        persist(&self.sandbox_dir(id), &sb.record, None)?;
+        persist(&self.sandbox_dir(id), &sb.record, None, durable)?;
         self.sandboxes.write().expect("lock").insert(id.to_string(), Arc::new(sb.clone()));
         Ok(Some(sb))
     }
@@ -160,15 +169,29 @@ impl Store {
     }
 
     pub fn put_container(&self, c: Container) -> Result<(), StoreError> {
-        persist(&self.container_dir(&c.record.id), &c.record, Some(&c.config.encode_to_vec()))?;
+        persist(&self.container_dir(&c.record.id), &c.record, Some(&c.config.encode_to_vec()), true)?;
         self.containers.write().expect("lock").insert(c.record.id.clone(), Arc::new(c));
         Ok(())
     }
 
     pub fn update_container(&self, id: &str, f: impl FnOnce(&mut ContainerRecord)) -> Result<Option<Container>, StoreError> {
+        self.change_container(id, f, true)
+    }
+
+    /// Changes a record with a fact that dies with the machine: a container's pid, its start,
+    /// a sandbox becoming ready. Written atomically before memory changes, like every update,
+    /// so a restarted shim always reads it; but not fsynced (three fewer fsyncs per pod start).
+    /// A power cut may keep the previous version instead, and after a reboot that reads the
+    /// same: the sandbox is NotReady either way, a container without its pid is a create cut
+    /// short and is rolled back, and one recorded Created or Running has no monitor left.
+    pub fn update_container_this_boot(&self, id: &str, f: impl FnOnce(&mut ContainerRecord)) -> Result<Option<Container>, StoreError> {
+        self.change_container(id, f, false)
+    }
+
+    fn change_container(&self, id: &str, f: impl FnOnce(&mut ContainerRecord), durable: bool) -> Result<Option<Container>, StoreError> {
         let Some(mut c) = self.container(id) else { return Ok(None) };
         f(&mut c.record);
-        persist(&self.container_dir(id), &c.record, None)?;
+        persist(&self.container_dir(id), &c.record, None, durable)?;
         self.containers.write().expect("lock").insert(id.to_string(), Arc::new(c.clone()));
         Ok(Some(c))
     }
@@ -216,14 +239,14 @@ fn unique_prefix<'a>(keys: impl Iterator<Item = &'a String>, id: &str) -> Option
     found
 }
 
-fn persist<T: Serialize>(dir: &Path, record: &T, config: Option<&[u8]>) -> Result<(), StoreError> {
+fn persist<T: Serialize>(dir: &Path, record: &T, config: Option<&[u8]>, durable: bool) -> Result<(), StoreError> {
     let w = |path: PathBuf| move |source| StoreError::Write { path, source };
     if let Some(bytes) = config {
         // Not fsynced on its own: the record written next is, and a config without a record
         // is dropped at load (the request never completed).
         crate::monitor::write_replace(&dir.join(CONFIG), bytes, false).map_err(w(dir.join(CONFIG)))?;
     }
-    write_json(&dir.join(RECORD), record).map_err(w(dir.join(RECORD)))
+    write_json(&dir.join(RECORD), record, durable).map_err(w(dir.join(RECORD)))
 }
 
 fn remove_dir(dir: &Path) -> Result<(), StoreError> {

@@ -87,8 +87,7 @@ impl Shim {
         .await;
         match result {
             Ok((pid, user)) => {
-                // One write for both: each record write is an fsync.
-                self.store.update_container(&id, |r| {
+                self.store.update_container_this_boot(&id, |r| {
                     r.pid = pid;
                     r.user = user;
                 })?;
@@ -112,7 +111,7 @@ impl Shim {
             return Err(CriError::FailedPrecondition(format!("container {} is {:?}, not created", c.record.id, c.record.state)));
         }
         // Running is recorded before the start: an exit recorded by the monitor wins over it.
-        self.store.update_container(&c.record.id, |r| {
+        self.store.update_container_this_boot(&c.record.id, |r| {
             r.state = ContainerState::Running;
             r.started_at = monitor::proto::now_nanos();
         })?;

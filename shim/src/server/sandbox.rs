@@ -82,7 +82,7 @@ impl Shim {
         self.store.put_sandbox(Sandbox { record: record.clone(), config: config.clone() })?;
         match self.start_sandbox(&record, &config).await {
             Ok((pid, ips)) => {
-                self.store.update_sandbox(&id, |r| {
+                self.store.update_sandbox_this_boot(&id, |r| {
                     r.state = SandboxState::Ready;
                     r.infra_pid = pid;
                     r.ips = ips;
