@@ -295,6 +295,9 @@ impl<R: Runtime> Agent<R> {
 
     /// Runs until the pod watch fails for good. `ca` (DER) verifies clients of the kubelet API.
     pub async fn run(self: Arc<Self>, ca: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        for dir in [self.cfg.pod_logs_dir.clone(), self.cfg.root_dir.join("pods")] {
+            crate::node::spread_pod_directories(&dir);
+        }
         self.refresh_facts().await;
         let mut names = vec![self.node_name.clone(), "localhost".to_string()];
         names.extend(self.facts.lock().expect("facts").internal_ip.clone());

@@ -107,6 +107,31 @@ impl HostFacts {
     }
 }
 
+/// ext2/3/4's "top of directory hierarchies" attribute (`chattr +T`; not in the libc crate).
+const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+
+/// Creates `dir` and asks ext2/3/4 to place each directory made in it (one per pod) in a
+/// block group of its own choosing instead of next to `dir`, so that a burst of pods does not
+/// pile its files into one group (see berth-runtime's `spread_subdirectories`: on ext4
+/// without a journal every allocation skips the group's inodes freed in the last minute).
+/// A hint: other filesystems refuse it, which is only logged.
+pub fn spread_pod_directories(dir: &Path) {
+    let spread = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let f = std::fs::File::open(dir)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        let mut flags: libc::c_int = 0;
+        // SAFETY: FS_IOC_GETFLAGS writes one int into `flags`; FS_IOC_SETFLAGS reads it.
+        if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } != 0 || unsafe { libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &(flags | FS_TOPDIR_FL)) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if let Err(e) = spread() {
+        tracing::debug!(dir = %dir.display(), error = %e, "no block-group spreading hint on this filesystem");
+    }
+}
+
 fn statvfs(p: &Path) -> Option<(i64, i64)> {
     let _ = std::fs::create_dir_all(p);
     let c = std::ffi::CString::new(p.to_string_lossy().as_bytes()).ok()?;

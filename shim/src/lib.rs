@@ -25,6 +25,14 @@ pub fn crash_point(name: &str) {
     }
 }
 
+/// [`berth_runtime::syscall::spread_subdirectories`], for a directory whose children are one
+/// tree per pod or container; a filesystem without the hint is noted in the debug log.
+pub fn spread_subdirectories(dir: &std::path::Path) {
+    if let Err(e) = berth_runtime::syscall::spread_subdirectories(dir) {
+        tracing::debug!(dir = %dir.display(), error = %e, "no block-group spreading hint on this filesystem");
+    }
+}
+
 /// An error and its sources, joined with ": " (for logs and gRPC status messages).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

@@ -113,6 +113,12 @@ impl Store {
     /// config without record — is removed: its request never succeeded).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let store = Store { dir: dir.to_path_buf(), sandboxes: Default::default(), containers: Default::default() };
+        for kind in ["sandboxes", "containers"] {
+            let d = dir.join(kind);
+            std::fs::create_dir_all(&d).map_err(|source| StoreError::Write { path: d.clone(), source })?;
+            // One directory per sandbox or container: each its own tree.
+            crate::spread_subdirectories(&d);
+        }
         for (id, record, config) in load_all::<SandboxRecord, cri::PodSandboxConfig>(&dir.join("sandboxes"))? {
             store.sandboxes.write().expect("lock").insert(id, Arc::new(Sandbox { record, config }));
         }

@@ -244,6 +244,8 @@ impl Layout {
         ] {
             std::fs::create_dir_all(&d).ctx("create", &d)?;
         }
+        // One directory per container's writable layer: each its own tree.
+        crate::spread_subdirectories(&self.snapshots());
         Ok(())
     }
 

@@ -145,7 +145,8 @@ impl ImageStore {
                         fs::create_dir_all(&d).ctx("create", &d)?;
                     }
                     let bytes = serde_json::to_vec(&layers).unwrap_or_default();
-                    write_atomic(&layout.temp("snapshot"), &record, &bytes)?;
+                    // The temporary file beside the record: in the snapshot's own block group.
+                    write_atomic(&dir.join(".layers.tmp"), &record, &bytes)?;
                     true
                 }
             };
