@@ -3,8 +3,8 @@
 //! A sandbox is a pod directory (shared files, /dev/shm, the monitor's socket and exit
 //! records), a pinned network namespace with CNI attached, and the pod's UTS and IPC
 //! namespaces: held by the pod's monitor itself, or, when the pod shares one PID namespace or
-//! has a user namespace, by an infra process run through the monitor. Its record is on disk before any of these exist, so a crash part-way
-//! leaves something Stop/Remove can clean up.
+//! has a user namespace, by an infra process run through the monitor. Its record is on disk
+//! before any of these exist, so a crash part-way leaves something Stop/Remove can clean up.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ pub(crate) fn namespace_mode(config: &cri::PodSandboxConfig) -> cri::NamespaceOp
 /// No process of the pod is PID 1 of a PID namespace shared by its containers (PID mode
 /// CONTAINER or NODE): then the pod's monitor can hold its UTS and IPC namespaces and no infra
 /// container is needed (a user namespace pod still has one: its namespaces are owned by it).
-fn needs_no_pid_one(config: &cri::PodSandboxConfig) -> bool {
+fn no_shared_pid_namespace(config: &cri::PodSandboxConfig) -> bool {
     let pid = namespace_mode(config).pid;
     pid == cri::NamespaceMode::Container as i32 || pid == cri::NamespaceMode::Node as i32
 }
@@ -77,7 +77,7 @@ impl Shim {
             // DEL of an attachment that never happened is success (CNI spec). One record
             // write (an fsync) fewer per pod than marking it after the ADD.
             network_attached: !host_net,
-            held_by_monitor: !pod_userns(&config) && needs_no_pid_one(&config),
+            held_by_monitor: !pod_userns(&config) && no_shared_pid_namespace(&config),
         };
         self.store.put_sandbox(Sandbox { record: record.clone(), config: config.clone() })?;
         match self.start_sandbox(&record, &config).await {
