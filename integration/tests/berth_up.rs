@@ -308,14 +308,26 @@ fn unit_values(unit: &str, key: &str) -> Vec<String> {
 /// A private mount namespace in which the staging root is where the units expect it: the
 /// staged usr/local/bin, opt, etc/cni, etc/berth and var/lib/berth bound over the real paths
 /// (/etc through an overlay, so nothing is created on the host), tmpfs on /run/berth and
-/// /var/log/pods. Held open by a `sleep` that is killed on drop.
+/// /var/log/pods. Held open by a `sleep` that is killed on drop. Mount points missing on a
+/// fresh host are made first (empty) and removed on drop.
 struct StagedHost {
     holder: Child,
     ns: String,
+    made: Vec<&'static Path>,
 }
+
+/// Where the units expect Berth's state, logs and runtime files.
+const MOUNT_POINTS: [&str; 3] = ["/var/lib/berth", "/var/log/pods", "/run/berth"];
 
 impl StagedHost {
     fn new(ns: &NetNs, staging: &Path, scratch: &Path) -> anyhow::Result<StagedHost> {
+        let mut made = Vec::new();
+        for p in MOUNT_POINTS.map(Path::new) {
+            if !p.exists() {
+                std::fs::create_dir_all(p)?;
+                made.push(p);
+            }
+        }
         let s = staging.display();
         let t = scratch.display();
         let script = format!(
@@ -331,11 +343,11 @@ impl StagedHost {
         let mut holder = Command::new("unshare").args(["--mount", "--propagation", "private", "--", "sh", "-c", &script]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         let mut line = String::new();
         std::io::BufReader::new(holder.stdout.take().expect("stdout")).read_line(&mut line)?;
+        let host = StagedHost { holder, ns: ns.name.clone(), made };
         if line.trim() != "ready" {
-            let _ = holder.kill();
             bail!("could not set up the staged host's mount namespace");
         }
-        Ok(StagedHost { holder, ns: ns.name.clone() })
+        Ok(host)
     }
 
     /// An Exec line of a unit, run on the staged host (network namespace and mounts).
@@ -355,6 +367,10 @@ impl Drop for StagedHost {
     fn drop(&mut self) {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
+        for p in &self.made {
+            // Only while still empty: nothing of the host's is removed.
+            let _ = std::fs::remove_dir(p);
+        }
     }
 }
 
