@@ -201,11 +201,28 @@ fn records(args: &CmdArgs) -> Records {
     Records::new(&dir, "portmap", &args.conf.name)
 }
 
+/// Removes the record's mappings that point at its pod. An ADD killed between writing its
+/// record and mapping its ports leaves a record of mappings it never made; by the time of its
+/// DEL or GC another pod may hold those host ports, and its entries (same key, another pod's
+/// address as value) stay.
 fn remove(rec: &PortmapRecord) -> Result<(), NftError> {
-    apply_with_setup(
-        &ops(&elements(&rec.mappings, &rec.ips), Action::Remove),
-        &String::new,
-    )
+    let wrap = |set: &str, source: NlError| NftError::Netlink {
+        table: TABLE.to_string(),
+        set: set.to_string(),
+        source,
+    };
+    let mut sock = crate::netlink::Socket::netfilter().map_err(|e| wrap("", e))?;
+    let mut ours = Vec::new();
+    for (set, e) in elements(&rec.mappings, &rec.ips) {
+        match sock.nft_get(FAMILY_INET, TABLE, set, &e.key) {
+            Ok(Some(value)) if Some(&value) == e.data.as_ref().map(|d| &d.0) => ours.push((set, e)),
+            Ok(_) => {}
+            Err(err) if err.is(libc::ENOENT) => {} // no table or map: nothing mapped
+            Err(err) => return Err(wrap(set, err)),
+        }
+    }
+    sock.nft_apply(&ops(&ours, Action::Remove))
+        .map_err(|e| wrap("", e))
 }
 
 impl Plugin for Portmap {
@@ -289,20 +306,18 @@ impl Plugin for Portmap {
         let mut sock =
             crate::netlink::Socket::netfilter().kernel(|| "cannot open nfnetlink".into())?;
         for (set, e) in elements(&list, &ips) {
-            let has = sock.nft_has(FAMILY_INET, TABLE, set, &e.key);
-            if !has
-                .or_else(|e: NlError| {
-                    if e.is(libc::ENOENT) {
-                        Ok(false)
-                    } else {
-                        Err(e)
-                    }
-                })
-                .kernel(|| "cannot read the portmap maps".into())?
-            {
+            let value = sock.nft_get(FAMILY_INET, TABLE, set, &e.key);
+            let value = value
+                .or_else(|e: NlError| if e.is(libc::ENOENT) { Ok(None) } else { Err(e) })
+                .kernel(|| "cannot read the portmap maps".into())?;
+            // Present, and pointing at this pod (not another pod's mapping of the same port).
+            if value.as_ref() != e.data.as_ref().map(|d| &d.0) {
                 return Err(CniError::new(
                     ErrorCode::Plugin(crate::error::CODE_KERNEL),
-                    format!("a mapping of {} is missing", describe(&list)),
+                    format!(
+                        "a mapping of {} is missing or leads to another pod",
+                        describe(&list)
+                    ),
                 ));
             }
         }

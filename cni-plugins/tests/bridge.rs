@@ -221,6 +221,28 @@ fn bad_input_is_answered_with_spec_codes_and_leaves_nothing() -> anyhow::Result<
         "{}",
         r.msg()
     );
+    // None of those made anything: no address, record, bridge or veth.
+    let addresses = std::fs::read_dir(tmp.path().join("ipam/bad"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+        })
+        .count();
+    assert_eq!(addresses, 0, "no address allocated by a refused ADD");
+    let records = std::fs::read_dir(tmp.path().join("state/bridge/bad"))
+        .into_iter()
+        .flatten()
+        .count();
+    assert_eq!(records, 0, "no record written by a refused ADD");
+    assert_eq!(
+        host.links()?,
+        vec!["lo"],
+        "no bridge or veth made by a refused ADD"
+    );
     // A /30 has one usable address besides the gateway.
     invoke(&bridge_bin(), &host, &add, &good)?.ok();
     let pod2 = Ns::new("pod")?;
@@ -377,34 +399,46 @@ fn berth_bridge_with_reference_host_local_and_portmap() -> anyhow::Result<()> {
 fn reference_bridge_with_berth_host_local() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let host = Ns::new("host")?;
-    let pod = Ns::new("pod")?;
-    let list = ConfList::new(
-        "mixb",
-        "1.0.0",
-        json!([{"type": "bridge", "bridge": "bt-br5", "isGateway": true,
-                "ipam": {"type": "berth-host-local", "ranges": [[{"subnet": "10.207.0.0/24"}], [{"subnet": "fd07::/64"}]],
-                         "dataDir": tmp.path()}}]),
-    );
-    let res = list
-        .add(&host, &Call::new("ADD", "r1", &pod.path()), &Value::Null)?
-        .ok()
-        .clone();
-    assert_eq!(res["ips"].as_array().map(Vec::len), Some(2), "{res}");
-    assert!(pod.ping("10.207.0.1"));
-    list.each(
-        &host,
-        &Call::new("CHECK", "r1", &pod.path()),
-        &Value::Null,
-        Some(&res),
-    )?
-    .ok();
-    list.each(
-        &host,
-        &Call::new("DEL", "r1", &pod.path()),
-        &Value::Null,
-        Some(&res),
-    )?
-    .ok();
+    // Every result version the reference plugins 1.1.1 speak.
+    for (n, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].into_iter().enumerate() {
+        let pod = Ns::new("pod")?;
+        let id = format!("r{n}");
+        let list = ConfList::new(
+            "mixb",
+            version,
+            json!([{"type": "bridge", "bridge": "bt-br5", "isGateway": true,
+                    "ipam": {"type": "berth-host-local", "ranges": [[{"subnet": "10.207.0.0/24"}], [{"subnet": "fd07::/64"}]],
+                             "dataDir": tmp.path()}}]),
+        );
+        let res = list
+            .add(&host, &Call::new("ADD", &id, &pod.path()), &Value::Null)?
+            .ok()
+            .clone();
+        assert_eq!(res["cniVersion"], version);
+        assert_eq!(res["ips"].as_array().map(Vec::len), Some(2), "{res}");
+        assert_eq!(
+            res["ips"][0].get("version").is_some(),
+            version.starts_with("0."),
+            "{res}"
+        );
+        assert!(pod.ping("10.207.0.1"), "{version}");
+        if version != "0.3.0" && version != "0.3.1" {
+            list.each(
+                &host,
+                &Call::new("CHECK", &id, &pod.path()),
+                &Value::Null,
+                Some(&res),
+            )?
+            .ok();
+        }
+        list.each(
+            &host,
+            &Call::new("DEL", &id, &pod.path()),
+            &Value::Null,
+            Some(&res),
+        )?
+        .ok();
+    }
     assert_eq!(
         std::fs::read_dir(tmp.path().join("mixb"))?.count(),
         3,
@@ -472,6 +506,66 @@ fn berth_portmap_from_outside_localhost_and_hairpin() -> anyhow::Result<()> {
         1 + 1,
         "mapping + hairpin bridge"
     );
+    // An ADD killed after recording its mappings but before making them: its host port goes to
+    // another pod, and the dead one's DEL must leave that pod's mapping alone.
+    let rt2 =
+        json!({"portMappings": [{"hostPort": 18082, "containerPort": 8080, "protocol": "tcp"}]});
+    let killed = Ns::new("pod")?;
+    let res_k = list
+        .add(&host, &Call::new("ADD", "k", &killed.path()), &rt2)?
+        .ok()
+        .clone();
+    host.run(
+        "nft",
+        &[
+            "delete",
+            "element",
+            "inet",
+            "berth-portmap",
+            "dnat4",
+            "{ tcp . 18082 }",
+        ],
+    )?;
+    let res_t = list
+        .add(&host, &Call::new("ADD", "t", &third.path()), &rt2)?
+        .ok()
+        .clone();
+    let r = list.each(
+        &host,
+        &Call::new("CHECK", "k", &killed.path()),
+        &rt2,
+        Some(&res_k),
+    )?;
+    assert!(
+        r.msg().contains("another pod"),
+        "CHECK of the dead pod sees the port lead elsewhere: {}",
+        r.json
+    );
+    list.each(
+        &host,
+        &Call::new("DEL", "k", &killed.path()),
+        &rt2,
+        Some(&res_k),
+    )?
+    .ok();
+    assert!(
+        tcp_transfer(&third, "0.0.0.0:8080", &host, "127.0.0.1:18082", 10_000),
+        "the live pod's mapping survives the dead pod's DEL"
+    );
+    list.each(
+        &host,
+        &Call::new("CHECK", "t", &third.path()),
+        &rt2,
+        Some(&res_t),
+    )?
+    .ok();
+    list.each(
+        &host,
+        &Call::new("DEL", "t", &third.path()),
+        &rt2,
+        Some(&res_t),
+    )?
+    .ok();
     list.each(
         &host,
         &Call::new("DEL", "s", &server.path()),
@@ -492,5 +586,139 @@ fn berth_portmap_from_outside_localhost_and_hairpin() -> anyhow::Result<()> {
         "only the hairpin interface set entry"
     );
     assert_eq!(nft_elements(&host, "inet", "berth-masq"), 0);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn bridge_options_mac_capability_and_force_address_reach_the_kernel() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let host = Ns::new("host")?;
+    let allocated = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+            })
+            .count()
+    };
+    let nothing_left = |pod: &Ns, what: &str| -> anyhow::Result<()> {
+        assert_eq!(pod.links()?, vec!["lo"], "{what}: nothing made in the pod");
+        assert!(
+            !host.links()?.iter().any(|l| l.starts_with("bv")),
+            "{what}: no veth left"
+        );
+        assert_eq!(
+            allocated(&tmp.path().join("ipam/opts")),
+            0,
+            "{what}: the address went back"
+        );
+        Ok(())
+    };
+    // A bridge that already holds another address in the pods' subnet.
+    host.ip(&["link", "add", "bt-br9", "type", "bridge"])?;
+    host.ip(&["addr", "add", "10.209.0.77/24", "dev", "bt-br9"])?;
+    let options = json!({"mtu": 1400, "promiscMode": true, "capabilities": {"mac": true}});
+    let conf = |extra: Value| {
+        let mut o = options.clone();
+        if let (Some(o), Some(e)) = (o.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        ConfList::new(
+            "opts",
+            "1.1.0",
+            json!([bridge_conf(tmp.path(), "bt-br9", "10.209.0.0/24", o)]),
+        )
+    };
+    let mac = "0a:58:0a:d1:00:42";
+    let rt = json!({"mac": mac});
+    let pod = Ns::new("pod")?;
+    let refused = conf(json!({})).add(&host, &Call::new("ADD", "o", &pod.path()), &rt)?;
+    assert_eq!(refused.err_code(), 7, "{}", refused.json);
+    assert!(refused.msg().contains("10.209.0.77/24") && refused.msg().contains("forceAddress"));
+    nothing_left(&pod, "address conflict")?;
+
+    let list = conf(json!({"forceAddress": true}));
+    let res = list
+        .add(&host, &Call::new("ADD", "o", &pod.path()), &rt)?
+        .ok()
+        .clone();
+    let bridge = host.ip(&["-d", "addr", "show", "bt-br9"])?;
+    assert!(
+        bridge.contains("10.209.0.1/24") && !bridge.contains("10.209.0.77"),
+        "{bridge}"
+    );
+    assert!(bridge.contains("PROMISC"), "{bridge}");
+    assert_eq!(res["interfaces"][2]["mac"], mac, "{res}");
+    let eth = pod.ip(&["link", "show", "eth0"])?;
+    assert!(
+        eth.contains(&format!("link/ether {mac}")) && eth.contains("mtu 1400"),
+        "{eth}"
+    );
+    let veth = res["interfaces"][1]["name"]
+        .as_str()
+        .expect("veth")
+        .to_string();
+    assert!(host.ip(&["link", "show", &veth])?.contains("mtu 1400"));
+    list.each(
+        &host,
+        &Call::new("CHECK", "o", &pod.path()),
+        &rt,
+        Some(&res),
+    )?
+    .ok();
+    list.each(&host, &Call::new("DEL", "o", &pod.path()), &rt, Some(&res))?
+        .ok();
+    nothing_left(&pod, "DEL")?;
+
+    // `vlan` on a bridge of its own: the port in that VLAN, untagged, without the default
+    // VLAN 1. Kernels built without bridge VLAN filtering (this machine's) refuse it, and the
+    // refused ADD must leave nothing.
+    let filtering = host
+        .ip(&[
+            "link",
+            "add",
+            "bt-probe",
+            "type",
+            "bridge",
+            "vlan_filtering",
+            "1",
+        ])
+        .is_ok();
+    let pod = Ns::new("pod")?;
+    let mut vlan = conf(json!({"vlan": 7}));
+    vlan.list["plugins"][0]["bridge"] = json!("bt-br10");
+    let r = vlan.add(&host, &Call::new("ADD", "v", &pod.path()), &rt)?;
+    if filtering {
+        let res = r.ok().clone();
+        let veth = res["interfaces"][1]["name"]
+            .as_str()
+            .expect("veth")
+            .to_string();
+        let vlans = host.run("bridge", &["vlan", "show", "dev", &veth])?;
+        assert!(
+            vlans
+                .lines()
+                .any(|l| l.contains(" 7 PVID") && l.contains("Untagged")),
+            "pod port in VLAN 7, untagged: {vlans}"
+        );
+        assert!(host
+            .ip(&["-d", "link", "show", "bt-br10"])?
+            .contains("vlan_filtering 1"));
+        vlan.each(&host, &Call::new("DEL", "v", &pod.path()), &rt, Some(&res))?
+            .ok();
+    } else {
+        assert_eq!(r.err_code(), 110, "{}", r.json);
+        assert!(
+            r.msg().contains("bt-br10"),
+            "the refusal names the bridge: {}",
+            r.json
+        );
+    }
+    nothing_left(&pod, "vlan")?;
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Leak test: 1,000 ADD/DEL cycles of berth-bridge (ipMasq, macspoofchk) + berth-host-local +
-//! berth-portmap, every tenth ADD killed with SIGKILL part-way and then forgotten by the
-//! "runtime" (its pod netns deleted, no DEL), then one GC with an empty valid list. Afterwards
-//! no address, veth, nft element, record or test netns may remain.
+//! berth-portmap. Every tenth ADD of berth-bridge and every twentieth of berth-portmap is killed
+//! with SIGKILL part-way and the pod forgotten by the "runtime" (no DEL; a third of those pods
+//! keep their netns, and so their veths), then one GC with an empty valid list. The test first
+//! checks that the kills left something behind, then that GC left no address, veth, nft
+//! element, record or test netns.
 
 mod common;
 
@@ -47,17 +49,41 @@ fn thousand_cycles_with_sigkills_then_gc_leave_nothing() -> anyhow::Result<()> {
         ]),
     );
     let mut pod = Ns::new("leakpod")?;
-    let (mut killed, mut completed, mut killed_after_ipam) = (0, 0, 0);
+    // Pods of killed ADDs whose netns the "runtime" keeps: their veths survive unless GC
+    // removes them (a netns that goes away takes its veth pair with it).
+    let mut kept = Vec::new();
+    let (mut killed, mut completed, mut finished_anyway) = (0, 0, 0);
     for i in 0..CYCLES {
         let id = format!("k{i}");
         let pod_path = pod.path();
         let rt =
             json!({"portMappings": [{"hostPort": 20000 + (i % 2000) as u16, "containerPort": 80}]});
-        if i % 10 == 7 {
-            // Kill the bridge plugin part-way through ADD (0–4 ms in), then forget the pod.
-            let conf = list.plugin_conf(&list.plugins()[0], None, &rt);
+        let kill_bridge = i % 10 == 7;
+        let kill_portmap = i % 20 == 3;
+        if kill_bridge || kill_portmap {
+            // Kill one plugin part-way through ADD (0–4 ms in), then forget the pod.
+            let (plugin, prev) = if kill_bridge {
+                (0, None)
+            } else {
+                let conf = list.plugin_conf(&list.plugins()[0], None, &rt);
+                let call = Call::new("ADD", &id, &pod_path);
+                (
+                    1,
+                    Some(
+                        invoke(&plugin_path("berth-bridge"), &host, &call, &conf)?
+                            .ok()
+                            .clone(),
+                    ),
+                )
+            };
+            let conf = list.plugin_conf(&list.plugins()[plugin], prev.as_ref(), &rt);
+            let name = if plugin == 0 {
+                "berth-bridge"
+            } else {
+                "berth-portmap"
+            };
             let mut child = spawn(
-                &plugin_path("berth-bridge"),
+                &plugin_path(name),
                 &host,
                 &Call::new("ADD", &id, &pod_path),
                 conf.to_string().as_bytes(),
@@ -67,10 +93,12 @@ fn thousand_cycles_with_sigkills_then_gc_leave_nothing() -> anyhow::Result<()> {
             let status = child.wait()?;
             killed += 1;
             if status.code().is_some() {
-                killed_after_ipam += 1; // it finished before the signal
+                finished_anyway += 1; // it finished before the signal
             }
-            drop(pod);
-            pod = Ns::new("leakpod")?;
+            let old = std::mem::replace(&mut pod, Ns::new("leakpod")?);
+            if i % 3 == 0 {
+                kept.push(old);
+            }
             continue;
         }
         let call = Call::new("ADD", &id, &pod_path);
@@ -81,12 +109,30 @@ fn thousand_cycles_with_sigkills_then_gc_leave_nothing() -> anyhow::Result<()> {
         completed += 1;
     }
     drop(pod);
-    // Let IPAM children of killed plugins finish before collecting.
-    std::thread::sleep(Duration::from_millis(200));
+    // What the killed ADDs left for GC: the test must have cut some of them short.
+    let left_records = walk(&state).len();
+    let left_veths = host
+        .links()?
+        .into_iter()
+        .filter(|l| l.starts_with("bv"))
+        .count();
+    let left_mappings = nft_elements(&host, "inet", "berth-portmap");
+    eprintln!(
+        "before GC: {left_records} records, {left_veths} veths (of {} kept netns), {left_mappings} portmap elements",
+        kept.len()
+    );
+    assert!(
+        left_records > 0,
+        "no SIGKILL landed inside an ADD: the test tested nothing"
+    );
+    assert!(
+        left_veths > 0,
+        "no kept pod had its veth yet: GC's link removal is untested"
+    );
     list.gc(&host, &[])?.ok();
     let elapsed = start.elapsed();
     eprintln!(
-        "leak test: {CYCLES} cycles ({completed} ADD+DEL, {killed} SIGKILLed ADDs, {killed_after_ipam} of them had already exited) + GC in {:.1} s",
+        "leak test: {CYCLES} cycles ({completed} ADD+DEL, {killed} SIGKILLed ADDs, {finished_anyway} of them had already exited) + GC in {:.1} s",
         elapsed.as_secs_f64()
     );
     let ipam: Vec<_> = walk(&tmp.path().join("ipam"))
@@ -124,8 +170,9 @@ fn thousand_cycles_with_sigkills_then_gc_leave_nothing() -> anyhow::Result<()> {
         .collect();
     assert!(records.is_empty(), "leaked records: {records:?}");
     assert!(count_files(&state.join("bridge")) == 0);
-    let netns = sh(std::process::Command::new("ip").args(["netns", "list"]))?;
     let ours = format!("bt-leakpod-{}-", std::process::id());
+    drop(kept);
+    let netns = sh(std::process::Command::new("ip").args(["netns", "list"]))?;
     assert!(!netns.contains(&ours), "leaked test netns: {netns}");
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
-use super::msg::{Msg, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+use super::msg::{Attrs, Msg, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 use super::{NlError, Socket};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -194,13 +194,37 @@ impl Socket {
         set: &str,
         key: &Key,
     ) -> Result<bool, NlError> {
+        Ok(self.nft_get(family, table, set, key)?.is_some())
+    }
+
+    /// The element of `set` with `key`: `None` when there is none, else its value (empty for a
+    /// plain set).
+    pub fn nft_get(
+        &mut self,
+        family: u8,
+        table: &str,
+        set: &str,
+        key: &Key,
+    ) -> Result<Option<Vec<u8>>, NlError> {
         let elem = Elem {
             key: key.clone(),
             data: None,
         };
         let msg = elems_msg(NFT_MSG_GETSETELEM, 0, family, table, set, &[elem]);
-        Ok(self.get(msg, &[libc::ENOENT])?.is_some())
+        Ok(self
+            .get(msg, &[libc::ENOENT])?
+            .map(|body| element_data(&body)))
     }
+}
+
+/// The value of the first element in a GETSETELEM answer (the body after its `nfgenmsg`).
+fn element_data(body: &[u8]) -> Vec<u8> {
+    let data = Attrs::after(body, 4)
+        .get(NFTA_SET_ELEM_LIST_ELEMENTS)
+        .and_then(|l| Attrs::new(l).get(NFTA_LIST_ELEM))
+        .and_then(|e| Attrs::new(e).get(NFTA_SET_ELEM_DATA))
+        .and_then(|d| Attrs::new(d).get(NFTA_DATA_VALUE));
+    data.map(<[u8]>::to_vec).unwrap_or_default()
 }
 
 /// Runs `script` through `nft -f -` (in the calling process's namespace).
@@ -249,6 +273,28 @@ pub fn apply_with_setup(ops: &[SetOp], setup: &dyn Fn() -> String) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn element_data_is_read_from_a_get_answer() {
+        let value = Key::new().ip("10.0.0.5".parse().unwrap()).port(80);
+        let elem = Elem {
+            key: Key::new().proto(6).port(8080),
+            data: Some(value.clone()),
+        };
+        let mut msg = elems_msg(NFT_MSG_NEWSETELEM, 0, FAMILY_INET, "t", "dnat4", &[elem]);
+        let wire = msg.finish(1).to_vec();
+        assert_eq!(
+            element_data(&wire[16..]),
+            value.0,
+            "after the 16-byte nlmsghdr"
+        );
+        let plain = Elem {
+            key: Key::new().proto(6).port(8080),
+            data: None,
+        };
+        let mut msg = elems_msg(NFT_MSG_NEWSETELEM, 0, FAMILY_INET, "t", "s", &[plain]);
+        assert!(element_data(&msg.finish(1)[16..]).is_empty());
+    }
 
     #[test]
     fn keys_are_register_padded() {

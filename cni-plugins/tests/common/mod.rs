@@ -389,8 +389,10 @@ pub fn tcp_transfer(server: &Ns, listen: &str, client: &Ns, connect: &str, bytes
 
 /// The number of elements in every set/map of nft table `family table` in `ns` (0 if absent).
 pub fn nft_elements(ns: &Ns, family: &str, table: &str) -> usize {
-    let Ok(out) = ns.run("nft", &["-j", "list", "table", family, table]) else {
-        return 0;
+    let out = match ns.run("nft", &["-j", "list", "table", family, table]) {
+        Ok(out) => out,
+        Err(e) if format!("{e:#}").contains("No such file or directory") => return 0,
+        Err(e) => panic!("listing nft table {family} {table}: {e:#}"),
     };
     let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
     v["nftables"]
