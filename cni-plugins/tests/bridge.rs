@@ -181,6 +181,73 @@ fn check_detects_a_removed_address_and_status_forwards() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// STATUS and GC reach an IPAM plugin that runs as a process of its own (berth-host-local
+/// under another name, so berth-bridge executes it instead of calling it in-process; Debian's
+/// reference IPAM plugins stop at CNI 1.0.0 and know neither command).
+#[test]
+#[ignore = "needs root"]
+fn status_and_gc_are_forwarded_to_an_executed_ipam_plugin() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin)?;
+    std::fs::copy(plugin_path("berth-host-local"), bin.join("other-ipam"))?;
+    let host = Ns::new("host")?;
+    let mut plugin = bridge_conf(tmp.path(), "bt-br11", "10.211.0.0/24", json!({}));
+    plugin["ipam"]["type"] = json!("other-ipam");
+    let list = ConfList::new("exec", "1.1.0", json!([plugin]));
+    fn call<'a>(
+        command: &'a str,
+        id: &'a str,
+        netns: &'a str,
+        bin: &'a std::path::Path,
+    ) -> Call<'a> {
+        Call {
+            extra_path: Some(bin),
+            ..Call::new(command, id, netns)
+        }
+    }
+    let pods: Vec<Ns> = (0..2).map(|_| Ns::new("pod")).collect::<Result<_, _>>()?;
+    for (i, p) in pods.iter().enumerate() {
+        let (id, netns) = (format!("x{i}"), p.path());
+        list.add(&host, &call("ADD", &id, &netns, &bin), &Value::Null)?
+            .ok();
+    }
+    let held = || -> Vec<String> {
+        std::fs::read_dir(tmp.path().join("ipam/exec"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect()
+    };
+    assert_eq!(held().len(), 2, "the executed IPAM allocated");
+    let conf = list.plugin_conf(&list.plugins()[0], None, &Value::Null);
+    invoke(&bridge_bin(), &host, &call("STATUS", "", "", &bin), &conf)?.ok();
+    let mut broken = conf.clone();
+    broken["ipam"]["dataDir"] = json!("/proc/version/x");
+    let r = invoke(&bridge_bin(), &host, &call("STATUS", "", "", &bin), &broken)?;
+    assert_eq!(
+        r.err_code(),
+        50,
+        "the executed IPAM's STATUS answer is forwarded: {}",
+        r.json
+    );
+    assert!(
+        r.msg().contains("other-ipam"),
+        "the answer names the IPAM plugin: {}",
+        r.json
+    );
+    // GC keeping x0: x1's veth and address go, x0's stay.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "x0", "ifname": "eth0"}]);
+    invoke(&bridge_bin(), &host, &call("GC", "", "", &bin), &gc)?.ok();
+    assert_eq!(held().len(), 1, "the executed IPAM freed x1's address");
+    assert_eq!(pods[1].links()?, vec!["lo"], "x1's veth is gone");
+    assert_eq!(pods[0].links()?.len(), 2, "x0 keeps its interface");
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root"]
 fn bad_input_is_answered_with_spec_codes_and_leaves_nothing() -> anyhow::Result<()> {
@@ -391,6 +458,44 @@ fn berth_bridge_with_reference_host_local_and_portmap() -> anyhow::Result<()> {
     list.each(&host, &Call::new("DEL", "m1", &pod.path()), &rt, Some(&res))?
         .ok();
     assert!(!tmp.path().join("ref/mixa").join(&ip).exists());
+    // The same chain in the older result versions the reference plugins speak.
+    for (n, version) in ["0.3.0", "0.3.1", "0.4.0"].into_iter().enumerate() {
+        let older = ConfList::new("mixa", version, list.list["plugins"].clone());
+        let id = format!("m{}", n + 2);
+        let res = older
+            .add(&host, &Call::new("ADD", &id, &pod_path), &rt)?
+            .ok()
+            .clone();
+        assert_eq!(res["cniVersion"], version, "{res}");
+        assert!(
+            res["ips"][0].get("version").is_some(),
+            "0.x results carry the IP version: {res}"
+        );
+        assert!(
+            tcp_transfer(&pod, "0.0.0.0:80", &client, "192.168.77.1:18080", 10_000),
+            "reference portmap DNAT after berth-bridge {version}"
+        );
+        older
+            .each(&host, &Call::new("DEL", &id, &pod_path), &rt, Some(&res))?
+            .ok();
+        assert_eq!(
+            pod.links()?,
+            vec!["lo"],
+            "{version}: DEL removed the pod's interface"
+        );
+    }
+    let left = std::fs::read_dir(tmp.path().join("ref/mixa"))?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+        })
+        .count();
+    assert_eq!(
+        left, 0,
+        "the reference host-local holds no address after the DELs"
+    );
     Ok(())
 }
 

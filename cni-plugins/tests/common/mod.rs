@@ -161,6 +161,8 @@ pub struct Call<'a> {
     pub netns: &'a str,
     pub ifname: &'a str,
     pub args: &'a str,
+    /// A directory searched before the usual CNI_PATH.
+    pub extra_path: Option<&'a Path>,
 }
 
 impl<'a> Call<'a> {
@@ -171,6 +173,7 @@ impl<'a> Call<'a> {
             netns,
             ifname: "eth0",
             args: "",
+            extra_path: None,
         }
     }
 }
@@ -186,7 +189,13 @@ pub fn spawn(plugin: &Path, host: &Ns, call: &Call, stdin: &[u8]) -> anyhow::Res
         .env("CNI_NETNS", call.netns)
         .env("CNI_IFNAME", call.ifname)
         .env("CNI_ARGS", call.args)
-        .env("CNI_PATH", cni_path())
+        .env(
+            "CNI_PATH",
+            match call.extra_path {
+                Some(dir) => format!("{}:{}", dir.display(), cni_path()),
+                None => cni_path(),
+            },
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
