@@ -197,8 +197,12 @@ impl Cgroup {
             if h.version == Version::V2 {
                 self.enable_v2_controllers(h)?;
             }
+            let cpuset = h.version == Version::V1 && h.controllers.iter().any(|c| c == "cpuset");
+            if cpuset {
+                clone_cpuset_down(&h.mountpoint, &dir);
+            }
             std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-            if h.version == Version::V1 && h.controllers.iter().any(|c| c == "cpuset") {
+            if cpuset {
                 seed_cpuset(&h.mountpoint, &dir)?;
             }
         }
@@ -406,6 +410,30 @@ impl Cgroup {
     }
 }
 
+/// Sets v1 `cgroup.clone_children` on the nearest existing ancestor of `leaf` (not the
+/// hierarchy's root, which is the host's), so that the kernel copies cpus and mems into each
+/// cgroup made below it at mkdir; new cgroups inherit the flag. Seeding a new cpuset by
+/// writing its cpuset.cpus instead rebuilds the scheduler domains, which walks every cpuset
+/// under the global cpuset lock: measured here, 0.14–0.20 ms per cgroup with 200 siblings
+/// against 0.03 ms cloned, and each pod makes two. Best effort: [`seed_cpuset`] still fills
+/// whatever is left empty.
+fn clone_cpuset_down(root: &Path, leaf: &Path) {
+    let mut dir = leaf;
+    let ancestor = loop {
+        match dir.parent() {
+            Some(p) if p != root && p.starts_with(root) => dir = p,
+            _ => return,
+        }
+        if dir.exists() {
+            break dir;
+        }
+    };
+    let flag = ancestor.join("cgroup.clone_children");
+    if std::fs::read_to_string(&flag).is_ok_and(|v| v.trim() == "0") {
+        let _ = write_file(&flag, "1");
+    }
+}
+
 /// A new v1 cpuset cgroup has empty cpus/mems and refuses tasks: copy them down from the parent.
 fn seed_cpuset(root: &Path, leaf: &Path) -> Result<(), CgroupError> {
     for file in ["cpuset.cpus", "cpuset.mems"] {
@@ -510,6 +538,24 @@ mod tests {
         assert!(cg.apply(&res).unwrap().is_empty());
         assert_eq!(std::fs::read_to_string(mem.join("berth/t1/memory.limit_in_bytes")).unwrap(), "1048576");
         assert_eq!(cg.binds().len(), 2);
+    }
+
+    #[test]
+    fn cpuset_cloning_is_asked_of_the_nearest_existing_ancestor_never_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let flag = |dir: &Path| std::fs::read_to_string(dir.join("cgroup.clone_children")).unwrap();
+        std::fs::write(root.join("cgroup.clone_children"), "0\n").unwrap();
+        clone_cpuset_down(root, &root.join("kubepods/pod1/c1"));
+        assert_eq!(flag(root), "0\n", "the host's root is left alone");
+        let pods = root.join("kubepods");
+        std::fs::create_dir(&pods).unwrap();
+        std::fs::write(pods.join("cgroup.clone_children"), "0\n").unwrap();
+        clone_cpuset_down(root, &pods.join("pod1/c1"));
+        assert_eq!(flag(&pods), "1\n", "set on the nearest existing ancestor (written in place, as cgroupfs takes it)");
+        std::fs::write(pods.join("cgroup.clone_children"), "1").unwrap();
+        clone_cpuset_down(root, &pods.join("pod2"));
+        assert_eq!(flag(&pods), "1", "already set: not written again");
     }
 
     #[test]
