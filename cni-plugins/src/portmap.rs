@@ -211,7 +211,7 @@ fn remove(rec: &PortmapRecord) -> Result<(), NftError> {
         set: set.to_string(),
         source,
     };
-    let mut sock = crate::netlink::Socket::netfilter().map_err(|e| wrap("", e))?;
+    let mut sock = crate::netlink::Socket::netfilter().map_err(|e| wrap("*", e))?;
     let mut ours = Vec::new();
     for (set, e) in elements(&rec.mappings, &rec.ips) {
         match sock.nft_get(FAMILY_INET, TABLE, set, &e.key) {
@@ -221,8 +221,10 @@ fn remove(rec: &PortmapRecord) -> Result<(), NftError> {
             Err(err) => return Err(wrap(set, err)),
         }
     }
-    sock.nft_apply(&ops(&ours, Action::Remove))
-        .map_err(|e| wrap("", e))
+    match sock.nft_apply(&ops(&ours, Action::Remove)) {
+        Err(e) if e.is(libc::ENOENT) => Ok(()), // the table went away meanwhile
+        other => other.map_err(|e| wrap("*", e)),
+    }
 }
 
 impl Plugin for Portmap {
@@ -311,15 +313,15 @@ impl Plugin for Portmap {
                 .or_else(|e: NlError| if e.is(libc::ENOENT) { Ok(None) } else { Err(e) })
                 .kernel(|| "cannot read the portmap maps".into())?;
             // Present, and pointing at this pod (not another pod's mapping of the same port).
-            if value.as_ref() != e.data.as_ref().map(|d| &d.0) {
-                return Err(CniError::new(
-                    ErrorCode::Plugin(crate::error::CODE_KERNEL),
-                    format!(
-                        "a mapping of {} is missing or leads to another pod",
-                        describe(&list)
-                    ),
-                ));
-            }
+            let problem = match value {
+                None => "is missing",
+                Some(v) if Some(&v) != e.data.as_ref().map(|d| &d.0) => "leads to another pod",
+                Some(_) => continue,
+            };
+            return Err(CniError::new(
+                ErrorCode::Plugin(crate::error::CODE_KERNEL),
+                format!("a mapping of {} {problem}", describe(&list)),
+            ));
         }
         Ok(())
     }

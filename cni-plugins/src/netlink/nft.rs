@@ -37,7 +37,7 @@ pub enum NftError {
     Spawn(#[source] std::io::Error),
     #[error("nft -f - failed: {stderr}")]
     Failed { stderr: String },
-    #[error("nf_tables set-element update on {table}/{set}")]
+    #[error("nf_tables set elements of {table}/{set}")]
     Netlink {
         table: String,
         set: String,

@@ -400,7 +400,7 @@ pub fn tcp_transfer(server: &Ns, listen: &str, client: &Ns, connect: &str, bytes
 pub fn nft_elements(ns: &Ns, family: &str, table: &str) -> usize {
     let out = match ns.run("nft", &["-j", "list", "table", family, table]) {
         Ok(out) => out,
-        Err(e) if format!("{e:#}").contains("No such file or directory") => return 0,
+        Err(e) if format!("{e:#}").contains("Error: No such file or directory") => return 0,
         Err(e) => panic!("listing nft table {family} {table}: {e:#}"),
     };
     let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);

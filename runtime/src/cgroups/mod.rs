@@ -418,6 +418,11 @@ impl Cgroup {
 /// against 0.03 ms cloned, and each pod makes two. Best effort: [`seed_cpuset`] still fills
 /// whatever is left empty.
 fn clone_cpuset_down(root: &Path, leaf: &Path) {
+    // Only plain names below the root: a `..` could walk out of the hierarchy.
+    let below = leaf.strip_prefix(root).ok().filter(|rel| rel.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+    if below.is_none() || leaf.exists() {
+        return;
+    }
     let mut dir = leaf;
     let ancestor = loop {
         match dir.parent() {
@@ -430,7 +435,9 @@ fn clone_cpuset_down(root: &Path, leaf: &Path) {
     };
     let flag = ancestor.join("cgroup.clone_children");
     if std::fs::read_to_string(&flag).is_ok_and(|v| v.trim() == "0") {
-        let _ = write_file(&flag, "1");
+        if let Err(e) = write_file(&flag, "1") {
+            tracing::debug!(error = %e, "cpusets below will be seeded by writing instead");
+        }
     }
 }
 
@@ -556,6 +563,15 @@ mod tests {
         std::fs::write(pods.join("cgroup.clone_children"), "1").unwrap();
         clone_cpuset_down(root, &pods.join("pod2"));
         assert_eq!(flag(&pods), "1", "already set: not written again");
+        std::fs::write(root.join("cgroup.clone_children"), "0").unwrap();
+        std::fs::create_dir(root.join("other")).unwrap();
+        std::fs::write(root.join("other/cgroup.clone_children"), "0").unwrap();
+        clone_cpuset_down(root, &pods.join("../other/x"));
+        assert_eq!(flag(&root.join("other")), "0", "no walking out through ..");
+        std::fs::create_dir(pods.join("pod3")).unwrap();
+        std::fs::write(pods.join("cgroup.clone_children"), "0").unwrap();
+        clone_cpuset_down(root, &pods.join("pod3"));
+        assert_eq!(flag(&pods), "0", "an existing leaf needs nothing");
     }
 
     #[test]
