@@ -212,16 +212,8 @@ fn status_and_gc_are_forwarded_to_an_executed_ipam_plugin() -> anyhow::Result<()
         list.add(&host, &call("ADD", &id, &netns, &bin), &Value::Null)?
             .ok();
     }
-    let held = || -> Vec<String> {
-        std::fs::read_dir(tmp.path().join("ipam/exec"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-            .collect()
-    };
-    assert_eq!(held().len(), 2, "the executed IPAM allocated");
+    let held = || addresses_held(&tmp.path().join("ipam/exec"));
+    assert_eq!(held(), 2, "the executed IPAM allocated");
     let conf = list.plugin_conf(&list.plugins()[0], None, &Value::Null);
     invoke(&bridge_bin(), &host, &call("STATUS", "", "", &bin), &conf)?.ok();
     let mut broken = conf.clone();
@@ -242,7 +234,7 @@ fn status_and_gc_are_forwarded_to_an_executed_ipam_plugin() -> anyhow::Result<()
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "x0", "ifname": "eth0"}]);
     invoke(&bridge_bin(), &host, &call("GC", "", "", &bin), &gc)?.ok();
-    assert_eq!(held().len(), 1, "the executed IPAM freed x1's address");
+    assert_eq!(held(), 1, "the executed IPAM freed x1's address");
     assert_eq!(pods[1].links()?, vec!["lo"], "x1's veth is gone");
     assert_eq!(pods[0].links()?.len(), 2, "x0 keeps its interface");
     Ok(())
@@ -289,17 +281,11 @@ fn bad_input_is_answered_with_spec_codes_and_leaves_nothing() -> anyhow::Result<
         r.msg()
     );
     // None of those made anything: no address, record, bridge or veth.
-    let addresses = std::fs::read_dir(tmp.path().join("ipam/bad"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-        })
-        .count();
-    assert_eq!(addresses, 0, "no address allocated by a refused ADD");
+    assert_eq!(
+        addresses_held(&tmp.path().join("ipam/bad")),
+        0,
+        "no address allocated by a refused ADD"
+    );
     // Records live in one directory per network under state/bridge: none may hold a file.
     let records: usize = std::fs::read_dir(tmp.path().join("state/bridge"))
         .into_iter()
@@ -487,14 +473,7 @@ fn berth_bridge_with_reference_host_local_and_portmap() -> anyhow::Result<()> {
             "{version}: DEL removed the pod's interface"
         );
     }
-    let left = std::fs::read_dir(tmp.path().join("ref/mixa"))?
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-        })
-        .count();
+    let left = addresses_held(&tmp.path().join("ref/mixa"));
     assert_eq!(
         left, 0,
         "the reference host-local holds no address after the DELs"
@@ -614,66 +593,6 @@ fn berth_portmap_from_outside_localhost_and_hairpin() -> anyhow::Result<()> {
         1 + 1,
         "mapping + hairpin bridge"
     );
-    // An ADD killed after recording its mappings but before making them: its host port goes to
-    // another pod, and the dead one's DEL must leave that pod's mapping alone.
-    let rt2 =
-        json!({"portMappings": [{"hostPort": 18082, "containerPort": 8080, "protocol": "tcp"}]});
-    let killed = Ns::new("pod")?;
-    let res_k = list
-        .add(&host, &Call::new("ADD", "k", &killed.path()), &rt2)?
-        .ok()
-        .clone();
-    host.run(
-        "nft",
-        &[
-            "delete",
-            "element",
-            "inet",
-            "berth-portmap",
-            "dnat4",
-            "{ tcp . 18082 }",
-        ],
-    )?;
-    let res_t = list
-        .add(&host, &Call::new("ADD", "t", &third.path()), &rt2)?
-        .ok()
-        .clone();
-    let r = list.each(
-        &host,
-        &Call::new("CHECK", "k", &killed.path()),
-        &rt2,
-        Some(&res_k),
-    )?;
-    assert!(
-        r.msg().contains("another pod"),
-        "CHECK of the dead pod sees the port lead elsewhere: {}",
-        r.json
-    );
-    list.each(
-        &host,
-        &Call::new("DEL", "k", &killed.path()),
-        &rt2,
-        Some(&res_k),
-    )?
-    .ok();
-    assert!(
-        tcp_transfer(&third, "0.0.0.0:8080", &host, "127.0.0.1:18082", 10_000),
-        "the live pod's mapping survives the dead pod's DEL"
-    );
-    list.each(
-        &host,
-        &Call::new("CHECK", "t", &third.path()),
-        &rt2,
-        Some(&res_t),
-    )?
-    .ok();
-    list.each(
-        &host,
-        &Call::new("DEL", "t", &third.path()),
-        &rt2,
-        Some(&res_t),
-    )?
-    .ok();
     list.each(
         &host,
         &Call::new("DEL", "s", &server.path()),
@@ -697,23 +616,94 @@ fn berth_portmap_from_outside_localhost_and_hairpin() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An ADD killed after recording its mappings but before making them (here: made, then its
+/// map element removed by hand): its host port goes to another pod, and the dead one's CHECK
+/// and DEL see that the mapping leads elsewhere and leave it alone.
+#[test]
+#[ignore = "needs root"]
+fn a_dead_pods_del_leaves_the_host_port_another_pod_took() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let host = Ns::new("host")?;
+    let list = ConfList::new(
+        "pdead",
+        "1.1.0",
+        json!([
+            bridge_conf(tmp.path(), "bt-br12", "10.212.0.0/24", json!({})),
+            {"type": "berth-portmap", "stateDir": tmp.path(), "capabilities": {"portMappings": true}}
+        ]),
+    );
+    let live = Ns::new("pod")?;
+    let rt2 =
+        json!({"portMappings": [{"hostPort": 18082, "containerPort": 8080, "protocol": "tcp"}]});
+    let killed = Ns::new("pod")?;
+    let res_k = list
+        .add(&host, &Call::new("ADD", "k", &killed.path()), &rt2)?
+        .ok()
+        .clone();
+    host.run(
+        "nft",
+        &[
+            "delete",
+            "element",
+            "inet",
+            "berth-portmap",
+            "dnat4",
+            "{ tcp . 18082 }",
+        ],
+    )?;
+    let res_t = list
+        .add(&host, &Call::new("ADD", "t", &live.path()), &rt2)?
+        .ok()
+        .clone();
+    let r = list.each(
+        &host,
+        &Call::new("CHECK", "k", &killed.path()),
+        &rt2,
+        Some(&res_k),
+    )?;
+    assert!(
+        r.msg().contains("another pod"),
+        "CHECK of the dead pod sees the port lead elsewhere: {}",
+        r.json
+    );
+    list.each(
+        &host,
+        &Call::new("DEL", "k", &killed.path()),
+        &rt2,
+        Some(&res_k),
+    )?
+    .ok();
+    assert!(
+        tcp_transfer(&live, "0.0.0.0:8080", &host, "127.0.0.1:18082", 10_000),
+        "the live pod's mapping survives the dead pod's DEL"
+    );
+    list.each(
+        &host,
+        &Call::new("CHECK", "t", &live.path()),
+        &rt2,
+        Some(&res_t),
+    )?
+    .ok();
+    list.each(
+        &host,
+        &Call::new("DEL", "t", &live.path()),
+        &rt2,
+        Some(&res_t),
+    )?
+    .ok();
+    assert_eq!(
+        nft_elements(&host, "inet", "berth-portmap"),
+        1,
+        "only the hairpin interface set entry"
+    );
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root"]
 fn bridge_options_mac_capability_and_force_address_reach_the_kernel() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let host = Ns::new("host")?;
-    let allocated = |dir: &std::path::Path| {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-            })
-            .count()
-    };
     let nothing_left = |pod: &Ns, what: &str| -> anyhow::Result<()> {
         assert_eq!(pod.links()?, vec!["lo"], "{what}: nothing made in the pod");
         assert!(
@@ -721,7 +711,7 @@ fn bridge_options_mac_capability_and_force_address_reach_the_kernel() -> anyhow:
             "{what}: no veth left"
         );
         assert_eq!(
-            allocated(&tmp.path().join("ipam/opts")),
+            addresses_held(&tmp.path().join("ipam/opts")),
             0,
             "{what}: the address went back"
         );

@@ -415,3 +415,17 @@ pub fn nft_elements(ns: &Ns, family: &str, table: &str) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// How many addresses a host-local data dir (one network's) holds: its files named as IPs.
+pub fn addresses_held(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+        })
+        .count()
+}
