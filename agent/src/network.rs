@@ -108,10 +108,14 @@ pub fn conflist(cfg: &NetworkConfig, pod_cidr: &str, node_ip: Option<&str>) -> O
             m
         }
     };
+    // The main plugin maps host ports itself (berth-portmap's code in-process): one plugin
+    // process per pod ADD and DEL instead of two.
+    let mut main = main;
+    main["capabilities"] = json!({ "portMappings": true });
     Some(json!({
         "cniVersion": "1.1.0",
         "name": "berth",
-        "plugins": [main, { "type": "berth-portmap", "capabilities": { "portMappings": true }, "stateDir": cfg.state_dir }],
+        "plugins": [main],
     }))
 }
 
@@ -193,6 +197,7 @@ mod tests {
         assert_eq!(l["plugins"][0]["type"], "berth-vxlan");
         assert_eq!(l["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.2.0/24");
         assert_eq!(l["plugins"][0]["underlayIP"], "192.168.0.9");
+        assert_eq!((l["plugins"].as_array().map(Vec::len), &l["plugins"][0]["capabilities"]), (Some(1), &json!({"portMappings": true})), "host ports mapped by the main plugin");
         cfg.mode = Mode::Bridge;
         let b = conflist(&cfg, "10.88.0.0/24", None).unwrap();
         assert_eq!((&b["plugins"][0]["type"], &b["plugins"][0]["ipMasqExclude"]), (&json!("berth-bridge"), &json!(["10.244.0.0/16"])));

@@ -699,6 +699,104 @@ fn a_dead_pods_del_leaves_the_host_port_another_pod_took() -> anyhow::Result<()>
     Ok(())
 }
 
+/// berth-bridge declaring the `portMappings` capability maps host ports itself (no
+/// berth-portmap in the list): ADD, CHECK, a taken port refused with nothing left, GC.
+#[test]
+#[ignore = "needs root"]
+fn bridge_maps_host_ports_itself_with_the_capability() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let host = Ns::new("host")?;
+    let caps = json!({"capabilities": {"portMappings": true}});
+    let list = ConfList::new(
+        "inport",
+        "1.1.0",
+        json!([bridge_conf(tmp.path(), "bt-br13", "10.213.0.0/24", caps)]),
+    );
+    let rt =
+        json!({"portMappings": [{"hostPort": 18083, "containerPort": 8080, "protocol": "tcp"}]});
+    let server = Ns::new("pod")?;
+    let res = list
+        .add(&host, &Call::new("ADD", "p1", &server.path()), &rt)?
+        .ok()
+        .clone();
+    assert!(
+        tcp_transfer(&server, "0.0.0.0:8080", &host, "127.0.0.1:18083", 50_000),
+        "the bridge's own DNAT"
+    );
+    assert_eq!(
+        nft_elements(&host, "inet", "berth-portmap"),
+        2,
+        "mapping + hairpin bridge"
+    );
+    list.each(
+        &host,
+        &Call::new("CHECK", "p1", &server.path()),
+        &rt,
+        Some(&res),
+    )?
+    .ok();
+    let second = Ns::new("pod")?;
+    let r = list.add(&host, &Call::new("ADD", "p2", &second.path()), &rt)?;
+    assert_eq!(r.err_code(), 112, "{}", r.json);
+    assert_eq!(
+        second.links()?,
+        vec!["lo"],
+        "the refused pod has no interface"
+    );
+    assert_eq!(
+        addresses_held(&tmp.path().join("ipam/inport")),
+        1,
+        "its address went back"
+    );
+    let veths = host
+        .links()?
+        .into_iter()
+        .filter(|l| l.starts_with("bv"))
+        .count();
+    assert_eq!(veths, 1, "only p1's veth");
+    list.gc(&host, &[])?.ok();
+    assert_eq!(
+        nft_elements(&host, "inet", "berth-portmap"),
+        1,
+        "GC unmapped p1's port"
+    );
+    assert_eq!(server.links()?, vec!["lo"], "GC removed p1's veth");
+    assert_eq!(addresses_held(&tmp.path().join("ipam/inport")), 0);
+    list.each(
+        &host,
+        &Call::new("DEL", "p1", &server.path()),
+        &rt,
+        Some(&res),
+    )?
+    .ok();
+    // The freed port serves the next pod; its DEL unmaps it.
+    let res = list
+        .add(&host, &Call::new("ADD", "p2", &second.path()), &rt)?
+        .ok()
+        .clone();
+    assert!(tcp_transfer(
+        &second,
+        "0.0.0.0:8080",
+        &host,
+        "127.0.0.1:18083",
+        10_000
+    ));
+    list.each(
+        &host,
+        &Call::new("DEL", "p2", &second.path()),
+        &rt,
+        Some(&res),
+    )?
+    .ok();
+    assert_eq!(
+        nft_elements(&host, "inet", "berth-portmap"),
+        1,
+        "DEL unmapped p2's port"
+    );
+    assert_eq!(second.links()?, vec!["lo"]);
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root"]
 fn bridge_options_mac_capability_and_force_address_reach_the_kernel() -> anyhow::Result<()> {

@@ -220,7 +220,7 @@ impl Cluster {
     }
 }
 
-/// berth-bridge (host-local IPAM in-process) and berth-portmap on bridge `bt-<name>`, their
+/// berth-bridge (host-local IPAM and host ports in-process) on bridge `bt-<name>`, its
 /// records and allocations under `state`.
 fn berth_conflist(name: &str, subnet: &str, state: &Path) -> serde_json::Value {
     serde_json::json!({
@@ -229,8 +229,8 @@ fn berth_conflist(name: &str, subnet: &str, state: &Path) -> serde_json::Value {
         "name": "berth-test",
         "plugins": [
             { "type": "berth-bridge", "bridge": format!("bt-{name}"), "isGateway": true, "ipMasq": false, "stateDir": state,
-              "ipam": { "type": "berth-host-local", "ranges": [[{ "subnet": subnet }]], "dataDir": state.join("networks"), "routes": [{ "dst": "0.0.0.0/0" }] } },
-            { "type": "berth-portmap", "capabilities": { "portMappings": true }, "stateDir": state }
+              "capabilities": { "portMappings": true },
+              "ipam": { "type": "berth-host-local", "ranges": [[{ "subnet": subnet }]], "dataDir": state.join("networks"), "routes": [{ "dst": "0.0.0.0/0" }] } }
         ]
     })
 }

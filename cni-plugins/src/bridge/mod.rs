@@ -1,7 +1,8 @@
 //! `berth-bridge`: pods on a Linux bridge through veth pairs, IPAM delegated to any plugin.
 //!
 //! ADD = IPAM → record → bridge → veth (peer born in the pod netns) → pod addresses/routes →
-//! nftables (ipMasq, macspoofchk). Any failure after IPAM runs the same teardown as DEL and
+//! nftables (ipMasq, macspoofchk) → host ports (with the `portMappings` capability, berth-portmap's
+//! code in-process). Any failure after IPAM runs the same teardown as DEL and
 //! gives the addresses back, so nothing is left half-created. DEL and GC are idempotent and
 //! best-effort: they try every step and report all failures together.
 
@@ -19,6 +20,7 @@ use crate::firewall;
 use crate::netconf::Attachment;
 use crate::netlink::nft::Action;
 use crate::netlink::{format_mac, parse_mac, Socket};
+use crate::portmap::Portmap;
 use crate::result::{CniResult, Interface, IpConfig};
 use crate::skel::{CmdArgs, Plugin};
 use crate::state::Records;
@@ -37,6 +39,26 @@ pub struct BridgeRecord {
     pub masq: bool,
     /// The pod MAC registered with macspoofchk.
     pub spoof_mac: Option<String>,
+}
+
+/// Whether this bridge maps host ports itself: its configuration declares the `portMappings`
+/// capability, so the runtime hands it runtimeConfig.portMappings and no berth-portmap follows
+/// it in the list. It runs berth-portmap's code in-process (same records, same nftables maps):
+/// one plugin process fewer per ADD and DEL, pods with and without ports alike.
+fn maps_ports(args: &CmdArgs) -> bool {
+    let cap = args
+        .conf
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.get("portMappings"));
+    cap.and_then(serde_json::Value::as_bool) == Some(true)
+}
+
+/// `args` with `result` as its prevResult, as berth-portmap would be invoked after this plugin.
+fn chained(args: &CmdArgs, result: &CniResult) -> CmdArgs {
+    let mut a = args.clone();
+    a.conf.prev_result = Some(result.to_json(&args.conf.cni_version));
+    a
 }
 
 fn records(conf: &BridgeConf, args: &CmdArgs) -> Records {
@@ -245,7 +267,13 @@ impl Plugin for Bridge {
             ips: ipam.ips.iter().map(|i| i.address.addr).collect(),
             ..Default::default()
         };
-        attach(&conf, args, &ipam, &mut rec).inspect_err(|_| {
+        let result = attach(&conf, args, &ipam, &mut rec).and_then(|result| {
+            if maps_ports(args) {
+                Portmap.add(&chained(args, &result))?;
+            }
+            Ok(result)
+        });
+        result.inspect_err(|_| {
             // The pod end is ours only if the host end was created: delete via the host end.
             let _ = teardown(&conf, args, &args.attachment(), &rec, None);
             if let Some(t) = &conf.ipam {
@@ -268,7 +296,13 @@ impl Plugin for Bridge {
                     spoof_mac: None,
                 }
             });
-        let mut errors = teardown(&conf, args, &who, &rec, Some(&args.env.netns));
+        let mut errors = Vec::new();
+        if maps_ports(args) {
+            if let Err(e) = Portmap.del(args) {
+                errors.push(format!("{}: {}", e.msg, e.details));
+            }
+        }
+        errors.extend(teardown(&conf, args, &who, &rec, Some(&args.env.netns)));
         if let Some(t) = &conf.ipam {
             if let Err(e) = delegate::ipam(t, Command::Del, args) {
                 errors.push(e.msg);
@@ -289,7 +323,11 @@ impl Plugin for Bridge {
         if let Some(t) = &conf.ipam {
             delegate::ipam(t, Command::Check, args)?;
         }
-        check::verify(&conf, args, &prev)
+        check::verify(&conf, args, &prev)?;
+        if maps_ports(args) {
+            Portmap.check(args)?;
+        }
+        Ok(())
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
@@ -314,6 +352,11 @@ impl Plugin for Bridge {
         if let Some(t) = &conf.ipam {
             if let Err(e) = delegate::ipam(t, Command::Gc, args) {
                 errors.push(e.msg);
+            }
+        }
+        if maps_ports(args) {
+            if let Err(e) = Portmap.gc(args) {
+                errors.push(format!("{}: {}", e.msg, e.details));
             }
         }
         all_or_report(
