@@ -65,11 +65,38 @@ fn proto_number(p: &str) -> Result<u8, CniError> {
 }
 
 /// Parses and checks runtimeConfig.portMappings.
+/// The entries of runtimeConfig.portMappings with their keys spelled as the CNI conventions
+/// spell them. Runtimes written in Go may send other cases: containerd 1.6 (go-cni) marshals
+/// a struct without JSON tags, `{"HostPort": 80, "ContainerPort": 8080, "Protocol": "tcp",
+/// "HostIP": ""}`, which Go plugins read because encoding/json matches keys without regard to
+/// case. So does this.
+fn canonical_keys(raw: &Value) -> Value {
+    const KEYS: [&str; 4] = ["hostPort", "containerPort", "protocol", "hostIP"];
+    let entry = |v: &Value| match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let known = KEYS.iter().find(|c| c.eq_ignore_ascii_case(k));
+                    (
+                        known.map_or_else(|| k.clone(), |c| c.to_string()),
+                        v.clone(),
+                    )
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    };
+    match raw {
+        Value::Array(list) => Value::Array(list.iter().map(entry).collect()),
+        other => other.clone(),
+    }
+}
+
 pub fn mappings(args: &CmdArgs) -> Result<Vec<PortMapping>, CniError> {
     let Some(raw) = args.conf.runtime("portMappings") else {
         return Ok(Vec::new());
     };
-    let list: Vec<PortMapping> = serde_json::from_value(raw.clone()).map_err(|e| {
+    let list: Vec<PortMapping> = serde_json::from_value(canonical_keys(raw)).map_err(|e| {
         CniError::new(
             ErrorCode::InvalidNetworkConfig,
             format!("invalid runtimeConfig.portMappings: {e}"),
@@ -361,6 +388,26 @@ mod tests {
             protocol: proto.into(),
             host_ip: ip.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn go_cased_entries_from_containerd_parse_like_camel_case() {
+        let go = serde_json::json!([{"HostPort": 18090, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""},
+                                    {"hostport": 53, "containerport": 53, "protocol": "udp", "hostIp": "10.0.0.1"}]);
+        let list: Vec<PortMapping> = serde_json::from_value(canonical_keys(&go)).unwrap();
+        assert_eq!(
+            list,
+            vec![
+                pm(18090, 8080, "tcp", Some("")),
+                pm(53, 53, "udp", Some("10.0.0.1"))
+            ]
+        );
+        let odd = serde_json::json!([{"hostPort": 1, "containerPort": 2, "Extra": true}]);
+        assert_eq!(
+            canonical_keys(&odd)[0]["Extra"],
+            true,
+            "unknown keys are left as they are"
+        );
     }
 
     #[test]

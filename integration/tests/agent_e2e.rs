@@ -293,3 +293,36 @@ fn kubectl_logs_exec_and_port_forward_through_the_control_plane() {
     let _ = child.wait();
     assert!(got.contains("via-port-forward"), "port-forward echoed: {got:?}\n{}\n{}", std::fs::read_to_string(&pf_log).unwrap_or_default(), c.agent_log());
 }
+
+#[test]
+#[ignore = "needs root"]
+fn host_ports_reach_the_pod_and_go_with_it() {
+    host_ports(Cluster::start("hport", 5209, "10.89.29.0/24").expect("cluster"));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn host_ports_with_containerd() {
+    host_ports(Cluster::start_with("hport-ctrd", 5210, "10.89.34.0/24", Runtime::Containerd).expect("cluster"));
+}
+
+/// A container port with a hostPort: reachable on the node (through the CNI conflist's
+/// port mapping), and unmapped once the pod is deleted.
+fn host_ports(c: Cluster) {
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: hp}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: {}\n    command: [sh, -c, \"nc -ll -p 8080 -e /bin/cat\"]\n    ports: [{{containerPort: 8080, hostPort: 18090}}]\n",
+        c.image
+    ))
+    .unwrap();
+    c.wait_for(LONG, "the pod to run", |c| c.pod("hp").is_ok_and(|p| p["status"]["phase"] == "Running")).unwrap();
+    let echo = |c: &Cluster| {
+        let out = c.ns.command("sh").args(["-c", "echo via-host-port | busybox nc -w 2 127.0.0.1 18090"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("via-host-port")
+    };
+    c.wait_for(LONG, "the host port to echo", &echo).unwrap_or_else(|e| panic!("{e}\n{}", c.agent_log()));
+    let mapped = |c: &Cluster| c.ns.command("nft").args(["list", "map", "inet", "berth-portmap", "dnat4"]).output().map(|o| String::from_utf8_lossy(&o.stdout).contains("18090")).unwrap_or(false);
+    assert!(mapped(&c), "the node's DNAT map holds the port");
+    c.kubectl(&["delete", "pod", "hp", "--wait=true", "--timeout=60s"]).unwrap();
+    c.wait_for(LONG, "the mapping to go with the pod", |c| !mapped(c)).unwrap();
+    assert!(!echo(&c), "nothing answers on the host port any more");
+}

@@ -1,8 +1,8 @@
 //! `berth-bridge`: pods on a Linux bridge through veth pairs, IPAM delegated to any plugin.
 //!
 //! ADD = IPAM → record → bridge → veth (peer born in the pod netns) → pod addresses/routes →
-//! nftables (ipMasq, macspoofchk) → host ports (with the `portMappings` capability, berth-portmap's
-//! code in-process). Any failure after IPAM runs the same teardown as DEL and
+//! nftables (ipMasq, macspoofchk) → host ports (runtimeConfig.portMappings, given to a bridge that
+//! declares the capability: berth-portmap's code in-process). Any failure after IPAM runs the same teardown as DEL and
 //! gives the addresses back, so nothing is left half-created. DEL and GC are idempotent and
 //! best-effort: they try every step and report all failures together.
 
@@ -41,17 +41,15 @@ pub struct BridgeRecord {
     pub spoof_mac: Option<String>,
 }
 
-/// Whether this bridge maps host ports itself: its configuration declares the `portMappings`
-/// capability, so the runtime hands it runtimeConfig.portMappings and no berth-portmap follows
-/// it in the list. It runs berth-portmap's code in-process (same records, same nftables maps):
-/// one plugin process fewer per ADD and DEL, pods with and without ports alike.
+/// Whether the runtime handed this plugin host ports to map: it passes
+/// runtimeConfig.portMappings only to a plugin whose configuration declares the
+/// `portMappings` capability (some runtimes strip `capabilities` before the call, so that key
+/// itself is no signal). Then berth-portmap's code runs in-process, with the same records and
+/// nftables maps: one plugin process per pod ADD and DEL instead of two. DEL and GC always
+/// look for such records (none: nothing to do), since runtimes need not pass runtimeConfig
+/// to them.
 fn maps_ports(args: &CmdArgs) -> bool {
-    let cap = args
-        .conf
-        .capabilities
-        .as_ref()
-        .and_then(|c| c.get("portMappings"));
-    cap.and_then(serde_json::Value::as_bool) == Some(true)
+    args.conf.runtime("portMappings").is_some()
 }
 
 /// `args` with `result` as its prevResult, as berth-portmap would be invoked after this plugin.
@@ -297,10 +295,8 @@ impl Plugin for Bridge {
                 }
             });
         let mut errors = Vec::new();
-        if maps_ports(args) {
-            if let Err(e) = Portmap.del(args) {
-                errors.push(format!("{}: {}", e.msg, e.details));
-            }
+        if let Err(e) = Portmap.del(args) {
+            errors.push(format!("{}: {}", e.msg, e.details));
         }
         errors.extend(teardown(&conf, args, &who, &rec, Some(&args.env.netns)));
         if let Some(t) = &conf.ipam {
@@ -354,10 +350,8 @@ impl Plugin for Bridge {
                 errors.push(e.msg);
             }
         }
-        if maps_ports(args) {
-            if let Err(e) = Portmap.gc(args) {
-                errors.push(format!("{}: {}", e.msg, e.details));
-            }
+        if let Err(e) = Portmap.gc(args) {
+            errors.push(format!("{}: {}", e.msg, e.details));
         }
         all_or_report(
             errors,
