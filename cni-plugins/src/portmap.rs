@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{all_or_report, CniError, ErrorCode, KernelContext, CODE_PORT_IN_USE};
+use crate::netconf::Attachment;
 use crate::netlink::nft::{apply_with_setup, Action, Elem, Key, NftError, SetOp, FAMILY_INET};
 use crate::netlink::NlError;
 use crate::netns::sysctl;
@@ -93,7 +94,8 @@ fn canonical_keys(raw: &Value) -> Value {
 }
 
 pub fn mappings(args: &CmdArgs) -> Result<Vec<PortMapping>, CniError> {
-    let Some(raw) = args.conf.runtime("portMappings") else {
+    // A Go runtime with no mappings may send `null` (a nil slice): none, as Go plugins read it.
+    let Some(raw) = args.conf.runtime("portMappings").filter(|v| !v.is_null()) else {
         return Ok(Vec::new());
     };
     let list: Vec<PortMapping> = serde_json::from_value(canonical_keys(raw)).map_err(|e| {
@@ -233,25 +235,49 @@ fn records(args: &CmdArgs) -> Records {
 /// DEL or GC another pod may hold those host ports, and its entries (same key, another pod's
 /// address as value) stay.
 fn remove(rec: &PortmapRecord) -> Result<(), NftError> {
-    let wrap = |set: &str, source: NlError| NftError::Netlink {
+    let mut sock = crate::netlink::Socket::netfilter().map_err(|e| nl_error("*", e))?;
+    let ours = ours(&mut sock, rec)?;
+    match sock.nft_apply(&ops(&ours, Action::Remove)) {
+        Err(e) if e.is(libc::ENOENT) => Ok(()), // the table went away meanwhile
+        other => other.map_err(|e| nl_error("*", e)),
+    }
+}
+
+fn nl_error(set: &str, source: NlError) -> NftError {
+    NftError::Netlink {
         table: TABLE.to_string(),
         set: set.to_string(),
         source,
-    };
-    let mut sock = crate::netlink::Socket::netfilter().map_err(|e| wrap("*", e))?;
-    let mut ours = Vec::new();
+    }
+}
+
+/// The record's map elements that are present and lead to its pod.
+fn ours(
+    sock: &mut crate::netlink::Socket,
+    rec: &PortmapRecord,
+) -> Result<Vec<(&'static str, Elem)>, NftError> {
+    let mut out = Vec::new();
     for (set, e) in elements(&rec.mappings, &rec.ips) {
         match sock.nft_get(FAMILY_INET, TABLE, set, &e.key) {
-            Ok(Some(value)) if Some(&value) == e.data.as_ref().map(|d| &d.0) => ours.push((set, e)),
+            Ok(Some(value)) if Some(&value) == e.data.as_ref().map(|d| &d.0) => out.push((set, e)),
             Ok(_) => {}
             Err(err) if err.is(libc::ENOENT) => {} // no table or map: nothing mapped
-            Err(err) => return Err(wrap(set, err)),
+            Err(err) => return Err(nl_error(set, err)),
         }
     }
-    match sock.nft_apply(&ops(&ours, Action::Remove)) {
-        Err(e) if e.is(libc::ENOENT) => Ok(()), // the table went away meanwhile
-        other => other.map_err(|e| wrap("*", e)),
+    Ok(out)
+}
+
+/// Whether this attachment's ports are already mapped exactly as `rec` asks: a repeated ADD,
+/// or berth-bridge having mapped them in-process when the list also holds berth-portmap.
+fn already_mapped(store: &Records, who: &Attachment, rec: &PortmapRecord) -> bool {
+    if store.read::<PortmapRecord>(who).as_ref() != Some(rec) {
+        return false;
     }
+    let Ok(mut sock) = crate::netlink::Socket::netfilter() else {
+        return false;
+    };
+    ours(&mut sock, rec).is_ok_and(|o| o.len() == elements(&rec.mappings, &rec.ips).len())
 }
 
 impl Plugin for Portmap {
@@ -298,9 +324,14 @@ impl Plugin for Portmap {
                 .collect(),
             action: Action::Add,
         });
-        // Recorded first, so an ADD killed half-way is still found by DEL and GC.
         let store = records(args);
-        store.write(&args.attachment(), &rec)?;
+        let who = args.attachment();
+        if already_mapped(&store, &who, &rec) {
+            return Ok(prev);
+        }
+        // Recorded first, so an ADD killed half-way is still found by DEL and GC.
+        let before = store.read::<PortmapRecord>(&who);
+        store.write(&who, &rec)?;
         let applied = match apply_with_setup(&all, &script) {
             Err(NftError::Netlink { source, .. }) if source.is(libc::EEXIST) => {
                 let msg = format!(
@@ -312,7 +343,11 @@ impl Plugin for Portmap {
             other => other.kernel(|| format!("cannot map host ports {}", describe(&rec.mappings))),
         };
         if applied.is_err() {
-            let _ = store.remove(&args.attachment());
+            // Back to what was recorded before: an earlier ADD's mappings stay findable.
+            let _ = match &before {
+                Some(old) => store.write(&who, old),
+                None => store.remove(&who),
+            };
         }
         applied.map(|()| prev)
     }

@@ -797,6 +797,54 @@ fn bridge_maps_host_ports_itself_with_the_capability() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The capability declared twice (berth-bridge and berth-portmap, one stateDir): the second
+/// mapping finds the first already in place, and one DEL (here without runtimeConfig, as a
+/// runtime may call it) leaves nothing mapped.
+#[test]
+#[ignore = "needs root"]
+fn ports_declared_on_both_plugins_are_mapped_once_and_unmapped() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let host = Ns::new("host")?;
+    let caps = json!({"capabilities": {"portMappings": true}});
+    let state = tmp.path().join("state");
+    let list = ConfList::new(
+        "twice",
+        "1.1.0",
+        json!([
+            bridge_conf(tmp.path(), "bt-br14", "10.214.0.0/24", caps),
+            {"type": "berth-portmap", "stateDir": state, "capabilities": {"portMappings": true}}
+        ]),
+    );
+    let rt =
+        json!({"portMappings": [{"hostPort": 18084, "containerPort": 8080, "protocol": "tcp"}]});
+    let pod = Ns::new("pod")?;
+    let res = list
+        .add(&host, &Call::new("ADD", "w1", &pod.path()), &rt)?
+        .ok()
+        .clone();
+    assert!(tcp_transfer(
+        &pod,
+        "0.0.0.0:8080",
+        &host,
+        "127.0.0.1:18084",
+        10_000
+    ));
+    list.each(
+        &host,
+        &Call::new("DEL", "w1", &pod.path()),
+        &Value::Null,
+        Some(&res),
+    )?
+    .ok();
+    assert_eq!(
+        nft_elements(&host, "inet", "berth-portmap"),
+        1,
+        "only the hairpin bridge"
+    );
+    assert_eq!(addresses_held(&tmp.path().join("ipam/twice")), 0);
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root"]
 fn bridge_options_mac_capability_and_force_address_reach_the_kernel() -> anyhow::Result<()> {

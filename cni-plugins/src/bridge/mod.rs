@@ -49,7 +49,9 @@ pub struct BridgeRecord {
 /// look for such records (none: nothing to do), since runtimes need not pass runtimeConfig
 /// to them.
 fn maps_ports(args: &CmdArgs) -> bool {
-    args.conf.runtime("portMappings").is_some()
+    args.conf
+        .runtime("portMappings")
+        .is_some_and(|v| !v.is_null())
 }
 
 /// `args` with `result` as its prevResult, as berth-portmap would be invoked after this plugin.
@@ -345,13 +347,14 @@ impl Plugin for Bridge {
                 errors.extend(teardown(&conf, args, &who, &rec, None));
             }
         }
+        // Host ports first (as DEL does), then IPAM frees the addresses they led to.
+        if let Err(e) = Portmap.gc(args) {
+            errors.push(format!("{}: {}", e.msg, e.details));
+        }
         if let Some(t) = &conf.ipam {
             if let Err(e) = delegate::ipam(t, Command::Gc, args) {
                 errors.push(e.msg);
             }
-        }
-        if let Err(e) = Portmap.gc(args) {
-            errors.push(format!("{}: {}", e.msg, e.details));
         }
         all_or_report(
             errors,
