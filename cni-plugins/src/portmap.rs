@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{all_or_report, CniError, ErrorCode, KernelContext, CODE_PORT_IN_USE};
-use crate::netconf::Attachment;
 use crate::netlink::nft::{apply_with_setup, Action, Elem, Key, NftError, SetOp, FAMILY_INET};
 use crate::netlink::NlError;
 use crate::netns::sysctl;
@@ -65,7 +64,6 @@ fn proto_number(p: &str) -> Result<u8, CniError> {
     }
 }
 
-/// Parses and checks runtimeConfig.portMappings.
 /// The entries of runtimeConfig.portMappings with their keys spelled as the CNI conventions
 /// spell them. Runtimes written in Go may send other cases: containerd 1.6 (go-cni) marshals
 /// a struct without JSON tags, `{"HostPort": 80, "ContainerPort": 8080, "Protocol": "tcp",
@@ -93,6 +91,7 @@ fn canonical_keys(raw: &Value) -> Value {
     }
 }
 
+/// Parses and checks runtimeConfig.portMappings.
 pub fn mappings(args: &CmdArgs) -> Result<Vec<PortMapping>, CniError> {
     // A Go runtime with no mappings may send `null` (a nil slice): none, as Go plugins read it.
     let Some(raw) = args.conf.runtime("portMappings").filter(|v| !v.is_null()) else {
@@ -270,8 +269,9 @@ fn ours(
 
 /// Whether this attachment's ports are already mapped exactly as `rec` asks: a repeated ADD,
 /// or berth-bridge having mapped them in-process when the list also holds berth-portmap.
-fn already_mapped(store: &Records, who: &Attachment, rec: &PortmapRecord) -> bool {
-    if store.read::<PortmapRecord>(who).as_ref() != Some(rec) {
+/// `recorded` is what the attachment's record holds now.
+fn already_mapped(recorded: Option<&PortmapRecord>, rec: &PortmapRecord) -> bool {
+    if recorded != Some(rec) {
         return false;
     }
     let Ok(mut sock) = crate::netlink::Socket::netfilter() else {
@@ -326,11 +326,11 @@ impl Plugin for Portmap {
         });
         let store = records(args);
         let who = args.attachment();
-        if already_mapped(&store, &who, &rec) {
+        let before = store.read::<PortmapRecord>(&who);
+        if already_mapped(before.as_ref(), &rec) {
             return Ok(prev);
         }
         // Recorded first, so an ADD killed half-way is still found by DEL and GC.
-        let before = store.read::<PortmapRecord>(&who);
         store.write(&who, &rec)?;
         let applied = match apply_with_setup(&all, &script) {
             Err(NftError::Netlink { source, .. }) if source.is(libc::EEXIST) => {

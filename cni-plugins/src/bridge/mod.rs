@@ -1,9 +1,9 @@
 //! `berth-bridge`: pods on a Linux bridge through veth pairs, IPAM delegated to any plugin.
 //!
 //! ADD = IPAM → record → bridge → veth (peer born in the pod netns) → pod addresses/routes →
-//! nftables (ipMasq, macspoofchk) → host ports (runtimeConfig.portMappings, given to a bridge that
-//! declares the capability: berth-portmap's code in-process). Any failure after IPAM runs the same teardown as DEL and
-//! gives the addresses back, so nothing is left half-created. DEL and GC are idempotent and
+//! nftables (ipMasq, macspoofchk) → host ports (runtimeConfig.portMappings, given to a bridge
+//! that declares the capability: berth-portmap's code in-process). Any failure after IPAM runs
+//! the same teardown as DEL and gives the addresses back, so nothing is left half-created. DEL and GC are idempotent and
 //! best-effort: they try every step and report all failures together.
 
 pub mod config;
