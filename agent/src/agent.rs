@@ -12,7 +12,9 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, Node, ObjectReference, Pod, PodStatus, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::chrono::Utc;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent, WatchParams,
+};
 use kube::Client;
 use tokio::sync::{mpsc, watch};
 
@@ -55,7 +57,12 @@ const EVENT_HOLD: Duration = Duration::from_secs(2);
 /// until the starts are done or it has been queued for [`EVENT_HOLD`], so that a burst of new
 /// pods does not share the node and the API server with the events about them. Their
 /// timestamps are those of the moment they were recorded.
-async fn post_events(client: Client, mut rx: mpsc::Receiver<(Instant, Event)>, start_gate: Arc<tokio::sync::Semaphore>, starts: usize) {
+async fn post_events(
+    client: Client,
+    mut rx: mpsc::Receiver<(Instant, Event)>,
+    start_gate: Arc<tokio::sync::Semaphore>,
+    starts: usize,
+) {
     while let Some((queued, ev)) = rx.recv().await {
         while start_gate.available_permits() < starts && queued.elapsed() < EVENT_HOLD {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -84,7 +91,9 @@ impl EnvSources for Sources {
         self.config_maps.get(name).cloned()
     }
     fn secret(&self, _: &str, name: &str) -> Option<BTreeMap<String, String>> {
-        self.secrets.get(name).map(|m| m.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect())
+        self.secrets
+            .get(name)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect())
     }
     fn pod_ip(&self) -> Option<String> {
         self.pod_ip.clone()
@@ -262,7 +271,10 @@ impl<R: Runtime> crate::server::Node for Agent<R> {
 impl<R: Runtime> Agent<R> {
     pub async fn new(cfg: AgentConfig, client: Client, rt: Arc<R>) -> anyhow::Result<Arc<Self>> {
         let version = rt.version().await?;
-        let facts = HostFacts { runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version), ..HostFacts::gather(&cfg) };
+        let facts = HostFacts {
+            runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
+            ..HostFacts::gather(&cfg)
+        };
         let node_name = node::node_name(&cfg, &facts);
         let node_facts = NodeFacts {
             log_root: cfg.pod_logs_dir.to_string_lossy().into_owned(),
@@ -303,7 +315,9 @@ impl<R: Runtime> Agent<R> {
         names.extend(self.facts.lock().expect("facts").internal_ip.clone());
         let tls = crate::server::tls_config(&ca, &names)?;
         let addr = format!("{}:{}", self.cfg.address, self.cfg.port);
-        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("binding the kubelet API on {addr}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the kubelet API on {addr}: {e}"))?;
         tracing::info!(%addr, "kubelet API listening");
         let reviewer = Box::new(crate::authn::ApiReviewer { client: self.client.clone() });
         let auth = crate::authn::KubeletAuth::new(reviewer, self.node_name.clone(), self.cfg.authorization.mode);
@@ -342,8 +356,12 @@ impl<R: Runtime> Agent<R> {
         let socket = self.cfg.runtime_socket();
         let ch = crate::cri::unix_channel(&socket).await.ok()?;
         let mut client = berth_proto::runtime::v1::runtime_service_client::RuntimeServiceClient::new(ch);
-        let st = client.status(berth_proto::runtime::v1::StatusRequest { verbose: false }).await.ok()?.into_inner().status?;
-        st.conditions.iter().find(|c| !c.status).map(|c| format!("{}=false reason:{} message:{}", c.r#type, c.reason, c.message))
+        let st =
+            client.status(berth_proto::runtime::v1::StatusRequest { verbose: false }).await.ok()?.into_inner().status?;
+        st.conditions
+            .iter()
+            .find(|c| !c.status)
+            .map(|c| format!("{}=false reason:{} message:{}", c.r#type, c.reason, c.message))
     }
 
     async fn register(&self) -> anyhow::Result<()> {
@@ -351,7 +369,9 @@ impl<R: Runtime> Agent<R> {
         let node = node::node_object(&self.cfg, &self.facts.lock().expect("facts"), Utc::now());
         match nodes.create(&PostParams::default(), &node).await {
             Ok(_) => tracing::info!(node = %self.node_name, "registered the node"),
-            Err(kube::Error::Api(e)) if e.code == 409 => tracing::info!(node = %self.node_name, "node already registered"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::info!(node = %self.node_name, "node already registered")
+            }
             Err(e) => return Err(anyhow::anyhow!("registering node {}: {e}", self.node_name)),
         }
         self.post_node_status().await
@@ -360,7 +380,13 @@ impl<R: Runtime> Agent<R> {
     async fn post_node_status(&self) -> anyhow::Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let status = node::node_status(&self.cfg, &self.facts.lock().expect("facts"), Utc::now());
-        nodes.patch_status(&self.node_name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status }))).await?;
+        nodes
+            .patch_status(
+                &self.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": status })),
+            )
+            .await?;
         Ok(())
     }
 
@@ -405,7 +431,14 @@ impl<R: Runtime> Agent<R> {
             .min_by_key(|p| (rank(p), std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0))));
         let Some(victim) = victim else { return };
         let uid = victim.metadata.uid.clone().unwrap_or_default();
-        let message = format!("The node was low on resource: {resource}. Threshold quantity: {}, available: {left}.", self.cfg.eviction_hard.get(if resource == "memory" { "memory.available" } else { "nodefs.available" }).cloned().unwrap_or_default());
+        let message = format!(
+            "The node was low on resource: {resource}. Threshold quantity: {}, available: {left}.",
+            self.cfg
+                .eviction_hard
+                .get(if resource == "memory" { "memory.available" } else { "nodefs.available" })
+                .cloned()
+                .unwrap_or_default()
+        );
         tracing::warn!(pod = spec::ids(&victim).1, %message, "evicting");
         self.evictions.lock().expect("evictions").insert(uid.clone(), message);
         if let Some(tx) = pods.get(&uid) {
@@ -459,7 +492,9 @@ impl<R: Runtime> Agent<R> {
                 .lock()
                 .expect("pods")
                 .iter()
-                .filter(|(uid, tx)| !live.contains(*uid) && !tx.borrow().as_ref().is_some_and(crate::static_pods::is_static))
+                .filter(|(uid, tx)| {
+                    !live.contains(*uid) && !tx.borrow().as_ref().is_some_and(crate::static_pods::is_static)
+                })
                 .map(|(uid, _)| uid.clone())
                 .collect();
             for uid in gone {
@@ -525,7 +560,9 @@ impl<R: Runtime> Agent<R> {
                     // Re-apply now and then even without changes: a reboot or a manual edit
                     // may have removed routes.
                     let force = rounds.is_multiple_of(12);
-                    match tokio::task::spawn_blocking(move || crate::network::apply(&cfg, &list.items, &me, force)).await {
+                    match tokio::task::spawn_blocking(move || crate::network::apply(&cfg, &list.items, &me, force))
+                        .await
+                    {
                         Ok(Err(e)) => tracing::warn!(error = %e, "node networking"),
                         Err(e) => tracing::warn!(error = %e, "node networking task"),
                         Ok(Ok(_)) => {}
@@ -572,10 +609,15 @@ impl<R: Runtime> Agent<R> {
             Ok(_) => tracing::info!(pod = %name, "mirror pod created"),
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 let current = api.get_opt(name).await.ok().flatten();
-                let hash = current.as_ref().and_then(|m| m.metadata.annotations.as_ref()).and_then(|a| a.get(crate::static_pods::ANN_MIRROR)).cloned();
+                let hash = current
+                    .as_ref()
+                    .and_then(|m| m.metadata.annotations.as_ref())
+                    .and_then(|a| a.get(crate::static_pods::ANN_MIRROR))
+                    .cloned();
                 if current.is_some() && hash != want {
                     // An older manifest's mirror: replaced on the next round.
-                    let _ = api.delete(name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                    let _ =
+                        api.delete(name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
                 }
             }
             Err(e) => tracing::warn!(pod = %name, error = %e, "creating the mirror pod"),
@@ -637,8 +679,12 @@ impl<R: Runtime> Agent<R> {
     async fn fetch_sources(&self, pod: &Pod, pod_ip: Option<String>) -> Sources {
         let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let (cms, secrets) = referenced(pod);
-        let mut src = Sources { pod_ip, host_ip: self.facts.lock().expect("facts").internal_ip.clone(), ..Default::default() };
-        src.tokens = self.tokens.tokens_for(&crate::sa_tokens::ApiTokens { client: self.client.clone() }, pod, std::time::SystemTime::now()).await;
+        let mut src =
+            Sources { pod_ip, host_ip: self.facts.lock().expect("facts").internal_ip.clone(), ..Default::default() };
+        src.tokens = self
+            .tokens
+            .tokens_for(&crate::sa_tokens::ApiTokens { client: self.client.clone() }, pod, std::time::SystemTime::now())
+            .await;
         let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         for name in cms {
             if let Ok(Some(cm)) = cm_api.get_opt(&name).await {
@@ -652,7 +698,8 @@ impl<R: Runtime> Agent<R> {
         let secret_api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         for name in secrets {
             if let Ok(Some(s)) = secret_api.get_opt(&name).await {
-                let mut data: BTreeMap<String, Vec<u8>> = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+                let mut data: BTreeMap<String, Vec<u8>> =
+                    s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
                 for (k, v) in s.string_data.unwrap_or_default() {
                     data.insert(k, v.into_bytes());
                 }
@@ -694,7 +741,8 @@ impl<R: Runtime> Agent<R> {
     }
 
     async fn pod_task(self: Arc<Self>, uid: String, mut rx: watch::Receiver<Option<Pod>>) {
-        let mut worker = Worker::new(self.rt.clone(), self.runtime_name.clone()).with_start_gate(self.start_gate.clone());
+        let mut worker =
+            Worker::new(self.rt.clone(), self.runtime_name.clone()).with_start_gate(self.start_gate.clone());
         let probe_state = Arc::new(Mutex::new(ProbeState::default()));
         let (sig_tx, mut sig_rx) = mpsc::unbounded_channel::<Signal>();
         let mut probers: HashMap<(String, Kind), (String, tokio::task::JoinHandle<()>)> = HashMap::new();
@@ -732,8 +780,20 @@ impl<R: Runtime> Agent<R> {
                 for (_, (_, h)) in probers.drain() {
                     h.abort();
                 }
-                let grace = if current.is_none() { 0 } else { pod.metadata.deletion_grace_period_seconds.or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30) };
-                self.record(&pod, "Normal", "Killing", &format!("Stopping pod {} (grace period {grace}s)", spec::ids(&pod).1));
+                let grace = if current.is_none() {
+                    0
+                } else {
+                    pod.metadata
+                        .deletion_grace_period_seconds
+                        .or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                        .unwrap_or(30)
+                };
+                self.record(
+                    &pod,
+                    "Normal",
+                    "Killing",
+                    &format!("Stopping pod {} (grace period {grace}s)", spec::ids(&pod).1),
+                );
                 match worker.terminate(&pod, grace).await {
                     Ok(true) => {
                         if let Err(e) = volumes::cleanup(&self.cfg.root_dir, &pod) {
@@ -757,7 +817,9 @@ impl<R: Runtime> Agent<R> {
             // A pod the API already calls Succeeded or Failed (finished, or evicted) is never run
             // again, by this worker or a fresh one after a restart: wait for its deletion.
             let api_phase = last_status.as_ref().or(pod.status.as_ref()).and_then(|s| s.phase.clone());
-            if matches!(api_phase.as_deref(), Some("Succeeded" | "Failed")) && last_status.as_ref().is_none_or(|s| s.reason.as_deref() == Some("Evicted")) {
+            if matches!(api_phase.as_deref(), Some("Succeeded" | "Failed"))
+                && last_status.as_ref().is_none_or(|s| s.reason.as_deref() == Some("Evicted"))
+            {
                 if rx.changed().await.is_err() {
                     break;
                 }
@@ -782,7 +844,16 @@ impl<R: Runtime> Agent<R> {
                 .collect();
             let pull_auth = |image: &str| spec::pull_auth(&pull_secrets, image);
             let memory_capacity = self.facts.lock().expect("facts").memory_total;
-            let cx = PodContext { pod: &pod, env: &sources, node: &self.node_facts, memory_capacity, mounts: &mounts, probes: &probes_now, pull_auth: &pull_auth, now: Utc::now() };
+            let cx = PodContext {
+                pod: &pod,
+                env: &sources,
+                node: &self.node_facts,
+                memory_capacity,
+                mounts: &mounts,
+                probes: &probes_now,
+                pull_auth: &pull_auth,
+                now: Utc::now(),
+            };
             let outcome = worker.sync(&cx).await;
             let mut wait = self.cfg.sync_frequency;
             match outcome {
@@ -791,7 +862,14 @@ impl<R: Runtime> Agent<R> {
                         self.record(&pod, kind, reason, message);
                     }
                     pod_ip = out.status.pod_ip.clone();
-                    self.manage_probers(&pod, &out.running, pod_ip.as_deref().unwrap_or(""), &probe_state, &sig_tx, &mut probers);
+                    self.manage_probers(
+                        &pod,
+                        &out.running,
+                        pod_ip.as_deref().unwrap_or(""),
+                        &probe_state,
+                        &sig_tx,
+                        &mut probers,
+                    );
                     keep_transition_times(&mut out.status, last_status.as_ref().or(pod.status.as_ref()));
                     if last_status.as_ref() != Some(&out.status) {
                         match self.patch_status(&pod, &out.status).await {
@@ -834,7 +912,15 @@ impl<R: Runtime> Agent<R> {
 
     /// One probe task per (container, kind) for the running instance; restarted instances get
     /// fresh probes.
-    fn manage_probers(&self, pod: &Pod, running: &HashMap<String, String>, ip: &str, state: &Arc<Mutex<ProbeState>>, sig: &mpsc::UnboundedSender<Signal>, probers: &mut HashMap<(String, Kind), (String, tokio::task::JoinHandle<()>)>) {
+    fn manage_probers(
+        &self,
+        pod: &Pod,
+        running: &HashMap<String, String>,
+        ip: &str,
+        state: &Arc<Mutex<ProbeState>>,
+        sig: &mpsc::UnboundedSender<Signal>,
+        probers: &mut HashMap<(String, Kind), (String, tokio::task::JoinHandle<()>)>,
+    ) {
         probers.retain(|(name, _), (id, h)| {
             let keep = running.get(name) == Some(id);
             if !keep {
@@ -843,7 +929,11 @@ impl<R: Runtime> Agent<R> {
             keep
         });
         let Some(spec) = &pod.spec else { return };
-        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"))) {
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always")))
+        {
             let Some(id) = running.get(&c.name) else { continue };
             {
                 let mut st = state.lock().expect("probe state");
@@ -854,13 +944,26 @@ impl<R: Runtime> Agent<R> {
                     st.started.entry(c.name.clone()).or_insert(false);
                 }
             }
-            for (kind, probe) in [(Kind::Liveness, &c.liveness_probe), (Kind::Readiness, &c.readiness_probe), (Kind::Startup, &c.startup_probe)] {
+            for (kind, probe) in [
+                (Kind::Liveness, &c.liveness_probe),
+                (Kind::Readiness, &c.readiness_probe),
+                (Kind::Startup, &c.startup_probe),
+            ] {
                 let Some(probe) = probe else { continue };
                 let key = (c.name.clone(), kind);
                 if probers.contains_key(&key) {
                     continue;
                 }
-                let task = probes::watch_container(self.rt.clone(), c.clone(), kind, probe.clone(), id.clone(), ip.to_string(), state.clone(), sig.clone());
+                let task = probes::watch_container(
+                    self.rt.clone(),
+                    c.clone(),
+                    kind,
+                    probe.clone(),
+                    id.clone(),
+                    ip.to_string(),
+                    state.clone(),
+                    sig.clone(),
+                );
                 probers.insert(key, (id.clone(), tokio::spawn(task)));
             }
         }
@@ -878,7 +981,8 @@ impl<R: Runtime> Agent<R> {
         let (ns, name, uid) = spec::ids(pod);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         // A static pod's API copy (its mirror) has a UID of its own.
-        let preconditions = (!crate::static_pods::is_static(pod)).then(|| Preconditions { uid: Some(uid.to_string()), resource_version: None });
+        let preconditions = (!crate::static_pods::is_static(pod))
+            .then(|| Preconditions { uid: Some(uid.to_string()), resource_version: None });
         let dp = DeleteParams { grace_period_seconds: Some(0), preconditions, ..Default::default() };
         match api.delete(name, &dp).await {
             Ok(_) => tracing::info!(pod = %name, "pod deleted"),
@@ -897,14 +1001,23 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mount = d.path().join("memory");
         let pod = |rel: &str| mount.join("berth").join(rel);
-        for rel in ["podgone/ctr", "burstable/podgone2", "besteffort/podkept/ctr", "besteffort/podbusy/ctr", "besteffort/notapod"] {
+        for rel in [
+            "podgone/ctr",
+            "burstable/podgone2",
+            "besteffort/podkept/ctr",
+            "besteffort/podbusy/ctr",
+            "besteffort/notapod",
+        ] {
             std::fs::create_dir_all(pod(rel)).unwrap();
         }
         // A cgroup holding a process refuses rmdir; a file stands in for it here.
         std::fs::write(pod("besteffort/podbusy/ctr/tasks"), "42").unwrap();
         let keep: HashSet<String> = ["kept".to_string()].into();
         sweep_pod_cgroups_in(&[mount.display().to_string()], "/berth/", &keep);
-        assert!(!pod("podgone").exists() && !pod("burstable/podgone2").exists(), "unknown idle pods are removed with their container cgroups");
+        assert!(
+            !pod("podgone").exists() && !pod("burstable/podgone2").exists(),
+            "unknown idle pods are removed with their container cgroups"
+        );
         assert!(pod("besteffort/podkept/ctr").exists(), "a pod this agent runs stays");
         assert!(pod("besteffort/podbusy/ctr").exists(), "a cgroup in use stays");
         assert!(pod("besteffort/notapod").exists() && pod("burstable").exists(), "QoS and other directories stay");

@@ -70,7 +70,12 @@ pub trait Reviewer: Send + Sync + 'static {
     /// The token's user, None when the control plane says it is not valid.
     fn token_review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Identity>, AuthError>>;
     /// Whether `who` may `attrs` on node `node`; the reason when not.
-    fn access_review<'a>(&'a self, who: &'a Identity, node: &'a str, attrs: &'a Attributes) -> BoxFuture<'a, Result<(bool, String), AuthError>>;
+    fn access_review<'a>(
+        &'a self,
+        who: &'a Identity,
+        node: &'a str,
+        attrs: &'a Attributes,
+    ) -> BoxFuture<'a, Result<(bool, String), AuthError>>;
 }
 
 /// TokenReview and SubjectAccessReview through the agent's API client.
@@ -82,8 +87,14 @@ impl Reviewer for ApiReviewer {
     fn token_review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Identity>, AuthError>> {
         Box::pin(async move {
             let api: kube::Api<TokenReview> = kube::Api::all(self.client.clone());
-            let req = TokenReview { spec: TokenReviewSpec { token: Some(token.to_string()), audiences: None }, ..Default::default() };
-            let r = api.create(&PostParams::default(), &req).await.map_err(|source| AuthError::Review { what: "TokenReview", source })?;
+            let req = TokenReview {
+                spec: TokenReviewSpec { token: Some(token.to_string()), audiences: None },
+                ..Default::default()
+            };
+            let r = api
+                .create(&PostParams::default(), &req)
+                .await
+                .map_err(|source| AuthError::Review { what: "TokenReview", source })?;
             let st = r.status.unwrap_or_default();
             if st.authenticated != Some(true) {
                 tracing::debug!(error = st.error.as_deref().unwrap_or_default(), "token refused by TokenReview");
@@ -94,7 +105,12 @@ impl Reviewer for ApiReviewer {
         })
     }
 
-    fn access_review<'a>(&'a self, who: &'a Identity, node: &'a str, attrs: &'a Attributes) -> BoxFuture<'a, Result<(bool, String), AuthError>> {
+    fn access_review<'a>(
+        &'a self,
+        who: &'a Identity,
+        node: &'a str,
+        attrs: &'a Attributes,
+    ) -> BoxFuture<'a, Result<(bool, String), AuthError>> {
         Box::pin(async move {
             let api: kube::Api<SubjectAccessReview> = kube::Api::all(self.client.clone());
             let ra = ResourceAttributes {
@@ -105,8 +121,16 @@ impl Reviewer for ApiReviewer {
                 version: Some("v1".into()),
                 ..Default::default()
             };
-            let spec = SubjectAccessReviewSpec { user: Some(who.name.clone()), groups: Some(who.groups.clone()), resource_attributes: Some(ra), ..Default::default() };
-            let r = api.create(&PostParams::default(), &SubjectAccessReview { spec, ..Default::default() }).await.map_err(|source| AuthError::Review { what: "SubjectAccessReview", source })?;
+            let spec = SubjectAccessReviewSpec {
+                user: Some(who.name.clone()),
+                groups: Some(who.groups.clone()),
+                resource_attributes: Some(ra),
+                ..Default::default()
+            };
+            let r = api
+                .create(&PostParams::default(), &SubjectAccessReview { spec, ..Default::default() })
+                .await
+                .map_err(|source| AuthError::Review { what: "SubjectAccessReview", source })?;
             let st = r.status.unwrap_or_default();
             Ok((st.allowed, st.reason.unwrap_or_default()))
         })
@@ -138,12 +162,23 @@ impl KubeletAuth {
     }
 
     /// The caller's name, or the status to answer with.
-    pub async fn check(&self, cert: Option<&[u8]>, authorization: Option<&str>, method: &Method, path: &str) -> Result<String, Refusal> {
+    pub async fn check(
+        &self,
+        cert: Option<&[u8]>,
+        authorization: Option<&str>,
+        method: &Method,
+        path: &str,
+    ) -> Result<String, Refusal> {
         if cert.is_some() {
             return crate::server::authorize(cert);
         }
-        let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")).map(str::trim).filter(|t| !t.is_empty()) else {
-            return Err((StatusCode::UNAUTHORIZED, "a client certificate signed by the cluster CA or a bearer token is required".into()));
+        let Some(token) =
+            authorization.and_then(|a| a.strip_prefix("Bearer ")).map(str::trim).filter(|t| !t.is_empty())
+        else {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "a client certificate signed by the cluster CA or a bearer token is required".into(),
+            ));
         };
         let who = self.authenticate(token).await?;
         if self.mode == AuthorizationMode::AlwaysAllow {
@@ -163,13 +198,27 @@ impl KubeletAuth {
                 self.allowed.lock().expect("authorisation cache").insert(key, Instant::now());
                 Ok(who.name)
             }
-            Ok((false, reason)) => Err((StatusCode::FORBIDDEN, format!("Forbidden (user={}, verb={}, resource=nodes, subresource={}){}", who.name, attrs.verb, attrs.subresource, if reason.is_empty() { String::new() } else { format!(": {reason}") }))),
-            Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("authorising the request: {e}: {}", source_text(&e)))),
+            Ok((false, reason)) => Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Forbidden (user={}, verb={}, resource=nodes, subresource={}){}",
+                    who.name,
+                    attrs.verb,
+                    attrs.subresource,
+                    if reason.is_empty() { String::new() } else { format!(": {reason}") }
+                ),
+            )),
+            Err(e) => {
+                Err((StatusCode::INTERNAL_SERVER_ERROR, format!("authorising the request: {e}: {}", source_text(&e))))
+            }
         }
     }
 
     async fn authenticate(&self, token: &str) -> Result<Identity, Refusal> {
-        let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().try_into().expect("SHA-256 is 32 bytes");
+        let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
         {
             let mut cache = self.cache.lock().expect("token cache");
             cache.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
@@ -209,12 +258,20 @@ mod tests {
             self.reviews.fetch_add(1, Ordering::SeqCst);
             let who = match token {
                 "admin" => Some(Identity { name: "alice".into(), groups: vec!["system:masters".into()] }),
-                "sa" => Some(Identity { name: "system:serviceaccount:d:x".into(), groups: vec!["system:serviceaccounts".into()] }),
+                "sa" => Some(Identity {
+                    name: "system:serviceaccount:d:x".into(),
+                    groups: vec!["system:serviceaccounts".into()],
+                }),
                 _ => None,
             };
             Box::pin(async move { Ok(who) })
         }
-        fn access_review<'a>(&'a self, who: &'a Identity, node: &'a str, attrs: &'a Attributes) -> BoxFuture<'a, Result<(bool, String), AuthError>> {
+        fn access_review<'a>(
+            &'a self,
+            who: &'a Identity,
+            node: &'a str,
+            attrs: &'a Attributes,
+        ) -> BoxFuture<'a, Result<(bool, String), AuthError>> {
             assert_eq!(node, "n1");
             self.asked.lock().unwrap().push(attrs.clone());
             let ok = who.groups.iter().any(|g| g == "system:masters");
@@ -232,14 +289,24 @@ mod tests {
         assert_eq!(auth.check(None, Some("Bearer admin"), &get, "/stats/summary").await, Ok("alice".into()));
         assert_eq!(auth.check(None, Some("Bearer admin"), &get, "/pods").await, Ok("alice".into()));
         assert_eq!(reviews.load(Ordering::SeqCst), 1, "later requests used the token cache");
-        assert_eq!(asked.lock().unwrap().iter().map(|a| a.subresource).collect::<Vec<_>>(), ["proxy", "stats"], "and the allowed cache");
+        assert_eq!(
+            asked.lock().unwrap().iter().map(|a| a.subresource).collect::<Vec<_>>(),
+            ["proxy", "stats"],
+            "and the allowed cache"
+        );
         let e = auth.check(None, Some("Bearer sa"), &get, "/pods").await.unwrap_err();
         assert_eq!(e.0, StatusCode::FORBIDDEN);
         assert!(e.1.contains("subresource=proxy"), "{}", e.1);
         assert_eq!(auth.check(None, Some("Bearer sa"), &get, "/pods").await.unwrap_err().0, StatusCode::FORBIDDEN);
         assert_eq!(asked.lock().unwrap().len(), 4, "denials are asked again");
-        assert_eq!(auth.check(None, Some("Bearer garbage"), &get, "/pods").await.unwrap_err().0, StatusCode::UNAUTHORIZED);
-        assert_eq!(auth.check(None, Some("Bearer garbage"), &get, "/pods").await.unwrap_err().0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            auth.check(None, Some("Bearer garbage"), &get, "/pods").await.unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            auth.check(None, Some("Bearer garbage"), &get, "/pods").await.unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
         assert_eq!(reviews.load(Ordering::SeqCst), 4, "refusals are not cached");
         assert_eq!(auth.check(None, None, &get, "/pods").await.unwrap_err().0, StatusCode::UNAUTHORIZED);
         let open = KubeletAuth::new(Box::new(Fake::default()), "n1".into(), AuthorizationMode::AlwaysAllow);

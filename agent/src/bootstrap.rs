@@ -22,13 +22,29 @@ pub enum BootstrapError {
     #[error("bootstrap kubeconfig {path}: {message}")]
     BadBootstrap { path: PathBuf, message: String },
     #[error("reading {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("generating the node key and signing request for {node}")]
-    Key { node: String, #[source] source: rcgen::Error },
+    Key {
+        node: String,
+        #[source]
+        source: rcgen::Error,
+    },
     #[error("API client from bootstrap kubeconfig {path}")]
-    Client { path: PathBuf, #[source] source: Box<kube::Error> },
+    Client {
+        path: PathBuf,
+        #[source]
+        source: Box<kube::Error>,
+    },
     #[error("creating CertificateSigningRequest {name}")]
-    Create { name: String, #[source] source: Box<kube::Error> },
+    Create {
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
     #[error("CertificateSigningRequest {name} was denied: {reason}: {message}")]
     Denied { name: String, reason: String, message: String },
     #[error("CertificateSigningRequest {name} failed: {reason}: {message}")]
@@ -36,7 +52,11 @@ pub enum BootstrapError {
     #[error("CertificateSigningRequest {name} not signed after {waited:?} (is it approved? `kubectl certificate approve {name}`); last read: {last}")]
     Timeout { name: String, waited: Duration, last: String },
     #[error("writing node kubeconfig {path}")]
-    Write { path: PathBuf, #[source] source: std::io::Error },
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where the node's API credentials come from.
@@ -124,10 +144,15 @@ pub fn render_bootstrap_kubeconfig(cluster: &ClusterInfo, token: &str) -> String
 /// Embedded data, else the file it names (relative to the kubeconfig's directory).
 fn data_or_file(data: Option<&str>, file: Option<&str>, base: &Path) -> Result<Option<Vec<u8>>, String> {
     if let Some(d) = data {
-        return base64::engine::general_purpose::STANDARD.decode(d.trim()).map(Some).map_err(|e| format!("bad base64: {e}"));
+        return base64::engine::general_purpose::STANDARD
+            .decode(d.trim())
+            .map(Some)
+            .map_err(|e| format!("bad base64: {e}"));
     }
     match file {
-        Some(f) => std::fs::read(base.join(f)).map(Some).map_err(|e| format!("reading {}: {e}", base.join(f).display())),
+        Some(f) => {
+            std::fs::read(base.join(f)).map(Some).map_err(|e| format!("reading {}: {e}", base.join(f).display()))
+        }
         None => Ok(None),
     }
 }
@@ -136,12 +161,27 @@ fn data_or_file(data: Option<&str>, file: Option<&str>, base: &Path) -> Result<O
 /// relative file names.
 pub fn cluster_info(kc: &Kubeconfig, base: &Path) -> Result<ClusterInfo, String> {
     let ctx_name = kc.current_context.as_deref().ok_or("no current-context")?;
-    let ctx = kc.contexts.iter().find(|c| c.name == ctx_name).and_then(|c| c.context.as_ref()).ok_or_else(|| format!("no context {ctx_name:?}"))?;
-    let cluster = kc.clusters.iter().find(|c| c.name == ctx.cluster).and_then(|c| c.cluster.as_ref()).ok_or_else(|| format!("no cluster {:?}", ctx.cluster))?;
-    let server = cluster.server.clone().filter(|s| s.starts_with("https://")).ok_or_else(|| format!("cluster {:?}: no https:// server", ctx.cluster))?;
-    let ca_pem = data_or_file(cluster.certificate_authority_data.as_deref(), cluster.certificate_authority.as_deref(), base)
-        .and_then(|ca| ca.ok_or_else(|| "no CA".to_string()))
-        .map_err(|e| format!("cluster {:?}: certificate-authority: {e}", ctx.cluster))?;
+    let ctx = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == ctx_name)
+        .and_then(|c| c.context.as_ref())
+        .ok_or_else(|| format!("no context {ctx_name:?}"))?;
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)
+        .and_then(|c| c.cluster.as_ref())
+        .ok_or_else(|| format!("no cluster {:?}", ctx.cluster))?;
+    let server = cluster
+        .server
+        .clone()
+        .filter(|s| s.starts_with("https://"))
+        .ok_or_else(|| format!("cluster {:?}: no https:// server", ctx.cluster))?;
+    let ca_pem =
+        data_or_file(cluster.certificate_authority_data.as_deref(), cluster.certificate_authority.as_deref(), base)
+            .and_then(|ca| ca.ok_or_else(|| "no CA".to_string()))
+            .map_err(|e| format!("cluster {:?}: certificate-authority: {e}", ctx.cluster))?;
     Ok(ClusterInfo { server, ca_pem })
 }
 
@@ -155,9 +195,15 @@ pub fn usable_client_cert(kc: &Kubeconfig, base: &Path, now_unix: i64) -> Option
     if user.client_key_data.is_none() && !user.client_key.as_deref().is_some_and(|f| base.join(f).is_file()) {
         return None;
     }
-    let pem = data_or_file(user.client_certificate_data.as_deref(), user.client_certificate.as_deref(), base).ok()??;
+    let pem =
+        data_or_file(user.client_certificate_data.as_deref(), user.client_certificate.as_deref(), base).ok()??;
     let pem = String::from_utf8(pem).ok()?;
-    let body: String = pem.lines().skip_while(|l| !l.starts_with("-----BEGIN")).skip(1).take_while(|l| !l.starts_with("-----END")).collect();
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
     let der = base64::engine::general_purpose::STANDARD.decode(body).ok()?;
     if crate::x509_time::not_after(&der)? <= now_unix {
         return None;
@@ -181,8 +227,10 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), BootstrapError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(werr)?;
     }
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(werr)?;
+    let tmp =
+        path.with_file_name(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(werr)?;
     f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(werr)?;
     std::fs::rename(&tmp, path).map_err(werr)
 }
@@ -190,7 +238,12 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), BootstrapError> {
 /// Ensures `kubeconfig` holds a usable client certificate for node `node`: kept when it does,
 /// otherwise obtained with the credentials of `bootstrap` (waiting up to `timeout` for the
 /// CSR to be approved and signed) and written atomically, mode 0600.
-pub async fn ensure_node_kubeconfig(bootstrap: &Path, kubeconfig: &Path, node: &str, timeout: Duration) -> Result<Outcome, BootstrapError> {
+pub async fn ensure_node_kubeconfig(
+    bootstrap: &Path,
+    kubeconfig: &Path,
+    node: &str,
+    timeout: Duration,
+) -> Result<Outcome, BootstrapError> {
     let base = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
     if let Ok(kc) = read_kubeconfig(kubeconfig) {
         match usable_client_cert(&kc, &base(kubeconfig), unix_now()) {
@@ -198,18 +251,25 @@ pub async fn ensure_node_kubeconfig(bootstrap: &Path, kubeconfig: &Path, node: &
                 tracing::info!(kubeconfig = %kubeconfig.display(), subject = %cn, "node kubeconfig has a usable client certificate");
                 return Ok(Outcome::Existing);
             }
-            None => tracing::warn!(kubeconfig = %kubeconfig.display(), "node kubeconfig has no usable client certificate; bootstrapping"),
+            None => {
+                tracing::warn!(kubeconfig = %kubeconfig.display(), "node kubeconfig has no usable client certificate; bootstrapping")
+            }
         }
     }
     let bad = |message: String| BootstrapError::BadBootstrap { path: bootstrap.to_path_buf(), message };
     let boot = read_kubeconfig(bootstrap).map_err(bad)?;
     let cluster = cluster_info(&boot, &base(bootstrap)).map_err(bad)?;
-    let config = kube::Config::from_custom_kubeconfig(boot, &kube::config::KubeConfigOptions::default()).await.map_err(|e| bad(e.to_string()))?;
-    let client = kube::Client::try_from(config).map_err(|e| BootstrapError::Client { path: bootstrap.to_path_buf(), source: Box::new(e) })?;
+    let config = kube::Config::from_custom_kubeconfig(boot, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let client = kube::Client::try_from(config)
+        .map_err(|e| BootstrapError::Client { path: bootstrap.to_path_buf(), source: Box::new(e) })?;
     let (request, key) = signing_request(node)?;
     let name = csr_name(&request);
     let api = kube::Api::<CertificateSigningRequest>::all(client);
-    api.create(&kube::api::PostParams::default(), &csr_object(&name, &request)).await.map_err(|e| BootstrapError::Create { name: name.clone(), source: Box::new(e) })?;
+    api.create(&kube::api::PostParams::default(), &csr_object(&name, &request))
+        .await
+        .map_err(|e| BootstrapError::Create { name: name.clone(), source: Box::new(e) })?;
     tracing::info!(csr = %name, node, server = %cluster.server, "created CertificateSigningRequest; waiting for its certificate");
     let cert = wait_for_certificate(&api, &name, timeout).await?;
     write_private(kubeconfig, &render_kubeconfig(&cluster, node, &cert, key.serialize_pem().as_bytes()))?;
@@ -231,7 +291,11 @@ pub fn csr_state(name: &str, csr: &CertificateSigningRequest) -> Result<Option<V
     Ok(status.and_then(|s| s.certificate.as_ref()).map(|c| c.0.clone()).filter(|c| !c.is_empty()))
 }
 
-async fn wait_for_certificate(api: &kube::Api<CertificateSigningRequest>, name: &str, timeout: Duration) -> Result<Vec<u8>, BootstrapError> {
+async fn wait_for_certificate(
+    api: &kube::Api<CertificateSigningRequest>,
+    name: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, BootstrapError> {
     let deadline = Instant::now() + timeout;
     loop {
         let last = match api.get(name).await {
@@ -239,8 +303,13 @@ async fn wait_for_certificate(api: &kube::Api<CertificateSigningRequest>, name: 
                 if let Some(cert) = csr_state(name, &csr)? {
                     return Ok(cert);
                 }
-                let conditions: Vec<String> = csr.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().map(|c| c.type_).collect();
-                if conditions.is_empty() { "Pending".into() } else { conditions.join(",") }
+                let conditions: Vec<String> =
+                    csr.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().map(|c| c.type_).collect();
+                if conditions.is_empty() {
+                    "Pending".into()
+                } else {
+                    conditions.join(",")
+                }
             }
             Err(e) => {
                 tracing::debug!(csr = name, error = %e, "reading the CSR");

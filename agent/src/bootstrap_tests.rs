@@ -26,11 +26,16 @@ fn signing_request_names_the_node_in_system_nodes() {
         .params
         .distinguished_name
         .iter()
-        .map(|(t, v)| (t.clone(), match v {
-            rcgen::DnValue::Utf8String(s) => s.clone(),
-            rcgen::DnValue::PrintableString(s) => s.to_string(),
-            other => format!("{other:?}"),
-        }))
+        .map(|(t, v)| {
+            (
+                t.clone(),
+                match v {
+                    rcgen::DnValue::Utf8String(s) => s.clone(),
+                    rcgen::DnValue::PrintableString(s) => s.to_string(),
+                    other => format!("{other:?}"),
+                },
+            )
+        })
         .collect();
     assert!(dn.contains(&(rcgen::DnType::CommonName, "system:node:n1".into())), "{dn:?}");
     assert!(dn.contains(&(rcgen::DnType::OrganizationName, "system:nodes".into())), "{dn:?}");
@@ -74,7 +79,11 @@ fn expired_or_missing_client_certs_are_not_usable() {
     let kc = parse(&render_kubeconfig(&cluster, "n1", old.as_bytes(), key.as_bytes()));
     assert_eq!(usable_client_cert(&kc, Path::new("/"), unix_now()), None, "expired");
     let token_only = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'https://h:6443', certificate-authority-data: Q0E=}\nusers:\n- name: u\n  user: {token: abc.def}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n";
-    assert_eq!(usable_client_cert(&parse(token_only), Path::new("/"), unix_now()), None, "a token is no client certificate");
+    assert_eq!(
+        usable_client_cert(&parse(token_only), Path::new("/"), unix_now()),
+        None,
+        "a token is no client certificate"
+    );
     assert_eq!(cluster_info(&parse(token_only), Path::new("/")).unwrap().ca_pem, b"CA");
 }
 
@@ -87,7 +96,8 @@ fn bad_bootstrap_kubeconfigs_say_what_is_missing() {
     let no_ctx = no_ca.replace("current-context: x", "current-context: y");
     assert!(cluster_info(&parse(&no_ctx), Path::new("/")).unwrap_err().contains("no context \"y\""));
     let d = tempfile::tempdir().unwrap();
-    let ca_file = no_ca.replace("{server: 'https://h:6443'}", "{server: 'https://h:6443', certificate-authority: ca.pem}");
+    let ca_file =
+        no_ca.replace("{server: 'https://h:6443'}", "{server: 'https://h:6443', certificate-authority: ca.pem}");
     assert!(cluster_info(&parse(&ca_file), d.path()).unwrap_err().contains("ca.pem"));
     std::fs::write(d.path().join("ca.pem"), "CA").unwrap();
     assert_eq!(cluster_info(&parse(&ca_file), d.path()).unwrap().ca_pem, b"CA", "relative to the kubeconfig");
@@ -98,8 +108,17 @@ fn denied_and_failed_csrs_are_errors_naming_the_reason() {
     use k8s_openapi::api::certificates::v1::{CertificateSigningRequestCondition, CertificateSigningRequestStatus};
     let with = |type_: &str, cert: Option<&[u8]>| {
         let mut csr = csr_object("c", "PEM");
-        let conditions = vec![CertificateSigningRequestCondition { type_: type_.into(), reason: Some("Because".into()), message: Some("no".into()), status: "True".into(), ..Default::default() }];
-        csr.status = Some(CertificateSigningRequestStatus { conditions: Some(conditions), certificate: cert.map(|c| ByteString(c.to_vec())) });
+        let conditions = vec![CertificateSigningRequestCondition {
+            type_: type_.into(),
+            reason: Some("Because".into()),
+            message: Some("no".into()),
+            status: "True".into(),
+            ..Default::default()
+        }];
+        csr.status = Some(CertificateSigningRequestStatus {
+            conditions: Some(conditions),
+            certificate: cert.map(|c| ByteString(c.to_vec())),
+        });
         csr
     };
     assert_eq!(csr_state("c", &csr_object("c", "PEM")).unwrap(), None, "pending");

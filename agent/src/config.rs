@@ -45,7 +45,11 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{field}: {message}")]
@@ -140,7 +144,10 @@ impl Default for AgentConfig {
             kube_reserved: BTreeMap::new(),
             // kubelet's memory default; for the disk an absolute floor rather than kubelet's 10%,
             // which on a large, well-used disk evicts every pod with many gigabytes still free.
-            eviction_hard: BTreeMap::from([("memory.available".into(), "100Mi".into()), ("nodefs.available".into(), "1Gi".into())]),
+            eviction_hard: BTreeMap::from([
+                ("memory.available".into(), "100Mi".into()),
+                ("nodefs.available".into(), "1Gi".into()),
+            ]),
             node_labels: BTreeMap::new(),
             register_with_taints: Vec::new(),
             node_status_update_frequency: Duration::from_secs(10),
@@ -172,7 +179,8 @@ mod duration {
             return Err("empty duration".into());
         }
         while !rest.is_empty() {
-            let n_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(|| format!("{s:?}: missing unit"))?;
+            let n_end =
+                rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(|| format!("{s:?}: missing unit"))?;
             let n: f64 = rest[..n_end].parse().map_err(|_| format!("{s:?}: bad number"))?;
             let unit_end = rest[n_end..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| n_end + i);
             let secs = match &rest[n_end..unit_end] {
@@ -218,22 +226,35 @@ impl AgentConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field, message: String| Err(ConfigError::Invalid { field, message });
-        if !self.container_runtime_endpoint.starts_with("unix://") && !self.container_runtime_endpoint.starts_with('/') {
-            return bad("containerRuntimeEndpoint", format!("{:?} is not a unix socket (unix:///path)", self.container_runtime_endpoint));
+        if !self.container_runtime_endpoint.starts_with("unix://") && !self.container_runtime_endpoint.starts_with('/')
+        {
+            return bad(
+                "containerRuntimeEndpoint",
+                format!("{:?} is not a unix socket (unix:///path)", self.container_runtime_endpoint),
+            );
         }
         if self.max_pods == 0 {
             return bad("maxPods", "must be at least 1".into());
         }
         for (k, v) in self.system_reserved.iter().chain(&self.kube_reserved) {
-            crate::quantity::Quantity::parse(v).map_err(|e| ConfigError::Invalid { field: "systemReserved/kubeReserved", message: format!("{k}: {e}") })?;
+            crate::quantity::Quantity::parse(v).map_err(|e| ConfigError::Invalid {
+                field: "systemReserved/kubeReserved",
+                message: format!("{k}: {e}"),
+            })?;
         }
         let (hi, lo) = (self.image_gc_high_threshold_percent, self.image_gc_low_threshold_percent);
         if hi > 100 || lo >= hi.max(1) {
-            return bad("imageGCLowThresholdPercent", format!("low ({lo}) must be below high ({hi}), and high at most 100"));
+            return bad(
+                "imageGCLowThresholdPercent",
+                format!("low ({lo}) must be below high ({hi}), and high at most 100"),
+            );
         }
         for t in &self.register_with_taints {
             if !matches!(t.effect.as_str(), "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-                return bad("registerWithTaints", format!("taint {}: effect {:?} is not NoSchedule, PreferNoSchedule or NoExecute", t.key, t.effect));
+                return bad(
+                    "registerWithTaints",
+                    format!("taint {}: effect {:?} is not NoSchedule, PreferNoSchedule or NoExecute", t.key, t.effect),
+                );
             }
         }
         Ok(())
@@ -245,7 +266,10 @@ impl AgentConfig {
         match (&self.bootstrap_kubeconfig, &self.kubeconfig) {
             (None, _) => Ok(None),
             (Some(b), Some(k)) => Ok(Some((b.as_path(), k.as_path()))),
-            (Some(_), None) => Err(ConfigError::Invalid { field: "bootstrapKubeconfig", message: "needs kubeconfig: the path the node kubeconfig is written to".into() }),
+            (Some(_), None) => Err(ConfigError::Invalid {
+                field: "bootstrapKubeconfig",
+                message: "needs kubeconfig: the path the node kubeconfig is written to".into(),
+            }),
         }
     }
 
@@ -281,10 +305,16 @@ mod tests {
         assert_eq!(AgentConfig::default().bootstrap_paths().unwrap(), None);
         assert!(AgentConfig::parse("nodeNmae: x").unwrap_err().contains("nodeNmae"), "unknown keys are refused");
         assert!(AgentConfig::parse("syncFrequency: 10").unwrap_err().contains("missing unit"));
-        assert!(AgentConfig::parse("containerRuntimeEndpoint: tcp://x").unwrap_err().contains("containerRuntimeEndpoint"));
-        assert!(AgentConfig::parse("registerWithTaints: [{key: a, effect: Sometimes}]").unwrap_err().contains("effect"));
+        assert!(AgentConfig::parse("containerRuntimeEndpoint: tcp://x")
+            .unwrap_err()
+            .contains("containerRuntimeEndpoint"));
+        assert!(AgentConfig::parse("registerWithTaints: [{key: a, effect: Sometimes}]")
+            .unwrap_err()
+            .contains("effect"));
         assert!(AgentConfig::parse("systemReserved: {memory: lots}").unwrap_err().contains("memory"));
-        assert!(AgentConfig::parse("imageGCHighThresholdPercent: 50\nimageGCLowThresholdPercent: 60").unwrap_err().contains("imageGCLowThresholdPercent"));
+        assert!(AgentConfig::parse("imageGCHighThresholdPercent: 50\nimageGCLowThresholdPercent: 60")
+            .unwrap_err()
+            .contains("imageGCLowThresholdPercent"));
         let cfg = AgentConfig::parse("authorization: {mode: AlwaysAllow}\nimageMinimumGCAge: 0s\nimageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0").unwrap();
         assert_eq!(cfg.authorization.mode, crate::authn::AuthorizationMode::AlwaysAllow);
         assert_eq!(cfg.image_minimum_gc_age, Duration::ZERO);

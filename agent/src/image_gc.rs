@@ -36,7 +36,11 @@ pub struct Policy {
 
 impl Policy {
     pub fn from_config(cfg: &crate::config::AgentConfig) -> Policy {
-        Policy { high_percent: cfg.image_gc_high_threshold_percent, low_percent: cfg.image_gc_low_threshold_percent, min_age: cfg.image_minimum_gc_age }
+        Policy {
+            high_percent: cfg.image_gc_high_threshold_percent,
+            low_percent: cfg.image_gc_low_threshold_percent,
+            min_age: cfg.image_minimum_gc_age,
+        }
     }
 
     /// Bytes to free for a filesystem of `capacity` with `available` free: none below the high
@@ -69,14 +73,18 @@ pub struct ImageGc {
 /// Whether `c` runs image `img` (by id, tag or digest).
 fn uses(c: &cri::Container, img: &cri::Image) -> bool {
     let name = c.image.as_ref().map(|i| i.image.as_str()).unwrap_or_default();
-    c.image_ref == img.id || name == img.id || img.repo_tags.iter().any(|t| t == name) || img.repo_digests.iter().any(|d| d == name || *d == c.image_ref)
+    c.image_ref == img.id
+        || name == img.id
+        || img.repo_tags.iter().any(|t| t == name)
+        || img.repo_digests.iter().any(|d| d == name || *d == c.image_ref)
 }
 
 impl ImageGc {
     /// Notes the images present and the ones in use now; forgets removed images. Returns the
     /// ids in use.
     fn detect(&self, images: &[cri::Image], containers: &[cri::Container], now: SystemTime) -> HashSet<String> {
-        let in_use: HashSet<String> = images.iter().filter(|i| containers.iter().any(|c| uses(c, i))).map(|i| i.id.clone()).collect();
+        let in_use: HashSet<String> =
+            images.iter().filter(|i| containers.iter().any(|c| uses(c, i))).map(|i| i.id.clone()).collect();
         let mut rec = self.records.lock().expect("image records");
         rec.retain(|id, _| images.iter().any(|i| &i.id == id));
         for i in images {
@@ -89,7 +97,14 @@ impl ImageGc {
     }
 
     /// The images to remove to free `amount` bytes, in order.
-    fn plan(&self, images: &[cri::Image], in_use: &HashSet<String>, policy: &Policy, amount: u64, now: SystemTime) -> Vec<(String, u64)> {
+    fn plan(
+        &self,
+        images: &[cri::Image],
+        in_use: &HashSet<String>,
+        policy: &Policy,
+        amount: u64,
+        now: SystemTime,
+    ) -> Vec<(String, u64)> {
         let rec = self.records.lock().expect("image records");
         let mut candidates: Vec<(&cri::Image, Record)> = images
             .iter()
@@ -111,19 +126,38 @@ impl ImageGc {
     }
 
     /// One pass. `capacity_available` measures a mount point (statvfs in production).
-    pub async fn run_once<R: Runtime>(&self, rt: &R, policy: &Policy, capacity_available: impl Fn(&str) -> Option<(u64, u64)>, now: SystemTime) -> Result<Vec<String>, GcError> {
+    pub async fn run_once<R: Runtime>(
+        &self,
+        rt: &R,
+        policy: &Policy,
+        capacity_available: impl Fn(&str) -> Option<(u64, u64)>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, GcError> {
         let images = rt.list_images().await.map_err(GcError::List)?;
         let containers = rt.list_containers(HashMap::new()).await.map_err(GcError::List)?;
         let in_use = self.detect(&images, &containers, now);
         let info = rt.image_fs_info().await.map_err(GcError::List)?;
-        let mountpoint = info.image_filesystems.first().and_then(|f| f.fs_id.as_ref()).map(|f| f.mountpoint.clone()).ok_or(GcError::NoImageFs)?;
-        let (capacity, available) = capacity_available(&mountpoint).ok_or_else(|| GcError::Statvfs { mountpoint: mountpoint.clone() })?;
+        let mountpoint = info
+            .image_filesystems
+            .first()
+            .and_then(|f| f.fs_id.as_ref())
+            .map(|f| f.mountpoint.clone())
+            .ok_or(GcError::NoImageFs)?;
+        let (capacity, available) =
+            capacity_available(&mountpoint).ok_or_else(|| GcError::Statvfs { mountpoint: mountpoint.clone() })?;
         let amount = policy.to_free(capacity, available);
         if amount == 0 {
             return Ok(Vec::new());
         }
         let plan = self.plan(&images, &in_use, policy, amount, now);
-        tracing::info!(mountpoint, capacity, available, to_free = amount, candidates = plan.len(), "image filesystem above the GC threshold");
+        tracing::info!(
+            mountpoint,
+            capacity,
+            available,
+            to_free = amount,
+            candidates = plan.len(),
+            "image filesystem above the GC threshold"
+        );
         let mut removed = Vec::new();
         for (id, size) in plan {
             match rt.remove_image(&id).await {

@@ -4,13 +4,23 @@ use super::*;
 use crate::pod::fake::FakeRuntime;
 
 fn image(tag: &str, size: u64, pinned: bool) -> cri::Image {
-    cri::Image { id: format!("sha256:{tag}"), repo_tags: vec![format!("reg/{tag}:1")], size, pinned, ..Default::default() }
+    cri::Image {
+        id: format!("sha256:{tag}"),
+        repo_tags: vec![format!("reg/{tag}:1")],
+        size,
+        pinned,
+        ..Default::default()
+    }
 }
 
 async fn container_using(rt: &FakeRuntime, tag: &str, start: bool) -> String {
     let sb = cri::PodSandboxConfig::default();
     let id = rt.run_pod_sandbox(sb.clone()).await.unwrap();
-    let cfg = cri::ContainerConfig { metadata: Some(cri::ContainerMetadata { name: tag.into(), attempt: 0 }), image: Some(cri::ImageSpec { image: format!("reg/{tag}:1"), ..Default::default() }), ..Default::default() };
+    let cfg = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: tag.into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: format!("reg/{tag}:1"), ..Default::default() }),
+        ..Default::default()
+    };
     let c = rt.create_container(&id, cfg, sb).await.unwrap();
     if start {
         rt.start_container(&c).await.unwrap();
@@ -32,11 +42,15 @@ fn thresholds_decide_how_much_to_free() {
 #[tokio::test]
 async fn unused_images_go_least_recently_used_first_and_never_one_in_use() {
     let rt = FakeRuntime::default();
-    let fs = cri::FilesystemUsage { fs_id: Some(cri::FilesystemIdentifier { mountpoint: "/images".into() }), ..Default::default() };
+    let fs = cri::FilesystemUsage {
+        fs_id: Some(cri::FilesystemIdentifier { mountpoint: "/images".into() }),
+        ..Default::default()
+    };
     {
         let mut st = rt.state.lock().unwrap();
         st.image_fs = vec![fs];
-        st.image_list = vec![image("a", 500, false), image("b", 50, false), image("c", 60, false), image("d", 70, true)];
+        st.image_list =
+            vec![image("a", 500, false), image("b", 50, false), image("c", 60, false), image("d", 70, true)];
     }
     container_using(&rt, "a", true).await;
     let exited_b = container_using(&rt, "b", false).await;
@@ -61,5 +75,8 @@ async fn unused_images_go_least_recently_used_first_and_never_one_in_use() {
     assert_eq!(left, ["sha256:a", "sha256:d", "sha256:e"]);
     // Forced thresholds (the e2e test's): everything unused and old enough goes, still not a.
     let all = Policy { high_percent: 1, low_percent: 0, min_age: Duration::ZERO };
-    assert_eq!(gc.run_once(&rt, &all, |_| Some((1000, 100)), t0 + Duration::from_secs(90)).await.unwrap(), ["sha256:e"]);
+    assert_eq!(
+        gc.run_once(&rt, &all, |_| Some((1000, 100)), t0 + Duration::from_secs(90)).await.unwrap(),
+        ["sha256:e"]
+    );
 }

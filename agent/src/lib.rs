@@ -15,7 +15,7 @@ pub mod quantity;
 pub mod sa_tokens;
 pub mod server;
 pub mod spec;
-pub mod stats;
 pub mod static_pods;
+pub mod stats;
 pub mod volumes;
 pub mod x509_time;

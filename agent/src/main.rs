@@ -18,7 +18,10 @@ const DEFAULT_CONFIG: &str = "/etc/berth/agent.yaml";
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Parser)]
-#[command(name = "berth-agent", about = "Berth's node agent (a kubelet): runs the pods the API server binds to this node through CRI")]
+#[command(
+    name = "berth-agent",
+    about = "Berth's node agent (a kubelet): runs the pods the API server binds to this node through CRI"
+)]
 struct Args {
     /// Configuration file (KubeletConfiguration-style YAML; a missing default file means defaults).
     #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -50,10 +53,15 @@ struct Args {
 async fn client(path: Option<&PathBuf>) -> anyhow::Result<(kube::Client, Vec<Vec<u8>>)> {
     let config = match path {
         Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(p).with_context(|| format!("reading kubeconfig {}", p.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.with_context(|| format!("kubeconfig {}", p.display()))?
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .with_context(|| format!("reading kubeconfig {}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", p.display()))?
         }
-        None => kube::Config::infer().await.context("no kubeconfig given and none found (KUBECONFIG, ~/.kube/config, in-cluster)")?,
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig given and none found (KUBECONFIG, ~/.kube/config, in-cluster)")?,
     };
     let ca = config.root_cert.clone().unwrap_or_default();
     Ok((kube::Client::try_from(config)?, ca))
@@ -64,8 +72,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::filter::Targets::new().with_target("berth_agent", args.log_level).with_default(tracing::Level::WARN);
-    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).with(filter).init();
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("berth_agent", args.log_level)
+        .with_default(tracing::Level::WARN);
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
     let mut cfg = AgentConfig::load(&args.config, args.config != std::path::Path::new(DEFAULT_CONFIG))?;
     if let Some(v) = args.kubeconfig {
         cfg.kubeconfig = Some(v);
@@ -93,7 +106,9 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("TLS bootstrap of node {node} with {}", boot.display()))?;
     }
     let socket = cfg.runtime_socket();
-    let rt = GrpcRuntime::connect(&socket).await.with_context(|| format!("connecting to the CRI runtime at {}", socket.display()))?;
+    let rt = GrpcRuntime::connect(&socket)
+        .await
+        .with_context(|| format!("connecting to the CRI runtime at {}", socket.display()))?;
     let (client, ca) = client(cfg.kubeconfig.as_ref()).await?;
     let agent = Agent::new(cfg, client, Arc::new(rt)).await?;
     tracing::info!(node = %agent.node_name, "berth-agent starting");

@@ -141,10 +141,12 @@ pub fn apply(cfg: &NetworkConfig, nodes: &[Node], me: &str, force: bool) -> Resu
     let Some(list) = conflist(cfg, &cidr, internal_ip(mine).as_deref()) else { return Ok(false) };
     let conf_path = cfg.cni_conf_dir.join("10-berth.conflist");
     let bytes = serde_json::to_vec_pretty(&list).map_err(|e| e.to_string())?;
-    let mut changed = write_if_changed(&conf_path, &bytes).map_err(|e| format!("writing {}: {e}", conf_path.display()))?;
+    let mut changed =
+        write_if_changed(&conf_path, &bytes).map_err(|e| format!("writing {}: {e}", conf_path.display()))?;
     if matches!(cfg.mode, Mode::Vxlan | Mode::HostGw) {
         let peers = serde_json::to_vec_pretty(&json!({ "peers": peers(nodes, me) })).map_err(|e| e.to_string())?;
-        changed |= write_if_changed(&cfg.peers_file, &peers).map_err(|e| format!("writing {}: {e}", cfg.peers_file.display()))?;
+        changed |= write_if_changed(&cfg.peers_file, &peers)
+            .map_err(|e| format!("writing {}: {e}", cfg.peers_file.display()))?;
         if changed || force {
             let plugin = if cfg.mode == Mode::Vxlan { "berth-vxlan" } else { "berth-host-gw" };
             // The sync takes one network config (the conflist's plugin with cniVersion and name).
@@ -159,11 +161,18 @@ pub fn apply(cfg: &NetworkConfig, nodes: &[Node], me: &str, force: bool) -> Resu
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .map_err(|e| format!("running {} sync: {e}", bin.display()))?;
-            let _ = std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), &serde_json::to_vec(&one).unwrap_or_default());
+            let _ = std::io::Write::write_all(
+                child.stdin.as_mut().expect("stdin"),
+                &serde_json::to_vec(&one).unwrap_or_default(),
+            );
             drop(child.stdin.take());
             let out = child.wait_with_output().map_err(|e| e.to_string())?;
             if !out.status.success() {
-                return Err(format!("{plugin} sync: {}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim()));
+                return Err(format!(
+                    "{plugin} sync: {}{}",
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
             }
             tracing::info!(report = %String::from_utf8_lossy(&out.stdout).trim(), "overlay peers applied");
         }
@@ -180,27 +189,43 @@ mod tests {
         let mut n = Node::default();
         n.metadata.name = Some(name.into());
         n.spec = Some(NodeSpec { pod_cidr: cidr.map(str::to_string), ..Default::default() });
-        n.status = Some(NodeStatus { addresses: ip.map(|ip| vec![NodeAddress { type_: "InternalIP".into(), address: ip.into() }]), ..Default::default() });
+        n.status = Some(NodeStatus {
+            addresses: ip.map(|ip| vec![NodeAddress { type_: "InternalIP".into(), address: ip.into() }]),
+            ..Default::default()
+        });
         n
     }
 
     #[test]
     fn peers_are_the_other_nodes_with_a_subnet_and_an_address() {
-        let nodes = [node("a", Some("10.244.0.0/24"), Some("192.168.0.1")), node("b", Some("10.244.1.0/24"), Some("192.168.0.2")), node("c", None, Some("192.168.0.3")), node("d", Some("10.244.3.0/24"), None)];
+        let nodes = [
+            node("a", Some("10.244.0.0/24"), Some("192.168.0.1")),
+            node("b", Some("10.244.1.0/24"), Some("192.168.0.2")),
+            node("c", None, Some("192.168.0.3")),
+            node("d", Some("10.244.3.0/24"), None),
+        ];
         assert_eq!(peers(&nodes, "a"), vec![json!({"podCIDR": "10.244.1.0/24", "underlayIP": "192.168.0.2"})]);
     }
 
     #[test]
     fn conflists_by_mode() {
-        let mut cfg = NetworkConfig { mode: Mode::Vxlan, cluster_cidr: Some("10.244.0.0/16".into()), ..Default::default() };
+        let mut cfg =
+            NetworkConfig { mode: Mode::Vxlan, cluster_cidr: Some("10.244.0.0/16".into()), ..Default::default() };
         let l = conflist(&cfg, "10.244.2.0/24", Some("192.168.0.9")).unwrap();
         assert_eq!(l["plugins"][0]["type"], "berth-vxlan");
         assert_eq!(l["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.2.0/24");
         assert_eq!(l["plugins"][0]["underlayIP"], "192.168.0.9");
-        assert_eq!((l["plugins"].as_array().map(Vec::len), &l["plugins"][0]["capabilities"]), (Some(1), &json!({"portMappings": true})), "host ports mapped by the main plugin");
+        assert_eq!(
+            (l["plugins"].as_array().map(Vec::len), &l["plugins"][0]["capabilities"]),
+            (Some(1), &json!({"portMappings": true})),
+            "host ports mapped by the main plugin"
+        );
         cfg.mode = Mode::Bridge;
         let b = conflist(&cfg, "10.88.0.0/24", None).unwrap();
-        assert_eq!((&b["plugins"][0]["type"], &b["plugins"][0]["ipMasqExclude"]), (&json!("berth-bridge"), &json!(["10.244.0.0/16"])));
+        assert_eq!(
+            (&b["plugins"][0]["type"], &b["plugins"][0]["ipMasqExclude"]),
+            (&json!("berth-bridge"), &json!(["10.244.0.0/16"]))
+        );
         cfg.mode = Mode::None;
         assert!(conflist(&cfg, "10.88.0.0/24", None).is_none());
     }

@@ -41,7 +41,10 @@ fn read_trim(p: &str) -> String {
 }
 
 fn meminfo(key: &str, text: &str) -> i64 {
-    text.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<i64>().ok())).unwrap_or(0) * 1024
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<i64>().ok()))
+        .unwrap_or(0)
+        * 1024
 }
 
 /// The IPv4 address of the interface holding the default route, if any.
@@ -85,8 +88,16 @@ impl HostFacts {
     pub fn gather(cfg: &AgentConfig) -> HostFacts {
         let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let (fs_total, fs_available) = statvfs(&cfg.root_dir).unwrap_or((0, 0));
-        let os_image = read_trim("/etc/os-release").lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())).unwrap_or_else(|| "Linux".into());
-        let pids_used = std::fs::read_dir("/proc").map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count() as i64).unwrap_or(0);
+        let os_image = read_trim("/etc/os-release")
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+            .unwrap_or_else(|| "Linux".into());
+        let pids_used = std::fs::read_dir("/proc")
+            .map(|rd| {
+                rd.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count()
+                    as i64
+            })
+            .unwrap_or(0);
         HostFacts {
             hostname: read_trim("/proc/sys/kernel/hostname"),
             internal_ip: cfg.node_ip.clone().or_else(default_route_ip),
@@ -122,7 +133,9 @@ pub fn spread_pod_directories(dir: &Path) {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
         let mut flags: libc::c_int = 0;
         // SAFETY: FS_IOC_GETFLAGS writes one int into `flags`; FS_IOC_SETFLAGS reads it.
-        if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } != 0 || unsafe { libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &(flags | FS_TOPDIR_FL)) } != 0 {
+        if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } != 0
+            || unsafe { libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &(flags | FS_TOPDIR_FL)) } != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
@@ -147,7 +160,9 @@ fn statvfs(p: &Path) -> Option<(i64, i64)> {
 /// A threshold like "100Mi" or "10%" of `total`, in bytes.
 fn threshold(spec: Option<&String>, total: i64) -> i64 {
     match spec {
-        Some(s) if s.ends_with('%') => s.trim_end_matches('%').parse::<f64>().map(|p| (total as f64 * p / 100.0) as i64).unwrap_or(0),
+        Some(s) if s.ends_with('%') => {
+            s.trim_end_matches('%').parse::<f64>().map(|p| (total as f64 * p / 100.0) as i64).unwrap_or(0)
+        }
         Some(s) => Quantity::parse(s).map(|q| q.units()).unwrap_or(0),
         None => 0,
     }
@@ -165,7 +180,9 @@ fn reserved(cfg: &AgentConfig, key: &str, millis: bool) -> i64 {
 /// The eviction signal that crossed its hard threshold, if any: `memory.available` or
 /// `nodefs.available`, with what is left.
 pub fn eviction_signal(cfg: &AgentConfig, facts: &HostFacts) -> Option<(&'static str, i64)> {
-    if facts.memory_total > 0 && facts.memory_available < threshold(cfg.eviction_hard.get("memory.available"), facts.memory_total) {
+    if facts.memory_total > 0
+        && facts.memory_available < threshold(cfg.eviction_hard.get("memory.available"), facts.memory_total)
+    {
         return Some(("memory", facts.memory_available));
     }
     if facts.fs_total > 0 && facts.fs_available < threshold(cfg.eviction_hard.get("nodefs.available"), facts.fs_total) {
@@ -184,11 +201,18 @@ pub fn node_object(cfg: &AgentConfig, facts: &HostFacts, now: DateTime<Utc>) -> 
     let mut labels: BTreeMap<String, String> = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), name.clone()),
         ("kubernetes.io/os".to_string(), "linux".to_string()),
-        ("kubernetes.io/arch".to_string(), std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")),
+        (
+            "kubernetes.io/arch".to_string(),
+            std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        ),
         ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
     ]);
     labels.extend(cfg.node_labels.clone());
-    let taints: Vec<Taint> = cfg.register_with_taints.iter().map(|t| Taint { key: t.key.clone(), value: t.value.clone(), effect: t.effect.clone(), ..Default::default() }).collect();
+    let taints: Vec<Taint> = cfg
+        .register_with_taints
+        .iter()
+        .map(|t| Taint { key: t.key.clone(), value: t.value.clone(), effect: t.effect.clone(), ..Default::default() })
+        .collect();
     let mut node = Node::default();
     node.metadata.name = Some(name);
     node.metadata.labels = Some(labels);
@@ -234,9 +258,27 @@ pub fn node_status(cfg: &AgentConfig, facts: &HostFacts, now: DateTime<Utc>) -> 
         last_transition_time: Some(Time(now)),
     };
     let conditions = vec![
-        cond("MemoryPressure", facts.memory_available < mem_evict, "KubeletHasSufficientMemory", "KubeletHasInsufficientMemory", format!("{} bytes available", facts.memory_available)),
-        cond("DiskPressure", facts.fs_available < fs_evict, "KubeletHasNoDiskPressure", "KubeletHasDiskPressure", format!("{} bytes available", facts.fs_available)),
-        cond("PIDPressure", pid_pressure, "KubeletHasSufficientPID", "KubeletHasInsufficientPID", format!("{} of {} pids in use", facts.pids_used, facts.pids_max)),
+        cond(
+            "MemoryPressure",
+            facts.memory_available < mem_evict,
+            "KubeletHasSufficientMemory",
+            "KubeletHasInsufficientMemory",
+            format!("{} bytes available", facts.memory_available),
+        ),
+        cond(
+            "DiskPressure",
+            facts.fs_available < fs_evict,
+            "KubeletHasNoDiskPressure",
+            "KubeletHasDiskPressure",
+            format!("{} bytes available", facts.fs_available),
+        ),
+        cond(
+            "PIDPressure",
+            pid_pressure,
+            "KubeletHasSufficientPID",
+            "KubeletHasInsufficientPID",
+            format!("{} of {} pids in use", facts.pids_used, facts.pids_max),
+        ),
         ready,
     ];
     let mut addresses = Vec::new();
@@ -249,7 +291,9 @@ pub fn node_status(cfg: &AgentConfig, facts: &HostFacts, now: DateTime<Utc>) -> 
         allocatable: Some(allocatable),
         conditions: Some(conditions),
         addresses: Some(addresses),
-        daemon_endpoints: Some(k8s_openapi::api::core::v1::NodeDaemonEndpoints { kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: i32::from(cfg.port) }) }),
+        daemon_endpoints: Some(k8s_openapi::api::core::v1::NodeDaemonEndpoints {
+            kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: i32::from(cfg.port) }),
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
             boot_id: facts.boot_id.clone(),
@@ -323,7 +367,10 @@ mod tests {
         assert_eq!(cond(&st, "DiskPressure").status, "True", "below 1 GiB free");
         assert_eq!(cond(&st, "PIDPressure").status, "True");
         let ready = cond(&st, "Ready");
-        assert_eq!((ready.status.as_str(), ready.message.as_deref()), ("False", Some("NetworkReady=false: no CNI config")));
+        assert_eq!(
+            (ready.status.as_str(), ready.message.as_deref()),
+            ("False", Some("NetworkReady=false: no CNI config"))
+        );
     }
 
     #[test]

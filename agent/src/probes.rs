@@ -38,12 +38,23 @@ pub fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
             if let Ok(n) = name.parse::<u16>() {
                 return Ok(n);
             }
-            c.ports.iter().flatten().find(|cp| cp.name.as_deref() == Some(name)).and_then(|cp| u16::try_from(cp.container_port).ok()).ok_or_else(|| format!("no port named {name:?}"))
+            c.ports
+                .iter()
+                .flatten()
+                .find(|cp| cp.name.as_deref() == Some(name))
+                .and_then(|cp| u16::try_from(cp.container_port).ok())
+                .ok_or_else(|| format!("no port named {name:?}"))
         }
     }
 }
 
-async fn http_get(addr: SocketAddr, host: &str, path: &str, headers: &[(String, String)], timeout: Duration) -> Outcome {
+async fn http_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Outcome {
     let work = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
         let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n");
@@ -62,7 +73,11 @@ async fn http_get(addr: SocketAddr, host: &str, path: &str, headers: &[(String, 
             n += r;
         }
         let line = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_string();
-        let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad HTTP answer {line:?}"))?;
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("bad HTTP answer {line:?}"))?;
         if (200..400).contains(&code) {
             Ok(())
         } else {
@@ -102,12 +117,20 @@ mod health {
 
 async fn grpc(addr: SocketAddr, service: &str, timeout: Duration) -> Outcome {
     let work = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?.connect_timeout(timeout).connect().await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(timeout)
+            .connect()
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
         let mut client = tonic::client::Grpc::new(channel);
         client.ready().await.map_err(|e| e.to_string())?;
         let path = tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
         let codec = tonic_prost::ProstCodec::<health::HealthCheckRequest, health::HealthCheckResponse>::default();
-        let resp = client.unary(tonic::Request::new(health::HealthCheckRequest { service: service.to_string() }), path, codec).await.map_err(|s| format!("health check: {}", s.message()))?;
+        let resp = client
+            .unary(tonic::Request::new(health::HealthCheckRequest { service: service.to_string() }), path, codec)
+            .await
+            .map_err(|s| format!("health check: {}", s.message()))?;
         match resp.into_inner().status {
             1 => Ok(()),
             s => Err(format!("service unhealthy (responded with status {s})")),
@@ -125,21 +148,31 @@ pub async fn run_once<R: Runtime>(rt: &R, c: &Container, probe: &Probe, id: &str
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     let addr = |host: Option<&str>, p: u16| -> Result<SocketAddr, String> {
         let h = host.filter(|h| !h.is_empty()).unwrap_or(ip);
-        format!("{h}:{p}").parse().or_else(|_| format!("[{h}]:{p}").parse()).map_err(|_| format!("no usable address for host {h:?}"))
+        format!("{h}:{p}")
+            .parse()
+            .or_else(|_| format!("[{h}]:{p}").parse())
+            .map_err(|_| format!("no usable address for host {h:?}"))
     };
     if let Some(e) = &probe.exec {
         let cmd = e.command.clone().unwrap_or_default();
         return match rt.exec_sync(id, cmd, timeout.as_secs() as i64).await {
             Ok(r) if r.exit_code == 0 => Outcome::Success,
-            Ok(r) => Outcome::Failure(format!("command exited with {}: {}", r.exit_code, String::from_utf8_lossy(&r.stdout).trim())),
+            Ok(r) => Outcome::Failure(format!(
+                "command exited with {}: {}",
+                r.exit_code,
+                String::from_utf8_lossy(&r.stdout).trim()
+            )),
             Err(e) => Outcome::Failure(e.to_string()),
         };
     }
     if let Some(h) = &probe.http_get {
         let target = port(c, &h.port).and_then(|p| addr(h.host.as_deref(), p));
-        let headers: Vec<(String, String)> = h.http_headers.iter().flatten().map(|x| (x.name.clone(), x.value.clone())).collect();
+        let headers: Vec<(String, String)> =
+            h.http_headers.iter().flatten().map(|x| (x.name.clone(), x.value.clone())).collect();
         return match target {
-            Ok(a) => http_get(a, h.host.as_deref().unwrap_or(ip), h.path.as_deref().unwrap_or("/"), &headers, timeout).await,
+            Ok(a) => {
+                http_get(a, h.host.as_deref().unwrap_or(ip), h.path.as_deref().unwrap_or("/"), &headers, timeout).await
+            }
             Err(e) => Outcome::Failure(e),
         };
     }
@@ -150,7 +183,10 @@ pub async fn run_once<R: Runtime>(rt: &R, c: &Container, probe: &Probe, id: &str
         };
     }
     if let Some(g) = &probe.grpc {
-        return match u16::try_from(g.port).map_err(|_| format!("port {} out of range", g.port)).and_then(|p| addr(None, p)) {
+        return match u16::try_from(g.port)
+            .map_err(|_| format!("port {} out of range", g.port))
+            .and_then(|p| addr(None, p))
+        {
             Ok(a) => grpc(a, g.service.as_deref().unwrap_or(""), timeout).await,
             Err(e) => Outcome::Failure(e),
         };
@@ -159,12 +195,25 @@ pub async fn run_once<R: Runtime>(rt: &R, c: &Container, probe: &Probe, id: &str
 }
 
 /// Runs a lifecycle hook (postStart / preStop): exec, httpGet or sleep, within `limit`.
-pub async fn run_hook<R: Runtime>(rt: &R, c: &Container, h: &k8s_openapi::api::core::v1::LifecycleHandler, id: &str, ip: &str, limit: Duration) -> Result<(), String> {
+pub async fn run_hook<R: Runtime>(
+    rt: &R,
+    c: &Container,
+    h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    id: &str,
+    ip: &str,
+    limit: Duration,
+) -> Result<(), String> {
     if let Some(s) = &h.sleep {
         tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(limit)).await;
         return Ok(());
     }
-    let probe = Probe { exec: h.exec.clone(), http_get: h.http_get.clone(), tcp_socket: h.tcp_socket.clone(), timeout_seconds: Some(limit.as_secs().max(1) as i32), ..Default::default() };
+    let probe = Probe {
+        exec: h.exec.clone(),
+        http_get: h.http_get.clone(),
+        tcp_socket: h.tcp_socket.clone(),
+        timeout_seconds: Some(limit.as_secs().max(1) as i32),
+        ..Default::default()
+    };
     match run_once(rt, c, &probe, id, ip).await {
         Outcome::Success => Ok(()),
         Outcome::Failure(e) => Err(e),
@@ -219,7 +268,13 @@ pub async fn watch_container<R: Runtime>(
             let mut st = state.lock().expect("probe state");
             match kind {
                 Kind::Readiness => {
-                    let now = if successes >= success_threshold { Some(true) } else if failures >= failure_threshold { Some(false) } else { None };
+                    let now = if successes >= success_threshold {
+                        Some(true)
+                    } else if failures >= failure_threshold {
+                        Some(false)
+                    } else {
+                        None
+                    };
                     if let Some(v) = now {
                         changed = st.ready.insert(c.name.clone(), v) != Some(v);
                     }
@@ -253,7 +308,11 @@ mod tests {
     use k8s_openapi::api::core::v1::{ContainerPort, HTTPGetAction, TCPSocketAction};
 
     fn container() -> Container {
-        Container { name: "web".into(), ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: 8080, ..Default::default() }]), ..Default::default() }
+        Container {
+            name: "web".into(),
+            ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: 8080, ..Default::default() }]),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -283,14 +342,29 @@ mod tests {
     async fn http_and_tcp_probes() {
         let ok = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
         let bad = serve_once("HTTP/1.1 500 Oops\r\n\r\n").await;
-        let http = |port: u16| Probe { http_get: Some(HTTPGetAction { port: IntOrString::Int(port as i32), path: Some("/healthz".into()), ..Default::default() }), ..Default::default() };
+        let http = |port: u16| Probe {
+            http_get: Some(HTTPGetAction {
+                port: IntOrString::Int(port as i32),
+                path: Some("/healthz".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         let rt = crate::pod::fake::FakeRuntime::default();
         let c = container();
         assert_eq!(run_once(&rt, &c, &http(ok), "id", "127.0.0.1").await, Outcome::Success);
-        assert!(matches!(run_once(&rt, &c, &http(bad), "id", "127.0.0.1").await, Outcome::Failure(m) if m.contains("500")));
-        let tcp_probe = |port: u16| Probe { tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port as i32), host: None }), ..Default::default() };
+        assert!(
+            matches!(run_once(&rt, &c, &http(bad), "id", "127.0.0.1").await, Outcome::Failure(m) if m.contains("500"))
+        );
+        let tcp_probe = |port: u16| Probe {
+            tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port as i32), host: None }),
+            ..Default::default()
+        };
         assert_eq!(run_once(&rt, &c, &tcp_probe(ok), "id", "127.0.0.1").await, Outcome::Success);
-        let closed = { let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap(); l.local_addr().unwrap().port() };
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
         assert!(matches!(run_once(&rt, &c, &tcp_probe(closed), "id", "127.0.0.1").await, Outcome::Failure(_)));
     }
 }

@@ -32,7 +32,10 @@ impl Quantity {
         let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
         let mut num: i128 = 0;
         for c in int_part.chars().chain(frac_part.chars()) {
-            num = num.checked_mul(10).and_then(|n| n.checked_add(i128::from(c as u8 - b'0'))).ok_or_else(|| err("too large"))?;
+            num = num
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(i128::from(c as u8 - b'0')))
+                .ok_or_else(|| err("too large"))?;
         }
         let mut pow10: i32 = -(frac_part.len() as i32);
         let mut pow2: u32 = 0;
@@ -65,7 +68,9 @@ impl Quantity {
         num = num.checked_mul(1i128 << pow2).ok_or_else(|| err("too large"))?;
         let mut den: i128 = 1;
         if pow10 >= 0 {
-            num = num.checked_mul(10i128.checked_pow(pow10 as u32).ok_or_else(|| err("too large"))?).ok_or_else(|| err("too large"))?;
+            num = num
+                .checked_mul(10i128.checked_pow(pow10 as u32).ok_or_else(|| err("too large"))?)
+                .ok_or_else(|| err("too large"))?;
         } else {
             den = 10i128.checked_pow((-pow10) as u32).ok_or_else(|| err("too small"))?;
         }

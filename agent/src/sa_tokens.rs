@@ -45,7 +45,12 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where tokens come from (the API's TokenRequest; a fake in tests).
 pub trait TokenSource: Send + Sync {
-    fn request<'a>(&'a self, pod: &'a Pod, audience: Option<&'a str>, expiration_secs: i64) -> BoxFuture<'a, Result<Issued, TokenError>>;
+    fn request<'a>(
+        &'a self,
+        pod: &'a Pod,
+        audience: Option<&'a str>,
+        expiration_secs: i64,
+    ) -> BoxFuture<'a, Result<Issued, TokenError>>;
 }
 
 /// TokenRequest through the agent's API client, bound to the pod.
@@ -54,7 +59,12 @@ pub struct ApiTokens {
 }
 
 impl TokenSource for ApiTokens {
-    fn request<'a>(&'a self, pod: &'a Pod, audience: Option<&'a str>, expiration_secs: i64) -> BoxFuture<'a, Result<Issued, TokenError>> {
+    fn request<'a>(
+        &'a self,
+        pod: &'a Pod,
+        audience: Option<&'a str>,
+        expiration_secs: i64,
+    ) -> BoxFuture<'a, Result<Issued, TokenError>> {
         Box::pin(async move {
             let (ns, name, uid) = spec::ids(pod);
             let sa = service_account(pod);
@@ -63,21 +73,34 @@ impl TokenSource for ApiTokens {
                 spec: TokenRequestSpec {
                     audiences: audience.map(|a| vec![a.to_string()]).unwrap_or_default(),
                     expiration_seconds: Some(expiration_secs),
-                    bound_object_ref: Some(BoundObjectReference { kind: Some("Pod".into()), api_version: Some("v1".into()), name: Some(name.into()), uid: Some(uid.into()) }),
+                    bound_object_ref: Some(BoundObjectReference {
+                        kind: Some("Pod".into()),
+                        api_version: Some("v1".into()),
+                        name: Some(name.into()),
+                        uid: Some(uid.into()),
+                    }),
                 },
                 ..Default::default()
             };
             let err = |source| TokenError::Request { namespace: ns.into(), service_account: sa.clone(), source };
             let body = serde_json::to_vec(&req).expect("TokenRequest serialises");
-            let r: TokenRequest = api.create_subresource("token", &sa, &PostParams::default(), body).await.map_err(err)?;
-            let st = r.status.filter(|s| !s.token.is_empty()).ok_or_else(|| TokenError::Empty { namespace: ns.into(), service_account: sa.clone() })?;
+            let r: TokenRequest =
+                api.create_subresource("token", &sa, &PostParams::default(), body).await.map_err(err)?;
+            let st = r
+                .status
+                .filter(|s| !s.token.is_empty())
+                .ok_or_else(|| TokenError::Empty { namespace: ns.into(), service_account: sa.clone() })?;
             Ok(Issued { token: st.token, expires: SystemTime::from(st.expiration_timestamp.0) })
         })
     }
 }
 
 fn service_account(pod: &Pod) -> String {
-    pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into())
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into())
 }
 
 /// The key a volume source's token is found under.
@@ -93,7 +116,9 @@ pub fn projections(pod: &Pod) -> Vec<(Option<String>, i64)> {
         .flat_map(|s| s.volumes.iter().flatten())
         .flat_map(|v| v.projected.iter().flat_map(|p| p.sources.iter().flatten()))
         .filter_map(|s| s.service_account_token.as_ref())
-        .map(|t| (t.audience.clone().filter(|a| !a.is_empty()), t.expiration_seconds.unwrap_or(DEFAULT_EXPIRATION_SECS)))
+        .map(|t| {
+            (t.audience.clone().filter(|a| !a.is_empty()), t.expiration_seconds.unwrap_or(DEFAULT_EXPIRATION_SECS))
+        })
         .collect();
     out.sort();
     out.dedup();
@@ -132,7 +157,13 @@ impl TokenManager {
                 continue;
             }
             let key = source_key(audience.as_deref(), secs);
-            let cached = self.cache.lock().expect("token cache").get(&(uid.clone(), key.clone())).filter(|c| !c.stale(now)).map(|c| c.issued.token.clone());
+            let cached = self
+                .cache
+                .lock()
+                .expect("token cache")
+                .get(&(uid.clone(), key.clone()))
+                .filter(|c| !c.stale(now))
+                .map(|c| c.issued.token.clone());
             if let Some(t) = cached {
                 out.insert(key, t);
                 continue;
@@ -143,7 +174,9 @@ impl TokenManager {
                     out.insert(key.clone(), issued.token.clone());
                     self.cache.lock().expect("token cache").insert((uid.clone(), key), Cached { issued, at: now });
                 }
-                Err(e) => tracing::warn!(pod = %uid, error = %e, source = %std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default(), "requesting a service-account token"),
+                Err(e) => {
+                    tracing::warn!(pod = %uid, error = %e, source = %std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default(), "requesting a service-account token")
+                }
             }
         }
         out
@@ -166,9 +199,17 @@ mod tests {
     }
 
     impl TokenSource for Fake {
-        fn request<'a>(&'a self, _pod: &'a Pod, audience: Option<&'a str>, secs: i64) -> BoxFuture<'a, Result<Issued, TokenError>> {
+        fn request<'a>(
+            &'a self,
+            _pod: &'a Pod,
+            audience: Option<&'a str>,
+            secs: i64,
+        ) -> BoxFuture<'a, Result<Issued, TokenError>> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            let issued = Issued { token: format!("tok-{}-{n}", audience.unwrap_or("api")), expires: self.now + Duration::from_secs(secs as u64) };
+            let issued = Issued {
+                token: format!("tok-{}-{n}", audience.unwrap_or("api")),
+                expires: self.now + Duration::from_secs(secs as u64),
+            };
             Box::pin(async move { Ok(issued) })
         }
     }

@@ -55,10 +55,15 @@ pub struct ApiState {
 
 /// Who may call: CA-signed client certificates that are not another node's.
 pub fn authorize(peer: Option<&[u8]>) -> Result<String, (StatusCode, String)> {
-    let der = peer.ok_or((StatusCode::UNAUTHORIZED, "a client certificate signed by the cluster CA is required".to_string()))?;
-    let (cn, groups) = berth_control::auth::cert_subject(der).ok_or((StatusCode::UNAUTHORIZED, "unreadable client certificate".to_string()))?;
+    let der = peer
+        .ok_or((StatusCode::UNAUTHORIZED, "a client certificate signed by the cluster CA is required".to_string()))?;
+    let (cn, groups) = berth_control::auth::cert_subject(der)
+        .ok_or((StatusCode::UNAUTHORIZED, "unreadable client certificate".to_string()))?;
     if groups.iter().any(|g| g == "system:nodes") || cn.starts_with("system:node:") {
-        return Err((StatusCode::FORBIDDEN, format!("{cn} is a node identity: nodes may not use another node's kubelet API")));
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("{cn} is a node identity: nodes may not use another node's kubelet API"),
+        ));
     }
     Ok(cn)
 }
@@ -72,7 +77,9 @@ pub fn tls_config(ca_der: &[Vec<u8>], names: &[String]) -> anyhow::Result<Arc<ru
     for c in ca_der {
         roots.add(CertificateDer::from(c.clone()))?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).allow_unauthenticated().build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
     let key = rcgen::KeyPair::generate()?;
     let params = rcgen::CertificateParams::new(names.to_vec())?;
     let cert = params.self_signed(&key)?;
@@ -86,7 +93,12 @@ pub fn tls_config(ca_der: &[Vec<u8>], names: &[String]) -> anyhow::Result<Arc<ru
 }
 
 /// Serves until the listener fails.
-pub async fn serve<N: Node>(node: Arc<N>, listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<ApiState>) {
+pub async fn serve<N: Node>(
+    node: Arc<N>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<ApiState>,
+) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let Ok((tcp, peer)) = listener.accept().await else { continue };
@@ -96,12 +108,15 @@ pub async fn serve<N: Node>(node: Arc<N>, listener: tokio::net::TcpListener, tls
                 Ok(Ok(s)) => s,
                 _ => return,
             };
-            let cert: Option<Vec<u8>> = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+            let cert: Option<Vec<u8>> =
+                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
             let service = hyper::service::service_fn(move |req| {
                 let (node, cert, state) = (node.clone(), cert.clone(), state.clone());
                 async move { Ok::<_, Infallible>(handle(node, &state, req, cert.as_deref(), peer).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             let _ = conn.await;
         });
     }
@@ -119,7 +134,13 @@ fn value<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-async fn handle<N: Node>(node: Arc<N>, state: &ApiState, req: Request<Incoming>, cert: Option<&[u8]>, peer: SocketAddr) -> Response<Body> {
+async fn handle<N: Node>(
+    node: Arc<N>,
+    state: &ApiState,
+    req: Request<Incoming>,
+    cert: Option<&[u8]>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return full(StatusCode::OK, "ok");
@@ -137,7 +158,8 @@ async fn handle<N: Node>(node: Arc<N>, state: &ApiState, req: Request<Incoming>,
     let q = query(&req);
     match (req.method(), parts.as_slice()) {
         (&Method::GET, ["pods"]) => {
-            let list = serde_json::json!({ "kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": node.pods() });
+            let list =
+                serde_json::json!({ "kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": node.pods() });
             full(StatusCode::OK, serde_json::to_vec(&list).unwrap_or_default())
         }
         (&Method::GET, ["metrics"]) => full(StatusCode::OK, metrics(node.as_ref())),
@@ -149,14 +171,18 @@ async fn handle<N: Node>(node: Arc<N>, state: &ApiState, req: Request<Incoming>,
             r
         }
         (&Method::GET, ["metrics", "resource"]) => {
-            let mut r = full(StatusCode::OK, crate::stats::prometheus::resource_metrics(&snapshot(node.as_ref()).await));
+            let mut r =
+                full(StatusCode::OK, crate::stats::prometheus::resource_metrics(&snapshot(node.as_ref()).await));
             r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
         }
-        (&Method::GET, ["containerLogs", ns, pod, container]) => container_logs(node.as_ref(), ns, pod, container, &q).await,
+        (&Method::GET, ["containerLogs", ns, pod, container]) => {
+            container_logs(node.as_ref(), ns, pod, container, &q).await
+        }
         (_, ["exec" | "attach", ns, pod, container, ..]) => {
             let exec = parts[0] == "exec";
-            stream(node.as_ref(), req, ns, pod, Some(container), if exec { Stream::Exec } else { Stream::Attach }, q).await
+            stream(node.as_ref(), req, ns, pod, Some(container), if exec { Stream::Exec } else { Stream::Attach }, q)
+                .await
         }
         (_, ["portForward", ns, pod, ..]) => stream(node.as_ref(), req, ns, pod, None, Stream::PortForward, q).await,
         _ => full(StatusCode::NOT_FOUND, format!("no such kubelet endpoint: {path}")),
@@ -164,7 +190,8 @@ async fn handle<N: Node>(node: Arc<N>, state: &ApiState, req: Request<Incoming>,
 }
 
 async fn snapshot<N: Node>(node: &N) -> crate::stats::Snapshot {
-    let paths = crate::stats::Paths { proc_root: Path::new("/proc"), root_dir: node.root_dir(), log_root: node.log_root() };
+    let paths =
+        crate::stats::Paths { proc_root: Path::new("/proc"), root_dir: node.root_dir(), log_root: node.log_root() };
     crate::stats::collect(node.runtime(), node.node_name(), &node.pods(), &paths).await
 }
 
@@ -187,7 +214,13 @@ fn log_files(dir: &Path) -> Vec<(u32, PathBuf)> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse().ok()).map(|n| (n, e.path())))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse().ok())
+                .map(|n| (n, e.path()))
+        })
         .collect();
     files.sort();
     files
@@ -213,7 +246,13 @@ fn parse_line(line: &str, timestamps: bool) -> Option<(DateTime<Utc>, String)> {
     Some((ts, out))
 }
 
-async fn container_logs<N: Node>(node: &N, ns: &str, name: &str, container: &str, q: &[(String, String)]) -> Response<Body> {
+async fn container_logs<N: Node>(
+    node: &N,
+    ns: &str,
+    name: &str,
+    container: &str,
+    q: &[(String, String)],
+) -> Response<Body> {
     let Some(pod) = find_pod(node, ns, name) else {
         return full(StatusCode::NOT_FOUND, format!("pod {ns}/{name} is not on this node"));
     };
@@ -230,11 +269,18 @@ async fn container_logs<N: Node>(node: &N, ns: &str, name: &str, container: &str
     let since: Option<DateTime<Utc>> = value(q, "sinceSeconds")
         .and_then(|v| v.parse::<i64>().ok())
         .map(|s| Utc::now() - k8s_openapi::chrono::Duration::seconds(s))
-        .or_else(|| value(q, "sinceTime").and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)));
+        .or_else(|| {
+            value(q, "sinceTime").and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc))
+        });
     let limit: Option<usize> = value(q, "limitBytes").and_then(|v| v.parse().ok());
     let follow = flag(q, "follow") && !previous;
     let text = tokio::fs::read_to_string(&file).await.unwrap_or_default();
-    let mut lines: Vec<String> = text.lines().filter_map(|l| parse_line(l, timestamps)).filter(|(ts, _)| since.is_none_or(|s| *ts >= s)).map(|(_, l)| l).collect();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter_map(|l| parse_line(l, timestamps))
+        .filter(|(ts, _)| since.is_none_or(|s| *ts >= s))
+        .map(|(_, l)| l)
+        .collect();
     if let Some(t) = tail {
         let skip = lines.len().saturating_sub(t);
         lines.drain(..skip);
@@ -308,8 +354,13 @@ async fn container_logs<N: Node>(node: &N, ns: &str, name: &str, container: &str
 /// A flag that tracks whether the pod's container is still running (checked every second).
 async fn container_running_check<N: Node>(node: &N, uid: &str, container: &str) -> Arc<std::sync::atomic::AtomicBool> {
     let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let labels = HashMap::from([(spec::LABEL_POD_UID.to_string(), uid.to_string()), (spec::LABEL_CONTAINER_NAME.to_string(), container.to_string())]);
-    let running = |list: &[berth_proto::runtime::v1::Container]| list.iter().any(|c| c.state == berth_proto::runtime::v1::ContainerState::ContainerRunning as i32);
+    let labels = HashMap::from([
+        (spec::LABEL_POD_UID.to_string(), uid.to_string()),
+        (spec::LABEL_CONTAINER_NAME.to_string(), container.to_string()),
+    ]);
+    let running = |list: &[berth_proto::runtime::v1::Container]| {
+        list.iter().any(|c| c.state == berth_proto::runtime::v1::ContainerState::ContainerRunning as i32)
+    };
     let now = node.runtime().list_containers(labels.clone()).await.map(|l| running(&l)).unwrap_or(false);
     flag.store(now, std::sync::atomic::Ordering::Relaxed);
     flag
@@ -324,7 +375,15 @@ enum Stream {
 
 /// Exec, attach and port-forward: ask the runtime for its streaming URL and splice the
 /// client's upgraded connection to it.
-async fn stream<N: Node>(node: &N, req: Request<Incoming>, ns: &str, name: &str, container: Option<&str>, kind: Stream, q: Vec<(String, String)>) -> Response<Body> {
+async fn stream<N: Node>(
+    node: &N,
+    req: Request<Incoming>,
+    ns: &str,
+    name: &str,
+    container: Option<&str>,
+    kind: Stream,
+    q: Vec<(String, String)>,
+) -> Response<Body> {
     let Some(pod) = find_pod(node, ns, name) else {
         return full(StatusCode::NOT_FOUND, format!("pod {ns}/{name} is not on this node"));
     };
@@ -334,20 +393,39 @@ async fn stream<N: Node>(node: &N, req: Request<Incoming>, ns: &str, name: &str,
         Stream::PortForward => {
             let labels = HashMap::from([(spec::LABEL_POD_UID.to_string(), uid)]);
             let sandboxes = rt.list_pod_sandboxes(labels).await.unwrap_or_default();
-            let Some(sb) = sandboxes.iter().find(|s| s.state == berth_proto::runtime::v1::PodSandboxState::SandboxReady as i32) else {
+            let Some(sb) =
+                sandboxes.iter().find(|s| s.state == berth_proto::runtime::v1::PodSandboxState::SandboxReady as i32)
+            else {
                 return full(StatusCode::NOT_FOUND, format!("pod {ns}/{name} has no running sandbox"));
             };
-            let ports: Vec<i32> = q.iter().filter(|(k, _)| k == "port" || k == "ports").flat_map(|(_, v)| v.split(',').filter_map(|p| p.trim().parse().ok()).collect::<Vec<_>>()).collect();
+            let ports: Vec<i32> = q
+                .iter()
+                .filter(|(k, _)| k == "port" || k == "ports")
+                .flat_map(|(_, v)| v.split(',').filter_map(|p| p.trim().parse().ok()).collect::<Vec<_>>())
+                .collect();
             rt.port_forward_url(&sb.id, ports).await
         }
         _ => {
             let container = container.unwrap_or_default();
-            let labels = HashMap::from([(spec::LABEL_POD_UID.to_string(), uid), (spec::LABEL_CONTAINER_NAME.to_string(), container.to_string())]);
+            let labels = HashMap::from([
+                (spec::LABEL_POD_UID.to_string(), uid),
+                (spec::LABEL_CONTAINER_NAME.to_string(), container.to_string()),
+            ]);
             let list = rt.list_containers(labels).await.unwrap_or_default();
-            let Some(c) = list.iter().find(|c| c.state == berth_proto::runtime::v1::ContainerState::ContainerRunning as i32) else {
-                return full(StatusCode::NOT_FOUND, format!("container {container:?} of pod {ns}/{name} is not running"));
+            let Some(c) =
+                list.iter().find(|c| c.state == berth_proto::runtime::v1::ContainerState::ContainerRunning as i32)
+            else {
+                return full(
+                    StatusCode::NOT_FOUND,
+                    format!("container {container:?} of pod {ns}/{name} is not running"),
+                );
             };
-            let opts = crate::cri::StreamOptions { stdin: flag(&q, "stdin") || flag(&q, "input"), stdout: flag(&q, "stdout") || flag(&q, "output"), stderr: flag(&q, "stderr") || flag(&q, "error"), tty: flag(&q, "tty") };
+            let opts = crate::cri::StreamOptions {
+                stdin: flag(&q, "stdin") || flag(&q, "input"),
+                stdout: flag(&q, "stdout") || flag(&q, "output"),
+                stderr: flag(&q, "stderr") || flag(&q, "error"),
+                tty: flag(&q, "tty"),
+            };
             if kind == Stream::Exec {
                 let cmd: Vec<String> = q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
                 if cmd.is_empty() {
@@ -374,17 +452,27 @@ async fn splice(mut req: Request<Incoming>, url: &str) -> Response<Body> {
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let tcp = match tokio::net::TcpStream::connect(host).await {
         Ok(t) => t,
-        Err(e) => return full(StatusCode::BAD_GATEWAY, format!("connecting to the runtime's streaming server {host}: {e}")),
+        Err(e) => {
+            return full(StatusCode::BAD_GATEWAY, format!("connecting to the runtime's streaming server {host}: {e}"))
+        }
     };
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
         Ok(x) => x,
         Err(e) => return full(StatusCode::BAD_GATEWAY, format!("streaming server handshake: {e}")),
     };
     tokio::spawn(conn.with_upgrades());
-    let mut b = Request::builder().method(req.method().clone()).uri(if path.is_empty() { "/" } else { path }).header(HOST, host);
+    let mut b = Request::builder()
+        .method(req.method().clone())
+        .uri(if path.is_empty() { "/" } else { path })
+        .header(HOST, host);
     for (k, v) in req.headers() {
         let n = k.as_str();
-        if n == "upgrade" || n == "connection" || n.starts_with("x-stream-protocol") || n.starts_with("sec-websocket") || n == "origin" {
+        if n == "upgrade"
+            || n == "connection"
+            || n.starts_with("x-stream-protocol")
+            || n.starts_with("sec-websocket")
+            || n == "origin"
+        {
             b = b.header(k, v);
         }
     }
@@ -429,7 +517,11 @@ mod tests {
         let l = "2026-11-23T10:00:00.123456789Z stdout F hello world";
         assert_eq!(parse_line(l, false).unwrap().1, "hello world\n");
         assert_eq!(parse_line(l, true).unwrap().1, "2026-11-23T10:00:00.123456789Z hello world\n");
-        assert_eq!(parse_line("2026-11-23T10:00:00Z stderr P part", false).unwrap().1, "part", "partials join the next line");
+        assert_eq!(
+            parse_line("2026-11-23T10:00:00Z stderr P part", false).unwrap().1,
+            "part",
+            "partials join the next line"
+        );
         assert!(parse_line("garbage", false).is_none());
     }
 
@@ -444,8 +536,14 @@ mod tests {
             }
             p.self_signed(&ca).unwrap().der().to_vec()
         };
-        assert_eq!(authorize(Some(&issue("berth-control:kubelet-client", Some("system:masters")))), Ok("berth-control:kubelet-client".into()));
-        assert_eq!(authorize(Some(&issue("system:node:n2", Some("system:nodes")))).unwrap_err().0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            authorize(Some(&issue("berth-control:kubelet-client", Some("system:masters")))),
+            Ok("berth-control:kubelet-client".into())
+        );
+        assert_eq!(
+            authorize(Some(&issue("system:node:n2", Some("system:nodes")))).unwrap_err().0,
+            StatusCode::FORBIDDEN
+        );
         assert_eq!(authorize(None).unwrap_err().0, StatusCode::UNAUTHORIZED);
     }
 }

@@ -48,7 +48,10 @@ impl QosClass {
     }
 }
 
-fn quantity(map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, key: &str) -> Option<Quantity> {
+fn quantity(
+    map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    key: &str,
+) -> Option<Quantity> {
     map.and_then(|m| m.get(key)).and_then(|q| Quantity::parse(&q.0).ok())
 }
 
@@ -64,7 +67,10 @@ fn limit(r: Option<&ResourceRequirements>, key: &str) -> Option<Quantity> {
 
 fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
     let spec = pod.spec.as_ref();
-    spec.and_then(|s| s.init_containers.as_ref()).into_iter().flatten().chain(spec.map(|s| s.containers.iter()).into_iter().flatten())
+    spec.and_then(|s| s.init_containers.as_ref())
+        .into_iter()
+        .flatten()
+        .chain(spec.map(|s| s.containers.iter()).into_iter().flatten())
 }
 
 pub fn qos_class(pod: &Pod) -> QosClass {
@@ -117,7 +123,14 @@ pub fn container_resources(c: &Container, qos: QosClass, memory_capacity: i64) -
             adj.clamp(3, 999)
         }
     };
-    cri::LinuxContainerResources { cpu_period, cpu_quota, cpu_shares, memory_limit_in_bytes, oom_score_adj, ..Default::default() }
+    cri::LinuxContainerResources {
+        cpu_period,
+        cpu_quota,
+        cpu_shares,
+        memory_limit_in_bytes,
+        oom_score_adj,
+        ..Default::default()
+    }
 }
 
 /// What environment sources say (configMaps, secrets) and the pod's runtime facts.
@@ -275,13 +288,23 @@ pub fn container_env(pod: &Pod, c: &Container, src: &dyn EnvSources) -> Result<V
         };
         set(name.clone(), v, &mut order, &mut values);
     }
-    Ok(order.into_iter().map(|k| {
-        let v = values.remove(&k).unwrap_or_default();
-        (k, v)
-    }).collect())
+    Ok(order
+        .into_iter()
+        .map(|k| {
+            let v = values.remove(&k).unwrap_or_default();
+            (k, v)
+        })
+        .collect())
 }
 
-fn keyed(data: Option<BTreeMap<String, String>>, var: &str, kind: &'static str, name: &str, key: &str, optional: Option<bool>) -> Result<Option<String>, EnvError> {
+fn keyed(
+    data: Option<BTreeMap<String, String>>,
+    var: &str,
+    kind: &'static str,
+    name: &str,
+    key: &str,
+    optional: Option<bool>,
+) -> Result<Option<String>, EnvError> {
     let optional = optional.unwrap_or(false);
     match data {
         None if optional => Ok(None),
@@ -289,7 +312,9 @@ fn keyed(data: Option<BTreeMap<String, String>>, var: &str, kind: &'static str, 
         Some(d) => match d.get(key) {
             Some(v) => Ok(Some(v.clone())),
             None if optional => Ok(None),
-            None => Err(EnvError::MissingKey { var: var.into(), source_kind: kind, name: name.into(), key: key.into() }),
+            None => {
+                Err(EnvError::MissingKey { var: var.into(), source_kind: kind, name: name.into(), key: key.into() })
+            }
         },
     }
 }
@@ -320,7 +345,14 @@ pub fn pull_auth(secrets: &[Vec<u8>], image: &str) -> Option<cri::AuthConfig> {
                 continue;
             }
             let s = |f: &str| entry.get(f).and_then(|x| x.as_str()).unwrap_or_default().to_string();
-            return Some(cri::AuthConfig { username: s("username"), password: s("password"), auth: s("auth"), server_address: key.clone(), identity_token: s("identitytoken"), registry_token: s("registrytoken") });
+            return Some(cri::AuthConfig {
+                username: s("username"),
+                password: s("password"),
+                auth: s("auth"),
+                server_address: key.clone(),
+                identity_token: s("identitytoken"),
+                registry_token: s("registrytoken"),
+            });
         }
     }
     None
@@ -446,7 +478,11 @@ fn dns_config(spec: &k8s_openapi::api::core::v1::PodSpec, ns: &str, node: &NodeF
         "Default" => return None,
         "ClusterFirstWithHostNet" | "ClusterFirst" if cluster_first => {
             let d = &node.cluster_domain;
-            cri::DnsConfig { servers: node.cluster_dns.clone(), searches: vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()], options: vec!["ndots:5".into()] }
+            cri::DnsConfig {
+                servers: node.cluster_dns.clone(),
+                searches: vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()],
+                options: vec!["ndots:5".into()],
+            }
         }
         "None" => cri::DnsConfig::default(),
         _ => return None,
@@ -465,8 +501,13 @@ fn dns_config(spec: &k8s_openapi::api::core::v1::PodSpec, ns: &str, node: &NodeF
 fn seccomp(p: Option<&k8s_openapi::api::core::v1::SeccompProfile>) -> cri::SecurityProfile {
     use cri::security_profile::ProfileType;
     match p.map(|p| p.type_.as_str()) {
-        Some("Unconfined") => cri::SecurityProfile { profile_type: ProfileType::Unconfined as i32, localhost_ref: String::new() },
-        Some("Localhost") => cri::SecurityProfile { profile_type: ProfileType::Localhost as i32, localhost_ref: p.and_then(|p| p.localhost_profile.clone()).unwrap_or_default() },
+        Some("Unconfined") => {
+            cri::SecurityProfile { profile_type: ProfileType::Unconfined as i32, localhost_ref: String::new() }
+        }
+        Some("Localhost") => cri::SecurityProfile {
+            profile_type: ProfileType::Localhost as i32,
+            localhost_ref: p.and_then(|p| p.localhost_profile.clone()).unwrap_or_default(),
+        },
         // Kubernetes' own default is Unconfined; Berth runs RuntimeDefault unless asked (as
         // kubelet does with SeccompDefault enabled, the default since 1.27).
         _ => cri::SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, localhost_ref: String::new() },
@@ -505,11 +546,19 @@ pub fn container_config(pod: &Pod, input: &ContainerInput<'_>) -> cri::Container
     let namespace_options = sandbox.linux.and_then(|l| l.security_context).and_then(|s| s.namespace_options);
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata { name: c.name.clone(), attempt: input.restart_count }),
-        image: Some(cri::ImageSpec { image: input.image.clone(), user_specified_image: c.image.clone().unwrap_or_default(), ..Default::default() }),
+        image: Some(cri::ImageSpec {
+            image: input.image.clone(),
+            user_specified_image: c.image.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
         command,
         args,
         working_dir: c.working_dir.clone().unwrap_or_default(),
-        envs: input.env.iter().map(|(key, value)| cri::KeyValue { key: key.clone(), value: value.clone().into_bytes() }).collect(),
+        envs: input
+            .env
+            .iter()
+            .map(|(key, value)| cri::KeyValue { key: key.clone(), value: value.clone().into_bytes() })
+            .collect(),
         mounts: input.mounts.clone(),
         labels,
         annotations,

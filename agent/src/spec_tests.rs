@@ -1,12 +1,16 @@
 use super::*;
-use k8s_openapi::api::core::v1::{ConfigMapKeySelector, EnvFromSource, EnvVarSource, ConfigMapEnvSource, ObjectFieldSelector, PodSpec, ContainerPort, SecretKeySelector};
+use k8s_openapi::api::core::v1::{
+    ConfigMapEnvSource, ConfigMapKeySelector, ContainerPort, EnvFromSource, EnvVarSource, ObjectFieldSelector, PodSpec,
+    SecretKeySelector,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as Q;
 
 struct Sources;
 
 impl EnvSources for Sources {
     fn config_map(&self, _ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
-        (name == "cfg").then(|| BTreeMap::from([("MODE".to_string(), "fast".to_string()), ("LEVEL".to_string(), "3".to_string())]))
+        (name == "cfg")
+            .then(|| BTreeMap::from([("MODE".to_string(), "fast".to_string()), ("LEVEL".to_string(), "3".to_string())]))
     }
     fn secret(&self, _ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
         (name == "creds").then(|| BTreeMap::from([("password".to_string(), "hunter2".to_string())]))
@@ -20,7 +24,9 @@ impl EnvSources for Sources {
 }
 
 fn res(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> Option<ResourceRequirements> {
-    let m = |v: &[(&str, &str)]| (!v.is_empty()).then(|| v.iter().map(|(k, q)| (k.to_string(), Q(q.to_string()))).collect());
+    let m = |v: &[(&str, &str)]| {
+        (!v.is_empty()).then(|| v.iter().map(|(k, q)| (k.to_string(), Q(q.to_string()))).collect())
+    };
     Some(ResourceRequirements { requests: m(requests), limits: m(limits), ..Default::default() })
 }
 
@@ -79,23 +85,85 @@ fn expansion_follows_kubernetes_rules() {
 #[test]
 fn env_from_every_source_in_order() {
     let mut c = container("a");
-    c.env_from = Some(vec![EnvFromSource { config_map_ref: Some(ConfigMapEnvSource { name: "cfg".into(), optional: None }), prefix: Some("CFG_".into()), ..Default::default() }]);
+    c.env_from = Some(vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource { name: "cfg".into(), optional: None }),
+        prefix: Some("CFG_".into()),
+        ..Default::default()
+    }]);
     let from = |s: EnvVarSource| EnvVar { value_from: Some(s), ..Default::default() };
     c.env = Some(vec![
         EnvVar { name: "GREETING".into(), value: Some("hi $(CFG_MODE)".into()), ..Default::default() },
-        EnvVar { name: "POD".into(), ..from(EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }), ..Default::default() }) },
-        EnvVar { name: "APP".into(), ..from(EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: "metadata.labels['app']".into(), ..Default::default() }), ..Default::default() }) },
-        EnvVar { name: "IP".into(), ..from(EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), ..Default::default() }), ..Default::default() }) },
-        EnvVar { name: "PW".into(), ..from(EnvVarSource { secret_key_ref: Some(SecretKeySelector { name: "creds".into(), key: "password".into(), optional: None }), ..Default::default() }) },
-        EnvVar { name: "OPT".into(), ..from(EnvVarSource { config_map_key_ref: Some(ConfigMapKeySelector { name: "nope".into(), key: "x".into(), optional: Some(true) }), ..Default::default() }) },
+        EnvVar {
+            name: "POD".into(),
+            ..from(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+                ..Default::default()
+            })
+        },
+        EnvVar {
+            name: "APP".into(),
+            ..from(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.labels['app']".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        },
+        EnvVar {
+            name: "IP".into(),
+            ..from(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), ..Default::default() }),
+                ..Default::default()
+            })
+        },
+        EnvVar {
+            name: "PW".into(),
+            ..from(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: "creds".into(),
+                    key: "password".into(),
+                    optional: None,
+                }),
+                ..Default::default()
+            })
+        },
+        EnvVar {
+            name: "OPT".into(),
+            ..from(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: "nope".into(),
+                    key: "x".into(),
+                    optional: Some(true),
+                }),
+                ..Default::default()
+            })
+        },
         EnvVar { name: "CFG_LEVEL".into(), value: Some("override".into()), ..Default::default() },
     ]);
     let p = pod(vec![c.clone()]);
     let env = container_env(&p, &c, &Sources).unwrap();
     let got: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    assert_eq!(got, vec![("CFG_LEVEL", "override"), ("CFG_MODE", "fast"), ("GREETING", "hi fast"), ("POD", "web"), ("APP", "web"), ("IP", "10.1.2.3"), ("PW", "hunter2")]);
+    assert_eq!(
+        got,
+        vec![
+            ("CFG_LEVEL", "override"),
+            ("CFG_MODE", "fast"),
+            ("GREETING", "hi fast"),
+            ("POD", "web"),
+            ("APP", "web"),
+            ("IP", "10.1.2.3"),
+            ("PW", "hunter2")
+        ]
+    );
 
-    c.env = Some(vec![EnvVar { name: "X".into(), ..from(EnvVarSource { config_map_key_ref: Some(ConfigMapKeySelector { name: "cfg".into(), key: "NOPE".into(), optional: None }), ..Default::default() }) }]);
+    c.env = Some(vec![EnvVar {
+        name: "X".into(),
+        ..from(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector { name: "cfg".into(), key: "NOPE".into(), optional: None }),
+            ..Default::default()
+        })
+    }]);
     let err = container_env(&p, &c, &Sources).unwrap_err();
     assert_eq!(err.to_string(), "env X: key \"NOPE\" not found in configMap \"cfg\"");
 }
@@ -103,11 +171,19 @@ fn env_from_every_source_in_order() {
 #[test]
 fn sandbox_and_container_configs_carry_identity_and_ports() {
     let mut c = container("app");
-    c.ports = Some(vec![ContainerPort { container_port: 80, host_port: Some(8080), ..Default::default() }, ContainerPort { container_port: 9090, ..Default::default() }]);
+    c.ports = Some(vec![
+        ContainerPort { container_port: 80, host_port: Some(8080), ..Default::default() },
+        ContainerPort { container_port: 9090, ..Default::default() },
+    ]);
     c.command = Some(vec!["sh".into(), "-c".into()]);
     c.args = Some(vec!["echo $(NAME)".into()]);
     let p = pod(vec![c.clone()]);
-    let node = NodeFacts { log_root: "/var/log/pods".into(), cluster_dns: vec!["10.96.0.10".into()], cluster_domain: "cluster.local".into(), cgroup_parent: "/kubepods".into() };
+    let node = NodeFacts {
+        log_root: "/var/log/pods".into(),
+        cluster_dns: vec!["10.96.0.10".into()],
+        cluster_domain: "cluster.local".into(),
+        cgroup_parent: "/kubepods".into(),
+    };
     let sb = sandbox_config(&p, 1, &node);
     assert_eq!(sb.metadata.as_ref().unwrap().attempt, 1);
     assert_eq!(sb.linux.as_ref().unwrap().cgroup_parent, "/kubepods/besteffort/podu-1", "the QoS hierarchy");
@@ -116,7 +192,18 @@ fn sandbox_and_container_configs_carry_identity_and_ports() {
     assert_eq!(sb.labels[LABEL_POD_UID], "u-1");
     assert_eq!(sb.dns_config.as_ref().unwrap().searches[0], "prod.svc.cluster.local");
     let env = vec![("NAME".to_string(), "berth".to_string())];
-    let cfg = container_config(&p, &ContainerInput { container: &c, restart_count: 2, env: &env, mounts: vec![], image: "busybox".into(), qos: QosClass::BestEffort, memory_capacity: 1 << 30 });
+    let cfg = container_config(
+        &p,
+        &ContainerInput {
+            container: &c,
+            restart_count: 2,
+            env: &env,
+            mounts: vec![],
+            image: "busybox".into(),
+            qos: QosClass::BestEffort,
+            memory_capacity: 1 << 30,
+        },
+    );
     assert_eq!(cfg.args, vec!["echo berth"]);
     assert_eq!(cfg.log_path, "app/2.log");
     assert_eq!(cfg.metadata.unwrap().attempt, 2);

@@ -27,7 +27,12 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 /// One manifest as the pod this node runs.
 pub fn static_pod(file: &Path, text: &str, node: &str) -> Result<Pod, String> {
     let mut pod: Pod = serde_yaml::from_str(text).map_err(|e| format!("{}: {e}", file.display()))?;
-    let name = pod.metadata.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| format!("{}: metadata.name is required", file.display()))?;
+    let name = pod
+        .metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| format!("{}: metadata.name is required", file.display()))?;
     if pod.spec.as_ref().is_none_or(|s| s.containers.is_empty()) {
         return Err(format!("{}: spec.containers must not be empty", file.display()));
     }
@@ -48,10 +53,17 @@ pub fn static_pod(file: &Path, text: &str, node: &str) -> Result<Pod, String> {
 pub fn read_dir(dir: &Path, node: &str) -> (Vec<Pod>, Vec<String>) {
     let (mut pods, mut errors) = (Vec::new(), Vec::new());
     let Ok(rd) = std::fs::read_dir(dir) else { return (pods, errors) };
-    let mut files: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json")).collect();
+    let mut files: Vec<_> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"))
+        .collect();
     files.sort();
     for f in files {
-        match std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display())).and_then(|t| static_pod(&f, &t, node)) {
+        match std::fs::read_to_string(&f)
+            .map_err(|e| format!("{}: {e}", f.display()))
+            .and_then(|t| static_pod(&f, &t, node))
+        {
             Ok(p) => pods.push(p),
             Err(e) => errors.push(e),
         }
@@ -77,7 +89,8 @@ pub fn is_static(pod: &Pod) -> bool {
 mod tests {
     use super::*;
 
-    const WEB: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers: [{name: c, image: busybox}]\n";
+    const WEB: &str =
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers: [{name: c, image: busybox}]\n";
 
     #[test]
     fn manifests_become_node_bound_pods_with_stable_uids() {
@@ -86,7 +99,8 @@ mod tests {
         assert_eq!(p.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
         let again = static_pod(Path::new("/etc/berth/manifests/web.yaml"), WEB, "n1").unwrap();
         assert_eq!(p.metadata.uid, again.metadata.uid, "same file, same pod");
-        let changed = static_pod(Path::new("/etc/berth/manifests/web.yaml"), &WEB.replace("busybox", "nginx"), "n1").unwrap();
+        let changed =
+            static_pod(Path::new("/etc/berth/manifests/web.yaml"), &WEB.replace("busybox", "nginx"), "n1").unwrap();
         assert_ne!(p.metadata.uid, changed.metadata.uid, "a changed manifest is a new pod");
         let m = mirror(&p);
         assert_eq!(m.metadata.annotations.unwrap()[ANN_MIRROR], p.metadata.annotations.as_ref().unwrap()[ANN_HASH]);
@@ -95,8 +109,12 @@ mod tests {
 
     #[test]
     fn bad_manifests_are_named() {
-        assert!(static_pod(Path::new("/m/x.yaml"), "kind: Pod\nspec: {containers: []}\n", "n").unwrap_err().contains("metadata.name"));
-        assert!(static_pod(Path::new("/m/x.yaml"), "metadata: {name: a}\nspec: {containers: []}\n", "n").unwrap_err().contains("spec.containers"));
+        assert!(static_pod(Path::new("/m/x.yaml"), "kind: Pod\nspec: {containers: []}\n", "n")
+            .unwrap_err()
+            .contains("metadata.name"));
+        assert!(static_pod(Path::new("/m/x.yaml"), "metadata: {name: a}\nspec: {containers: []}\n", "n")
+            .unwrap_err()
+            .contains("spec.containers"));
         assert!(static_pod(Path::new("/m/bad.yaml"), ": : :", "n").unwrap_err().starts_with("/m/bad.yaml"));
     }
 }

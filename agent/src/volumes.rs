@@ -22,7 +22,13 @@ pub enum VolumeError {
     #[error("volume {volume:?}: {message}")]
     Invalid { volume: String, message: String },
     #[error("volume {volume:?}: {what} {path}: {source}")]
-    Io { volume: String, what: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        volume: String,
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// ConfigMap and Secret contents as bytes (secrets may be binary).
@@ -91,7 +97,15 @@ fn mount_tmpfs(volume: &str, dir: &Path, size: Option<i64>, mode: &str) -> Resul
     let target = c(&dir.to_string_lossy());
     let (tmpfs, opts) = (c("tmpfs"), c(&data));
     // SAFETY: valid C strings; a tmpfs mount on our own directory.
-    let r = unsafe { libc::mount(tmpfs.as_ptr(), target.as_ptr(), tmpfs.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, opts.as_ptr().cast()) };
+    let r = unsafe {
+        libc::mount(
+            tmpfs.as_ptr(),
+            target.as_ptr(),
+            tmpfs.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            opts.as_ptr().cast(),
+        )
+    };
     if r != 0 {
         return Err(io(volume, "mounting tmpfs at", dir)(std::io::Error::last_os_error()));
     }
@@ -107,7 +121,8 @@ fn prepare_one(base: &Path, pod: &Pod, v: &Volume, src: &dyn VolumeSources) -> R
         let d = dir("empty-dir");
         mkdir(&d)?;
         if e.medium.as_deref() == Some("Memory") {
-            let size = e.size_limit.as_ref().and_then(|q| crate::quantity::Quantity::parse(&q.0).ok()).map(|q| q.units());
+            let size =
+                e.size_limit.as_ref().and_then(|q| crate::quantity::Quantity::parse(&q.0).ok()).map(|q| q.units());
             mount_tmpfs(name, &d, size, "1777")?;
         } else {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).map_err(io(name, "chmod", &d))?;
@@ -171,7 +186,13 @@ fn prepare_one(base: &Path, pod: &Pod, v: &Volume, src: &dyn VolumeSources) -> R
                 }
             }
             if let Some(dapi) = &source.downward_api {
-                files.extend(downward_files(name, pod, dapi.items.as_deref().unwrap_or_default(), p.default_mode, src)?);
+                files.extend(downward_files(
+                    name,
+                    pod,
+                    dapi.items.as_deref().unwrap_or_default(),
+                    p.default_mode,
+                    src,
+                )?);
             }
             if let Some(t) = &source.service_account_token {
                 files.push(token_file(name, t, p.default_mode, src)?);
@@ -185,16 +206,32 @@ fn prepare_one(base: &Path, pod: &Pod, v: &Volume, src: &dyn VolumeSources) -> R
 }
 
 /// A serviceAccountToken projection's file.
-fn token_file(volume: &str, t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection, default_mode: Option<i32>, src: &dyn VolumeSources) -> Result<File, VolumeError> {
+fn token_file(
+    volume: &str,
+    t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+    default_mode: Option<i32>,
+    src: &dyn VolumeSources,
+) -> Result<File, VolumeError> {
     if !safe_relative(&t.path) {
-        return Err(invalid(volume, format!("serviceAccountToken path {:?} must be relative and without '..'", t.path)));
+        return Err(invalid(
+            volume,
+            format!("serviceAccountToken path {:?} must be relative and without '..'", t.path),
+        ));
     }
     let secs = t.expiration_seconds.unwrap_or(crate::sa_tokens::DEFAULT_EXPIRATION_SECS);
     if secs < crate::sa_tokens::MIN_EXPIRATION_SECS {
-        return Err(invalid(volume, format!("serviceAccountToken expirationSeconds {secs} is below the minimum of 600")));
+        return Err(invalid(
+            volume,
+            format!("serviceAccountToken expirationSeconds {secs} is below the minimum of 600"),
+        ));
     }
     let audience = t.audience.as_deref().filter(|a| !a.is_empty());
-    let token = src.service_account_token(audience, secs).ok_or_else(|| invalid(volume, format!("no service-account token for audience {:?} (TokenRequest failed)", audience.unwrap_or("<API>"))))?;
+    let token = src.service_account_token(audience, secs).ok_or_else(|| {
+        invalid(
+            volume,
+            format!("no service-account token for audience {:?} (TokenRequest failed)", audience.unwrap_or("<API>")),
+        )
+    })?;
     Ok((t.path.clone(), token.into_bytes(), default_mode.unwrap_or(0o644) as u32 & 0o777))
 }
 
@@ -221,7 +258,12 @@ fn check_host_path(volume: &str, p: &Path, kind: &str) -> Result<(), VolumeError
                 if let Some(parent) = p.parent() {
                     std::fs::create_dir_all(parent).map_err(io(volume, "creating", parent))?;
                 }
-                std::fs::OpenOptions::new().create(true).append(true).mode(0o644).open(p).map_err(io(volume, "creating", p))?;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o644)
+                    .open(p)
+                    .map_err(io(volume, "creating", p))?;
             }
             std::fs::metadata(p).is_ok_and(|m| m.is_file())
         }
@@ -240,7 +282,12 @@ fn check_host_path(volume: &str, p: &Path, kind: &str) -> Result<(), VolumeError
 /// A file to write: relative path, content, mode.
 type File = (String, Vec<u8>, u32);
 
-fn select(volume: &str, data: &BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>, default_mode: Option<i32>) -> Result<Vec<File>, VolumeError> {
+fn select(
+    volume: &str,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+) -> Result<Vec<File>, VolumeError> {
     let mode = default_mode.unwrap_or(0o644) as u32 & 0o777;
     match items {
         None => Ok(data.iter().map(|(k, v)| (k.clone(), v.clone(), mode)).collect()),
@@ -257,10 +304,18 @@ fn select(volume: &str, data: &BTreeMap<String, Vec<u8>>, items: Option<&[KeyToP
     }
 }
 
-fn downward_files(volume: &str, pod: &Pod, items: &[DownwardAPIVolumeFile], default_mode: Option<i32>, src: &dyn VolumeSources) -> Result<Vec<File>, VolumeError> {
+fn downward_files(
+    volume: &str,
+    pod: &Pod,
+    items: &[DownwardAPIVolumeFile],
+    default_mode: Option<i32>,
+    src: &dyn VolumeSources,
+) -> Result<Vec<File>, VolumeError> {
     let mode = default_mode.unwrap_or(0o644) as u32 & 0o777;
     let m = &pod.metadata;
-    let render = |map: Option<&BTreeMap<String, String>>| map.iter().flat_map(|m| m.iter()).map(|(k, v)| format!("{k}={v:?}\n")).collect::<String>();
+    let render = |map: Option<&BTreeMap<String, String>>| {
+        map.iter().flat_map(|m| m.iter()).map(|(k, v)| format!("{k}={v:?}\n")).collect::<String>()
+    };
     items
         .iter()
         .map(|i| {
@@ -291,7 +346,8 @@ fn write_atomic(volume: &str, dir: &Path, files: &[File]) -> Result<(), VolumeEr
     if let Ok(current) = std::fs::read_link(&data_link) {
         let cur = dir.join(&current);
         let same = files.iter().all(|(p, v, mode)| {
-            std::fs::read(cur.join(p)).is_ok_and(|old| &old == v) && std::fs::metadata(cur.join(p)).is_ok_and(|m| m.permissions().mode() & 0o777 == *mode)
+            std::fs::read(cur.join(p)).is_ok_and(|old| &old == v)
+                && std::fs::metadata(cur.join(p)).is_ok_and(|m| m.permissions().mode() & 0o777 == *mode)
         }) && count_files(&cur) == files.len();
         if same {
             return Ok(());
@@ -347,7 +403,8 @@ fn count_files(dir: &Path) -> usize {
 pub fn container_mounts(volumes: &PodVolumes, c: &Container) -> Result<Vec<cri::Mount>, String> {
     let mut out = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
-        let base = volumes.paths.get(&m.name).ok_or_else(|| format!("volumeMount {:?}: no volume of that name", m.name))?;
+        let base =
+            volumes.paths.get(&m.name).ok_or_else(|| format!("volumeMount {:?}: no volume of that name", m.name))?;
         let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             None => base.clone(),
             Some(sub) => {
@@ -356,11 +413,13 @@ pub fn container_mounts(volumes: &PodVolumes, c: &Container) -> Result<Vec<cri::
                 }
                 let p = base.join(sub);
                 if !p.exists() {
-                    std::fs::create_dir_all(&p).map_err(|e| format!("volumeMount {:?}: creating subPath {}: {e}", m.name, p.display()))?;
+                    std::fs::create_dir_all(&p)
+                        .map_err(|e| format!("volumeMount {:?}: creating subPath {}: {e}", m.name, p.display()))?;
                 }
                 // A link inside the volume must not lead out of it.
                 let real = p.canonicalize().map_err(|e| format!("volumeMount {:?}: {}: {e}", m.name, p.display()))?;
-                let real_base = base.canonicalize().map_err(|e| format!("volumeMount {:?}: {}: {e}", m.name, base.display()))?;
+                let real_base =
+                    base.canonicalize().map_err(|e| format!("volumeMount {:?}: {}: {e}", m.name, base.display()))?;
                 if !real.starts_with(&real_base) {
                     return Err(format!("volumeMount {:?}: subPath {sub:?} leads outside the volume", m.name));
                 }

@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, EmptyDirVolumeSource, HostPathVolumeSource, PodSpec, SecretVolumeSource, VolumeMount};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, EmptyDirVolumeSource, HostPathVolumeSource, PodSpec, SecretVolumeSource, VolumeMount,
+};
 
 use super::*;
 
@@ -44,13 +46,18 @@ fn pod(volumes: Vec<Volume>) -> Pod {
 }
 
 fn cm_volume(items: Option<Vec<KeyToPath>>) -> Volume {
-    Volume { name: "conf".into(), config_map: Some(ConfigMapVolumeSource { name: "cfg".into(), items, ..Default::default() }), ..Default::default() }
+    Volume {
+        name: "conf".into(),
+        config_map: Some(ConfigMapVolumeSource { name: "cfg".into(), items, ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 #[test]
 fn config_maps_are_written_atomically_and_updated_in_place() {
     let root = tempfile::tempdir().unwrap();
-    let mut src = Src { cm: BTreeMap::from([("a.conf".into(), "one".into()), ("b.conf".into(), "two".into())]), token: None };
+    let mut src =
+        Src { cm: BTreeMap::from([("a.conf".into(), "one".into()), ("b.conf".into(), "two".into())]), token: None };
     let p = pod(vec![cm_volume(None)]);
     let vols = prepare(root.path(), &p, &src).unwrap();
     let dir = &vols.paths["conf"];
@@ -75,9 +82,19 @@ fn config_maps_are_written_atomically_and_updated_in_place() {
     let bad = vec![KeyToPath { key: "a.conf".into(), path: "../escape".into(), mode: None }];
     let err = prepare(root.path(), &pod(vec![cm_volume(Some(bad))]), &src).unwrap_err();
     assert!(err.to_string().contains("without '..'"), "{err}");
-    let missing = Volume { name: "m".into(), config_map: Some(ConfigMapVolumeSource { name: "nope".into(), ..Default::default() }), ..Default::default() };
-    assert!(prepare(root.path(), &pod(vec![missing.clone()]), &src).unwrap_err().to_string().contains("\"nope\" not found"));
-    let optional = Volume { config_map: Some(ConfigMapVolumeSource { optional: Some(true), ..missing.config_map.clone().unwrap() }), ..missing };
+    let missing = Volume {
+        name: "m".into(),
+        config_map: Some(ConfigMapVolumeSource { name: "nope".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    assert!(prepare(root.path(), &pod(vec![missing.clone()]), &src)
+        .unwrap_err()
+        .to_string()
+        .contains("\"nope\" not found"));
+    let optional = Volume {
+        config_map: Some(ConfigMapVolumeSource { optional: Some(true), ..missing.config_map.clone().unwrap() }),
+        ..missing
+    };
     assert!(prepare(root.path(), &pod(vec![optional]), &src).is_ok());
 }
 
@@ -85,7 +102,11 @@ fn config_maps_are_written_atomically_and_updated_in_place() {
 fn host_paths_are_type_checked() {
     let root = tempfile::tempdir().unwrap();
     let made = root.path().join("made/here");
-    let hp = |path: &Path, kind: &str| Volume { name: "h".into(), host_path: Some(HostPathVolumeSource { path: path.display().to_string(), type_: Some(kind.into()) }), ..Default::default() };
+    let hp = |path: &Path, kind: &str| Volume {
+        name: "h".into(),
+        host_path: Some(HostPathVolumeSource { path: path.display().to_string(), type_: Some(kind.into()) }),
+        ..Default::default()
+    };
     prepare(root.path(), &pod(vec![hp(&made, "DirectoryOrCreate")]), &Src::default()).unwrap();
     assert!(made.is_dir());
     let err = prepare(root.path(), &pod(vec![hp(&made, "File")]), &Src::default()).unwrap_err();
@@ -99,11 +120,21 @@ fn host_paths_are_type_checked() {
 #[test]
 fn mounts_resolve_sub_paths_inside_the_volume() {
     let root = tempfile::tempdir().unwrap();
-    let p = pod(vec![Volume { name: "data".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() }]);
+    let p = pod(vec![Volume {
+        name: "data".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }]);
     let vols = prepare(root.path(), &p, &Src::default()).unwrap();
     let c = |sub: Option<&str>| Container {
         name: "c".into(),
-        volume_mounts: Some(vec![VolumeMount { name: "data".into(), mount_path: "/data".into(), sub_path: sub.map(str::to_string), read_only: Some(true), ..Default::default() }]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".into(),
+            mount_path: "/data".into(),
+            sub_path: sub.map(str::to_string),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
         ..Default::default()
     };
     let m = container_mounts(&vols, &c(None)).unwrap();
@@ -114,7 +145,10 @@ fn mounts_resolve_sub_paths_inside_the_volume() {
     let err = container_mounts(&vols, &c(Some("out"))).unwrap_err();
     assert!(err.contains("leads outside the volume"), "{err}");
     assert!(container_mounts(&vols, &c(Some("../x"))).is_err());
-    let missing = Container { volume_mounts: Some(vec![VolumeMount { name: "nope".into(), mount_path: "/x".into(), ..Default::default() }]), ..c(None) };
+    let missing = Container {
+        volume_mounts: Some(vec![VolumeMount { name: "nope".into(), mount_path: "/x".into(), ..Default::default() }]),
+        ..c(None)
+    };
     assert!(container_mounts(&vols, &missing).unwrap_err().contains("no volume"));
 }
 
@@ -123,8 +157,19 @@ fn mounts_resolve_sub_paths_inside_the_volume() {
 fn secrets_and_memory_empty_dirs_live_on_tmpfs() {
     let root = tempfile::tempdir().unwrap();
     let p = pod(vec![
-        Volume { name: "s".into(), secret: Some(SecretVolumeSource { secret_name: Some("creds".into()), ..Default::default() }), ..Default::default() },
-        Volume { name: "m".into(), empty_dir: Some(EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("4Mi".into())) }), ..Default::default() },
+        Volume {
+            name: "s".into(),
+            secret: Some(SecretVolumeSource { secret_name: Some("creds".into()), ..Default::default() }),
+            ..Default::default()
+        },
+        Volume {
+            name: "m".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("4Mi".into())),
+            }),
+            ..Default::default()
+        },
     ]);
     let vols = prepare(root.path(), &p, &Src::default()).unwrap();
     assert!(is_mounted(&vols.paths["s"]) && is_mounted(&vols.paths["m"]));

@@ -9,14 +9,18 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::Node;
 
 pub async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.with_context(|| format!("kubeconfig {}", kubeconfig.display()))?;
+    let kc =
+        kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("kubeconfig {}", kubeconfig.display()))?;
     Ok(kube::Client::try_from(config)?)
 }
 
 /// The node name a node kubeconfig carries: its user `system:node:NAME`.
 pub fn node_name_of(kubeconfig: &Path) -> anyhow::Result<String> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let kc =
+        kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
     kc.auth_infos
         .iter()
         .find_map(|a| a.name.strip_prefix("system:node:").map(String::from))
@@ -40,7 +44,12 @@ async fn node(client: &kube::Client, name: &str) -> Option<Node> {
 
 /// Waits up to `timeout` for the node's podCIDR: None when it is registered without one (a
 /// control plane that allocates none); an error when it is not registered at all.
-pub async fn wait_pod_cidr(client: &kube::Client, name: &str, timeout: Duration, stop: &AtomicBool) -> anyhow::Result<Option<String>> {
+pub async fn wait_pod_cidr(
+    client: &kube::Client,
+    name: &str,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<String>> {
     let deadline = Instant::now() + timeout;
     let mut registered = false;
     while Instant::now() < deadline {
@@ -66,7 +75,9 @@ pub async fn wait_pod_cidr(client: &kube::Client, name: &str, timeout: Duration,
 pub async fn node_ready(client: &kube::Client, name: &str, since: i64) -> bool {
     let Some(n) = node(client, name).await else { return false };
     n.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| {
-        c.type_ == "Ready" && c.status == "True" && c.last_heartbeat_time.as_ref().is_some_and(|t| t.0.timestamp() >= since)
+        c.type_ == "Ready"
+            && c.status == "True"
+            && c.last_heartbeat_time.as_ref().is_some_and(|t| t.0.timestamp() >= since)
     })
 }
 

@@ -39,7 +39,11 @@ impl Daemon {
     }
 
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).with_context(|| format!("opening {}", self.log.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
         let child = Command::new(&self.program)
             .args(&self.args)
             .stdin(Stdio::null())
@@ -48,7 +52,8 @@ impl Daemon {
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting {}", self.program.display()))?;
-        std::fs::write(&self.pid_file, format!("{}\n", child.id())).with_context(|| format!("writing {}", self.pid_file.display()))?;
+        std::fs::write(&self.pid_file, format!("{}\n", child.id()))
+            .with_context(|| format!("writing {}", self.pid_file.display()))?;
         self.child = Some(child);
         Ok(())
     }
@@ -60,7 +65,12 @@ impl Daemon {
         self.restarts += 1;
         let delay = Duration::from_secs(1 << self.restarts.min(5));
         self.next_restart = Some(Instant::now() + delay);
-        Some(format!("{} exited ({status}); restarting in {}s — see {}", self.name, delay.as_secs(), self.log.display()))
+        Some(format!(
+            "{} exited ({status}); restarting in {}s — see {}",
+            self.name,
+            delay.as_secs(),
+            self.log.display()
+        ))
     }
 
     /// Restarts it when its delay has passed.
@@ -105,7 +115,10 @@ pub fn alive(pid: i32) -> bool {
     // A zombie child still answers signal 0: look at its state too.
     // SAFETY: signal 0 only checks that the process exists.
     let exists = unsafe { libc::kill(pid, 0) } == 0;
-    exists && !std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')).unwrap_or(true)
+    exists
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(true)
 }
 
 /// SIGTERM `pid`, wait up to `grace` for it to go, then SIGKILL.

@@ -14,7 +14,11 @@ pub enum ImageError {
     #[error("{path} is not a static busybox (apt-get install busybox-static)")]
     NoBusybox { path: PathBuf },
     #[error("writing the image layout {path}")]
-    Write { path: PathBuf, #[source] source: std::io::Error },
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The ref-name annotation OCI layouts tag manifests with (skopeo and umoci write it too).
@@ -22,7 +26,10 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Applets linked when `busybox --list` gives nothing.
-const FALLBACK_APPLETS: &[&str] = &["sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "env", "ps", "kill", "wget", "nc", "httpd", "hostname", "ip", "mkdir", "rm", "grep", "top", "date", "uname"];
+const FALLBACK_APPLETS: &[&str] = &[
+    "sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "env", "ps", "kill", "wget", "nc", "httpd", "hostname",
+    "ip", "mkdir", "rm", "grep", "top", "date", "uname",
+];
 
 /// Writes `busybox` as the image `<layout>:<tag>` (an OCI layout directory), replacing the tag.
 pub fn write_busybox(busybox: &Path, layout: &Path, tag: &str) -> Result<String, ImageError> {
@@ -62,7 +69,12 @@ fn oci_arch() -> &'static str {
 fn list_applets(busybox: &Path) -> Vec<String> {
     let listed = std::process::Command::new(busybox).arg("--list").output().ok().filter(|o| o.status.success());
     let mut applets: Vec<String> = match listed {
-        Some(o) => String::from_utf8_lossy(&o.stdout).lines().map(str::trim).filter(|a| !a.is_empty() && !a.contains('/')).map(String::from).collect(),
+        Some(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && !a.contains('/'))
+            .map(String::from)
+            .collect(),
         None => Vec::new(),
     };
     if applets.is_empty() {
@@ -88,7 +100,17 @@ fn layer_tar(busybox: &[u8], applets: &[String]) -> std::io::Result<Vec<u8>> {
         h.set_gid(0);
         h
     };
-    for (dir, mode) in [("bin", 0o755), ("dev", 0o755), ("etc", 0o755), ("home", 0o755), ("proc", 0o555), ("root", 0o700), ("sys", 0o555), ("tmp", 0o1777), ("var", 0o755)] {
+    for (dir, mode) in [
+        ("bin", 0o755),
+        ("dev", 0o755),
+        ("etc", 0o755),
+        ("home", 0o755),
+        ("proc", 0o555),
+        ("root", 0o700),
+        ("sys", 0o555),
+        ("tmp", 0o1777),
+        ("var", 0o755),
+    ] {
         let mut h = header(tar::EntryType::Directory, mode, 0);
         b.append_data(&mut h, dir, std::io::empty())?;
     }
@@ -157,7 +179,8 @@ mod tests {
         let a = write_busybox(&fake, &dir.path().join("l"), "latest").unwrap();
         let b = write_busybox(&fake, &dir.path().join("l"), "latest").unwrap();
         assert_eq!(a, b);
-        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("l/index.json")).unwrap()).unwrap();
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("l/index.json")).unwrap()).unwrap();
         assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
         assert_eq!(index["manifests"][0]["annotations"][REF_NAME], "latest");
         assert!(dir.path().join("l/blobs/sha256").join(a.trim_start_matches("sha256:")).is_file());

@@ -47,7 +47,14 @@ pub fn run(o: &InstallOptions) -> anyhow::Result<()> {
     for d in [&bin, &cni_bin, &etc, &etc.join("manifests"), &net_d, &systemd] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    for (src, name) in [(&bins.berth, "berth"), (&bins.control, "berth-control"), (&bins.shim, "berth-shim"), (&bins.agent, "berth-agent"), (&bins.monitor, "berth-monitor"), (&bins.pause, "berth-pause")] {
+    for (src, name) in [
+        (&bins.berth, "berth"),
+        (&bins.control, "berth-control"),
+        (&bins.shim, "berth-shim"),
+        (&bins.agent, "berth-agent"),
+        (&bins.monitor, "berth-monitor"),
+        (&bins.pause, "berth-pause"),
+    ] {
         install_file(src, &bin.join(name), 0o755)?;
     }
     for p in CNI_PLUGINS {
@@ -65,13 +72,24 @@ pub fn run(o: &InstallOptions) -> anyhow::Result<()> {
         registry: o.registry.clone(),
     };
     // What `berth down` sweeps on this host once the services are stopped.
-    let made = crate::teardown::Made { run_dir: "/run/berth".into(), cgroup_root: o.cgroup_root.clone(), bridge: "berth0".into(), vxlan_device: (o.network == Network::Vxlan).then(|| "berth.1".into()) };
+    let made = crate::teardown::Made {
+        run_dir: "/run/berth".into(),
+        cgroup_root: o.cgroup_root.clone(),
+        bridge: "berth0".into(),
+        vxlan_device: (o.network == Network::Vxlan).then(|| "berth.1".into()),
+    };
     let data_etc = under(&o.root, DATA).join("etc");
     std::fs::create_dir_all(&data_etc)?;
     std::fs::write(data_etc.join("up.json"), serde_json::to_vec_pretty(&made)?)?;
-    let names: Vec<String> = units::units(&settings).into_iter().map(|(name, text)| std::fs::write(systemd.join(&name), text).map(|_| name)).collect::<Result<_, _>>()?;
+    let names: Vec<String> = units::units(&settings)
+        .into_iter()
+        .map(|(name, text)| std::fs::write(systemd.join(&name), text).map(|_| name))
+        .collect::<Result<_, _>>()?;
     println!("berth: installed node {node_name} under {}", o.root.display());
-    println!("Start it with:\n    systemctl daemon-reload\n    systemctl enable --now {}", names.iter().map(|n| n.trim_end_matches(".service")).collect::<Vec<_>>().join(" "));
+    println!(
+        "Start it with:\n    systemctl daemon-reload\n    systemctl enable --now {}",
+        names.iter().map(|n| n.trim_end_matches(".service")).collect::<Vec<_>>().join(" ")
+    );
     if o.control {
         println!("then: export KUBECONFIG={DATA}/control/admin.kubeconfig");
     }

@@ -16,7 +16,8 @@ pub struct TokenJoin {
 }
 
 /// Where the control plane keeps the two things a joining host needs.
-const WHERE: &str = "on the control-plane host: the token is DATA/control/pki/bootstrap-token, the CA DATA/control/pki/ca.crt";
+const WHERE: &str =
+    "on the control-plane host: the token is DATA/control/pki/bootstrap-token, the CA DATA/control/pki/ca.crt";
 
 /// A bootstrap token is `ID.SECRET`: 6 and 16 characters of [a-z0-9].
 fn check_token(token: &str) -> anyhow::Result<()> {
@@ -31,11 +32,15 @@ impl TokenJoin {
     /// Checks the flags of a token join and reads the CA certificate.
     pub fn new(token: &str, server: Option<&str>, ca_cert: Option<&Path>) -> anyhow::Result<TokenJoin> {
         check_token(token)?;
-        let Some(server) = server else { bail!("--token needs --server https://HOST:6443 (the control plane's API server)") };
+        let Some(server) = server else {
+            bail!("--token needs --server https://HOST:6443 (the control plane's API server)")
+        };
         if !server.starts_with("https://") {
             bail!("--server {server}: must be https://HOST:PORT");
         }
-        let Some(ca_cert) = ca_cert else { bail!("--token needs --ca-cert FILE, the cluster CA that signs the API server's certificate; {WHERE}") };
+        let Some(ca_cert) = ca_cert else {
+            bail!("--token needs --ca-cert FILE, the cluster CA that signs the API server's certificate; {WHERE}")
+        };
         let ca_pem = std::fs::read(ca_cert).with_context(|| format!("reading --ca-cert {}", ca_cert.display()))?;
         if !String::from_utf8_lossy(&ca_pem).contains("-----BEGIN CERTIFICATE-----") {
             bail!("--ca-cert {}: no PEM certificate in it", ca_cert.display());
@@ -80,6 +85,11 @@ mod tests {
         let path = j.write_bootstrap_kubeconfig(&d.path().join("etc/bootstrap.kubeconfig")).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(TOKEN) && text.contains("server: \"https://10.0.0.1:6443\"") && text.contains("certificate-authority-data: Q0E="), "{text}");
+        assert!(
+            text.contains(TOKEN)
+                && text.contains("server: \"https://10.0.0.1:6443\"")
+                && text.contains("certificate-authority-data: Q0E="),
+            "{text}"
+        );
     }
 }

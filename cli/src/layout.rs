@@ -135,7 +135,10 @@ fn find_in(dirs: &[PathBuf], name: &str) -> Result<PathBuf, NotFound> {
         .map(|d| d.join(name))
         .find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
         .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
-        .ok_or_else(|| NotFound { name: name.into(), searched: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ") })
+        .ok_or_else(|| NotFound {
+            name: name.into(),
+            searched: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        })
 }
 
 #[cfg(test)]

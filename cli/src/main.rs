@@ -155,7 +155,12 @@ enum Cmd {
     },
 }
 
-fn up_options(n: NodeArgs, listen: SocketAddr, join: Option<PathBuf>, join_token: Option<join::TokenJoin>) -> up::UpOptions {
+fn up_options(
+    n: NodeArgs,
+    listen: SocketAddr,
+    join: Option<PathBuf>,
+    join_token: Option<join::TokenJoin>,
+) -> up::UpOptions {
     let c = n.common;
     up::UpOptions {
         data_dir: n.data_dir,
@@ -233,7 +238,9 @@ fn main() -> anyhow::Result<()> {
             eprintln!("berth registry: serving {} on http://{listen}", dir.display());
             registry::serve(dir, listener)
         }
-        Cmd::NodeKubeconfig { control_dir, out, node, server } => install::node_kubeconfig(&control_dir, &out, &node, &server),
+        Cmd::NodeKubeconfig { control_dir, out, node, server } => {
+            install::node_kubeconfig(&control_dir, &out, &node, &server)
+        }
     }
 }
 
@@ -247,8 +254,15 @@ mod tests {
 
     #[test]
     fn join_takes_a_token_or_a_kubeconfig() {
-        let Ok(Cmd::Join { token, server, ca_cert, kubeconfig, .. }) = join(&["--token", "abcdef.0123456789abcdef", "--server", "https://h:6443", "--ca-cert", "/ca.crt"]) else { panic!("token join") };
-        assert_eq!((token.as_deref(), server.as_deref(), ca_cert, kubeconfig), (Some("abcdef.0123456789abcdef"), Some("https://h:6443"), Some(PathBuf::from("/ca.crt")), None));
+        let Ok(Cmd::Join { token, server, ca_cert, kubeconfig, .. }) =
+            join(&["--token", "abcdef.0123456789abcdef", "--server", "https://h:6443", "--ca-cert", "/ca.crt"])
+        else {
+            panic!("token join")
+        };
+        assert_eq!(
+            (token.as_deref(), server.as_deref(), ca_cert, kubeconfig),
+            (Some("abcdef.0123456789abcdef"), Some("https://h:6443"), Some(PathBuf::from("/ca.crt")), None)
+        );
         assert!(join(&["--kubeconfig", "/k", "--token", "t"]).is_err(), "one or the other");
         assert!(join(&["--server", "https://h:6443"]).is_err(), "--server goes with --token");
         assert!(join(&["--kubeconfig", "/k"]).is_ok());

@@ -54,7 +54,8 @@ fn valid_name(name: &str) -> bool {
 }
 
 fn valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
 }
 
 /// A manifest found in a layout: its bytes, media type and digest.
@@ -80,7 +81,8 @@ fn find_manifest(root: &Path, name: &str, reference: &str) -> Option<Found> {
     };
     let bytes = std::fs::read(blob_path(&layout, &digest)).ok()?;
     let doc: Value = serde_json::from_slice(&bytes).ok()?;
-    let media_type = doc["mediaType"].as_str().or(entry.and_then(|e| e["mediaType"].as_str())).unwrap_or(MANIFEST_TYPE).to_string();
+    let media_type =
+        doc["mediaType"].as_str().or(entry.and_then(|e| e["mediaType"].as_str())).unwrap_or(MANIFEST_TYPE).to_string();
     Some(Found { bytes, media_type, digest })
 }
 
@@ -120,12 +122,21 @@ fn handle(root: &Path, stream: TcpStream) -> std::io::Result<()> {
     let head = method == "HEAD";
     let mut out = stream;
     if method != "GET" && !head {
-        return respond(&mut out, "405 Method Not Allowed", "application/json", &[], br#"{"errors":[{"code":"UNSUPPORTED","message":"read-only registry"}]}"#, head);
+        return respond(
+            &mut out,
+            "405 Method Not Allowed",
+            "application/json",
+            &[],
+            br#"{"errors":[{"code":"UNSUPPORTED","message":"read-only registry"}]}"#,
+            head,
+        );
     }
     match route(path) {
         Route::Base => respond(&mut out, "200 OK", "application/json", &[], b"{}", head),
         Route::Manifest { name, reference } => match find_manifest(root, &name, &reference) {
-            Some(m) => respond(&mut out, "200 OK", &m.media_type, &[("Docker-Content-Digest", &m.digest)], &m.bytes, head),
+            Some(m) => {
+                respond(&mut out, "200 OK", &m.media_type, &[("Docker-Content-Digest", &m.digest)], &m.bytes, head)
+            }
             None => not_found(&mut out, "MANIFEST_UNKNOWN", head),
         },
         Route::Blob { name, digest } => match std::fs::File::open(blob_path(&root.join(&name), &digest)) {
@@ -150,7 +161,14 @@ fn header_block(status: &str, content_type: &str, len: u64, extra: &[(&str, &str
     h
 }
 
-fn respond(out: &mut TcpStream, status: &str, content_type: &str, extra: &[(&str, &str)], body: &[u8], head: bool) -> std::io::Result<()> {
+fn respond(
+    out: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    head: bool,
+) -> std::io::Result<()> {
     out.write_all(header_block(status, content_type, body.len() as u64, extra).as_bytes())?;
     if !head {
         out.write_all(body)?;
@@ -160,7 +178,9 @@ fn respond(out: &mut TcpStream, status: &str, content_type: &str, extra: &[(&str
 
 fn send_file(out: &mut TcpStream, mut f: std::fs::File, digest: &str, head: bool) -> std::io::Result<()> {
     let len = f.metadata()?.len();
-    out.write_all(header_block("200 OK", "application/octet-stream", len, &[("Docker-Content-Digest", digest)]).as_bytes())?;
+    out.write_all(
+        header_block("200 OK", "application/octet-stream", len, &[("Docker-Content-Digest", digest)]).as_bytes(),
+    )?;
     if !head {
         std::io::copy(&mut f, out)?;
     }
@@ -174,7 +194,10 @@ mod tests {
     #[test]
     fn routes_follow_the_distribution_api() {
         assert_eq!(route("/v2/"), Route::Base);
-        assert_eq!(route("/v2/library/busybox/manifests/latest"), Route::Manifest { name: "library/busybox".into(), reference: "latest".into() });
+        assert_eq!(
+            route("/v2/library/busybox/manifests/latest"),
+            Route::Manifest { name: "library/busybox".into(), reference: "latest".into() }
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(route(&format!("/v2/busybox/blobs/{d}")), Route::Blob { name: "busybox".into(), digest: d });
         assert_eq!(route("/v2/busybox/blobs/sha256:zz"), Route::NotFound);

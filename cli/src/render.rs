@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 
-
 /// TOML and YAML both read a JSON string literal as a string: one quoting for both.
 fn q(s: impl AsRef<str>) -> String {
     serde_json::to_string(s.as_ref()).expect("strings serialise")
@@ -198,11 +197,21 @@ mod tests {
         let cfg = berth_agent::config::AgentConfig::parse(&y).unwrap();
         let n = &cfg.network;
         assert_eq!(n.mode, berth_agent::network::Mode::Vxlan, "{y}");
-        assert_eq!((n.cni_conf_dir.to_str(), n.peers_file.to_str(), n.state_dir.to_str()), (Some("/n"), Some("/run/x/peers.json"), Some("/run/x/cni")));
-        assert_eq!((n.cluster_cidr.as_deref(), n.underlay_device.as_deref(), n.bridge.as_str()), (Some("10.244.0.0/16"), Some("eth0"), "berth0"));
+        assert_eq!(
+            (n.cni_conf_dir.to_str(), n.peers_file.to_str(), n.state_dir.to_str()),
+            (Some("/n"), Some("/run/x/peers.json"), Some("/run/x/cni"))
+        );
+        assert_eq!(
+            (n.cluster_cidr.as_deref(), n.underlay_device.as_deref(), n.bridge.as_str()),
+            (Some("10.244.0.0/16"), Some("eth0"), "berth0")
+        );
         let y = agent_yaml(&AgentSettings { bootstrap_kubeconfig: Some("/b.kubeconfig".into()), ..a });
         let cfg = berth_agent::config::AgentConfig::parse(&y).unwrap();
-        assert_eq!(cfg.bootstrap_paths().unwrap(), Some((std::path::Path::new("/b.kubeconfig"), std::path::Path::new("/k"))), "{y}");
+        assert_eq!(
+            cfg.bootstrap_paths().unwrap(),
+            Some((std::path::Path::new("/b.kubeconfig"), std::path::Path::new("/k"))),
+            "{y}"
+        );
     }
 
     #[test]

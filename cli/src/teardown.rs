@@ -24,7 +24,8 @@ pub struct Made {
 }
 
 /// The nft tables Berth's CNI plugins create (ipMasq, macspoofchk, portmap).
-pub const NFT_TABLES: &[(&str, &str)] = &[("inet", "berth-masq"), ("inet", "berth-portmap"), ("bridge", "berth-macspoof")];
+pub const NFT_TABLES: &[(&str, &str)] =
+    &[("inet", "berth-masq"), ("inet", "berth-portmap"), ("bridge", "berth-macspoof")];
 
 /// Stops and removes every pod sandbox the shim at `socket` knows. Returns how many.
 pub async fn remove_pods(socket: &Path) -> anyhow::Result<usize> {
@@ -52,10 +53,16 @@ pub fn sweep(layout: &Layout, made: &Made) -> Vec<String> {
     unmount_under(&[&layout.run, &layout.data], &mut errors);
     delete_links(made, &mut errors);
     for (family, table) in NFT_TABLES {
-        run_quiet(Command::new("nft").args(["delete", "table", family, table]), &["No such file", "does not exist"], &mut errors);
+        run_quiet(
+            Command::new("nft").args(["delete", "table", family, table]),
+            &["No such file", "does not exist"],
+            &mut errors,
+        );
     }
     remove_cgroups(&made.cgroup_root, &mut errors);
-    for p in [layout.shim_run(), layout.cni_state(), layout.pid_dir(), layout.socket(), layout.peers_file(), layout.up_pid()] {
+    for p in
+        [layout.shim_run(), layout.cni_state(), layout.pid_dir(), layout.socket(), layout.peers_file(), layout.up_pid()]
+    {
         let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
         if let Err(e) = r.or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }) {
             errors.push(format!("removing {}: {e}", p.display()));
@@ -71,7 +78,10 @@ fn kill_leftovers(layout: &Layout, errors: &mut Vec<String>) {
     let run = layout.run.to_string_lossy().to_string();
     let me = std::process::id() as i32;
     for _ in 0..3 {
-        let pids: Vec<i32> = proc_pids().into_iter().filter(|&pid| pid != me && (cmdline_mentions(pid, &run) || in_cgroup(pid, &layout.cgroup_root))).collect();
+        let pids: Vec<i32> = proc_pids()
+            .into_iter()
+            .filter(|&pid| pid != me && (cmdline_mentions(pid, &run) || in_cgroup(pid, &layout.cgroup_root)))
+            .collect();
         if pids.is_empty() {
             return;
         }
@@ -81,14 +91,26 @@ fn kill_leftovers(layout: &Layout, errors: &mut Vec<String>) {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let left: Vec<i32> = proc_pids().into_iter().filter(|&pid| pid != me && crate::daemon::alive(pid) && (cmdline_mentions(pid, &run) || in_cgroup(pid, &layout.cgroup_root))).collect();
+    let left: Vec<i32> = proc_pids()
+        .into_iter()
+        .filter(|&pid| {
+            pid != me
+                && crate::daemon::alive(pid)
+                && (cmdline_mentions(pid, &run) || in_cgroup(pid, &layout.cgroup_root))
+        })
+        .collect();
     if !left.is_empty() {
         errors.push(format!("processes still running: {left:?}"));
     }
 }
 
 fn proc_pids() -> Vec<i32> {
-    std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// Whether `pid`, in this mount namespace (the run dir means nothing elsewhere), has an
@@ -99,7 +121,9 @@ fn cmdline_mentions(pid: i32, needle: &str) -> bool {
         return false;
     }
     let needle = format!("{}/", needle.trim_end_matches('/'));
-    std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| c.split(|b| *b == 0).any(|a| String::from_utf8_lossy(a).starts_with(&needle))).unwrap_or(false)
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).any(|a| String::from_utf8_lossy(a).starts_with(&needle)))
+        .unwrap_or(false)
 }
 
 /// Whether `pid` is in `root` or below it in any hierarchy.
@@ -150,7 +174,9 @@ fn unmount_under(dirs: &[&Path], errors: &mut Vec<String>) {
 
 fn delete_links(made: &Made, errors: &mut Vec<String>) {
     // Host ends of pod veths on the bridge (normally gone with their netns already).
-    if let Ok(out) = Command::new("ip").args(["-o", "link", "show", "master", &made.bridge]).stderr(Stdio::null()).output() {
+    if let Ok(out) =
+        Command::new("ip").args(["-o", "link", "show", "master", &made.bridge]).stderr(Stdio::null()).output()
+    {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             if let Some(name) = line.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n)) {
                 run_quiet(Command::new("ip").args(["link", "del", name]), &["Cannot find device"], errors);
@@ -183,7 +209,12 @@ pub fn cgroup_dirs(root: &str) -> Vec<PathBuf> {
         return Vec::new();
     }
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    berth_runtime::cgroups::Layout::from_mountinfo(&info).hierarchies.into_iter().map(|h| h.mountpoint.join(rel)).filter(|d| d.is_dir()).collect()
+    berth_runtime::cgroups::Layout::from_mountinfo(&info)
+        .hierarchies
+        .into_iter()
+        .map(|h| h.mountpoint.join(rel))
+        .filter(|d| d.is_dir())
+        .collect()
 }
 
 fn remove_cgroups(root: &str, errors: &mut Vec<String>) {
@@ -212,7 +243,11 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
             remove_tree(&e.path())?;
         }
     }
-    for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+    for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+    {
         // SAFETY: a process inside this node's cgroup.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }

@@ -18,7 +18,11 @@ pub const DATA: &str = "/var/lib/berth";
 
 /// (file name, contents) of every unit.
 pub fn units(s: &UnitSettings) -> Vec<(String, String)> {
-    let mut out = vec![("berth-registry.service".to_string(), registry(s)), ("berth-shim.service".to_string(), shim()), ("berth-agent.service".to_string(), agent(s))];
+    let mut out = vec![
+        ("berth-registry.service".to_string(), registry(s)),
+        ("berth-shim.service".to_string(), shim()),
+        ("berth-agent.service".to_string(), agent(s)),
+    ];
     if s.control {
         out.push(("berth-control.service".to_string(), control(s)));
     }
@@ -79,7 +83,13 @@ mod tests {
     use super::*;
 
     fn settings(control: bool) -> UnitSettings {
-        UnitSettings { control, node_name: "n1".into(), listen: "0.0.0.0:6443".into(), cluster_cidr: "10.244.0.0/16".into(), registry: "127.0.0.1:5000".into() }
+        UnitSettings {
+            control,
+            node_name: "n1".into(),
+            listen: "0.0.0.0:6443".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            registry: "127.0.0.1:5000".into(),
+        }
     }
 
     fn unit(s: &UnitSettings, name: &str) -> String {

@@ -66,7 +66,12 @@ pub async fn run(o: UpOptions) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_watch(stop.clone());
     let vxlan_device = (o.network == Network::Vxlan).then(|| "berth.1".to_string());
-    let made = Made { run_dir: layout.run.clone(), cgroup_root: o.cgroup_root.clone(), bridge: o.bridge.clone(), vxlan_device };
+    let made = Made {
+        run_dir: layout.run.clone(),
+        cgroup_root: o.cgroup_root.clone(),
+        bridge: o.bridge.clone(),
+        vxlan_device,
+    };
     prepare(&o, &layout, &bins, &made)?;
     let mut node = Node { layout, made, daemons: Vec::new(), stop };
     let result = start(&o, &bins, &mut node, started).await;
@@ -82,7 +87,9 @@ pub async fn run(o: UpOptions) -> anyhow::Result<()> {
 fn spawn_signal_watch(stop: Arc<AtomicBool>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
@@ -94,7 +101,15 @@ fn spawn_signal_watch(stop: Arc<AtomicBool>) {
 
 /// Directories, configuration files, this process's pid file.
 fn prepare(o: &UpOptions, layout: &Layout, bins: &Binaries, made: &Made) -> anyhow::Result<()> {
-    for d in [layout.etc(), layout.net_d(), layout.log_dir(), layout.pid_dir(), layout.registry_dir(), layout.data.join("manifests"), layout.cni_state()] {
+    for d in [
+        layout.etc(),
+        layout.net_d(),
+        layout.log_dir(),
+        layout.pid_dir(),
+        layout.registry_dir(),
+        layout.data.join("manifests"),
+        layout.cni_state(),
+    ] {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     std::fs::write(layout.up_pid(), format!("{}\n", std::process::id()))?;
@@ -124,7 +139,12 @@ fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
 async fn start(o: &UpOptions, bins: &Binaries, node: &mut Node, started: Instant) -> anyhow::Result<()> {
     let layout = node.layout.clone();
     let node_ip = o.node_ip.clone().unwrap_or_else(detect_node_ip);
-    let mut registry = Daemon::new(&layout, "registry", &bins.berth, args(&[&"registry", &"--dir", &layout.registry_dir(), &"--listen", &o.registry, &"--busybox", &o.busybox]));
+    let mut registry = Daemon::new(
+        &layout,
+        "registry",
+        &bins.berth,
+        args(&[&"registry", &"--dir", &layout.registry_dir(), &"--listen", &o.registry, &"--busybox", &o.busybox]),
+    );
     registry.start()?;
     node.daemons.push(registry);
     let (name, bootstrap_kubeconfig) = node_identity(o, bins, node, &node_ip).await?;
@@ -174,7 +194,8 @@ async fn start(o: &UpOptions, bins: &Binaries, node: &mut Node, started: Instant
     let Some(pod_cidr) = crate::api::wait_pod_cidr(&client, &name, Duration::from_secs(30), &node.stop).await? else {
         bail!("the control plane gave node {name} no podCIDR within 30 s (berth-control allocates them from its --cluster-cidr; another control plane must allocate node CIDRs)");
     };
-    wait(node, o.timeout, &format!("node {name} to be Ready"), || crate::api::node_ready(&client, &name, since)).await?;
+    wait(node, o.timeout, &format!("node {name} to be Ready"), || crate::api::node_ready(&client, &name, since))
+        .await?;
     print_ready(o, &layout, &name, &pod_cidr, started.elapsed());
     Ok(())
 }
@@ -184,7 +205,16 @@ async fn start_control(o: &UpOptions, bins: &Binaries, node: &mut Node, node_ip:
     let admin = layout.admin_kubeconfig();
     // Rewritten by every start: its reappearance says the API is about to listen.
     let _ = std::fs::remove_file(&admin);
-    let mut a = args(&[&"--data-dir", &layout.control_dir(), &"--listen", &o.listen.to_string(), &"--cluster-cidr", &o.cluster_cidr, &"--tls-san", &node_ip]);
+    let mut a = args(&[
+        &"--data-dir",
+        &layout.control_dir(),
+        &"--listen",
+        &o.listen.to_string(),
+        &"--cluster-cidr",
+        &o.cluster_cidr,
+        &"--tls-san",
+        &node_ip,
+    ]);
     if o.listen.ip().is_unspecified() {
         a.extend(args(&[&"--tls-san", &"127.0.0.1"]));
     }
@@ -216,7 +246,12 @@ fn node_credentials(bins: &Binaries, layout: &Layout, name: &str, server: &str) 
 
 /// The node's name and, for a token join, the bootstrap kubeconfig the agent starts from; the
 /// node credentials are in place (up, join --kubeconfig) or left to the agent (join --token).
-async fn node_identity(o: &UpOptions, bins: &Binaries, node: &mut Node, node_ip: &str) -> anyhow::Result<(String, Option<PathBuf>)> {
+async fn node_identity(
+    o: &UpOptions,
+    bins: &Binaries,
+    node: &mut Node,
+    node_ip: &str,
+) -> anyhow::Result<(String, Option<PathBuf>)> {
     let layout = node.layout.clone();
     if let Some(k) = &o.join_kubeconfig {
         return Ok((join_credentials(k, &layout)?, None));
@@ -272,7 +307,8 @@ where
             bail!("waiting for {what}: {msg}");
         }
         if Instant::now() > deadline {
-            let logs: Vec<String> = node.daemons.iter().map(|d| format!("--- {} ---\n{}", d.name, d.log_tail(8))).collect();
+            let logs: Vec<String> =
+                node.daemons.iter().map(|d| format!("--- {} ---\n{}", d.name, d.log_tail(8))).collect();
             bail!("timed out after {timeout:?} waiting for {what}\n{}", logs.join("\n"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -284,12 +320,23 @@ fn print_ready(o: &UpOptions, layout: &Layout, name: &str, pod_cidr: &str, took:
         true => layout.node_kubeconfig(),
         false => layout.admin_kubeconfig(),
     };
-    println!("berth: node {name} is Ready after {:.1}s (pods on {pod_cidr}, {:?} network)", took.as_secs_f64(), o.network);
+    println!(
+        "berth: node {name} is Ready after {:.1}s (pods on {pod_cidr}, {:?} network)",
+        took.as_secs_f64(),
+        o.network
+    );
     if !o.joining() {
         println!("\nUse it with the kubectl you have:\n\n    export KUBECONFIG={}\n    kubectl get nodes\n    kubectl run hello --image=busybox -- sleep 3600\n    kubectl apply -f examples/deployment.yaml\n", kubeconfig.display());
     }
-    println!("Logs: {}/. Images: busybox from the local registry {} ({}).", layout.log_dir().display(), o.registry, layout.registry_dir().display());
-    println!("Ctrl-C here (or `berth down` elsewhere) stops the node and keeps its data; `berth down --purge` deletes it.");
+    println!(
+        "Logs: {}/. Images: busybox from the local registry {} ({}).",
+        layout.log_dir().display(),
+        o.registry,
+        layout.registry_dir().display()
+    );
+    println!(
+        "Ctrl-C here (or `berth down` elsewhere) stops the node and keeps its data; `berth down --purge` deletes it."
+    );
 }
 
 /// Restarts daemons that die, until asked to stop.
@@ -348,7 +395,11 @@ pub fn detect_node_ip() -> String {
 }
 
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_lowercase()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "berth".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "berth".into())
 }
 
 #[cfg(test)]

@@ -78,8 +78,7 @@ impl Cidr {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.addr.is_ipv4()
-            && to_u128(ip) & !self.host_mask() == to_u128(self.addr) & !self.host_mask()
+        ip.is_ipv4() == self.addr.is_ipv4() && to_u128(ip) & !self.host_mask() == to_u128(self.addr) & !self.host_mask()
     }
 
     /// Whether two subnets share any address.
@@ -98,17 +97,12 @@ impl FromStr for Cidr {
     type Err = CidrError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let syntax = || CidrError::Syntax {
-            input: input.to_string(),
-        };
+        let syntax = || CidrError::Syntax { input: input.to_string() };
         let (addr, prefix) = input.split_once('/').ok_or_else(syntax)?;
         let addr: IpAddr = addr.parse().map_err(|_| syntax())?;
         let prefix: u32 = prefix.parse().map_err(|_| syntax())?;
         if prefix > u32::from(family_bits(addr)) {
-            return Err(CidrError::Prefix {
-                input: input.to_string(),
-                prefix,
-            });
+            return Err(CidrError::Prefix { input: input.to_string(), prefix });
         }
         Ok(Cidr::new(addr, prefix as u8))
     }
@@ -149,14 +143,8 @@ mod tests {
         assert_eq!(c.last().to_string(), "fd00::ffff:ffff:ffff:ffff");
         let all: Cidr = "::/0".parse().unwrap();
         assert!(all.contains("2001:db8::1".parse().unwrap()));
-        assert!(matches!(
-            "10.0.0.0/33".parse::<Cidr>(),
-            Err(CidrError::Prefix { .. })
-        ));
-        assert!(matches!(
-            "10.0.0.0".parse::<Cidr>(),
-            Err(CidrError::Syntax { .. })
-        ));
+        assert!(matches!("10.0.0.0/33".parse::<Cidr>(), Err(CidrError::Prefix { .. })));
+        assert!(matches!("10.0.0.0".parse::<Cidr>(), Err(CidrError::Syntax { .. })));
     }
 
     #[test]

@@ -29,33 +29,18 @@ pub fn find(plugin: &str, path: &[String]) -> Result<PathBuf, CniError> {
         let msg = format!("invalid plugin type {plugin:?}");
         return Err(CniError::new(ErrorCode::InvalidNetworkConfig, msg));
     }
-    path.iter()
-        .map(|dir| Path::new(dir).join(plugin))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            let msg = format!(
-                "plugin {plugin:?} not found in CNI_PATH {:?}",
-                path.join(":")
-            );
-            CniError::new(ErrorCode::InvalidNetworkConfig, msg)
-        })
+    path.iter().map(|dir| Path::new(dir).join(plugin)).find(|p| p.is_file()).ok_or_else(|| {
+        let msg = format!("plugin {plugin:?} not found in CNI_PATH {:?}", path.join(":"));
+        CniError::new(ErrorCode::InvalidNetworkConfig, msg)
+    })
 }
 
 /// Runs `plugin` for `command` with our environment (CNI_COMMAND replaced) and `stdin`;
 /// returns its stdout JSON (`Null` when empty), or its error with the code it reported.
-pub fn exec(
-    plugin: &str,
-    command: Command,
-    path: &[String],
-    stdin: &[u8],
-) -> Result<Value, CniError> {
+pub fn exec(plugin: &str, command: Command, path: &[String], stdin: &[u8]) -> Result<Value, CniError> {
     let exe = find(plugin, path)?;
     let io = |what: &str, e: std::io::Error| {
-        CniError::new(
-            ErrorCode::Io,
-            format!("{what} delegated plugin {}", exe.display()),
-        )
-        .with_details(e.to_string())
+        CniError::new(ErrorCode::Io, format!("{what} delegated plugin {}", exe.display())).with_details(e.to_string())
     };
     let mut child = Process::new(&exe)
         .env("CNI_COMMAND", command_name(command))
@@ -65,13 +50,9 @@ pub fn exec(
         .spawn()
         .map_err(|e| io("cannot run", e))?;
     if let Some(mut input) = child.stdin.take() {
-        input
-            .write_all(stdin)
-            .map_err(|e| io("cannot write to", e))?;
+        input.write_all(stdin).map_err(|e| io("cannot write to", e))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| io("cannot wait for", e))?;
+    let out = child.wait_with_output().map_err(|e| io("cannot wait for", e))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let json: Option<Value> = serde_json::from_str(text.trim()).ok();
     if out.status.success() {
@@ -80,20 +61,10 @@ pub fn exec(
     let (code, msg, details) = match &json {
         Some(v) => (
             v.get("code").and_then(Value::as_u64).unwrap_or(999) as u32,
-            v.get("msg")
-                .and_then(Value::as_str)
-                .unwrap_or("failed")
-                .to_string(),
-            v.get("details")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            v.get("msg").and_then(Value::as_str).unwrap_or("failed").to_string(),
+            v.get("details").and_then(Value::as_str).unwrap_or("").to_string(),
         ),
-        None => (
-            999,
-            format!("failed with {} and no error JSON", out.status),
-            text.to_string(),
-        ),
+        None => (999, format!("failed with {} and no error JSON", out.status), text.to_string()),
     };
     let code = match code {
         1 => ErrorCode::IncompatibleVersion,
@@ -137,10 +108,7 @@ pub fn ipam(plugin: &str, command: Command, args: &CmdArgs) -> Result<Value, Cni
 pub fn ipam_add(plugin: &str, args: &CmdArgs) -> Result<CniResult, CniError> {
     let v = ipam(plugin, Command::Add, args)?;
     CniResult::from_json(&v).map_err(|e| {
-        CniError::new(
-            ErrorCode::Decode,
-            format!("{plugin} ADD returned an unusable result"),
-        )
-        .with_details(e.to_string())
+        CniError::new(ErrorCode::Decode, format!("{plugin} ADD returned an unusable result"))
+            .with_details(e.to_string())
     })
 }

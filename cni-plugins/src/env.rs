@@ -33,11 +33,7 @@ impl Command {
             "STATUS" => Command::Status,
             "GC" => Command::Gc,
             "VERSION" => Command::Version,
-            other => {
-                return Err(EnvError::UnknownCommand {
-                    value: other.to_string(),
-                })
-            }
+            other => return Err(EnvError::UnknownCommand { value: other.to_string() }),
         })
     }
 }
@@ -85,10 +81,7 @@ impl CniEnv {
 
     /// The value of a CNI_ARGS key, if present.
     pub fn arg(&self, key: &str) -> Option<&str> {
-        self.args
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -98,9 +91,7 @@ pub fn parse_args(raw: &str) -> Result<Vec<(String, String)>, EnvError> {
         .filter(|p| !p.trim().is_empty())
         .map(|pair| match pair.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(EnvError::BadArgs {
-                pair: pair.to_string(),
-            }),
+            _ => Err(EnvError::BadArgs { pair: pair.to_string() }),
         })
         .collect()
 }
@@ -111,10 +102,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<CniEnv, EnvError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         CniEnv::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -137,27 +125,10 @@ mod tests {
     #[test]
     fn requirements_per_command() {
         assert_eq!(env(&[]), Err(EnvError::MissingCommand));
-        assert!(matches!(
-            env(&[("CNI_COMMAND", "FOO")]),
-            Err(EnvError::UnknownCommand { .. })
-        ));
-        let missing = env(&[
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", "a"),
-            ("CNI_IFNAME", "e"),
-        ]);
-        assert!(matches!(
-            missing,
-            Err(EnvError::Missing {
-                var: "CNI_NETNS",
-                ..
-            })
-        ));
-        let del = env(&[
-            ("CNI_COMMAND", "DEL"),
-            ("CNI_CONTAINERID", "a"),
-            ("CNI_IFNAME", "e"),
-        ]);
+        assert!(matches!(env(&[("CNI_COMMAND", "FOO")]), Err(EnvError::UnknownCommand { .. })));
+        let missing = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "e")]);
+        assert!(matches!(missing, Err(EnvError::Missing { var: "CNI_NETNS", .. })));
+        let del = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "e")]);
         assert!(del.is_ok(), "DEL does not need a netns");
         assert!(env(&[("CNI_COMMAND", "VERSION")]).is_ok());
         assert!(env(&[("CNI_COMMAND", "GC")]).is_ok());

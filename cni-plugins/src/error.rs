@@ -41,11 +41,7 @@ impl<T, E: std::error::Error> KernelContext<T> for Result<T, E> {
     fn kernel(self, what: impl FnOnce() -> String) -> Result<T, CniError> {
         self.map_err(|e| {
             let chain = source_chain(&e);
-            let details = if chain.is_empty() {
-                e.to_string()
-            } else {
-                format!("{e}: {chain}")
-            };
+            let details = if chain.is_empty() { e.to_string() } else { format!("{e}: {chain}") };
             CniError::new(ErrorCode::Plugin(CODE_KERNEL), what()).with_details(details)
         })
     }
@@ -90,11 +86,7 @@ struct ErrorJson<'a> {
 
 impl CniError {
     pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
-        Self {
-            code,
-            msg: msg.into(),
-            details: String::new(),
-        }
+        Self { code, msg: msg.into(), details: String::new() }
     }
 
     /// Adds the underlying cause, shown to the user as `details`.
@@ -105,17 +97,9 @@ impl CniError {
 
     /// The error object the spec wants on stdout.
     pub fn to_json(&self, cni_version: &str) -> String {
-        let body = ErrorJson {
-            cni_version,
-            code: self.code.code(),
-            msg: &self.msg,
-            details: &self.details,
-        };
+        let body = ErrorJson { cni_version, code: self.code.code(), msg: &self.msg, details: &self.details };
         serde_json::to_string(&body).unwrap_or_else(|_| {
-            format!(
-                r#"{{"cniVersion":"{cni_version}","code":{},"msg":"error"}}"#,
-                self.code.code()
-            )
+            format!(r#"{{"cniVersion":"{cni_version}","code":{},"msg":"error"}}"#, self.code.code())
         })
     }
 }

@@ -23,23 +23,14 @@ pub fn masq_tag(network: &str) -> String {
 pub fn minimal(cidrs: &[Cidr]) -> Vec<Cidr> {
     let set: BTreeSet<String> = cidrs.iter().map(|c| c.masked().to_string()).collect();
     let all: Vec<Cidr> = set.iter().filter_map(|s| s.parse().ok()).collect();
-    all.iter()
-        .filter(|c| {
-            !all.iter()
-                .any(|o| o != *c && o.prefix < c.prefix && o.contains(c.addr))
-        })
-        .copied()
-        .collect()
+    all.iter().filter(|c| !all.iter().any(|o| o != *c && o.prefix < c.prefix && o.contains(c.addr))).copied().collect()
 }
 
 /// The `nft -f` script creating (or refreshing) one network's masquerade chain.
 pub fn masq_script(tag: &str, exclude: &[Cidr]) -> String {
     let list = |v4: bool, extra: &str| {
-        let mut items: Vec<String> = minimal(exclude)
-            .iter()
-            .filter(|c| c.addr.is_ipv4() == v4)
-            .map(Cidr::to_string)
-            .collect();
+        let mut items: Vec<String> =
+            minimal(exclude).iter().filter(|c| c.addr.is_ipv4() == v4).map(Cidr::to_string).collect();
         items.push(extra.to_string());
         items.join(", ")
     };
@@ -67,10 +58,7 @@ fn masq_ops<'a>(sets: &'a [String; 2], ips: &[IpAddr], action: Action) -> Vec<Se
             elems: ips
                 .iter()
                 .filter(|ip| ip.is_ipv4() == *v4)
-                .map(|ip| Elem {
-                    key: Key::new().ip(*ip),
-                    data: None,
-                })
+                .map(|ip| Elem { key: Key::new().ip(*ip), data: None })
                 .collect(),
             action,
         })
@@ -80,19 +68,11 @@ fn masq_ops<'a>(sets: &'a [String; 2], ips: &[IpAddr], action: Action) -> Vec<Se
 /// Masquerades traffic from `ips` leaving for anything outside `exclude` (pod subnets, cluster
 /// CIDR). The chain is (re)built when `exclude` grows beyond what the marker under `state`
 /// records, or when the table is missing.
-pub fn masq_add(
-    state: &Path,
-    network: &str,
-    ips: &[IpAddr],
-    exclude: &[Cidr],
-) -> Result<(), NftError> {
+pub fn masq_add(state: &Path, network: &str, ips: &[IpAddr], exclude: &[Cidr]) -> Result<(), NftError> {
     let tag = masq_tag(network);
     let marker = state.join("masq").join(&tag);
-    let baked: Vec<Cidr> = std::fs::read_to_string(&marker)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect();
+    let baked: Vec<Cidr> =
+        std::fs::read_to_string(&marker).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect();
     let mut want = baked.clone();
     want.extend(exclude.iter().map(Cidr::masked));
     let want = minimal(&want);
@@ -103,9 +83,7 @@ pub fn masq_add(
         let _ = std::fs::write(&marker, text.join("\n"));
     }
     let sets = [format!("{tag}-4"), format!("{tag}-6")];
-    apply_with_setup(&masq_ops(&sets, ips, Action::Add), &|| {
-        masq_script(&tag, &want)
-    })
+    apply_with_setup(&masq_ops(&sets, ips, Action::Add), &|| masq_script(&tag, &want))
 }
 
 pub fn masq_del(network: &str, ips: &[IpAddr]) -> Result<(), NftError> {
@@ -145,20 +123,14 @@ pub fn spoof_update(port: &str, mac: [u8; 6], action: Action) -> Result<(), NftE
             family: FAMILY_BRIDGE,
             table: SPOOF_TABLE,
             set: "allowed",
-            elems: vec![Elem {
-                key: Key::new().ifname(port).mac(mac),
-                data: None,
-            }],
+            elems: vec![Elem { key: Key::new().ifname(port).mac(mac), data: None }],
             action,
         },
         SetOp {
             family: FAMILY_BRIDGE,
             table: SPOOF_TABLE,
             set: "ports",
-            elems: vec![Elem {
-                key: Key::new().ifname(port),
-                data: None,
-            }],
+            elems: vec![Elem { key: Key::new().ifname(port), data: None }],
             action,
         },
     ];
@@ -171,15 +143,9 @@ mod tests {
 
     #[test]
     fn masq_rule_excludes_subnets_and_multicast() {
-        let ex: Vec<Cidr> = ["10.1.0.0/16", "10.1.2.0/24", "fd00::/64"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let ex: Vec<Cidr> = ["10.1.0.0/16", "10.1.2.0/24", "fd00::/64"].iter().map(|s| s.parse().unwrap()).collect();
         let s = masq_script("nabc", &ex);
-        assert!(
-            s.contains("ip saddr @nabc-4 ip daddr != { 10.1.0.0/16, 224.0.0.0/4 } masquerade"),
-            "{s}"
-        );
+        assert!(s.contains("ip saddr @nabc-4 ip daddr != { 10.1.0.0/16, 224.0.0.0/4 } masquerade"), "{s}");
         assert!(s.contains("ip6 daddr != { fd00::/64, ff00::/8 }"), "{s}");
         assert!(s.contains("flush chain inet berth-masq nabc"));
         assert_eq!(masq_tag("a"), masq_tag("a"));

@@ -18,10 +18,7 @@ pub struct Dns {
 
 impl Dns {
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty()
-            && self.domain.is_none()
-            && self.search.is_empty()
-            && self.options.is_empty()
+        self.nameservers.is_empty() && self.domain.is_none() && self.search.is_empty() && self.options.is_empty()
     }
 }
 
@@ -66,11 +63,7 @@ pub struct NetConf {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_result: Option<Value>,
     /// GC only (CNI 1.1): attachments the runtime still uses.
-    #[serde(
-        rename = "cni.dev/valid-attachments",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "cni.dev/valid-attachments", default, skip_serializing_if = "Option::is_none")]
     pub valid_attachments: Option<Vec<Attachment>>,
     /// Plugin-specific fields (e.g. a bridge's `bridge`, `isGateway`).
     #[serde(flatten)]
@@ -114,10 +107,7 @@ mod tests {
         assert_eq!(c.runtime("ips").unwrap()[0], "10.0.0.7/24");
         assert!(c.prev_result.is_some());
         assert_eq!(c.valid_attachments.unwrap()[0].ifname, "eth0");
-        assert!(
-            !c.plugin.contains_key("ipam"),
-            "known fields are not duplicated"
-        );
+        assert!(!c.plugin.contains_key("ipam"), "known fields are not duplicated");
     }
 
     #[test]
@@ -125,9 +115,6 @@ mod tests {
         let c: NetConf = serde_json::from_str(r#"{"cniVersion":"0.4.0"}"#).unwrap();
         assert_eq!(c.cni_version, "0.4.0");
         assert!(c.ipam.is_none() && c.plugin.is_empty());
-        assert!(
-            serde_json::from_str::<NetConf>("{}").is_err(),
-            "cniVersion is required"
-        );
+        assert!(serde_json::from_str::<NetConf>("{}").is_err(), "cniVersion is required");
     }
 }

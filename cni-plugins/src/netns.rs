@@ -64,17 +64,9 @@ impl NetNs {
     /// Opens the namespace bound at `path` (e.g. `/run/netns/x` or `/proc/PID/ns/net`).
     pub fn open(path: &Path) -> Result<NetNs, NetNsError> {
         match File::open(path) {
-            Ok(f) => Ok(NetNs {
-                fd: f.into(),
-                path: path.to_path_buf(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetNsError::NotFound {
-                path: path.to_path_buf(),
-            }),
-            Err(source) => Err(NetNsError::Open {
-                path: path.to_path_buf(),
-                source,
-            }),
+            Ok(f) => Ok(NetNs { fd: f.into(), path: path.to_path_buf() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetNsError::NotFound { path: path.to_path_buf() }),
+            Err(source) => Err(NetNsError::Open { path: path.to_path_buf(), source }),
         }
     }
 
@@ -102,21 +94,14 @@ impl NetNs {
         let out = f();
         // Not being able to return would leave the thread in the wrong namespace: fatal.
         if let Err(e) = setns(home.fd.as_fd()) {
-            panic!(
-                "cannot return to network namespace {}: {e}",
-                home.path.display()
-            );
+            panic!("cannot return to network namespace {}: {e}", home.path.display());
         }
         Ok(out)
     }
 
     /// A rtnetlink socket bound inside this namespace (usable from anywhere afterwards).
     pub fn route_socket(&self) -> Result<Socket, NetNsError> {
-        self.run(Socket::route)?
-            .map_err(|source| NetNsError::Socket {
-                path: self.path.clone(),
-                source,
-            })
+        self.run(Socket::route)?.map_err(|source| NetNsError::Socket { path: self.path.clone(), source })
     }
 }
 

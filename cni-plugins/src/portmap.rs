@@ -57,10 +57,9 @@ fn proto_number(p: &str) -> Result<u8, CniError> {
         "tcp" | "" => Ok(6),
         "udp" => Ok(17),
         "sctp" => Ok(132),
-        other => Err(CniError::new(
-            ErrorCode::InvalidNetworkConfig,
-            format!("unknown port mapping protocol {other:?}"),
-        )),
+        other => {
+            Err(CniError::new(ErrorCode::InvalidNetworkConfig, format!("unknown port mapping protocol {other:?}")))
+        }
     }
 }
 
@@ -76,10 +75,7 @@ fn canonical_keys(raw: &Value) -> Value {
             m.iter()
                 .map(|(k, v)| {
                     let known = KEYS.iter().find(|c| c.eq_ignore_ascii_case(k));
-                    (
-                        known.map_or_else(|| k.clone(), |c| c.to_string()),
-                        v.clone(),
-                    )
+                    (known.map_or_else(|| k.clone(), |c| c.to_string()), v.clone())
                 })
                 .collect(),
         ),
@@ -98,26 +94,17 @@ pub fn mappings(args: &CmdArgs) -> Result<Vec<PortMapping>, CniError> {
         return Ok(Vec::new());
     };
     let list: Vec<PortMapping> = serde_json::from_value(canonical_keys(raw)).map_err(|e| {
-        CniError::new(
-            ErrorCode::InvalidNetworkConfig,
-            format!("invalid runtimeConfig.portMappings: {e}"),
-        )
+        CniError::new(ErrorCode::InvalidNetworkConfig, format!("invalid runtimeConfig.portMappings: {e}"))
     })?;
     for m in &list {
         proto_number(&m.protocol)?;
         if m.host_port == 0 || m.container_port == 0 {
-            let msg = format!(
-                "port mapping {}:{} has a zero port",
-                m.host_port, m.container_port
-            );
+            let msg = format!("port mapping {}:{} has a zero port", m.host_port, m.container_port);
             return Err(CniError::new(ErrorCode::InvalidNetworkConfig, msg));
         }
         if let Some(ip) = m.host_ip.as_deref().filter(|s| !s.is_empty()) {
             ip.parse::<IpAddr>().map_err(|_| {
-                CniError::new(
-                    ErrorCode::InvalidNetworkConfig,
-                    format!("port mapping hostIP {ip:?} is not an address"),
-                )
+                CniError::new(ErrorCode::InvalidNetworkConfig, format!("port mapping hostIP {ip:?} is not an address"))
             })?;
         }
     }
@@ -147,13 +134,7 @@ pub fn elements(mappings: &[PortMapping], ips: &[IpAddr]) -> Vec<(&'static str, 
             };
             let key = key.proto(proto).port(m.host_port);
             let data = Key::new().ip(*pod).port(m.container_port);
-            out.push((
-                map,
-                Elem {
-                    key,
-                    data: Some(data),
-                },
-            ));
+            out.push((map, Elem { key, data: Some(data) }));
         }
     }
     out
@@ -196,21 +177,14 @@ fn ops(elems: &[(&'static str, Elem)], action: Action) -> Vec<SetOp<'static>> {
             family: FAMILY_INET,
             table: TABLE,
             set,
-            elems: elems
-                .iter()
-                .filter(|(s, _)| *s == set)
-                .map(|(_, e)| e.clone())
-                .collect(),
+            elems: elems.iter().filter(|(s, _)| *s == set).map(|(_, e)| e.clone()).collect(),
             action,
         })
         .collect()
 }
 
 fn describe(m: &[PortMapping]) -> String {
-    let parts: Vec<String> = m
-        .iter()
-        .map(|m| format!("{}/{}", m.host_port, m.protocol))
-        .collect();
+    let parts: Vec<String> = m.iter().map(|m| format!("{}/{}", m.host_port, m.protocol)).collect();
     parts.join(", ")
 }
 
@@ -243,18 +217,11 @@ fn remove(rec: &PortmapRecord) -> Result<(), NftError> {
 }
 
 fn nl_error(set: &str, source: NlError) -> NftError {
-    NftError::Netlink {
-        table: TABLE.to_string(),
-        set: set.to_string(),
-        source,
-    }
+    NftError::Netlink { table: TABLE.to_string(), set: set.to_string(), source }
 }
 
 /// The record's map elements that are present and lead to its pod.
-fn ours(
-    sock: &mut crate::netlink::Socket,
-    rec: &PortmapRecord,
-) -> Result<Vec<(&'static str, Elem)>, NftError> {
+fn ours(sock: &mut crate::netlink::Socket, rec: &PortmapRecord) -> Result<Vec<(&'static str, Elem)>, NftError> {
     let mut out = Vec::new();
     for (set, e) in elements(&rec.mappings, &rec.ips) {
         match sock.nft_get(FAMILY_INET, TABLE, set, &e.key) {
@@ -283,23 +250,16 @@ fn already_mapped(recorded: Option<&PortmapRecord>, rec: &PortmapRecord) -> bool
 impl Plugin for Portmap {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
         let prev = args.prev_result()?.ok_or_else(|| {
-            CniError::new(
-                ErrorCode::InvalidNetworkConfig,
-                "berth-portmap must be chained: prevResult is missing",
-            )
+            CniError::new(ErrorCode::InvalidNetworkConfig, "berth-portmap must be chained: prevResult is missing")
         })?;
         let list = mappings(args)?;
         if list.is_empty() {
             return Ok(prev);
         }
         let ips: Vec<IpAddr> = prev.ips.iter().map(|i| i.address.addr).collect();
-        let rec = PortmapRecord {
-            mappings: list,
-            ips,
-        };
+        let rec = PortmapRecord { mappings: list, ips };
         // Host-side bridges (not veths: their names come and go with pods).
-        let mut rt =
-            crate::netlink::Socket::route().kernel(|| "cannot open a netlink socket".into())?;
+        let mut rt = crate::netlink::Socket::route().kernel(|| "cannot open a netlink socket".into())?;
         let hosts: Vec<&str> = prev
             .interfaces
             .iter()
@@ -315,13 +275,7 @@ impl Plugin for Portmap {
             family: FAMILY_INET,
             table: TABLE,
             set: "hairpin",
-            elems: hosts
-                .iter()
-                .map(|h| Elem {
-                    key: Key::new().ifname(h),
-                    data: None,
-                })
-                .collect(),
+            elems: hosts.iter().map(|h| Elem { key: Key::new().ifname(h), data: None }).collect(),
             action: Action::Add,
         });
         let store = records(args);
@@ -334,10 +288,7 @@ impl Plugin for Portmap {
         store.write(&who, &rec)?;
         let applied = match apply_with_setup(&all, &script) {
             Err(NftError::Netlink { source, .. }) if source.is(libc::EEXIST) => {
-                let msg = format!(
-                    "a host port of {} is already mapped",
-                    describe(&rec.mappings)
-                );
+                let msg = format!("a host port of {} is already mapped", describe(&rec.mappings));
                 Err(CniError::new(ErrorCode::Plugin(CODE_PORT_IN_USE), msg))
             }
             other => other.kernel(|| format!("cannot map host ports {}", describe(&rec.mappings))),
@@ -357,8 +308,7 @@ impl Plugin for Portmap {
         let store = records(args);
         let who = args.attachment();
         if let Some(rec) = store.read::<PortmapRecord>(&who) {
-            remove(&rec)
-                .kernel(|| format!("cannot unmap host ports {}", describe(&rec.mappings)))?;
+            remove(&rec).kernel(|| format!("cannot unmap host ports {}", describe(&rec.mappings)))?;
         }
         store.remove(&who).map_err(CniError::from)
     }
@@ -367,8 +317,7 @@ impl Plugin for Portmap {
         let prev = args.prev_result()?.unwrap_or_default();
         let ips: Vec<IpAddr> = prev.ips.iter().map(|i| i.address.addr).collect();
         let list = mappings(args)?;
-        let mut sock =
-            crate::netlink::Socket::netfilter().kernel(|| "cannot open nfnetlink".into())?;
+        let mut sock = crate::netlink::Socket::netfilter().kernel(|| "cannot open nfnetlink".into())?;
         for (set, e) in elements(&list, &ips) {
             let value = sock.nft_get(FAMILY_INET, TABLE, set, &e.key);
             let value = value
@@ -404,11 +353,7 @@ impl Plugin for Portmap {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        all_or_report(
-            errors,
-            ErrorCode::CannotGc,
-            "cannot remove some port mappings",
-        )
+        all_or_report(errors, ErrorCode::CannotGc, "cannot remove some port mappings")
     }
 }
 
@@ -417,12 +362,7 @@ mod tests {
     use super::*;
 
     fn pm(host: u16, cont: u16, proto: &str, ip: Option<&str>) -> PortMapping {
-        PortMapping {
-            host_port: host,
-            container_port: cont,
-            protocol: proto.into(),
-            host_ip: ip.map(str::to_string),
-        }
+        PortMapping { host_port: host, container_port: cont, protocol: proto.into(), host_ip: ip.map(str::to_string) }
     }
 
     #[test]
@@ -430,34 +370,18 @@ mod tests {
         let go = serde_json::json!([{"HostPort": 18090, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""},
                                     {"hostport": 53, "containerport": 53, "protocol": "udp", "hostIp": "10.0.0.1"}]);
         let list: Vec<PortMapping> = serde_json::from_value(canonical_keys(&go)).unwrap();
-        assert_eq!(
-            list,
-            vec![
-                pm(18090, 8080, "tcp", Some("")),
-                pm(53, 53, "udp", Some("10.0.0.1"))
-            ]
-        );
+        assert_eq!(list, vec![pm(18090, 8080, "tcp", Some("")), pm(53, 53, "udp", Some("10.0.0.1"))]);
         let odd = serde_json::json!([{"hostPort": 1, "containerPort": 2, "Extra": true}]);
-        assert_eq!(
-            canonical_keys(&odd)[0]["Extra"],
-            true,
-            "unknown keys are left as they are"
-        );
+        assert_eq!(canonical_keys(&odd)[0]["Extra"], true, "unknown keys are left as they are");
     }
 
     #[test]
     fn elements_per_family_and_host_ip() {
         let ips: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
         let e = elements(&[pm(8080, 80, "tcp", None)], &ips);
-        assert_eq!(
-            e.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            vec!["dnat4", "dnat6"]
-        );
+        assert_eq!(e.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec!["dnat4", "dnat6"]);
         assert_eq!(e[0].1.key.0, vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
-        assert_eq!(
-            e[0].1.data.as_ref().unwrap().0,
-            vec![10, 0, 0, 5, 0, 80, 0, 0]
-        );
+        assert_eq!(e[0].1.data.as_ref().unwrap().0, vec![10, 0, 0, 5, 0, 80, 0, 0]);
         let e = elements(&[pm(53, 53, "udp", Some("192.168.1.1"))], &ips);
         assert_eq!(e.len(), 1, "a v4 host IP maps only the v4 address");
         assert_eq!(e[0].0, "dnat4ip");
@@ -471,13 +395,7 @@ mod tests {
         assert!(s.contains("pre fib daddr type local jump hostports"));
         assert!(s.contains("out fib daddr type local jump hostports"));
         assert!(s.contains("ip saddr 127.0.0.0/8 masquerade"));
-        assert!(
-            s.contains("iifname @hairpin meta mark set meta mark | 0x2000"),
-            "{s}"
-        );
-        assert!(
-            s.contains("meta mark & 0x2000 == 0x2000 oifname @hairpin masquerade"),
-            "{s}"
-        );
+        assert!(s.contains("iifname @hairpin meta mark set meta mark | 0x2000"), "{s}");
+        assert!(s.contains("meta mark & 0x2000 == 0x2000 oifname @hairpin masquerade"), "{s}");
     }
 }

@@ -45,15 +45,7 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: Cidr, gw: Option<IpAddr>) -> Self {
-        Self {
-            dst,
-            gw,
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
-        }
+        Self { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
     }
 }
 
@@ -122,11 +114,7 @@ impl CniResult {
         let mut m = Map::new();
         m.insert("cniVersion".into(), version.into());
         if !self.interfaces.is_empty() {
-            let list = self
-                .interfaces
-                .iter()
-                .map(|i| interface_json(i, v11))
-                .collect();
+            let list = self.interfaces.iter().map(|i| interface_json(i, v11)).collect();
             m.insert("interfaces".into(), Value::Array(list));
         }
         if !self.ips.is_empty() {
@@ -154,12 +142,8 @@ impl CniResult {
             let mut o = Map::new();
             o.insert("ip".into(), ip.address.to_string().into());
             put(&mut o, "gateway", ip.gateway.map(|g| g.to_string()));
-            let routes: Vec<Value> = self
-                .routes
-                .iter()
-                .filter(|r| r.dst.addr.is_ipv4() == v4)
-                .map(|r| route_json(r, false))
-                .collect();
+            let routes: Vec<Value> =
+                self.routes.iter().filter(|r| r.dst.addr.is_ipv4() == v4).map(|r| route_json(r, false)).collect();
             if !routes.is_empty() {
                 o.insert("routes".into(), Value::Array(routes));
             }
@@ -192,21 +176,14 @@ fn opt_u32(v: &Value, key: &str) -> Option<u32> {
 }
 
 fn cidr_field(v: &Value, key: &str) -> Result<Cidr, ResultError> {
-    let text = v
-        .get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad(format!("missing {key}")))?;
-    text.parse()
-        .map_err(|_| bad(format!("{key} {text:?} is not a CIDR")))
+    let text = v.get(key).and_then(Value::as_str).ok_or_else(|| bad(format!("missing {key}")))?;
+    text.parse().map_err(|_| bad(format!("{key} {text:?} is not a CIDR")))
 }
 
 fn ip_field(v: &Value, key: &str) -> Result<Option<IpAddr>, ResultError> {
     match v.get(key).and_then(Value::as_str) {
         None | Some("") => Ok(None),
-        Some(t) => t
-            .parse()
-            .map(Some)
-            .map_err(|_| bad(format!("{key} {t:?} is not an address"))),
+        Some(t) => t.parse().map(Some).map_err(|_| bad(format!("{key} {t:?} is not an address"))),
     }
 }
 
@@ -222,10 +199,7 @@ fn parse_route(r: &Value) -> Result<Route, ResultError> {
 }
 
 fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
 impl CniResult {
@@ -233,11 +207,7 @@ impl CniResult {
     /// prevResult.
     pub fn from_json(v: &Value) -> Result<CniResult, ResultError> {
         let mut out = CniResult {
-            dns: v
-                .get("dns")
-                .cloned()
-                .and_then(|d| serde_json::from_value(d).ok())
-                .unwrap_or_default(),
+            dns: v.get("dns").cloned().and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default(),
             ..Default::default()
         };
         if v.get("ip4").is_some() || v.get("ip6").is_some() {
@@ -266,10 +236,7 @@ impl CniResult {
         }
         for ip in list(v, "ips") {
             out.ips.push(IpConfig {
-                interface: ip
-                    .get("interface")
-                    .and_then(Value::as_u64)
-                    .map(|n| n as usize),
+                interface: ip.get("interface").and_then(Value::as_u64).map(|n| n as usize),
                 address: cidr_field(ip, "address")?,
                 gateway: ip_field(ip, "gateway")?,
             });
@@ -300,20 +267,10 @@ mod tests {
                     address: "10.0.0.5/24".parse().unwrap(),
                     gateway: Some("10.0.0.1".parse().unwrap()),
                 },
-                IpConfig {
-                    interface: None,
-                    address: "fd00::5/64".parse().unwrap(),
-                    gateway: None,
-                },
+                IpConfig { interface: None, address: "fd00::5/64".parse().unwrap(), gateway: None },
             ],
-            routes: vec![Route {
-                mtu: Some(1400),
-                ..Route::new("0.0.0.0/0".parse().unwrap(), None)
-            }],
-            dns: Dns {
-                nameservers: vec!["10.96.0.10".into()],
-                ..Default::default()
-            },
+            routes: vec![Route { mtu: Some(1400), ..Route::new("0.0.0.0/0".parse().unwrap(), None) }],
+            dns: Dns { nameservers: vec!["10.96.0.10".into()], ..Default::default() },
         }
     }
 

@@ -22,10 +22,7 @@ pub struct CmdArgs {
 impl CmdArgs {
     /// The attachment this invocation is about (CNI_CONTAINERID, CNI_IFNAME).
     pub fn attachment(&self) -> Attachment {
-        Attachment {
-            container_id: self.env.container_id.clone(),
-            ifname: self.env.ifname.clone(),
-        }
+        Attachment { container_id: self.env.container_id.clone(), ifname: self.env.ifname.clone() }
     }
 
     /// The prevResult, parsed (`None` when absent).
@@ -33,9 +30,9 @@ impl CmdArgs {
         let Some(v) = &self.conf.prev_result else {
             return Ok(None);
         };
-        CniResult::from_json(v).map(Some).map_err(|e| {
-            CniError::new(ErrorCode::Decode, "cannot decode prevResult").with_details(e.to_string())
-        })
+        CniResult::from_json(v)
+            .map(Some)
+            .map_err(|e| CniError::new(ErrorCode::Decode, "cannot decode prevResult").with_details(e.to_string()))
     }
 
     /// The container's network namespace; a missing one is error 4 naming CNI_NETNS.
@@ -43,14 +40,9 @@ impl CmdArgs {
         NetNs::open(Path::new(&self.env.netns)).map_err(|e| match e {
             NetNsError::NotFound { .. } => CniError::new(
                 ErrorCode::InvalidEnv,
-                format!(
-                    "CNI_NETNS {}: network namespace does not exist",
-                    self.env.netns
-                ),
+                format!("CNI_NETNS {}: network namespace does not exist", self.env.netns),
             ),
-            other => {
-                CniError::new(ErrorCode::Io, other.to_string()).with_details(source_chain(&other))
-            }
+            other => CniError::new(ErrorCode::Io, other.to_string()).with_details(source_chain(&other)),
         })
     }
 }
@@ -79,17 +71,11 @@ pub struct Outcome {
 
 impl Outcome {
     fn ok(stdout: String) -> Self {
-        Self {
-            exit_code: 0,
-            stdout,
-        }
+        Self { exit_code: 0, stdout }
     }
 
     fn err(err: &CniError, version: &str) -> Self {
-        Self {
-            exit_code: 1,
-            stdout: err.to_json(version),
-        }
+        Self { exit_code: 1, stdout: err.to_json(version) }
     }
 }
 
@@ -104,25 +90,16 @@ fn minimum_version(command: Command) -> Option<&'static str> {
 
 fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
     serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            ErrorCode::Decode,
-            "cannot decode the network configuration on stdin",
-        )
-        .with_details(e.to_string())
+        CniError::new(ErrorCode::Decode, "cannot decode the network configuration on stdin").with_details(e.to_string())
     })
 }
 
 /// Runs one invocation without touching the process: pure apart from what the plugin does.
-pub fn dispatch(
-    plugin: &impl Plugin,
-    lookup: impl Fn(&str) -> Option<String>,
-    stdin: &[u8],
-) -> Outcome {
+pub fn dispatch(plugin: &impl Plugin, lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     let env = match CniEnv::from_lookup(lookup) {
         Ok(env) => env,
         Err(e) => {
-            let err =
-                CniError::new(ErrorCode::InvalidEnv, e.to_string()).with_details(source_chain(&e));
+            let err = CniError::new(ErrorCode::InvalidEnv, e.to_string()).with_details(source_chain(&e));
             return Outcome::err(&err, CURRENT);
         }
     };
@@ -132,9 +109,7 @@ pub fn dispatch(
             #[serde(rename = "cniVersion")]
             cni_version: Option<String>,
         }
-        let requested = serde_json::from_slice::<Req>(stdin)
-            .ok()
-            .and_then(|r| r.cni_version);
+        let requested = serde_json::from_slice::<Req>(stdin).ok().and_then(|r| r.cni_version);
         let info = version_info(requested.as_deref());
         return Outcome::ok(serde_json::to_string(&info).unwrap_or_default());
     }
@@ -148,18 +123,11 @@ pub fn dispatch(
     };
     if let Some(min) = minimum_version(env.command) {
         if !at_least(version, min) {
-            let msg = format!(
-                "{:?} needs cniVersion {min} or later, config has {version}",
-                env.command
-            );
+            let msg = format!("{:?} needs cniVersion {min} or later, config has {version}", env.command);
             return Outcome::err(&CniError::new(ErrorCode::IncompatibleVersion, msg), version);
         }
     }
-    let args = CmdArgs {
-        env,
-        conf,
-        stdin: stdin.to_vec(),
-    };
+    let args = CmdArgs { env, conf, stdin: stdin.to_vec() };
     let done = match args.env.command {
         Command::Add => plugin.add(&args).map(|r| r.to_json(version).to_string()),
         Command::Del => plugin.del(&args).map(|()| String::new()),
@@ -185,9 +153,7 @@ pub fn run(plugin: &impl Plugin) -> i32 {
         }
     };
     let mut out = std::io::stdout().lock();
-    let written = out
-        .write_all(outcome.stdout.as_bytes())
-        .and_then(|()| out.flush());
+    let written = out.write_all(outcome.stdout.as_bytes()).and_then(|()| out.flush());
     match (written, outcome.exit_code) {
         (Err(_), 0) => 1,
         (_, code) => code,
@@ -210,11 +176,7 @@ mod tests {
         fn add(&self, _: &CmdArgs) -> Result<CniResult, CniError> {
             self.calls.borrow_mut().push(Command::Add);
             Ok(CniResult {
-                ips: vec![IpConfig {
-                    interface: None,
-                    address: "10.0.0.2/24".parse().unwrap(),
-                    gateway: None,
-                }],
+                ips: vec![IpConfig { interface: None, address: "10.0.0.2/24".parse().unwrap(), gateway: None }],
                 ..Default::default()
             })
         }
@@ -260,10 +222,7 @@ mod tests {
         assert_eq!(v["code"], 1);
         assert!(v["msg"].as_str().unwrap().contains("5.0.0"));
         let (_, v) = call(&p, "DEL", r#"{"cniVersion":"1.0.0"}"#);
-        assert_eq!(
-            (v["code"].as_u64(), v["cniVersion"].as_str()),
-            (Some(123), Some("1.0.0"))
-        );
+        assert_eq!((v["code"].as_u64(), v["cniVersion"].as_str()), (Some(123), Some("1.0.0")));
         let (_, v) = call(&p, "BOGUS", r#"{"cniVersion":"1.0.0"}"#);
         assert_eq!(v["code"], 4);
     }

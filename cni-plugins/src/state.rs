@@ -60,9 +60,7 @@ pub struct Records {
 impl Records {
     pub fn new(root: &Path, plugin: &str, network: &str) -> Records {
         let net = format!("{:016x}", fnv1a(&[network]));
-        Records {
-            dir: root.join(plugin).join(net),
-        }
+        Records { dir: root.join(plugin).join(net) }
     }
 
     fn path(&self, who: &Attachment) -> PathBuf {
@@ -77,11 +75,7 @@ impl Records {
 
     pub fn write<T: Serialize>(&self, who: &Attachment, data: &T) -> Result<(), StateError> {
         let path = self.path(who);
-        let env = Envelope {
-            container_id: who.container_id.clone(),
-            ifname: who.ifname.clone(),
-            data,
-        };
+        let env = Envelope { container_id: who.container_id.clone(), ifname: who.ifname.clone(), data };
         let text = serde_json::to_vec(&env).unwrap_or_default();
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         // The directory exists on every ADD but the first: create it only when missing.
@@ -117,10 +111,7 @@ impl Records {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .rsplit_once(".tmp")
-                .and_then(|(_, p)| p.parse::<u32>().ok())
-            else {
+            let Some(pid) = name.rsplit_once(".tmp").and_then(|(_, p)| p.parse::<u32>().ok()) else {
                 continue;
             };
             if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -139,10 +130,7 @@ impl Records {
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .filter_map(|e| {
                 let env: Envelope<T> = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
-                let who = Attachment {
-                    container_id: env.container_id,
-                    ifname: env.ifname,
-                };
+                let who = Attachment { container_id: env.container_id, ifname: env.ifname };
                 Some((who, env.data))
             })
             .collect()
@@ -157,10 +145,7 @@ mod tests {
     fn write_read_list_remove() {
         let tmp = tempfile::tempdir().unwrap();
         let r = Records::new(tmp.path(), "bridge", "net/with/slashes");
-        let a = Attachment {
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-        };
+        let a = Attachment { container_id: "c1".into(), ifname: "eth0".into() };
         assert_eq!(r.read::<Vec<u32>>(&a), None);
         r.write(&a, &vec![1u32, 2]).unwrap();
         assert_eq!(r.read::<Vec<u32>>(&a), Some(vec![1, 2]));

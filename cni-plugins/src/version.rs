@@ -5,28 +5,19 @@ use serde::Serialize;
 use crate::error::{CniError, ErrorCode};
 
 /// Every spec version a Berth plugin accepts, oldest first.
-pub const SUPPORTED: &[&str] = &[
-    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
-];
+pub const SUPPORTED: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// The newest spec version.
 pub const CURRENT: &str = "1.1.0";
 
 /// Accepts `requested` if this library supports it, else error code 1 naming it.
 pub fn negotiate(requested: &str) -> Result<&'static str, CniError> {
-    SUPPORTED
-        .iter()
-        .copied()
-        .find(|v| *v == requested)
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::IncompatibleVersion,
-                format!(
-                    "incompatible CNI version {requested:?}: this plugin supports {}",
-                    SUPPORTED.join(", ")
-                ),
-            )
-        })
+    SUPPORTED.iter().copied().find(|v| *v == requested).ok_or_else(|| {
+        CniError::new(
+            ErrorCode::IncompatibleVersion,
+            format!("incompatible CNI version {requested:?}: this plugin supports {}", SUPPORTED.join(", ")),
+        )
+    })
 }
 
 /// `a >= b` for dotted numeric versions (missing parts count as 0).
@@ -83,14 +74,8 @@ mod tests {
     fn version_response() {
         let v = version_info(Some("0.3.1"));
         assert_eq!(v.cni_version, "0.3.1");
-        assert_eq!(
-            v.supported_versions.first().map(String::as_str),
-            Some("0.1.0")
-        );
-        assert_eq!(
-            v.supported_versions.last().map(String::as_str),
-            Some("1.1.0")
-        );
+        assert_eq!(v.supported_versions.first().map(String::as_str), Some("0.1.0"));
+        assert_eq!(v.supported_versions.last().map(String::as_str), Some("1.1.0"));
         assert_eq!(version_info(Some("7.0.0")).cni_version, CURRENT);
     }
 }

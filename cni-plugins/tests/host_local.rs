@@ -25,46 +25,27 @@ fn invoke(cmd: &str, id: &str, conf: &str, extra: &[(&str, &str)]) -> anyhow::Re
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.as_bytes())?;
+    child.stdin.take().expect("stdin").write_all(conf.as_bytes())?;
     let out = child.wait_with_output()?;
     let text = String::from_utf8(out.stdout)?;
-    let json = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text)?
-    };
-    Ok(Reply {
-        code: out.status.code().unwrap_or(-1),
-        json,
-    })
+    let json = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text)? };
+    Ok(Reply { code: out.status.code().unwrap_or(-1), json })
 }
 
 fn conf(version: &str, dir: &Path, ipam: Value) -> String {
     let mut ipam = ipam;
     ipam["type"] = json!("berth-host-local");
     ipam["dataDir"] = json!(dir);
-    json!({"cniVersion": version, "name": "testnet", "type": "berth-bridge", "ipam": ipam})
-        .to_string()
+    json!({"cniVersion": version, "name": "testnet", "type": "berth-bridge", "ipam": ipam}).to_string()
 }
 
 fn subnet(version: &str, dir: &Path, cidr: &str) -> String {
-    conf(
-        version,
-        dir,
-        json!({"subnet": cidr, "routes": [{"dst": "0.0.0.0/0"}]}),
-    )
+    conf(version, dir, json!({"subnet": cidr, "routes": [{"dst": "0.0.0.0/0"}]}))
 }
 
 fn add_ip(reply: &Reply) -> String {
     assert_eq!(reply.code, 0, "ADD failed: {}", reply.json);
-    reply.json["ips"][0]["address"]
-        .as_str()
-        .expect("address")
-        .to_string()
+    reply.json["ips"][0]["address"].as_str().expect("address").to_string()
 }
 
 #[test]
@@ -87,22 +68,11 @@ fn add_result_shape_per_version() -> anyhow::Result<()> {
         assert!(ips[1]["address"].as_str().unwrap().starts_with("fd10::"));
         assert_eq!(r.json["routes"][0]["dst"], "0.0.0.0/0");
         let want_version = version.starts_with("0.");
-        assert_eq!(
-            ips[0].get("version").is_some(),
-            want_version,
-            "{version}: {}",
-            r.json
-        );
+        assert_eq!(ips[0].get("version").is_some(), want_version, "{version}: {}", r.json);
         if want_version {
-            assert_eq!(
-                (ips[0]["version"].as_str(), ips[1]["version"].as_str()),
-                (Some("4"), Some("6"))
-            );
+            assert_eq!((ips[0]["version"].as_str(), ips[1]["version"].as_str()), (Some("4"), Some("6")));
         }
-        assert!(
-            r.json.get("interfaces").is_none(),
-            "IPAM reports no interfaces"
-        );
+        assert!(r.json.get("interfaces").is_none(), "IPAM reports no interfaces");
     }
     Ok(())
 }
@@ -116,10 +86,7 @@ fn two_adds_differ_and_del_is_idempotent() -> anyhow::Result<()> {
     assert_ne!(a, b);
     assert_eq!(a, "10.20.0.2/24");
     assert!(tmp.path().join("testnet/10.20.0.2").exists());
-    assert_eq!(
-        std::fs::read_to_string(tmp.path().join("testnet/10.20.0.2"))?,
-        "a\neth0"
-    );
+    assert_eq!(std::fs::read_to_string(tmp.path().join("testnet/10.20.0.2"))?, "a\neth0");
     assert_eq!(invoke("CHECK", "a", &c, &[])?.code, 0);
     let del = invoke("DEL", "a", &c, &[])?;
     assert_eq!((del.code, &del.json), (0, &Value::Null));
@@ -140,9 +107,7 @@ fn two_adds_differ_and_del_is_idempotent() -> anyhow::Result<()> {
 fn del_then_add_reuses_in_a_full_range() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let c = subnet("1.0.0", tmp.path(), "10.30.0.0/29"); // .2 to .6 usable
-    let ips: Vec<String> = (0..5)
-        .map(|i| add_ip(&invoke("ADD", &format!("x{i}"), &c, &[]).unwrap()))
-        .collect();
+    let ips: Vec<String> = (0..5).map(|i| add_ip(&invoke("ADD", &format!("x{i}"), &c, &[]).unwrap())).collect();
     assert_eq!(ips.first().map(String::as_str), Some("10.30.0.2/29"));
     assert_eq!(ips.last().map(String::as_str), Some("10.30.0.6/29"));
     assert_eq!(invoke("DEL", "x2", &c, &[])?.code, 0);
@@ -159,29 +124,18 @@ fn exhausted_range_reports_error_json() -> anyhow::Result<()> {
     assert_eq!(r.code, 1);
     assert_eq!(r.json["code"], 100);
     assert_eq!(r.json["cniVersion"], "1.1.0");
-    assert!(
-        r.json["msg"].as_str().unwrap().contains("10.40.0.0/30"),
-        "{}",
-        r.json
-    );
+    assert!(r.json["msg"].as_str().unwrap().contains("10.40.0.0/30"), "{}", r.json);
     Ok(())
 }
 
 #[test]
 fn failed_later_range_set_releases_earlier() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let c = conf(
-        "1.1.0",
-        tmp.path(),
-        json!({"ranges": [[{"subnet": "10.41.0.0/24"}], [{"subnet": "10.42.0.0/30"}]]}),
-    );
+    let c = conf("1.1.0", tmp.path(), json!({"ranges": [[{"subnet": "10.41.0.0/24"}], [{"subnet": "10.42.0.0/30"}]]}));
     assert_eq!(invoke("ADD", "a", &c, &[])?.code, 0);
     let r = invoke("ADD", "b", &c, &[])?;
     assert_eq!(r.json["code"], 100);
-    assert!(
-        !tmp.path().join("testnet/10.41.0.3").exists(),
-        "first set's address given back"
-    );
+    assert!(!tmp.path().join("testnet/10.41.0.3").exists(), "first set's address given back");
     Ok(())
 }
 
@@ -190,32 +144,18 @@ fn malformed_config_and_versions() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let r = invoke("ADD", "a", "{\"cniVersion\": ", &[])?;
     assert_eq!((r.code, r.json["code"].as_u64()), (1, Some(6)));
-    let r = invoke(
-        "ADD",
-        "a",
-        &subnet("0.9.9", tmp.path(), "10.50.0.0/24"),
-        &[],
-    )?;
+    let r = invoke("ADD", "a", &subnet("0.9.9", tmp.path(), "10.50.0.0/24"), &[])?;
     assert_eq!(r.json["code"], 1);
     assert!(r.json["msg"].as_str().unwrap().contains("0.9.9"));
-    let overlap = conf(
-        "1.1.0",
-        tmp.path(),
-        json!({"ranges": [[{"subnet": "10.0.0.0/16"}], [{"subnet": "10.0.9.0/24"}]]}),
-    );
+    let overlap =
+        conf("1.1.0", tmp.path(), json!({"ranges": [[{"subnet": "10.0.0.0/16"}], [{"subnet": "10.0.9.0/24"}]]}));
     let r = invoke("ADD", "a", &overlap, &[])?;
     assert_eq!(r.json["code"], 7);
     let msg = r.json["msg"].as_str().unwrap();
-    assert!(
-        msg.contains("10.0.0.0/16") && msg.contains("10.0.9.0/24"),
-        "{msg}"
-    );
+    assert!(msg.contains("10.0.0.0/16") && msg.contains("10.0.9.0/24"), "{msg}");
     let v = invoke("VERSION", "", "{\"cniVersion\":\"1.0.0\"}", &[])?;
     assert_eq!(v.json["cniVersion"], "1.0.0");
-    assert_eq!(
-        v.json["supportedVersions"],
-        json!(["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
-    );
+    assert_eq!(v.json["supportedVersions"], json!(["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
     let r = invoke("ADD", "", &subnet("1.1.0", tmp.path(), "10.50.0.0/24"), &[])?;
     assert_eq!(r.json["code"], 4, "missing CNI_CONTAINERID");
     Ok(())
@@ -225,30 +165,15 @@ fn malformed_config_and_versions() -> anyhow::Result<()> {
 fn requested_ips() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let c = subnet("1.1.0", tmp.path(), "10.60.0.0/24");
-    assert_eq!(
-        add_ip(&invoke(
-            "ADD",
-            "a",
-            &c,
-            &[("CNI_ARGS", "IgnoreUnknown=1;IP=10.60.0.77")]
-        )?),
-        "10.60.0.77/24"
-    );
+    assert_eq!(add_ip(&invoke("ADD", "a", &c, &[("CNI_ARGS", "IgnoreUnknown=1;IP=10.60.0.77")])?), "10.60.0.77/24");
     let taken = invoke("ADD", "b", &c, &[("CNI_ARGS", "IP=10.60.0.77")])?;
     assert_eq!(taken.json["code"], 101);
     let mut rc: Value = serde_json::from_str(&c)?;
     rc["runtimeConfig"] = json!({"ips": ["10.60.0.88/24"]});
-    assert_eq!(
-        add_ip(&invoke("ADD", "c", &rc.to_string(), &[])?),
-        "10.60.0.88/24"
-    );
+    assert_eq!(add_ip(&invoke("ADD", "c", &rc.to_string(), &[])?), "10.60.0.88/24");
     let outside = invoke("ADD", "d", &c, &[("CNI_ARGS", "IP=192.168.1.1")])?;
     assert_eq!(outside.json["code"], 101);
-    assert_eq!(
-        std::fs::read_dir(tmp.path().join("testnet"))?.count(),
-        2 + 2,
-        "lock, last_reserved, two IPs"
-    );
+    assert_eq!(std::fs::read_dir(tmp.path().join("testnet"))?.count(), 2 + 2, "lock, last_reserved, two IPs");
     Ok(())
 }
 
@@ -269,12 +194,7 @@ fn gc_frees_unlisted_attachments_and_status() -> anyhow::Result<()> {
     assert_eq!(invoke("STATUS", "", &c, &[])?.code, 0);
     let blocked = tmp.path().join("file");
     std::fs::write(&blocked, "")?;
-    let r = invoke(
-        "STATUS",
-        "",
-        &subnet("1.1.0", &blocked, "10.70.0.0/24"),
-        &[],
-    )?;
+    let r = invoke("STATUS", "", &subnet("1.1.0", &blocked, "10.70.0.0/24"), &[])?;
     assert_eq!(r.json["code"], 50);
     let old = invoke("GC", "", &subnet("1.0.0", tmp.path(), "10.70.0.0/24"), &[])?;
     assert_eq!(old.json["code"], 1, "GC needs cniVersion 1.1.0");
@@ -305,12 +225,7 @@ fn fifty_concurrent_adds_get_distinct_ips() -> anyhow::Result<()> {
         let out = child.wait_with_output()?;
         let json: Value = serde_json::from_slice(&out.stdout)?;
         assert!(out.status.success(), "{json}");
-        ips.insert(
-            json["ips"][0]["address"]
-                .as_str()
-                .expect("address")
-                .to_string(),
-        );
+        ips.insert(json["ips"][0]["address"].as_str().expect("address").to_string());
     }
     assert_eq!(ips.len(), 50);
     Ok(())

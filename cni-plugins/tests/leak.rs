@@ -58,8 +58,7 @@ fn thousand_cycles_with_sigkills_then_gc_leave_nothing() -> anyhow::Result<()> {
     for i in 0..CYCLES {
         let id = format!("k{i}");
         let pod_path = pod.path();
-        let rt =
-            json!({"portMappings": [{"hostPort": 20000 + (i % 2000) as u16, "containerPort": 80}]});
+        let rt = json!({"portMappings": [{"hostPort": 20000 + (i % 2000) as u16, "containerPort": 80}]});
         let kill_bridge = i % 10 == 7;
         let kill_portmap = i % 20 == 3;
         if kill_bridge || kill_portmap {
@@ -69,27 +68,12 @@ fn thousand_cycles_with_sigkills_then_gc_leave_nothing() -> anyhow::Result<()> {
             } else {
                 let conf = list.plugin_conf(&list.plugins()[0], None, &rt);
                 let call = Call::new("ADD", &id, &pod_path);
-                (
-                    1,
-                    Some(
-                        invoke(&plugin_path("berth-bridge"), &host, &call, &conf)?
-                            .ok()
-                            .clone(),
-                    ),
-                )
+                (1, Some(invoke(&plugin_path("berth-bridge"), &host, &call, &conf)?.ok().clone()))
             };
             let conf = list.plugin_conf(&list.plugins()[plugin], prev.as_ref(), &rt);
-            let name = if plugin == 0 {
-                "berth-bridge"
-            } else {
-                "berth-portmap"
-            };
-            let mut child = spawn(
-                &plugin_path(name),
-                &host,
-                &Call::new("ADD", &id, &pod_path),
-                conf.to_string().as_bytes(),
-            )?;
+            let name = if plugin == 0 { "berth-bridge" } else { "berth-portmap" };
+            let mut child =
+                spawn(&plugin_path(name), &host, &Call::new("ADD", &id, &pod_path), conf.to_string().as_bytes())?;
             std::thread::sleep(Duration::from_micros(((i * 397) % 4000) as u64));
             let _ = child.kill();
             let status = child.wait()?;
@@ -108,18 +92,13 @@ fn thousand_cycles_with_sigkills_then_gc_leave_nothing() -> anyhow::Result<()> {
         let call = Call::new("ADD", &id, &pod_path);
         let res = list.add(&host, &call, &rt)?;
         let res: Value = res.ok().clone();
-        list.each(&host, &Call::new("DEL", &id, &pod_path), &rt, Some(&res))?
-            .ok();
+        list.each(&host, &Call::new("DEL", &id, &pod_path), &rt, Some(&res))?.ok();
         completed += 1;
     }
     drop(pod);
     // What the killed ADDs left for GC: the test must have cut some of them short.
     let left_records = walk(&state).len();
-    let left_veths = host
-        .links()?
-        .into_iter()
-        .filter(|l| l.starts_with("bv"))
-        .count();
+    let left_veths = host.links()?.into_iter().filter(|l| l.starts_with("bv")).count();
     let left_mappings = nft_elements(&host, "inet", "berth-portmap");
     eprintln!(
         "before GC: {left_records} records, {left_veths} veths (of {} kept netns), {left_mappings} portmap elements",
@@ -139,37 +118,18 @@ fn thousand_cycles_with_sigkills_then_gc_leave_nothing() -> anyhow::Result<()> {
     );
     let ipam: Vec<_> = walk(&tmp.path().join("ipam"))
         .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok()))
         .collect();
     assert!(ipam.is_empty(), "leaked addresses: {ipam:?}");
-    let veths: Vec<String> = host
-        .links()?
-        .into_iter()
-        .filter(|l| l.starts_with("bv"))
-        .collect();
+    let veths: Vec<String> = host.links()?.into_iter().filter(|l| l.starts_with("bv")).collect();
     assert!(veths.is_empty(), "leaked veths: {veths:?}");
-    assert_eq!(
-        nft_elements(&host, "inet", "berth-masq"),
-        0,
-        "leaked ipMasq entries"
-    );
-    assert_eq!(
-        nft_elements(&host, "bridge", "berth-macspoof"),
-        0,
-        "leaked macspoofchk entries"
-    );
+    assert_eq!(nft_elements(&host, "inet", "berth-masq"), 0, "leaked ipMasq entries");
+    assert_eq!(nft_elements(&host, "bridge", "berth-macspoof"), 0, "leaked macspoofchk entries");
     assert!(
         nft_elements(&host, "inet", "berth-portmap") <= 1,
         "leaked port mappings (1 = the bridge in the hairpin set)"
     );
-    let records: Vec<_> = walk(&state)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
+    let records: Vec<_> = walk(&state).into_iter().filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
     assert!(records.is_empty(), "leaked records: {records:?}");
     assert!(count_files(&state.join("bridge")) == 0);
     let ours = format!("bt-leakpod-{}-", std::process::id());

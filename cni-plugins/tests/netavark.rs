@@ -35,11 +35,7 @@ fn netavark(host: &Ns, args: &[&str], stdin: &Value) -> anyhow::Result<(i32, Val
         });
     }
     let mut child = cmd.spawn().context("spawning berth-bridge")?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(stdin.to_string().as_bytes())?;
+    child.stdin.take().context("stdin")?.write_all(stdin.to_string().as_bytes())?;
     let out = child.wait_with_output()?;
     let text = String::from_utf8(out.stdout)?;
     let json = if text.trim().is_empty() {
@@ -73,11 +69,7 @@ fn info_create_setup_teardown_as_netavark_calls_them() -> anyhow::Result<()> {
     let _data = DataDir(std::path::Path::new("/run/berth/cni/networks").join(&name));
 
     let (code, info) = netavark(&host, &["info"], &Value::Null)?;
-    assert_eq!(
-        (code, info["api_version"].as_str()),
-        (0, Some("1.0.0")),
-        "{info}"
-    );
+    assert_eq!((code, info["api_version"].as_str()), (0, Some("1.0.0")), "{info}");
     assert!(info["version"].is_string());
 
     // create: Podman fills name, id, driver and the --subnet; the plugin completes the rest.
@@ -88,20 +80,10 @@ fn info_create_setup_teardown_as_netavark_calls_them() -> anyhow::Result<()> {
     let (code, network) = netavark(&host, &["create"], &request)?;
     assert_eq!(code, 0, "{network}");
     assert_eq!(network["subnets"][0]["gateway"], "10.213.0.1");
-    assert_eq!(
-        (network["name"].as_str(), network["dns_enabled"].as_bool()),
-        (Some(name.as_str()), Some(false))
-    );
-    let (code, err) = netavark(
-        &host,
-        &["create"],
-        &json!({"name": "x", "id": "y", "driver": "berth-bridge"}),
-    )?;
+    assert_eq!((network["name"].as_str(), network["dns_enabled"].as_bool()), (Some(name.as_str()), Some(false)));
+    let (code, err) = netavark(&host, &["create"], &json!({"name": "x", "id": "y", "driver": "berth-bridge"}))?;
     assert_eq!(code, 1);
-    assert!(
-        err["error"].as_str().unwrap_or("").contains("no subnet"),
-        "{err}"
-    );
+    assert!(err["error"].as_str().unwrap_or("").contains("no subnet"), "{err}");
 
     // setup: one pod with an address Podman's IPAM chose, one left to berth-host-local, and a port.
     let pods = [Ns::new("nv-pod")?, Ns::new("nv-pod")?];
@@ -115,16 +97,10 @@ fn info_create_setup_teardown_as_netavark_calls_them() -> anyhow::Result<()> {
         let (code, status) = netavark(&host, &["setup", &pod.path()], input)?;
         assert_eq!(code, 0, "{status}");
         let eth0 = &status["interfaces"]["eth0"];
-        let ipnet = eth0["subnets"][0]["ipnet"]
-            .as_str()
-            .context("ipnet")?
-            .to_string();
+        let ipnet = eth0["subnets"][0]["ipnet"].as_str().context("ipnet")?.to_string();
         assert_eq!(eth0["subnets"][0]["gateway"], "10.213.0.1", "{status}");
         let mac = eth0["mac_address"].as_str().context("mac")?;
-        assert!(
-            pod.ip(&["link", "show", "eth0"])?.contains(mac),
-            "status MAC is the pod's"
-        );
+        assert!(pod.ip(&["link", "show", "eth0"])?.contains(mac), "status MAC is the pod's");
         assert!(pod.ip(&["-o", "addr", "show", "eth0"])?.contains(&ipnet));
         assert!(pod.ip(&["link", "show", "eth0"])?.contains("mtu 1400"));
         addrs.push(ipnet.split('/').next().unwrap_or_default().to_string());
@@ -133,31 +109,15 @@ fn info_create_setup_teardown_as_netavark_calls_them() -> anyhow::Result<()> {
     assert_ne!(addrs[1], addrs[0]);
     assert!(pods[0].ping(&addrs[1]), "pod to pod over the bridge");
     assert!(pods[1].ping("10.213.0.1"), "pod to gateway");
-    assert_eq!(
-        nft_elements(&host, "inet", "berth-portmap"),
-        1 + 1,
-        "mapping + hairpin bridge"
-    );
-    assert_eq!(
-        nft_elements(&host, "inet", "berth-masq"),
-        2,
-        "both pods masqueraded"
-    );
-    assert!(
-        tcp_transfer(&pods[0], "0.0.0.0:80", &host, "127.0.0.1:18080", 50_000),
-        "host port 18080 reaches the pod"
-    );
+    assert_eq!(nft_elements(&host, "inet", "berth-portmap"), 1 + 1, "mapping + hairpin bridge");
+    assert_eq!(nft_elements(&host, "inet", "berth-masq"), 2, "both pods masqueraded");
+    assert!(tcp_transfer(&pods[0], "0.0.0.0:80", &host, "127.0.0.1:18080", 50_000), "host port 18080 reaches the pod");
 
     // A repeated setup of the same container (a retry) replaces the attachment: same address.
     let (code, again) = netavark(&host, &["setup", &pods[1].path()], &inputs[1])?;
     assert_eq!(code, 0, "{again}");
-    assert_eq!(
-        again["interfaces"]["eth0"]["subnets"][0]["ipnet"],
-        format!("{}/24", addrs[1])
-    );
-    assert!(pods[1]
-        .ip(&["-o", "addr", "show", "eth0"])?
-        .contains(&addrs[1]));
+    assert_eq!(again["interfaces"]["eth0"]["subnets"][0]["ipnet"], format!("{}/24", addrs[1]));
+    assert!(pods[1].ip(&["-o", "addr", "show", "eth0"])?.contains(&addrs[1]));
 
     // teardown: everything goes; again, and with the netns gone, is still success.
     for (pod, input) in pods.iter().zip(&inputs) {
@@ -167,28 +127,14 @@ fn info_create_setup_teardown_as_netavark_calls_them() -> anyhow::Result<()> {
         let (code, _) = netavark(&host, &["teardown", &pod.path()], input)?;
         assert_eq!(code, 0);
     }
-    let (code, out) = netavark(
-        &host,
-        &["teardown", "/proc/does-not-exist/ns/net"],
-        &inputs[0],
-    )?;
+    let (code, out) = netavark(&host, &["teardown", "/proc/does-not-exist/ns/net"], &inputs[0])?;
     assert_eq!(code, 0, "{out}");
-    assert_eq!(
-        nft_elements(&host, "inet", "berth-portmap"),
-        1,
-        "only the hairpin bridge entry"
-    );
+    assert_eq!(nft_elements(&host, "inet", "berth-portmap"), 1, "only the hairpin bridge entry");
     assert_eq!(nft_elements(&host, "inet", "berth-masq"), 0);
-    let veths: Vec<String> = host
-        .links()?
-        .into_iter()
-        .filter(|l| l.starts_with("bv"))
-        .collect();
+    let veths: Vec<String> = host.links()?.into_iter().filter(|l| l.starts_with("bv")).collect();
     assert!(veths.is_empty(), "host veths left: {veths:?}");
-    let left: Vec<_> = std::fs::read_dir(&_data.0)?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
-        .collect();
+    let left: Vec<_> =
+        std::fs::read_dir(&_data.0)?.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("10.")).collect();
     assert!(left.is_empty(), "allocations left: {left:?}");
 
     // Teardown is best-effort: a port mapping it cannot read is reported, the bridge side goes.
@@ -200,34 +146,15 @@ fn info_create_setup_teardown_as_netavark_calls_them() -> anyhow::Result<()> {
     let broken = exec_input(&network, "nvc", Value::Null, bad_ports);
     let (code, err) = netavark(&host, &["teardown", &pod.path()], &broken)?;
     assert_eq!(code, 1, "{err}");
-    assert!(
-        err["error"].as_str().unwrap_or("").contains("port mapping"),
-        "{err}"
-    );
-    assert!(
-        !pod.links()?.iter().any(|l| l == "eth0"),
-        "bridge side torn down anyway"
-    );
+    assert!(err["error"].as_str().unwrap_or("").contains("port mapping"), "{err}");
+    assert!(!pod.links()?.iter().any(|l| l == "eth0"), "bridge side torn down anyway");
 
     // Requests netavark could send that berth-bridge must answer with an error, not a panic.
     let (code, err) = netavark(&host, &["setup"], &inputs[0])?;
     assert_eq!(code, 1);
-    assert!(
-        err["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("network namespace"),
-        "{err}"
-    );
-    let (code, err) = netavark(
-        &host,
-        &["setup", &pods[0].path()],
-        &json!({"container_id": 5}),
-    )?;
+    assert!(err["error"].as_str().unwrap_or("").contains("network namespace"), "{err}");
+    let (code, err) = netavark(&host, &["setup", &pods[0].path()], &json!({"container_id": 5}))?;
     assert_eq!(code, 1);
-    assert!(
-        err["error"].as_str().unwrap_or("").contains("decode"),
-        "{err}"
-    );
+    assert!(err["error"].as_str().unwrap_or("").contains("decode"), "{err}");
     Ok(())
 }

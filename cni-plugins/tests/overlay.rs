@@ -32,43 +32,17 @@ fn cluster() -> anyhow::Result<Cluster> {
     for i in 0..3 {
         let h = Ns::new(&format!("node{i}"))?;
         let port = format!("ul{i}");
-        h.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &underlay.name,
-        ])?;
+        h.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &underlay.name])?;
         underlay.ip(&["link", "set", &port, "master", "ul", "up"])?;
-        h.ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", underlay_ip(i)),
-            "dev",
-            "eth0",
-        ])?;
+        h.ip(&["addr", "add", &format!("{}/24", underlay_ip(i)), "dev", "eth0"])?;
         h.ip(&["link", "set", "eth0", "up"])?;
         hosts.push(h);
     }
-    Ok(Cluster {
-        _underlay: underlay,
-        hosts,
-        tmp: tempfile::tempdir()?,
-    })
+    Ok(Cluster { _underlay: underlay, hosts, tmp: tempfile::tempdir()? })
 }
 
 fn peers(net: u8, which: &[usize]) -> Value {
-    Value::Array(
-        which
-            .iter()
-            .map(|&i| json!({"podCIDR": pod_cidr(net, i), "underlayIP": underlay_ip(i)}))
-            .collect(),
-    )
+    Value::Array(which.iter().map(|&i| json!({"podCIDR": pod_cidr(net, i), "underlayIP": underlay_ip(i)})).collect())
 }
 
 impl Cluster {
@@ -91,11 +65,7 @@ fn sync(host: &Ns, plugin: &str, conf: &Value) -> anyhow::Result<Value> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.to_string().as_bytes())?;
+    child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes())?;
     let out = child.wait_with_output()?;
     let v: Value = serde_json::from_slice(&out.stdout)?;
     assert!(out.status.success(), "sync failed: {v}");
@@ -103,13 +73,7 @@ fn sync(host: &Ns, plugin: &str, conf: &Value) -> anyhow::Result<Value> {
 }
 
 fn pod_ip(res: &Value) -> String {
-    res["ips"][0]["address"]
-        .as_str()
-        .expect("ip")
-        .split('/')
-        .next()
-        .unwrap_or("")
-        .to_string()
+    res["ips"][0]["address"].as_str().expect("ip").split('/').next().unwrap_or("").to_string()
 }
 
 fn overlay_round_trip(plugin: &str, net: u8) -> anyhow::Result<()> {
@@ -119,38 +83,19 @@ fn overlay_round_trip(plugin: &str, net: u8) -> anyhow::Result<()> {
     for (i, h) in c.hosts.iter().enumerate() {
         let pod = Ns::new("pod")?;
         let conf = c.conf(plugin, net, i, peers(net, &[0, 1, 2]));
-        let res = invoke(
-            &plugin_path(plugin),
-            h,
-            &Call::new("ADD", &format!("p{i}"), &pod.path()),
-            &conf,
-        )?
-        .ok()
-        .clone();
+        let res =
+            invoke(&plugin_path(plugin), h, &Call::new("ADD", &format!("p{i}"), &pod.path()), &conf)?.ok().clone();
         ips.push(pod_ip(&res));
         if plugin == "berth-vxlan" {
-            assert_eq!(
-                res["interfaces"][2]["mtu"], 1450,
-                "pod MTU = underlay − 50: {res}"
-            );
+            assert_eq!(res["interfaces"][2]["mtu"], 1450, "pod MTU = underlay − 50: {res}");
         }
         let mut check = conf.clone();
         check["prevResult"] = res;
-        invoke(
-            &plugin_path(plugin),
-            h,
-            &Call::new("CHECK", &format!("p{i}"), &pod.path()),
-            &check,
-        )?
-        .ok();
+        invoke(&plugin_path(plugin), h, &Call::new("CHECK", &format!("p{i}"), &pod.path()), &check)?.ok();
         pods.push(pod);
     }
     for (a, b) in [(0, 1), (0, 2), (1, 2), (2, 0)] {
-        assert!(
-            pods[a].ping(&ips[b]),
-            "{plugin}: pod on node{a} reaches pod on node{b} ({})",
-            ips[b]
-        );
+        assert!(pods[a].ping(&ips[b]), "{plugin}: pod on node{a} reaches pod on node{b} ({})", ips[b]);
     }
     let target = format!("{}:5001", ips[2]);
     assert!(
@@ -162,33 +107,18 @@ fn overlay_round_trip(plugin: &str, net: u8) -> anyhow::Result<()> {
     let report = sync(&c.hosts[0], plugin, &conf)?;
     assert!(report["removed"].as_u64() >= Some(1), "{report}");
     let routes = c.hosts[0].ip(&["route", "show", "proto", "190"])?;
-    assert!(
-        routes.contains(&pod_cidr(net, 1)) && !routes.contains(&pod_cidr(net, 2)),
-        "{routes}"
-    );
+    assert!(routes.contains(&pod_cidr(net, 1)) && !routes.contains(&pod_cidr(net, 2)), "{routes}");
     if plugin == "berth-vxlan" {
         let fdb = c.hosts[0].run("bridge", &["fdb", "show", "dev", "berth.1"])?;
-        assert!(
-            fdb.contains(&underlay_ip(1)) && !fdb.contains(&underlay_ip(2)),
-            "{fdb}"
-        );
+        assert!(fdb.contains(&underlay_ip(1)) && !fdb.contains(&underlay_ip(2)), "{fdb}");
         let neigh = c.hosts[0].ip(&["neigh", "show", "dev", "berth.1"])?;
         assert!(!neigh.contains(&format!("10.{net}.2.0 ")), "{neigh}");
     }
-    assert!(
-        !pods[0].ping(&ips[2]),
-        "node2's pods are unreachable once it is no peer"
-    );
+    assert!(!pods[0].ping(&ips[2]), "node2's pods are unreachable once it is no peer");
     assert!(pods[0].ping(&ips[1]), "node1 still is");
     for (i, h) in c.hosts.iter().enumerate() {
         let conf = c.conf(plugin, net, i, peers(net, &[0, 1, 2]));
-        invoke(
-            &plugin_path(plugin),
-            h,
-            &Call::new("DEL", &format!("p{i}"), &pods[i].path()),
-            &conf,
-        )?
-        .ok();
+        invoke(&plugin_path(plugin), h, &Call::new("DEL", &format!("p{i}"), &pods[i].path()), &conf)?.ok();
     }
     Ok(())
 }
@@ -211,26 +141,13 @@ fn host_gw_peer_off_segment_is_a_clear_error() -> anyhow::Result<()> {
     let c = cluster()?;
     let pod = Ns::new("pod")?;
     let mut far = peers(213, &[1]);
-    far.as_array_mut()
-        .expect("list")
-        .push(json!({"podCIDR": "10.213.9.0/24", "underlayIP": "172.31.9.9"}));
+    far.as_array_mut().expect("list").push(json!({"podCIDR": "10.213.9.0/24", "underlayIP": "172.31.9.9"}));
     let conf = c.conf("berth-host-gw", 213, 0, far);
-    let r = invoke(
-        &plugin_path("berth-host-gw"),
-        &c.hosts[0],
-        &Call::new("ADD", "x", &pod.path()),
-        &conf,
-    )?;
+    let r = invoke(&plugin_path("berth-host-gw"), &c.hosts[0], &Call::new("ADD", "x", &pod.path()), &conf)?;
     assert_eq!(r.err_code(), 113, "{}", r.json);
-    assert!(
-        r.msg().contains("10.213.9.0/24") && r.msg().contains("172.31.9.9"),
-        "{}",
-        r.msg()
-    );
+    assert!(r.msg().contains("10.213.9.0/24") && r.msg().contains("172.31.9.9"), "{}", r.msg());
     assert_eq!(pod.links()?, vec!["lo"], "no pod interface");
-    let held = std::fs::read_dir(c.tmp.path().join("node0/ipam"))
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let held = std::fs::read_dir(c.tmp.path().join("node0/ipam")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(held, 0, "no address allocated");
     Ok(())
 }
@@ -245,19 +162,9 @@ fn peers_file_is_read_on_add() -> anyhow::Result<()> {
     conf["peersFile"] = json!(file);
     let report = sync(&c.hosts[0], "berth-vxlan", &conf)?;
     assert_eq!(report["added"], 1, "{report}");
-    assert!(c.hosts[0]
-        .ip(&["route", "show", "proto", "190"])?
-        .contains("10.214.1.0/24"));
+    assert!(c.hosts[0].ip(&["route", "show", "proto", "190"])?.contains("10.214.1.0/24"));
     std::fs::write(&file, "[]")?;
-    assert_eq!(
-        sync(&c.hosts[0], "berth-vxlan", &conf)?["removed"]
-            .as_u64()
-            .map(|n| n >= 1),
-        Some(true)
-    );
-    assert_eq!(
-        c.hosts[0].ip(&["route", "show", "proto", "190"])?.trim(),
-        ""
-    );
+    assert_eq!(sync(&c.hosts[0], "berth-vxlan", &conf)?["removed"].as_u64().map(|n| n >= 1), Some(true));
+    assert_eq!(c.hosts[0].ip(&["route", "show", "proto", "190"])?.trim(), "");
     Ok(())
 }

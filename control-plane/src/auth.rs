@@ -145,7 +145,8 @@ mod tests {
         assert_eq!(n.node_name(), Some("n1"));
         let fake = User { name: "system:node:n1".into(), groups: vec![] };
         assert_eq!(fake.node_name(), None);
-        let sa = User { name: "system:serviceaccount:ns1:default".into(), groups: vec!["system:serviceaccounts".into()] };
+        let sa =
+            User { name: "system:serviceaccount:ns1:default".into(), groups: vec!["system:serviceaccounts".into()] };
         assert_eq!(sa.service_account(), Some(("ns1", "default")));
         assert_eq!(User { groups: vec![], ..sa }.service_account(), None);
     }

@@ -67,7 +67,8 @@ impl KubeletClient {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|source| KubeletError::Pem { what: "certificate", source })?;
-        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(|source| KubeletError::Pem { what: "key", source })?;
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())
+            .map_err(|source| KubeletError::Pem { what: "key", source })?;
         let verifier = Arc::new(UnverifiedServer { algs: provider.signature_verification_algorithms });
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -90,7 +91,8 @@ impl KubeletClient {
         let dial = async {
             let tcp = tokio::net::TcpStream::connect(&addr).await?;
             let _ = tcp.set_nodelay(true);
-            let name = ServerName::try_from(host.to_string()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             self.tls.connect(name, tcp).await
         };
         let tls = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
@@ -98,7 +100,9 @@ impl KubeletClient {
             Ok(Err(source)) => return Err(KubeletError::Dial { addr, source }),
             Err(_) => return Err(KubeletError::DialTimeout { addr }),
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|source| KubeletError::Http { addr: addr.clone(), source })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|source| KubeletError::Http { addr: addr.clone(), source })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "agent connection ended with an error");
@@ -116,17 +120,33 @@ struct UnverifiedServer {
 }
 
 impl ServerCertVerifier for UnverifiedServer {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
     }
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
     }
 }
-

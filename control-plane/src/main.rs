@@ -102,14 +102,19 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
     let a = &cli.serve;
     let pki = Arc::new(Pki::load_or_create(&cli.data_dir.join("pki"), &a.tls_san).context("setting up the PKI")?);
     let store: Arc<dyn Store> = if a.etcd_servers.is_empty() {
-        let s = Embedded::open(&cli.data_dir.join("store"), EmbeddedOptions { history: a.watch_history, ..Default::default() })
-            .context("opening the embedded store")?;
+        let s = Embedded::open(
+            &cli.data_dir.join("store"),
+            EmbeddedOptions { history: a.watch_history, ..Default::default() },
+        )
+        .context("opening the embedded store")?;
         Arc::new(s)
     } else {
         let opts = EtcdOptions { history: a.watch_history as u64, ..Default::default() };
         Arc::new(Etcd::connect(&a.etcd_servers, opts).await.context("connecting to etcd")?)
     };
-    let reg = Registry::new(store).with_service_range(&a.service_cluster_ip_range).map_err(|e| anyhow::anyhow!("--service-cluster-ip-range {e}"))?;
+    let reg = Registry::new(store)
+        .with_service_range(&a.service_cluster_ip_range)
+        .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range {e}"))?;
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let nsr = resources::by_kind("Namespace");
         if reg.get_opt(nsr, None, ns).await?.is_none() {
@@ -130,7 +135,9 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         true => a.tls_san.iter().find_map(|s| s.parse::<std::net::IpAddr>().ok()).unwrap_or(reach.ip()),
         false => addr.ip(),
     };
-    berth_control::controllers::endpoints::ensure_kubernetes_service(&reg, advertise, addr.port()).await.context("the `kubernetes` Service")?;
+    berth_control::controllers::endpoints::ensure_kubernetes_service(&reg, advertise, addr.port())
+        .await
+        .context("the `kubernetes` Service")?;
     let tls = berth_control::server::tls_config(&pki)?;
     let api = Arc::new(Api {
         reg: reg.clone(),
@@ -138,13 +145,18 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         server_addr: addr.to_string(),
         bookmark_every: a.bookmark_interval,
         kubelet: KubeletClient::new(&pki.kubelet_client).context("the kubelet client")?,
-        tokens: berth_control::tokens::TokenSigner::new(&pki.sa_key_pkcs8).context("the service-account signing key")?,
+        tokens: berth_control::tokens::TokenSigner::new(&pki.sa_key_pkcs8)
+            .context("the service-account signing key")?,
     });
-    controllers::start_all(&reg, &Settings {
-        cluster_cidr: a.cluster_cidr.clone(),
-        node_cidr_prefix: a.node_cidr_mask_size,
-        node_monitor_grace: a.node_monitor_grace_period,
-    }, pki.clone());
+    controllers::start_all(
+        &reg,
+        &Settings {
+            cluster_cidr: a.cluster_cidr.clone(),
+            node_cidr_prefix: a.node_cidr_mask_size,
+            node_monitor_grace: a.node_monitor_grace_period,
+        },
+        pki.clone(),
+    );
     tracing::info!(url = %server_url, kubeconfig = %kubeconfig.display(), "berth-control serving");
     println!("berth-control serving on {server_url}; admin kubeconfig: {}", kubeconfig.display());
     tokio::select! {

@@ -144,7 +144,9 @@ impl Pki {
 
     fn issue_serving(&self, hosts: &[String]) -> Result<ClientCert> {
         let mut names: Vec<String> =
-            ["localhost", "127.0.0.1", "kubernetes", "kubernetes.default", "kubernetes.default.svc"].map(String::from).into();
+            ["localhost", "127.0.0.1", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+                .map(String::from)
+                .into();
         names.extend(hosts.iter().cloned());
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -180,14 +182,18 @@ impl Pki {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         let key = KeyPair::generate().map_err(gen(what))?;
         let cert = p.signed_by(&key, &self.issuer()).map_err(gen(what))?;
-        Ok(ClientCert { cert_pem: to_pem("CERTIFICATE", cert.der()), key_pem: to_pem("PRIVATE KEY", &key.serialize_der()) })
+        Ok(ClientCert {
+            cert_pem: to_pem("CERTIFICATE", cert.der()),
+            key_pem: to_pem("PRIVATE KEY", &key.serialize_der()),
+        })
     }
 
     /// Signs a PEM certificate signing request (its self-signature verified) as a client
     /// certificate: the request's subject, client-auth usage only, ten years like the others.
     /// Returns the request's (CN, O) with the PEM certificate.
     pub fn sign_client_csr(&self, csr_pem: &str) -> Result<(String, Vec<String>, String)> {
-        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(gen("certificate from a signing request"))?;
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(gen("certificate from a signing request"))?;
         let dn = &csr.params.distinguished_name;
         let text = |v: &rcgen::DnValue| match v {
             rcgen::DnValue::PrintableString(s) => s.to_string(),
@@ -195,7 +201,8 @@ impl Pki {
             other => format!("{other:?}"),
         };
         let cn = dn.get(&DnType::CommonName).map(text).unwrap_or_default();
-        let orgs: Vec<String> = dn.iter().filter(|(t, _)| **t == DnType::OrganizationName).map(|(_, v)| text(v)).collect();
+        let orgs: Vec<String> =
+            dn.iter().filter(|(t, _)| **t == DnType::OrganizationName).map(|(_, v)| text(v)).collect();
         let p = &mut csr.params;
         p.subject_alt_names.clear();
         p.is_ca = IsCa::NoCa;
@@ -242,7 +249,9 @@ fn to_pem(label: &str, der: &[u8]) -> String {
 fn key_from_pem(path: &Path) -> Result<KeyPair> {
     let pem = std::fs::read_to_string(path).map_err(io(path))?;
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(body.trim()).map_err(|_| PkiError::NoPem { path: path.into() })?;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|_| PkiError::NoPem { path: path.into() })?;
     let der = rustls::pki_types::PrivatePkcs8KeyDer::from(der);
     KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen("loading the CA key"))
 }
@@ -267,7 +276,8 @@ fn write_file(path: &Path, s: &str) -> Result<()> {
 pub fn write_private(path: &Path, s: &str) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
     f.write_all(s.as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }

@@ -44,7 +44,8 @@ pub fn tls_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, ServerError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|source| ServerError::Pem { what: "the serving certificate", source })?;
-    let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes()).map_err(|source| ServerError::Pem { what: "the serving key", source })?;
+    let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes())
+        .map_err(|source| ServerError::Pem { what: "the serving key", source })?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(ServerError::Tls)?

@@ -98,8 +98,10 @@ impl TokenSigner {
     /// From the PKCS#8 DER of a P-256 key.
     pub fn new(pkcs8: &[u8]) -> Result<TokenSigner, TokenError> {
         let rng = SystemRandom::new();
-        let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng).map_err(|e| TokenError::Key { reason: e.to_string() })?;
-        let kid = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, key.public_key().as_ref()).as_ref());
+        let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
+            .map_err(|e| TokenError::Key { reason: e.to_string() })?;
+        let kid =
+            URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, key.public_key().as_ref()).as_ref());
         Ok(TokenSigner { key, kid, rng })
     }
 
@@ -120,14 +122,16 @@ impl TokenSigner {
             return Err(TokenError::Malformed { reason: "not three dot-separated parts" });
         };
         let dec = |s: &str| URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Malformed { reason: "not base64url" });
-        let header: Header = serde_json::from_slice(&dec(head)?).map_err(|_| TokenError::Malformed { reason: "unreadable header" })?;
+        let header: Header =
+            serde_json::from_slice(&dec(head)?).map_err(|_| TokenError::Malformed { reason: "unreadable header" })?;
         if header.alg != "ES256" {
             return Err(TokenError::Malformed { reason: "algorithm is not ES256" });
         }
         let public = UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, self.key.public_key().as_ref());
         let signed = &token[..head.len() + 1 + body.len()];
         public.verify(signed.as_bytes(), &dec(sig)?).map_err(|_| TokenError::Signature)?;
-        let claims: Claims = serde_json::from_slice(&dec(body)?).map_err(|_| TokenError::Malformed { reason: "unreadable claims" })?;
+        let claims: Claims =
+            serde_json::from_slice(&dec(body)?).map_err(|_| TokenError::Malformed { reason: "unreadable claims" })?;
         if claims.iss != ISSUER {
             return Err(TokenError::Issuer { issuer: claims.iss });
         }

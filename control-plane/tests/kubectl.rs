@@ -41,7 +41,11 @@ fn deployment_apply_scale_rollout_undo_describe_delete(b: Backend) {
     assert_eq!(count(&c, &["get", "rs", "-l", "app=web"]), 1);
     let pods = c.json(&["get", "pods", "-l", "app=web,tier=front"]);
     assert_eq!(pods["items"].as_array().unwrap().len(), 3);
-    assert!(pods["items"].as_array().unwrap().iter().all(|p| p["spec"]["nodeName"] == "n1" && p["status"]["phase"] == "Running"));
+    assert!(pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["spec"]["nodeName"] == "n1" && p["status"]["phase"] == "Running"));
     assert!(c.apply(DEPLOY).contains("unchanged"), "re-applying the same manifest changes nothing");
 
     c.ok(&["scale", "deploy/web", "--replicas=5"]);
@@ -80,7 +84,15 @@ fn get_watch_streams_changes(b: Backend) {
     let c = Cluster::on_with(b, &["--watch-history", "20"]);
     let mut w = Command::new("kubectl")
         .env("KUBECONFIG", &c.kubeconfig)
-        .args(["get", "configmaps", "-w", "--output-watch-events", "-o", "custom-columns=EVENT:.type,NAME:.object.metadata.name", "--no-headers"])
+        .args([
+            "get",
+            "configmaps",
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "custom-columns=EVENT:.type,NAME:.object.metadata.name",
+            "--no-headers",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -107,7 +119,11 @@ fn get_watch_streams_changes(b: Backend) {
     w.kill().unwrap();
     let _ = w.wait();
     assert_eq!(seen, ["ADDED", "MODIFIED", "DELETED"]);
-    let raw = c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=2&allowWatchBookmarks=true"]);
+    let raw = c.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=2&allowWatchBookmarks=true",
+    ]);
     assert!(raw.contains("\"BOOKMARK\""), "{raw}");
     assert!(raw.contains("\"DELETED\""), "a watch from an old revision replays history: {raw}");
     // Past the kept history (--watch-history 20), an old resourceVersion is 410 Gone.
@@ -116,11 +132,21 @@ fn get_watch_streams_changes(b: Backend) {
     }
     // (etcd is compacted in the background, so this may take a moment there.)
     eventually(10, "410 for a compacted resourceVersion", || {
-        let gone = c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1"]);
+        let gone = c.ok(&[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1",
+        ]);
         let ev: serde_json::Value = serde_json::from_str(gone.lines().next()?).ok()?;
-        ((ev["type"].as_str(), ev["object"]["code"].as_i64(), ev["object"]["reason"].as_str()) == (Some("ERROR"), Some(410), Some("Expired"))).then_some(())
+        ((ev["type"].as_str(), ev["object"]["code"].as_i64(), ev["object"]["reason"].as_str())
+            == (Some("ERROR"), Some(410), Some("Expired")))
+            .then_some(())
     });
-    let e = c.fails(&["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=999999&timeoutSeconds=1"]);
+    let e = c.fails(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=999999&timeoutSeconds=1",
+    ]);
     assert!(e.contains("Too large resource version"), "{e}");
 }
 
@@ -148,11 +174,17 @@ fn lease_expiry_turns_node_not_ready_and_evicts_pods(b: Backend) {
     // The node stops renewing: NotReady after the 3 s grace period, tainted unreachable.
     eventually(20, "node NotReady", || c.ok(&["get", "node", "n1"]).contains("NotReady").then_some(()));
     let n = c.json(&["get", "node", "n1"]);
-    assert!(n["spec"]["taints"].as_array().unwrap().iter().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute"));
+    assert!(n["spec"]["taints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute"));
     eventually(30, "pod evicted after tolerationSeconds", || {
         let o = c.kubectl(&["get", "pod", "short", "-o", "json"]);
         let gone = !o.status.success();
-        let terminating = o.status.success() && !serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["metadata"]["deletionTimestamp"].is_null();
+        let terminating = o.status.success()
+            && !serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["metadata"]["deletionTimestamp"]
+                .is_null();
         (gone || terminating).then_some(())
     });
     let f = c.json(&["get", "pod", "forever"]);
@@ -195,13 +227,42 @@ fn node_credentials_reach_only_their_own_pods_and_secrets(b: Backend) {
     denied(&["get", "pods", "-A"]);
     denied(&["get", "secrets"]);
     denied(&["patch", "node", "n2", "--subresource=status", "--type=merge", "-p", "{\"status\":{\"phase\":\"x\"}}"]);
-    denied(&["-n", "kube-node-lease", "patch", "lease", "n2", "--type=merge", "-p", "{\"spec\":{\"holderIdentity\":\"n1\"}}"]);
-    denied(&["patch", "pod", "p2", "--subresource=status", "--type=merge", "-p", "{\"status\":{\"phase\":\"Failed\"}}"]);
+    denied(&[
+        "-n",
+        "kube-node-lease",
+        "patch",
+        "lease",
+        "n2",
+        "--type=merge",
+        "-p",
+        "{\"spec\":{\"holderIdentity\":\"n1\"}}",
+    ]);
+    denied(&[
+        "patch",
+        "pod",
+        "p2",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        "{\"status\":{\"phase\":\"Failed\"}}",
+    ]);
     // n2 reads c2 because its pod references it; n1's pod does too.
     assert!(n2.ok(&["get", "configmap", "c2", "-o", "name"]).contains("c2"));
     assert_eq!(n1.pods().len(), 1);
-    n1.ok(&["patch", "pod", "p1", "--subresource=status", "--type=merge", "-p", "{\"status\":{\"phase\":\"Running\"}}"]);
-    let o = common::kubectl_with(&n1.kubeconfig, &["create", "-f", "-"], Some("{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{\"name\":\"n3\"}}"));
+    n1.ok(&[
+        "patch",
+        "pod",
+        "p1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        "{\"status\":{\"phase\":\"Running\"}}",
+    ]);
+    let o = common::kubectl_with(
+        &n1.kubeconfig,
+        &["create", "-f", "-"],
+        Some("{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{\"name\":\"n3\"}}"),
+    );
     assert!(!o.status.success(), "n1 created another node");
 }
 
@@ -212,7 +273,8 @@ fn errors_are_kubernetes_status_codes(b: Backend) {
     let o = common::kubectl_with(&c.kubeconfig, &["create", "-f", "-"], Some("{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"bad\"},\"spec\":{\"containers\":[{\"name\":\"c\"}]}}"));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("is invalid") && e.contains("spec.containers[0].image: Required value"), "{e}");
-    let cm_json = "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"cm\"},\"data\":{\"a\":\"1\"}}";
+    let cm_json =
+        "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"cm\"},\"data\":{\"a\":\"1\"}}";
     assert!(common::kubectl_with(&c.kubeconfig, &["create", "-f", "-"], Some(cm_json)).status.success());
     let o = common::kubectl_with(&c.kubeconfig, &["create", "-f", "-"], Some(cm_json));
     let e = String::from_utf8_lossy(&o.stderr).to_string();
@@ -225,8 +287,16 @@ fn errors_are_kubernetes_status_codes(b: Backend) {
     assert!(!o.status.success() && e.contains("the object has been modified"), "{e}");
     let e = c.fails(&["get", "pods", "-l", "=bad"]);
     assert!(!e.is_empty());
-    let o = common::kubectl_with(&c.kubeconfig, &["create", "-f", "-"], Some("{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"x\"},\"bogus\":1}"));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown field \"bogus\""), "strict field validation: {}", String::from_utf8_lossy(&o.stderr));
+    let o = common::kubectl_with(
+        &c.kubeconfig,
+        &["create", "-f", "-"],
+        Some("{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"x\"},\"bogus\":1}"),
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown field \"bogus\""),
+        "strict field validation: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume(b: Backend) {
@@ -258,14 +328,26 @@ fn kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume(b: Backe
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 10, "only {} writes acknowledged", acked.len());
     c.spawn();
-    let have: std::collections::HashSet<String> = c.json(&["get", "configmaps"])["items"].as_array().unwrap().iter()
-        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let have: std::collections::HashSet<String> = c.json(&["get", "configmaps"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
     let lost: Vec<&String> = acked.iter().filter(|a| !have.contains(*a)).collect();
     assert!(lost.is_empty(), "acknowledged but lost after kill -9: {lost:?}");
     // A watch from before the crash resumes: every acknowledged create arrives as ADDED.
-    let raw = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={start_rv}&timeoutSeconds=2")]);
-    let added: std::collections::HashSet<String> = raw.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["type"] == "ADDED").map(|e| e["object"]["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let raw = c.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={start_rv}&timeoutSeconds=2"),
+    ]);
+    let added: std::collections::HashSet<String> = raw
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "ADDED")
+        .map(|e| e["object"]["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
     assert!(acked.iter().all(|a| added.contains(a)), "watch resumed from {start_rv} misses writes");
     c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: after-restart}\n");
 }
@@ -284,11 +366,31 @@ fn imperative_create_with_protobuf_bodies(b: Backend) {
     assert_eq!(c.json(&["-n", "team", "get", "sa", "robot"])["metadata"]["name"], "robot");
 
     // Deployments and Jobs, whose pod templates come as protobuf too.
-    c.ok(&["-n", "team", "create", "deployment", "web", "--image=busybox:1.36", "--replicas=2", "--port=8080", "--", "sleep", "3600"]);
+    c.ok(&[
+        "-n",
+        "team",
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox:1.36",
+        "--replicas=2",
+        "--port=8080",
+        "--",
+        "sleep",
+        "3600",
+    ]);
     let d = c.json(&["-n", "team", "get", "deployment", "web"]);
-    assert_eq!((d["spec"]["replicas"].as_i64(), d["spec"]["selector"]["matchLabels"]["app"].as_str()), (Some(2), Some("web")), "{d}");
+    assert_eq!(
+        (d["spec"]["replicas"].as_i64(), d["spec"]["selector"]["matchLabels"]["app"].as_str()),
+        (Some(2), Some("web")),
+        "{d}"
+    );
     let ctr = &d["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!((ctr["name"].as_str(), ctr["image"].as_str(), ctr["ports"][0]["containerPort"].as_i64()), (Some("busybox"), Some("busybox:1.36"), Some(8080)), "{d}");
+    assert_eq!(
+        (ctr["name"].as_str(), ctr["image"].as_str(), ctr["ports"][0]["containerPort"].as_i64()),
+        (Some("busybox"), Some("busybox:1.36"), Some(8080)),
+        "{d}"
+    );
     assert_eq!(ctr["command"], serde_json::json!(["sleep", "3600"]), "{d}");
     assert_eq!(d["spec"]["template"]["metadata"]["labels"]["app"], "web", "{d}");
     c.ok(&["-n", "team", "create", "job", "once", "--image=busybox:1.36", "--", "true"]);
@@ -311,9 +413,17 @@ spec:
 "#;
 
 fn ds_pods(c: &Cluster) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = c.json(&["get", "pods", "-l", "app=agent"])["items"].as_array().unwrap().iter()
+    let mut v: Vec<(String, String)> = c.json(&["get", "pods", "-l", "app=agent"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .map(|p| (p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(), p["spec"]["containers"][0]["image"].as_str().unwrap().to_string()))
+        .map(|p| {
+            (
+                p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(),
+                p["spec"]["containers"][0]["image"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -321,18 +431,24 @@ fn ds_pods(c: &Cluster) -> Vec<(String, String)> {
 
 fn daemonset_runs_one_pod_per_eligible_node(b: Backend) {
     let c = Cluster::on(b);
-    let _kubelets: Vec<Kubelet> = ["n1", "n2", "n3"].iter().map(|n| {
-        let node = c.node(n);
-        node.register();
-        Kubelet::start(node, |_| false)
-    }).collect();
+    let _kubelets: Vec<Kubelet> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| {
+            let node = c.node(n);
+            node.register();
+            Kubelet::start(node, |_| false)
+        })
+        .collect();
     c.ok(&["label", "node", "n1", "n2", "role=edge"]);
     c.apply(DAEMONSET);
     c.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
     let one = |img: &str| vec![("n1".to_string(), img.to_string()), ("n2".to_string(), img.to_string())];
     assert_eq!(ds_pods(&c), one("busybox:1.36"));
     let ds = c.json(&["get", "ds", "agent"]);
-    assert_eq!((ds["status"]["desiredNumberScheduled"].as_i64(), ds["status"]["numberReady"].as_i64()), (Some(2), Some(2)));
+    assert_eq!(
+        (ds["status"]["desiredNumberScheduled"].as_i64(), ds["status"]["numberReady"].as_i64()),
+        (Some(2), Some(2))
+    );
     // A rolling update replaces every pod.
     c.ok(&["set", "image", "ds/agent", "c=busybox:1.37"]);
     c.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
@@ -341,7 +457,9 @@ fn daemonset_runs_one_pod_per_eligible_node(b: Backend) {
     c.ok(&["label", "node", "n3", "role=edge"]);
     eventually(30, "a pod on n3", || ds_pods(&c).iter().any(|(n, _)| n == "n3").then_some(()));
     c.ok(&["label", "node", "n1", "role-"]);
-    eventually(30, "n1's pod removed", || (ds_pods(&c).iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>() == ["n2", "n3"]).then_some(()));
+    eventually(30, "n1's pod removed", || {
+        (ds_pods(&c).iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>() == ["n2", "n3"]).then_some(())
+    });
     assert!(c.ok(&["get", "ds"]).contains("agent"));
     c.ok(&["delete", "ds", "agent"]);
     eventually(30, "daemon pods garbage-collected", || ds_pods(&c).is_empty().then_some(()));
@@ -370,7 +488,8 @@ fn bootstrap_token_join_gets_a_node_certificate(b: Backend) {
     let c = Cluster::on(b);
     let token = std::fs::read_to_string(c.dir.path().join("pki/bootstrap-token")).unwrap().trim().to_string();
     let admin = std::fs::read_to_string(&c.kubeconfig).unwrap();
-    let ca = admin.lines().find_map(|l| l.trim().strip_prefix("certificate-authority-data:")).unwrap().trim().to_string();
+    let ca =
+        admin.lines().find_map(|l| l.trim().strip_prefix("certificate-authority-data:")).unwrap().trim().to_string();
     let kubeconfig = |file: &str, user: &str| {
         let path = c.dir.path().join(file);
         std::fs::write(&path, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n{user}\ncontexts:\n- name: b\n  context: {{cluster: b, user: u}}\ncurrent-context: b\n", c.url())).unwrap();
@@ -389,12 +508,22 @@ fn bootstrap_token_join_gets_a_node_certificate(b: Backend) {
     assert_eq!(csr["spec"]["username"], format!("system:bootstrap:{}", token.split('.').next().unwrap()));
     // The signed certificate is node n9's identity.
     let cert = csr["status"]["certificate"].as_str().unwrap();
-    let n9 = common::Node { name: "n9".into(), kubeconfig: kubeconfig("n9.kubeconfig", &format!("    client-certificate-data: {cert}\n    client-key-data: {}", b64(&key.serialize_pem()))) };
+    let n9 = common::Node {
+        name: "n9".into(),
+        kubeconfig: kubeconfig(
+            "n9.kubeconfig",
+            &format!("    client-certificate-data: {cert}\n    client-key-data: {}", b64(&key.serialize_pem())),
+        ),
+    };
     n9.register();
     assert!(n9.ok(&["get", "node", "n9", "-o", "name"]).contains("n9"));
     // The token is good for nothing else.
     let o = common::kubectl_with(&boot, &["get", "pods"], None);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("forbidden"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("forbidden"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // A request for another identity waits for an admin, who may deny it.
     let (req, _) = signing_request("mallory", "system:masters");
     let o = common::kubectl_with(&boot, &["create", "-f", "-"], Some(&csr_json("grab-admin", &req)));
@@ -422,14 +551,17 @@ fn services_get_cluster_ips_and_endpoints_follow_ready_pods(b: Backend) {
     c.ok(&["expose", "deployment", "web", "--port", "8080", "--target-port", "80"]);
     let ip = c.json(&["get", "svc", "web"])["spec"]["clusterIP"].as_str().unwrap_or_default().to_string();
     assert!(ip.starts_with("10.96.") && ip != "10.96.0.1", "{ip}");
-    let ready = |c: &Cluster| c.json(&["get", "endpoints", "web"])["subsets"][0]["addresses"].as_array().map_or(0, Vec::len);
+    let ready =
+        |c: &Cluster| c.json(&["get", "endpoints", "web"])["subsets"][0]["addresses"].as_array().map_or(0, Vec::len);
     eventually(60, "3 ready endpoints", || (ready(&c) == 3).then_some(()));
     let ep = c.json(&["get", "endpoints", "web"]);
     assert_eq!(ep["subsets"][0]["ports"][0]["port"], 80, "{ep}");
     assert_eq!(ep["subsets"][0]["addresses"][0]["targetRef"]["kind"], "Pod", "{ep}");
 
     // An address in use, or outside the range, is a 422 naming the field.
-    for (name, bad, why) in [("dup", ip.as_str(), "already allocated"), ("far", "192.168.7.7", "not in the valid range")] {
+    for (name, bad, why) in
+        [("dup", ip.as_str(), "already allocated"), ("far", "192.168.7.7", "not in the valid range")]
+    {
         let o = c.kubectl(&["create", "service", "clusterip", name, "--tcp=80:80", "--clusterip", bad]);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(!o.status.success() && err.contains("spec.clusterIP") && err.contains(why), "{err}");
@@ -438,12 +570,18 @@ fn services_get_cluster_ips_and_endpoints_follow_ready_pods(b: Backend) {
     c.ok(&["label", "svc", "web", "team=a"]);
     assert_eq!(c.json(&["get", "svc", "web"])["spec"]["clusterIP"], ip.as_str());
     let o = c.kubectl(&["patch", "svc", "web", "--type=merge", "-p", r#"{"spec":{"clusterIP":"10.96.0.77"}}"#]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("immutable"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("immutable"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     c.ok(&["scale", "deployment", "web", "--replicas=0"]);
     eventually(30, "no endpoints left", || (ready(&c) == 0).then_some(()));
     c.ok(&["delete", "svc", "web"]);
-    eventually(30, "the Endpoints removed with the Service", || (!c.kubectl(&["get", "endpoints", "web"]).status.success()).then_some(()));
+    eventually(30, "the Endpoints removed with the Service", || {
+        (!c.kubectl(&["get", "endpoints", "web"]).status.success()).then_some(())
+    });
 }
 
 macro_rules! on_both_backends {
@@ -452,4 +590,16 @@ macro_rules! on_both_backends {
         mod etcd { $(#[test] fn $name() { super::$name(super::Backend::Etcd) })* }
     };
 }
-on_both_backends!(deployment_apply_scale_rollout_undo_describe_delete, get_watch_streams_changes, job_runs_to_completion, lease_expiry_turns_node_not_ready_and_evicts_pods, node_credentials_reach_only_their_own_pods_and_secrets, errors_are_kubernetes_status_codes, kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume, imperative_create_with_protobuf_bodies, daemonset_runs_one_pod_per_eligible_node, bootstrap_token_join_gets_a_node_certificate, services_get_cluster_ips_and_endpoints_follow_ready_pods);
+on_both_backends!(
+    deployment_apply_scale_rollout_undo_describe_delete,
+    get_watch_streams_changes,
+    job_runs_to_completion,
+    lease_expiry_turns_node_not_ready_and_evicts_pods,
+    node_credentials_reach_only_their_own_pods_and_secrets,
+    errors_are_kubernetes_status_codes,
+    kill9_under_write_load_loses_nothing_acknowledged_and_watches_resume,
+    imperative_create_with_protobuf_bodies,
+    daemonset_runs_one_pod_per_eligible_node,
+    bootstrap_token_join_gets_a_node_certificate,
+    services_get_cluster_ips_and_endpoints_follow_ready_pods
+);

@@ -37,16 +37,31 @@ fn logs_are_proxied_to_the_agent_and_follow_streams() {
     let s = fake.seen();
     let last = s.last().unwrap();
     assert_eq!(last.path_and_query, "/containerLogs/default/p1/app");
-    assert_eq!((last.client_cn.as_str(), last.client_orgs.clone()), ("berth-control:kubelet-client", vec!["system:masters".to_string()]));
+    assert_eq!(
+        (last.client_cn.as_str(), last.client_orgs.clone()),
+        ("berth-control:kubelet-client", vec!["system:masters".to_string()])
+    );
     assert!(!last.headers.iter().any(|(k, _)| k == "authorization"), "the caller's credentials never reach the agent");
     c.ok(&["logs", "p1", "-c", "side", "--tail=5", "--timestamps", "--since=1h"]);
     let q = fake.seen().last().unwrap().path_and_query.clone();
-    assert!(q.starts_with("/containerLogs/default/p1/side?") && q.contains("tailLines=5") && q.contains("timestamps=true") && q.contains("sinceSeconds=3600"), "{q}");
+    assert!(
+        q.starts_with("/containerLogs/default/p1/side?")
+            && q.contains("tailLines=5")
+            && q.contains("timestamps=true")
+            && q.contains("sinceSeconds=3600"),
+        "{q}"
+    );
     let e = c.fails(&["get", "--raw", "/api/v1/namespaces/default/pods/p1/log"]);
     assert!(e.contains("a container name must be specified for pod p1, choose one of: [app side]"), "{e}");
 
     // -f: the first line arrives while the agent still holds the stream open.
-    let mut f = Command::new("kubectl").env("KUBECONFIG", &c.kubeconfig).args(["logs", "-f", "p1", "-c", "app"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut f = Command::new("kubectl")
+        .env("KUBECONFIG", &c.kubeconfig)
+        .args(["logs", "-f", "p1", "-c", "app"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut out = BufReader::new(f.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -77,9 +92,21 @@ fn kubectl_exec_over_websocket_reaches_the_agent_both_ways() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hello through berth-control\n");
     let s = fake.seen();
     let exec = s.iter().find(|s| s.path_and_query.starts_with("/exec/")).unwrap();
-    assert!(exec.path_and_query.starts_with("/exec/default/p1/app?") && exec.path_and_query.contains("command=cat&command=-n") && exec.path_and_query.contains("stdin=true"), "{}", exec.path_and_query);
+    assert!(
+        exec.path_and_query.starts_with("/exec/default/p1/app?")
+            && exec.path_and_query.contains("command=cat&command=-n")
+            && exec.path_and_query.contains("stdin=true"),
+        "{}",
+        exec.path_and_query
+    );
     let h = |n: &str| exec.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).unwrap_or_default();
-    assert!(h("upgrade").eq_ignore_ascii_case("websocket") && h("sec-websocket-protocol").contains("v5.channel.k8s.io") && !h("sec-websocket-key").is_empty(), "{:?}", exec.headers);
+    assert!(
+        h("upgrade").eq_ignore_ascii_case("websocket")
+            && h("sec-websocket-protocol").contains("v5.channel.k8s.io")
+            && !h("sec-websocket-key").is_empty(),
+        "{:?}",
+        exec.headers
+    );
 }
 
 /// The admin client certificate and key from the admin kubeconfig.
@@ -89,7 +116,8 @@ fn admin_identity(c: &Cluster) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'
         let v = kc.lines().find_map(|l| l.trim().strip_prefix(name)).unwrap().trim();
         base64::engine::general_purpose::STANDARD.decode(v).unwrap()
     };
-    let certs = CertificateDer::pem_slice_iter(&field("client-certificate-data:")).collect::<Result<Vec<_>, _>>().unwrap();
+    let certs =
+        CertificateDer::pem_slice_iter(&field("client-certificate-data:")).collect::<Result<Vec<_>, _>>().unwrap();
     (certs, PrivateKeyDer::from_pem_slice(&field("client-key-data:")).unwrap())
 }
 
@@ -103,7 +131,12 @@ fn spdy_upgrade_is_spliced_both_ways_and_node_proxy_works() {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots).with_client_auth_cert(certs, key).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let port = c.port;
     rt.block_on(async move {
@@ -139,7 +172,11 @@ fn only_admins_reach_agents_and_unbound_pods_are_refused() {
     let n1 = c.node("n1");
     for args in [&["logs", "p1", "-c", "app"][..], &["get", "--raw", "/api/v1/nodes/n1/proxy/healthz"]] {
         let o = n1.kubectl(args);
-        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).to_lowercase().contains("forbidden"), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            !o.status.success() && String::from_utf8_lossy(&o.stderr).to_lowercase().contains("forbidden"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     c.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: pending}\nspec:\n  containers: [{name: app, image: busybox}]\n  nodeSelector: {nowhere: 'true'}\n");
     let e = c.fails(&["logs", "pending"]);

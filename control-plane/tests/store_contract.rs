@@ -31,7 +31,12 @@ async fn open(kind: &str, history: usize) -> (Arc<dyn Store>, Guard) {
         }
         _ => {
             let e = tokio::task::spawn_blocking(EtcdServer::start).await.unwrap();
-            let s = Etcd::connect(std::slice::from_ref(&e.url), EtcdOptions { history: history as u64, ..Default::default() }).await.unwrap();
+            let s = Etcd::connect(
+                std::slice::from_ref(&e.url),
+                EtcdOptions { history: history as u64, ..Default::default() },
+            )
+            .await
+            .unwrap();
             (Arc::new(s), Guard::Etcd(e))
         }
     }
@@ -43,7 +48,9 @@ async fn crud(kind: &str) {
     let r1 = s.create("/p/a", b("1")).await.unwrap();
     assert_eq!(r1, base + 1);
     assert!(matches!(s.create("/p/a", b("x")).await, Err(StoreError::Exists { .. })));
-    assert!(matches!(s.update("/p/a", b("2"), Some(r1 + 7)).await, Err(StoreError::Conflict { actual, .. }) if actual == r1));
+    assert!(
+        matches!(s.update("/p/a", b("2"), Some(r1 + 7)).await, Err(StoreError::Conflict { actual, .. }) if actual == r1)
+    );
     let r2 = s.update("/p/a", b("2"), Some(r1)).await.unwrap();
     let got = s.get("/p/a").await.unwrap().unwrap();
     assert_eq!((got.value, got.create_rev, got.mod_rev), (b("2"), r1, r2));
@@ -68,7 +75,8 @@ async fn lists(kind: &str) {
     s.update("/p/b", b("new"), None).await.unwrap();
     s.delete("/p/c", None).await.unwrap();
     s.create("/p/d", b("d")).await.unwrap();
-    let page2 = s.list("/p/", ListOptions { at: Some(at), start_after: Some("/p/b".into()), limit: Some(2) }).await.unwrap();
+    let page2 =
+        s.list("/p/", ListOptions { at: Some(at), start_after: Some("/p/b".into()), limit: Some(2) }).await.unwrap();
     assert_eq!(page2.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["/p/c"]);
     assert_eq!(page2.remaining, 0);
     let old = s.list("/p/", ListOptions { at: Some(at), ..Default::default() }).await.unwrap();
@@ -97,7 +105,10 @@ async fn large_lists(kind: &str) {
     assert!(all.items.windows(2).all(|w| w[0].key < w[1].key));
     let page = s.list("/big/", ListOptions { limit: Some(1100), ..Default::default() }).await.unwrap();
     assert_eq!((page.items.len(), page.remaining, page.items[1099].key.as_str()), (1100, 200, "/big/01099"));
-    let rest = s.list("/big/", ListOptions { at: Some(page.rev), start_after: Some("/big/01099".into()), limit: None }).await.unwrap();
+    let rest = s
+        .list("/big/", ListOptions { at: Some(page.rev), start_after: Some("/big/01099".into()), limit: None })
+        .await
+        .unwrap();
     assert_eq!((rest.items.len(), rest.remaining, rest.rev), (200, 0, page.rev));
 }
 
@@ -131,7 +142,10 @@ async fn compaction(kind: &str) {
         let compacted = match s.watch("/c/", base).await {
             Err(StoreError::Compacted { .. }) => true,
             Err(e) => panic!("{e}"),
-            Ok(mut w) => matches!(tokio::time::timeout(Duration::from_secs(2), w.recv()).await, Ok(Some(Err(StoreError::Compacted { .. })))),
+            Ok(mut w) => matches!(
+                tokio::time::timeout(Duration::from_secs(2), w.recv()).await,
+                Ok(Some(Err(StoreError::Compacted { .. })))
+            ),
         };
         if compacted {
             break;

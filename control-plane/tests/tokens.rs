@@ -12,7 +12,9 @@ use common::{eventually, kubectl_with, Cluster};
 use serde_json::Value;
 
 fn wait_default_sa(c: &Cluster, ns: &str) {
-    eventually(20, "the default service account", || c.kubectl(&["-n", ns, "get", "sa", "default"]).status.success().then_some(()));
+    eventually(20, "the default service account", || {
+        c.kubectl(&["-n", ns, "get", "sa", "default"]).status.success().then_some(())
+    });
 }
 
 fn review(c: &Cluster, token: &str, audiences: &[&str]) -> Value {
@@ -86,7 +88,8 @@ fn bound_tokens_die_with_their_pod_and_bearer_tokens_read_only_their_namespace()
     c.ok(&["create", "namespace", "other"]);
     c.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: p1}\nspec:\n  containers: [{name: c, image: busybox}]\n");
     c.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {k: v}\n");
-    let token = c.ok(&["create", "token", "default", "--bound-object-kind=Pod", "--bound-object-name=p1"]).trim().to_string();
+    let token =
+        c.ok(&["create", "token", "default", "--bound-object-kind=Pod", "--bound-object-name=p1"]).trim().to_string();
     let r = review(&c, &token, &[]);
     assert_eq!(r["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"][0], "p1", "{r}");
 
@@ -94,14 +97,24 @@ fn bound_tokens_die_with_their_pod_and_bearer_tokens_read_only_their_namespace()
     let o = as_token(&c, &token, &["get", "pods", "-o", "name"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "pod/p1");
-    for args in [&["get", "pods", "-n", "other"][..], &["get", "secret", "s"], &["delete", "pod", "p1"], &["get", "nodes"]] {
+    for args in
+        [&["get", "pods", "-n", "other"][..], &["get", "secret", "s"], &["delete", "pod", "p1"], &["get", "nodes"]]
+    {
         let o = as_token(&c, &token, args);
         assert!(!o.status.success(), "the token could {args:?}");
-        assert!(String::from_utf8_lossy(&o.stderr).contains("forbidden"), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("forbidden"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     let o = as_token(&c, &token, &["auth", "can-i", "list", "pods"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "yes", "{}", String::from_utf8_lossy(&o.stderr));
-    let can_proxy = || String::from_utf8_lossy(&as_token(&c, &token, &["auth", "can-i", "get", "nodes", "--subresource=proxy"]).stdout).trim().to_string();
+    let can_proxy = || {
+        String::from_utf8_lossy(&as_token(&c, &token, &["auth", "can-i", "get", "nodes", "--subresource=proxy"]).stdout)
+            .trim()
+            .to_string()
+    };
     assert!(can_proxy().starts_with("no"), "{}", can_proxy());
     // RBAC-lite: a ClusterRoleBinding grants it.
     c.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: kubelet-api}\nrules: [{apiGroups: [\"\"], resources: [nodes/proxy], verbs: [get]}]\n");
@@ -124,7 +137,9 @@ fn bound_tokens_die_with_their_pod_and_bearer_tokens_read_only_their_namespace()
 
     // Once the pod is gone, so is the token.
     c.ok(&["delete", "pod", "p1", "--grace-period=0", "--force"]);
-    eventually(10, "the bound token to be refused", || (review(&c, &token, &[])["status"]["authenticated"] == false).then_some(()));
+    eventually(10, "the bound token to be refused", || {
+        (review(&c, &token, &[])["status"]["authenticated"] == false).then_some(())
+    });
     assert!(!as_token(&c, &token, &["get", "pods"]).status.success());
     // Binding to a missing pod fails.
     let e = c.fails(&["create", "token", "default", "--bound-object-kind=Pod", "--bound-object-name=nope"]);
@@ -140,14 +155,24 @@ fn a_node_gets_tokens_only_for_its_own_pods() {
     for (pod, node) in [("mine", "n1"), ("theirs", "n2")] {
         c.apply(&format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: busybox}}]\n"));
     }
-    let mine = n1.ok(&["create", "token", "default", "--bound-object-kind=Pod", "--bound-object-name=mine", "--audience=a1"]).trim().to_string();
+    let mine = n1
+        .ok(&["create", "token", "default", "--bound-object-kind=Pod", "--bound-object-name=mine", "--audience=a1"])
+        .trim()
+        .to_string();
     // The node reviews it (as its kubelet API does), with the audience it was made for.
     let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": mine, "audiences": ["a1"]}});
     let r: Value = serde_json::from_str(&n1.stdin(&["create", "-f", "-", "-o", "json"], &body.to_string())).unwrap();
     assert_eq!(r["status"]["authenticated"], true, "{r}");
-    for args in [&["create", "token", "default", "--bound-object-kind=Pod", "--bound-object-name=theirs"][..], &["create", "token", "default"]] {
+    for args in [
+        &["create", "token", "default", "--bound-object-kind=Pod", "--bound-object-name=theirs"][..],
+        &["create", "token", "default"],
+    ] {
         let o = n1.kubectl(args);
         assert!(!o.status.success(), "n1 could {args:?}");
-        assert!(String::from_utf8_lossy(&o.stderr).contains("forbidden"), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("forbidden"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }

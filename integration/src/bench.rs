@@ -53,26 +53,16 @@ pub enum RunError {
 /// RSS into the child's `ru_maxrss`, which for vfork is the harness's whole resident set and
 /// for fork only the anonymous pages it copied.
 pub fn measure(program: &Path, args: &[&OsStr], log: &Path) -> Result<Sample, RunError> {
-    let log_err = |source| RunError::Log {
-        path: log.to_path_buf(),
-        source,
-    };
+    let log_err = |source| RunError::Log { path: log.to_path_buf(), source };
     let out = fs::File::create(log).map_err(log_err)?;
     let err = out.try_clone().map_err(log_err)?;
     let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+    command.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: the hook does nothing, so it is trivially async-signal-safe; its presence makes
     // std use fork + exec instead of posix_spawn.
     unsafe { command.pre_exec(|| Ok(())) };
     let start = Instant::now();
-    let child = command.spawn().map_err(|source| RunError::Spawn {
-        program: program.to_path_buf(),
-        source,
-    })?;
+    let child = command.spawn().map_err(|source| RunError::Spawn { program: program.to_path_buf(), source })?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain old data; all-zero is valid.
@@ -152,10 +142,8 @@ pub struct RuntimeResult {
 /// The machine-readable report: `meta` fields plus `runtimes` and `ratios` (`<base>/<other>` for
 /// median wall, CPU and peak RSS, where `base` names the runtime under test).
 pub fn report_json(results: &[RuntimeResult], base: &str, meta: Value) -> Value {
-    let summaries: Vec<Option<Summary>> = results
-        .iter()
-        .map(|r| (!r.samples.is_empty()).then(|| summarize(&r.samples)))
-        .collect();
+    let summaries: Vec<Option<Summary>> =
+        results.iter().map(|r| (!r.samples.is_empty()).then(|| summarize(&r.samples))).collect();
     let runtimes: Vec<Value> = results
         .iter()
         .zip(&summaries)
@@ -198,16 +186,8 @@ pub fn report_json(results: &[RuntimeResult], base: &str, meta: Value) -> Value 
 /// The human-readable table for a [`report_json`] report.
 pub fn render_table(report: &Value) -> String {
     let mut out = String::new();
-    let num = |v: &Value| {
-        v.as_f64()
-            .map(|f| format!("{f:.2}"))
-            .unwrap_or_else(|| "-".into())
-    };
-    let kib = |v: &Value| {
-        v.as_f64()
-            .map(|f| format!("{f:.0}"))
-            .unwrap_or_else(|| "-".into())
-    };
+    let num = |v: &Value| v.as_f64().map(|f| format!("{f:.2}")).unwrap_or_else(|| "-".into());
+    let kib = |v: &Value| v.as_f64().map(|f| format!("{f:.0}")).unwrap_or_else(|| "-".into());
     let _ = writeln!(
         out,
         "{:<14} {:>5} {:>5} {:>9} {:>9} {:>9} {:>12} {:>12}",
@@ -228,10 +208,7 @@ pub fn render_table(report: &Value) -> String {
             kib(&rt["maxrss_kib"]["max"]),
         );
     }
-    let versions: Vec<&str> = runtimes
-        .iter()
-        .filter_map(|rt| rt["version"].as_str())
-        .collect();
+    let versions: Vec<&str> = runtimes.iter().filter_map(|rt| rt["version"].as_str()).collect();
     let _ = writeln!(out, "(times in ms; {})", versions.join("; "));
     for (name, r) in report["ratios"].as_object().into_iter().flatten() {
         let _ = writeln!(
@@ -250,11 +227,7 @@ mod tests {
     use super::*;
 
     fn sample(wall_ms: f64, cpu_ms: f64, maxrss_kib: u64) -> Sample {
-        Sample {
-            wall_ms,
-            cpu_ms,
-            maxrss_kib,
-        }
+        Sample { wall_ms, cpu_ms, maxrss_kib }
     }
 
     #[test]
@@ -286,16 +259,8 @@ mod tests {
                 samples: vec![sample(2.0, 1.0, 1000), sample(4.0, 3.0, 3000)],
                 ..Default::default()
             },
-            RuntimeResult {
-                name: "crun".into(),
-                samples: vec![sample(10.0, 5.0, 2000)],
-                ..Default::default()
-            },
-            RuntimeResult {
-                name: "runc".into(),
-                failures: vec!["0: exit status 1".into()],
-                ..Default::default()
-            },
+            RuntimeResult { name: "crun".into(), samples: vec![sample(10.0, 5.0, 2000)], ..Default::default() },
+            RuntimeResult { name: "runc".into(), failures: vec!["0: exit status 1".into()], ..Default::default() },
         ];
         let report = report_json(&results, "berth-runtime", json!({"iterations": 2}));
         assert_eq!(report["iterations"], 2);

@@ -42,31 +42,21 @@ pub fn bin_path(name: &str) -> Result<PathBuf, BinaryError> {
     dirs.iter()
         .map(|dir| dir.join(name))
         .find(|path| is_executable(path))
-        .ok_or_else(|| BinaryError::NotFound {
-            name: name.to_string(),
-            searched: join_paths(&dirs),
-        })
+        .ok_or_else(|| BinaryError::NotFound { name: name.to_string(), searched: join_paths(&dirs) })
 }
 
 /// Finds a host program (such as `crun` or `runc`) on `$PATH`.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
+    env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(path: &Path) -> bool {
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 fn join_paths(dirs: &[PathBuf]) -> String {
-    dirs.iter()
-        .map(|d| d.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

@@ -17,11 +17,10 @@ pub const HOST_BUSYBOX: &str = "/bin/busybox";
 
 /// Busybox applets linked into the bundle's `/bin`.
 const APPLETS: &[&str] = &[
-    "sh", "ash", "true", "false", "sleep", "cat", "echo", "ls", "id", "hostname", "mount",
-    "umount", "ps", "kill", "env", "pwd", "mkdir", "rmdir", "rm", "touch", "ln", "cp", "mv",
-    "chmod", "chown", "stat", "test", "[", "printf", "uname", "whoami", "groups", "readlink",
-    "grep", "head", "tail", "wc", "sed", "awk", "cut", "tr", "sort", "seq", "tee", "xargs", "yes",
-    "dd", "find", "df", "free", "nproc", "sysctl", "ip", "ifconfig", "ping", "nc", "mknod",
+    "sh", "ash", "true", "false", "sleep", "cat", "echo", "ls", "id", "hostname", "mount", "umount", "ps", "kill",
+    "env", "pwd", "mkdir", "rmdir", "rm", "touch", "ln", "cp", "mv", "chmod", "chown", "stat", "test", "[", "printf",
+    "uname", "whoami", "groups", "readlink", "grep", "head", "tail", "wc", "sed", "awk", "cut", "tr", "sort", "seq",
+    "tee", "xargs", "yes", "dd", "find", "df", "free", "nproc", "sysctl", "ip", "ifconfig", "ping", "nc", "mknod",
     "nsenter", "unshare", "setpriv", "timeout", "usleep", "date", "dmesg", "top", "which",
 ];
 
@@ -60,11 +59,7 @@ pub enum BundleError {
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BundleError {
     let path = path.to_path_buf();
-    move |source| BundleError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| BundleError::Io { action, path, source }
 }
 
 /// An OCI bundle directory: `config.json` plus `rootfs/`.
@@ -79,21 +74,11 @@ impl Bundle {
     /// `user` 1000) and empty `/proc /sys /dev /tmp` mount points. Writes no `config.json`.
     pub fn busybox(dir: impl AsRef<Path>) -> Result<Bundle, BundleError> {
         let bundle = Bundle::empty(dir)?;
-        for d in [
-            "bin",
-            "etc",
-            "proc",
-            "sys",
-            "dev",
-            "tmp",
-            "root",
-            "home/user",
-        ] {
+        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/user"] {
             bundle.create_dir(d)?;
         }
         let tmp = bundle.rootfs.join("tmp");
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777))
-            .map_err(io_err("chmod", &tmp))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).map_err(io_err("chmod", &tmp))?;
         let busybox = bundle.rootfs.join("bin/busybox");
         fs::copy(HOST_BUSYBOX, &busybox).map_err(io_err("copy busybox to", &busybox))?;
         for applet in APPLETS {
@@ -146,18 +131,15 @@ impl Bundle {
         let path = self.host_path(dest)?;
         create_parent(&path)?;
         fs::write(&path, contents).map_err(io_err("write", &path))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-            .map_err(io_err("chmod", &path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &path))?;
         Ok(path)
     }
 
     /// Writes `value` as pretty JSON to a file inside the rootfs (e.g. `/check.json`).
     pub fn add_json(&self, dest: &str, value: &impl Serialize) -> Result<PathBuf, BundleError> {
         let path = self.host_path(dest)?;
-        let json = serde_json::to_vec_pretty(value).map_err(|source| BundleError::Json {
-            path: path.clone(),
-            source,
-        })?;
+        let json =
+            serde_json::to_vec_pretty(value).map_err(|source| BundleError::Json { path: path.clone(), source })?;
         self.add_file(dest, &json, 0o644)
     }
 
@@ -180,10 +162,8 @@ impl Bundle {
     /// Writes `config.json`.
     pub fn write_spec(&self, spec: &Spec) -> Result<(), BundleError> {
         let path = self.config_path();
-        let json = serde_json::to_vec_pretty(spec).map_err(|source| BundleError::Json {
-            path: path.clone(),
-            source,
-        })?;
+        let json =
+            serde_json::to_vec_pretty(spec).map_err(|source| BundleError::Json { path: path.clone(), source })?;
         fs::write(&path, json).map_err(io_err("write", &path))
     }
 
@@ -200,9 +180,7 @@ impl Bundle {
 /// Validates an absolute container path and returns it relative to the rootfs.
 fn checked_relative(dest: &str) -> Result<PathBuf, BundleError> {
     let path = Path::new(dest);
-    let bad = || BundleError::BadDestination {
-        dest: dest.to_string(),
-    };
+    let bad = || BundleError::BadDestination { dest: dest.to_string() };
     if !path.is_absolute() {
         return Err(bad());
     }
@@ -240,25 +218,16 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, BundleError> {
         .arg(binary)
         .env("LC_ALL", "C")
         .output()
-        .map_err(|source| BundleError::LddSpawn {
-            binary: binary.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| BundleError::LddSpawn { binary: binary.to_path_buf(), source })?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if stdout.contains("not a dynamic executable") || stderr.contains("not a dynamic executable") {
         return Ok(Vec::new());
     }
     if !output.status.success() {
-        return Err(BundleError::LddFailed {
-            binary: binary.to_path_buf(),
-            stderr: stderr.trim().to_string(),
-        });
+        return Err(BundleError::LddFailed { binary: binary.to_path_buf(), stderr: stderr.trim().to_string() });
     }
-    parse_ldd(&stdout).map_err(|library| BundleError::MissingLibrary {
-        binary: binary.to_path_buf(),
-        library,
-    })
+    parse_ldd(&stdout).map_err(|library| BundleError::MissingLibrary { binary: binary.to_path_buf(), library })
 }
 
 /// Parses `ldd` output into absolute library paths; `Err(name)` for a library it could not find.
@@ -333,18 +302,13 @@ mod tests {
         let bundle = Bundle::busybox(tmp.path()).unwrap();
         let root = bundle.rootfs();
         assert!(root.join("bin/busybox").is_file());
-        assert_eq!(
-            fs::read_link(root.join("bin/sh")).unwrap(),
-            Path::new("busybox")
-        );
+        assert_eq!(fs::read_link(root.join("bin/sh")).unwrap(), Path::new("busybox"));
         for dir in ["proc", "sys", "dev", "tmp"] {
             assert_eq!(fs::read_dir(root.join(dir)).unwrap().count(), 0, "{dir}");
         }
         let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
         assert!(passwd.contains("user:x:1000:1000"));
-        bundle
-            .write_spec(&Bundle::default_spec(&["/bin/true"]))
-            .unwrap();
+        bundle.write_spec(&Bundle::default_spec(&["/bin/true"])).unwrap();
         assert!(Spec::load(bundle.config_path()).is_ok());
     }
 

@@ -61,7 +61,13 @@ impl Cluster {
     }
 
     /// `agent_yaml` is appended to the agent's configuration file.
-    pub fn start_custom(name: &str, port: u16, subnet: &str, runtime: Runtime, agent_yaml: &str) -> anyhow::Result<Cluster> {
+    pub fn start_custom(
+        name: &str,
+        port: u16,
+        subnet: &str,
+        runtime: Runtime,
+        agent_yaml: &str,
+    ) -> anyhow::Result<Cluster> {
         let tmp = crate::cri::short_tempdir();
         let dir = tmp.path().to_path_buf();
         let ns = NetNs::new(&format!("bc-{name}"))?;
@@ -81,8 +87,12 @@ impl Cluster {
         std::os::unix::fs::symlink("/usr/lib/cni/loopback", cni_bin.join("loopback"))?;
         // The plugins' records and IP allocations live per boot, under the run dir (the agent's
         // default is /run/berth/cni).
-        std::fs::write(shim_dir.join("net.d/10-berth-test.conflist"), berth_conflist(name, subnet, &shim_dir.join("run/cni")).to_string())?;
-        let toml = std::fs::read_to_string(shim_dir.join("shim.toml"))?.replace("bin_dirs = [\"/usr/lib/cni\"]", &format!("bin_dirs = [\"{}\"]", cni_bin.display()));
+        std::fs::write(
+            shim_dir.join("net.d/10-berth-test.conflist"),
+            berth_conflist(name, subnet, &shim_dir.join("run/cni")).to_string(),
+        )?;
+        let toml = std::fs::read_to_string(shim_dir.join("shim.toml"))?
+            .replace("bin_dirs = [\"/usr/lib/cni\"]", &format!("bin_dirs = [\"{}\"]", cni_bin.display()));
         std::fs::write(shim_dir.join("shim.toml"), toml)?;
         let shim = ShimProcess::start(&ns, &shim_dir)?;
         let (containerd, cri_socket) = match runtime {
@@ -91,23 +101,44 @@ impl Cluster {
                 registry.push_pause(&ns, "library/pause:3.9", &crate::bin_path("berth-pause")?)?;
                 run_tmpfs.push(Tmpfs::mount(&dir.join("c/state"))?);
                 let conflist = berth_conflist(name, subnet, &dir.join("c/state/cni")).to_string();
-                let (child, sock) = crate::containerd::start(&ns, &dir.join("c"), &conflist, &cni_bin, &format!("{}/library/pause:3.9", registry.addr), &registry.addr)?;
+                let (child, sock) = crate::containerd::start(
+                    &ns,
+                    &dir.join("c"),
+                    &conflist,
+                    &cni_bin,
+                    &format!("{}/library/pause:3.9", registry.addr),
+                    &registry.addr,
+                )?;
                 (Some(child), sock)
             }
         };
 
         let control_dir = dir.join("control");
         let mut control = ns.command(crate::bin_path("berth-control")?);
-        control.arg("--data-dir").arg(&control_dir).args(["--listen", "127.0.0.1:6443", "--node-monitor-grace-period", "20"]);
+        control.arg("--data-dir").arg(&control_dir).args([
+            "--listen",
+            "127.0.0.1:6443",
+            "--node-monitor-grace-period",
+            "20",
+        ]);
         let control = spawn_logged(control, &dir.join("control.log"))?;
         let kubeconfig = control_dir.join("admin.kubeconfig");
-        wait_until(Duration::from_secs(20), || kubeconfig.exists()).with_context(|| format!("berth-control did not start: {}", tail(&dir.join("control.log"))))?;
+        wait_until(Duration::from_secs(20), || kubeconfig.exists())
+            .with_context(|| format!("berth-control did not start: {}", tail(&dir.join("control.log"))))?;
 
         let node = format!("node-{name}");
         let out = Command::new(crate::bin_path("berth-control")?)
             .arg("--data-dir")
             .arg(&control_dir)
-            .args(["kubeconfig", "--user", &format!("system:node:{node}"), "--group", "system:nodes", "--server", "https://127.0.0.1:6443"])
+            .args([
+                "kubeconfig",
+                "--user",
+                &format!("system:node:{node}"),
+                "--group",
+                "system:nodes",
+                "--server",
+                "https://127.0.0.1:6443",
+            ])
             .output()?;
         if !out.status.success() {
             bail!("node kubeconfig: {}", String::from_utf8_lossy(&out.stderr));
@@ -122,11 +153,34 @@ impl Cluster {
             cg = cgroup_root,
         );
         std::fs::write(dir.join("agent.yaml"), agent_config + agent_yaml)?;
-        let agent_args = vec!["--config".to_string(), dir.join("agent.yaml").display().to_string(), "--log-level".into(), "debug".into()];
-        let mut cluster = Cluster { ns, registry, shim, cri_socket, containerd, dir, kubeconfig, node, image: "busybox:1.36".into(), control: Some(control), agent: None, agent_args, cgroup_root, _run_tmpfs: run_tmpfs, _tmp: tmp };
+        let agent_args = vec![
+            "--config".to_string(),
+            dir.join("agent.yaml").display().to_string(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        let mut cluster = Cluster {
+            ns,
+            registry,
+            shim,
+            cri_socket,
+            containerd,
+            dir,
+            kubeconfig,
+            node,
+            image: "busybox:1.36".into(),
+            control: Some(control),
+            agent: None,
+            agent_args,
+            cgroup_root,
+            _run_tmpfs: run_tmpfs,
+            _tmp: tmp,
+        };
         cluster.start_agent()?;
         cluster.wait_for(Duration::from_secs(30), "the node to be Ready", |c| {
-            c.kubectl(&["get", "node", &c.node, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"]).map(|o| o == "True").unwrap_or(false)
+            c.kubectl(&["get", "node", &c.node, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"])
+                .map(|o| o == "True")
+                .unwrap_or(false)
         })?;
         Ok(cluster)
     }
@@ -193,7 +247,11 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        bail!("timed out waiting for {what}\n--- agent log ---\n{}\n--- shim log ---\n{}", tail(&self.dir.join("agent.log")), self.shim.log_tail())
+        bail!(
+            "timed out waiting for {what}\n--- agent log ---\n{}\n--- shim log ---\n{}",
+            tail(&self.dir.join("agent.log")),
+            self.shim.log_tail()
+        )
     }
 
     /// The text a container wrote (its CRI log files, all restarts, in order).
@@ -201,8 +259,11 @@ impl Cluster {
         let Ok(rd) = std::fs::read_dir(self.dir.join("logs")) else { return String::new() };
         let mut out = String::new();
         for d in rd.flatten().filter(|d| d.file_name().to_string_lossy().starts_with(&format!("default_{pod}_"))) {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(d.path().join(container)).into_iter().flatten().flatten().map(|e| e.path()).collect();
-            files.sort_by_key(|p| p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0));
+            let mut files: Vec<PathBuf> =
+                std::fs::read_dir(d.path().join(container)).into_iter().flatten().flatten().map(|e| e.path()).collect();
+            files.sort_by_key(|p| {
+                p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0)
+            });
             for f in files {
                 for line in std::fs::read_to_string(f).unwrap_or_default().lines() {
                     if let Some(msg) = line.splitn(4, ' ').nth(3) {
@@ -273,10 +334,20 @@ impl Drop for Cluster {
         if let Ok(rt) = tokio::runtime::Runtime::new() {
             rt.block_on(async move {
                 let Ok((mut client, _)) = crate::cri::connect(&socket).await else { return };
-                let Ok(list) = client.list_pod_sandbox(berth_proto::runtime::v1::ListPodSandboxRequest::default()).await else { return };
+                let Ok(list) =
+                    client.list_pod_sandbox(berth_proto::runtime::v1::ListPodSandboxRequest::default()).await
+                else {
+                    return;
+                };
                 for sb in list.into_inner().items {
-                    let _ = client.stop_pod_sandbox(berth_proto::runtime::v1::StopPodSandboxRequest { pod_sandbox_id: sb.id.clone() }).await;
-                    let _ = client.remove_pod_sandbox(berth_proto::runtime::v1::RemovePodSandboxRequest { pod_sandbox_id: sb.id }).await;
+                    let _ = client
+                        .stop_pod_sandbox(berth_proto::runtime::v1::StopPodSandboxRequest {
+                            pod_sandbox_id: sb.id.clone(),
+                        })
+                        .await;
+                    let _ = client
+                        .remove_pod_sandbox(berth_proto::runtime::v1::RemovePodSandboxRequest { pod_sandbox_id: sb.id })
+                        .await;
                 }
             });
         }

@@ -11,7 +11,14 @@ use crate::netns::NetNs;
 
 /// Starts containerd with `conflist` (its plugins in `cni_bin`), pulling the pause image
 /// `sandbox_image`; `registry` (host:port, plain http) mirrors docker.io and itself.
-pub fn start(ns: &NetNs, dir: &Path, conflist: &str, cni_bin: &Path, sandbox_image: &str, registry: &str) -> anyhow::Result<(Child, PathBuf)> {
+pub fn start(
+    ns: &NetNs,
+    dir: &Path,
+    conflist: &str,
+    cni_bin: &Path,
+    sandbox_image: &str,
+    registry: &str,
+) -> anyhow::Result<(Child, PathBuf)> {
     std::fs::create_dir_all(dir.join("net.d"))?;
     std::fs::write(dir.join("net.d/10-test.conflist"), conflist)?;
     let sock = dir.join("containerd.sock");
@@ -38,7 +45,15 @@ state = "{d}/state"
     );
     std::fs::write(dir.join("config.toml"), config)?;
     let log = std::fs::File::create(dir.join("containerd.log"))?;
-    let child = ns.command("containerd").arg("--config").arg(dir.join("config.toml")).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn().context("starting containerd (apt-get install containerd)")?;
+    let child = ns
+        .command("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting containerd (apt-get install containerd)")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sock.exists() {
         if Instant::now() > deadline {

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_proto::runtime::v1::*;
 use berth_proto::runtime::v1::image_service_client::ImageServiceClient;
 use berth_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
+use berth_proto::runtime::v1::*;
 use tonic::transport::Channel;
 
 use crate::netns::NetNs;
@@ -17,14 +17,15 @@ use crate::shim::{ShimOptions, ShimProcess};
 pub use berth_agent::cri::unix_channel as channel;
 
 /// Both CRI clients on one connection.
-pub async fn connect(path: &Path) -> Result<(RuntimeServiceClient<Channel>, ImageServiceClient<Channel>), tonic::transport::Error> {
+pub async fn connect(
+    path: &Path,
+) -> Result<(RuntimeServiceClient<Channel>, ImageServiceClient<Channel>), tonic::transport::Error> {
     let ch = channel(path).await?;
     Ok((RuntimeServiceClient::new(ch.clone()).max_decoding_message_size(64 << 20), ImageServiceClient::new(ch)))
 }
 
 /// A shim in its own network namespace with a registry holding busybox, and CRI clients.
 pub struct Env {
-
     pub ns: NetNs,
     pub registry: Registry,
     pub shim: ShimProcess,
@@ -58,7 +59,12 @@ pub async fn env(name: &str, port: u16, subnet: &str, with_cni: bool) -> Env {
 
 pub fn sandbox_config(name: &str, logs: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "default".into(), attempt: 0 }),
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
         hostname: name.into(),
         log_directory: logs.display().to_string(),
         labels: HashMap::from([("app".into(), name.into())]),
@@ -88,23 +94,51 @@ impl Env {
     }
 
     pub async fn pull(&mut self) -> String {
-        let r = self.img.pull_image(PullImageRequest { image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }), ..Default::default() }).await.expect("pull");
+        let r = self
+            .img
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }),
+                ..Default::default()
+            })
+            .await
+            .expect("pull");
         r.into_inner().image_ref
     }
 
     pub async fn run_pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
         let config = sandbox_config(name, &self.logs);
-        let id = self.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() }).await.unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", self.shim.log_tail())).into_inner().pod_sandbox_id;
+        let id = self
+            .rt
+            .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", self.shim.log_tail()))
+            .into_inner()
+            .pod_sandbox_id;
         (id, config)
     }
 
     pub async fn create(&mut self, pod: &str, pod_config: &PodSandboxConfig, c: ContainerConfig) -> String {
-        let req = CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(c), sandbox_config: Some(pod_config.clone()) };
-        self.rt.create_container(req).await.unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", self.shim.log_tail())).into_inner().container_id
+        let req = CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(c),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        self.rt
+            .create_container(req)
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", self.shim.log_tail()))
+            .into_inner()
+            .container_id
     }
 
     pub async fn status(&mut self, id: &str) -> ContainerStatus {
-        self.rt.container_status(ContainerStatusRequest { container_id: id.into(), verbose: false }).await.expect("ContainerStatus").into_inner().status.expect("status")
+        self.rt
+            .container_status(ContainerStatusRequest { container_id: id.into(), verbose: false })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("status")
     }
 
     pub async fn wait_exited(&mut self, id: &str) -> ContainerStatus {
@@ -118,4 +152,3 @@ impl Env {
         panic!("container {id} did not exit");
     }
 }
-

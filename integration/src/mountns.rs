@@ -65,9 +65,18 @@ impl Tmpfs {
     pub fn mount(dir: &std::path::Path) -> io::Result<Tmpfs> {
         use std::os::unix::ffi::OsStrExt;
         std::fs::create_dir_all(dir)?;
-        let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let target = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // SAFETY: valid NUL-terminated strings; tmpfs takes no source.
-        let rc = unsafe { libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, c"mode=0700".as_ptr().cast()) };
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=0700".as_ptr().cast(),
+            )
+        };
         if rc != 0 {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("mounting a tmpfs on {}: {e}", dir.display())));

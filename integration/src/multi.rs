@@ -82,10 +82,21 @@ impl Multi {
         let reg_addr = "127.0.0.1:5000".to_string();
 
         let control_dir = dir.join("control");
-        let control_args: Vec<String> = ["--data-dir", &control_dir.display().to_string(), "--listen", &format!("{}:6443", ip(0)), "--tls-san", &ip(0), "--node-monitor-grace-period", "15", "--cluster-cidr", "10.244.0.0/16"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let control_args: Vec<String> = [
+            "--data-dir",
+            &control_dir.display().to_string(),
+            "--listen",
+            &format!("{}:6443", ip(0)),
+            "--tls-san",
+            &ip(0),
+            "--node-monitor-grace-period",
+            "15",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let mut control = hosts[0].ns.command(crate::bin_path("berth-control").unwrap());
         control.args(&control_args);
         let control = Some(spawn_logged(control, &dir.join("control.log")).expect("start berth-control"));
@@ -97,15 +108,34 @@ impl Multi {
         }
         for (n, h) in hosts.iter_mut().enumerate() {
             let shim_dir = h.dir.join("s");
-            ShimProcess::configure(&shim_dir, &ShimOptions { name: &format!("m{tag}{n}"), registry: &reg_addr, subnet: "10.0.0.0/8", with_cni: false }).unwrap();
-            let toml = std::fs::read_to_string(shim_dir.join("shim.toml")).unwrap().replace("bin_dirs = [\"/usr/lib/cni\"]", &format!("bin_dirs = [\"{}\"]", cni_bin.display()));
+            ShimProcess::configure(
+                &shim_dir,
+                &ShimOptions {
+                    name: &format!("m{tag}{n}"),
+                    registry: &reg_addr,
+                    subnet: "10.0.0.0/8",
+                    with_cni: false,
+                },
+            )
+            .unwrap();
+            let toml = std::fs::read_to_string(shim_dir.join("shim.toml"))
+                .unwrap()
+                .replace("bin_dirs = [\"/usr/lib/cni\"]", &format!("bin_dirs = [\"{}\"]", cni_bin.display()));
             std::fs::write(shim_dir.join("shim.toml"), toml).unwrap();
             h.shim = Some(ShimProcess::start(&h.ns, &shim_dir).unwrap());
             let node = format!("node-{tag}{n}");
             let out = Command::new(crate::bin_path("berth-control").unwrap())
                 .arg("--data-dir")
                 .arg(&control_dir)
-                .args(["kubeconfig", "--user", &format!("system:node:{node}"), "--group", "system:nodes", "--server", &format!("https://{}:6443", ip(0))])
+                .args([
+                    "kubeconfig",
+                    "--user",
+                    &format!("system:node:{node}"),
+                    "--group",
+                    "system:nodes",
+                    "--server",
+                    &format!("https://{}:6443", ip(0)),
+                ])
                 .output()
                 .unwrap();
             std::fs::write(h.dir.join("node.kubeconfig"), &out.stdout).unwrap();
@@ -119,7 +149,16 @@ impl Multi {
             std::fs::write(h.dir.join("agent.yaml"), config).unwrap();
             h.agent_args = vec!["--config".into(), h.dir.join("agent.yaml").display().to_string()];
         }
-        let mut m = Multi { hosts, _underlay: underlay, _registries: registries, control, control_args, kubeconfig, dir, _tmp: tmp };
+        let mut m = Multi {
+            hosts,
+            _underlay: underlay,
+            _registries: registries,
+            control,
+            control_args,
+            kubeconfig,
+            dir,
+            _tmp: tmp,
+        };
         for n in 0..HOSTS {
             m.start_agent(n);
         }
@@ -153,12 +192,23 @@ impl Multi {
     }
 
     pub fn kubectl(&self, args: &[&str]) -> String {
-        let out = self.hosts[0].ns.command("kubectl").arg("--kubeconfig").arg(&self.kubeconfig).args(args).output().unwrap();
+        let out =
+            self.hosts[0].ns.command("kubectl").arg("--kubeconfig").arg(&self.kubeconfig).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     pub fn apply(&self, yaml: &str) {
-        let mut child = self.hosts[0].ns.command("kubectl").arg("--kubeconfig").arg(&self.kubeconfig).args(["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = self.hosts[0]
+            .ns
+            .command("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         std::io::Write::write_all(child.stdin.as_mut().unwrap(), yaml.as_bytes()).unwrap();
         drop(child.stdin.take());
         let out = child.wait_with_output().unwrap();
@@ -173,16 +223,28 @@ impl Multi {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
-        let logs: Vec<String> = self.hosts.iter().map(|h| {
-            let t = std::fs::read_to_string(h.dir.join("agent.log")).unwrap_or_default();
-            let l: Vec<&str> = t.lines().collect();
-            l[l.len().saturating_sub(15)..].join("\n")
-        }).collect();
-        panic!("timed out waiting for {what}\npods:\n{}\nnodes:\n{}\n{}", self.kubectl(&["get", "pods", "-o", "wide"]), self.kubectl(&["get", "nodes", "-o", "wide"]), logs.join("\n---\n"));
+        let logs: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|h| {
+                let t = std::fs::read_to_string(h.dir.join("agent.log")).unwrap_or_default();
+                let l: Vec<&str> = t.lines().collect();
+                l[l.len().saturating_sub(15)..].join("\n")
+            })
+            .collect();
+        panic!(
+            "timed out waiting for {what}\npods:\n{}\nnodes:\n{}\n{}",
+            self.kubectl(&["get", "pods", "-o", "wide"]),
+            self.kubectl(&["get", "nodes", "-o", "wide"]),
+            logs.join("\n---\n")
+        );
     }
 
     pub fn ready_nodes(&self) -> usize {
-        self.kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}"]).split_whitespace().filter(|s| *s == "True").count()
+        self.kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}"])
+            .split_whitespace()
+            .filter(|s| *s == "True")
+            .count()
     }
 
     pub fn pod_field(&self, name: &str, path: &str) -> String {
@@ -197,7 +259,11 @@ impl Multi {
         let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
         tokio::runtime::Runtime::new().unwrap().block_on(async move {
             let (mut rt, _) = crate::cri::connect(&socket).await.unwrap();
-            let r = rt.exec_sync(berth_proto::runtime::v1::ExecSyncRequest { container_id: id, cmd, timeout: 10 }).await.unwrap().into_inner();
+            let r = rt
+                .exec_sync(berth_proto::runtime::v1::ExecSyncRequest { container_id: id, cmd, timeout: 10 })
+                .await
+                .unwrap()
+                .into_inner();
             (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr))
         })
     }
@@ -227,4 +293,3 @@ impl Drop for Multi {
         }
     }
 }
-

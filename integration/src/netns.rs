@@ -44,7 +44,8 @@ impl NetNs {
                 if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
                     bail!("setns {}: {}", path.display(), std::io::Error::last_os_error());
                 }
-                let s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
+                let s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+                    .with_context(|| format!("connecting to {addr}"))?;
                 s.set_nonblocking(true)?;
                 Ok(s)
             })

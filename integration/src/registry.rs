@@ -17,7 +17,11 @@ pub struct Registry {
 }
 
 /// Applets linked into the busybox test image.
-const APPLETS: &[&str] = &["sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "env", "pwd", "mkdir", "rm", "ps", "kill", "grep", "head", "wc", "hostname", "touch", "test", "stat", "readlink", "nc", "wget", "printf", "dd", "yes", "top", "mount", "ip", "ifconfig", "whoami"];
+const APPLETS: &[&str] = &[
+    "sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "env", "pwd", "mkdir", "rm", "ps", "kill", "grep",
+    "head", "wc", "hostname", "touch", "test", "stat", "readlink", "nc", "wget", "printf", "dd", "yes", "top", "mount",
+    "ip", "ifconfig", "whoami",
+];
 
 impl Registry {
     /// Starts a registry on 127.0.0.1:`port` inside `ns`, storing under `dir`.
@@ -42,12 +46,23 @@ impl Registry {
         let reg = Registry { addr, dir: dir.to_path_buf(), child };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let ok = ns.command("bash").arg("-c").arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}")).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+            let ok = ns
+                .command("bash")
+                .arg("-c")
+                .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}"))
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
             if ok {
                 return Ok(reg);
             }
             if Instant::now() > deadline {
-                bail!("docker-registry did not listen on {} (see {})", reg.addr, reg.dir.join("registry.log").display());
+                bail!(
+                    "docker-registry did not listen on {} (see {})",
+                    reg.addr,
+                    reg.dir.join("registry.log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -62,12 +77,16 @@ impl Registry {
         for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
             std::fs::create_dir_all(rootfs.join(d))?;
         }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("copying /bin/busybox (apt-get install busybox-static)")?;
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+            .context("copying /bin/busybox (apt-get install busybox-static)")?;
         for a in APPLETS {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a))?;
         }
         std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\nwww-data:x:33:33:www-data:/var/www:/bin/false\n")?;
-        std::fs::write(rootfs.join("etc/group"), "root:x:0:\nwww-data:x:33:\nusers:x:100:www-data\nnogroup:x:65534:\n")?;
+        std::fs::write(
+            rootfs.join("etc/group"),
+            "root:x:0:\nwww-data:x:33:\nusers:x:100:www-data\nnogroup:x:65534:\n",
+        )?;
         self.push_rootfs(ns, name, &work, &rootfs, cmd)
     }
 
@@ -89,7 +108,17 @@ impl Registry {
         run(Command::new("umoci").args(["new", "--image", &image]))?;
         run(Command::new("umoci").args(["insert", "--image", &image]).arg(rootfs).arg("/"))?;
         let mut config = Command::new("umoci");
-        config.args(["config", "--image", &image, "--os", "linux", "--architecture", "amd64", "--config.env", "PATH=/bin"]);
+        config.args([
+            "config",
+            "--image",
+            &image,
+            "--os",
+            "linux",
+            "--architecture",
+            "amd64",
+            "--config.env",
+            "PATH=/bin",
+        ]);
         for c in cmd {
             config.arg(format!("--config.cmd={c}"));
         }
@@ -139,7 +168,13 @@ impl Registry {
         std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
         std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         let dest = format!("docker://{}/{name}", self.addr);
-        run(ns.command("skopeo").args(["copy", "--quiet", "--dest-tls-verify=false", &format!("oci:{}:img", layout.display()), &dest]))
+        run(ns.command("skopeo").args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:img", layout.display()),
+            &dest,
+        ]))
     }
 
     /// Where the registry keeps blobs (for corrupting one on purpose).

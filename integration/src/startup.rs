@@ -36,9 +36,27 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 
 /// Creates the `pods` pods of `yaml` (all labelled `selector`) and waits up to `timeout` for
 /// each to run. `kubectl` gives a kubectl command already pointed at the cluster.
-pub fn measure(kubectl: &dyn Fn() -> Command, selector: &str, yaml: String, pods: usize, timeout: Duration) -> anyhow::Result<Startup> {
+pub fn measure(
+    kubectl: &dyn Fn() -> Command,
+    selector: &str,
+    yaml: String,
+    pods: usize,
+    timeout: Duration,
+) -> anyhow::Result<Startup> {
     let mut watch = kubectl();
-    watch.args(["get", "pods", "-l", selector, "-w", "--no-headers", "-o", "custom-columns=N:.metadata.name,P:.status.phase"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    watch
+        .args([
+            "get",
+            "pods",
+            "-l",
+            selector,
+            "-w",
+            "--no-headers",
+            "-o",
+            "custom-columns=N:.metadata.name,P:.status.phase",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let mut watcher = watch.spawn()?;
     let stdout = watcher.stdout.take().expect("stdout");
     std::thread::sleep(Duration::from_millis(500));
@@ -59,7 +77,11 @@ pub fn measure(kubectl: &dyn Fn() -> Command, selector: &str, yaml: String, pods
     let mut create = kubectl();
     // No client-side schema validation: the figures are the node's, and kubectl's OpenAPI
     // validation of each object was a fifth of the machine's CPU during the burst.
-    create.args(["create", "--validate=false", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    create
+        .args(["create", "--validate=false", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut creator = create.spawn()?;
     let mut stdin = creator.stdin.take().expect("stdin");
     std::thread::spawn(move || std::io::Write::write_all(&mut stdin, yaml.as_bytes()));
@@ -70,7 +92,11 @@ pub fn measure(kubectl: &dyn Fn() -> Command, selector: &str, yaml: String, pods
         }
     }
     let status = creator.wait()?;
-    ensure!(status.success() && created.len() == pods, "kubectl create: {status}, {} of {pods} pods created", created.len());
+    ensure!(
+        status.success() && created.len() == pods,
+        "kubectl create: {status}, {} of {pods} pods created",
+        created.len()
+    );
     // The reader ends when every pod ran; past the deadline, stop the watch to end it.
     while !reader.is_finished() && t0.elapsed() < timeout {
         std::thread::sleep(Duration::from_millis(50));

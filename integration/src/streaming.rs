@@ -73,7 +73,11 @@ impl WsChannels {
         }
         let chosen = head
             .lines()
-            .find_map(|l| l.split_once(':').filter(|(n, _)| n.trim().eq_ignore_ascii_case("sec-websocket-protocol")).map(|(_, v)| v.trim().to_string()))
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.trim().eq_ignore_ascii_case("sec-websocket-protocol"))
+                    .map(|(_, v)| v.trim().to_string())
+            })
             .unwrap_or_default();
         Ok(WsChannels { stream, buf: buf[end + 4..].to_vec(), protocol: chosen, mask_seed: 0x9e37_79b9 })
     }
@@ -251,8 +255,15 @@ mod tests {
 
     #[test]
     fn frames_parse_with_each_length_form() {
-        assert_eq!(parse_frame(&[0x82, 2, 1, b'x']).unwrap(), Some(Frame { fin: true, opcode: 2, payload: vec![1, b'x'], used: 4 }));
-        assert_eq!(parse_frame(&[0x02, 1, 1]).unwrap(), Some(Frame { fin: false, opcode: 2, payload: vec![1], used: 3 }), "first fragment");
+        assert_eq!(
+            parse_frame(&[0x82, 2, 1, b'x']).unwrap(),
+            Some(Frame { fin: true, opcode: 2, payload: vec![1, b'x'], used: 4 })
+        );
+        assert_eq!(
+            parse_frame(&[0x02, 1, 1]).unwrap(),
+            Some(Frame { fin: false, opcode: 2, payload: vec![1], used: 3 }),
+            "first fragment"
+        );
         let mut long = vec![0x82, 126, 0x01, 0x00];
         long.extend(vec![7u8; 256]);
         assert_eq!(parse_frame(&long).unwrap().unwrap().payload.len(), 256);

@@ -74,7 +74,10 @@ fn projected_service_account_tokens_authenticate_to_the_api_and_the_kubelet() {
 
     // Once the pod is deleted its token is worthless (the agent's 2-minute cache aside).
     c.kubectl(&["delete", "pod", "tok", "--wait=false"]).unwrap();
-    c.wait_for(LONG, "the bound token to be refused", |c| token_review(c, &token, &[])["status"]["authenticated"] == false).unwrap();
+    c.wait_for(LONG, "the bound token to be refused", |c| {
+        token_review(c, &token, &[])["status"]["authenticated"] == false
+    })
+    .unwrap();
 }
 
 fn metric(text: &str, prefix: &str) -> f64 {
@@ -91,7 +94,10 @@ fn stats_summary_and_resource_metrics_through_the_api_proxy() {
 #[test]
 #[ignore = "needs root"]
 fn stats_summary_and_resource_metrics_with_containerd() {
-    stats_through_the_proxy(Cluster::start_with("statsctd", 5233, "10.89.33.0/24", Runtime::Containerd).expect("cluster"), Runtime::Containerd);
+    stats_through_the_proxy(
+        Cluster::start_with("statsctd", 5233, "10.89.33.0/24", Runtime::Containerd).expect("cluster"),
+        Runtime::Containerd,
+    );
 }
 
 fn stats_through_the_proxy(c: Cluster, runtime: Runtime) {
@@ -102,7 +108,9 @@ fn stats_through_the_proxy(c: Cluster, runtime: Runtime) {
     .unwrap();
     c.wait_for(LONG, "the pod to warm up", |c| c.container_output("busy", "app").contains("warm")).unwrap();
     let base = format!("/api/v1/nodes/{}/proxy", c.node);
-    let summary = || -> Value { serde_json::from_str(&c.kubectl(&["get", "--raw", &format!("{base}/stats/summary")]).unwrap()).unwrap() };
+    let summary = || -> Value {
+        serde_json::from_str(&c.kubectl(&["get", "--raw", &format!("{base}/stats/summary")]).unwrap()).unwrap()
+    };
     let first = summary();
     std::thread::sleep(Duration::from_millis(1100));
     let s = summary();
@@ -112,14 +120,23 @@ fn stats_through_the_proxy(c: Cluster, runtime: Runtime) {
     assert!(n(&node["cpu"]["usageCoreNanoSeconds"]) > 0 && node["cpu"]["usageNanoCores"].is_u64(), "{node}");
     assert!(n(&node["memory"]["workingSetBytes"]) > 0 && n(&node["memory"]["availableBytes"]) > 0, "{node}");
     assert!(n(&node["fs"]["capacityBytes"]) > 0 && n(&node["fs"]["usedBytes"]) > 0, "{node}");
-    assert!(n(&node["runtime"]["imageFs"]["capacityBytes"]) > 0 && node["runtime"]["imageFs"]["usedBytes"].is_u64(), "{node}");
+    assert!(
+        n(&node["runtime"]["imageFs"]["capacityBytes"]) > 0 && node["runtime"]["imageFs"]["usedBytes"].is_u64(),
+        "{node}"
+    );
     if runtime == Runtime::BerthShim {
         // containerd 1.6 measures its snapshots in the background: 0 for its first minute.
         assert!(n(&node["runtime"]["imageFs"]["usedBytes"]) > 0, "{node}");
     }
     assert!(n(&node["rlimit"]["maxpid"]) > 0 && n(&node["rlimit"]["curproc"]) > 0, "{node}");
     assert!(node["network"]["interfaces"].is_array(), "{node}");
-    let pod = s["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "busy").unwrap_or_else(|| panic!("{s}")).clone();
+    let pod = s["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podRef"]["name"] == "busy")
+        .unwrap_or_else(|| panic!("{s}"))
+        .clone();
     let app = &pod["containers"][0];
     assert_eq!(app["name"], "app");
     let (cpu, ws) = (n(&app["cpu"]["usageCoreNanoSeconds"]), n(&app["memory"]["workingSetBytes"]));
@@ -145,7 +162,10 @@ fn stats_through_the_proxy(c: Cluster, runtime: Runtime) {
     assert!(metric(&text, &format!("container_start_time_seconds{labels}")) > 1.0e9, "{text}");
     assert!(metric(&text, "pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"busy\"}") >= ccpu, "{text}");
     assert!(metric(&text, "pod_memory_working_set_bytes{namespace=\"default\",pod=\"busy\"}") > 0.0, "{text}");
-    assert!(metric(&text, "node_cpu_usage_seconds_total ") > 0.0 && metric(&text, "node_memory_working_set_bytes ") > 0.0, "{text}");
+    assert!(
+        metric(&text, "node_cpu_usage_seconds_total ") > 0.0 && metric(&text, "node_memory_working_set_bytes ") > 0.0,
+        "{text}"
+    );
     assert_eq!(metric(&text, "resource_scrape_error "), 0.0, "{text}");
     assert!(text.contains("# TYPE container_cpu_usage_seconds_total counter"), "{text}");
     eprintln!("metrics/resource: container cpu {ccpu} s, working set {cws} B");
@@ -156,7 +176,12 @@ fn image_tags(c: &Cluster) -> Vec<String> {
     let socket = c.cri_socket.clone();
     tokio::runtime::Runtime::new().unwrap().block_on(async move {
         let (_, mut img) = berth_integration::cri::connect(&socket).await.unwrap();
-        let list = img.list_images(berth_proto::runtime::v1::ListImagesRequest { filter: None }).await.unwrap().into_inner().images;
+        let list = img
+            .list_images(berth_proto::runtime::v1::ListImagesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .images;
         list.into_iter().flat_map(|i| i.repo_tags).collect()
     })
 }
@@ -168,21 +193,31 @@ fn image_gc_removes_unused_images_and_keeps_used_ones() {
     let gc = "imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\nimageMinimumGCAge: 0s\n";
     let c = Cluster::start_custom("imggc", 5232, "10.89.32.0/24", Runtime::BerthShim, gc).expect("cluster");
     c.registry.push_busybox(&c.ns, "library/busybox:gc", &["true"]).unwrap();
-    let pod = |name: &str, image: &str, cmd: &str, policy: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: {policy}\n  containers: [{{name: c, image: {image}, command: [sh, -c, \"{cmd}\"]}}]\n");
+    let pod = |name: &str, image: &str, cmd: &str, policy: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: {policy}\n  containers: [{{name: c, image: {image}, command: [sh, -c, \"{cmd}\"]}}]\n")
+    };
     c.apply(&pod("keep", &c.image, "sleep 1000", "Always")).unwrap();
     c.apply(&pod("once", "busybox:gc", "true", "Never")).unwrap();
     c.wait_for(LONG, "the pods to run and finish", |c| {
-        c.pod("keep").is_ok_and(|p| p["status"]["phase"] == "Running") && c.pod("once").is_ok_and(|p| p["status"]["phase"] == "Succeeded")
+        c.pod("keep").is_ok_and(|p| p["status"]["phase"] == "Running")
+            && c.pod("once").is_ok_and(|p| p["status"]["phase"] == "Succeeded")
     })
     .unwrap();
     let tags = image_tags(&c);
     assert!(tags.iter().any(|t| t.ends_with("busybox:gc")), "{tags:?}");
     // While its (exited) container exists the image stays; once the pod is gone it goes.
     c.kubectl(&["delete", "pod", "once"]).unwrap();
-    c.wait_for(Duration::from_secs(90), "the unused image to be collected", |c| !image_tags(c).iter().any(|t| t.ends_with("busybox:gc"))).unwrap();
+    c.wait_for(Duration::from_secs(90), "the unused image to be collected", |c| {
+        !image_tags(c).iter().any(|t| t.ends_with("busybox:gc"))
+    })
+    .unwrap();
     let tags = image_tags(&c);
     assert!(tags.iter().any(|t| t.ends_with("busybox:1.36")), "the running pod's image stays: {tags:?}");
     let log = std::fs::read_to_string(c.dir.join("agent.log")).unwrap();
-    assert!(log.lines().any(|l| l.contains("image garbage-collected") && l.contains("busybox:gc")), "{}", c.agent_log());
+    assert!(
+        log.lines().any(|l| l.contains("image garbage-collected") && l.contains("busybox:gc")),
+        "{}",
+        c.agent_log()
+    );
     assert_eq!(c.pod("keep").unwrap()["status"]["phase"], "Running");
 }

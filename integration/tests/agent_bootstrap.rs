@@ -21,7 +21,15 @@ impl Drop for Control {
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
     use std::io::Write;
-    let mut child = Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("running kubectl")?;
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running kubectl")?;
     let mut input = child.stdin.take().context("kubectl stdin")?;
     input.write_all(stdin.unwrap_or_default().as_bytes())?;
     drop(input);
@@ -43,7 +51,10 @@ fn start_control(dir: &Path) -> anyhow::Result<(Control, String)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(admin.exists() && kubectl(&admin, &["get", "--raw", "/readyz"], None)?.status.success()) {
         if Instant::now() > deadline {
-            bail!("berth-control did not become ready: {}", std::fs::read_to_string(dir.join("control.log")).unwrap_or_default());
+            bail!(
+                "berth-control did not become ready: {}",
+                std::fs::read_to_string(dir.join("control.log")).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -87,7 +98,8 @@ fn bootstrap_token_gets_a_node_kubeconfig_through_an_approved_csr() -> anyhow::R
     // The CSR is Approved (by the approver, for a bootstrapper) and names the requester.
     let admin = dir.join("control/admin.kubeconfig");
     let o = kubectl(&admin, &["get", "csr", &csr, "-o", "json"], None)?;
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).with_context(|| String::from_utf8_lossy(&o.stderr).into_owned())?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).with_context(|| String::from_utf8_lossy(&o.stderr).into_owned())?;
     assert_eq!(v["status"]["conditions"][0]["type"], "Approved", "{v}");
     assert_eq!(v["spec"]["username"], format!("system:bootstrap:{}", token.split('.').next().unwrap_or_default()));
     assert_eq!(v["spec"]["signerName"], "kubernetes.io/kube-apiserver-client-kubelet");
@@ -124,7 +136,11 @@ fn berth_agent_binary_bootstraps_from_its_config_before_the_runtime() -> anyhow:
         dir.display()
     );
     std::fs::write(dir.join("agent.yaml"), config)?;
-    let out = Command::new(berth_integration::bin_path("berth-agent")?).arg("--config").arg(dir.join("agent.yaml")).stdin(Stdio::null()).output()?;
+    let out = Command::new(berth_integration::bin_path("berth-agent")?)
+        .arg("--config")
+        .arg(dir.join("agent.yaml"))
+        .stdin(Stdio::null())
+        .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("connecting to the CRI runtime"), "{stderr}");
     assert!(stderr.contains("wrote the node kubeconfig"), "{stderr}");

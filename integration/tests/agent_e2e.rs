@@ -7,7 +7,11 @@ use berth_integration::cluster::{Cluster, Runtime};
 use serde_json::Value;
 
 fn status_of<'a>(pod: &'a Value, container: &str) -> &'a Value {
-    let all = pod["status"]["containerStatuses"].as_array().into_iter().flatten().chain(pod["status"]["initContainerStatuses"].as_array().into_iter().flatten());
+    let all = pod["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(pod["status"]["initContainerStatuses"].as_array().into_iter().flatten());
     all.into_iter().find(|s| s["name"] == container).unwrap_or(&Value::Null)
 }
 
@@ -67,11 +71,27 @@ spec:
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (mut client, _) = berth_integration::cri::connect(&c.cri_socket).await.unwrap();
-        let req = berth_proto::runtime::v1::ExecSyncRequest { container_id: cid.into(), cmd: vec!["rm".into(), "/tmp/alive".into()], timeout: 5 };
+        let req = berth_proto::runtime::v1::ExecSyncRequest {
+            container_id: cid.into(),
+            cmd: vec!["rm".into(), "/tmp/alive".into()],
+            timeout: 5,
+        };
         client.exec_sync(req).await.unwrap();
     });
-    c.wait_for(LONG, "a liveness restart", |c| c.pod("probed").is_ok_and(|p| status_of(&p, "app")["restartCount"].as_i64().unwrap_or(0) >= 1)).unwrap();
-    let events = c.kubectl(&["get", "events", "--field-selector", "involvedObject.name=probed", "-o", "jsonpath={.items[*].reason}"]).unwrap();
+    c.wait_for(LONG, "a liveness restart", |c| {
+        c.pod("probed").is_ok_and(|p| status_of(&p, "app")["restartCount"].as_i64().unwrap_or(0) >= 1)
+    })
+    .unwrap();
+    let events = c
+        .kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=probed",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])
+        .unwrap();
     assert!(events.contains("Killing") && events.contains("Started"), "events: {events}");
     c.wait_for(LONG, "Ready again after the restart", |c| c.pod("probed").is_ok_and(|p| ready(&p))).unwrap();
 
@@ -93,7 +113,9 @@ fn init_containers_shared_empty_dir_and_config_map_updates() {
 #[test]
 #[ignore = "needs root"]
 fn init_containers_and_volumes_with_containerd() {
-    init_volumes_and_config(Cluster::start_with("init-ctrd", 5206, "10.89.26.0/24", Runtime::Containerd).expect("cluster"));
+    init_volumes_and_config(
+        Cluster::start_with("init-ctrd", 5206, "10.89.26.0/24", Runtime::Containerd).expect("cluster"),
+    );
 }
 
 fn init_volumes_and_config(c: Cluster) {
@@ -127,16 +149,31 @@ spec:
     c.wait_for(LONG, "the pod to run", |c| c.pod("staged").is_ok_and(|p| p["status"]["phase"] == "Running")).unwrap();
     let p = c.pod("staged").unwrap();
     for name in ["first", "second"] {
-        assert_eq!(status_of(&p, name)["state"]["terminated"]["reason"], "Completed", "{name}: {}", status_of(&p, name));
+        assert_eq!(
+            status_of(&p, name)["state"]["terminated"]["reason"],
+            "Completed",
+            "{name}: {}",
+            status_of(&p, name)
+        );
     }
     let first_done = status_of(&p, "first")["state"]["terminated"]["finishedAt"].as_str().unwrap().to_string();
     let second_start = status_of(&p, "second")["state"]["terminated"]["startedAt"].as_str().unwrap().to_string();
     assert!(first_done <= second_start, "in order: {first_done} then {second_start}");
-    assert!(c.container_output("staged", "writer").starts_with("one\ntwo\n"), "{}", c.container_output("staged", "writer"));
-    c.wait_for(LONG, "the reader to see the writer's file and the configMap", |c| c.container_output("staged", "reader").contains("from-writer\nhello")).unwrap();
+    assert!(
+        c.container_output("staged", "writer").starts_with("one\ntwo\n"),
+        "{}",
+        c.container_output("staged", "writer")
+    );
+    c.wait_for(LONG, "the reader to see the writer's file and the configMap", |c| {
+        c.container_output("staged", "reader").contains("from-writer\nhello")
+    })
+    .unwrap();
 
     c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {greeting: bonjour}\n").unwrap();
-    c.wait_for(LONG, "the configMap update in the mounted volume", |c| c.container_output("staged", "reader").contains("bonjour")).unwrap();
+    c.wait_for(LONG, "the configMap update in the mounted volume", |c| {
+        c.container_output("staged", "reader").contains("bonjour")
+    })
+    .unwrap();
     assert_eq!(status_of(&c.pod("staged").unwrap(), "reader")["restartCount"], 0, "updated in place, no restart");
 }
 
@@ -179,21 +216,38 @@ spec:
     assert_eq!(c.pod("hungry").unwrap()["status"]["qosClass"], "Burstable");
 
     // CrashLoopBackOff: restarts come later and later.
-    c.wait_for(Duration::from_secs(90), "three restarts", |c| c.pod("crasher").is_ok_and(|p| status_of(&p, "crash")["restartCount"].as_i64().unwrap_or(0) >= 3)).unwrap();
+    c.wait_for(Duration::from_secs(90), "three restarts", |c| {
+        c.pod("crasher").is_ok_and(|p| status_of(&p, "crash")["restartCount"].as_i64().unwrap_or(0) >= 3)
+    })
+    .unwrap();
     let p = c.pod("crasher").unwrap();
     let st = status_of(&p, "crash");
     let waiting = st["state"]["waiting"]["reason"].as_str().unwrap_or_default().to_string();
     assert!(waiting == "CrashLoopBackOff" || st["state"]["running"].is_object(), "{st}");
     assert_eq!(st["lastState"]["terminated"]["exitCode"], 3);
-    let started: Vec<String> = c.kubectl(&["get", "events", "--field-selector", "involvedObject.name=crasher,reason=Started", "-o", "jsonpath={.items[*].firstTimestamp}"]).unwrap().split_whitespace().map(str::to_string).collect();
+    let started: Vec<String> = c
+        .kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=crasher,reason=Started",
+            "-o",
+            "jsonpath={.items[*].firstTimestamp}",
+        ])
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
     assert!(started.len() >= 4, "{started:?}");
-    let mut t: Vec<i64> = started.iter().map(|s| k8s_openapi::chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()).collect();
+    let mut t: Vec<i64> =
+        started.iter().map(|s| k8s_openapi::chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()).collect();
     t.sort();
     let gaps: Vec<i64> = t.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps[1] >= 9 && gaps[2] >= 19, "back-off 10 s then 20 s: gaps {gaps:?}");
 
     // An agent killed with -9 and restarted adopts what runs: same container, no restart.
-    c.wait_for(LONG, "stubborn running", |c| c.pod("stubborn").is_ok_and(|p| p["status"]["phase"] == "Running")).unwrap();
+    c.wait_for(LONG, "stubborn running", |c| c.pod("stubborn").is_ok_and(|p| p["status"]["phase"] == "Running"))
+        .unwrap();
     let before = status_of(&c.pod("stubborn").unwrap(), "app")["containerID"].clone();
     c.kill9_agent();
     c.start_agent().unwrap();
@@ -216,31 +270,47 @@ fn static_pods_get_mirror_pods() {
     let manifest = c.dir.join("manifests/web.yaml");
     std::fs::write(&manifest, format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers: [{{name: web, image: {}, command: [sh, -c, 'echo static; sleep 1000']}}]\n", c.image)).unwrap();
     let name = format!("web-{}", c.node);
-    c.wait_for(LONG, "the mirror pod to run", |c| c.pod(&name).is_ok_and(|p| p["status"]["phase"] == "Running")).unwrap();
+    c.wait_for(LONG, "the mirror pod to run", |c| c.pod(&name).is_ok_and(|p| p["status"]["phase"] == "Running"))
+        .unwrap();
     let p = c.pod(&name).unwrap();
     assert!(p["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string(), "{}", p["metadata"]);
     assert_eq!(p["spec"]["nodeName"], c.node.as_str());
     c.wait_for(LONG, "the static pod's output", |c| c.container_output(&name, "web").contains("static")).unwrap();
     // Removing the manifest removes the pod and its mirror.
     std::fs::remove_file(&manifest).unwrap();
-    c.wait_for(LONG, "the mirror pod to go", |c| c.kubectl(&["get", "pods", "-o", "name"]).is_ok_and(|o| o.is_empty())).unwrap();
+    c.wait_for(LONG, "the mirror pod to go", |c| c.kubectl(&["get", "pods", "-o", "name"]).is_ok_and(|o| o.is_empty()))
+        .unwrap();
 }
 
 #[test]
 #[ignore = "needs root"]
 fn pods_are_evicted_under_memory_pressure_best_effort_first() {
     // A threshold no machine meets: the node is always under memory pressure.
-    let c = Cluster::start_custom("evict", 5207, "10.89.27.0/24", Runtime::BerthShim, "evictionHard: {memory.available: 100Ti}\n").expect("cluster");
-    let pod = |name: &str, resources: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {}\n  containers:\n  - name: c\n    image: {}\n    command: [sleep, \"1000\"]\n    resources: {resources}\n", c.node, c.image);
+    let c = Cluster::start_custom(
+        "evict",
+        5207,
+        "10.89.27.0/24",
+        Runtime::BerthShim,
+        "evictionHard: {memory.available: 100Ti}\n",
+    )
+    .expect("cluster");
+    let pod = |name: &str, resources: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {}\n  containers:\n  - name: c\n    image: {}\n    command: [sleep, \"1000\"]\n    resources: {resources}\n", c.node, c.image)
+    };
     c.apply(&pod("guaranteed", "{limits: {memory: 32Mi, cpu: 100m}}")).unwrap();
     c.apply(&pod("besteffort", "{}")).unwrap();
-    c.wait_for(LONG, "the BestEffort pod's eviction", |c| c.pod("besteffort").is_ok_and(|p| p["status"]["reason"] == "Evicted")).unwrap();
+    c.wait_for(LONG, "the BestEffort pod's eviction", |c| {
+        c.pod("besteffort").is_ok_and(|p| p["status"]["reason"] == "Evicted")
+    })
+    .unwrap();
     let p = c.pod("besteffort").unwrap();
     assert_eq!(p["status"]["phase"], "Failed");
     assert!(p["status"]["message"].as_str().unwrap_or_default().contains("low on resource: memory"), "{}", p["status"]);
     let g = c.pod("guaranteed").unwrap();
     assert_ne!(g["status"]["reason"], "Evicted", "BestEffort goes first");
-    let events = c.kubectl(&["get", "events", "--field-selector", "involvedObject.name=besteffort,reason=Evicted", "-o", "name"]).unwrap();
+    let events = c
+        .kubectl(&["get", "events", "--field-selector", "involvedObject.name=besteffort,reason=Evicted", "-o", "name"])
+        .unwrap();
     assert!(!events.is_empty(), "an Evicted event");
     // The evicted pod stays down (no containers come back), even for a restarted agent.
     std::thread::sleep(Duration::from_secs(3));
@@ -257,33 +327,57 @@ fn kubectl_logs_exec_and_port_forward_through_the_control_plane() {
     ))
     .unwrap();
     c.wait_for(LONG, "the pod to run", |c| c.pod("talk").is_ok_and(|p| p["status"]["phase"] == "Running")).unwrap();
-    c.wait_for(LONG, "kubectl logs", |c| c.kubectl(&["logs", "talk"]).is_ok_and(|o| o.starts_with("first\ntick 1"))).unwrap();
+    c.wait_for(LONG, "kubectl logs", |c| c.kubectl(&["logs", "talk"]).is_ok_and(|o| o.starts_with("first\ntick 1")))
+        .unwrap();
     let tail = c.kubectl(&["logs", "talk", "--tail=1"]).unwrap();
     assert!(tail.starts_with("tick ") && !tail.contains('\n'), "{tail:?}");
 
     // logs -f streams: new lines arrive while the command runs.
-    let out = c.ns.command("timeout").args(["4", "kubectl", "--kubeconfig"]).arg(&c.kubeconfig).args(["logs", "-f", "talk", "--tail=1"]).output().unwrap();
+    let out =
+        c.ns.command("timeout")
+            .args(["4", "kubectl", "--kubeconfig"])
+            .arg(&c.kubeconfig)
+            .args(["logs", "-f", "talk", "--tail=1"])
+            .output()
+            .unwrap();
     let followed = String::from_utf8_lossy(&out.stdout);
     assert!(followed.matches("tick").count() >= 3, "follow streamed new lines: {followed:?}");
 
     // exec, with stdin, and its exit code.
-    let out = c.kubectl_output(&["exec", "-i", "talk", "--", "sh", "-c", "cat; echo done >&2; exit 3"], Some("through stdin\n")).unwrap();
+    let out = c
+        .kubectl_output(
+            &["exec", "-i", "talk", "--", "sh", "-c", "cat; echo done >&2; exit 3"],
+            Some("through stdin\n"),
+        )
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("done"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(3), "the exit code comes back");
     assert_eq!(c.kubectl(&["exec", "talk", "--", "hostname"]).unwrap(), "talk");
 
     // port-forward to the pod's echo server (which answers inside the pod first).
-    c.wait_for(LONG, "the echo server in the pod", |c| c.kubectl(&["exec", "talk", "--", "sh", "-c", "echo inside | nc -w 1 127.0.0.1 8080"]).is_ok_and(|o| o.contains("inside"))).unwrap();
+    c.wait_for(LONG, "the echo server in the pod", |c| {
+        c.kubectl(&["exec", "talk", "--", "sh", "-c", "echo inside | nc -w 1 127.0.0.1 8080"])
+            .is_ok_and(|o| o.contains("inside"))
+    })
+    .unwrap();
     let mut pf = c.ns.command("kubectl");
     let pf_log = c.dir.join("port-forward.log");
     let pf_err = std::fs::File::create(&pf_log).unwrap();
-    pf.arg("--kubeconfig").arg(&c.kubeconfig).args(["port-forward", "-v=6", "pod/talk", "18080:8080"]).stdout(pf_err.try_clone().unwrap()).stderr(pf_err);
+    pf.arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["port-forward", "-v=6", "pod/talk", "18080:8080"])
+        .stdout(pf_err.try_clone().unwrap())
+        .stderr(pf_err);
     let mut child = pf.spawn().unwrap();
     let mut got = String::new();
     for _ in 0..30 {
         std::thread::sleep(Duration::from_millis(300));
-        let out = c.ns.command("sh").args(["-c", "echo via-port-forward | busybox nc -w 2 127.0.0.1 18080"]).output().unwrap();
+        let out =
+            c.ns.command("sh")
+                .args(["-c", "echo via-port-forward | busybox nc -w 2 127.0.0.1 18080"])
+                .output()
+                .unwrap();
         got = String::from_utf8_lossy(&out.stdout).into_owned();
         if got.contains("via-port-forward") {
             break;
@@ -291,7 +385,12 @@ fn kubectl_logs_exec_and_port_forward_through_the_control_plane() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(got.contains("via-port-forward"), "port-forward echoed: {got:?}\n{}\n{}", std::fs::read_to_string(&pf_log).unwrap_or_default(), c.agent_log());
+    assert!(
+        got.contains("via-port-forward"),
+        "port-forward echoed: {got:?}\n{}\n{}",
+        std::fs::read_to_string(&pf_log).unwrap_or_default(),
+        c.agent_log()
+    );
 }
 
 #[test]
@@ -316,11 +415,18 @@ fn host_ports(c: Cluster) {
     .unwrap();
     c.wait_for(LONG, "the pod to run", |c| c.pod("hp").is_ok_and(|p| p["status"]["phase"] == "Running")).unwrap();
     let echo = |c: &Cluster| {
-        let out = c.ns.command("sh").args(["-c", "echo via-host-port | busybox nc -w 2 127.0.0.1 18090"]).output().unwrap();
+        let out =
+            c.ns.command("sh").args(["-c", "echo via-host-port | busybox nc -w 2 127.0.0.1 18090"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).contains("via-host-port")
     };
     c.wait_for(LONG, "the host port to echo", &echo).unwrap_or_else(|e| panic!("{e}\n{}", c.agent_log()));
-    let mapped = |c: &Cluster| c.ns.command("nft").args(["list", "map", "inet", "berth-portmap", "dnat4"]).output().map(|o| String::from_utf8_lossy(&o.stdout).contains("18090")).unwrap_or(false);
+    let mapped = |c: &Cluster| {
+        c.ns.command("nft")
+            .args(["list", "map", "inet", "berth-portmap", "dnat4"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("18090"))
+            .unwrap_or(false)
+    };
     assert!(mapped(&c), "the node's DNAT map holds the port");
     c.kubectl(&["delete", "pod", "hp", "--wait=true", "--timeout=60s"]).unwrap();
     c.wait_for(LONG, "the mapping to go with the pod", |c| !mapped(c)).unwrap();

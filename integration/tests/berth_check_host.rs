@@ -5,8 +5,7 @@ use std::process::Command;
 
 use anyhow::{ensure, Result};
 use berth_integration::check::{
-    host_namespace_inodes, DeviceExpectation, MountExpectation, NamespaceExpectation,
-    SyscallExpectation,
+    host_namespace_inodes, DeviceExpectation, MountExpectation, NamespaceExpectation, SyscallExpectation,
 };
 use berth_integration::Expectations;
 
@@ -16,29 +15,15 @@ fn run_check(e: &Expectations) -> Result<(i32, String)> {
     let tmp = tempfile::tempdir()?;
     let path = tmp.path().join("check.json");
     std::fs::write(&path, serde_json::to_vec(e)?)?;
-    let out = Command::new(CHECK_BIN)
-        .arg(&path)
-        .current_dir("/")
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
+    let out = Command::new(CHECK_BIN).arg(&path).current_dir("/").output()?;
+    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 fn host_truth() -> Expectations {
     Expectations {
         namespaces: host_namespace_inodes()
             .into_iter()
-            .map(|(kind, host_inode)| {
-                (
-                    kind,
-                    NamespaceExpectation {
-                        host_inode,
-                        shared: true,
-                    },
-                )
-            })
+            .map(|(kind, host_inode)| (kind, NamespaceExpectation { host_inode, shared: true }))
             .collect(),
         // SAFETY: getuid has no preconditions.
         uid: Some(unsafe { libc::getuid() }),
@@ -57,10 +42,7 @@ fn host_truth() -> Expectations {
             minor: Some(3),
             ..Default::default()
         }],
-        syscalls: vec![SyscallExpectation {
-            name: "getpid".into(),
-            ..Default::default()
-        }],
+        syscalls: vec![SyscallExpectation { name: "getpid".into(), ..Default::default() }],
         fork_count: Some(3),
         alloc_mb: Some(8),
         ..Default::default()
@@ -71,10 +53,7 @@ fn host_truth() -> Expectations {
 fn passes_for_the_host_as_it_is() -> Result<()> {
     let (code, stdout) = run_check(&host_truth())?;
     ensure!(code == 0, "exit {code}:\n{stdout}");
-    ensure!(
-        stdout.contains("ok namespace pid") && stdout.contains("ok alloc_mb"),
-        "{stdout}"
-    );
+    ensure!(stdout.contains("ok namespace pid") && stdout.contains("ok alloc_mb"), "{stdout}");
     ensure!(!stdout.contains("FAIL"), "{stdout}");
     Ok(())
 }
@@ -88,19 +67,14 @@ fn fails_for_what_the_host_is_not() -> Result<()> {
     let (code, stdout) = run_check(&e)?;
     ensure!(code == 1, "exit {code}:\n{stdout}");
     for name in ["namespace pid", "cwd", "env BERTH_CHECK_SURELY_UNSET"] {
-        ensure!(
-            stdout.contains(&format!("FAIL {name}: expected")),
-            "{name}:\n{stdout}"
-        );
+        ensure!(stdout.contains(&format!("FAIL {name}: expected")), "{name}:\n{stdout}");
     }
     Ok(())
 }
 
 #[test]
 fn bad_expectations_exit_2() -> Result<()> {
-    let out = Command::new(CHECK_BIN)
-        .arg("/nonexistent/check.json")
-        .output()?;
+    let out = Command::new(CHECK_BIN).arg("/nonexistent/check.json").output()?;
     ensure!(out.status.code() == Some(2), "{:?}", out.status);
     Ok(())
 }

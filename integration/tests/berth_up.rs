@@ -46,7 +46,8 @@ fn wait_for(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) -> anyh
 }
 
 fn phases(ns: &NetNs, kc: &Path) -> String {
-    kubectl(ns, kc, &["get", "pods", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}"]).unwrap_or_default()
+    kubectl(ns, kc, &["get", "pods", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}"])
+        .unwrap_or_default()
 }
 
 fn all_running(ns: &NetNs, kc: &Path, n: usize) -> bool {
@@ -81,7 +82,10 @@ impl Up {
             .stderr(Stdio::piped())
             .spawn()?;
         let (tx, lines) = mpsc::channel();
-        for r in [Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().expect("stderr"))] {
+        for r in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for l in std::io::BufReader::new(r).lines().map_while(Result::ok) {
@@ -135,9 +139,13 @@ fn leaks(ns: &NetNs, paths: &[&Path], cgroup_root: &str) -> Vec<String> {
     let needles: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ");
+        let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+            .replace('\0', " ");
         let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let in_cg = cg.lines().filter_map(|l| l.splitn(3, ':').nth(2)).any(|p| p == cgroup_root || p.starts_with(&format!("{cgroup_root}/")));
+        let in_cg = cg
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|p| p == cgroup_root || p.starts_with(&format!("{cgroup_root}/")));
         if in_cg || needles.iter().any(|n| cmd.contains(n.as_str())) {
             out.push(format!("process {pid}: {cmd}"));
         }
@@ -178,16 +186,31 @@ fn berth_up_runs_kubectl_workloads_and_down_leaves_nothing() -> anyhow::Result<(
     let ready = up.ready(Duration::from_secs(180))?;
     eprintln!("berth up: node Ready after {ready:.1}s");
     kubectl(&ns, &kc, &["run", "hello", "--image=busybox", "--", "sleep", "3600"])?;
-    let hello = wait_for(Duration::from_secs(90), "kubectl run to reach Running", || phases(&ns, &kc).contains("hello=Running"))?;
+    let hello = wait_for(Duration::from_secs(90), "kubectl run to reach Running", || {
+        phases(&ns, &kc).contains("hello=Running")
+    })?;
     eprintln!("kubectl run busybox → Running in {:.2}s", hello.as_secs_f64());
-    kubectl(&ns, &kc, &["apply", "-f", &examples.join("pod.yaml").display().to_string(), "-f", &examples.join("deployment.yaml").display().to_string()])?;
-    let apply = wait_for(Duration::from_secs(90), "the examples to run", || all_running(&ns, &kc, 4)).with_context(|| phases(&ns, &kc))?;
+    kubectl(
+        &ns,
+        &kc,
+        &[
+            "apply",
+            "-f",
+            &examples.join("pod.yaml").display().to_string(),
+            "-f",
+            &examples.join("deployment.yaml").display().to_string(),
+        ],
+    )?;
+    let apply = wait_for(Duration::from_secs(90), "the examples to run", || all_running(&ns, &kc, 4))
+        .with_context(|| phases(&ns, &kc))?;
     eprintln!("kubectl apply -f examples/ → 3 pods Running in {:.2}s", apply.as_secs_f64());
     let ip = kubectl(&ns, &kc, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].status.podIP}"])?;
     let mut last = String::new();
     let answered = wait_for(Duration::from_secs(30), "the web pod to answer", || {
         let out = ns.command("timeout").args(["5", "busybox", "wget", "-qO-", &format!("http://{ip}:8080/")]).output();
-        last = out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))).unwrap_or_else(|e| e.to_string());
+        last = out
+            .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+            .unwrap_or_else(|e| e.to_string());
         last.contains("hello from web-")
     });
     answered.with_context(|| format!("wget http://{ip}:8080/: {last}"))?;
@@ -208,10 +231,14 @@ fn berth_up_runs_kubectl_workloads_and_down_leaves_nothing() -> anyhow::Result<(
     let again = up.ready(Duration::from_secs(180))?;
     // The API still says Running from before: what shows the pods are back is a web pod answering.
     let back = wait_for(Duration::from_secs(90), "the web pods to answer again", || {
-        let ips = kubectl(&ns, &kc, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].status.podIP}"]).unwrap_or_default();
+        let ips = kubectl(&ns, &kc, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].status.podIP}"])
+            .unwrap_or_default();
         !ips.is_empty()
             && ips.split_whitespace().all(|ip| {
-                let out = ns.command("timeout").args(["5", "busybox", "wget", "-qO-", &format!("http://{ip}:8080/")]).output();
+                let out = ns
+                    .command("timeout")
+                    .args(["5", "busybox", "wget", "-qO-", &format!("http://{ip}:8080/")])
+                    .output();
                 out.map(|o| String::from_utf8_lossy(&o.stdout).contains("hello from web-")).unwrap_or(false)
             })
     })?;
@@ -253,21 +280,49 @@ fn berth_join_with_a_token_adds_a_ready_node_reachable_over_vxlan() -> anyhow::R
     let (data_a, run_a, cg_a) = (tmp.path().join("da"), tmp.path().join("ra"), format!("/berth-join-a-{pid}"));
     let (data_b, run_b, cg_b) = (tmp.path().join("db"), tmp.path().join("rb"), format!("/berth-join-b-{pid}"));
     let common = ["--network", "vxlan", "--underlay-device", "eth0"];
-    let flags_a = [&common[..], &["--node-name", "ja", "--node-ip", "192.168.78.1", "--listen", "0.0.0.0:6443"]].concat();
+    let flags_a =
+        [&common[..], &["--node-name", "ja", "--node-ip", "192.168.78.1", "--listen", "0.0.0.0:6443"]].concat();
     let mut up_a = Up::spawn(&a, "up", &data_a, &run_a, &cg_a, &flags_a)?;
     up_a.ready(Duration::from_secs(180))?;
     let kc = data_a.join("control/admin.kubeconfig");
 
     let token = std::fs::read_to_string(data_a.join("control/pki/bootstrap-token"))?;
     let ca = data_a.join("control/pki/ca.crt").display().to_string();
-    let join = [&common[..], &["--node-name", "jb", "--node-ip", "192.168.78.2", "--token", token.trim(), "--server", "https://192.168.78.1:6443", "--ca-cert", &ca]].concat();
+    let join = [
+        &common[..],
+        &[
+            "--node-name",
+            "jb",
+            "--node-ip",
+            "192.168.78.2",
+            "--token",
+            token.trim(),
+            "--server",
+            "https://192.168.78.1:6443",
+            "--ca-cert",
+            &ca,
+        ],
+    ]
+    .concat();
     let mut up_b = Up::spawn(&b, "join", &data_b, &run_b, &cg_b, &join)?;
     let joined = up_b.ready(Duration::from_secs(180))?;
     eprintln!("berth join --token: node Ready after {joined:.1}s");
-    let ready = kubectl(&a, &kc, &["get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=='Ready')].status} {end}"])?;
+    let ready = kubectl(
+        &a,
+        &kc,
+        &[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=='Ready')].status} {end}",
+        ],
+    )?;
     assert_eq!(ready, "ja=True jb=True");
     let issuer = kubectl(&a, &kc, &["get", "csr", "-o", "jsonpath={.items[*].spec.username}"])?;
-    assert!(issuer.contains("system:bootstrap:"), "the joined node's certificate came from a bootstrap-token CSR: {issuer}");
+    assert!(
+        issuer.contains("system:bootstrap:"),
+        "the joined node's certificate came from a bootstrap-token CSR: {issuer}"
+    );
 
     let pods = tmp.path().join("pods.yaml");
     std::fs::write(
@@ -275,10 +330,15 @@ fn berth_join_with_a_token_adds_a_ready_node_reachable_over_vxlan() -> anyhow::R
         "apiVersion: v1\nkind: Pod\nmetadata: {name: server}\nspec:\n  nodeName: jb\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'mkdir /w && echo hello-from-jb > /w/index.html && exec httpd -f -p 8080 -h /w']\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  nodeName: ja\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, '3600']\n",
     )?;
     kubectl(&a, &kc, &["apply", "-f", &pods.display().to_string()])?;
-    wait_for(Duration::from_secs(90), "both pods to run", || all_running(&a, &kc, 2)).with_context(|| phases(&a, &kc))?;
+    wait_for(Duration::from_secs(90), "both pods to run", || all_running(&a, &kc, 2))
+        .with_context(|| phases(&a, &kc))?;
     let server_ip = kubectl(&a, &kc, &["get", "pod", "server", "-o", "jsonpath={.status.podIP}"])?;
     let client_ip = kubectl(&a, &kc, &["get", "pod", "client", "-o", "jsonpath={.status.podIP}"])?;
-    assert_ne!(server_ip.rsplit_once('.').map(|x| x.0), client_ip.rsplit_once('.').map(|x| x.0), "the pods are on the two nodes' subnets: {server_ip} {client_ip}");
+    assert_ne!(
+        server_ip.rsplit_once('.').map(|x| x.0),
+        client_ip.rsplit_once('.').map(|x| x.0),
+        "the pods are on the two nodes' subnets: {server_ip} {client_ip}"
+    );
     let mut last = String::new();
     let answered = wait_for(Duration::from_secs(30), "the pod on the joined node to answer across the overlay", || {
         // nc, not wget: Debian's static busybox wget segfaults in a root without /etc files.
@@ -294,7 +354,8 @@ fn berth_join_with_a_token_adds_a_ready_node_reachable_over_vxlan() -> anyhow::R
         assert!(up.wait_exit(Duration::from_secs(60))?.success(), "{}", up.seen.join("\n"));
     }
     for (ns, paths, cg) in [(&a, [&run_a, &data_a], &cg_a), (&b, [&run_b, &data_b], &cg_b)] {
-        let left: Vec<String> = leaks(ns, &[paths[0], paths[1]], cg).into_iter().filter(|l| !l.contains(" eth0@")).collect();
+        let left: Vec<String> =
+            leaks(ns, &[paths[0], paths[1]], cg).into_iter().filter(|l| !l.contains(" eth0@")).collect();
         assert!(left.is_empty(), "left behind on {}:\n{}", ns.name, left.join("\n"));
     }
     Ok(())
@@ -340,7 +401,11 @@ impl StagedHost {
              mount -t tmpfs tmpfs /run/berth; mount -t tmpfs tmpfs /var/log/pods\n\
              echo ready; exec sleep 100000"
         );
-        let mut holder = Command::new("unshare").args(["--mount", "--propagation", "private", "--", "sh", "-c", &script]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
         let mut line = String::new();
         std::io::BufReader::new(holder.stdout.take().expect("stdout")).read_line(&mut line)?;
         let host = StagedHost { holder, ns: ns.name.clone(), made };
@@ -353,7 +418,9 @@ impl StagedHost {
     /// An Exec line of a unit, run on the staged host (network namespace and mounts).
     fn command(&self, line: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id())).arg(format!("--net=/run/netns/{}", self.ns)).arg("--");
+        c.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id()))
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg("--");
         c.args(line.split_whitespace()).stdin(Stdio::null());
         c
     }
@@ -401,16 +468,40 @@ fn systemd_install_runs_from_its_units_and_containers_survive_a_shim_restart() -
     let ns = NetNs::new("binst")?;
     let cg = format!("/berth-inst-it-{}", std::process::id());
     let out = Command::new(bin_path("berth")?)
-        .args(["install", "--control", "--node-name", "n1", "--listen", "127.0.0.1:6443", "--cgroup-root", &cg, "--root"])
+        .args([
+            "install",
+            "--control",
+            "--node-name",
+            "n1",
+            "--listen",
+            "127.0.0.1:6443",
+            "--cgroup-root",
+            &cg,
+            "--root",
+        ])
         .arg(&staging)
         .args(bin_dir_args())
         .output()?;
     assert!(out.status.success(), "berth install: {}", String::from_utf8_lossy(&out.stderr));
-    for f in ["usr/local/bin/berth-shim", "usr/local/bin/berth-pause", "opt/cni/bin/berth-bridge", "opt/cni/bin/berth-host-local", "etc/berth/shim.toml", "etc/berth/agent.yaml"] {
+    for f in [
+        "usr/local/bin/berth-shim",
+        "usr/local/bin/berth-pause",
+        "opt/cni/bin/berth-bridge",
+        "opt/cni/bin/berth-host-local",
+        "etc/berth/shim.toml",
+        "etc/berth/agent.yaml",
+    ] {
         assert!(staging.join(f).is_file(), "{f} installed");
     }
-    let unit = |name: &str| std::fs::read_to_string(staging.join("etc/systemd/system").join(name)).with_context(|| name.to_string());
-    let (registry, control, shim, agent) = (unit("berth-registry.service")?, unit("berth-control.service")?, unit("berth-shim.service")?, unit("berth-agent.service")?);
+    let unit = |name: &str| {
+        std::fs::read_to_string(staging.join("etc/systemd/system").join(name)).with_context(|| name.to_string())
+    };
+    let (registry, control, shim, agent) = (
+        unit("berth-registry.service")?,
+        unit("berth-control.service")?,
+        unit("berth-shim.service")?,
+        unit("berth-agent.service")?,
+    );
     assert_eq!(unit_values(&shim, "KillMode"), ["process"], "containers outlive a shim restart");
     assert_eq!(unit_values(&shim, "Delegate"), ["yes"]);
     assert_eq!(unit_values(&agent, "Requires"), ["berth-shim.service"]);
@@ -423,7 +514,10 @@ fn systemd_install_runs_from_its_units_and_containers_survive_a_shim_restart() -
     let logs = tmp.path();
     let mut daemons: Vec<(&str, Child)> = Vec::new();
     for (name, u) in [("registry", &registry), ("control", &control), ("shim", &shim)] {
-        daemons.push((name, spawn_logged(host.command(&unit_values(u, "ExecStart")[0]), &logs.join(format!("{name}.log")))?));
+        daemons.push((
+            name,
+            spawn_logged(host.command(&unit_values(u, "ExecStart")[0]), &logs.join(format!("{name}.log")))?,
+        ));
     }
     wait_for(Duration::from_secs(30), "the CRI socket", || host.path("/run/berth/cri.sock").exists())?;
     for pre in unit_values(&agent, "ExecStartPre") {
@@ -435,10 +529,13 @@ fn systemd_install_runs_from_its_units_and_containers_survive_a_shim_restart() -
     }
     let kc = staging.join("var/lib/berth/control/admin.kubeconfig");
     let ready = wait_for(Duration::from_secs(120), "node n1 Ready", || {
-        kubectl(&ns, &kc, &["get", "node", "n1", "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"]).map(|s| s == "True").unwrap_or(false)
+        kubectl(&ns, &kc, &["get", "node", "n1", "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"])
+            .map(|s| s == "True")
+            .unwrap_or(false)
     });
     ready.with_context(|| berth_integration_tail(&logs.join("agent.log")))?;
-    let conflist = std::fs::read_to_string(staging.join("etc/cni/net.d/10-berth.conflist")).context("berth-agent wrote the conflist")?;
+    let conflist = std::fs::read_to_string(staging.join("etc/cni/net.d/10-berth.conflist"))
+        .context("berth-agent wrote the conflist")?;
     assert!(conflist.contains("berth-bridge") && conflist.contains("10.244."), "{conflist}");
     kubectl(&ns, &kc, &["run", "hi", "--image=busybox", "--", "sleep", "3600"])?;
     wait_for(Duration::from_secs(90), "the pod to run", || phases(&ns, &kc).contains("hi=Running"))?;
@@ -454,7 +551,8 @@ fn systemd_install_runs_from_its_units_and_containers_survive_a_shim_restart() -
         assert!(Path::new(&format!("/proc/{pid}")).exists(), "pod process {pid} survived the shim restart");
     }
     assert!(phases(&ns, &kc).contains("hi=Running"));
-    let restarts = kubectl(&ns, &kc, &["get", "pod", "hi", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"])?;
+    let restarts =
+        kubectl(&ns, &kc, &["get", "pod", "hi", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"])?;
     assert_eq!(restarts, "0");
 
     // Stop the agent, let `berth down` remove the pods through the shim, stop the rest, sweep.
@@ -476,7 +574,13 @@ fn pids_in_cgroup(root: &str) -> Vec<u32> {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default().lines().filter_map(|l| l.splitn(3, ':').nth(2)).any(|p| p.starts_with(&format!("{root}/"))))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .any(|p| p.starts_with(&format!("{root}/")))
+        })
         .collect()
 }
 

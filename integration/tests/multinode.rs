@@ -19,9 +19,12 @@ fn cross_host_traffic_and_failover(mode: &str, tag: &str) {
     for (n, node) in nodes.iter().enumerate() {
         m.apply(&echo_pod(&format!("echo{n}"), node));
     }
-    m.wait("the echo pods", Duration::from_secs(90), |m| (0..HOSTS).all(|n| m.pod_field(&format!("echo{n}"), ".status.phase") == "Running"));
+    m.wait("the echo pods", Duration::from_secs(90), |m| {
+        (0..HOSTS).all(|n| m.pod_field(&format!("echo{n}"), ".status.phase") == "Running")
+    });
     let ips: Vec<String> = (0..HOSTS).map(|n| m.pod_field(&format!("echo{n}"), ".status.podIP")).collect();
-    let subnets: std::collections::HashSet<String> = ips.iter().map(|ip| ip.rsplit_once('.').unwrap().0.to_string()).collect();
+    let subnets: std::collections::HashSet<String> =
+        ips.iter().map(|ip| ip.rsplit_once('.').unwrap().0.to_string()).collect();
     assert_eq!(subnets.len(), HOSTS, "each node has its own pod subnet: {ips:?}");
     // From the pod on host 0 to the pods on hosts 1 and 2: a TCP round trip through the overlay.
     for (n, target) in ips.iter().enumerate().skip(1) {
@@ -37,7 +40,11 @@ fn cross_host_traffic_and_failover(mode: &str, tag: &str) {
         assert!(got.1.contains(&payload), "{mode}: TCP to {target} on host {n}: {got:?}");
     }
     // A larger transfer back from host 2 to host 0.
-    let (code, out) = m.exec(2, "echo2", &["sh", "-c", &format!("dd if=/dev/zero bs=1k count=512 2>/dev/null | nc -w 3 {} 8080 | wc -c", ips[0])]);
+    let (code, out) = m.exec(
+        2,
+        "echo2",
+        &["sh", "-c", &format!("dd if=/dev/zero bs=1k count=512 2>/dev/null | nc -w 3 {} 8080 | wc -c", ips[0])],
+    );
     assert_eq!((code, out.trim()), (0, "524288"), "512 KiB echoed across hosts");
 
     // Start-up latency across the three nodes: 60 pods created at once, spread by the
@@ -61,12 +68,26 @@ fn cross_host_traffic_and_failover(mode: &str, tag: &str) {
         s.created_last
     );
     let _ = m.kubectl(&["delete", "pods", "-l", "startup=1", "--wait=false"]);
-    m.wait("the start-up pods gone", Duration::from_secs(120), |m| m.kubectl(&["get", "pods", "-l", "startup=1", "-o", "name"]).is_empty());
+    m.wait("the start-up pods gone", Duration::from_secs(120), |m| {
+        m.kubectl(&["get", "pods", "-l", "startup=1", "-o", "name"]).is_empty()
+    });
 
     // A Deployment of 6 spreads over the nodes; stopping one agent moves its pods.
     m.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 6\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      tolerations:\n      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}\n      - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}\n      containers: [{name: c, image: busybox:1.36, command: [sleep, \"100000\"]}]\n");
     let running_on = |m: &Multi| -> Vec<String> {
-        m.kubectl(&["get", "pods", "-l", "app=web", "--field-selector", "status.phase=Running", "-o", "jsonpath={.items[*].spec.nodeName}"]).split_whitespace().map(str::to_string).collect()
+        m.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "--field-selector",
+            "status.phase=Running",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
     };
     m.wait("6 replicas running", Duration::from_secs(90), |m| running_on(m).len() == 6);
     let spread: std::collections::HashSet<String> = running_on(&m).into_iter().collect();

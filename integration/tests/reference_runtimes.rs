@@ -56,17 +56,11 @@ fn default_spec_passes(runtime: &str) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let spec = checker_spec();
     let mut expectations = Expectations::from_spec(&spec)?;
-    expectations
-        .syscalls
-        .push(serde_json::from_str(r#"{"name": "getcwd"}"#)?);
+    expectations.syscalls.push(serde_json::from_str(r#"{"name": "getcwd"}"#)?);
     let bundle = check_bundle(tmp.path(), &spec, &expectations)?;
     let out = run_container(runtime, &bundle, &format!("check-{runtime}"))?;
     ensure!(out.status.success(), "{}", show(&out));
-    ensure!(
-        !String::from_utf8_lossy(&out.stdout).contains("FAIL"),
-        "{}",
-        show(&out)
-    );
+    ensure!(!String::from_utf8_lossy(&out.stdout).contains("FAIL"), "{}", show(&out));
     Ok(())
 }
 
@@ -90,21 +84,13 @@ fn wrong_expectations_fail() -> Result<()> {
     let mut expectations = Expectations::from_spec(&spec)?;
     expectations.hostname = Some("not-berth".into());
     expectations.rootfs_readonly = Some(false);
-    expectations
-        .namespaces
-        .get_mut("pid")
-        .context("pid ns")?
-        .shared = true;
+    expectations.namespaces.get_mut("pid").context("pid ns")?.shared = true;
     let bundle = check_bundle(tmp.path(), &spec, &expectations)?;
     let out = run_container("crun", &bundle, "check-wrong")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.code() == Some(1), "{}", show(&out));
     for name in ["hostname", "rootfs_readonly", "namespace pid"] {
-        ensure!(
-            stdout.contains(&format!("FAIL {name}:")),
-            "{name}: {}",
-            show(&out)
-        );
+        ensure!(stdout.contains(&format!("FAIL {name}:")), "{name}: {}", show(&out));
     }
     Ok(())
 }
@@ -124,16 +110,8 @@ fn memory_limit_oom_kills(runtime: &str) -> Result<()> {
     let out = run_container(runtime, &bundle, &format!("oom-{runtime}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(stdout.contains("ok cgroup memory.max|"), "{}", show(&out));
-    ensure!(
-        !stdout.contains("alloc_mb"),
-        "allocation survived: {}",
-        show(&out)
-    );
-    ensure!(
-        out.status.code() == Some(137),
-        "expected SIGKILL (137): {}",
-        show(&out)
-    );
+    ensure!(!stdout.contains("alloc_mb"), "allocation survived: {}", show(&out));
+    ensure!(out.status.code() == Some(137), "expected SIGKILL (137): {}", show(&out));
     Ok(())
 }
 
@@ -160,10 +138,6 @@ fn pids_limit_stops_forks() -> Result<()> {
     let bundle = check_bundle(tmp.path(), &spec, &expectations)?;
     let out = run_container("runc", &bundle, "pids-runc")?;
     ensure!(out.status.success(), "{}", show(&out));
-    ensure!(
-        String::from_utf8_lossy(&out.stdout).contains("ok fork_count"),
-        "{}",
-        show(&out)
-    );
+    ensure!(String::from_utf8_lossy(&out.stdout).contains("ok fork_count"), "{}", show(&out));
     Ok(())
 }

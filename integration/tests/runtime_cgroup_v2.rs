@@ -91,19 +91,37 @@ fn cgroup_v2_limits_in_qemu_guest() {
     std::fs::remove_dir_all(bundles.join("rootfs-bundle")).unwrap();
 
     let limits = json!({ "memory": { "limit": 67108864 }, "pids": { "limit": 64 }, "cpu": { "quota": 50000, "period": 100000, "shares": 512 } });
-    config(&bundles, "confine", &[], limits.clone(), Some(json!({
-        "uid": 0, "no_new_privs": true,
-        "cgroup": [
-            { "any_of": [{ "path": "memory.max", "value": "67108864" }] },
-            { "any_of": [{ "path": "pids.max", "value": "64" }] },
-            { "any_of": [{ "path": "cpu.max", "value": "50000 100000" }] },
-            { "any_of": [{ "path": "cpu.weight", "value": "20" }] }
-        ],
-        "mounts": [{ "destination": "/sys/fs/cgroup", "options": ["ro"] }]
-    })));
+    config(
+        &bundles,
+        "confine",
+        &[],
+        limits.clone(),
+        Some(json!({
+            "uid": 0, "no_new_privs": true,
+            "cgroup": [
+                { "any_of": [{ "path": "memory.max", "value": "67108864" }] },
+                { "any_of": [{ "path": "pids.max", "value": "64" }] },
+                { "any_of": [{ "path": "cpu.max", "value": "50000 100000" }] },
+                { "any_of": [{ "path": "cpu.weight", "value": "20" }] }
+            ],
+            "mounts": [{ "destination": "/sys/fs/cgroup", "options": ["ro"] }]
+        })),
+    );
     config(&bundles, "oom", &[], json!({ "memory": { "limit": 33554432 } }), Some(json!({ "alloc_mb": 128 })));
-    config(&bundles, "pids", &[], json!({ "pids": { "limit": 10 } }), Some(json!({ "fork_count": 20, "fork_max_ok": 9 })));
-    config(&bundles, "cpu", &["sh", "-c", "while :; do :; done"], json!({ "cpu": { "quota": 20000, "period": 100000 } }), None);
+    config(
+        &bundles,
+        "pids",
+        &[],
+        json!({ "pids": { "limit": 10 } }),
+        Some(json!({ "fork_count": 20, "fork_max_ok": 9 })),
+    );
+    config(
+        &bundles,
+        "cpu",
+        &["sh", "-c", "while :; do :; done"],
+        json!({ "cpu": { "quota": 20000, "period": 100000 } }),
+        None,
+    );
     config(&bundles, "life", &["sleep", "1000"], limits, None);
 
     let script = tmp.path().join("guest.sh");
@@ -124,7 +142,12 @@ fn cgroup_v2_limits_in_qemu_guest() {
         .expect("run-guest.sh");
     let log = std::fs::read_to_string(out_dir.join("guest.log")).unwrap_or_default();
     println!("{log}");
-    assert!(out.status.success(), "guest failed: {:?}\n{log}\n--- stderr\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "guest failed: {:?}\n{log}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     for name in ["confine", "oom", "pids", "cpu", "life-paused", "life-exec", "life-update", "life-deleted"] {
         assert!(log.contains(&format!("PASS {name}")), "{name} did not pass:\n{log}");
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_ok, namespaces, T, CHECK};
+use common::{assert_ok, namespaces, CHECK, T};
 use serde_json::json;
 
 const DEFAULT_CAPS: [&str; 3] = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
@@ -139,7 +139,9 @@ fn mounts_sysctls_devices_and_names() {
     spec["linux"]["rootfsPropagation"] = json!("unbindable");
     spec["domainname"] = json!("example.org");
     let mounts = spec["mounts"].as_array_mut().unwrap();
-    mounts.push(json!({ "destination": "/data", "type": "bind", "source": shared, "options": ["rbind", "rw", "rslave"] }));
+    mounts.push(
+        json!({ "destination": "/data", "type": "bind", "source": shared, "options": ["rbind", "rw", "rslave"] }),
+    );
     mounts.push(json!({ "destination": "/ro", "type": "bind", "source": shared, "options": ["bind", "ro", "nosuid", "nodev", "noexec", "private"] }));
     mounts.push(json!({ "destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m", "mode=700"] }));
     spec["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "1", "kernel.shmmni": "2048" });
@@ -181,7 +183,9 @@ struct SharedMount(std::path::PathBuf);
 
 impl SharedMount {
     fn new(dir: &std::path::Path) -> SharedMount {
-        for args in [vec!["--bind", dir.to_str().unwrap(), dir.to_str().unwrap()], vec!["--make-shared", dir.to_str().unwrap()]] {
+        for args in
+            [vec!["--bind", dir.to_str().unwrap(), dir.to_str().unwrap()], vec!["--make-shared", dir.to_str().unwrap()]]
+        {
             let st = std::process::Command::new("mount").args(&args).status().expect("mount");
             assert!(st.success(), "mount {args:?}");
         }

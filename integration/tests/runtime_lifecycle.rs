@@ -7,7 +7,7 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, host_ns, text, T, CHECK};
+use common::{assert_ok, host_ns, text, CHECK, T};
 use serde_json::json;
 
 fn wait_status(t: &T, want: &str) {
@@ -64,7 +64,11 @@ fn create_start_exec_pause_kill_delete() {
     assert!(t.cgroup_dirs().is_empty(), "cgroup left behind: {:?}", t.cgroup_dirs());
     assert!(!t.root.join(&t.id).exists(), "state left behind");
     let gone = t.rt(&["state", &t.id]);
-    assert!(!gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("does not exist"), "{}", text(&gone));
+    assert!(
+        !gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("does not exist"),
+        "{}",
+        text(&gone)
+    );
 }
 
 #[test]
@@ -86,7 +90,10 @@ fn hooks_run_in_order_with_state() {
     let host_hook = |name: &str| json!({ "path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} $(cat | grep -o '\"status\":\"[a-z]*\"') >> {}", log.display())] });
     let mut spec = t.spec(&["sh", "-c", "echo process >> /hooklog/log"]);
     spec["root"]["readonly"] = json!(false);
-    spec["mounts"].as_array_mut().unwrap().push(json!({ "destination": "/hooklog", "type": "bind", "source": log_dir, "options": ["rbind", "rw"] }));
+    spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "destination": "/hooklog", "type": "bind", "source": log_dir, "options": ["rbind", "rw"] }));
     spec["hooks"] = json!({
         "prestart": [host_hook("prestart")],
         "createRuntime": [host_hook("createRuntime")],
@@ -128,14 +135,31 @@ fn bad_input_is_rejected_and_leaves_nothing() {
     type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
     let cases: Vec<(&str, Mutation)> = vec![
         ("process.cwd", Box::new(|s| s["process"]["cwd"] = json!("relative"))),
-        ("process.rlimits[0]", Box::new(|s| s["process"]["rlimits"] = json!([{ "type": "RLIMIT_NOFILE", "soft": 9, "hard": 1 }]))),
-        ("mounts[", Box::new(|s| s["mounts"].as_array_mut().unwrap().push(json!({ "destination": "/x", "type": "bind", "source": "/no/such/dir", "options": ["bind"] })))),
+        (
+            "process.rlimits[0]",
+            Box::new(|s| s["process"]["rlimits"] = json!([{ "type": "RLIMIT_NOFILE", "soft": 9, "hard": 1 }])),
+        ),
+        (
+            "mounts[",
+            Box::new(|s| {
+                s["mounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({ "destination": "/x", "type": "bind", "source": "/no/such/dir", "options": ["bind"] }))
+            }),
+        ),
         ("linux.sysctl.kernel.panic", Box::new(|s| s["linux"]["sysctl"] = json!({ "kernel.panic": "1" }))),
         ("linux.resources.cpu.shares", Box::new(|s| s["linux"]["resources"] = json!({ "cpu": { "shares": 1 } }))),
         ("SCMP_ACT_NOPE", Box::new(|s| s["linux"]["seccomp"] = json!({ "defaultAction": "SCMP_ACT_NOPE" }))),
         ("exec /no/such/program", Box::new(|s| s["process"]["args"] = json!(["/no/such/program"]))),
         ("chdir to /missing", Box::new(|s| s["process"]["cwd"] = json!("/missing"))),
-        ("CAP_SYS_RESOURCE", Box::new(|s| s["process"]["rlimits"] = json!([{ "type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1_099_511_627_776u64 }]))),
+        (
+            "CAP_SYS_RESOURCE",
+            Box::new(|s| {
+                s["process"]["rlimits"] =
+                    json!([{ "type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1_099_511_627_776u64 }])
+            }),
+        ),
     ];
     for (needle, mutate) in cases {
         let t = T::new("bad");
@@ -167,7 +191,8 @@ fn joins_namespace_by_path() {
             ns["path"] = json!(format!("/proc/{pid}/ns/net"));
         }
     }
-    let a_net = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    let a_net =
+        std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
     b.expect(&json!({ "namespaces": {
         "net": { "host_inode": a_net, "shared": true },
         "pid": { "host_inode": host_ns("pid"), "shared": false }
@@ -237,9 +262,14 @@ fn sigkill_during_create_is_recoverable() {
     t.write(&spec);
     let bundle = t.bundle.dir().to_str().unwrap().to_owned();
     let mut child = std::process::Command::new(&t.runtime)
-        .arg("--root").arg(&t.root).args(["create", "--bundle", &bundle, &t.id])
-        .stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null())
-        .spawn().unwrap();
+        .arg("--root")
+        .arg(&t.root)
+        .args(["create", "--bundle", &bundle, &t.id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while t.cgroup_dirs().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_ok, text, T, CHECK};
+use common::{assert_ok, text, CHECK, T};
 use serde_json::json;
 
 #[test]
@@ -72,8 +72,21 @@ fn update_changes_live_limits() {
     spec["linux"]["resources"] = json!({ "memory": { "limit": 67108864 }, "pids": { "limit": 50 } });
     assert_ok(&t.create(&spec));
     assert_ok(&t.rt(&["start", &t.id]));
-    assert_ok(&t.rt(&["update", "--memory", "128M", "--pids-limit", "30", "--cpu-quota", "50000", "--cpu-period", "100000", &t.id]));
-    let read = |ctrl: &str, file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/berth-test/{}/{file}", t.id)).unwrap().trim().to_owned();
+    assert_ok(&t.rt(&[
+        "update",
+        "--memory",
+        "128M",
+        "--pids-limit",
+        "30",
+        "--cpu-quota",
+        "50000",
+        "--cpu-period",
+        "100000",
+        &t.id,
+    ]));
+    let read = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/berth-test/{}/{file}", t.id)).unwrap().trim().to_owned()
+    };
     assert_eq!(read("memory", "memory.limit_in_bytes"), "134217728");
     assert_eq!(read("pids", "pids.max"), "30");
     assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
@@ -100,12 +113,17 @@ fn every_resource_kind_reaches_its_cgroup_file() {
     if !weight {
         let err = text(&created);
         assert!(err.contains("blkio.bfq.weight"), "only the block IO weight may be refused here: {err}");
-        assert!(std::fs::metadata(format!("/sys/fs/cgroup/memory/berth-test/{}", t.id)).is_err(), "the refused create left its cgroup");
+        assert!(
+            std::fs::metadata(format!("/sys/fs/cgroup/memory/berth-test/{}", t.id)).is_err(),
+            "the refused create left its cgroup"
+        );
         spec["linux"]["resources"].as_object_mut().expect("resources").remove("blockIO");
         assert_ok(&t.create(&spec));
     }
     let read = |path: &str| {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/{path}")).map(|s| s.trim().to_owned()).unwrap_or_else(|e| format!("<{e}>"))
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{path}"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|e| format!("<{e}>"))
     };
     let id = &t.id;
     let expect = [

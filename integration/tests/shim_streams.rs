@@ -16,13 +16,22 @@ const WAIT: Duration = Duration::from_secs(15);
 /// Connects to a streaming URL from inside the shim's network namespace and upgrades.
 async fn open(e: &Env, url: &str, protocol: &str) -> WsChannels {
     let tcp = e.ns.connect(ws::url_addr(url).expect("url")).await.expect("connect to the streaming server");
-    let session = WsChannels::upgrade(tcp, url, protocol).await.unwrap_or_else(|err| panic!("upgrade {url}: {err:#}\n{}", e.shim.log_tail()));
+    let session = WsChannels::upgrade(tcp, url, protocol)
+        .await
+        .unwrap_or_else(|err| panic!("upgrade {url}: {err:#}\n{}", e.shim.log_tail()));
     assert_eq!(session.protocol, protocol, "negotiated subprotocol");
     session
 }
 
 async fn exec_url(e: &mut Env, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> String {
-    let req = ExecRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), tty, stdin, stdout: true, stderr: !tty };
+    let req = ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+    };
     e.rt.exec(req).await.expect("Exec").into_inner().url
 }
 
@@ -43,7 +52,9 @@ async fn exec_attach_tty_and_port_forward_over_websocket() {
     let mut e = env("strm", 5104, "10.89.4.0/24", true).await;
     e.pull().await;
     let (pod, pod_config) = e.run_pod("strm").await;
-    let server = start(&mut e, &pod, &pod_config, container_config("echo", &["nc", "-ll", "-p", "8080", "-e", "/bin/cat"])).await;
+    let server =
+        start(&mut e, &pod, &pod_config, container_config("echo", &["nc", "-ll", "-p", "8080", "-e", "/bin/cat"]))
+            .await;
 
     // Exec with stdin, both output streams and a non-zero exit code in the error channel.
     let url = exec_url(&mut e, &server, &["sh", "-c", "cat; echo err >&2; exit 3"], false, true).await;
@@ -73,7 +84,15 @@ async fn exec_attach_tty_and_port_forward_over_websocket() {
     assert!(got.text(ws::ERROR).contains("\"message\":\"5\""), "{}", got.text(ws::ERROR));
 
     // Exec into a missing container is NotFound at the RPC.
-    let err = e.rt.exec(ExecRequest { container_id: "missing".into(), cmd: vec!["true".into()], stdout: true, ..Default::default() }).await.unwrap_err();
+    let err =
+        e.rt.exec(ExecRequest {
+            container_id: "missing".into(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
 
     // Attach to a container reading its stdin.
@@ -123,12 +142,18 @@ async fn exec_attach_tty_and_port_forward_over_websocket() {
     assert!(!log.contains(" stderr "), "a terminal has one stream: {log}");
 
     // Port-forward to the echo server on the pod's loopback (v4 channel protocol).
-    let url = e.rt.port_forward(PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] }).await.expect("PortForward").into_inner().url;
+    let url =
+        e.rt.port_forward(PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] })
+            .await
+            .expect("PortForward")
+            .into_inner()
+            .url;
     let mut s = open(&e, &url, "v4.channel.k8s.io").await;
     s.send(0, b"ping-through-the-pod\n").await.unwrap();
     s.read_until(0, "ping-through-the-pod", WAIT).await.unwrap();
     drop(s);
-    let err = e.rt.port_forward(PortForwardRequest { pod_sandbox_id: "missing".into(), port: vec![80] }).await.unwrap_err();
+    let err =
+        e.rt.port_forward(PortForwardRequest { pod_sandbox_id: "missing".into(), port: vec![80] }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 
     e.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
@@ -138,7 +163,16 @@ async fn exec_attach_tty_and_port_forward_over_websocket() {
 /// The host cgroup v1 file `file` of controller `controller` for process `pid`.
 fn cgroup_file(pid: i64, controller: &str, file: &str) -> String {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let path = cgroups.lines().find_map(|l| l.splitn(3, ':').collect::<Vec<_>>().get(1..).filter(|f| f[0].split(',').any(|c| c == controller)).map(|f| f[1].to_string())).unwrap_or_else(|| panic!("no {controller} cgroup in {cgroups}"));
+    let path = cgroups
+        .lines()
+        .find_map(|l| {
+            l.splitn(3, ':')
+                .collect::<Vec<_>>()
+                .get(1..)
+                .filter(|f| f[0].split(',').any(|c| c == controller))
+                .map(|f| f[1].to_string())
+        })
+        .unwrap_or_else(|| panic!("no {controller} cgroup in {cgroups}"));
     std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}{path}/{file}")).unwrap().trim().to_string()
 }
 
@@ -147,19 +181,42 @@ fn cgroup_file(pid: i64, controller: &str, file: &str) -> String {
 async fn resources_logs_events_stats_lists_and_images() {
     let mut e = env("rpcs", 5105, "10.89.5.0/24", true).await;
     let image_ref = e.pull().await;
-    let mut events = e.rt.get_container_events(GetEventsRequest::default()).await.expect("GetContainerEvents").into_inner();
+    let mut events =
+        e.rt.get_container_events(GetEventsRequest::default()).await.expect("GetContainerEvents").into_inner();
     let (pod, pod_config) = e.run_pod("rpcs").await;
-    let c = start(&mut e, &pod, &pod_config, container_config("app", &["sh", "-c", "while true; do echo tick; sleep 0.2; done"])).await;
+    let c = start(
+        &mut e,
+        &pod,
+        &pod_config,
+        container_config("app", &["sh", "-c", "while true; do echo tick; sleep 0.2; done"]),
+    )
+    .await;
 
     // UpdateContainerResources reaches the kernel's cgroup.
-    let info = e.rt.container_status(ContainerStatusRequest { container_id: c.clone(), verbose: true }).await.unwrap().into_inner().info["info"].clone();
+    let info =
+        e.rt.container_status(ContainerStatusRequest { container_id: c.clone(), verbose: true })
+            .await
+            .unwrap()
+            .into_inner()
+            .info["info"]
+            .clone();
     let pid = serde_json::from_str::<serde_json::Value>(&info).unwrap()["pid"].as_i64().unwrap();
     let resources = LinuxContainerResources { memory_limit_in_bytes: 96 << 20, cpu_shares: 512, ..Default::default() };
-    e.rt.update_container_resources(UpdateContainerResourcesRequest { container_id: c.clone(), linux: Some(resources), ..Default::default() }).await.expect("UpdateContainerResources");
+    e.rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: c.clone(),
+        linux: Some(resources),
+        ..Default::default()
+    })
+    .await
+    .expect("UpdateContainerResources");
     assert_eq!(cgroup_file(pid, "memory", "memory.limit_in_bytes"), (96u64 << 20).to_string());
     assert_eq!(cgroup_file(pid, "cpu", "cpu.shares"), "512");
     let st = e.status(&c).await;
-    assert_eq!(st.resources.and_then(|r| r.linux).map(|l| l.memory_limit_in_bytes), Some(96 << 20), "ContainerStatus shows the update");
+    assert_eq!(
+        st.resources.and_then(|r| r.linux).map(|l| l.memory_limit_in_bytes),
+        Some(96 << 20),
+        "ContainerStatus shows the update"
+    );
 
     // ReopenContainerLog: after a rotation the output goes to a new file at the same path.
     let log = e.logs.join("app.log");
@@ -173,32 +230,95 @@ async fn resources_logs_events_stats_lists_and_images() {
     // Stats of containers and pods, and the metrics RPCs.
     let all = e.rt.list_container_stats(ListContainerStatsRequest::default()).await.unwrap().into_inner().stats;
     assert!(all.iter().any(|s| s.attributes.as_ref().is_some_and(|a| a.id == c)), "{all:?}");
-    let ps = e.rt.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await.unwrap().into_inner().stats.unwrap();
+    let ps =
+        e.rt.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
     assert_eq!(ps.attributes.as_ref().unwrap().id, pod);
     assert!(ps.linux.as_ref().and_then(|l| l.memory.as_ref()).is_some_and(|m| m.working_set_bytes.is_some()), "{ps:?}");
-    assert_eq!(e.rt.list_pod_sandbox_stats(ListPodSandboxStatsRequest::default()).await.unwrap().into_inner().stats.len(), 1);
+    assert_eq!(
+        e.rt.list_pod_sandbox_stats(ListPodSandboxStatsRequest::default()).await.unwrap().into_inner().stats.len(),
+        1
+    );
     e.rt.list_metric_descriptors(ListMetricDescriptorsRequest::default()).await.expect("ListMetricDescriptors");
     e.rt.list_pod_sandbox_metrics(ListPodSandboxMetricsRequest::default()).await.expect("ListPodSandboxMetrics");
 
     // The streaming list RPCs carry the same objects as the unary ones.
-    let streamed: Vec<_> = e.rt.stream_containers(StreamContainersRequest::default()).await.unwrap().into_inner().collect::<Result<Vec<_>, _>>().await.unwrap();
+    let streamed: Vec<_> =
+        e.rt.stream_containers(StreamContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap();
     assert_eq!(streamed.iter().flat_map(|r| &r.containers).count(), 1);
-    let streamed: Vec<_> = e.rt.stream_pod_sandboxes(StreamPodSandboxesRequest::default()).await.unwrap().into_inner().collect::<Result<Vec<_>, _>>().await.unwrap();
+    let streamed: Vec<_> =
+        e.rt.stream_pod_sandboxes(StreamPodSandboxesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap();
     assert_eq!(streamed.iter().flat_map(|r| &r.pod_sandboxes).count(), 1);
-    let streamed: Vec<_> = e.rt.stream_container_stats(StreamContainerStatsRequest::default()).await.unwrap().into_inner().collect::<Result<Vec<_>, _>>().await.unwrap();
+    let streamed: Vec<_> =
+        e.rt.stream_container_stats(StreamContainerStatsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap();
     assert_eq!(streamed.iter().flat_map(|r| &r.container_stats).count(), 1);
-    let streamed: Vec<_> = e.rt.stream_pod_sandbox_stats(StreamPodSandboxStatsRequest::default()).await.unwrap().into_inner().collect::<Result<Vec<_>, _>>().await.unwrap();
+    let streamed: Vec<_> =
+        e.rt.stream_pod_sandbox_stats(StreamPodSandboxStatsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap();
     assert_eq!(streamed.iter().flat_map(|r| &r.pod_sandbox_stats).count(), 1);
-    e.rt.stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest::default()).await.expect("StreamPodSandboxMetrics").into_inner().collect::<Result<Vec<_>, _>>().await.unwrap();
-    let streamed: Vec<_> = e.img.stream_images(StreamImagesRequest::default()).await.unwrap().into_inner().collect::<Result<Vec<_>, _>>().await.unwrap();
+    e.rt.stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest::default())
+        .await
+        .expect("StreamPodSandboxMetrics")
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    let streamed: Vec<_> = e
+        .img
+        .stream_images(StreamImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
     assert!(streamed.iter().flat_map(|r| &r.images).any(|i| i.id == image_ref));
 
     // Runtime configuration.
     let cfg = e.rt.runtime_config(RuntimeConfigRequest {}).await.unwrap().into_inner();
     assert_eq!(cfg.linux.unwrap().cgroup_driver, CgroupDriver::Cgroupfs as i32);
-    e.rt.update_runtime_config(UpdateRuntimeConfigRequest { runtime_config: Some(RuntimeConfig { network_config: Some(NetworkConfig { pod_cidr: "10.89.5.0/24".into() }) }) }).await.expect("UpdateRuntimeConfig");
-    e.rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest { pod_sandbox_id: pod.clone(), ..Default::default() }).await.expect("UpdatePodSandboxResources");
-    let err = e.rt.checkpoint_container(CheckpointContainerRequest { container_id: c.clone(), ..Default::default() }).await.unwrap_err();
+    e.rt.update_runtime_config(UpdateRuntimeConfigRequest {
+        runtime_config: Some(RuntimeConfig { network_config: Some(NetworkConfig { pod_cidr: "10.89.5.0/24".into() }) }),
+    })
+    .await
+    .expect("UpdateRuntimeConfig");
+    e.rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: pod.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("UpdatePodSandboxResources");
+    let err =
+        e.rt.checkpoint_container(CheckpointContainerRequest { container_id: c.clone(), ..Default::default() })
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(err.message().contains("checkpoint"), "{}", err.message());
 
@@ -207,25 +327,57 @@ async fn resources_logs_events_stats_lists_and_images() {
     e.rt.remove_container(RemoveContainerRequest { container_id: c.clone() }).await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 4 {
-        let ev = tokio::time::timeout(WAIT, events.next()).await.expect("an event in time").expect("stream open").expect("event");
+        let ev = tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("event");
         if ev.container_id == c {
             seen.push(ev.container_event_type);
         }
     }
     use ContainerEventType::*;
-    assert_eq!(seen, [ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent, ContainerDeletedEvent].map(|t| t as i32));
+    assert_eq!(
+        seen,
+        [ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent, ContainerDeletedEvent].map(|t| t as i32)
+    );
 
     // Images: status, fs info, removal; unpacked layers go with the last image using them.
-    let st = e.img.image_status(ImageStatusRequest { image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }), verbose: true }).await.unwrap().into_inner();
+    let st = e
+        .img
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(st.image.as_ref().map(|i| i.id.as_str()), Some(image_ref.as_str()));
     assert!(st.image.unwrap().size > 500_000, "busybox is about 1-2 MB");
     let fs = e.img.image_fs_info(ImageFsInfoRequest {}).await.unwrap().into_inner();
-    assert!(fs.image_filesystems.first().and_then(|f| f.used_bytes.as_ref()).is_some_and(|u| u.value > 500_000), "{fs:?}");
+    assert!(
+        fs.image_filesystems.first().and_then(|f| f.used_bytes.as_ref()).is_some_and(|u| u.value > 500_000),
+        "{fs:?}"
+    );
     e.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
-    e.img.remove_image(RemoveImageRequest { image: Some(ImageSpec { image: image_ref.clone(), ..Default::default() }) }).await.expect("RemoveImage");
-    let st = e.img.image_status(ImageStatusRequest { image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }), verbose: false }).await.unwrap().into_inner();
+    e.img
+        .remove_image(RemoveImageRequest { image: Some(ImageSpec { image: image_ref.clone(), ..Default::default() }) })
+        .await
+        .expect("RemoveImage");
+    let st = e
+        .img
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(st.image.is_none(), "removed");
-    e.img.remove_image(RemoveImageRequest { image: Some(ImageSpec { image: image_ref, ..Default::default() }) }).await.expect("removing again is fine");
+    e.img
+        .remove_image(RemoveImageRequest { image: Some(ImageSpec { image: image_ref, ..Default::default() }) })
+        .await
+        .expect("removing again is fine");
     let layers = std::fs::read_dir(e.shim.dir.join("images/layers")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(layers, 0, "the image's unpacked layers were collected");
 }
@@ -263,35 +415,73 @@ async fn hostile_layers_are_refused_by_pull_and_leave_nothing() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("dotdot", layer(|b| entry(b, "../../../../escape", Regular, "", b"x")), ".."),
         ("nested-dotdot", layer(|b| entry(b, "ok/../../escape", Regular, "", b"x")), ".."),
-        ("symlink-then-write", layer(|b| {
-            entry(b, "ok/evil", Symlink, &target, b"");
-            entry(b, "ok/evil/pwned", Regular, "", b"x");
-        }), "evil"),
-        ("relative-symlink-escape", layer(|b| {
-            entry(b, "ok/up", Symlink, "../../../../../../..", b"");
-            entry(b, "ok/up/tmp/pwned", Regular, "", b"x");
-        }), "up"),
+        (
+            "symlink-then-write",
+            layer(|b| {
+                entry(b, "ok/evil", Symlink, &target, b"");
+                entry(b, "ok/evil/pwned", Regular, "", b"x");
+            }),
+            "evil",
+        ),
+        (
+            "relative-symlink-escape",
+            layer(|b| {
+                entry(b, "ok/up", Symlink, "../../../../../../..", b"");
+                entry(b, "ok/up/tmp/pwned", Regular, "", b"x");
+            }),
+            "up",
+        ),
         ("hardlink-out", layer(|b| entry(b, "ok/passwd", Link, "../../../../etc/passwd", b"")), "passwd"),
     ];
     for (name, bytes, _) in &cases {
-        e.registry.push_layers(&e.ns, &format!("hostile/{name}:latest"), std::slice::from_ref(bytes)).expect("push hostile image");
+        e.registry
+            .push_layers(&e.ns, &format!("hostile/{name}:latest"), std::slice::from_ref(bytes))
+            .expect("push hostile image");
     }
     for (name, _, needle) in &cases {
         let image = format!("{}/hostile/{name}:latest", e.registry.addr);
-        let err = e.img.pull_image(PullImageRequest { image: Some(ImageSpec { image: image.clone(), ..Default::default() }), ..Default::default() }).await.expect_err(name);
+        let err = e
+            .img
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
+                ..Default::default()
+            })
+            .await
+            .expect_err(name);
         assert!(err.message().contains(needle), "{name}: the error names the entry: {}", err.message());
-        let st = e.img.image_status(ImageStatusRequest { image: Some(ImageSpec { image, ..Default::default() }), verbose: false }).await.unwrap().into_inner();
+        let st = e
+            .img
+            .image_status(ImageStatusRequest { image: Some(ImageSpec { image, ..Default::default() }), verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(st.image.is_none(), "{name}: no image recorded");
     }
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside the layer root");
     for gone in ["escape", "pwned"] {
-        assert!(!e.tmp.path().join(gone).exists() && !std::path::Path::new("/tmp").join(gone).exists(), "{gone} escaped");
+        assert!(
+            !e.tmp.path().join(gone).exists() && !std::path::Path::new("/tmp").join(gone).exists(),
+            "{gone} escaped"
+        );
     }
     let count = |d: &str| std::fs::read_dir(e.shim.dir.join("images").join(d)).map(|r| r.count()).unwrap_or(0);
-    assert_eq!((count("layers"), count("tmp"), count("snapshots")), (0, 0, 0), "no half-unpacked layer or snapshot left");
+    assert_eq!(
+        (count("layers"), count("tmp"), count("snapshots")),
+        (0, 0, 0),
+        "no half-unpacked layer or snapshot left"
+    );
     // The store is intact: a good image still pulls.
     e.pull().await;
-    let images: HashMap<_, _> = e.img.list_images(ListImagesRequest::default()).await.unwrap().into_inner().images.into_iter().map(|i| (i.id.clone(), i)).collect();
+    let images: HashMap<_, _> = e
+        .img
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| (i.id.clone(), i))
+        .collect();
     assert_eq!(images.len(), 1, "only busybox: {:?}", images.keys());
 }
 
@@ -304,13 +494,33 @@ async fn user_namespace_pod_maps_ids_and_owns_its_rootfs() {
     let userns = UserNamespace { mode: NamespaceMode::Pod as i32, uids: range.clone(), gids: range };
     let options = NamespaceOption { userns_options: Some(userns.clone()), ..Default::default() };
     let mut pod_config = berth_integration::cri::sandbox_config("userns", &e.logs);
-    pod_config.linux.get_or_insert_with(Default::default).security_context = Some(LinuxSandboxSecurityContext { namespace_options: Some(options.clone()), ..Default::default() });
-    let pod = e.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config.clone()), runtime_handler: String::new() }).await.unwrap_or_else(|err| panic!("RunPodSandbox: {err}\n{}", e.shim.log_tail())).into_inner().pod_sandbox_id;
-    let ps = e.rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await.unwrap().into_inner().status.unwrap();
+    pod_config.linux.get_or_insert_with(Default::default).security_context =
+        Some(LinuxSandboxSecurityContext { namespace_options: Some(options.clone()), ..Default::default() });
+    let pod =
+        e.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config.clone()), runtime_handler: String::new() })
+            .await
+            .unwrap_or_else(|err| panic!("RunPodSandbox: {err}\n{}", e.shim.log_tail()))
+            .into_inner()
+            .pod_sandbox_id;
+    let ps =
+        e.rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
     assert!(ps.network.unwrap().ip.starts_with("10.89.7."), "CNI attached the user namespace's network namespace");
 
-    let mut c = container_config("inside", &["sh", "-c", "cat /proc/self/uid_map; id -u; touch /probe && echo wrote; stat -c '%u %g' /bin/busybox; exec sleep 1000"]);
-    c.linux.get_or_insert_with(Default::default).security_context = Some(LinuxContainerSecurityContext { namespace_options: Some(options), ..Default::default() });
+    let mut c = container_config(
+        "inside",
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; id -u; touch /probe && echo wrote; stat -c '%u %g' /bin/busybox; exec sleep 1000",
+        ],
+    );
+    c.linux.get_or_insert_with(Default::default).security_context =
+        Some(LinuxContainerSecurityContext { namespace_options: Some(options), ..Default::default() });
     let id = start(&mut e, &pod, &pod_config, c).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = std::fs::read_to_string(e.logs.join("inside.log")).unwrap();
@@ -319,7 +529,13 @@ async fn user_namespace_pod_maps_ids_and_owns_its_rootfs() {
     assert_eq!(&out[1..4], ["0", "wrote", "0 0"], "root inside, owner of its idmapped rootfs: {log}");
 
     // Seen from the host: the process runs as host uid 200000 and its new file is owned by it.
-    let info = e.rt.container_status(ContainerStatusRequest { container_id: id.clone(), verbose: true }).await.unwrap().into_inner().info["info"].clone();
+    let info =
+        e.rt.container_status(ContainerStatusRequest { container_id: id.clone(), verbose: true })
+            .await
+            .unwrap()
+            .into_inner()
+            .info["info"]
+            .clone();
     let pid = serde_json::from_str::<serde_json::Value>(&info).unwrap()["pid"].as_i64().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("200000")), "{status}");
@@ -328,19 +544,43 @@ async fn user_namespace_pod_maps_ids_and_owns_its_rootfs() {
     assert_eq!(std::fs::metadata(&upper).map(|m| (m.uid(), m.gid())).unwrap(), (200_000, 200_000));
 
     // Exec enters the same user namespace.
-    let r = e.rt.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: vec!["sh".into(), "-c".into(), "id -u; cat /proc/self/uid_map".into()], timeout: 10 }).await.unwrap().into_inner();
+    let r =
+        e.rt.exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "id -u; cat /proc/self/uid_map".into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(out.starts_with("0\n") && out.contains("200000"), "{out}");
 
     // Refused up front: two ranges, or a range that does not start at 0.
-    for uids in [vec![IdMapping { container_id: 0, host_id: 1000, length: 10 }, IdMapping { container_id: 10, host_id: 5000, length: 10 }], vec![IdMapping { container_id: 1, host_id: 1000, length: 100 }]] {
+    for uids in [
+        vec![
+            IdMapping { container_id: 0, host_id: 1000, length: 10 },
+            IdMapping { container_id: 10, host_id: 5000, length: 10 },
+        ],
+        vec![IdMapping { container_id: 1, host_id: 1000, length: 100 }],
+    ] {
         let bad = UserNamespace { uids, ..userns.clone() };
         let mut config = berth_integration::cri::sandbox_config("bad-userns", &e.logs);
-        config.linux.get_or_insert_with(Default::default).security_context = Some(LinuxSandboxSecurityContext { namespace_options: Some(NamespaceOption { userns_options: Some(bad), ..Default::default() }), ..Default::default() });
-        let err = e.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await.unwrap_err();
+        config.linux.get_or_insert_with(Default::default).security_context = Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption { userns_options: Some(bad), ..Default::default() }),
+            ..Default::default()
+        });
+        let err =
+            e.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+                .await
+                .unwrap_err();
         assert!(err.message().contains("userns_options.uids"), "{}", err.message());
     }
     e.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
     assert_eq!(std::fs::read_dir(e.shim.dir.join("run/pods")).unwrap().count(), 0);
-    assert_eq!(e.rt.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items.len(), 0, "the refused pods left nothing");
+    assert_eq!(
+        e.rt.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items.len(),
+        0,
+        "the refused pods left nothing"
+    );
 }

@@ -123,7 +123,10 @@ fn leftovers(m: &Multi, n: usize) -> BTreeMap<&'static str, Vec<String>> {
     let veths = h.ns.command("ip").args(["-o", "link", "show", "type", "veth"]).output().expect("ip link");
     left.insert("veths", lines_of(&veths).into_iter().filter(|l| !l.contains(" eth0@")).collect());
     let netns_dir = h.dir.join("s/run/netns");
-    left.insert("netns pins", std::fs::read_dir(&netns_dir).into_iter().flatten().flatten().map(|e| e.path().display().to_string()).collect());
+    left.insert(
+        "netns pins",
+        std::fs::read_dir(&netns_dir).into_iter().flatten().flatten().map(|e| e.path().display().to_string()).collect(),
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     left.insert("mounts", mounts.lines().filter(|l| l.contains(&d)).map(str::to_string).collect());
     // The agent's pod hierarchy (only its QoS-class directories may stay) and the shim's parent.
@@ -133,7 +136,11 @@ fn leftovers(m: &Multi, n: usize) -> BTreeMap<&'static str, Vec<String>> {
     for ctrl in ["memory", "cpu", "pids"] {
         for root in [&cg_root, &shim_root] {
             let base = std::path::Path::new("/sys/fs/cgroup").join(ctrl).join(root);
-            cgroups.extend(walk_dirs(&base).into_iter().filter(|p| !["burstable", "besteffort"].iter().any(|q| p.ends_with(&format!("{root}/{q}")))));
+            cgroups.extend(
+                walk_dirs(&base)
+                    .into_iter()
+                    .filter(|p| !["burstable", "besteffort"].iter().any(|q| p.ends_with(&format!("{root}/{q}")))),
+            );
         }
     }
     left.insert("cgroups", cgroups);
@@ -144,10 +151,21 @@ fn leftovers(m: &Multi, n: usize) -> BTreeMap<&'static str, Vec<String>> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).into_owned()).unwrap_or_default();
-            cg.contains(&format!("/{cg_root}/")) || cg.contains(&format!("/{shim_root}/")) || cmd.contains(&format!("{d}/s/run/"))
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).into_owned())
+                .unwrap_or_default();
+            cg.contains(&format!("/{cg_root}/"))
+                || cg.contains(&format!("/{shim_root}/"))
+                || cmd.contains(&format!("{d}/s/run/"))
         })
-        .map(|pid| format!("{pid} {}", std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).replace('\0', " ")).unwrap_or_default()))
+        .map(|pid| {
+            format!(
+                "{pid} {}",
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                    .unwrap_or_default()
+            )
+        })
         .collect();
     left.insert("processes", procs);
     left
@@ -184,7 +202,9 @@ fn walk_dirs(dir: &std::path::Path) -> Vec<String> {
 #[ignore = "needs root"]
 fn a_thousand_pods_with_random_kill9() {
     let cycles: usize = std::env::var("BERTH_SOAK_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let seed: u64 = std::env::var("BERTH_SOAK_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64 | 1);
+    let seed: u64 = std::env::var("BERTH_SOAK_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64 | 1
+    });
     eprintln!("soak: {cycles} pods, seed {seed} (BERTH_SOAK_SEED={seed} replays the same kills)");
     let mut rng = Rng(seed);
     let mut m = Multi::start("vxlan", "s");
@@ -207,10 +227,30 @@ fn a_thousand_pods_with_random_kill9() {
                 let state = round_state(&m, r);
                 let stuck: Vec<String> = state
                     .iter()
-                    .filter(|(name, (phase, _))| !pod_done(name.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0), phase))
-                    .map(|(name, _)| format!("{name}: {}", m.kubectl(&["get", "pod", name, "-o", "jsonpath={.spec.nodeName} {.metadata.uid} {.status}"])))
+                    .filter(|(name, (phase, _))| {
+                        !pod_done(name.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0), phase)
+                    })
+                    .map(|(name, _)| {
+                        format!(
+                            "{name}: {}",
+                            m.kubectl(&[
+                                "get",
+                                "pod",
+                                name,
+                                "-o",
+                                "jsonpath={.spec.nodeName} {.metadata.uid} {.status}"
+                            ])
+                        )
+                    })
                     .collect();
-                m.wait(&format!("round {r}: every pod Running or finished (after {chaos:?}); stuck:\n{}", stuck.join("\n")), Duration::from_secs(1), |m| round_done(&round_state(m, r), r));
+                m.wait(
+                    &format!(
+                        "round {r}: every pod Running or finished (after {chaos:?}); stuck:\n{}",
+                        stuck.join("\n")
+                    ),
+                    Duration::from_secs(1),
+                    |m| round_done(&round_state(m, r), r),
+                );
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -229,7 +269,10 @@ fn a_thousand_pods_with_random_kill9() {
         for i in (0..PER_ROUND).step_by(2) {
             let (phase, code) = &state[&format!("s{r}-{i}")];
             let want = (i % 4).to_string();
-            assert_eq!(code, &want, "round {r}: pod s{r}-{i} ({phase}) exited {want}; its exit code was lost (after {chaos:?})");
+            assert_eq!(
+                code, &want,
+                "round {r}: pod s{r}-{i} ({phase}) exited {want}; its exit code was lost (after {chaos:?})"
+            );
             assert_eq!(phase, if i % 4 == 0 { "Succeeded" } else { "Failed" }, "round {r}: s{r}-{i}");
         }
         // Delete them; kill something during the deletion too.
@@ -238,13 +281,17 @@ fn a_thousand_pods_with_random_kill9() {
         std::thread::sleep(Duration::from_millis(rng.below(1000)));
         strike(&mut m, chaos, Duration::from_millis(rng.below(500)));
         count(&mut kills, chaos);
-        m.wait(&format!("round {r}: its pods deleted (after {chaos:?})"), Duration::from_secs(180), |m| round_state(m, r).is_empty());
+        m.wait(&format!("round {r}: its pods deleted (after {chaos:?})"), Duration::from_secs(180), |m| {
+            round_state(m, r).is_empty()
+        });
         eprintln!("soak: round {}/{rounds} done at {:.0} s", r + 1, started.elapsed().as_secs_f64());
     }
     eprintln!("soak: {} pods in {:.0} s; kills: {kills:?}", rounds * PER_ROUND, started.elapsed().as_secs_f64());
 
     // Nothing of them is left anywhere: the runtimes have no sandboxes, the hosts nothing else.
-    m.wait("every host's runtime to hold no pod", Duration::from_secs(60), |m| (0..HOSTS).all(|n| sandboxes(m, n) == 0));
+    m.wait("every host's runtime to hold no pod", Duration::from_secs(60), |m| {
+        (0..HOSTS).all(|n| sandboxes(m, n) == 0)
+    });
     let mut report = Vec::new();
     for n in 0..HOSTS {
         for (what, items) in leftovers(&m, n) {
@@ -272,6 +319,9 @@ fn sandboxes(m: &Multi, n: usize) -> usize {
     let socket = m.hosts[n].shim.as_ref().expect("shim").socket.clone();
     tokio::runtime::Runtime::new().expect("tokio").block_on(async move {
         let Ok((mut rt, _)) = berth_integration::cri::connect(&socket).await else { return usize::MAX };
-        rt.list_pod_sandbox(berth_proto::runtime::v1::ListPodSandboxRequest::default()).await.map(|r| r.into_inner().items.len()).unwrap_or(usize::MAX)
+        rt.list_pod_sandbox(berth_proto::runtime::v1::ListPodSandboxRequest::default())
+            .await
+            .map(|r| r.into_inner().items.len())
+            .unwrap_or(usize::MAX)
     })
 }

@@ -116,28 +116,22 @@ async fn runtime_service_server_and_clients_over_unix_socket() {
     let listener = UnixListener::bind(&sock).expect("bind unix socket");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        Server::builder()
-            .add_service(RuntimeServiceServer::new(VersionOnly))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+        Server::builder().add_service(RuntimeServiceServer::new(VersionOnly)).serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            async {
                 let _ = stop_rx.await;
-            }),
+            },
+        ),
     );
 
     let channel = uds_channel(sock).await;
     let mut runtime = RuntimeServiceClient::new(channel.clone());
-    let version = runtime
-        .version(VersionRequest { version: "v1".into() })
-        .await
-        .expect("Version")
-        .into_inner();
+    let version = runtime.version(VersionRequest { version: "v1".into() }).await.expect("Version").into_inner();
     assert_eq!(version.version, "v1");
     assert_eq!(version.runtime_name, "berth-test");
     assert_eq!(version.runtime_api_version, "v1");
 
-    let status = runtime
-        .status(StatusRequest { verbose: false })
-        .await
-        .expect_err("Status is not implemented");
+    let status = runtime.status(StatusRequest { verbose: false }).await.expect_err("Status is not implemented");
     assert_eq!(status.code(), Code::Unimplemented);
 
     let status = runtime

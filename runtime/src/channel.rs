@@ -54,7 +54,9 @@ pub struct Channel(pub OwnedFd);
 pub fn pair() -> io::Result<(Channel, Channel)> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid two-element out-array.
-    crate::syscall::cvt(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })?;
+    crate::syscall::cvt(unsafe {
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+    })?;
     // SAFETY: socketpair succeeded, so both descriptors are open and owned by us alone.
     Ok(unsafe { (Channel(OwnedFd::from_raw_fd(fds[0])), Channel(OwnedFd::from_raw_fd(fds[1]))) })
 }
@@ -64,7 +66,11 @@ impl Channel {
         let buf = msg.encode();
         // SAFETY: buf is valid for buf.len() bytes.
         let n = unsafe { libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// Next message, or `None` when the peer has gone (exited, or exec'd the user process).
@@ -95,7 +101,9 @@ mod tests {
     #[test]
     fn round_trips_and_reports_eof() {
         let (a, b) = pair().unwrap();
-        for msg in [Msg::Go("{}".into()), Msg::RunHooks, Msg::Continue, Msg::Ready, Msg::Error("mount /proc: EPERM".into())] {
+        for msg in
+            [Msg::Go("{}".into()), Msg::RunHooks, Msg::Continue, Msg::Ready, Msg::Error("mount /proc: EPERM".into())]
+        {
             a.send(&msg).unwrap();
             assert_eq!(b.recv().unwrap(), Some(msg));
         }

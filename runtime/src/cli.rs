@@ -212,8 +212,23 @@ mod tests {
 
     #[test]
     fn cli_parses_runc_style_invocations() {
-        let cli = Cli::try_parse_from(["berth-runtime", "--root", "/r", "--log-format", "json", "create", "--bundle", "/b", "--pid-file", "/p", "c1"]).unwrap();
-        assert!(matches!(cli.command, Command::Create(ref a) if a.id == "c1" && a.bundle == std::path::Path::new("/b")));
+        let cli = Cli::try_parse_from([
+            "berth-runtime",
+            "--root",
+            "/r",
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/p",
+            "c1",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.command, Command::Create(ref a) if a.id == "c1" && a.bundle == std::path::Path::new("/b"))
+        );
         let cli = Cli::try_parse_from(["berth-runtime", "kill", "--all", "c1", "KILL"]).unwrap();
         assert!(matches!(cli.command, Command::Kill { all: true, ref signal, .. } if signal == "KILL"));
         let cli = Cli::try_parse_from(["berth-runtime", "exec", "-t", "c1", "sh", "-c", "echo hi"]).unwrap();

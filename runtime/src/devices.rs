@@ -63,7 +63,8 @@ pub fn plan(spec: &Spec) -> Vec<Node> {
 /// Creates every planned node under `rootfs` and the standard /dev symlinks.
 pub fn create_all(sys: &dyn Syscall, spec: &Spec, rootfs: &Path, in_user_ns: bool) -> Result<(), RootfsError> {
     for node in plan(spec) {
-        let dest = secure_join(rootfs, &node.path).map_err(|source| RootfsError::Resolve { path: node.path.clone(), source })?;
+        let dest = secure_join(rootfs, &node.path)
+            .map_err(|source| RootfsError::Resolve { path: node.path.clone(), source })?;
         let err = |source| RootfsError::Device { path: node.path.clone(), source };
         if let Some(parent) = dest.parent() {
             sys.create_dir_all(parent).map_err(err)?;

@@ -9,7 +9,12 @@ use oci_spec::runtime::Hook;
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     #[error("{kind} hook {path}: starting it")]
-    Spawn { kind: &'static str, path: String, #[source] source: std::io::Error },
+    Spawn {
+        kind: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{kind} hook {path} exited with {status}")]
     Failed { kind: &'static str, path: String, status: String },
     #[error("{kind} hook {path} timed out after {secs} s")]

@@ -23,9 +23,17 @@ pub enum InitError {
     #[error("unexpected message {0:?} from runtime")]
     Unexpected(Msg),
     #[error("joining {typ} namespace")]
-    Setns { typ: String, #[source] source: std::io::Error },
+    Setns {
+        typ: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what}")]
-    Os { what: &'static str, #[source] source: std::io::Error },
+    Os {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
     #[error(transparent)]
@@ -35,7 +43,11 @@ pub enum InitError {
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
     #[error("writing sysctl {key}")]
-    Sysctl { key: String, #[source] source: std::io::Error },
+    Sysctl {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("setting up the terminal")]
     Tty(#[source] std::io::Error),
     #[error("waiting for start on the exec fifo")]
@@ -135,7 +147,12 @@ fn setup(args: &InitArgs<'_>) -> Result<std::convert::Infallible, InitError> {
         // After the sysctls: /proc/sys is usually one of the read-only paths.
         rootfs::finalize(&sys, spec)?;
     }
-    let process_args = Finish { process, linux: spec.linux().as_ref(), console: args.console.as_ref(), seccomp: args.seccomp.as_ref() };
+    let process_args = Finish {
+        process,
+        linux: spec.linux().as_ref(),
+        console: args.console.as_ref(),
+        seccomp: args.seccomp.as_ref(),
+    };
     finish(&process_args, &args.channel, || {
         if let Some(dir) = &args.state_dir {
             wait_for_start(dir)?;

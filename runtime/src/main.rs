@@ -160,7 +160,11 @@ fn add_caps(p: &mut Process, caps: &[String]) -> Result<()> {
     }
     let mut all = p.capabilities().clone().unwrap_or_default();
     for name in caps {
-        let full = if name.to_ascii_uppercase().starts_with("CAP_") { name.to_ascii_uppercase() } else { format!("CAP_{}", name.to_ascii_uppercase()) };
+        let full = if name.to_ascii_uppercase().starts_with("CAP_") {
+            name.to_ascii_uppercase()
+        } else {
+            format!("CAP_{}", name.to_ascii_uppercase())
+        };
         let cap: oci_spec::runtime::Capability = serde_json::from_value(serde_json::Value::String(full.clone()))
             .with_context(|| format!("--cap {name:?}: unknown capability"))?;
         let mut b = all.bounding().clone().unwrap_or_default();
@@ -254,7 +258,8 @@ fn write_default_spec(bundle: &Path, rootless: bool) -> Result<()> {
         bail!("{} already exists", path.display());
     }
     let spec = berth_runtime::features::default_spec(rootless);
-    std::fs::write(&path, serde_json::to_string_pretty(&spec)?).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&spec)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

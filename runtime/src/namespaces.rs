@@ -145,15 +145,24 @@ pub unsafe fn spawn(flags: libc::c_int, cgroup: Option<&OwnedFd>) -> io::Result<
 pub unsafe fn clone_process(flags: libc::c_int) -> io::Result<libc::pid_t> {
     // SAFETY: a NULL stack makes clone behave like fork (the child gets a copy-on-write copy
     // of the current stack); the caller guarantees single-threadedness.
-    let ret = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret as libc::pid_t) }
+    let ret = unsafe {
+        libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as libc::pid_t)
+    }
 }
 
 /// Writes `/proc/PID/{uid,gid}_map` for a child in a new user namespace.
 pub fn write_id_maps(pid: libc::pid_t, spec: &Spec) -> io::Result<()> {
     let Some(linux) = spec.linux() else { return Ok(()) };
     let fmt = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
-        maps.iter().flatten().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect::<String>()
+        maps.iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
     };
     std::fs::write(format!("/proc/{pid}/uid_map"), fmt(linux.uid_mappings()))?;
     std::fs::write(format!("/proc/{pid}/gid_map"), fmt(linux.gid_mappings()))?;

@@ -13,19 +13,47 @@ use crate::syscall::cvt;
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("setting rlimit {name} to soft={soft} hard={hard}{hint}")]
-    Rlimit { name: String, soft: u64, hard: u64, hint: &'static str, #[source] source: io::Error },
+    Rlimit {
+        name: String,
+        soft: u64,
+        hard: u64,
+        hint: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("writing oomScoreAdj {value}{hint}")]
-    OomScore { value: i32, hint: &'static str, #[source] source: io::Error },
+    OomScore {
+        value: i32,
+        hint: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("{op}")]
-    Identity { op: String, #[source] source: io::Error },
+    Identity {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("capabilities: {op}")]
-    Caps { op: &'static str, #[source] source: io::Error },
+    Caps {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("chdir to {cwd}")]
-    Cwd { cwd: PathBuf, #[source] source: io::Error },
+    Cwd {
+        cwd: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("executable {name:?} not found in $PATH")]
     NotFound { name: String },
     #[error("exec {path}")]
-    Exec { path: PathBuf, #[source] source: io::Error },
+    Exec {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
@@ -60,14 +88,23 @@ pub fn set_rlimits(process: &Process) -> Result<(), ProcessError> {
             } else {
                 ""
             };
-            return Err(ProcessError::Rlimit { name: format!("{:?}", r.typ()), soft: r.soft(), hard: r.hard(), hint, source });
+            return Err(ProcessError::Rlimit {
+                name: format!("{:?}", r.typ()),
+                soft: r.soft(),
+                hard: r.hard(),
+                hint,
+                source,
+            });
         }
     }
     Ok(())
 }
 
 /// `linux.personality` (execution domain) and `process.ioPriority`.
-pub fn set_personality_and_ioprio(spec_linux: Option<&oci_spec::runtime::Linux>, process: &Process) -> Result<(), ProcessError> {
+pub fn set_personality_and_ioprio(
+    spec_linux: Option<&oci_spec::runtime::Linux>,
+    process: &Process,
+) -> Result<(), ProcessError> {
     if let Some(p) = spec_linux.and_then(|l| l.personality().as_ref()) {
         let persona = match p.domain() {
             oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0x0000,
@@ -87,7 +124,9 @@ pub fn set_personality_and_ioprio(spec_linux: Option<&oci_spec::runtime::Linux>,
         };
         const IOPRIO_WHO_PROCESS: libc::c_long = 1;
         // SAFETY: ioprio_set takes plain integers.
-        let ret = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, (class << 13) | io.priority() as libc::c_long) };
+        let ret = unsafe {
+            libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, (class << 13) | io.priority() as libc::c_long)
+        };
         cvt(ret as libc::c_int).map_err(|source| ProcessError::Identity { op: "ioprio_set".into(), source })?;
     }
     Ok(())
@@ -96,7 +135,8 @@ pub fn set_personality_and_ioprio(spec_linux: Option<&oci_spec::runtime::Linux>,
 pub fn set_oom_score_adj(process: &Process) -> Result<(), ProcessError> {
     let Some(value) = process.oom_score_adj() else { return Ok(()) };
     std::fs::write("/proc/self/oom_score_adj", value.to_string()).map_err(|source| {
-        let hint = if source.raw_os_error() == Some(libc::EACCES) { " (lowering it needs CAP_SYS_RESOURCE)" } else { "" };
+        let hint =
+            if source.raw_os_error() == Some(libc::EACCES) { " (lowering it needs CAP_SYS_RESOURCE)" } else { "" };
         ProcessError::OomScore { value, hint, source }
     })
 }
@@ -121,9 +161,11 @@ pub fn set_identity_and_caps(process: &Process) -> Result<(), ProcessError> {
         }
     }
     // SAFETY: plain integer syscalls.
-    cvt(unsafe { libc::setresgid(user.gid(), user.gid(), user.gid()) }).map_err(id_err(format!("setresgid {}", user.gid())))?;
+    cvt(unsafe { libc::setresgid(user.gid(), user.gid(), user.gid()) })
+        .map_err(id_err(format!("setresgid {}", user.gid())))?;
     // SAFETY: plain integer syscalls.
-    cvt(unsafe { libc::setresuid(user.uid(), user.uid(), user.uid()) }).map_err(id_err(format!("setresuid {}", user.uid())))?;
+    cvt(unsafe { libc::setresuid(user.uid(), user.uid(), user.uid()) })
+        .map_err(id_err(format!("setresuid {}", user.uid())))?;
     capabilities::apply(&masks).map_err(caps_err("capset"))?;
     // SAFETY: prctl with integer arguments only.
     cvt(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) }).map_err(caps_err("PR_SET_KEEPCAPS"))?;
@@ -138,7 +180,8 @@ pub fn set_no_new_privs() -> Result<(), ProcessError> {
 }
 
 pub fn set_cwd_and_umask(process: &Process) -> Result<(), ProcessError> {
-    std::env::set_current_dir(process.cwd()).map_err(|source| ProcessError::Cwd { cwd: process.cwd().clone(), source })?;
+    std::env::set_current_dir(process.cwd())
+        .map_err(|source| ProcessError::Cwd { cwd: process.cwd().clone(), source })?;
     let umask = process.user().umask().unwrap_or(0o022);
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(umask as libc::mode_t) };
@@ -147,7 +190,9 @@ pub fn set_cwd_and_umask(process: &Process) -> Result<(), ProcessError> {
 
 /// The value of `PATH` in the process's environment (the container's, not the runtime's).
 fn env_path(env: &[String]) -> &str {
-    env.iter().find_map(|v| v.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.iter()
+        .find_map(|v| v.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 }
 
 /// Finds the program as execvp would, but with the container's PATH.

@@ -14,17 +14,42 @@ use crate::syscall::Syscall;
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("mounting {what} on {target}")]
-    Mount { what: String, target: PathBuf, #[source] source: io::Error },
+    Mount {
+        what: String,
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("preparing mount point {path}")]
-    Prepare { path: PathBuf, #[source] source: io::Error },
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("pivot_root into {rootfs}")]
-    Pivot { rootfs: PathBuf, #[source] source: io::Error },
+    Pivot {
+        rootfs: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("chroot into {rootfs}")]
-    Chroot { rootfs: PathBuf, #[source] source: io::Error },
+    Chroot {
+        rootfs: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("resolving {path} inside the rootfs")]
-    Resolve { path: PathBuf, #[source] source: io::Error },
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("creating device {path}")]
-    Device { path: PathBuf, #[source] source: io::Error },
+    Device {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Parsed `mounts[].options`.
@@ -79,7 +104,9 @@ impl MountFlags {
                 "silent" => (libc::MS_SILENT, 0),
                 "loud" => (0, libc::MS_SILENT),
                 "tmpcopyup" | "idmap" | "ridmap" => return Err(format!("option {opt:?} is not supported")),
-                o if o.starts_with('r') && matches!(&o[1..], "ro" | "rw" | "nosuid" | "nodev" | "noexec" | "noatime") => {
+                o if o.starts_with('r')
+                    && matches!(&o[1..], "ro" | "rw" | "nosuid" | "nodev" | "noexec" | "noatime") =>
+                {
                     return Err(format!("recursive option {opt:?} is not supported"))
                 }
                 "" => return Err("empty option".into()),
@@ -114,16 +141,14 @@ pub fn propagation_flag(name: &str) -> Option<c_ulong> {
 }
 
 pub fn is_bind(m: &Mount) -> bool {
-    m.typ().as_deref() == Some("bind")
-        || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
+    m.typ().as_deref() == Some("bind") || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
 }
 
 /// Resolves `unsafe_path` as if `root` were `/`: symlinks are followed inside the root, `..`
 /// never climbs above it. The result may not exist yet.
 pub fn secure_join(root: &Path, unsafe_path: &Path) -> io::Result<PathBuf> {
     let mut resolved = PathBuf::new();
-    let mut pending: Vec<std::ffi::OsString> =
-        unsafe_path.components().rev().filter_map(component_name).collect();
+    let mut pending: Vec<std::ffi::OsString> = unsafe_path.components().rev().filter_map(component_name).collect();
     let mut links = 0;
     while let Some(part) = pending.pop() {
         if part == ".." {
@@ -181,7 +206,11 @@ pub fn prepare(sys: &dyn Syscall, spec: &Spec, ctx: &Context<'_>) -> Result<(), 
     let prop = spec.linux().as_ref().and_then(|l| l.rootfs_propagation().as_deref()).and_then(propagation_flag);
     let shared = prop.is_some_and(|p| p & libc::MS_SHARED != 0);
     let propagation = |flags, target: &Path| {
-        sys.mount(None, target, None, flags, None).map_err(|source| RootfsError::Mount { what: "propagation".into(), target: target.into(), source })
+        sys.mount(None, target, None, flags, None).map_err(|source| RootfsError::Mount {
+            what: "propagation".into(),
+            target: target.into(),
+            source,
+        })
     };
     if shared {
         // Bidirectional volumes need the host's peer groups kept: "/" stays as it is and only
@@ -276,10 +305,12 @@ fn remount(sys: &dyn Syscall, target: &Path, flags: c_ulong) -> io::Result<()> {
 /// The cgroup mount shows the container's own cgroup: a bind of its directory on a pure v2
 /// host, or a tmpfs with one bind per hierarchy on v1 and hybrid hosts.
 fn mount_cgroup(sys: &dyn Syscall, dest: &Path, opts: &MountFlags, ctx: &Context<'_>) -> Result<(), RootfsError> {
-    let err = |what: &str, target: &Path, source| RootfsError::Mount { what: what.into(), target: target.into(), source };
+    let err =
+        |what: &str, target: &Path, source| RootfsError::Mount { what: what.into(), target: target.into(), source };
     sys.create_dir_all(dest).map_err(|source| RootfsError::Prepare { path: dest.into(), source })?;
     let flags = opts.flags & !libc::MS_RDONLY;
-    let bind_flags = libc::MS_BIND | (opts.flags & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC));
+    let bind_flags =
+        libc::MS_BIND | (opts.flags & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC));
     if let [only] = ctx.cgroup_binds {
         if only.name.is_empty() {
             sys.mount(Some(&only.host_dir), dest, None, libc::MS_BIND, None).map_err(|e| err("cgroup2", dest, e))?;
@@ -296,7 +327,8 @@ fn mount_cgroup(sys: &dyn Syscall, dest: &Path, opts: &MountFlags, ctx: &Context
         if bind.name.contains(',') {
             for part in bind.name.split(',') {
                 let link = dest.join(part);
-                sys.symlink(Path::new(&bind.name), &link).map_err(|source| RootfsError::Prepare { path: link, source })?;
+                sys.symlink(Path::new(&bind.name), &link)
+                    .map_err(|source| RootfsError::Prepare { path: link, source })?;
             }
         }
     }
@@ -355,18 +387,26 @@ pub fn finalize(sys: &dyn Syscall, spec: &Spec) -> Result<(), RootfsError> {
         let p = Path::new(path);
         let err = |source| RootfsError::Mount { what: "masked path".into(), target: p.into(), source };
         match std::fs::metadata(p) {
-            Ok(meta) if meta.is_dir() => sys.mount(Some(Path::new("tmpfs")), p, Some("tmpfs"), libc::MS_RDONLY, None).map_err(err)?,
+            Ok(meta) if meta.is_dir() => {
+                sys.mount(Some(Path::new("tmpfs")), p, Some("tmpfs"), libc::MS_RDONLY, None).map_err(err)?
+            }
             Ok(_) => sys.mount(Some(Path::new("/dev/null")), p, None, libc::MS_BIND, None).map_err(err)?,
             Err(_) => continue,
         }
     }
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
-        remount(sys, Path::new("/"), libc::MS_BIND | libc::MS_RDONLY)
-            .map_err(|source| RootfsError::Mount { what: "readonly root".into(), target: "/".into(), source })?;
+        remount(sys, Path::new("/"), libc::MS_BIND | libc::MS_RDONLY).map_err(|source| RootfsError::Mount {
+            what: "readonly root".into(),
+            target: "/".into(),
+            source,
+        })?;
     }
     if let Some(flag) = linux.and_then(|l| l.rootfs_propagation().as_deref()).and_then(propagation_flag) {
-        sys.mount(None, Path::new("/"), None, flag, None)
-            .map_err(|source| RootfsError::Mount { what: "rootfs propagation".into(), target: "/".into(), source })?;
+        sys.mount(None, Path::new("/"), None, flag, None).map_err(|source| RootfsError::Mount {
+            what: "rootfs propagation".into(),
+            target: "/".into(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -411,7 +451,10 @@ mod tests {
     #[test]
     fn bind_mount_with_ro_is_bound_then_remounted() {
         let root = tempfile::tempdir().unwrap();
-        let m: Mount = serde_json::from_str(r#"{"destination":"/data","type":"bind","source":"/tmp","options":["rbind","ro","nosuid"]}"#).unwrap();
+        let m: Mount = serde_json::from_str(
+            r#"{"destination":"/data","type":"bind","source":"/tmp","options":["rbind","ro","nosuid"]}"#,
+        )
+        .unwrap();
         let sys = Recorder::default();
         let ctx = Context { rootfs: root.path(), cgroup_binds: &[], in_user_ns: false };
         mount_one(&sys, &m, &ctx).unwrap();
@@ -420,8 +463,20 @@ mod tests {
             sys.calls(),
             vec![
                 Call::CreateDir(dest.clone()),
-                Call::Mount { source: Some("/tmp".into()), target: dest.clone(), fstype: None, flags: libc::MS_BIND | libc::MS_REC, data: None },
-                Call::Mount { source: None, target: dest, fstype: None, flags: libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_REMOUNT, data: None },
+                Call::Mount {
+                    source: Some("/tmp".into()),
+                    target: dest.clone(),
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REC,
+                    data: None
+                },
+                Call::Mount {
+                    source: None,
+                    target: dest,
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_REMOUNT,
+                    data: None
+                },
             ]
         );
     }
@@ -429,7 +484,10 @@ mod tests {
     #[test]
     fn hybrid_cgroup_mount_is_tmpfs_with_binds() {
         let root = tempfile::tempdir().unwrap();
-        let m: Mount = serde_json::from_str(r#"{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["ro","nosuid"]}"#).unwrap();
+        let m: Mount = serde_json::from_str(
+            r#"{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["ro","nosuid"]}"#,
+        )
+        .unwrap();
         let binds = [
             CgroupBind { host_dir: "/sys/fs/cgroup/memory/berth/x".into(), name: "memory".into() },
             CgroupBind { host_dir: "/sys/fs/cgroup/unified/berth/x".into(), name: "unified".into() },
@@ -440,12 +498,20 @@ mod tests {
         let calls = sys.calls();
         let dest = root.path().join("sys/fs/cgroup");
         assert!(matches!(&calls[1], Call::Mount { fstype: Some(t), target, .. } if t == "tmpfs" && *target == dest));
-        let binds: Vec<_> = calls.iter().filter_map(|c| match c {
-            Call::Mount { source: Some(s), flags, .. } if *flags == libc::MS_BIND => Some(s.clone()),
-            _ => None,
-        }).collect();
-        assert_eq!(binds, vec![PathBuf::from("/sys/fs/cgroup/memory/berth/x"), PathBuf::from("/sys/fs/cgroup/unified/berth/x")]);
-        assert!(matches!(calls.last().unwrap(), Call::Mount { flags, .. } if flags & libc::MS_RDONLY != 0 && flags & libc::MS_REMOUNT != 0));
+        let binds: Vec<_> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount { source: Some(s), flags, .. } if *flags == libc::MS_BIND => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            binds,
+            vec![PathBuf::from("/sys/fs/cgroup/memory/berth/x"), PathBuf::from("/sys/fs/cgroup/unified/berth/x")]
+        );
+        assert!(
+            matches!(calls.last().unwrap(), Call::Mount { flags, .. } if flags & libc::MS_RDONLY != 0 && flags & libc::MS_REMOUNT != 0)
+        );
     }
 
     #[test]

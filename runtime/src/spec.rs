@@ -11,7 +11,11 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("reading {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("parsing {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{field}: {reason}")]
@@ -37,7 +41,11 @@ pub fn parse(bytes: &[u8]) -> Result<Spec, String> {
 /// The root filesystem path, resolved against the bundle when relative.
 pub fn rootfs(spec: &Spec, bundle: &Path) -> PathBuf {
     let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_default();
-    if root.is_absolute() { root } else { bundle.join(root) }
+    if root.is_absolute() {
+        root
+    } else {
+        bundle.join(root)
+    }
 }
 
 /// Whether the spec asks for a new (not joined) or joined namespace of this type.
@@ -213,7 +221,10 @@ fn validate_mounts(spec: &Spec) -> Result<(), SpecError> {
             return Err(invalid(format!("{field}.destination"), "is empty"));
         }
         if m.destination().components().any(|c| c == std::path::Component::ParentDir) {
-            return Err(invalid(format!("{field}.destination"), format!("{} contains '..'", m.destination().display())));
+            return Err(invalid(
+                format!("{field}.destination"),
+                format!("{} contains '..'", m.destination().display()),
+            ));
         }
         crate::rootfs::MountFlags::parse(m.options().as_deref().unwrap_or(&[]))
             .map_err(|reason| invalid(format!("{field}.options"), reason))?;
@@ -224,7 +235,9 @@ fn validate_mounts(spec: &Spec) -> Result<(), SpecError> {
         if is_bind {
             match m.source() {
                 Some(src) if src.exists() => {}
-                Some(src) => return Err(invalid(format!("{field}.source"), format!("{} does not exist", src.display()))),
+                Some(src) => {
+                    return Err(invalid(format!("{field}.source"), format!("{} does not exist", src.display())))
+                }
                 None => return Err(invalid(format!("{field}.source"), "a bind mount needs a source")),
             }
         }
@@ -248,7 +261,10 @@ fn validate_linux(spec: &Spec) -> Result<(), SpecError> {
     }
     for (key, _) in linux.sysctl().iter().flatten() {
         let net = key.starts_with("net.");
-        let ipc = key.starts_with("kernel.msg") || key.starts_with("kernel.sem") || key.starts_with("kernel.shm") || key.starts_with("fs.mqueue.");
+        let ipc = key.starts_with("kernel.msg")
+            || key.starts_with("kernel.sem")
+            || key.starts_with("kernel.shm")
+            || key.starts_with("fs.mqueue.");
         let uts = key == "kernel.hostname" || key == "kernel.domainname";
         if net && !has_namespace(spec, LinuxNamespaceType::Network) {
             return Err(invalid(format!("linux.sysctl.{key}"), "net.* sysctls need a network namespace"));
@@ -276,12 +292,16 @@ fn validate_linux(spec: &Spec) -> Result<(), SpecError> {
     }
     if let Some(prop) = linux.rootfs_propagation() {
         crate::rootfs::propagation_flag(prop).ok_or_else(|| {
-            invalid("linux.rootfsPropagation", format!("{prop:?} is not one of shared, slave, private, unbindable (r-prefixed allowed)"))
+            invalid(
+                "linux.rootfsPropagation",
+                format!("{prop:?} is not one of shared, slave, private, unbindable (r-prefixed allowed)"),
+            )
         })?;
     }
     // linux.seccomp is validated by compiling it, once, in create.
     if let Some(res) = linux.resources() {
-        crate::cgroups::values::validate(res).map_err(|(field, reason)| invalid(format!("linux.resources.{field}"), reason))?;
+        crate::cgroups::values::validate(res)
+            .map_err(|(field, reason)| invalid(format!("linux.resources.{field}"), reason))?;
     }
     Ok(())
 }
@@ -333,7 +353,8 @@ mod tests {
 
     #[test]
     fn without_a_mount_namespace_nothing_may_be_mounted() {
-        let no_mnt = |v: &mut serde_json::Value| v["linux"]["namespaces"] = json!([{ "type": "uts" }, { "type": "pid" }]);
+        let no_mnt =
+            |v: &mut serde_json::Value| v["linux"]["namespaces"] = json!([{ "type": "uts" }, { "type": "pid" }]);
         check(no_mnt).unwrap();
         let with = |f: fn(&mut serde_json::Value)| {
             check(move |v| {
@@ -341,12 +362,17 @@ mod tests {
                 f(v)
             })
         };
-        assert_eq!(field_of(with(|v| v["mounts"] = json!([{ "destination": "/proc", "type": "proc", "source": "proc" }]))), "mounts");
+        assert_eq!(
+            field_of(with(|v| v["mounts"] = json!([{ "destination": "/proc", "type": "proc", "source": "proc" }]))),
+            "mounts"
+        );
         assert_eq!(field_of(with(|v| v["linux"]["maskedPaths"] = json!(["/proc/kcore"]))), "linux.maskedPaths");
         assert_eq!(field_of(with(|v| v["linux"]["readonlyPaths"] = json!(["/proc/sys"]))), "linux.readonlyPaths");
         assert_eq!(field_of(with(|v| v["linux"]["rootfsPropagation"] = json!("private"))), "linux.rootfsPropagation");
         assert_eq!(
-            field_of(with(|v| v["linux"]["devices"] = json!([{ "path": "/dev/null", "type": "c", "major": 1, "minor": 3 }]))),
+            field_of(with(
+                |v| v["linux"]["devices"] = json!([{ "path": "/dev/null", "type": "c", "major": 1, "minor": 3 }])
+            )),
             "linux.devices"
         );
         let userns = |v: &mut serde_json::Value| {
@@ -369,28 +395,51 @@ mod tests {
             "process.rlimits[0]"
         );
         assert_eq!(field_of(check(|v| v["process"]["oomScoreAdj"] = json!(5000))), "process.oomScoreAdj");
-        assert_eq!(field_of(check(|v| v["linux"]["namespaces"] = json!([{ "type": "mount" }, { "type": "mount" }]))), "linux.namespaces[1]");
+        assert_eq!(
+            field_of(check(|v| v["linux"]["namespaces"] = json!([{ "type": "mount" }, { "type": "mount" }]))),
+            "linux.namespaces[1]"
+        );
         assert_eq!(field_of(check(|v| v["linux"]["namespaces"] = json!([{ "type": "mount" }]))), "hostname");
         assert_eq!(
             field_of(check(|v| v["linux"]["namespaces"].as_array_mut().unwrap().push(json!({ "type": "user" })))),
             "linux.uidMappings"
         );
-        assert_eq!(field_of(check(|v| v["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "1" }))), "linux.sysctl.net.ipv4.ip_forward");
-        assert_eq!(field_of(check(|v| v["linux"]["sysctl"] = json!({ "vm.swappiness": "1" }))), "linux.sysctl.vm.swappiness");
+        assert_eq!(
+            field_of(check(|v| v["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "1" }))),
+            "linux.sysctl.net.ipv4.ip_forward"
+        );
+        assert_eq!(
+            field_of(check(|v| v["linux"]["sysctl"] = json!({ "vm.swappiness": "1" }))),
+            "linux.sysctl.vm.swappiness"
+        );
         assert_eq!(field_of(check(|v| v["linux"]["rootfsPropagation"] = json!("sideways"))), "linux.rootfsPropagation");
-        assert_eq!(field_of(check(|v| v["linux"]["devices"] = json!([{ "path": "dev/x", "type": "c", "major": 1, "minor": 3 }]))), "linux.devices[0].path");
-        assert_eq!(field_of(check(|v| v["linux"]["resources"] = json!({ "cpu": { "period": 10 } }))), "linux.resources.cpu.period");
+        assert_eq!(
+            field_of(check(
+                |v| v["linux"]["devices"] = json!([{ "path": "dev/x", "type": "c", "major": 1, "minor": 3 }])
+            )),
+            "linux.devices[0].path"
+        );
+        assert_eq!(
+            field_of(check(|v| v["linux"]["resources"] = json!({ "cpu": { "period": 10 } }))),
+            "linux.resources.cpu.period"
+        );
         assert_eq!(field_of(check(|v| v["linux"]["intelRdt"] = json!({ "closID": "x" }))), "linux.intelRdt");
         assert_eq!(
-            field_of(check(|v| v["mounts"] = json!([{ "destination": "/x/../../etc", "type": "tmpfs", "source": "tmpfs" }]))),
+            field_of(check(
+                |v| v["mounts"] = json!([{ "destination": "/x/../../etc", "type": "tmpfs", "source": "tmpfs" }])
+            )),
             "mounts[0].destination"
         );
         assert_eq!(
-            field_of(check(|v| v["mounts"] = json!([{ "destination": "/x", "type": "tmpfs", "options": ["rnosuid"] }]))),
+            field_of(
+                check(|v| v["mounts"] = json!([{ "destination": "/x", "type": "tmpfs", "options": ["rnosuid"] }]))
+            ),
             "mounts[0].options"
         );
         assert_eq!(
-            field_of(check(|v| v["mounts"] = json!([{ "destination": "/x", "type": "bind", "source": "/no/such/path" }]))),
+            field_of(check(
+                |v| v["mounts"] = json!([{ "destination": "/x", "type": "bind", "source": "/no/such/path" }])
+            )),
             "mounts[0].source"
         );
     }

@@ -20,7 +20,12 @@ pub enum StateError {
     #[error("invalid container id {id:?}: use letters, digits, '_', '-', '.' (not starting with '.')")]
     InvalidId { id: String },
     #[error("{op} {path}")]
-    Io { op: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("corrupt state file {path}: {message}")]
     Corrupt { path: PathBuf, message: String },
 }
@@ -127,11 +132,14 @@ impl Root {
         std::fs::create_dir_all(&self.path).map_err(|source| io("creating", &self.path, source))?;
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(StateError::Exists { id: id.into() }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StateError::Exists { id: id.into() })
+            }
             Err(source) => return Err(io("creating", &dir, source)),
         }
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).map_err(|source| io("chmod", &dir, source))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|source| io("chmod", &dir, source))?;
         Ok(dir)
     }
 
@@ -143,7 +151,8 @@ impl Root {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StateError::NotFound { id: id.into() }),
             Err(source) => return Err(io("reading", &path, source)),
         };
-        let record = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt { path, message: e.to_string() })?;
+        let record =
+            serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt { path, message: e.to_string() })?;
         Ok((dir, record))
     }
 
@@ -170,7 +179,8 @@ impl Root {
 pub fn save(dir: &Path, record: &Record) -> Result<(), StateError> {
     let path = dir.join(STATE_FILE);
     let tmp = dir.join(".state.json.tmp");
-    let bytes = serde_json::to_vec(record).map_err(|e| StateError::Corrupt { path: path.clone(), message: e.to_string() })?;
+    let bytes =
+        serde_json::to_vec(record).map_err(|e| StateError::Corrupt { path: path.clone(), message: e.to_string() })?;
     let mut file = std::fs::File::create(&tmp).map_err(|source| io("creating", &tmp, source))?;
     file.write_all(&bytes).map_err(|source| io("writing", &tmp, source))?;
     drop(file);
@@ -187,7 +197,11 @@ pub fn validate_id(id: &str) -> Result<(), StateError> {
         && id.len() <= 1024
         && !id.starts_with('.')
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'));
-    if ok { Ok(()) } else { Err(StateError::InvalidId { id: id.into() }) }
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::InvalidId { id: id.into() })
+    }
 }
 
 /// Start time (field 22 of /proc/PID/stat) in clock ticks since boot; `None` if gone.
@@ -234,12 +248,7 @@ pub fn rfc3339(secs: i64, nanos: u32) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z", sod / 3600, sod % 3600 / 60, sod % 60)
 }
 
 #[cfg(test)]

@@ -98,15 +98,7 @@ impl Syscall for Linux {
         let data = data.map(CString::new).transpose()?;
         let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
         // SAFETY: every pointer is either null or a NUL-terminated string that outlives the call.
-        cvt(unsafe {
-            libc::mount(
-                ptr(&source),
-                target.as_ptr(),
-                ptr(&fstype),
-                flags,
-                ptr(&data).cast(),
-            )
-        })?;
+        cvt(unsafe { libc::mount(ptr(&source), target.as_ptr(), ptr(&fstype), flags, ptr(&data).cast()) })?;
         Ok(())
     }
 
@@ -217,15 +209,34 @@ pub mod fake {
     /// One recorded kernel call.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum Call {
-        Mount { source: Option<PathBuf>, target: PathBuf, fstype: Option<String>, flags: libc::c_ulong, data: Option<String> },
-        Umount { target: PathBuf, flags: libc::c_int },
+        Mount {
+            source: Option<PathBuf>,
+            target: PathBuf,
+            fstype: Option<String>,
+            flags: libc::c_ulong,
+            data: Option<String>,
+        },
+        Umount {
+            target: PathBuf,
+            flags: libc::c_int,
+        },
         ReadonlyRecursive(PathBuf),
-        PivotRoot { new_root: PathBuf, put_old: PathBuf },
+        PivotRoot {
+            new_root: PathBuf,
+            put_old: PathBuf,
+        },
         Chroot(PathBuf),
         Chdir(PathBuf),
         Fchdir,
-        Mknod { path: PathBuf, mode: libc::mode_t, dev: libc::dev_t },
-        Symlink { target: PathBuf, link: PathBuf },
+        Mknod {
+            path: PathBuf,
+            mode: libc::mode_t,
+            dev: libc::dev_t,
+        },
+        Symlink {
+            target: PathBuf,
+            link: PathBuf,
+        },
         CreateDir(PathBuf),
         CreateFile(PathBuf),
         Hostname(String),
@@ -249,7 +260,14 @@ pub mod fake {
     }
 
     impl Syscall for Recorder {
-        fn mount(&self, source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
+        fn mount(
+            &self,
+            source: Option<&Path>,
+            target: &Path,
+            fstype: Option<&str>,
+            flags: libc::c_ulong,
+            data: Option<&str>,
+        ) -> io::Result<()> {
             self.push(Call::Mount {
                 source: source.map(Path::to_path_buf),
                 target: target.to_path_buf(),

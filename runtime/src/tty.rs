@@ -74,5 +74,9 @@ pub fn send_fd(socket: &OwnedFd, fd: &OwnedFd, payload: &[u8]) -> io::Result<()>
     }
     // SAFETY: msg is fully initialised and its buffers outlive the call.
     let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }

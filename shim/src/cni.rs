@@ -20,13 +20,21 @@ pub enum CniError {
     #[error("CNI plugin {plugin:?} not found in {dirs}")]
     NoPlugin { plugin: String, dirs: String },
     #[error("running CNI plugin {plugin}")]
-    Spawn { plugin: String, #[source] source: std::io::Error },
+    Spawn {
+        plugin: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("CNI plugin {plugin} {command} failed: {message}")]
     Plugin { plugin: String, command: &'static str, message: String },
     #[error("CNI plugin {plugin} {command} timed out after {PLUGIN_TIMEOUT:?}")]
     Timeout { plugin: String, command: &'static str },
     #[error("CNI cache {path}")]
-    Cache { path: PathBuf, #[source] source: std::io::Error },
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A loaded network configuration list.
@@ -58,16 +66,15 @@ pub struct AddResult {
 
 /// Loads the first usable configuration in `dir`, in file-name order (as libcni and the kubelet do).
 pub fn load_first(dir: &Path) -> Result<NetworkList, CniError> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
     files.retain(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("conflist" | "conf" | "json")));
     files.sort();
     let mut last_error = None;
     for path in files {
-        let parsed = std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| parse_list(&bytes, path.extension().is_some_and(|e| e == "conflist")).map(|l| (l, bytes)));
+        let parsed = std::fs::read(&path).map_err(|e| e.to_string()).and_then(|bytes| {
+            parse_list(&bytes, path.extension().is_some_and(|e| e == "conflist")).map(|l| (l, bytes))
+        });
         match parsed {
             Ok((mut list, bytes)) => {
                 list.path = path;
@@ -141,7 +148,10 @@ pub fn result_ips(result: &Value) -> Vec<String> {
     if let Some(ips) = result.get("ips").and_then(Value::as_array) {
         return ips.iter().filter_map(|ip| ip.get("address").and_then(Value::as_str).map(str::to_string)).collect();
     }
-    ["ip4", "ip6"].iter().filter_map(|k| result.get(*k).and_then(|v| v.get("ip")).and_then(Value::as_str).map(str::to_string)).collect()
+    ["ip4", "ip6"]
+        .iter()
+        .filter_map(|k| result.get(*k).and_then(|v| v.get("ip")).and_then(Value::as_str).map(str::to_string))
+        .collect()
 }
 
 pub struct Cni {
@@ -188,7 +198,8 @@ impl Cni {
         let raw = prev.unwrap_or(Value::Null);
         let cache = self.cache_path(&list.name, att);
         let entry = json!({ "kind": "cniCacheV1", "config": String::from_utf8_lossy(&list.bytes), "result": raw, "netns": att.netns });
-        crate::store::write_json(&cache, &entry, true).map_err(|source| CniError::Cache { path: cache.clone(), source })?;
+        crate::store::write_json(&cache, &entry, true)
+            .map_err(|source| CniError::Cache { path: cache.clone(), source })?;
         Ok(AddResult { ips: result_ips(&raw), raw })
     }
 
@@ -198,7 +209,11 @@ impl Cni {
         let current = load_first(&self.conf_dir);
         let cached: Option<(NetworkList, Value, PathBuf)> = std::fs::read_dir(&self.cache_dir).ok().and_then(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(&format!("-{}-{}.json", att.container_id, att.ifname))))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.ends_with(&format!("-{}-{}.json", att.container_id, att.ifname)))
+                })
                 .find_map(|p| {
                     let v: Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
                     let list = parse_list(v["config"].as_str()?.as_bytes(), true).ok()?;
@@ -220,7 +235,13 @@ impl Cni {
         Ok(())
     }
 
-    async fn del_plugins(&self, list: &NetworkList, plugins: &[Value], prev: Option<&Value>, att: &Attachment<'_>) -> Result<(), CniError> {
+    async fn del_plugins(
+        &self,
+        list: &NetworkList,
+        plugins: &[Value],
+        prev: Option<&Value>,
+        att: &Attachment<'_>,
+    ) -> Result<(), CniError> {
         let mut first_error = None;
         for plugin in plugins.iter().rev() {
             let conf = plugin_config(list, plugin, prev.filter(|_| version_at_least(&list.cni_version, 0, 4)), att);
@@ -232,7 +253,13 @@ impl Cni {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn invoke(&self, plugin: &Value, command: &'static str, conf: &Value, att: &Attachment<'_>) -> Result<Value, CniError> {
+    async fn invoke(
+        &self,
+        plugin: &Value,
+        command: &'static str,
+        conf: &Value,
+        att: &Attachment<'_>,
+    ) -> Result<Value, CniError> {
         let name = plugin["type"].as_str().unwrap_or_default().to_string();
         let binary = self.find(&name)?;
         let netns = if att.netns.exists() { att.netns.display().to_string() } else { String::new() };
@@ -262,7 +289,12 @@ impl Cni {
             let message = match serde_json::from_slice::<Value>(&out.stdout) {
                 Ok(v) if v.get("msg").is_some() => {
                     let details = v.get("details").and_then(Value::as_str).filter(|d| !d.is_empty());
-                    format!("code {}: {}{}", v["code"], v["msg"].as_str().unwrap_or_default(), details.map(|d| format!(" ({d})")).unwrap_or_default())
+                    format!(
+                        "code {}: {}{}",
+                        v["code"],
+                        v["msg"].as_str().unwrap_or_default(),
+                        details.map(|d| format!(" ({d})")).unwrap_or_default()
+                    )
                 }
                 _ => format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
             };
@@ -271,7 +303,11 @@ impl Cni {
         if command != "ADD" {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| CniError::Plugin { plugin: name, command, message: format!("result is not JSON: {e}") })
+        serde_json::from_slice(&out.stdout).map_err(|e| CniError::Plugin {
+            plugin: name,
+            command,
+            message: format!("result is not JSON: {e}"),
+        })
     }
 }
 
@@ -325,7 +361,10 @@ mod tests {
 
     #[test]
     fn result_ips_reads_every_version() {
-        assert_eq!(result_ips(&json!({"ips":[{"address":"10.0.0.2/24"},{"address":"fd00::2/64"}]})), vec!["10.0.0.2/24", "fd00::2/64"]);
+        assert_eq!(
+            result_ips(&json!({"ips":[{"address":"10.0.0.2/24"},{"address":"fd00::2/64"}]})),
+            vec!["10.0.0.2/24", "fd00::2/64"]
+        );
         assert_eq!(result_ips(&json!({"ip4":{"ip":"10.0.0.3/24"}})), vec!["10.0.0.3/24"]);
     }
 
@@ -333,7 +372,11 @@ mod tests {
     fn first_config_in_name_order_wins_and_broken_ones_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("00-broken.conflist"), "{").unwrap();
-        std::fs::write(dir.path().join("10-b.conflist"), r#"{"name":"b","cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}"#).unwrap();
+        std::fs::write(
+            dir.path().join("10-b.conflist"),
+            r#"{"name":"b","cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
         std::fs::write(dir.path().join("20-a.conf"), r#"{"name":"a","type":"bridge"}"#).unwrap();
         std::fs::write(dir.path().join("README"), "x").unwrap();
         assert_eq!(load_first(dir.path()).unwrap().name, "b");

@@ -24,7 +24,11 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
 }
@@ -71,7 +75,11 @@ impl Default for Config {
 
 impl Default for CniConfig {
     fn default() -> Self {
-        CniConfig { conf_dir: "/etc/cni/net.d".into(), bin_dirs: vec!["/opt/cni/bin".into()], cache_dir: "/var/lib/berth/cni".into() }
+        CniConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into()],
+            cache_dir: "/var/lib/berth/cni".into(),
+        }
     }
 }
 
@@ -79,7 +87,9 @@ impl Config {
     /// Loads `path`; a missing file at the default location means all defaults.
     pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message }),
+            Ok(text) => {
+                Config::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => Ok(Config::default()),
             Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
         }

@@ -44,8 +44,12 @@ async fn main() -> anyhow::Result<()> {
         .with_target("berth_shim", args.log_level)
         .with_target("berth_runtime", args.log_level)
         .with_default(tracing::Level::WARN);
-    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).with(filter).init();
-    let mut cfg = Config::load(&args.config, args.config != Path::new("/etc/berth/shim.toml")).context("loading the configuration")?;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
+    let mut cfg = Config::load(&args.config, args.config != Path::new("/etc/berth/shim.toml"))
+        .context("loading the configuration")?;
     if let Some(listen) = args.listen {
         cfg.listen = listen;
     }
@@ -61,12 +65,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&listen);
     let uds = tokio::net::UnixListener::bind(&listen).with_context(|| format!("binding {}", listen.display()))?;
-    std::fs::set_permissions(&listen, std::fs::Permissions::from_mode(0o660)).context("chmod 0660 on the CRI socket")?;
+    std::fs::set_permissions(&listen, std::fs::Permissions::from_mode(0o660))
+        .context("chmod 0660 on the CRI socket")?;
     tracing::info!(socket = %listen.display(), "serving CRI");
 
     let service = Service(shim);
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -74,7 +80,11 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutting down (containers keep running)");
     };
     tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(service.clone()).max_decoding_message_size(16 << 20).max_encoding_message_size(16 << 20))
+        .add_service(
+            RuntimeServiceServer::new(service.clone())
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+        )
         .add_service(ImageServiceServer::new(service))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(uds), shutdown)
         .await

@@ -12,11 +12,19 @@ pub use berth_runtime::monitor::{proto, read_exit, write_atomic, write_replace, 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
     #[error("starting the pod monitor {binary}")]
-    Spawn { binary: PathBuf, #[source] source: std::io::Error },
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the pod monitor did not start: {0}")]
     NotReady(String),
     #[error("talking to the pod monitor at {socket}")]
-    Io { socket: PathBuf, #[source] source: std::io::Error },
+    Io {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the pod monitor answered badly: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -36,13 +44,18 @@ impl MonitorClient {
 
     /// Starts `berth-monitor` for a pod directory and waits until it listens. The monitor is
     /// the shim's child only until the shim exits; containers are the monitor's children.
-    pub async fn spawn(binary: &Path, pod_dir: &Path, runtime_root: &Path) -> Result<(MonitorClient, tokio::process::Child), MonitorError> {
+    pub async fn spawn(
+        binary: &Path,
+        pod_dir: &Path,
+        runtime_root: &Path,
+    ) -> Result<(MonitorClient, tokio::process::Child), MonitorError> {
         let mut cmd = tokio::process::Command::new(binary);
         cmd.arg("--dir").arg(pod_dir).arg("--runtime-root").arg(runtime_root);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
         // The cgroup layout this shim already knows: a monitor spares itself a read of the
         // node's mountinfo, which grows with every pod.
-        if let Some(layout) = berth_runtime::cgroups::Layout::cached().ok().and_then(|l| serde_json::to_string(&l).ok()) {
+        if let Some(layout) = berth_runtime::cgroups::Layout::cached().ok().and_then(|l| serde_json::to_string(&l).ok())
+        {
             cmd.env(berth_runtime::cgroups::LAYOUT_ENV, layout);
         }
         // No pre_exec hook: std then spawns with posix_spawn (vfork) instead of a fork of the
@@ -57,7 +70,11 @@ impl MonitorClient {
             .map_err(|source| MonitorError::Io { socket: pod_dir.join(SOCKET), source })?;
         if line.trim() != "ready" {
             let _ = child.start_kill();
-            return Err(MonitorError::NotReady(if line.is_empty() { "it exited before listening".into() } else { line.trim().to_string() }));
+            return Err(MonitorError::NotReady(if line.is_empty() {
+                "it exited before listening".into()
+            } else {
+                line.trim().to_string()
+            }));
         }
         Ok((MonitorClient::new(pod_dir), child))
     }
@@ -88,7 +105,10 @@ impl MonitorClient {
 impl MonitorClient {
     /// Sends a request whose answer carries file descriptors ([`Response::Stdio`]); returns the
     /// connection (still open: an exec's exit code comes on it) and the named fds.
-    pub async fn call_stdio(&self, req: &Request) -> Result<(std::os::unix::net::UnixStream, Vec<(String, std::os::fd::OwnedFd)>), MonitorError> {
+    pub async fn call_stdio(
+        &self,
+        req: &Request,
+    ) -> Result<(std::os::unix::net::UnixStream, Vec<(String, std::os::fd::OwnedFd)>), MonitorError> {
         let socket = self.socket.clone();
         let req = req.clone();
         tokio::task::spawn_blocking(move || -> Result<_, MonitorError> {
@@ -103,7 +123,9 @@ impl MonitorClient {
             let text = &buf[..n];
             let end = text.iter().position(|&b| b == b'\n').unwrap_or(text.len());
             match serde_json::from_slice(&text[..end]).map_err(|e| MonitorError::Protocol(e.to_string()))? {
-                Response::Stdio { fds: names } if names.len() == fds.len() => Ok((conn, names.into_iter().zip(fds).collect())),
+                Response::Stdio { fds: names } if names.len() == fds.len() => {
+                    Ok((conn, names.into_iter().zip(fds).collect()))
+                }
                 Response::Error { message } => Err(MonitorError::Failed(message)),
                 other => Err(MonitorError::Protocol(format!("expected stdio, got {other:?} with {} fds", fds.len()))),
             }

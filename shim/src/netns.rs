@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 /// Creates a new network namespace pinned at `path`, with its loopback up.
 pub fn create(path: &Path) -> io::Result<()> {
     let path = path.to_path_buf();
-    std::thread::spawn(move || create_on_this_thread(&path)).join().map_err(|_| io::Error::other("netns thread panicked"))?
+    std::thread::spawn(move || create_on_this_thread(&path))
+        .join()
+        .map_err(|_| io::Error::other("netns thread panicked"))?
 }
 
 fn create_on_this_thread(path: &PathBuf) -> io::Result<()> {
@@ -37,7 +39,9 @@ fn create_on_this_thread(path: &PathBuf) -> io::Result<()> {
 /// loopback up.
 pub fn pin(src: &Path, path: &Path) -> io::Result<()> {
     let (src, path) = (src.to_path_buf(), path.to_path_buf());
-    std::thread::spawn(move || pin_on_this_thread(&src, &path)).join().map_err(|_| io::Error::other("netns thread panicked"))?
+    std::thread::spawn(move || pin_on_this_thread(&src, &path))
+        .join()
+        .map_err(|_| io::Error::other("netns thread panicked"))?
 }
 
 fn pin_on_this_thread(src: &Path, path: &Path) -> io::Result<()> {

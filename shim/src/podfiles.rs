@@ -16,7 +16,12 @@ pub struct PodFiles {
 
 impl PodFiles {
     pub fn in_dir(dir: &Path) -> PodFiles {
-        PodFiles { hostname: dir.join("hostname"), hosts: dir.join("hosts"), resolv_conf: dir.join("resolv.conf"), shm: dir.join("shm") }
+        PodFiles {
+            hostname: dir.join("hostname"),
+            hosts: dir.join("hosts"),
+            resolv_conf: dir.join("resolv.conf"),
+            shm: dir.join("shm"),
+        }
     }
 }
 
@@ -48,11 +53,20 @@ pub fn hosts(hostname: &str) -> String {
 }
 
 /// Writes the pod files; `host_network` pods get the host's hosts file.
-pub fn write(files: &PodFiles, config: &cri::PodSandboxConfig, hostname: &str, host_network: bool) -> std::io::Result<()> {
+pub fn write(
+    files: &PodFiles,
+    config: &cri::PodSandboxConfig,
+    hostname: &str,
+    host_network: bool,
+) -> std::io::Result<()> {
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     std::fs::write(&files.resolv_conf, resolv_conf(config.dns_config.as_ref(), &host_resolv))?;
     std::fs::write(&files.hostname, format!("{hostname}\n"))?;
-    let hosts_text = if host_network { std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts(hostname)) } else { hosts(hostname) };
+    let hosts_text = if host_network {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts(hostname))
+    } else {
+        hosts(hostname)
+    };
     std::fs::write(&files.hosts, hosts_text)
 }
 
@@ -83,8 +97,15 @@ mod tests {
 
     #[test]
     fn dns_config_becomes_resolv_conf() {
-        let d = cri::DnsConfig { servers: vec!["10.0.0.10".into()], searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()], options: vec!["ndots:5".into()] };
-        assert_eq!(resolv_conf(Some(&d), "host"), "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n");
+        let d = cri::DnsConfig {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&d), "host"),
+            "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+        );
         assert_eq!(resolv_conf(None, "nameserver 1.1.1.1\n"), "nameserver 1.1.1.1\n");
         assert_eq!(resolv_conf(Some(&cri::DnsConfig::default()), "h"), "h");
     }

@@ -14,7 +14,11 @@ use berth_proto::runtime::v1 as cri;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("writing {path}")]
-    Write { path: PathBuf, #[source] source: std::io::Error },
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading {path}: {message}")]
     Read { path: PathBuf, message: String },
 }
@@ -148,11 +152,20 @@ impl Store {
     }
 
     /// [`Store::update_sandbox`] for a fact that dies with the machine (see [`Store::update_container_this_boot`]).
-    pub fn update_sandbox_this_boot(&self, id: &str, f: impl FnOnce(&mut SandboxRecord)) -> Result<Option<Sandbox>, StoreError> {
+    pub fn update_sandbox_this_boot(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut SandboxRecord),
+    ) -> Result<Option<Sandbox>, StoreError> {
         self.change_sandbox(id, f, false)
     }
 
-    fn change_sandbox(&self, id: &str, f: impl FnOnce(&mut SandboxRecord), durable: bool) -> Result<Option<Sandbox>, StoreError> {
+    fn change_sandbox(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut SandboxRecord),
+        durable: bool,
+    ) -> Result<Option<Sandbox>, StoreError> {
         let Some(mut sb) = self.sandbox(id) else { return Ok(None) };
         f(&mut sb.record);
         persist(&self.sandbox_dir(id), &sb.record, None, durable)?;
@@ -180,7 +193,11 @@ impl Store {
         Ok(())
     }
 
-    pub fn update_container(&self, id: &str, f: impl FnOnce(&mut ContainerRecord)) -> Result<Option<Container>, StoreError> {
+    pub fn update_container(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<Option<Container>, StoreError> {
         self.change_container(id, f, true)
     }
 
@@ -190,11 +207,20 @@ impl Store {
     /// A power cut may keep the previous version instead, and after a reboot that reads the
     /// same: the sandbox is NotReady either way, a container without its pid is a create cut
     /// short and is rolled back, and one recorded Created or Running has no monitor left.
-    pub fn update_container_this_boot(&self, id: &str, f: impl FnOnce(&mut ContainerRecord)) -> Result<Option<Container>, StoreError> {
+    pub fn update_container_this_boot(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<Option<Container>, StoreError> {
         self.change_container(id, f, false)
     }
 
-    fn change_container(&self, id: &str, f: impl FnOnce(&mut ContainerRecord), durable: bool) -> Result<Option<Container>, StoreError> {
+    fn change_container(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ContainerRecord),
+        durable: bool,
+    ) -> Result<Option<Container>, StoreError> {
         let Some(mut c) = self.container(id) else { return Ok(None) };
         f(&mut c.record);
         persist(&self.container_dir(id), &c.record, None, durable)?;
@@ -275,8 +301,10 @@ fn load_all<R: for<'de> Deserialize<'de>, C: Message + Default>(dir: &Path) -> R
             // An empty config (a power cut after the unsynced write) is incomplete too: valid
             // configs always carry metadata.
             (Ok(r), Ok(c)) if !c.is_empty() => {
-                let record = serde_json::from_slice(&r).map_err(|e| StoreError::Read { path: path.join(RECORD), message: e.to_string() })?;
-                let config = C::decode(c.as_slice()).map_err(|e| StoreError::Read { path: path.join(CONFIG), message: e.to_string() })?;
+                let record = serde_json::from_slice(&r)
+                    .map_err(|e| StoreError::Read { path: path.join(RECORD), message: e.to_string() })?;
+                let config = C::decode(c.as_slice())
+                    .map_err(|e| StoreError::Read { path: path.join(CONFIG), message: e.to_string() })?;
                 out.push((id, record, config));
             }
             _ => {

@@ -56,11 +56,7 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .context("start docker-registry")?;
-        let reg = Registry {
-            child,
-            port,
-            storage,
-        };
+        let reg = Registry { child, port, storage };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
@@ -83,11 +79,7 @@ impl Registry {
     /// The registry's data file for a blob.
     fn blob_data(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
-        self.storage
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
+        self.storage.join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
     }
 }
 
@@ -96,19 +88,13 @@ fn build_busybox_layout(dir: &Path) -> Result<PathBuf> {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin"))?;
     std::fs::create_dir_all(rootfs.join("tmp"))?;
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .context("copy /bin/busybox (busybox-static)")?;
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("copy /bin/busybox (busybox-static)")?;
     std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"))?;
     let layout = dir.join("oci");
     let image = format!("{}:bb", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout))?;
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout))?;
     run(Command::new("umoci").args(["new", "--image", &image]))?;
-    run(Command::new("umoci")
-        .args(["insert", "--image", &image])
-        .arg(&rootfs)
-        .arg("/"))?;
+    run(Command::new("umoci").args(["insert", "--image", &image]).arg(&rootfs).arg("/"))?;
     run(Command::new("umoci").args([
         "config",
         "--image",
@@ -144,8 +130,7 @@ fn registries(reg: &Registry) -> Result<RegistriesConfig> {
 fn is_mounted(target: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let t = target.to_string_lossy();
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(t.as_ref()))
+    info.lines().any(|l| l.split(' ').nth(4) == Some(t.as_ref()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,10 +140,7 @@ async fn pull_through_mirror_snapshot_remove_reload() -> Result<()> {
     let reg = Registry::start(tmp.path())?;
     let layout = build_busybox_layout(tmp.path())?;
     let src = format!("oci:{}:bb", layout.display());
-    skopeo_copy(
-        &src,
-        &format!("docker://{}/library/busybox:latest", reg.host()),
-    )?;
+    skopeo_copy(&src, &format!("docker://{}/library/busybox:latest", reg.host()))?;
 
     let root = tmp.path().join("store");
     let store = ImageStore::open(&root, registries(&reg)?)?;
@@ -181,10 +163,7 @@ async fn pull_through_mirror_snapshot_remove_reload() -> Result<()> {
     assert_eq!(img.config.working_dir, "/tmp");
     assert!(img.size > 500_000, "size {}", img.size);
     let repo_digest = img.repo_digests[0].clone();
-    assert!(
-        repo_digest.starts_with("docker.io/library/busybox@sha256:"),
-        "{repo_digest}"
-    );
+    assert!(repo_digest.starts_with("docker.io/library/busybox@sha256:"), "{repo_digest}");
 
     // the same image by its direct (insecure) registry name: same id, both tags
     let direct = format!("{}/library/busybox:latest", reg.host());
@@ -200,53 +179,31 @@ async fn pull_through_mirror_snapshot_remove_reload() -> Result<()> {
         &img.id[7..19],
         &repo_digest,
     ] {
-        assert_eq!(
-            store.get(name).map(|i| i.id),
-            Some(img.id.clone()),
-            "get {name}"
-        );
+        assert_eq!(store.get(name).map(|i| i.id), Some(img.id.clone()), "get {name}");
     }
     // pull by digest through the mirror
     let by_digest = store.pull(&repo_digest, None).await?;
     assert_eq!(by_digest.id, img.id);
-    assert!(
-        std::fs::read_dir(root.join("tmp"))?.next().is_none(),
-        "temporaries left"
-    );
+    assert!(std::fs::read_dir(root.join("tmp"))?.next().is_none(), "temporaries left");
 
     // overlay snapshot: rootfs has busybox, writes land in upper
     let target = tmp.path().join("rootfs-c1");
     std::fs::create_dir(&target)?;
     store.prepare_rootfs(&img.id, "c1", &target, None)?;
     store.prepare_rootfs(&img.id, "c1", &target, None)?; // idempotent
-    ensure!(
-        target.join("bin/busybox").is_file(),
-        "no bin/busybox in rootfs"
-    );
-    let out = Command::new(target.join("bin/busybox"))
-        .arg("echo")
-        .arg("hi")
-        .output()?;
+    ensure!(target.join("bin/busybox").is_file(), "no bin/busybox in rootfs");
+    let out = Command::new(target.join("bin/busybox")).arg("echo").arg("hi").output()?;
     assert_eq!(out.stdout, b"hi\n");
     std::fs::write(target.join("tmp/written"), b"x")?;
-    ensure!(
-        root.join("snapshots/c1/upper/tmp/written").is_file(),
-        "write did not go to upper"
-    );
+    ensure!(root.join("snapshots/c1/upper/tmp/written").is_file(), "write did not go to upper");
     let layer_dir = root.join("layers").join(&img.layers[0].digest[7..]);
-    ensure!(
-        !layer_dir.join("tmp/written").exists(),
-        "write reached the layer"
-    );
+    ensure!(!layer_dir.join("tmp/written").exists(), "write reached the layer");
 
     // removing the image keeps layers a snapshot uses
     store.remove(&direct)?;
     store.remove(&direct)?;
     ensure!(store.get("busybox").is_none() && store.list().is_empty());
-    ensure!(
-        layer_dir.join("bin/busybox").is_file(),
-        "layer of a live snapshot collected"
-    );
+    ensure!(layer_dir.join("bin/busybox").is_file(), "layer of a live snapshot collected");
     store.remove_snapshot("c1", &target)?;
     store.remove_snapshot("c1", &target)?;
     ensure!(!is_mounted(&target) && !root.join("snapshots/c1").exists());
@@ -257,21 +214,10 @@ async fn pull_through_mirror_snapshot_remove_reload() -> Result<()> {
     let store = ImageStore::open(&root, registries(&reg)?)?;
     assert_eq!(store.get("busybox").map(|i| i.id), Some(img.id.clone()));
     let usage = store.fs_info()?;
-    ensure!(
-        usage.used_bytes > 1_000_000 && usage.inodes_used > 5,
-        "{usage:?}"
-    );
+    ensure!(usage.used_bytes > 1_000_000 && usage.inodes_used > 5, "{usage:?}");
     store.remove("busybox")?;
-    ensure!(
-        std::fs::read_dir(root.join("blobs/sha256"))?
-            .next()
-            .is_none(),
-        "blobs left after remove"
-    );
-    ensure!(
-        std::fs::read_dir(root.join("layers"))?.next().is_none(),
-        "layers left after remove"
-    );
+    ensure!(std::fs::read_dir(root.join("blobs/sha256"))?.next().is_none(), "blobs left after remove");
+    ensure!(std::fs::read_dir(root.join("layers"))?.next().is_none(), "layers left after remove");
 
     // a missing image is an error naming every endpoint tried
     let err = store.pull("nothere:1", None).await.unwrap_err();
@@ -286,15 +232,10 @@ async fn corrupted_blob_in_registry_is_rejected() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let reg = Registry::start(tmp.path())?;
     let layout = build_busybox_layout(tmp.path())?;
-    skopeo_copy(
-        &format!("oci:{}:bb", layout.display()),
-        &format!("docker://{}/berth/bad:1", reg.host()),
-    )?;
+    skopeo_copy(&format!("oci:{}:bb", layout.display()), &format!("docker://{}/berth/bad:1", reg.host()))?;
     // find the layer: the largest blob in the registry
     let good = ImageStore::open(&tmp.path().join("good"), registries(&reg)?)?;
-    let img = good
-        .pull(&format!("{}/berth/bad:1", reg.host()), None)
-        .await?;
+    let img = good.pull(&format!("{}/berth/bad:1", reg.host()), None).await?;
     let data = reg.blob_data(&img.layers[0].digest);
     let mut bytes = std::fs::read(&data)?;
     let mid = bytes.len() / 2;
@@ -303,27 +244,13 @@ async fn corrupted_blob_in_registry_is_rejected() -> Result<()> {
 
     let root = tmp.path().join("store");
     let store = ImageStore::open(&root, registries(&reg)?)?;
-    let err = store
-        .pull(&format!("{}/berth/bad:1", reg.host()), None)
-        .await
-        .unwrap_err();
+    let err = store.pull(&format!("{}/berth/bad:1", reg.host()), None).await.unwrap_err();
     let msg = err.chain();
     assert!(msg.to_lowercase().contains("digest"), "{msg}");
     assert!(store.list().is_empty());
-    ensure!(
-        std::fs::read_dir(root.join("layers"))?.next().is_none(),
-        "layer unpacked from a bad blob"
-    );
-    ensure!(
-        std::fs::read_dir(root.join("tmp"))?.next().is_none(),
-        "temporaries left"
-    );
-    ensure!(
-        std::fs::read_dir(root.join("blobs/sha256"))?
-            .next()
-            .is_none(),
-        "blobs left after a failed pull"
-    );
+    ensure!(std::fs::read_dir(root.join("layers"))?.next().is_none(), "layer unpacked from a bad blob");
+    ensure!(std::fs::read_dir(root.join("tmp"))?.next().is_none(), "temporaries left");
+    ensure!(std::fs::read_dir(root.join("blobs/sha256"))?.next().is_none(), "blobs left after a failed pull");
     Ok(())
 }
 
@@ -335,23 +262,14 @@ async fn import_docker_archive_and_oci_archive() -> Result<()> {
     let src = format!("oci:{}:bb", layout.display());
     let docker_tar = tmp.path().join("docker.tar");
     let oci_tar = tmp.path().join("oci.tar");
-    skopeo_copy(
-        &src,
-        &format!("docker-archive:{}:import/me:v1", docker_tar.display()),
-    )?;
-    skopeo_copy(
-        &src,
-        &format!("oci-archive:{}:quay.io/berth/me:v2", oci_tar.display()),
-    )?;
+    skopeo_copy(&src, &format!("docker-archive:{}:import/me:v1", docker_tar.display()))?;
+    skopeo_copy(&src, &format!("oci-archive:{}:quay.io/berth/me:v2", oci_tar.display()))?;
 
     let root = tmp.path().join("store");
     let store = ImageStore::open(&root, RegistriesConfig::default())?;
     let a = store.import(&docker_tar).await?;
     assert_eq!(a.len(), 1);
-    assert_eq!(
-        store.get("import/me:v1").map(|i| i.id),
-        Some(a[0].id.clone())
-    );
+    assert_eq!(store.get("import/me:v1").map(|i| i.id), Some(a[0].id.clone()));
     let b = store.import(&oci_tar).await?;
     assert_eq!(b.len(), 1);
     let img = store.get(&b[0].id).context("oci import")?;

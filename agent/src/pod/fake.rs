@@ -47,7 +47,9 @@ impl FakeRuntime {
         let newest = st
             .containers
             .values_mut()
-            .filter(|(_, cfg, s)| cfg.metadata.as_ref().unwrap().name == name && s.state == cri::ContainerState::ContainerRunning as i32)
+            .filter(|(_, cfg, s)| {
+                cfg.metadata.as_ref().unwrap().name == name && s.state == cri::ContainerState::ContainerRunning as i32
+            })
             .max_by_key(|(_, cfg, _)| cfg.metadata.as_ref().unwrap().attempt)
             .expect("a running instance");
         newest.2.state = cri::ContainerState::ContainerExited as i32;
@@ -56,7 +58,13 @@ impl FakeRuntime {
     }
 
     pub fn instances(&self, name: &str) -> usize {
-        self.state.lock().unwrap().containers.values().filter(|(_, cfg, _)| cfg.metadata.as_ref().unwrap().name == name).count()
+        self.state
+            .lock()
+            .unwrap()
+            .containers
+            .values()
+            .filter(|(_, cfg, _)| cfg.metadata.as_ref().unwrap().name == name)
+            .count()
     }
 
     pub fn set_sandbox_ready(&self, ready: bool) {
@@ -89,7 +97,8 @@ impl Runtime for FakeRuntime {
     async fn stop_pod_sandbox(&self, id: &str) -> CriResult<()> {
         let mut st = self.state.lock().unwrap();
         st.log.push(format!("stop-sandbox {id}"));
-        let sandbox_containers: Vec<String> = st.containers.iter().filter(|(_, (sb, _, _))| sb == id).map(|(c, _)| c.clone()).collect();
+        let sandbox_containers: Vec<String> =
+            st.containers.iter().filter(|(_, (sb, _, _))| sb == id).map(|(c, _)| c.clone()).collect();
         for c in sandbox_containers {
             let s = &mut st.containers.get_mut(&c).unwrap().2;
             if s.state == cri::ContainerState::ContainerRunning as i32 {
@@ -116,7 +125,8 @@ impl Runtime for FakeRuntime {
         Ok(cri::PodSandboxStatus {
             id: id.into(),
             metadata: config.metadata.clone(),
-            state: if *ready { cri::PodSandboxState::SandboxReady } else { cri::PodSandboxState::SandboxNotready } as i32,
+            state: if *ready { cri::PodSandboxState::SandboxReady } else { cri::PodSandboxState::SandboxNotready }
+                as i32,
             created_at: *created,
             network: Some(cri::PodSandboxNetworkStatus { ip: "10.0.0.5".into(), ..Default::default() }),
             ..Default::default()
@@ -132,7 +142,8 @@ impl Runtime for FakeRuntime {
             .map(|(id, (c, ready, created))| cri::PodSandbox {
                 id: id.clone(),
                 metadata: c.metadata.clone(),
-                state: if *ready { cri::PodSandboxState::SandboxReady } else { cri::PodSandboxState::SandboxNotready } as i32,
+                state: if *ready { cri::PodSandboxState::SandboxReady } else { cri::PodSandboxState::SandboxNotready }
+                    as i32,
                 created_at: *created,
                 labels: c.labels.clone(),
                 ..Default::default()
@@ -140,7 +151,12 @@ impl Runtime for FakeRuntime {
             .collect())
     }
 
-    async fn create_container(&self, sandbox_id: &str, config: cri::ContainerConfig, _sandbox: cri::PodSandboxConfig) -> CriResult<String> {
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: cri::ContainerConfig,
+        _sandbox: cri::PodSandboxConfig,
+    ) -> CriResult<String> {
         let mut st = self.state.lock().unwrap();
         if !st.sandboxes.contains_key(sandbox_id) {
             return Err(nf("CreateContainer", sandbox_id));
@@ -150,7 +166,13 @@ impl Runtime for FakeRuntime {
         let t = Self::tick(&mut st);
         let name = config.metadata.as_ref().unwrap().name.clone();
         st.log.push(format!("create {name}"));
-        let status = cri::ContainerStatus { id: id.clone(), state: cri::ContainerState::ContainerCreated as i32, created_at: t, image_ref: "sha256:img".into(), ..Default::default() };
+        let status = cri::ContainerStatus {
+            id: id.clone(),
+            state: cri::ContainerState::ContainerCreated as i32,
+            created_at: t,
+            image_ref: "sha256:img".into(),
+            ..Default::default()
+        };
         st.containers.insert(id.clone(), (sandbox_id.to_string(), config, status));
         Ok(id)
     }
@@ -227,7 +249,12 @@ impl Runtime for FakeRuntime {
         Ok(self.state.lock().unwrap().images.contains(image).then(|| "sha256:img".to_string()))
     }
 
-    async fn pull_image(&self, image: &str, _auth: Option<cri::AuthConfig>, _sandbox: Option<cri::PodSandboxConfig>) -> CriResult<String> {
+    async fn pull_image(
+        &self,
+        image: &str,
+        _auth: Option<cri::AuthConfig>,
+        _sandbox: Option<cri::PodSandboxConfig>,
+    ) -> CriResult<String> {
         let mut st = self.state.lock().unwrap();
         st.pulls += 1;
         if st.bad_images.contains(image) {

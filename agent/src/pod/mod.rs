@@ -8,7 +8,7 @@ mod status;
 mod worker;
 
 pub use status::ContainerView;
-pub use worker::{Backoff, ProbeState, PodContext, SyncOutcome, Worker};
+pub use worker::{Backoff, PodContext, ProbeState, SyncOutcome, Worker};
 
 #[cfg(test)]
 pub(crate) mod fake;

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use berth_proto::runtime::v1 as cri;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodSpec, PodStatus,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    HostIP, Pod, PodCondition, PodIP, PodSpec, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::chrono::{DateTime, Utc};
@@ -152,12 +153,24 @@ fn container_status(input: &StatusInput<'_>, c: &Container, default_waiting: &st
         ..Default::default()
     };
     let (state, last_state) = match latest {
-        None => (waiting_state(waiting.map_or(default_waiting, |w| w.reason.as_str()), waiting.map(|w| w.message.as_str())), None),
+        None => (
+            waiting_state(waiting.map_or(default_waiting, |w| w.reason.as_str()), waiting.map(|w| w.message.as_str())),
+            None,
+        ),
         Some(v) if v.running() => {
-            let state = ContainerState { running: Some(ContainerStateRunning { started_at: time(v.started_at) }), ..Default::default() };
+            let state = ContainerState {
+                running: Some(ContainerStateRunning { started_at: time(v.started_at) }),
+                ..Default::default()
+            };
             (state, obs.previous(&c.name).map(|p| p.terminated(input.runtime_name)))
         }
-        Some(v) if v.created() => (waiting_state(waiting.map_or("ContainerCreating", |w| w.reason.as_str()), waiting.map(|w| w.message.as_str())), None),
+        Some(v) if v.created() => (
+            waiting_state(
+                waiting.map_or("ContainerCreating", |w| w.reason.as_str()),
+                waiting.map(|w| w.message.as_str()),
+            ),
+            None,
+        ),
         // Exited, and about to be restarted (or backing off): waiting, with the exit as last state.
         Some(v) if waiting.is_some() && input.terminal_phase.is_none() => {
             let w = waiting.expect("checked");
@@ -189,7 +202,8 @@ pub(super) fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     let spec = input.spec;
     let obs = input.obs;
     let now = input.now;
-    let init: Vec<ContainerStatus> = spec.init_containers.iter().flatten().map(|c| container_status(input, c, "PodInitializing")).collect();
+    let init: Vec<ContainerStatus> =
+        spec.init_containers.iter().flatten().map(|c| container_status(input, c, "PodInitializing")).collect();
     let initialized = spec.init_containers.iter().flatten().zip(&init).all(|(c, st)| {
         let sidecar = c.restart_policy.as_deref() == Some("Always");
         let state = st.state.as_ref();
@@ -206,7 +220,13 @@ pub(super) fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     let phase = match input.terminal_phase {
         Some(p) => p,
         None if !sandbox_ready || !initialized => "Pending",
-        None if apps.iter().any(|s| s.state.as_ref().is_some_and(|st| st.waiting.is_some()) && s.last_state.as_ref().is_none_or(|l| l.terminated.is_none())) => "Pending",
+        None if apps.iter().any(|s| {
+            s.state.as_ref().is_some_and(|st| st.waiting.is_some())
+                && s.last_state.as_ref().is_none_or(|l| l.terminated.is_none())
+        }) =>
+        {
+            "Pending"
+        }
         None => "Running",
     };
     let terminal = input.terminal_phase.is_some();
@@ -216,8 +236,18 @@ pub(super) fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     let conditions = vec![
         condition("PodReadyToStartContainers", sandbox_ready, now, None),
         condition("Initialized", initialized, now, Some("ContainersNotInitialized")),
-        condition("Ready", containers_ready && !terminal, now, Some(if terminal { "PodCompleted" } else { "ContainersNotReady" })),
-        condition("ContainersReady", containers_ready && !terminal, now, Some(if terminal { "PodCompleted" } else { "ContainersNotReady" })),
+        condition(
+            "Ready",
+            containers_ready && !terminal,
+            now,
+            Some(if terminal { "PodCompleted" } else { "ContainersNotReady" }),
+        ),
+        condition(
+            "ContainersReady",
+            containers_ready && !terminal,
+            now,
+            Some(if terminal { "PodCompleted" } else { "ContainersNotReady" }),
+        ),
         condition("PodScheduled", true, now, None),
     ];
     PodStatus {

@@ -36,7 +36,12 @@ fn pod(init: Vec<Container>, apps: Vec<Container>, policy: &str) -> Pod {
     p.metadata.name = Some("web".into());
     p.metadata.namespace = Some("default".into());
     p.metadata.uid = Some("uid-1".into());
-    p.spec = Some(PodSpec { init_containers: (!init.is_empty()).then_some(init), containers: apps, restart_policy: Some(policy.into()), ..Default::default() });
+    p.spec = Some(PodSpec {
+        init_containers: (!init.is_empty()).then_some(init),
+        containers: apps,
+        restart_policy: Some(policy.into()),
+        ..Default::default()
+    });
     p
 }
 
@@ -58,12 +63,26 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let rt = Arc::new(FakeRuntime::default());
-        Harness { worker: Worker::new(rt.clone(), "fake"), rt, node: NodeFacts { log_root: "/var/log/pods".into(), ..Default::default() }, probes: ProbeState::default() }
+        Harness {
+            worker: Worker::new(rt.clone(), "fake"),
+            rt,
+            node: NodeFacts { log_root: "/var/log/pods".into(), ..Default::default() },
+            probes: ProbeState::default(),
+        }
     }
 
     async fn sync(&mut self, pod: &Pod, now: i64) -> SyncOutcome {
         let mounts = |_: &Container| Ok(Vec::new());
-        let cx = PodContext { pod, env: &NoSources, node: &self.node, memory_capacity: 1 << 30, mounts: &mounts, probes: &self.probes, pull_auth: &|_: &str| None, now: at(now) };
+        let cx = PodContext {
+            pod,
+            env: &NoSources,
+            node: &self.node,
+            memory_capacity: 1 << 30,
+            mounts: &mounts,
+            probes: &self.probes,
+            pull_auth: &|_: &str| None,
+            now: at(now),
+        };
         self.worker.sync(&cx).await.expect("sync")
     }
 }
@@ -165,7 +184,10 @@ async fn restart_policies_decide_the_end() {
     h.rt.exit("job", 0, nanos(2));
     let out = h.sync(&on_failure, 3).await;
     assert_eq!((out.terminal, out.status.phase.as_deref()), (true, Some("Succeeded")));
-    assert!(h.rt.state.lock().unwrap().log.last().unwrap().starts_with("stop-sandbox"), "a finished pod's sandbox is stopped");
+    assert!(
+        h.rt.state.lock().unwrap().log.last().unwrap().starts_with("stop-sandbox"),
+        "a finished pod's sandbox is stopped"
+    );
 }
 
 #[tokio::test]
@@ -195,7 +217,14 @@ async fn image_and_config_errors_are_waiting_reasons() {
 
     let mut h = Harness::new();
     let mut cfg = c("app");
-    cfg.env = Some(vec![EnvVar { name: "X".into(), value_from: Some(EnvVarSource { config_map_key_ref: Some(ConfigMapKeySelector { name: "missing".into(), key: "k".into(), optional: None }), ..Default::default() }), ..Default::default() }]);
+    cfg.env = Some(vec![EnvVar {
+        name: "X".into(),
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector { name: "missing".into(), key: "k".into(), optional: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
     let out = h.sync(&pod(vec![], vec![cfg], "Always"), 0).await;
     let st = out.status.container_statuses.unwrap()[0].state.clone().unwrap().waiting.unwrap();
     assert_eq!(st.reason.as_deref(), Some("CreateContainerConfigError"));
@@ -208,7 +237,12 @@ async fn a_dead_sandbox_is_replaced_and_a_new_worker_adopts_what_runs() {
     let p = pod(vec![], vec![c("app")], "Always");
     h.sync(&p, 0).await;
     // An agent restart: a fresh worker sees the running container and creates nothing.
-    let mut fresh = Harness { rt: h.rt.clone(), worker: Worker::new(h.rt.clone(), "fake"), node: h.node.clone(), probes: ProbeState::default() };
+    let mut fresh = Harness {
+        rt: h.rt.clone(),
+        worker: Worker::new(h.rt.clone(), "fake"),
+        node: h.node.clone(),
+        probes: ProbeState::default(),
+    };
     let before = h.rt.state.lock().unwrap().log.len();
     let out = fresh.sync(&p, 1).await;
     assert_eq!(h.rt.state.lock().unwrap().log.len(), before, "nothing created or started again");
@@ -238,7 +272,10 @@ async fn sidecars_start_before_apps_and_stop_with_the_pod() {
     let out = h.sync(&p, 3).await;
     assert_eq!(out.status.phase.as_deref(), Some("Succeeded"));
     let st = h.rt.state.lock().unwrap();
-    assert!(st.containers.values().all(|(_, _, s)| s.state != cri::ContainerState::ContainerRunning as i32), "sidecar stopped");
+    assert!(
+        st.containers.values().all(|(_, _, s)| s.state != cri::ContainerState::ContainerRunning as i32),
+        "sidecar stopped"
+    );
 }
 
 #[tokio::test]
@@ -264,7 +301,12 @@ fn pull_policy_defaults() {
 #[tokio::test]
 async fn a_probed_container_is_not_ready_or_started_before_its_probe_answers() {
     let mut h = Harness::new();
-    let probe = || Some(k8s_openapi::api::core::v1::Probe { exec: Some(k8s_openapi::api::core::v1::ExecAction { command: Some(vec!["true".into()]) }), ..Default::default() });
+    let probe = || {
+        Some(k8s_openapi::api::core::v1::Probe {
+            exec: Some(k8s_openapi::api::core::v1::ExecAction { command: Some(vec!["true".into()]) }),
+            ..Default::default()
+        })
+    };
     let (mut readied, mut gated) = (c("readied"), c("gated"));
     readied.readiness_probe = probe();
     gated.startup_probe = probe();

@@ -146,7 +146,15 @@ pub(super) fn terminal_phase(spec: &PodSpec, obs: &Observed) -> Option<&'static 
 
 impl<R: Runtime> Worker<R> {
     pub fn new(rt: Arc<R>, runtime_name: impl Into<String>) -> Self {
-        Worker { rt, runtime_name: runtime_name.into(), backoff: HashMap::new(), waiting: HashMap::new(), start_time: None, events: Vec::new(), start_gate: None }
+        Worker {
+            rt,
+            runtime_name: runtime_name.into(),
+            backoff: HashMap::new(),
+            waiting: HashMap::new(),
+            start_time: None,
+            events: Vec::new(),
+            start_gate: None,
+        }
     }
 
     /// Sandbox creation (and the rest of that sync) waits for a permit of `gate`.
@@ -160,7 +168,10 @@ impl<R: Runtime> Worker<R> {
         let labels = HashMap::from([(spec::LABEL_POD_UID.to_string(), uid)]);
         let mut sandboxes = self.rt.list_pod_sandboxes(labels.clone()).await?;
         sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        let mut obs = Observed { max_attempt: sandboxes.iter().map(|s| s.metadata.as_ref().map_or(0, |m| m.attempt)).max(), ..Default::default() };
+        let mut obs = Observed {
+            max_attempt: sandboxes.iter().map(|s| s.metadata.as_ref().map_or(0, |m| m.attempt)).max(),
+            ..Default::default()
+        };
         for (i, s) in sandboxes.into_iter().enumerate() {
             if i > 0 {
                 obs.stale_sandboxes.push(s.id);
@@ -225,7 +236,10 @@ impl<R: Runtime> Worker<R> {
                     Err(e) => {
                         tracing::warn!(pod = spec::ids(cx.pod).1, error = %e, "creating the pod sandbox");
                         for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
-                            self.waiting.insert(c.name.clone(), Waiting { reason: "ContainerCreating".into(), message: e.to_string() });
+                            self.waiting.insert(
+                                c.name.clone(),
+                                Waiting { reason: "ContainerCreating".into(), message: e.to_string() },
+                            );
                         }
                         wait_for(&mut requeue, INITIAL_BACKOFF);
                         obs = self.observe(cx.pod).await?;
@@ -255,7 +269,9 @@ impl<R: Runtime> Worker<R> {
                     self.start_existing(c, v).await;
                     false
                 }
-                Some(v) if v.running() => sidecar && cx.probes.started.get(&c.name).copied().unwrap_or(c.startup_probe.is_none()),
+                Some(v) if v.running() => {
+                    sidecar && cx.probes.started.get(&c.name).copied().unwrap_or(c.startup_probe.is_none())
+                }
                 Some(v) if !sidecar && v.exit_code == 0 => true,
                 Some(v) => {
                     self.restart(cx, &sandbox, c, v, &mut requeue).await;
@@ -296,7 +312,14 @@ impl<R: Runtime> Worker<R> {
         self.events.push((kind, reason, message));
     }
 
-    fn outcome(&mut self, cx: &PodContext<'_>, spec: &PodSpec, obs: &Observed, phase: Option<&'static str>, requeue: Option<Duration>) -> SyncOutcome {
+    fn outcome(
+        &mut self,
+        cx: &PodContext<'_>,
+        spec: &PodSpec,
+        obs: &Observed,
+        phase: Option<&'static str>,
+        requeue: Option<Duration>,
+    ) -> SyncOutcome {
         let status = status::pod_status(&status::StatusInput {
             pod: cx.pod,
             spec,
@@ -309,17 +332,33 @@ impl<R: Runtime> Worker<R> {
             host_ip: cx.env.host_ip(),
             now: cx.now,
         });
-        let running = obs.containers.iter().filter_map(|(name, list)| list.first().filter(|v| v.running()).map(|v| (name.clone(), v.id.clone()))).collect();
+        let running = obs
+            .containers
+            .iter()
+            .filter_map(|(name, list)| list.first().filter(|v| v.running()).map(|v| (name.clone(), v.id.clone())))
+            .collect();
         SyncOutcome { status, requeue, terminal: phase.is_some(), running, events: std::mem::take(&mut self.events) }
     }
 
     /// Restarts an exited container unless its back-off says wait.
-    async fn restart(&mut self, cx: &PodContext<'_>, sandbox: &SandboxView, c: &Container, v: &ContainerView, requeue: &mut Option<Duration>) {
+    async fn restart(
+        &mut self,
+        cx: &PodContext<'_>,
+        sandbox: &SandboxView,
+        c: &Container,
+        v: &ContainerView,
+        requeue: &mut Option<Duration>,
+    ) {
         let event = v.finished_at_time().unwrap_or(cx.now);
         let backoff = self.backoff.entry(c.name.clone()).or_default();
         let wait = backoff.remaining(event, cx.now);
         if !wait.is_zero() {
-            let message = format!("back-off {}s restarting failed container={} pod={}", backoff.delay().unwrap_or_default().as_secs(), c.name, spec::ids(cx.pod).1);
+            let message = format!(
+                "back-off {}s restarting failed container={} pod={}",
+                backoff.delay().unwrap_or_default().as_secs(),
+                c.name,
+                spec::ids(cx.pod).1
+            );
             if self.waiting.get(&c.name).is_none_or(|w| w.reason != "CrashLoopBackOff") {
                 self.event("Warning", "BackOff", format!("Back-off restarting failed container {}", c.name));
             }
@@ -337,7 +376,8 @@ impl<R: Runtime> Worker<R> {
                 self.waiting.remove(&c.name);
             }
             Err(e) => {
-                self.waiting.insert(c.name.clone(), Waiting { reason: "RunContainerError".into(), message: e.to_string() });
+                self.waiting
+                    .insert(c.name.clone(), Waiting { reason: "RunContainerError".into(), message: e.to_string() });
             }
         }
     }
@@ -370,7 +410,15 @@ impl<R: Runtime> Worker<R> {
             }
         };
         let qos = spec::qos_class(cx.pod);
-        let input = spec::ContainerInput { container: c, restart_count: attempt, env: &env, mounts, image, qos, memory_capacity: cx.memory_capacity };
+        let input = spec::ContainerInput {
+            container: c,
+            restart_count: attempt,
+            env: &env,
+            mounts,
+            image,
+            qos,
+            memory_capacity: cx.memory_capacity,
+        };
         let config = spec::container_config(cx.pod, &input);
         let id = match self.rt.create_container(&sandbox.id, config, sandbox_config).await {
             Ok(id) => id,
@@ -404,17 +452,28 @@ impl<R: Runtime> Worker<R> {
     }
 
     /// The image reference to run, pulled according to the container's pull policy.
-    async fn ensure_image(&mut self, cx: &PodContext<'_>, c: &Container, sandbox: &cri::PodSandboxConfig) -> Result<String, Waiting> {
+    async fn ensure_image(
+        &mut self,
+        cx: &PodContext<'_>,
+        c: &Container,
+        sandbox: &cri::PodSandboxConfig,
+    ) -> Result<String, Waiting> {
         let image = c.image.clone().unwrap_or_default();
         if image.is_empty() {
-            return Err(Waiting { reason: "InvalidImageName".into(), message: format!("container {}: no image", c.name) });
+            return Err(Waiting {
+                reason: "InvalidImageName".into(),
+                message: format!("container {}: no image", c.name),
+            });
         }
         let policy = c.image_pull_policy.clone().unwrap_or_else(|| default_pull_policy(&image).to_string());
         let present = self.rt.image_id(&image).await.ok().flatten();
         match (policy.as_str(), present) {
             ("IfNotPresent", Some(_)) | ("Never", Some(_)) => return Ok(image),
             ("Never", None) => {
-                return Err(Waiting { reason: "ErrImageNeverPull".into(), message: format!("image {image:?} is not present and the pull policy is Never") });
+                return Err(Waiting {
+                    reason: "ErrImageNeverPull".into(),
+                    message: format!("image {image:?} is not present and the pull policy is Never"),
+                });
             }
             _ => {}
         }
@@ -422,7 +481,10 @@ impl<R: Runtime> Worker<R> {
         let backoff = self.backoff.entry(key.clone()).or_default();
         if let Some(last) = backoff.last {
             if !backoff.remaining(last, cx.now).is_zero() {
-                return Err(Waiting { reason: "ImagePullBackOff".into(), message: format!("Back-off pulling image {image:?}") });
+                return Err(Waiting {
+                    reason: "ImagePullBackOff".into(),
+                    message: format!("Back-off pulling image {image:?}"),
+                });
             }
         }
         self.event("Normal", "Pulling", format!("Pulling image {image:?}"));
@@ -451,7 +513,11 @@ impl<R: Runtime> Worker<R> {
             let v = obs.latest(&c.name).filter(|v| v.running())?;
             let ip = ip.clone();
             Some(async move {
-                if let Err(e) = tokio::time::timeout(limit, crate::probes::run_hook(self.rt.as_ref(), c, hook, &v.id, &ip, limit)).await.unwrap_or(Err("timed out".into())) {
+                if let Err(e) =
+                    tokio::time::timeout(limit, crate::probes::run_hook(self.rt.as_ref(), c, hook, &v.id, &ip, limit))
+                        .await
+                        .unwrap_or(Err("timed out".into()))
+                {
                     tracing::warn!(container = %c.name, error = %e, "preStop hook failed");
                 }
             })
@@ -461,7 +527,8 @@ impl<R: Runtime> Worker<R> {
 
     /// Stops every running container of the pod (`grace` seconds each, concurrently).
     async fn kill_all(&self, obs: &Observed, grace: i64) {
-        let running: Vec<&ContainerView> = obs.containers.values().flatten().filter(|v| v.running() || v.created()).collect();
+        let running: Vec<&ContainerView> =
+            obs.containers.values().flatten().filter(|v| v.running() || v.created()).collect();
         let stops = running.iter().map(|v| self.rt.stop_container(&v.id, grace));
         for r in futures_util::future::join_all(stops).await {
             if let Err(e) = r {
@@ -472,7 +539,8 @@ impl<R: Runtime> Worker<R> {
 
     /// A finished pod keeps its exited containers for logs but stops sidecars and its sandbox.
     async fn wind_down(&self, spec: &PodSpec, obs: &Observed) {
-        let sidecars: Vec<&str> = spec.init_containers.iter().flatten().filter(|c| is_sidecar(c)).map(|c| c.name.as_str()).collect();
+        let sidecars: Vec<&str> =
+            spec.init_containers.iter().flatten().filter(|c| is_sidecar(c)).map(|c| c.name.as_str()).collect();
         for name in sidecars {
             if let Some(v) = obs.latest(name).filter(|v| v.running()) {
                 let _ = self.rt.stop_container(&v.id, spec.termination_grace_period_seconds.unwrap_or(30)).await;

@@ -30,13 +30,29 @@ pub struct Memory {
 
 pub fn memory(proc_root: &Path) -> Option<Memory> {
     let info = std::fs::read_to_string(proc_root.join("meminfo")).ok()?;
-    let kib = |key: &str| info.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).map_or(0, |v| v * 1024);
+    let kib = |key: &str| {
+        info.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |v| v * 1024)
+    };
     let vm = std::fs::read_to_string(proc_root.join("vmstat")).unwrap_or_default();
-    let count = |key: &str| vm.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+    let count = |key: &str| {
+        vm.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
     let total = kib("MemTotal:");
     let usage = total.saturating_sub(kib("MemFree:"));
     let working_set = usage.saturating_sub(kib("Inactive(file):"));
-    Some(Memory { total, usage, working_set, available: total.saturating_sub(working_set), rss: kib("AnonPages:"), page_faults: count("pgfault "), major_page_faults: count("pgmajfault ") })
+    Some(Memory {
+        total,
+        usage,
+        working_set,
+        available: total.saturating_sub(working_set),
+        rss: kib("AnonPages:"),
+        page_faults: count("pgfault "),
+        major_page_faults: count("pgmajfault "),
+    })
 }
 
 /// One interface's counters.
@@ -58,7 +74,13 @@ pub fn interfaces(proc_root: &Path) -> Vec<Interface> {
             let (name, rest) = l.split_once(':')?;
             let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
             let name = name.trim().to_string();
-            (name != "lo" && f.len() >= 16).then(|| Interface { name, rx_bytes: f[0], rx_errors: f[2], tx_bytes: f[8], tx_errors: f[10] })
+            (name != "lo" && f.len() >= 16).then(|| Interface {
+                name,
+                rx_bytes: f[0],
+                rx_errors: f[2],
+                tx_bytes: f[8],
+                tx_errors: f[10],
+            })
         })
         .collect()
 }
@@ -66,7 +88,9 @@ pub fn interfaces(proc_root: &Path) -> Vec<Interface> {
 /// (maxpid, curproc): the pid limit and the tasks now running.
 pub fn rlimit(proc_root: &Path) -> (Option<u64>, Option<u64>) {
     let max = std::fs::read_to_string(proc_root.join("sys/kernel/pid_max")).ok().and_then(|s| s.trim().parse().ok());
-    let cur = std::fs::read_to_string(proc_root.join("loadavg")).ok().and_then(|s| s.split_whitespace().nth(3)?.split_once('/')?.1.parse().ok());
+    let cur = std::fs::read_to_string(proc_root.join("loadavg"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(3)?.split_once('/')?.1.parse().ok());
     (max, cur)
 }
 
@@ -125,15 +149,24 @@ mod tests {
             std::fs::write(path, s).unwrap();
         };
         w("stat", "cpu  100 5 50 1000 7 1 2 3 0 0\ncpu0 1 2 3\n");
-        w("meminfo", "MemTotal:       1000 kB\nMemFree:         200 kB\nInactive(file):  100 kB\nAnonPages:       300 kB\n");
+        w(
+            "meminfo",
+            "MemTotal:       1000 kB\nMemFree:         200 kB\nInactive(file):  100 kB\nAnonPages:       300 kB\n",
+        );
         w("vmstat", "pgfault 42\npgmajfault 3\n");
         w("net/dev", "Inter-|   Receive\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo: 9 1 0 0 0 0 0 0 9 1 0 0 0 0 0 0\n  eth0: 1000 10 1 0 0 0 0 0 2000 20 2 0 0 0 0 0\n");
         w("sys/kernel/pid_max", "4194304\n");
         w("loadavg", "0.10 0.20 0.30 2/345 6789\n");
         assert_eq!(cpu_usage_nanos(d.path()), Some((100 + 5 + 50 + 1 + 2 + 3) * NANOS_PER_TICK));
         let m = memory(d.path()).unwrap();
-        assert_eq!((m.total, m.usage, m.working_set, m.available, m.rss, m.page_faults), (1_024_000, 819_200, 716_800, 307_200, 307_200, 42));
-        assert_eq!(interfaces(d.path()), [Interface { name: "eth0".into(), rx_bytes: 1000, rx_errors: 1, tx_bytes: 2000, tx_errors: 2 }]);
+        assert_eq!(
+            (m.total, m.usage, m.working_set, m.available, m.rss, m.page_faults),
+            (1_024_000, 819_200, 716_800, 307_200, 307_200, 42)
+        );
+        assert_eq!(
+            interfaces(d.path()),
+            [Interface { name: "eth0".into(), rx_bytes: 1000, rx_errors: 1, tx_bytes: 2000, tx_errors: 2 }]
+        );
         assert_eq!(rlimit(d.path()), (Some(4194304), Some(345)));
         let fs = statvfs(d.path()).unwrap();
         assert!(fs.capacity > 0 && fs.available <= fs.capacity);

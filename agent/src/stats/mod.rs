@@ -90,7 +90,12 @@ fn u(v: &Option<cri::UInt64Value>) -> u64 {
 }
 
 /// Gathers the node's and its pods' figures now.
-pub async fn collect<R: Runtime>(rt: &R, node_name: &str, pods: &[k8s_openapi::api::core::v1::Pod], paths: &Paths<'_>) -> Snapshot {
+pub async fn collect<R: Runtime>(
+    rt: &R,
+    node_name: &str,
+    pods: &[k8s_openapi::api::core::v1::Pod],
+    paths: &Paths<'_>,
+) -> Snapshot {
     let mut snap = Snapshot { node_name: node_name.to_string(), ts_ns: now_ns(), ..Default::default() };
     snap.cpu_ns = host::cpu_usage_nanos(paths.proc_root);
     snap.memory = host::memory(paths.proc_root);
@@ -110,20 +115,34 @@ pub async fn collect<R: Runtime>(rt: &R, node_name: &str, pods: &[k8s_openapi::a
         }
         Err(e) => tracing::debug!(error = %e, "ImageFsInfo"),
     }
-    let (containers, sandboxes, listed) = (rt.list_container_stats().await, rt.list_pod_sandbox_stats().await, rt.list_containers(HashMap::new()).await);
+    let (containers, sandboxes, listed) =
+        (rt.list_container_stats().await, rt.list_pod_sandbox_stats().await, rt.list_containers(HashMap::new()).await);
     snap.scrape_error = containers.is_err() || listed.is_err();
-    let (containers, sandboxes, listed) = (containers.unwrap_or_default(), sandboxes.unwrap_or_default(), listed.unwrap_or_default());
-    let running: HashMap<&str, &cri::Container> = listed.iter().filter(|c| c.state == cri::ContainerState::ContainerRunning as i32).map(|c| (c.id.as_str(), c)).collect();
+    let (containers, sandboxes, listed) =
+        (containers.unwrap_or_default(), sandboxes.unwrap_or_default(), listed.unwrap_or_default());
+    let running: HashMap<&str, &cri::Container> = listed
+        .iter()
+        .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+        .map(|c| (c.id.as_str(), c))
+        .collect();
     for pod in pods {
         snap.pods.push(pod_sample(pod, &containers, &sandboxes, &running, paths));
     }
     snap
 }
 
-fn pod_sample(pod: &k8s_openapi::api::core::v1::Pod, containers: &[cri::ContainerStats], sandboxes: &[cri::PodSandboxStats], running: &HashMap<&str, &cri::Container>, paths: &Paths<'_>) -> PodSample {
+fn pod_sample(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    containers: &[cri::ContainerStats],
+    sandboxes: &[cri::PodSandboxStats],
+    running: &HashMap<&str, &cri::Container>,
+    paths: &Paths<'_>,
+) -> PodSample {
     let (ns, name, uid) = spec::ids(pod);
-    let mut p = PodSample { namespace: ns.into(), name: name.into(), uid: uid.into(), ts_ns: now_ns(), ..Default::default() };
-    p.start_time = pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_rfc3339_opts(SecondsFormat::Secs, true));
+    let mut p =
+        PodSample { namespace: ns.into(), name: name.into(), uid: uid.into(), ts_ns: now_ns(), ..Default::default() };
+    p.start_time =
+        pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_rfc3339_opts(SecondsFormat::Secs, true));
     let log_dir = PathBuf::from(spec::pod_log_dir(&paths.log_root.to_string_lossy(), pod));
     let mut sandbox_ids = HashSet::new();
     for c in containers {
@@ -134,7 +153,8 @@ fn pod_sample(pod: &k8s_openapi::api::core::v1::Pod, containers: &[cri::Containe
         }
         sandbox_ids.insert(info.pod_sandbox_id.clone());
         let cname = a.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        let (cpu, mem, rootfs) = (c.cpu.unwrap_or_default(), c.memory.unwrap_or_default(), c.writable_layer.clone().unwrap_or_default());
+        let (cpu, mem, rootfs) =
+            (c.cpu.unwrap_or_default(), c.memory.unwrap_or_default(), c.writable_layer.clone().unwrap_or_default());
         let (logs_used, logs_inodes) = host::disk_usage(&log_dir.join(&cname));
         p.containers.push(ContainerSample {
             name: cname,
@@ -150,11 +170,15 @@ fn pod_sample(pod: &k8s_openapi::api::core::v1::Pod, containers: &[cri::Containe
         });
     }
     p.containers.sort_by(|a, b| a.name.cmp(&b.name));
-    let sandbox = sandboxes.iter().filter(|s| s.attributes.as_ref().and_then(|a| a.metadata.as_ref()).is_some_and(|m| m.uid == uid)).find(|s| sandbox_ids.is_empty() || s.attributes.as_ref().is_some_and(|a| sandbox_ids.contains(&a.id)));
+    let sandbox = sandboxes
+        .iter()
+        .filter(|s| s.attributes.as_ref().and_then(|a| a.metadata.as_ref()).is_some_and(|m| m.uid == uid))
+        .find(|s| sandbox_ids.is_empty() || s.attributes.as_ref().is_some_and(|a| sandbox_ids.contains(&a.id)));
     match sandbox.and_then(|s| s.linux.as_ref()) {
         Some(l) => {
             let (cpu, mem) = (l.cpu.unwrap_or_default(), l.memory.unwrap_or_default());
-            (p.cpu_ns, p.working_set, p.usage) = (u(&cpu.usage_core_nano_seconds), u(&mem.working_set_bytes), u(&mem.usage_bytes));
+            (p.cpu_ns, p.working_set, p.usage) =
+                (u(&cpu.usage_core_nano_seconds), u(&mem.working_set_bytes), u(&mem.usage_bytes));
             p.processes = l.process.as_ref().map(|x| u(&x.process_count));
         }
         None => {
@@ -165,7 +189,12 @@ fn pod_sample(pod: &k8s_openapi::api::core::v1::Pod, containers: &[cri::Containe
     }
     let vol_root = paths.root_dir.join("pods").join(uid).join("volumes");
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).filter(|v| v.host_path.is_none()) {
-        let kind = std::fs::read_dir(&vol_root).into_iter().flatten().flatten().map(|k| k.path().join(&v.name)).find(|p| p.exists());
+        let kind = std::fs::read_dir(&vol_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|k| k.path().join(&v.name))
+            .find(|p| p.exists());
         let (bytes, inodes) = kind.map(|d| host::disk_usage(&d)).unwrap_or((0, 0));
         p.volumes.push((v.name.clone(), bytes, inodes));
     }
@@ -288,13 +317,19 @@ fn pod_json(s: &Snapshot, p: &PodSample, rate: &HashMap<String, u64>) -> Value {
             })
         })
         .collect();
-    let volumes: Vec<Value> = p.volumes.iter().map(|(n, b, i)| {
-        let mut v = fs_json(&ts, s.fs.as_ref(), *b, *i);
-        v["name"] = json!(n);
-        v
-    }).collect();
-    let eph_used: u64 = p.containers.iter().map(|c| c.rootfs_used + c.logs_used).sum::<u64>() + p.volumes.iter().map(|v| v.1).sum::<u64>();
-    let eph_inodes: u64 = p.containers.iter().map(|c| c.rootfs_inodes + c.logs_inodes).sum::<u64>() + p.volumes.iter().map(|v| v.2).sum::<u64>();
+    let volumes: Vec<Value> = p
+        .volumes
+        .iter()
+        .map(|(n, b, i)| {
+            let mut v = fs_json(&ts, s.fs.as_ref(), *b, *i);
+            v["name"] = json!(n);
+            v
+        })
+        .collect();
+    let eph_used: u64 = p.containers.iter().map(|c| c.rootfs_used + c.logs_used).sum::<u64>()
+        + p.volumes.iter().map(|v| v.1).sum::<u64>();
+    let eph_inodes: u64 = p.containers.iter().map(|c| c.rootfs_inodes + c.logs_inodes).sum::<u64>()
+        + p.volumes.iter().map(|v| v.2).sum::<u64>();
     let mut v = json!({
         "podRef": {"name": p.name, "namespace": p.namespace, "uid": p.uid},
         "containers": containers,

@@ -24,20 +24,55 @@ pub fn resource_metrics(s: &Snapshot) -> String {
     let mut out = String::new();
     let ms = s.ts_ns / 1_000_000;
     let containers = || s.pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c)));
-    let clabels = |p: &super::PodSample, c: &super::ContainerSample| format!("container=\"{}\",namespace=\"{}\",pod=\"{}\"", esc(&c.name), esc(&p.namespace), esc(&p.name));
-    header(&mut out, "container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the container in core-seconds");
+    let clabels = |p: &super::PodSample, c: &super::ContainerSample| {
+        format!("container=\"{}\",namespace=\"{}\",pod=\"{}\"", esc(&c.name), esc(&p.namespace), esc(&p.name))
+    };
+    header(
+        &mut out,
+        "container_cpu_usage_seconds_total",
+        "counter",
+        "Cumulative cpu time consumed by the container in core-seconds",
+    );
     for (p, c) in containers() {
-        let _ = writeln!(out, "container_cpu_usage_seconds_total{{{}}} {} {}", clabels(p, c), secs(c.cpu_ns), c.ts_ns / 1_000_000);
+        let _ = writeln!(
+            out,
+            "container_cpu_usage_seconds_total{{{}}} {} {}",
+            clabels(p, c),
+            secs(c.cpu_ns),
+            c.ts_ns / 1_000_000
+        );
     }
     header(&mut out, "container_memory_working_set_bytes", "gauge", "Current working set of the container in bytes");
     for (p, c) in containers() {
-        let _ = writeln!(out, "container_memory_working_set_bytes{{{}}} {} {}", clabels(p, c), c.working_set, c.ts_ns / 1_000_000);
+        let _ = writeln!(
+            out,
+            "container_memory_working_set_bytes{{{}}} {} {}",
+            clabels(p, c),
+            c.working_set,
+            c.ts_ns / 1_000_000
+        );
     }
-    header(&mut out, "container_start_time_seconds", "gauge", "Start time of the container since unix epoch in seconds");
+    header(
+        &mut out,
+        "container_start_time_seconds",
+        "gauge",
+        "Start time of the container since unix epoch in seconds",
+    );
     for (p, c) in containers() {
-        let _ = writeln!(out, "container_start_time_seconds{{{}}} {} {}", clabels(p, c), c.start_ns as f64 / 1e9, c.ts_ns / 1_000_000);
+        let _ = writeln!(
+            out,
+            "container_start_time_seconds{{{}}} {} {}",
+            clabels(p, c),
+            c.start_ns as f64 / 1e9,
+            c.ts_ns / 1_000_000
+        );
     }
-    header(&mut out, "node_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the node in core-seconds");
+    header(
+        &mut out,
+        "node_cpu_usage_seconds_total",
+        "counter",
+        "Cumulative cpu time consumed by the node in core-seconds",
+    );
     if let Some(c) = s.cpu_ns {
         let _ = writeln!(out, "node_cpu_usage_seconds_total {} {ms}", secs(c));
     }
@@ -45,15 +80,39 @@ pub fn resource_metrics(s: &Snapshot) -> String {
     if let Some(m) = s.memory {
         let _ = writeln!(out, "node_memory_working_set_bytes {} {ms}", m.working_set);
     }
-    header(&mut out, "pod_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the pod in core-seconds");
+    header(
+        &mut out,
+        "pod_cpu_usage_seconds_total",
+        "counter",
+        "Cumulative cpu time consumed by the pod in core-seconds",
+    );
     for p in &s.pods {
-        let _ = writeln!(out, "pod_cpu_usage_seconds_total{{namespace=\"{}\",pod=\"{}\"}} {} {}", esc(&p.namespace), esc(&p.name), secs(p.cpu_ns), p.ts_ns / 1_000_000);
+        let _ = writeln!(
+            out,
+            "pod_cpu_usage_seconds_total{{namespace=\"{}\",pod=\"{}\"}} {} {}",
+            esc(&p.namespace),
+            esc(&p.name),
+            secs(p.cpu_ns),
+            p.ts_ns / 1_000_000
+        );
     }
     header(&mut out, "pod_memory_working_set_bytes", "gauge", "Current working set of the pod in bytes");
     for p in &s.pods {
-        let _ = writeln!(out, "pod_memory_working_set_bytes{{namespace=\"{}\",pod=\"{}\"}} {} {}", esc(&p.namespace), esc(&p.name), p.working_set, p.ts_ns / 1_000_000);
+        let _ = writeln!(
+            out,
+            "pod_memory_working_set_bytes{{namespace=\"{}\",pod=\"{}\"}} {} {}",
+            esc(&p.namespace),
+            esc(&p.name),
+            p.working_set,
+            p.ts_ns / 1_000_000
+        );
     }
-    header(&mut out, "resource_scrape_error", "gauge", "1 if there was an error while getting container metrics, 0 otherwise");
+    header(
+        &mut out,
+        "resource_scrape_error",
+        "gauge",
+        "1 if there was an error while getting container metrics, 0 otherwise",
+    );
     let _ = writeln!(out, "resource_scrape_error {}", u8::from(s.scrape_error));
     out
 }

@@ -25,7 +25,12 @@ fn stats(id: &str, name: &str, cpu: u64, ws: u64) -> cri::ContainerStats {
             annotations: HashMap::new(),
         }),
         cpu: Some(cri::CpuUsage { timestamp: 5_000_000_000, usage_core_nano_seconds: v(cpu), ..Default::default() }),
-        memory: Some(cri::MemoryUsage { timestamp: 5_000_000_000, working_set_bytes: v(ws), usage_bytes: v(ws + 10), ..Default::default() }),
+        memory: Some(cri::MemoryUsage {
+            timestamp: 5_000_000_000,
+            working_set_bytes: v(ws),
+            usage_bytes: v(ws + 10),
+            ..Default::default()
+        }),
         writable_layer: Some(cri::FilesystemUsage { used_bytes: v(4096), inodes_used: v(3), ..Default::default() }),
         ..Default::default()
     }
@@ -35,15 +40,27 @@ fn stats(id: &str, name: &str, cpu: u64, ws: u64) -> cri::ContainerStats {
 async fn collects_running_containers_from_cri_and_renders_both_apis() {
     let rt = FakeRuntime::default();
     let p = pod();
-    let mut sb = cri::PodSandboxConfig { metadata: Some(cri::PodSandboxMetadata { name: "web".into(), namespace: "default".into(), uid: "u1".into(), attempt: 0 }), ..Default::default() };
+    let mut sb = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            namespace: "default".into(),
+            uid: "u1".into(),
+            attempt: 0,
+        }),
+        ..Default::default()
+    };
     sb.labels.insert(spec::LABEL_POD_UID.into(), "u1".into());
     let sb_id = rt.run_pod_sandbox(sb.clone()).await.unwrap();
-    let mut cfg = cri::ContainerConfig { metadata: Some(cri::ContainerMetadata { name: "app".into(), attempt: 0 }), ..Default::default() };
+    let mut cfg = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: "app".into(), attempt: 0 }),
+        ..Default::default()
+    };
     cfg.labels.insert(spec::LABEL_POD_UID.into(), "u1".into());
     let id = rt.create_container(&sb_id, cfg.clone(), sb.clone()).await.unwrap();
     rt.start_container(&id).await.unwrap();
     let exited = rt.create_container(&sb_id, cfg, sb).await.unwrap();
-    rt.state.lock().unwrap().container_stats = vec![stats(&id, "app", 2_500_000_000, 1 << 20), stats(&exited, "app", 7, 7)];
+    rt.state.lock().unwrap().container_stats =
+        vec![stats(&id, "app", 2_500_000_000, 1 << 20), stats(&exited, "app", 7, 7)];
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("pods/u1/volumes/empty-dir/scratch")).unwrap();
     std::fs::write(dir.path().join("pods/u1/volumes/empty-dir/scratch/f"), vec![1u8; 10_000]).unwrap();
@@ -79,8 +96,18 @@ async fn collects_running_containers_from_cri_and_renders_both_apis() {
     assert_eq!(summary(&later, &rates)["pods"][0]["cpu"]["usageNanoCores"], 500_000_000u64);
 
     let text = prometheus::resource_metrics(&snap);
-    assert!(text.contains("container_cpu_usage_seconds_total{container=\"app\",namespace=\"default\",pod=\"web\"} 2.5 5000\n"), "{text}");
-    assert!(text.contains("container_memory_working_set_bytes{container=\"app\",namespace=\"default\",pod=\"web\"} 1048576 5000\n"), "{text}");
+    assert!(
+        text.contains(
+            "container_cpu_usage_seconds_total{container=\"app\",namespace=\"default\",pod=\"web\"} 2.5 5000\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "container_memory_working_set_bytes{container=\"app\",namespace=\"default\",pod=\"web\"} 1048576 5000\n"
+        ),
+        "{text}"
+    );
     assert!(text.contains("pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"web\"} 2.5 "), "{text}");
     assert!(text.contains("# TYPE node_cpu_usage_seconds_total counter\nnode_cpu_usage_seconds_total "), "{text}");
     assert!(text.contains("container_start_time_seconds{container=\"app\""), "{text}");

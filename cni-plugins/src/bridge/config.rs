@@ -76,15 +76,10 @@ impl BridgeConf {
             .map_err(|e| invalid(format!("invalid bridge configuration: {e}")))?;
         let bridge = raw.bridge.unwrap_or_else(|| "cni0".to_string());
         if !valid_ifname(&bridge) {
-            return Err(invalid(format!(
-                "bridge name {bridge:?} is not a valid interface name"
-            )));
+            return Err(invalid(format!("bridge name {bridge:?} is not a valid interface name")));
         }
         if !valid_ifname(&args.env.ifname) {
-            let msg = format!(
-                "CNI_IFNAME {:?} is not a valid interface name",
-                args.env.ifname
-            );
+            let msg = format!("CNI_IFNAME {:?} is not a valid interface name", args.env.ifname);
             return Err(CniError::new(ErrorCode::InvalidEnv, msg));
         }
         if let Some(mtu) = raw.mtu {
@@ -105,16 +100,9 @@ impl BridgeConf {
             .or_else(|| args.env.arg("MAC").map(str::to_string));
         let mac = match mac_text {
             None => None,
-            Some(t) => {
-                Some(parse_mac(&t).ok_or_else(|| invalid(format!("invalid MAC address {t:?}")))?)
-            }
+            Some(t) => Some(parse_mac(&t).ok_or_else(|| invalid(format!("invalid MAC address {t:?}")))?),
         };
-        let ipam = args
-            .conf
-            .ipam
-            .as_ref()
-            .map(|i| i.plugin_type.clone())
-            .filter(|t| !t.is_empty());
+        let ipam = args.conf.ipam.as_ref().map(|i| i.plugin_type.clone()).filter(|t| !t.is_empty());
         Ok(BridgeConf {
             bridge,
             is_gateway: raw.is_gateway || raw.is_default_gateway,
@@ -129,9 +117,7 @@ impl BridgeConf {
             macspoofchk: raw.macspoofchk,
             ipam,
             mac,
-            state_dir: raw
-                .state_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            state_dir: raw.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
         })
     }
 }
@@ -156,10 +142,7 @@ mod tests {
                 container_id: "c".into(),
                 netns: "/run/netns/c".into(),
                 ifname: "eth0".into(),
-                args: cni_args
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                args: cni_args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                 path: vec![],
             },
             conf: serde_json::from_value::<NetConf>(conf).unwrap(),
@@ -180,16 +163,10 @@ mod tests {
         ))
         .unwrap();
         assert!(c.is_gateway, "isDefaultGateway implies isGateway");
-        assert_eq!(
-            (c.mtu, c.vlan, c.hairpin, c.ip_masq),
-            (Some(1400), Some(7), true, true)
-        );
+        assert_eq!((c.mtu, c.vlan, c.hairpin, c.ip_masq), (Some(1400), Some(7), true, true));
         assert_eq!(c.ipam.as_deref(), Some("host-local"));
         assert_eq!(c.mac, Some([0x0a, 0, 0, 0, 0, 1]));
-        let c = BridgeConf::parse(&args(
-            json!({"cniVersion": "1.1.0"}),
-            &[("MAC", "0a:00:00:00:00:02")],
-        ));
+        let c = BridgeConf::parse(&args(json!({"cniVersion": "1.1.0"}), &[("MAC", "0a:00:00:00:00:02")]));
         assert_eq!(c.unwrap().mac, Some([0x0a, 0, 0, 0, 0, 2]));
     }
 

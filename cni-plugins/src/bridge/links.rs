@@ -18,10 +18,7 @@ pub fn random_mac() -> [u8; 6] {
     // SAFETY: mac is writable for 6 bytes; getrandom writes at most that many.
     let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
     if n != 6 {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
             ^ u128::from(std::process::id());
         mac.copy_from_slice(&t.to_le_bytes()[..6]);
     }
@@ -32,49 +29,30 @@ pub fn random_mac() -> [u8; 6] {
 /// The bridge, created (up, fixed MAC, MTU, VLAN filtering) if it does not exist yet.
 pub fn ensure_bridge(host: &mut Socket, conf: &BridgeConf) -> Result<Link, CniError> {
     let name = conf.bridge.as_str();
-    let lookup = |host: &mut Socket| {
-        host.link_by_name(name)
-            .kernel(|| format!("cannot look up bridge {name}"))
-    };
+    let lookup = |host: &mut Socket| host.link_by_name(name).kernel(|| format!("cannot look up bridge {name}"));
     let link = match lookup(host)? {
         Some(l) => l,
         None => {
-            let new = NewLink {
-                name,
-                mtu: conf.mtu,
-                mac: Some(random_mac()),
-                up: true,
-                master: None,
-            };
+            let new = NewLink { name, mtu: conf.mtu, mac: Some(random_mac()), up: true, master: None };
             match host.add_bridge(&new, conf.vlan.is_some()) {
-                Err(e) if !e.is(libc::EEXIST) => {
-                    return Err(e).kernel(|| format!("cannot create bridge {name}"))
-                }
+                Err(e) if !e.is(libc::EEXIST) => return Err(e).kernel(|| format!("cannot create bridge {name}")),
                 _ => {}
             }
             lookup(host)?.ok_or_else(|| {
-                CniError::new(
-                    ErrorCode::Plugin(CODE_KERNEL),
-                    format!("bridge {name} vanished after creation"),
-                )
+                CniError::new(ErrorCode::Plugin(CODE_KERNEL), format!("bridge {name} vanished after creation"))
             })?
         }
     };
     if link.kind.as_deref() != Some("bridge") {
-        let msg = format!(
-            "{name} exists and is not a bridge (it is {})",
-            link.kind.as_deref().unwrap_or("a device")
-        );
+        let msg = format!("{name} exists and is not a bridge (it is {})", link.kind.as_deref().unwrap_or("a device"));
         return Err(CniError::new(ErrorCode::InvalidNetworkConfig, msg));
     }
     if !link.is_up() {
-        host.set_up(link.index)
-            .kernel(|| format!("cannot set bridge {name} up"))?;
+        host.set_up(link.index).kernel(|| format!("cannot set bridge {name} up"))?;
     }
     if conf.promisc && link.flags & crate::netlink::link::IFF_PROMISC == 0 {
         let p = crate::netlink::link::IFF_PROMISC;
-        host.set_flags(link.index, p, p)
-            .kernel(|| format!("cannot set bridge {name} promiscuous"))?;
+        host.set_flags(link.index, p, p).kernel(|| format!("cannot set bridge {name} promiscuous"))?;
     }
     Ok(link)
 }
@@ -90,24 +68,13 @@ pub fn gateway_of(ip: &IpConfig) -> Cidr {
 
 /// Puts gateway address `gw` on the bridge. Another address of the same subnet is an error
 /// unless `forceAddress`, which replaces it.
-pub fn ensure_gateway(
-    host: &mut Socket,
-    bridge: &Link,
-    gw: Cidr,
-    force: bool,
-) -> Result<(), CniError> {
-    let addrs = host
-        .addrs(Some(bridge.index))
-        .kernel(|| format!("cannot list addresses of {}", bridge.name))?;
+pub fn ensure_gateway(host: &mut Socket, bridge: &Link, gw: Cidr, force: bool) -> Result<(), CniError> {
+    let addrs = host.addrs(Some(bridge.index)).kernel(|| format!("cannot list addresses of {}", bridge.name))?;
     if addrs.iter().any(|a| a.cidr.addr == gw.addr) {
         return Ok(());
     }
-    for old in addrs
-        .iter()
-        .filter(|a| a.cidr.addr.is_ipv4() == gw.addr.is_ipv4())
-    {
-        let link_local =
-            matches!(old.cidr.addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
+    for old in addrs.iter().filter(|a| a.cidr.addr.is_ipv4() == gw.addr.is_ipv4()) {
+        let link_local = matches!(old.cidr.addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
         if link_local || !(old.cidr.overlaps(&gw) || gw.overlaps(&old.cidr)) {
             continue;
         }
@@ -118,13 +85,10 @@ pub fn ensure_gateway(
             );
             return Err(CniError::new(ErrorCode::InvalidNetworkConfig, msg));
         }
-        host.del_addr(bridge.index, old.cidr)
-            .kernel(|| format!("cannot remove {} from {}", old.cidr, bridge.name))?;
+        host.del_addr(bridge.index, old.cidr).kernel(|| format!("cannot remove {} from {}", old.cidr, bridge.name))?;
     }
     match host.add_addr(bridge.index, gw) {
-        Err(e) if !e.is(libc::EEXIST) => {
-            Err(e).kernel(|| format!("cannot add {gw} to bridge {}", bridge.name))
-        }
+        Err(e) if !e.is(libc::EEXIST) => Err(e).kernel(|| format!("cannot add {gw} to bridge {}", bridge.name)),
         _ => Ok(()),
     }
 }
@@ -132,12 +96,10 @@ pub fn ensure_gateway(
 /// Turns on forwarding for the families of `ips` (host side, when the bridge is a gateway).
 pub fn enable_forwarding(ips: &[IpConfig]) -> Result<(), CniError> {
     if ips.iter().any(|i| i.address.addr.is_ipv4()) {
-        sysctl(&["net", "ipv4", "ip_forward"], "1")
-            .kernel(|| "cannot enable IPv4 forwarding".into())?;
+        sysctl(&["net", "ipv4", "ip_forward"], "1").kernel(|| "cannot enable IPv4 forwarding".into())?;
     }
     if ips.iter().any(|i| i.address.addr.is_ipv6()) {
-        sysctl(&["net", "ipv6", "conf", "all", "forwarding"], "1")
-            .kernel(|| "cannot enable IPv6 forwarding".into())?;
+        sysctl(&["net", "ipv6", "conf", "all", "forwarding"], "1").kernel(|| "cannot enable IPv6 forwarding".into())?;
     }
     Ok(())
 }
@@ -178,17 +140,10 @@ pub fn create_veth(
         up: false,
         master: None,
     };
-    let created = || {
-        format!(
-            "cannot create veth {host_name} with peer {ifname} in {}",
-            ns.path().display()
-        )
-    };
+    let created = || format!("cannot create veth {host_name} with peer {ifname} in {}", ns.path().display());
     let mut made = None;
     for attempt in 0..2 {
-        let (outcome, link) = host
-            .add_veth_and_get(&host_end, &pod_end, ns.fd())
-            .kernel(created)?;
+        let (outcome, link) = host.add_veth_and_get(&host_end, &pod_end, ns.fd()).kernel(created)?;
         match outcome {
             Ok(()) => {
                 made = link;
@@ -196,25 +151,17 @@ pub fn create_veth(
             }
             Err(e) if e.is(libc::EEXIST) && attempt == 0 => {
                 if let Some(stale) = link {
-                    host.del_link(stale.index)
-                        .kernel(|| format!("cannot remove stale {host_name}"))?;
+                    host.del_link(stale.index).kernel(|| format!("cannot remove stale {host_name}"))?;
                     continue;
                 }
-                let msg = format!(
-                    "interface {ifname} already exists in network namespace {}",
-                    ns.path().display()
-                );
+                let msg = format!("interface {ifname} already exists in network namespace {}", ns.path().display());
                 return Err(CniError::new(ErrorCode::Plugin(CODE_LINK_EXISTS), msg));
             }
             Err(e) => return Err(e).kernel(created),
         }
     }
-    let link = made.ok_or_else(|| {
-        CniError::new(
-            ErrorCode::Plugin(CODE_KERNEL),
-            format!("{host_name} vanished after creation"),
-        )
-    })?;
+    let link = made
+        .ok_or_else(|| CniError::new(ErrorCode::Plugin(CODE_KERNEL), format!("{host_name} vanished after creation")))?;
     configure_port(host, conf, &link)?;
     let pod = Link {
         index: link.link.unwrap_or(0),
@@ -234,12 +181,10 @@ pub fn create_veth(
 fn configure_port(host: &mut Socket, conf: &BridgeConf, port: &Link) -> Result<(), CniError> {
     let name = &port.name;
     if conf.hairpin {
-        host.set_hairpin(port.index, true)
-            .kernel(|| format!("cannot set hairpin mode on {name}"))?;
+        host.set_hairpin(port.index, true).kernel(|| format!("cannot set hairpin mode on {name}"))?;
     }
     if let Some(vid) = conf.vlan {
-        host.add_port_vlan(port.index, vid, true, false)
-            .kernel(|| format!("cannot put {name} in VLAN {vid}"))?;
+        host.add_port_vlan(port.index, vid, true, false).kernel(|| format!("cannot put {name} in VLAN {vid}"))?;
         let _ = host.del_port_vlan(port.index, 1);
     }
     Ok(())
@@ -248,26 +193,13 @@ fn configure_port(host: &mut Socket, conf: &BridgeConf, port: &Link) -> Result<(
 /// The routes ADD installs in the pod: IPAM's (a missing gateway is the family's gateway) plus
 /// a default route per family when the bridge is the default gateway.
 pub fn pod_routes(ipam: &CniResult, conf: &BridgeConf) -> Vec<Route> {
-    let gw_for = |v4: bool| {
-        ipam.ips
-            .iter()
-            .find(|i| i.address.addr.is_ipv4() == v4)
-            .map(|i| gateway_of(i).addr)
-    };
-    let mut routes: Vec<Route> = ipam
-        .routes
-        .iter()
-        .map(|r| Route {
-            gw: r.gw.or_else(|| gw_for(r.dst.addr.is_ipv4())),
-            ..r.clone()
-        })
-        .collect();
+    let gw_for = |v4: bool| ipam.ips.iter().find(|i| i.address.addr.is_ipv4() == v4).map(|i| gateway_of(i).addr);
+    let mut routes: Vec<Route> =
+        ipam.routes.iter().map(|r| Route { gw: r.gw.or_else(|| gw_for(r.dst.addr.is_ipv4())), ..r.clone() }).collect();
     if conf.is_default_gateway {
         for v4 in [true, false] {
             let Some(gw) = gw_for(v4) else { continue };
-            let any: Cidr = if v4 { "0.0.0.0/0" } else { "::/0" }
-                .parse()
-                .unwrap_or(Cidr::new(gw, 0));
+            let any: Cidr = if v4 { "0.0.0.0/0" } else { "::/0" }.parse().unwrap_or(Cidr::new(gw, 0));
             if !routes.iter().any(|r| r.dst == any) {
                 routes.push(Route::new(any, Some(gw)));
             }
@@ -278,12 +210,7 @@ pub fn pod_routes(ipam: &CniResult, conf: &BridgeConf) -> Vec<Route> {
 
 /// Up, addresses and routes on the pod's interface (via a socket opened in its netns), sent as
 /// one batch: the kernel applies them in order, so each route finds its address in place.
-pub fn configure_pod(
-    pod: &mut Socket,
-    index: u32,
-    ips: &[IpConfig],
-    routes: &[Route],
-) -> Result<(), CniError> {
+pub fn configure_pod(pod: &mut Socket, index: u32, ips: &[IpConfig], routes: &[Route]) -> Result<(), CniError> {
     let specs: Vec<RouteSpec> = routes
         .iter()
         .map(|r| {
@@ -300,9 +227,7 @@ pub fn configure_pod(
     let mut msgs = vec![set_flags_msg(index, IFF_UP, IFF_UP)];
     msgs.extend(ips.iter().map(|ip| add_addr_msg(index, ip.address)));
     msgs.extend(specs.iter().map(|s| s.add_msg(false)));
-    let outcomes = pod
-        .request_all(msgs)
-        .kernel(|| "cannot configure the pod interface".into())?;
+    let outcomes = pod.request_all(msgs).kernel(|| "cannot configure the pod interface".into())?;
     let mut outcomes = outcomes.into_iter();
     if let Some(Err(e)) = outcomes.next() {
         return Err(e).kernel(|| "cannot set the pod interface up".into());
@@ -310,11 +235,7 @@ pub fn configure_pod(
     let what = ips
         .iter()
         .map(|ip| format!("cannot add {} to the pod interface", ip.address))
-        .chain(
-            routes
-                .iter()
-                .map(|r| format!("cannot add route {} via {:?} in the pod", r.dst, r.gw)),
-        );
+        .chain(routes.iter().map(|r| format!("cannot add route {} via {:?} in the pod", r.dst, r.gw)));
     for (outcome, what) in outcomes.zip(what) {
         match outcome {
             Err(e) if !e.is(libc::EEXIST) => return Err(e).kernel(|| what),

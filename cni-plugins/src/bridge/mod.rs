@@ -49,9 +49,7 @@ pub struct BridgeRecord {
 /// look for such records (none: nothing to do), since runtimes need not pass runtimeConfig
 /// to them.
 fn maps_ports(args: &CmdArgs) -> bool {
-    args.conf
-        .runtime("portMappings")
-        .is_some_and(|v| !v.is_null())
+    args.conf.runtime("portMappings").is_some_and(|v| !v.is_null())
 }
 
 /// `args` with `result` as its prevResult, as berth-portmap would be invoked after this plugin.
@@ -66,12 +64,7 @@ fn records(conf: &BridgeConf, args: &CmdArgs) -> Records {
 }
 
 /// Everything after IPAM; on error the caller tears down.
-fn attach(
-    conf: &BridgeConf,
-    args: &CmdArgs,
-    ipam: &CniResult,
-    rec: &mut BridgeRecord,
-) -> Result<CniResult, CniError> {
+fn attach(conf: &BridgeConf, args: &CmdArgs, ipam: &CniResult, rec: &mut BridgeRecord) -> Result<CniResult, CniError> {
     let ns = args.netns()?;
     let store = records(conf, args);
     let who = args.attachment();
@@ -86,27 +79,12 @@ fn attach(
     let bridge = links::ensure_bridge(&mut host, conf)?;
     if conf.is_gateway {
         for ip in &ipam.ips {
-            links::ensure_gateway(
-                &mut host,
-                &bridge,
-                links::gateway_of(ip),
-                conf.force_address,
-            )?;
+            links::ensure_gateway(&mut host, &bridge, links::gateway_of(ip), conf.force_address)?;
         }
         links::enable_forwarding(&ipam.ips)?;
     }
-    let veth = links::create_veth(
-        &mut host,
-        &ns,
-        conf,
-        &bridge,
-        &rec.host_veth,
-        &args.env.ifname,
-        pod_mac,
-    )?;
-    let mut pod = ns
-        .route_socket()
-        .kernel(|| format!("cannot open netlink in {}", args.env.netns))?;
+    let veth = links::create_veth(&mut host, &ns, conf, &bridge, &rec.host_veth, &args.env.ifname, pod_mac)?;
+    let mut pod = ns.route_socket().kernel(|| format!("cannot open netlink in {}", args.env.netns))?;
     let eth = match veth.pod.index {
         0 => pod_link(&mut pod, &args.env.ifname)?, // a kernel without IFLA_LINK for veths
         _ => veth.pod.clone(),
@@ -118,16 +96,8 @@ fn attach(
     add_firewall(conf, args, rec, &ips, pod_mac)?;
     Ok(CniResult {
         interfaces: vec![
-            Interface {
-                name: bridge.name.clone(),
-                mac: bridge.mac_string(),
-                ..Default::default()
-            },
-            Interface {
-                name: veth.name.clone(),
-                mac: veth.mac_string(),
-                ..Default::default()
-            },
+            Interface { name: bridge.name.clone(), mac: bridge.mac_string(), ..Default::default() },
+            Interface { name: veth.name.clone(), mac: veth.mac_string(), ..Default::default() },
             Interface {
                 name: eth.name.clone(),
                 mac: eth.mac_string(),
@@ -149,11 +119,7 @@ fn pod_ips(ipam: &CniResult, conf: &BridgeConf) -> Vec<IpConfig> {
         .iter()
         .map(|i| IpConfig {
             interface: Some(2),
-            gateway: if conf.is_gateway {
-                Some(links::gateway_of(i).addr)
-            } else {
-                i.gateway
-            },
+            gateway: if conf.is_gateway { Some(links::gateway_of(i).addr) } else { i.gateway },
             ..i.clone()
         })
         .collect()
@@ -185,12 +151,7 @@ fn add_firewall(
 fn pod_link(pod: &mut Socket, ifname: &str) -> Result<crate::netlink::Link, CniError> {
     pod.link_by_name(ifname)
         .kernel(|| format!("cannot look up {ifname} in the pod"))?
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::Plugin(crate::error::CODE_KERNEL),
-                "pod interface vanished",
-            )
-        })
+        .ok_or_else(|| CniError::new(ErrorCode::Plugin(crate::error::CODE_KERNEL), "pod interface vanished"))
 }
 
 /// Undoes an attachment as far as it exists: links, nftables entries, record. Every step runs;
@@ -210,10 +171,7 @@ fn teardown(
     };
     note(delete_links(&rec.host_veth, &who.ifname, netns));
     if rec.masq && !rec.ips.is_empty() {
-        note(
-            firewall::masq_del(&args.conf.name, &rec.ips)
-                .kernel(|| "cannot remove ipMasq entries".into()),
-        );
+        note(firewall::masq_del(&args.conf.name, &rec.ips).kernel(|| "cannot remove ipMasq entries".into()));
     }
     if let Some(mac) = rec.spoof_mac.as_deref().and_then(parse_mac) {
         note(
@@ -228,10 +186,7 @@ fn teardown(
 /// Deletes the veth pair through its host end, or through the pod end when only that is left.
 fn delete_links(host_veth: &str, ifname: &str, netns: Option<&str>) -> Result<(), CniError> {
     let mut host = Socket::route().kernel(|| "cannot open a netlink socket".into())?;
-    if host
-        .del_link_by_name(host_veth)
-        .kernel(|| format!("cannot delete {host_veth}"))?
-    {
+    if host.del_link_by_name(host_veth).kernel(|| format!("cannot delete {host_veth}"))? {
         return Ok(());
     }
     let Some(path) = netns.filter(|p| !p.is_empty()) else {
@@ -240,16 +195,11 @@ fn delete_links(host_veth: &str, ifname: &str, netns: Option<&str>) -> Result<()
     let Ok(ns) = crate::netns::NetNs::open(std::path::Path::new(path)) else {
         return Ok(()); // no netns: the kernel removed the pair with it
     };
-    let mut pod = ns
-        .route_socket()
-        .kernel(|| format!("cannot open netlink in {path}"))?;
-    match pod
-        .link_by_name(ifname)
-        .kernel(|| format!("cannot look up {ifname} in {path}"))?
-    {
-        Some(l) if l.kind.as_deref() == Some("veth") => pod
-            .del_link(l.index)
-            .kernel(|| format!("cannot delete {ifname} in {path}")),
+    let mut pod = ns.route_socket().kernel(|| format!("cannot open netlink in {path}"))?;
+    match pod.link_by_name(ifname).kernel(|| format!("cannot look up {ifname} in {path}"))? {
+        Some(l) if l.kind.as_deref() == Some("veth") => {
+            pod.del_link(l.index).kernel(|| format!("cannot delete {ifname} in {path}"))
+        }
         _ => Ok(()),
     }
 }
@@ -285,17 +235,15 @@ impl Plugin for Bridge {
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::parse(args)?;
         let who = args.attachment();
-        let rec = records(&conf, args)
-            .read::<BridgeRecord>(&who)
-            .unwrap_or_else(|| {
-                let prev = args.prev_result().ok().flatten().unwrap_or_default();
-                BridgeRecord {
-                    host_veth: host_veth_name(&args.conf.name, &who.container_id, &who.ifname),
-                    ips: prev.ips.iter().map(|i| i.address.addr).collect(),
-                    masq: conf.ip_masq,
-                    spoof_mac: None,
-                }
-            });
+        let rec = records(&conf, args).read::<BridgeRecord>(&who).unwrap_or_else(|| {
+            let prev = args.prev_result().ok().flatten().unwrap_or_default();
+            BridgeRecord {
+                host_veth: host_veth_name(&args.conf.name, &who.container_id, &who.ifname),
+                ips: prev.ips.iter().map(|i| i.address.addr).collect(),
+                masq: conf.ip_masq,
+                spoof_mac: None,
+            }
+        });
         let mut errors = Vec::new();
         if let Err(e) = Portmap.del(args) {
             errors.push(format!("{}: {}", e.msg, e.details));
@@ -306,18 +254,14 @@ impl Plugin for Bridge {
                 errors.push(e.msg);
             }
         }
-        all_or_report(
-            errors,
-            ErrorCode::Plugin(crate::error::CODE_KERNEL),
-            "DEL could not remove everything",
-        )
+        all_or_report(errors, ErrorCode::Plugin(crate::error::CODE_KERNEL), "DEL could not remove everything")
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::parse(args)?;
-        let prev = args.prev_result()?.ok_or_else(|| {
-            CniError::new(ErrorCode::InvalidNetworkConfig, "CHECK needs prevResult")
-        })?;
+        let prev = args
+            .prev_result()?
+            .ok_or_else(|| CniError::new(ErrorCode::InvalidNetworkConfig, "CHECK needs prevResult"))?;
         if let Some(t) = &conf.ipam {
             delegate::ipam(t, Command::Check, args)?;
         }
@@ -356,11 +300,7 @@ impl Plugin for Bridge {
                 errors.push(e.msg);
             }
         }
-        all_or_report(
-            errors,
-            ErrorCode::CannotGc,
-            "GC could not remove everything",
-        )
+        all_or_report(errors, ErrorCode::CannotGc, "GC could not remove everything")
     }
 }
 

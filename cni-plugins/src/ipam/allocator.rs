@@ -8,9 +8,7 @@ use crate::ipam::config::Range;
 
 /// Addresses a range never hands out: the network address, the IPv4 broadcast, the gateway.
 pub fn is_reserved(range: &Range, ip: IpAddr) -> bool {
-    ip == range.subnet.network()
-        || (ip.is_ipv4() && ip == range.subnet.last())
-        || range.gateway == Some(ip)
+    ip == range.subnet.network() || (ip.is_ipv4() && ip == range.subnet.last()) || range.gateway == Some(ip)
 }
 
 /// Whether `ip` may be allocated from `range` (ignoring whether it is in use).
@@ -35,21 +33,14 @@ fn start_position(set: &[Range], last: Option<IpAddr>) -> (usize, u128) {
 
 /// Picks the next free address of `set` after `last` (wrapping), with the index of its range.
 /// `None` when every address is used or reserved.
-pub fn next_free(
-    set: &[Range],
-    used: &HashSet<IpAddr>,
-    last: Option<IpAddr>,
-) -> Option<(IpAddr, usize)> {
+pub fn next_free(set: &[Range], used: &HashSet<IpAddr>, last: Option<IpAddr>) -> Option<(IpAddr, usize)> {
     if set.is_empty() {
         return None;
     }
     let (mut idx, mut value) = start_position(set, last);
     // Every step either finds a free address or passes a used/reserved one, so after this many
     // steps without success the set is exhausted (and v6 /64s are never walked in full).
-    let total: u128 = set
-        .iter()
-        .map(|r| to_u128(r.end) - to_u128(r.start) + 1)
-        .sum();
+    let total: u128 = set.iter().map(|r| to_u128(r.end) - to_u128(r.start) + 1).sum();
     let bound = total.min(used.len() as u128 + 3 * set.len() as u128 + 1);
     let mut steps: u128 = 0;
     while steps < bound {
@@ -76,10 +67,7 @@ mod tests {
     use serde_json::json;
 
     fn set(v: serde_json::Value) -> Vec<Range> {
-        IpamConfig::parse("n", v.as_object().unwrap())
-            .unwrap()
-            .range_sets
-            .remove(0)
+        IpamConfig::parse("n", v.as_object().unwrap()).unwrap().range_sets.remove(0)
     }
 
     fn ips(list: &[&str]) -> HashSet<IpAddr> {
@@ -98,13 +86,8 @@ mod tests {
         assert_eq!(pick(&s, &all, None).as_deref(), Some("10.0.0.6"));
         let full = ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"];
         assert_eq!(pick(&s, &full, None), None);
-        let wide =
-            set(json!({"subnet": "10.0.0.0/29", "rangeStart": "10.0.0.0", "rangeEnd": "10.0.0.7"}));
-        assert_eq!(
-            pick(&wide, &full, None),
-            None,
-            "network and broadcast never handed out"
-        );
+        let wide = set(json!({"subnet": "10.0.0.0/29", "rangeStart": "10.0.0.0", "rangeEnd": "10.0.0.7"}));
+        assert_eq!(pick(&wide, &full, None), None, "network and broadcast never handed out");
     }
 
     #[test]
@@ -112,20 +95,11 @@ mod tests {
         let s = set(json!({"subnet": "10.0.0.0/24"}));
         assert_eq!(pick(&s, &[], Some("10.0.0.7")).as_deref(), Some("10.0.0.8"));
         // A released address is not reused immediately.
-        assert_eq!(
-            pick(&s, &["10.0.0.8"], Some("10.0.0.8")).as_deref(),
-            Some("10.0.0.9")
-        );
+        assert_eq!(pick(&s, &["10.0.0.8"], Some("10.0.0.8")).as_deref(), Some("10.0.0.9"));
         // Wraps after the end.
-        assert_eq!(
-            pick(&s, &[], Some("10.0.0.254")).as_deref(),
-            Some("10.0.0.2")
-        );
+        assert_eq!(pick(&s, &[], Some("10.0.0.254")).as_deref(), Some("10.0.0.2"));
         // A last address outside the set (config changed) restarts at the beginning.
-        assert_eq!(
-            pick(&s, &[], Some("192.168.0.1")).as_deref(),
-            Some("10.0.0.2")
-        );
+        assert_eq!(pick(&s, &[], Some("192.168.0.1")).as_deref(), Some("10.0.0.2"));
     }
 
     #[test]
@@ -134,22 +108,9 @@ mod tests {
             {"subnet": "10.0.0.0/30"},
             {"subnet": "10.0.1.0/24", "rangeStart": "10.0.1.50", "rangeEnd": "10.0.1.51"}
         ]]}));
-        assert_eq!(
-            next_free(&s, &ips(&["10.0.0.2"]), None),
-            Some(("10.0.1.50".parse().unwrap(), 1))
-        );
-        assert_eq!(
-            pick(&s, &[], Some("10.0.1.51")).as_deref(),
-            Some("10.0.0.2")
-        );
-        assert_eq!(
-            pick(
-                &s,
-                &["10.0.0.2", "10.0.1.50", "10.0.1.51"],
-                Some("10.0.0.2")
-            ),
-            None
-        );
+        assert_eq!(next_free(&s, &ips(&["10.0.0.2"]), None), Some(("10.0.1.50".parse().unwrap(), 1)));
+        assert_eq!(pick(&s, &[], Some("10.0.1.51")).as_deref(), Some("10.0.0.2"));
+        assert_eq!(pick(&s, &["10.0.0.2", "10.0.1.50", "10.0.1.51"], Some("10.0.0.2")), None);
     }
 
     #[test]
@@ -158,10 +119,7 @@ mod tests {
         assert_eq!(pick(&s, &[], None).as_deref(), Some("fd00::2"));
         assert_eq!(pick(&s, &[], Some("fd00::ff")).as_deref(), Some("fd00::2"));
         let r = &s[0];
-        assert!(
-            is_allocatable(r, "fd00::ff".parse().unwrap()),
-            "no broadcast in IPv6"
-        );
+        assert!(is_allocatable(r, "fd00::ff".parse().unwrap()), "no broadcast in IPv6");
         assert!(!is_allocatable(r, "fd00::1".parse().unwrap()));
     }
 }

@@ -6,9 +6,7 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use crate::cidr::Cidr;
-use crate::error::{
-    all_or_report, source_chain, CniError, ErrorCode, CODE_RANGE_EXHAUSTED, CODE_REQUESTED_IP,
-};
+use crate::error::{all_or_report, source_chain, CniError, ErrorCode, CODE_RANGE_EXHAUSTED, CODE_REQUESTED_IP};
 use crate::ipam::allocator::{is_allocatable, next_free};
 use crate::ipam::config::{IpamConfig, Range};
 use crate::ipam::store::{Store, StoreError};
@@ -21,14 +19,9 @@ use crate::skel::{CmdArgs, Plugin};
 pub struct HostLocal;
 
 fn config(conf: &NetConf) -> Result<IpamConfig, CniError> {
-    let fields = conf
-        .ipam
-        .as_ref()
-        .map(|i| i.fields.clone())
-        .unwrap_or_default();
-    IpamConfig::parse(&conf.name, &fields).map_err(|e| {
-        CniError::new(ErrorCode::InvalidNetworkConfig, e.to_string()).with_details(source_chain(&e))
-    })
+    let fields = conf.ipam.as_ref().map(|i| i.fields.clone()).unwrap_or_default();
+    IpamConfig::parse(&conf.name, &fields)
+        .map_err(|e| CniError::new(ErrorCode::InvalidNetworkConfig, e.to_string()).with_details(source_chain(&e)))
 }
 
 fn io_error(e: StoreError) -> CniError {
@@ -45,19 +38,12 @@ fn parse_ip(text: &str) -> Result<IpAddr, CniError> {
         Ok(c) => Ok(c.addr),
         Err(_) => text.parse::<IpAddr>(),
     };
-    ip.map_err(|_| {
-        CniError::new(
-            ErrorCode::InvalidNetworkConfig,
-            format!("requested IP {text:?} is not an address"),
-        )
-    })
+    ip.map_err(|_| CniError::new(ErrorCode::InvalidNetworkConfig, format!("requested IP {text:?} is not an address")))
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     let list = v.and_then(Value::as_array).cloned().unwrap_or_default();
-    list.iter()
-        .filter_map(|s| s.as_str().map(str::to_string))
-        .collect()
+    list.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()
 }
 
 /// Addresses asked for through runtimeConfig.ips, args.cni.ips or CNI_ARGS IP=.
@@ -66,11 +52,7 @@ fn requested_ips(args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
     let cni_args = args.conf.args.as_ref().and_then(|a| a.get("cni"));
     raw.extend(strings(cni_args.and_then(|c| c.get("ips"))));
     if let Some(list) = args.env.arg("IP") {
-        raw.extend(
-            list.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
-        );
+        raw.extend(list.split(',').filter(|s| !s.is_empty()).map(str::to_string));
     }
     let mut out: Vec<IpAddr> = Vec::new();
     for text in raw {
@@ -83,10 +65,7 @@ fn requested_ips(args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
 }
 
 fn exhausted(set: &[Range]) -> CniError {
-    let names: Vec<String> = set
-        .iter()
-        .map(|r| format!("{}-{} ({})", r.start, r.end, r.subnet))
-        .collect();
+    let names: Vec<String> = set.iter().map(|r| format!("{}-{} ({})", r.start, r.end, r.subnet)).collect();
     let msg = format!("no free IP addresses in range set {}", names.join(", "));
     CniError::new(ErrorCode::Plugin(CODE_RANGE_EXHAUSTED), msg)
 }
@@ -98,10 +77,7 @@ struct Taken(Vec<(IpAddr, Attachment)>);
 impl Taken {
     fn held_by(&self, who: &Attachment) -> impl Iterator<Item = IpAddr> + '_ {
         let who = who.clone();
-        self.0
-            .iter()
-            .filter(move |(_, a)| *a == who)
-            .map(|(ip, _)| *ip)
+        self.0.iter().filter(move |(_, a)| *a == who).map(|(ip, _)| *ip)
     }
 
     fn used(&self) -> HashSet<IpAddr> {
@@ -118,23 +94,14 @@ fn allocate_one(
     requested: &mut Vec<IpAddr>,
     taken: &mut Taken,
 ) -> Result<(IpAddr, Range, bool), CniError> {
-    if let Some((ip, r)) = taken
-        .held_by(who)
-        .find_map(|ip| set.iter().find(|r| r.contains(ip)).map(|r| (ip, r)))
-    {
+    if let Some((ip, r)) = taken.held_by(who).find_map(|ip| set.iter().find(|r| r.contains(ip)).map(|r| (ip, r))) {
         requested.retain(|x| *x != ip);
         return Ok((ip, r.clone(), false));
     }
-    let (ip, range) = if let Some(pos) = requested
-        .iter()
-        .position(|ip| set.iter().any(|r| r.contains(*ip)))
-    {
+    let (ip, range) = if let Some(pos) = requested.iter().position(|ip| set.iter().any(|r| r.contains(*ip))) {
         let ip = requested.remove(pos);
         let range = set.iter().find(|r| is_allocatable(r, ip)).ok_or_else(|| {
-            CniError::new(
-                ErrorCode::Plugin(CODE_REQUESTED_IP),
-                format!("requested IP {ip} is reserved"),
-            )
+            CniError::new(ErrorCode::Plugin(CODE_REQUESTED_IP), format!("requested IP {ip} is reserved"))
         })?;
         if !store.reserve(ip, who, i).map_err(io_error)? {
             let msg = format!("requested IP {ip} is already allocated");
@@ -145,10 +112,7 @@ fn allocate_one(
         let last = store.last_reserved(i).map_err(io_error)?;
         let (ip, idx) = next_free(set, &taken.used(), last).ok_or_else(|| exhausted(set))?;
         if !store.reserve(ip, who, i).map_err(io_error)? {
-            return Err(CniError::new(
-                ErrorCode::TryAgainLater,
-                format!("IP {ip} was taken concurrently"),
-            ));
+            return Err(CniError::new(ErrorCode::TryAgainLater, format!("IP {ip} was taken concurrently")));
         }
         (ip, set[idx].clone())
     };
@@ -156,11 +120,7 @@ fn allocate_one(
     Ok((ip, range, true))
 }
 
-fn allocate_all(
-    store: &Store,
-    cfg: &IpamConfig,
-    args: &CmdArgs,
-) -> Result<Vec<IpConfig>, CniError> {
+fn allocate_all(store: &Store, cfg: &IpamConfig, args: &CmdArgs) -> Result<Vec<IpConfig>, CniError> {
     let who = args.attachment();
     let mut requested = requested_ips(args)?;
     let mut taken = Taken(store.allocations().map_err(io_error)?);
@@ -187,10 +147,7 @@ fn allocate_all(
     }
     if outcome.is_ok() && !requested.is_empty() {
         let list: Vec<String> = requested.iter().map(IpAddr::to_string).collect();
-        let msg = format!(
-            "requested IPs {} are in no configured range",
-            list.join(", ")
-        );
+        let msg = format!("requested IPs {} are in no configured range", list.join(", "));
         outcome = Err(CniError::new(ErrorCode::Plugin(CODE_REQUESTED_IP), msg));
     }
     if let Err(e) = outcome {
@@ -207,11 +164,7 @@ impl Plugin for HostLocal {
         let cfg = config(&args.conf)?;
         let store = open(&args.conf, &cfg)?;
         let ips = allocate_all(&store, &cfg, args)?;
-        Ok(CniResult {
-            ips,
-            routes: cfg.routes.clone(),
-            ..Default::default()
-        })
+        Ok(CniResult { ips, routes: cfg.routes.clone(), ..Default::default() })
     }
 
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
@@ -243,9 +196,7 @@ impl Plugin for HostLocal {
         let cfg = config(&args.conf)?;
         Store::open(&cfg.network_dir(&args.conf.name))
             .map(drop)
-            .map_err(|e| {
-                CniError::new(ErrorCode::NotAvailable, e.to_string()).with_details(source_chain(&e))
-            })
+            .map_err(|e| CniError::new(ErrorCode::NotAvailable, e.to_string()).with_details(source_chain(&e)))
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
@@ -266,10 +217,6 @@ impl Plugin for HostLocal {
                 }
             }
         }
-        all_or_report(
-            failed,
-            ErrorCode::CannotGc,
-            "some allocations could not be freed",
-        )
+        all_or_report(failed, ErrorCode::CannotGc, "some allocations could not be freed")
     }
 }

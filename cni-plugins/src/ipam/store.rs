@@ -81,33 +81,18 @@ impl Store {
     /// Creates `dir` if needed and takes its lock (blocking until other invocations finish).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join(LOCK_FILE);
-        let open = || {
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-        };
+        let open = || OpenOptions::new().create(true).truncate(false).write(true).open(&path);
         // The directory exists on every call but the first: create it only when missing.
         let lock = match open() {
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                    path: dir.into(),
-                    source,
-                })?;
+                fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.into(), source })?;
                 open()
             }
             other => other,
         }
-        .map_err(|source| StoreError::Lock {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(|source| StoreError::Lock { path: path.clone(), source })?;
         flock_exclusive(&lock).map_err(|source| StoreError::Lock { path, source })?;
-        Ok(Store {
-            dir: dir.into(),
-            _lock: lock,
-        })
+        Ok(Store { dir: dir.into(), _lock: lock })
     }
 
     fn ip_path(&self, ip: IpAddr) -> PathBuf {
@@ -123,11 +108,7 @@ impl Store {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(read_err(&self.dir))? {
             let entry = entry.map_err(read_err(&self.dir))?;
-            let Some(ip) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<IpAddr>().ok())
-            else {
+            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
                 continue;
             };
             let text = match fs::read_to_string(entry.path()) {
@@ -138,13 +119,7 @@ impl Store {
             let mut lines = text.lines().map(str::trim);
             let container_id = lines.next().unwrap_or_default().to_string();
             let ifname = lines.next().unwrap_or_default().to_string();
-            out.push((
-                ip,
-                Attachment {
-                    container_id,
-                    ifname,
-                },
-            ));
+            out.push((ip, Attachment { container_id, ifname }));
         }
         out.sort_by_key(|(ip, _)| *ip);
         Ok(out)
@@ -158,11 +133,7 @@ impl Store {
     /// The addresses held by one attachment.
     pub fn find(&self, owner: &Attachment) -> Result<Vec<IpAddr>, StoreError> {
         let all = self.allocations()?;
-        Ok(all
-            .into_iter()
-            .filter(|(_, a)| a == owner)
-            .map(|(ip, _)| ip)
-            .collect())
+        Ok(all.into_iter().filter(|(_, a)| a == owner).map(|(ip, _)| ip).collect())
     }
 
     /// The pointer for round-robin allocation in range set `set`.
@@ -223,10 +194,7 @@ mod tests {
     use super::*;
 
     fn owner(id: &str) -> Attachment {
-        Attachment {
-            container_id: id.into(),
-            ifname: "eth0".into(),
-        }
+        Attachment { container_id: id.into(), ifname: "eth0".into() }
     }
 
     #[test]
@@ -246,11 +214,7 @@ mod tests {
         store.release(ip).unwrap();
         store.release(ip).unwrap();
         assert!(store.used().unwrap().is_empty());
-        assert_eq!(
-            store.last_reserved(0).unwrap(),
-            Some(ip),
-            "pointer survives release"
-        );
+        assert_eq!(store.last_reserved(0).unwrap(), Some(ip), "pointer survives release");
     }
 
     #[test]
@@ -264,16 +228,9 @@ mod tests {
         assert_eq!(store.last_reserved(0).unwrap(), Some(ip));
         let long: IpAddr = "::ffff:255.255.255.255".parse().unwrap();
         assert!(store.reserve(long, &owner("b"), 0).unwrap());
-        assert!(store
-            .reserve("fd00::2".parse().unwrap(), &owner("c"), 0)
-            .unwrap());
-        assert_eq!(
-            store.last_reserved(0).unwrap(),
-            Some("fd00::2".parse().unwrap())
-        );
-        let len = fs::metadata(tmp.path().join("last_reserved_ip.0"))
-            .unwrap()
-            .len();
+        assert!(store.reserve("fd00::2".parse().unwrap(), &owner("c"), 0).unwrap());
+        assert_eq!(store.last_reserved(0).unwrap(), Some("fd00::2".parse().unwrap()));
+        let len = fs::metadata(tmp.path().join("last_reserved_ip.0")).unwrap().len();
         assert_eq!(len, POINTER_WIDTH as u64 + 1, "fixed width, never grows");
     }
 

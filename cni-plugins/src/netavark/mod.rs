@@ -106,24 +106,14 @@ impl From<CniError> for NetavarkError {
 }
 
 fn decode<T: DeserializeOwned>(sub: Subcommand, stdin: &[u8]) -> Result<T, NetavarkError> {
-    serde_json::from_slice(stdin).map_err(|source| NetavarkError::Decode {
-        subcommand: sub.name(),
-        source,
-    })
+    serde_json::from_slice(stdin).map_err(|source| NetavarkError::Decode { subcommand: sub.name(), source })
 }
 
 /// The in-process CNI invocation for one plugin configuration of `exec`.
-fn cmd_args(
-    command: Command,
-    exec: &PluginExec,
-    netns: &str,
-    conf: &Value,
-) -> Result<CmdArgs, NetavarkError> {
+fn cmd_args(command: Command, exec: &PluginExec, netns: &str, conf: &Value) -> Result<CmdArgs, NetavarkError> {
     let text = conf.to_string();
-    let conf = serde_json::from_str(&text).map_err(|source| NetavarkError::Decode {
-        subcommand: "generated CNI",
-        source,
-    })?;
+    let conf =
+        serde_json::from_str(&text).map_err(|source| NetavarkError::Decode { subcommand: "generated CNI", source })?;
     let env = CniEnv {
         command,
         container_id: exec.container_id.clone(),
@@ -132,11 +122,7 @@ fn cmd_args(
         args: Vec::new(),
         path: Vec::new(),
     };
-    Ok(CmdArgs {
-        env,
-        conf,
-        stdin: text.into_bytes(),
-    })
+    Ok(CmdArgs { env, conf, stdin: text.into_bytes() })
 }
 
 /// `setup`: bridge ADD, then the port mappings; a failed port mapping undoes the bridge.
@@ -153,22 +139,17 @@ fn setup(exec: &PluginExec, netns: &str) -> Result<StatusBlock, NetavarkError> {
             return Err(e);
         }
     }
-    Ok(translate::status_block(
-        &result,
-        &exec.network_options.interface_name,
-    ))
+    Ok(translate::status_block(&result, &exec.network_options.interface_name))
 }
 
 /// `teardown`: port mappings and bridge DEL, both tried whatever the other did (a missing
 /// netns is fine).
 fn teardown(exec: &PluginExec, netns: &str) -> Result<(), NetavarkError> {
     let mut errors = Vec::new();
-    let ports = translate::portmap_conf(exec, &Value::Null)
-        .map_err(NetavarkError::from)
-        .and_then(|pm| match pm {
-            Some(pm) => Ok(Portmap.del(&cmd_args(Command::Del, exec, netns, &pm)?)?),
-            None => Ok(()),
-        });
+    let ports = translate::portmap_conf(exec, &Value::Null).map_err(NetavarkError::from).and_then(|pm| match pm {
+        Some(pm) => Ok(Portmap.del(&cmd_args(Command::Del, exec, netns, &pm)?)?),
+        None => Ok(()),
+    });
     if let Err(e) = ports {
         errors.push(with_causes(&e));
     }
@@ -185,19 +166,11 @@ fn teardown(exec: &PluginExec, netns: &str) -> Result<(), NetavarkError> {
 
 /// Answers one request; the JSON to print on success (empty for teardown).
 pub fn handle(sub: Subcommand, netns: Option<&str>, stdin: &[u8]) -> Result<String, NetavarkError> {
-    let netns = || {
-        netns
-            .filter(|p| !p.is_empty())
-            .ok_or(NetavarkError::MissingNetns {
-                subcommand: sub.name(),
-            })
-    };
+    let netns = || netns.filter(|p| !p.is_empty()).ok_or(NetavarkError::MissingNetns { subcommand: sub.name() });
     match sub {
-        Subcommand::Info => Ok(json(&Info {
-            version: env!("CARGO_PKG_VERSION"),
-            api_version: API_VERSION,
-            cni_plugin: "berth-bridge",
-        })),
+        Subcommand::Info => {
+            Ok(json(&Info { version: env!("CARGO_PKG_VERSION"), api_version: API_VERSION, cni_plugin: "berth-bridge" }))
+        }
         Subcommand::Create => Ok(json(&translate::complete(decode(sub, stdin)?)?)),
         Subcommand::Setup => {
             let path = netns()?;
@@ -232,27 +205,18 @@ pub fn run(sub: Subcommand, netns: Option<&str>) -> i32 {
     use std::io::IsTerminal;
     let mut stdin = Vec::new();
     let input = std::io::stdin();
-    let read = if sub == Subcommand::Info && input.is_terminal() {
-        Ok(0)
-    } else {
-        input.lock().read_to_end(&mut stdin)
-    };
+    let read =
+        if sub == Subcommand::Info && input.is_terminal() { Ok(0) } else { input.lock().read_to_end(&mut stdin) };
     let outcome = match read {
         Ok(_) => handle(sub, netns, &stdin),
         Err(source) => Err(NetavarkError::Stdin { source }),
     };
     let (code, text) = match outcome {
         Ok(text) => (0, text),
-        Err(e) => (
-            1,
-            serde_json::json!({ "error": with_causes(&e) }).to_string(),
-        ),
+        Err(e) => (1, serde_json::json!({ "error": with_causes(&e) }).to_string()),
     };
     let mut out = std::io::stdout().lock();
-    match (
-        out.write_all(text.as_bytes()).and_then(|()| out.flush()),
-        code,
-    ) {
+    match (out.write_all(text.as_bytes()).and_then(|()| out.flush()), code) {
         (Err(_), 0) => 1,
         (_, code) => code,
     }
@@ -264,14 +228,8 @@ mod tests {
 
     #[test]
     fn detects_subcommands_only_without_cni_command() {
-        assert_eq!(
-            Subcommand::detect(Some("setup"), None),
-            Some(Subcommand::Setup)
-        );
-        assert_eq!(
-            Subcommand::detect(Some("info"), Some("")),
-            Some(Subcommand::Info)
-        );
+        assert_eq!(Subcommand::detect(Some("setup"), None), Some(Subcommand::Setup));
+        assert_eq!(Subcommand::detect(Some("info"), Some("")), Some(Subcommand::Info));
         assert_eq!(Subcommand::detect(Some("setup"), Some("ADD")), None);
         assert_eq!(Subcommand::detect(Some("bogus"), None), None);
         assert_eq!(Subcommand::detect(None, None), None);
@@ -279,21 +237,13 @@ mod tests {
 
     #[test]
     fn info_create_and_errors() {
-        let info: Value =
-            serde_json::from_str(&handle(Subcommand::Info, None, b"").unwrap()).unwrap();
+        let info: Value = serde_json::from_str(&handle(Subcommand::Info, None, b"").unwrap()).unwrap();
         assert_eq!(info["api_version"], "1.0.0");
         let net = br#"{"name":"n","id":"abc","driver":"berth-bridge","subnets":[{"subnet":"10.1.0.0/24"}]}"#;
-        let out: Value =
-            serde_json::from_str(&handle(Subcommand::Create, None, net).unwrap()).unwrap();
+        let out: Value = serde_json::from_str(&handle(Subcommand::Create, None, net).unwrap()).unwrap();
         assert_eq!(out["subnets"][0]["gateway"], "10.1.0.1");
         let e = handle(Subcommand::Create, None, b"{").unwrap_err();
-        assert!(matches!(
-            e,
-            NetavarkError::Decode {
-                subcommand: "create",
-                ..
-            }
-        ));
+        assert!(matches!(e, NetavarkError::Decode { subcommand: "create", .. }));
         let e = handle(Subcommand::Setup, None, b"{}").unwrap_err();
         assert!(e.to_string().contains("network namespace path"), "{e}");
     }

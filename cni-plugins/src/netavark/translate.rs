@@ -27,26 +27,15 @@ pub enum TranslateError {
     #[error("option {key:?} is not supported by berth-bridge (it knows mtu and vlan)")]
     UnknownOption { key: String },
     #[error("option {key}={value:?}: {why}")]
-    BadOption {
-        key: String,
-        value: String,
-        why: &'static str,
-    },
+    BadOption { key: String, value: String, why: &'static str },
     #[error("IPAM driver {driver:?} is not supported by berth-bridge (host-local or none)")]
     IpamDriver { driver: String },
     #[error("interface name {name:?} is not a valid Linux interface name")]
     BadIfname { name: String },
     #[error("route to {destination:?}: {why}")]
-    BadRoute {
-        destination: String,
-        why: &'static str,
-    },
+    BadRoute { destination: String, why: &'static str },
     #[error("port mapping {host_port}->{container_port}: {why}")]
-    BadPort {
-        host_port: u16,
-        container_port: u16,
-        why: &'static str,
-    },
+    BadPort { host_port: u16, container_port: u16, why: &'static str },
 }
 
 const NO_IPAM: &str = "none";
@@ -63,11 +52,7 @@ fn ipam_driver(net: &Network) -> &str {
 
 fn check_options(net: &Network) -> Result<(), TranslateError> {
     for (key, value) in net.options.iter().flatten() {
-        let bad = |why| TranslateError::BadOption {
-            key: key.clone(),
-            value: value.clone(),
-            why,
-        };
+        let bad = |why| TranslateError::BadOption { key: key.clone(), value: value.clone(), why };
         match key.as_str() {
             "mtu" => match value.parse::<u32>() {
                 Ok(m) if (68..=65535).contains(&m) => {}
@@ -87,10 +72,7 @@ fn check_lease(bound: Option<&String>, subnet: Cidr) -> Result<(), TranslateErro
     let Some(text) = bound else { return Ok(()) };
     match text.parse::<IpAddr>() {
         Ok(ip) if subnet.contains(ip) => Ok(()),
-        _ => Err(TranslateError::BadLease {
-            ip: text.clone(),
-            subnet,
-        }),
+        _ => Err(TranslateError::BadLease { ip: text.clone(), subnet }),
     }
 }
 
@@ -99,26 +81,16 @@ fn check_lease(bound: Option<&String>, subnet: Cidr) -> Result<(), TranslateErro
 fn complete_subnets(net: &mut Network) -> Result<(), TranslateError> {
     let mut seen: Vec<Cidr> = Vec::new();
     for s in net.subnets.iter_mut().flatten() {
-        let cidr = s
-            .subnet
-            .parse::<Cidr>()
-            .map_err(|_| TranslateError::BadSubnet {
-                subnet: s.subnet.clone(),
-            })?
-            .masked();
+        let cidr =
+            s.subnet.parse::<Cidr>().map_err(|_| TranslateError::BadSubnet { subnet: s.subnet.clone() })?.masked();
         if let Some(other) = seen.iter().find(|o| o.overlaps(&cidr) || cidr.overlaps(o)) {
             return Err(TranslateError::Overlap { a: *other, b: cidr });
         }
         seen.push(cidr);
         s.subnet = cidr.to_string();
-        let gateway = s
-            .gateway
-            .unwrap_or_else(|| from_u128(to_u128(cidr.addr) + 1, cidr.addr));
+        let gateway = s.gateway.unwrap_or_else(|| from_u128(to_u128(cidr.addr) + 1, cidr.addr));
         if !cidr.contains(gateway) {
-            return Err(TranslateError::GatewayOutside {
-                gateway,
-                subnet: cidr,
-            });
+            return Err(TranslateError::GatewayOutside { gateway, subnet: cidr });
         }
         s.gateway = Some(gateway);
         if let Some(l) = &s.lease_range {
@@ -127,9 +99,7 @@ fn complete_subnets(net: &mut Network) -> Result<(), TranslateError> {
         }
     }
     if seen.is_empty() && ipam_driver(net) != NO_IPAM {
-        return Err(TranslateError::NoSubnet {
-            network: net.name.clone(),
-        });
+        return Err(TranslateError::NoSubnet { network: net.name.clone() });
     }
     net.ipv6_enabled = seen.iter().any(|c| c.addr.is_ipv6());
     Ok(())
@@ -137,10 +107,7 @@ fn complete_subnets(net: &mut Network) -> Result<(), TranslateError> {
 
 fn check_routes(net: &Network) -> Result<(), TranslateError> {
     for r in net.routes.iter().flatten() {
-        let bad = |why| TranslateError::BadRoute {
-            destination: r.destination.clone(),
-            why,
-        };
+        let bad = |why| TranslateError::BadRoute { destination: r.destination.clone(), why };
         if r.destination.parse::<Cidr>().is_err() {
             return Err(bad("not an address/prefix"));
         }
@@ -157,23 +124,14 @@ pub fn complete(mut net: Network) -> Result<Network, TranslateError> {
     check_options(&net)?;
     match ipam_driver(&net) {
         HOST_LOCAL | NO_IPAM => {}
-        other => {
-            return Err(TranslateError::IpamDriver {
-                driver: other.to_string(),
-            })
-        }
+        other => return Err(TranslateError::IpamDriver { driver: other.to_string() }),
     }
     complete_subnets(&mut net)?;
     check_routes(&net)?;
     let bridge = match net.network_interface.as_deref().filter(|n| !n.is_empty()) {
         Some(name) => name.to_string(),
         None => {
-            let id: String = net
-                .id
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(12)
-                .collect();
+            let id: String = net.id.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
             format!("bn{id}")
         }
     };
@@ -182,9 +140,7 @@ pub fn complete(mut net: Network) -> Result<Network, TranslateError> {
     }
     net.network_interface = Some(bridge);
     let driver = ipam_driver(&net).to_string();
-    net.ipam_options
-        .get_or_insert_with(Default::default)
-        .insert("driver".into(), driver);
+    net.ipam_options.get_or_insert_with(Default::default).insert("driver".into(), driver);
     net.dns_enabled = false;
     Ok(net)
 }
@@ -231,12 +187,7 @@ fn ipam_section(net: &Network) -> Option<Value> {
 /// Podman's own IPAM passes its choice as `static_ips`, which berth-host-local records.
 pub fn bridge_conf(exec: &PluginExec) -> Result<Value, TranslateError> {
     let net = complete(exec.network.clone())?;
-    let opt = |k: &str| {
-        net.options
-            .as_ref()
-            .and_then(|o| o.get(k))
-            .and_then(|v| v.parse::<u32>().ok())
-    };
+    let opt = |k: &str| net.options.as_ref().and_then(|o| o.get(k)).and_then(|v| v.parse::<u32>().ok());
     let mut conf = json!({
         "cniVersion": crate::version::CURRENT,
         "name": net.name,
@@ -276,30 +227,16 @@ pub fn bridge_conf(exec: &PluginExec) -> Result<Value, TranslateError> {
 pub fn portmap_conf(exec: &PluginExec, prev: &Value) -> Result<Option<Value>, TranslateError> {
     let mut out = Vec::new();
     for m in exec.port_mappings.iter().flatten() {
-        let bad = |why| TranslateError::BadPort {
-            host_port: m.host_port,
-            container_port: m.container_port,
-            why,
-        };
+        let bad = |why| TranslateError::BadPort { host_port: m.host_port, container_port: m.container_port, why };
         let count = m.range.max(1);
         if m.host_port == 0 || m.container_port == 0 {
             return Err(bad("ports must be set (non-zero)"));
         }
-        if u32::from(m.host_port) + u32::from(count) > 65536
-            || u32::from(m.container_port) + u32::from(count) > 65536
-        {
+        if u32::from(m.host_port) + u32::from(count) > 65536 || u32::from(m.container_port) + u32::from(count) > 65536 {
             return Err(bad("the range runs past port 65535"));
         }
-        let protocols = if m.protocol.is_empty() {
-            "tcp"
-        } else {
-            &m.protocol
-        };
-        for proto in protocols
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
+        let protocols = if m.protocol.is_empty() { "tcp" } else { &m.protocol };
+        for proto in protocols.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             for i in 0..count {
                 let mut e = json!({"hostPort": m.host_port + i, "containerPort": m.container_port + i,
                                    "protocol": proto});
@@ -330,31 +267,14 @@ pub fn status_block(result: &CniResult, ifname: &str) -> StatusBlock {
         .find(|i| i.sandbox.is_some() && i.name == ifname)
         .and_then(|i| i.mac.clone())
         .unwrap_or_default();
-    let subnets = result
-        .ips
-        .iter()
-        .map(|ip| NetAddress {
-            ipnet: ip.address.to_string(),
-            gateway: ip.gateway,
-        })
-        .collect();
+    let subnets =
+        result.ips.iter().map(|ip| NetAddress { ipnet: ip.address.to_string(), gateway: ip.gateway }).collect();
     let mut block = StatusBlock {
         dns_search_domains: result.dns.search.clone(),
-        dns_server_ips: result
-            .dns
-            .nameservers
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect(),
+        dns_server_ips: result.dns.nameservers.iter().filter_map(|s| s.parse().ok()).collect(),
         ..Default::default()
     };
-    block.interfaces.insert(
-        ifname.to_string(),
-        NetInterface {
-            mac_address: mac,
-            subnets,
-        },
-    );
+    block.interfaces.insert(ifname.to_string(), NetInterface { mac_address: mac, subnets });
     block
 }
 

@@ -61,9 +61,7 @@ fn octets(ip: IpAddr) -> Vec<u8> {
 fn parse_ip(bytes: &[u8]) -> Option<IpAddr> {
     match bytes.len() {
         4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?))),
-        16 => Some(IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(bytes).ok()?,
-        ))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?))),
         _ => None,
     }
 }
@@ -113,11 +111,7 @@ impl RouteSpec {
             metric: None,
             mtu: None,
             advmss: None,
-            scope: if gw.is_some() {
-                RT_SCOPE_UNIVERSE
-            } else {
-                RT_SCOPE_LINK
-            },
+            scope: if gw.is_some() { RT_SCOPE_UNIVERSE } else { RT_SCOPE_LINK },
             onlink: false,
             protocol: RTPROT_BOOT,
         }
@@ -125,11 +119,7 @@ impl RouteSpec {
 
     /// The request behind [`Socket::add_route`], for [`Socket::request_all`] batches.
     pub fn add_msg(&self, replace: bool) -> Msg {
-        let flags = if replace {
-            NLM_F_CREATE | NLM_F_REPLACE
-        } else {
-            NLM_F_CREATE | NLM_F_EXCL
-        };
+        let flags = if replace { NLM_F_CREATE | NLM_F_REPLACE } else { NLM_F_CREATE | NLM_F_EXCL };
         self.msg(RTM_NEWROUTE, flags)
     }
 
@@ -138,11 +128,7 @@ impl RouteSpec {
         let mut h = [0u8; 12];
         h[0] = fam;
         h[1] = self.dst.prefix;
-        h[4] = if self.table < 256 {
-            self.table as u8
-        } else {
-            252
-        };
+        h[4] = if self.table < 256 { self.table as u8 } else { 252 };
         h[5] = self.protocol;
         h[6] = self.scope;
         h[7] = RTN_UNICAST;
@@ -153,23 +139,13 @@ impl RouteSpec {
             .header(&h)
             .attr(RTA_DST, &octets(self.dst.addr))
             .u32(RTA_TABLE, self.table)
-            .when(self.gw.is_some(), |m| {
-                m.attr(RTA_GATEWAY, &self.gw.map(octets).unwrap_or_default())
-            })
-            .when(self.oif.is_some(), |m| {
-                m.u32(RTA_OIF, self.oif.unwrap_or(0))
-            })
-            .when(self.metric.is_some(), |m| {
-                m.u32(RTA_PRIORITY, self.metric.unwrap_or(0))
-            })
+            .when(self.gw.is_some(), |m| m.attr(RTA_GATEWAY, &self.gw.map(octets).unwrap_or_default()))
+            .when(self.oif.is_some(), |m| m.u32(RTA_OIF, self.oif.unwrap_or(0)))
+            .when(self.metric.is_some(), |m| m.u32(RTA_PRIORITY, self.metric.unwrap_or(0)))
             .when(metrics, |m| {
                 m.nest(RTA_METRICS)
-                    .when(self.mtu.is_some(), |m| {
-                        m.u32(RTAX_MTU, self.mtu.unwrap_or(0))
-                    })
-                    .when(self.advmss.is_some(), |m| {
-                        m.u32(RTAX_ADVMSS, self.advmss.unwrap_or(0))
-                    })
+                    .when(self.mtu.is_some(), |m| m.u32(RTAX_MTU, self.mtu.unwrap_or(0)))
+                    .when(self.advmss.is_some(), |m| m.u32(RTAX_ADVMSS, self.advmss.unwrap_or(0)))
                     .end()
             })
     }
@@ -186,11 +162,8 @@ fn parse_route(body: &[u8]) -> Option<RouteSpec> {
         return None;
     }
     let attrs = Attrs::after(body, 12);
-    let zero = if fam == libc::AF_INET as u8 {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    };
+    let zero =
+        if fam == libc::AF_INET as u8 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
     let dst = attrs.get(RTA_DST).and_then(parse_ip).unwrap_or(zero);
     Some(RouteSpec {
         dst: Cidr::new(dst, prefix),
@@ -229,9 +202,7 @@ fn parse_neigh(body: &[u8]) -> Option<Neighbour> {
     Some(Neighbour {
         index,
         ip: attrs.get(NDA_DST).and_then(parse_ip),
-        mac: attrs
-            .get(NDA_LLADDR)
-            .and_then(|m| <[u8; 6]>::try_from(m).ok()),
+        mac: attrs.get(NDA_LLADDR).and_then(|m| <[u8; 6]>::try_from(m).ok()),
     })
 }
 
@@ -280,10 +251,7 @@ impl Socket {
             let ip = attrs.get(IFA_LOCAL).or_else(|| attrs.get(IFA_ADDRESS));
             if let Some(ip) = ip.and_then(parse_ip) {
                 if index.is_none_or(|i| i == idx) {
-                    out.push(Address {
-                        index: idx,
-                        cidr: Cidr::new(ip, prefix),
-                    });
+                    out.push(Address { index: idx, cidr: Cidr::new(ip, prefix) });
                 }
             }
         }
@@ -310,11 +278,7 @@ impl Socket {
         h[0] = fam;
         let msg = Msg::new(RTM_GETROUTE, 0).header(&h).u32(RTA_TABLE, table);
         let all = self.dump(msg)?;
-        Ok(all
-            .iter()
-            .filter_map(|b| parse_route(b))
-            .filter(|r| r.table == table)
-            .collect())
+        Ok(all.iter().filter_map(|b| parse_route(b)).filter(|r| r.table == table).collect())
     }
 
     /// Sets a permanent neighbour entry `ip → mac` on `index` (replacing an older one).
@@ -327,9 +291,7 @@ impl Socket {
     }
 
     pub fn del_neigh(&mut self, index: u32, ip: IpAddr) -> Result<(), NlError> {
-        let msg = Msg::new(RTM_DELNEIGH, 0)
-            .header(&ndmsg(family(ip), index, 0, 0))
-            .attr(NDA_DST, &octets(ip));
+        let msg = Msg::new(RTM_DELNEIGH, 0).header(&ndmsg(family(ip), index, 0, 0)).attr(NDA_DST, &octets(ip));
         match self.request(msg) {
             Err(e) if e.is(libc::ENOENT) || e.is(libc::ENODEV) => Ok(()),
             other => other,
@@ -340,26 +302,15 @@ impl Socket {
     pub fn neighs(&mut self, index: u32, v6: bool) -> Result<Vec<Neighbour>, NlError> {
         let fam = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
         // A strict dump wants the device as NDA_IFINDEX, not in the header.
-        let msg = Msg::new(RTM_GETNEIGH, 0)
-            .header(&ndmsg(fam, 0, 0, 0))
-            .u32(NDA_IFINDEX, index);
+        let msg = Msg::new(RTM_GETNEIGH, 0).header(&ndmsg(fam, 0, 0, 0)).u32(NDA_IFINDEX, index);
         let all = self.dump(msg)?;
-        Ok(all
-            .iter()
-            .filter_map(|b| parse_neigh(b))
-            .filter(|n| n.index == index)
-            .collect())
+        Ok(all.iter().filter_map(|b| parse_neigh(b)).filter(|n| n.index == index).collect())
     }
 
     /// Sets a device FDB entry `mac → remote VTEP dst` on a VXLAN device.
     pub fn set_fdb(&mut self, index: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NlError> {
         let msg = Msg::new(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE)
-            .header(&ndmsg(
-                libc::AF_BRIDGE as u8,
-                index,
-                NUD_PERMANENT,
-                NTF_SELF,
-            ))
+            .header(&ndmsg(libc::AF_BRIDGE as u8, index, NUD_PERMANENT, NTF_SELF))
             .attr(NDA_LLADDR, &mac)
             .attr(NDA_DST, &octets(dst));
         self.request(msg)
@@ -380,10 +331,6 @@ impl Socket {
     pub fn fdb(&mut self, index: u32) -> Result<Vec<Neighbour>, NlError> {
         let msg = Msg::new(RTM_GETNEIGH, 0).header(&ndmsg(libc::AF_BRIDGE as u8, index, 0, 0));
         let all = self.dump(msg)?;
-        Ok(all
-            .iter()
-            .filter_map(|b| parse_neigh(b))
-            .filter(|n| n.index == index && n.ip.is_some())
-            .collect())
+        Ok(all.iter().filter_map(|b| parse_neigh(b)).filter(|n| n.index == index && n.ip.is_some()).collect())
     }
 }

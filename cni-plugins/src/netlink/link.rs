@@ -74,10 +74,7 @@ impl Link {
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` (or `-` separated).
@@ -111,18 +108,13 @@ fn parse_link(body: &[u8]) -> Option<Link> {
     let flags = u32::from_ne_bytes(body.get(8..12)?.try_into().ok()?);
     let attrs = Attrs::after(body, 16);
     let info = attrs.get(IFLA_LINKINFO).map(Attrs::new);
-    let hairpin = attrs
-        .get(IFLA_PROTINFO)
-        .and_then(|p| Attrs::new(p).get_u8(IFLA_BRPORT_MODE))
-        .map(|m| m != 0);
+    let hairpin = attrs.get(IFLA_PROTINFO).and_then(|p| Attrs::new(p).get_u8(IFLA_BRPORT_MODE)).map(|m| m != 0);
     Some(Link {
         index,
         name: attrs.get_str(IFLA_IFNAME)?,
         flags,
         mtu: attrs.get_u32(IFLA_MTU).unwrap_or(0),
-        mac: attrs
-            .get(IFLA_ADDRESS)
-            .and_then(|m| <[u8; 6]>::try_from(m).ok()),
+        mac: attrs.get(IFLA_ADDRESS).and_then(|m| <[u8; 6]>::try_from(m).ok()),
         master: attrs.get_u32(IFLA_MASTER).filter(|m| *m != 0),
         kind: info.and_then(|i| i.get_str(IFLA_INFO_KIND)),
         hairpin,
@@ -146,15 +138,9 @@ impl NewLink<'_> {
         Msg::new(RTM_NEWLINK, flags)
             .header(&ifinfo(0, 0, up, up))
             .str(IFLA_IFNAME, self.name)
-            .when(self.mtu.is_some(), |m| {
-                m.u32(IFLA_MTU, self.mtu.unwrap_or(0))
-            })
-            .when(self.mac.is_some(), |m| {
-                m.attr(IFLA_ADDRESS, &self.mac.unwrap_or_default())
-            })
-            .when(self.master.is_some(), |m| {
-                m.u32(IFLA_MASTER, self.master.unwrap_or(0))
-            })
+            .when(self.mtu.is_some(), |m| m.u32(IFLA_MTU, self.mtu.unwrap_or(0)))
+            .when(self.mac.is_some(), |m| m.attr(IFLA_ADDRESS, &self.mac.unwrap_or_default()))
+            .when(self.master.is_some(), |m| m.u32(IFLA_MASTER, self.master.unwrap_or(0)))
     }
 }
 
@@ -193,12 +179,8 @@ fn veth_msg(link: &NewLink, peer: &NewLink, peer_ns: BorrowedFd<'_>) -> Msg {
         .u32(IFLA_NET_NS_FD, peer_ns.as_raw_fd() as u32)
         .u32(IFLA_NUM_TX_QUEUES, 1)
         .u32(IFLA_NUM_RX_QUEUES, 1)
-        .when(peer.mtu.is_some(), |m| {
-            m.u32(IFLA_MTU, peer.mtu.unwrap_or(0))
-        })
-        .when(peer.mac.is_some(), |m| {
-            m.attr(IFLA_ADDRESS, &peer.mac.unwrap_or_default())
-        })
+        .when(peer.mtu.is_some(), |m| m.u32(IFLA_MTU, peer.mtu.unwrap_or(0)))
+        .when(peer.mac.is_some(), |m| m.attr(IFLA_ADDRESS, &peer.mac.unwrap_or_default()))
         .end()
         .end()
         .end()
@@ -207,9 +189,7 @@ fn veth_msg(link: &NewLink, peer: &NewLink, peer_ns: BorrowedFd<'_>) -> Msg {
 impl Socket {
     /// The link called `name`, or `None`.
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NlError> {
-        let msg = Msg::new(RTM_GETLINK, 0)
-            .header(&ifinfo(0, 0, 0, 0))
-            .str(IFLA_IFNAME, name);
+        let msg = Msg::new(RTM_GETLINK, 0).header(&ifinfo(0, 0, 0, 0)).str(IFLA_IFNAME, name);
         let body = self.get(msg, &[libc::ENODEV])?;
         Ok(body.as_deref().and_then(parse_link))
     }
@@ -223,21 +203,13 @@ impl Socket {
     /// Every link of this namespace.
     pub fn links(&mut self) -> Result<Vec<Link>, NlError> {
         let msg = Msg::new(RTM_GETLINK, 0).header(&ifinfo(0, 0, 0, 0));
-        Ok(self
-            .dump(msg)?
-            .iter()
-            .filter_map(|b| parse_link(b))
-            .collect())
+        Ok(self.dump(msg)?.iter().filter_map(|b| parse_link(b)).collect())
     }
 
     /// Bridge ports with their hairpin mode (AF_BRIDGE dump).
     pub fn bridge_ports(&mut self) -> Result<Vec<Link>, NlError> {
         let msg = Msg::new(RTM_GETLINK, 0).header(&ifinfo(libc::AF_BRIDGE as u8, 0, 0, 0));
-        Ok(self
-            .dump(msg)?
-            .iter()
-            .filter_map(|b| parse_link(b))
-            .collect())
+        Ok(self.dump(msg)?.iter().filter_map(|b| parse_link(b)).collect())
     }
 
     /// Creates a bridge; `EEXIST` when the name is taken. VLAN filtering is only mentioned when
@@ -247,21 +219,14 @@ impl Socket {
             .msg(NLM_F_CREATE | NLM_F_EXCL)
             .nest(IFLA_LINKINFO)
             .str(IFLA_INFO_KIND, "bridge")
-            .when(vlan_filtering, |m| {
-                m.nest(IFLA_INFO_DATA).u8(IFLA_BR_VLAN_FILTERING, 1).end()
-            })
+            .when(vlan_filtering, |m| m.nest(IFLA_INFO_DATA).u8(IFLA_BR_VLAN_FILTERING, 1).end())
             .end();
         self.request(msg)
     }
 
     /// Creates a veth pair here whose peer `peer` is born directly in the namespace `peer_ns`
     /// (no create-then-move).
-    pub fn add_veth(
-        &mut self,
-        link: &NewLink,
-        peer: &NewLink,
-        peer_ns: BorrowedFd<'_>,
-    ) -> Result<(), NlError> {
+    pub fn add_veth(&mut self, link: &NewLink, peer: &NewLink, peer_ns: BorrowedFd<'_>) -> Result<(), NlError> {
         self.request(veth_msg(link, peer, peer_ns))
     }
 
@@ -278,11 +243,7 @@ impl Socket {
         peer_ns: BorrowedFd<'_>,
     ) -> Result<(Result<(), NlError>, Option<Link>), NlError> {
         let (outcome, echoed) = self.request_echo(veth_msg(link, peer, peer_ns))?;
-        let host = echoed
-            .iter()
-            .rev()
-            .filter_map(|b| parse_link(b))
-            .find(|l| l.name == link.name);
+        let host = echoed.iter().rev().filter_map(|b| parse_link(b)).find(|l| l.name == link.name);
         match (outcome, host) {
             (Ok(()), Some(host)) => Ok((Ok(()), Some(host))),
             (outcome, _) => Ok((outcome, self.link_by_name(link.name)?)),
@@ -299,9 +260,7 @@ impl Socket {
             .u32(IFLA_VXLAN_ID, vx.vni)
             .attr(IFLA_VXLAN_PORT, &vx.port.to_be_bytes())
             .u8(IFLA_VXLAN_LEARNING, 0)
-            .when(vx.underlay.is_some(), |m| {
-                m.u32(IFLA_VXLAN_LINK, vx.underlay.unwrap_or(0))
-            });
+            .when(vx.underlay.is_some(), |m| m.u32(IFLA_VXLAN_LINK, vx.underlay.unwrap_or(0)));
         let msg = match vx.local {
             Some(IpAddr::V4(a)) => msg.attr(IFLA_VXLAN_LOCAL, &a.octets()),
             Some(IpAddr::V6(a)) => msg.attr(IFLA_VXLAN_LOCAL6, &a.octets()),
@@ -336,9 +295,7 @@ impl Socket {
     /// Deletes the link called `name`; `false` when there is none. No look-up first: a
     /// GETLINK would also run the link's pending link-watch work synchronously.
     pub fn del_link_by_name(&mut self, name: &str) -> Result<bool, NlError> {
-        let msg = Msg::new(RTM_DELLINK, 0)
-            .header(&ifinfo(0, 0, 0, 0))
-            .str(IFLA_IFNAME, name);
+        let msg = Msg::new(RTM_DELLINK, 0).header(&ifinfo(0, 0, 0, 0)).str(IFLA_IFNAME, name);
         match self.request(msg) {
             Err(e) if e.is(libc::ENODEV) => Ok(false),
             other => other.map(|()| true),
@@ -355,16 +312,12 @@ impl Socket {
     }
 
     pub fn set_master(&mut self, index: u32, master: u32) -> Result<(), NlError> {
-        let msg = Msg::new(RTM_NEWLINK, 0)
-            .header(&ifinfo(0, index, 0, 0))
-            .u32(IFLA_MASTER, master);
+        let msg = Msg::new(RTM_NEWLINK, 0).header(&ifinfo(0, index, 0, 0)).u32(IFLA_MASTER, master);
         self.request(msg)
     }
 
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NlError> {
-        let msg = Msg::new(RTM_NEWLINK, 0)
-            .header(&ifinfo(0, index, 0, 0))
-            .u32(IFLA_MTU, mtu);
+        let msg = Msg::new(RTM_NEWLINK, 0).header(&ifinfo(0, index, 0, 0)).u32(IFLA_MTU, mtu);
         self.request(msg)
     }
 
@@ -380,27 +333,15 @@ impl Socket {
 
     /// Adds VLAN `vid` to a bridge port (or, with `on_bridge_itself`, to the bridge device);
     /// `pvid` makes it the port's untagged native VLAN.
-    pub fn add_port_vlan(
-        &mut self,
-        index: u32,
-        vid: u16,
-        pvid: bool,
-        on_bridge_itself: bool,
-    ) -> Result<(), NlError> {
-        let flags = if pvid {
-            BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED
-        } else {
-            0
-        };
+    pub fn add_port_vlan(&mut self, index: u32, vid: u16, pvid: bool, on_bridge_itself: bool) -> Result<(), NlError> {
+        let flags = if pvid { BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED } else { 0 };
         let mut info = [0u8; 4];
         info[0..2].copy_from_slice(&flags.to_ne_bytes());
         info[2..4].copy_from_slice(&vid.to_ne_bytes());
         let msg = Msg::new(RTM_SETLINK, 0)
             .header(&ifinfo(libc::AF_BRIDGE as u8, index, 0, 0))
             .nest(IFLA_AF_SPEC)
-            .when(on_bridge_itself, |m| {
-                m.u16(IFLA_BRIDGE_FLAGS, BRIDGE_FLAGS_SELF)
-            })
+            .when(on_bridge_itself, |m| m.u16(IFLA_BRIDGE_FLAGS, BRIDGE_FLAGS_SELF))
             .attr(IFLA_BRIDGE_VLAN_INFO, &info)
             .end();
         self.request(msg)

@@ -30,10 +30,7 @@ impl Msg {
         buf.extend_from_slice(&ty.to_ne_bytes());
         buf.extend_from_slice(&flags.to_ne_bytes());
         buf.extend_from_slice(&[0; 8]);
-        Msg {
-            buf,
-            nests: Vec::new(),
-        }
+        Msg { buf, nests: Vec::new() }
     }
 
     pub fn add_flags(&mut self, flags: u16) {
@@ -89,8 +86,7 @@ impl Msg {
     pub fn nest(mut self, ty: u16) -> Msg {
         self.nests.push(self.buf.len());
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         self
     }
 
@@ -142,8 +138,7 @@ impl<'a> Attrs<'a> {
     }
 
     pub fn get_u32(&self, ty: u16) -> Option<u32> {
-        self.get(ty)
-            .and_then(|v| Some(u32::from_ne_bytes(v.get(0..4)?.try_into().ok()?)))
+        self.get(ty).and_then(|v| Some(u32::from_ne_bytes(v.get(0..4)?.try_into().ok()?)))
     }
 
     pub fn get_u8(&self, ty: u16) -> Option<u8> {
@@ -183,18 +178,10 @@ mod tests {
 
     #[test]
     fn builds_and_parses_nested() {
-        let mut m = Msg::new(16, NLM_F_CREATE)
-            .header(&[1, 2, 3])
-            .str(3, "eth0")
-            .nest(18)
-            .str(1, "veth")
-            .u32(2, 7)
-            .end();
+        let mut m =
+            Msg::new(16, NLM_F_CREATE).header(&[1, 2, 3]).str(3, "eth0").nest(18).str(1, "veth").u32(2, 7).end();
         let bytes = m.finish(9).to_vec();
-        assert_eq!(
-            u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize,
-            bytes.len()
-        );
+        assert_eq!(u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize, bytes.len());
         assert_eq!(u32::from_ne_bytes(bytes[8..12].try_into().unwrap()), 9);
         let attrs = Attrs::after(&bytes[NLMSG_HDRLEN..], 3);
         assert_eq!(attrs.get_str(3).as_deref(), Some("eth0"));

@@ -134,16 +134,9 @@ fn elems_msg(ty: u16, flags: u16, op_family: u8, table: &str, set: &str, elems: 
         .str(NFTA_SET_ELEM_LIST_SET, set)
         .nest(NFTA_SET_ELEM_LIST_ELEMENTS);
     for e in elems {
-        msg = msg
-            .nest(NFTA_LIST_ELEM)
-            .nest(NFTA_SET_ELEM_KEY)
-            .attr(NFTA_DATA_VALUE, &e.key.0)
-            .end();
+        msg = msg.nest(NFTA_LIST_ELEM).nest(NFTA_SET_ELEM_KEY).attr(NFTA_DATA_VALUE, &e.key.0).end();
         if let Some(d) = &e.data {
-            msg = msg
-                .nest(NFTA_SET_ELEM_DATA)
-                .attr(NFTA_DATA_VALUE, &d.0)
-                .end();
+            msg = msg.nest(NFTA_SET_ELEM_DATA).attr(NFTA_DATA_VALUE, &d.0).end();
         }
         msg = msg.end();
     }
@@ -187,33 +180,16 @@ impl Socket {
     }
 
     /// Whether set `set` of `table` holds an element with `key`.
-    pub fn nft_has(
-        &mut self,
-        family: u8,
-        table: &str,
-        set: &str,
-        key: &Key,
-    ) -> Result<bool, NlError> {
+    pub fn nft_has(&mut self, family: u8, table: &str, set: &str, key: &Key) -> Result<bool, NlError> {
         Ok(self.nft_get(family, table, set, key)?.is_some())
     }
 
     /// The element of `set` with `key`: `None` when there is none, else its value (empty for a
     /// plain set).
-    pub fn nft_get(
-        &mut self,
-        family: u8,
-        table: &str,
-        set: &str,
-        key: &Key,
-    ) -> Result<Option<Vec<u8>>, NlError> {
-        let elem = Elem {
-            key: key.clone(),
-            data: None,
-        };
+    pub fn nft_get(&mut self, family: u8, table: &str, set: &str, key: &Key) -> Result<Option<Vec<u8>>, NlError> {
+        let elem = Elem { key: key.clone(), data: None };
         let msg = elems_msg(NFT_MSG_GETSETELEM, 0, family, table, set, &[elem]);
-        Ok(self
-            .get(msg, &[libc::ENOENT])?
-            .map(|body| element_data(&body)))
+        Ok(self.get(msg, &[libc::ENOENT])?.map(|body| element_data(&body)))
     }
 }
 
@@ -237,17 +213,13 @@ pub fn nft_script(script: &str) -> Result<(), NftError> {
         .spawn()
         .map_err(NftError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(NftError::Spawn)?;
+        stdin.write_all(script.as_bytes()).map_err(NftError::Spawn)?;
     }
     let out = child.wait_with_output().map_err(NftError::Spawn)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(NftError::Failed {
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err(NftError::Failed { stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
     }
 }
 
@@ -277,21 +249,11 @@ mod tests {
     #[test]
     fn element_data_is_read_from_a_get_answer() {
         let value = Key::new().ip("10.0.0.5".parse().unwrap()).port(80);
-        let elem = Elem {
-            key: Key::new().proto(6).port(8080),
-            data: Some(value.clone()),
-        };
+        let elem = Elem { key: Key::new().proto(6).port(8080), data: Some(value.clone()) };
         let mut msg = elems_msg(NFT_MSG_NEWSETELEM, 0, FAMILY_INET, "t", "dnat4", &[elem]);
         let wire = msg.finish(1).to_vec();
-        assert_eq!(
-            element_data(&wire[16..]),
-            value.0,
-            "after the 16-byte nlmsghdr"
-        );
-        let plain = Elem {
-            key: Key::new().proto(6).port(8080),
-            data: None,
-        };
+        assert_eq!(element_data(&wire[16..]), value.0, "after the 16-byte nlmsghdr");
+        let plain = Elem { key: Key::new().proto(6).port(8080), data: None };
         let mut msg = elems_msg(NFT_MSG_NEWSETELEM, 0, FAMILY_INET, "t", "s", &[plain]);
         assert!(element_data(&msg.finish(1)[16..]).is_empty());
     }

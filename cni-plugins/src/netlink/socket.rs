@@ -37,9 +37,7 @@ pub enum NlError {
 }
 
 fn ext(msg: &Option<String>) -> String {
-    msg.as_deref()
-        .map(|m| format!(" ({m})"))
-        .unwrap_or_default()
+    msg.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
 }
 
 impl NlError {
@@ -91,13 +89,7 @@ impl Socket {
     /// Opens a socket of `protocol` in the calling thread's current network namespace.
     pub fn open(protocol: i32) -> Result<Socket, NlError> {
         // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
         if raw < 0 {
             return Err(io_err("socket")(io::Error::last_os_error()));
         }
@@ -106,11 +98,7 @@ impl Socket {
         for opt in [NETLINK_EXT_ACK, NETLINK_CAP_ACK, NETLINK_GET_STRICT_CHK] {
             setsockopt_int(raw, opt);
         }
-        Ok(Socket {
-            fd,
-            seq: 0,
-            buf: vec![0; 64 * 1024],
-        })
+        Ok(Socket { fd, seq: 0, buf: vec![0; 64 * 1024] })
     }
 
     pub fn route() -> Result<Socket, NlError> {
@@ -156,14 +144,7 @@ impl Socket {
     fn recv(&mut self) -> Result<usize, NlError> {
         loop {
             // SAFETY: buf is writable for its whole length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    0,
-                )
-            };
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
             if n >= 0 {
                 return Ok(n as usize);
             }
@@ -351,10 +332,7 @@ fn for_each_msg(
 
 /// An NLMSG_ERROR body: `None` for an ack (error 0), else the error with its ext-ack text.
 fn parse_error(flags: u16, body: &[u8]) -> Result<Option<NlError>, NlError> {
-    let code = body
-        .get(0..4)
-        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or(NlError::Malformed)?;
+    let code = body.get(0..4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).ok_or(NlError::Malformed)?;
     if code == 0 {
         return Ok(None);
     }

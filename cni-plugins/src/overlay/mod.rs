@@ -71,15 +71,11 @@ pub fn read_peers_file(path: &std::path::Path) -> Result<Vec<Peer>, CniError> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
-            return Err(CniError::new(
-                ErrorCode::Io,
-                format!("cannot read peers file {}", path.display()),
-            )
-            .with_details(e.to_string()))
+            return Err(CniError::new(ErrorCode::Io, format!("cannot read peers file {}", path.display()))
+                .with_details(e.to_string()))
         }
     };
-    let v: Value = serde_json::from_slice(&text)
-        .map_err(|e| invalid(format!("peers file {}: {e}", path.display())))?;
+    let v: Value = serde_json::from_slice(&text).map_err(|e| invalid(format!("peers file {}: {e}", path.display())))?;
     let list = v.get("peers").cloned().unwrap_or(v);
     serde_json::from_value(list).map_err(|e| invalid(format!("peers file {}: {e}", path.display())))
 }
@@ -106,9 +102,7 @@ impl OverlayConf {
         });
         let vxlan_device = raw.vxlan_device.unwrap_or_else(|| format!("berth.{vni}"));
         if !crate::bridge::config::valid_ifname(&vxlan_device) {
-            return Err(invalid(format!(
-                "vxlanDevice {vxlan_device:?} is not a valid interface name"
-            )));
+            return Err(invalid(format!("vxlanDevice {vxlan_device:?} is not a valid interface name")));
         }
         Ok(OverlayConf {
             peers,
@@ -128,35 +122,24 @@ fn sync_err(e: SyncError) -> CniError {
         SyncError::Peer { source: None, .. } => CODE_PEER,
         _ => crate::error::CODE_KERNEL,
     };
-    CniError::new(ErrorCode::Plugin(code), e.to_string())
-        .with_details(crate::error::source_chain(&e))
+    CniError::new(ErrorCode::Plugin(code), e.to_string()).with_details(crate::error::source_chain(&e))
 }
 
 /// The underlay device and this node's address on it.
 fn underlay(host: &mut Socket, conf: &OverlayConf) -> Result<(Link, IpAddr), CniError> {
     let link = match &conf.underlay_device {
-        Some(name) => host
-            .link_by_name(name)
-            .kernel(|| format!("cannot look up {name}"))?,
+        Some(name) => host.link_by_name(name).kernel(|| format!("cannot look up {name}"))?,
         None => {
-            let routes = host
-                .routes(false, crate::netlink::addr::RT_TABLE_MAIN)
-                .kernel(|| "cannot list routes".into())?;
-            let oif = routes
-                .iter()
-                .find(|r| r.dst.prefix == 0)
-                .and_then(|r| r.oif);
+            let routes =
+                host.routes(false, crate::netlink::addr::RT_TABLE_MAIN).kernel(|| "cannot list routes".into())?;
+            let oif = routes.iter().find(|r| r.dst.prefix == 0).and_then(|r| r.oif);
             match oif {
-                Some(i) => host
-                    .link_by_index(i)
-                    .kernel(|| "cannot look up the default route's device".into())?,
+                Some(i) => host.link_by_index(i).kernel(|| "cannot look up the default route's device".into())?,
                 None => None,
             }
         }
     }
-    .ok_or_else(|| {
-        invalid("no underlay device: set underlayDevice (no default route to infer it from)".into())
-    })?;
+    .ok_or_else(|| invalid("no underlay device: set underlayDevice (no default route to infer it from)".into()))?;
     let ip = match conf.underlay_ip {
         Some(ip) => ip,
         None => host
@@ -171,17 +154,9 @@ fn underlay(host: &mut Socket, conf: &OverlayConf) -> Result<(Link, IpAddr), Cni
 }
 
 /// The node's VXLAN device, created if missing (MAC derived from the underlay IP).
-fn ensure_vxlan(
-    host: &mut Socket,
-    conf: &OverlayConf,
-    under: &Link,
-    local: IpAddr,
-) -> Result<Link, CniError> {
+fn ensure_vxlan(host: &mut Socket, conf: &OverlayConf, under: &Link, local: IpAddr) -> Result<Link, CniError> {
     let name = conf.vxlan_device.as_str();
-    if let Some(l) = host
-        .link_by_name(name)
-        .kernel(|| format!("cannot look up {name}"))?
-    {
+    if let Some(l) = host.link_by_name(name).kernel(|| format!("cannot look up {name}"))? {
         return Ok(l);
     }
     let new = NewLink {
@@ -191,16 +166,9 @@ fn ensure_vxlan(
         up: true,
         master: None,
     };
-    let vx = Vxlan {
-        vni: conf.vni,
-        port: conf.port,
-        local: Some(local),
-        underlay: Some(under.index),
-    };
+    let vx = Vxlan { vni: conf.vni, port: conf.port, local: Some(local), underlay: Some(under.index) };
     match host.add_vxlan(&new, &vx) {
-        Err(e) if !e.is(libc::EEXIST) => {
-            return Err(e).kernel(|| format!("cannot create VXLAN device {name}"))
-        }
+        Err(e) if !e.is(libc::EEXIST) => return Err(e).kernel(|| format!("cannot create VXLAN device {name}")),
         _ => {}
     }
     let link = host
@@ -239,17 +207,9 @@ fn bridge_args(args: &CmdArgs, conf: &OverlayConf, mtu: Option<u32>) -> CmdArgs 
         p.entry("mtu").or_insert(json!(mtu));
     }
     p.entry("isDefaultGateway").or_insert(json!(true));
-    let mut exclude: Vec<Value> = p
-        .get("ipMasqExclude")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    exclude.extend(
-        conf.cluster_cidr
-            .iter()
-            .chain(conf.peers.iter().map(|x| &x.pod_cidr))
-            .map(|c| json!(c.to_string())),
-    );
+    let mut exclude: Vec<Value> = p.get("ipMasqExclude").and_then(Value::as_array).cloned().unwrap_or_default();
+    exclude
+        .extend(conf.cluster_cidr.iter().chain(conf.peers.iter().map(|x| &x.pod_cidr)).map(|c| json!(c.to_string())));
     p.insert("ipMasqExclude".into(), Value::Array(exclude));
     a
 }
@@ -294,18 +254,11 @@ pub fn sync_command(mode: Mode) -> i32 {
     let mut stdin = Vec::new();
     let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin);
     let outcome = serde_json::from_slice::<crate::netconf::NetConf>(&stdin)
-        .map_err(|e| {
-            CniError::new(
-                ErrorCode::Decode,
-                format!("cannot decode the configuration: {e}"),
-            )
-        })
+        .map_err(|e| CniError::new(ErrorCode::Decode, format!("cannot decode the configuration: {e}")))
         .and_then(|conf| {
             let args = CmdArgs {
-                env: crate::env::CniEnv::from_lookup(|k| {
-                    (k == "CNI_COMMAND").then(|| "STATUS".to_string())
-                })
-                .map_err(|e| CniError::new(ErrorCode::InvalidEnv, e.to_string()))?,
+                env: crate::env::CniEnv::from_lookup(|k| (k == "CNI_COMMAND").then(|| "STATUS".to_string()))
+                    .map_err(|e| CniError::new(ErrorCode::InvalidEnv, e.to_string()))?,
                 conf,
                 stdin: stdin.clone(),
             };
@@ -313,10 +266,7 @@ pub fn sync_command(mode: Mode) -> i32 {
         });
     match outcome {
         Ok((mtu, r)) => {
-            println!(
-                "{}",
-                json!({"mtu": mtu, "added": r.added, "removed": r.removed})
-            );
+            println!("{}", json!({"mtu": mtu, "added": r.added, "removed": r.removed}));
             0
         }
         Err(e) => {

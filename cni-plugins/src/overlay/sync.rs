@@ -84,11 +84,7 @@ fn peer_mac(p: &Peer) -> Result<[u8; 6], SyncError> {
 
 fn peer_err(p: &Peer, what: String) -> impl FnOnce(NlError) -> SyncError {
     let pod_cidr = p.pod_cidr;
-    move |e| SyncError::Peer {
-        pod_cidr,
-        what,
-        source: Some(e),
-    }
+    move |e| SyncError::Peer { pod_cidr, what, source: Some(e) }
 }
 
 fn list_err(what: &'static str) -> impl FnOnce(NlError) -> SyncError {
@@ -96,35 +92,20 @@ fn list_err(what: &'static str) -> impl FnOnce(NlError) -> SyncError {
 }
 
 fn owned_routes(sock: &mut Socket, oif: Option<u32>) -> Result<Vec<RouteSpec>, SyncError> {
-    let mut out = sock
-        .routes(false, crate::netlink::addr::RT_TABLE_MAIN)
-        .map_err(list_err("routes"))?;
+    let mut out = sock.routes(false, crate::netlink::addr::RT_TABLE_MAIN).map_err(list_err("routes"))?;
     out.retain(|r| r.protocol == RTPROT_BERTH && oif.is_none_or(|o| r.oif == Some(o)));
     Ok(out)
 }
 
 fn berth_route(dst: Cidr, gw: IpAddr, oif: u32, onlink: bool) -> RouteSpec {
-    RouteSpec {
-        onlink,
-        protocol: RTPROT_BERTH,
-        scope: RT_SCOPE_UNIVERSE,
-        ..RouteSpec::new(dst, Some(gw), Some(oif))
-    }
+    RouteSpec { onlink, protocol: RTPROT_BERTH, scope: RT_SCOPE_UNIVERSE, ..RouteSpec::new(dst, Some(gw), Some(oif)) }
 }
 
 /// Makes routes, neighbours and FDB entries of VXLAN device `vx` match `peers` (IPv4 pod
 /// subnets; peers whose underlay IP is `local` are this node and skipped).
-pub fn sync_vxlan(
-    sock: &mut Socket,
-    vx: &Link,
-    local: IpAddr,
-    peers: &[Peer],
-) -> Result<SyncReport, SyncError> {
+pub fn sync_vxlan(sock: &mut Socket, vx: &Link, local: IpAddr, peers: &[Peer]) -> Result<SyncReport, SyncError> {
     let mut report = SyncReport::default();
-    let peers: Vec<&Peer> = peers
-        .iter()
-        .filter(|p| p.underlay_ip != local && p.pod_cidr.addr.is_ipv4())
-        .collect();
+    let peers: Vec<&Peer> = peers.iter().filter(|p| p.underlay_ip != local && p.pod_cidr.addr.is_ipv4()).collect();
     let mut want_routes = Vec::new();
     let mut want_neigh = HashSet::new();
     let mut want_fdb = HashSet::new();
@@ -142,15 +123,11 @@ pub fn sync_vxlan(
             report.removed += 1;
         }
     }
-    for n in sock
-        .neighs(vx.index, false)
-        .map_err(list_err("neighbours"))?
-    {
+    for n in sock.neighs(vx.index, false).map_err(list_err("neighbours"))? {
         match (n.ip, n.mac) {
             (Some(ip), Some(mac)) if want_neigh.contains(&(ip, mac)) => {}
             (Some(ip), _) => {
-                sock.del_neigh(vx.index, ip)
-                    .map_err(list_err("neighbours"))?;
+                sock.del_neigh(vx.index, ip).map_err(list_err("neighbours"))?;
                 report.removed += 1;
             }
             _ => {}
@@ -168,21 +145,11 @@ pub fn sync_vxlan(
         let mac = peer_mac(p)?;
         let vtep = vtep_ip(&p.pod_cidr);
         sock.set_fdb(vx.index, mac, p.underlay_ip)
-            .map_err(peer_err(
-                p,
-                format!(
-                    "cannot add FDB entry {} → {}",
-                    format_mac(&mac),
-                    p.underlay_ip
-                ),
-            ))?;
-        sock.set_neigh(vx.index, vtep, mac).map_err(peer_err(
-            p,
-            format!("cannot add neighbour {vtep} → {}", format_mac(&mac)),
-        ))?;
+            .map_err(peer_err(p, format!("cannot add FDB entry {} → {}", format_mac(&mac), p.underlay_ip)))?;
+        sock.set_neigh(vx.index, vtep, mac)
+            .map_err(peer_err(p, format!("cannot add neighbour {vtep} → {}", format_mac(&mac))))?;
         let route = berth_route(p.pod_cidr.masked(), vtep, vx.index, true);
-        sock.add_route(&route, true)
-            .map_err(peer_err(p, format!("cannot add route via {vtep}")))?;
+        sock.add_route(&route, true).map_err(peer_err(p, format!("cannot add route via {vtep}")))?;
         report.added += 1;
     }
     Ok(report)
@@ -191,19 +158,12 @@ pub fn sync_vxlan(
 /// Whether `ip` is inside a connected subnet of some address on this host (same L2 segment).
 pub fn on_link(sock: &mut Socket, ip: IpAddr) -> Result<Option<u32>, NlError> {
     let addrs = sock.addrs(None)?;
-    Ok(addrs
-        .iter()
-        .find(|a| a.cidr.prefix < 32 && a.cidr.contains(ip) && a.cidr.addr != ip)
-        .map(|a| a.index))
+    Ok(addrs.iter().find(|a| a.cidr.prefix < 32 && a.cidr.contains(ip) && a.cidr.addr != ip).map(|a| a.index))
 }
 
 /// Makes the host-gw routes match `peers`: `podCIDR via underlay IP`. A peer whose underlay IP
 /// is not on a connected subnet is an error naming it (host-gw needs one L2 segment).
-pub fn sync_host_gw(
-    sock: &mut Socket,
-    local: IpAddr,
-    peers: &[Peer],
-) -> Result<SyncReport, SyncError> {
+pub fn sync_host_gw(sock: &mut Socket, local: IpAddr, peers: &[Peer]) -> Result<SyncReport, SyncError> {
     let mut report = SyncReport::default();
     let peers: Vec<&Peer> = peers.iter().filter(|p| p.underlay_ip != local).collect();
     let mut want = Vec::new();
@@ -216,10 +176,7 @@ pub fn sync_host_gw(
             ),
             source: None,
         })?;
-        want.push((
-            p,
-            berth_route(p.pod_cidr.masked(), p.underlay_ip, dev, false),
-        ));
+        want.push((p, berth_route(p.pod_cidr.masked(), p.underlay_ip, dev, false)));
     }
     for r in owned_routes(sock, None)? {
         if !want.iter().any(|(_, w)| w.dst == r.dst && w.gw == r.gw) {
@@ -228,10 +185,7 @@ pub fn sync_host_gw(
         }
     }
     for (p, route) in &want {
-        sock.add_route(route, true).map_err(peer_err(
-            p,
-            format!("cannot add route via {}", p.underlay_ip),
-        ))?;
+        sock.add_route(route, true).map_err(peer_err(p, format!("cannot add route via {}", p.underlay_ip)))?;
         report.added += 1;
     }
     Ok(report)
@@ -247,17 +201,9 @@ mod tests {
         assert_eq!(format_mac(&vtep_mac(ip)), "0e:be:c0:a8:05:07");
         let c: Cidr = "10.244.3.0/24".parse().unwrap();
         assert_eq!(vtep_ip(&c).to_string(), "10.244.3.0");
-        let p: Peer =
-            serde_json::from_str(r#"{"podCIDR":"10.244.3.0/24","underlayIP":"192.168.5.7"}"#)
-                .unwrap();
+        let p: Peer = serde_json::from_str(r#"{"podCIDR":"10.244.3.0/24","underlayIP":"192.168.5.7"}"#).unwrap();
         assert_eq!(peer_mac(&p).unwrap(), vtep_mac(ip));
-        let bad = Peer {
-            vtep_mac: Some("x".into()),
-            ..p
-        };
-        assert!(peer_mac(&bad)
-            .unwrap_err()
-            .to_string()
-            .contains("10.244.3.0/24"));
+        let bad = Peer { vtep_mac: Some("x".into()), ..p };
+        assert!(peer_mac(&bad).unwrap_err().to_string().contains("10.244.3.0/24"));
     }
 }

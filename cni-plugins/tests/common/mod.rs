@@ -15,10 +15,7 @@ use serde_json::{json, Value};
 
 /// Where cargo put this package's binaries (berth-bridge, berth-host-local …).
 pub fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_berth-bridge"))
-        .parent()
-        .expect("bin dir")
-        .to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_berth-bridge")).parent().expect("bin dir").to_path_buf()
 }
 
 /// Debian's reference plugins; their absence is a failure, never a skip.
@@ -124,9 +121,7 @@ impl Ns {
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
     }
 }
 
@@ -167,14 +162,7 @@ pub struct Call<'a> {
 
 impl<'a> Call<'a> {
     pub fn new(command: &'a str, container_id: &'a str, netns: &'a str) -> Call<'a> {
-        Call {
-            command,
-            container_id,
-            netns,
-            ifname: "eth0",
-            args: "",
-            extra_path: None,
-        }
+        Call { command, container_id, netns, ifname: "eth0", args: "", extra_path: None }
     }
 }
 
@@ -209,9 +197,7 @@ pub fn spawn(plugin: &Path, host: &Ns, call: &Call, stdin: &[u8]) -> anyhow::Res
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("spawning {}", plugin.display()))?;
+    let mut child = cmd.spawn().with_context(|| format!("spawning {}", plugin.display()))?;
     child.stdin.take().expect("stdin").write_all(stdin)?;
     Ok(child)
 }
@@ -225,10 +211,7 @@ pub fn invoke(plugin: &Path, host: &Ns, call: &Call, conf: &Value) -> anyhow::Re
     } else {
         serde_json::from_str(&text).with_context(|| format!("stdout not JSON: {text:?}"))?
     };
-    Ok(Reply {
-        code: out.status.code().unwrap_or(-1),
-        json,
-    })
+    Ok(Reply { code: out.status.code().unwrap_or(-1), json })
 }
 
 /// A conflist run the way libcni does: per-plugin config with name, cniVersion, prevResult and
@@ -239,9 +222,7 @@ pub struct ConfList {
 
 impl ConfList {
     pub fn new(name: &str, version: &str, plugins: Value) -> ConfList {
-        ConfList {
-            list: json!({"cniVersion": version, "name": name, "plugins": plugins}),
-        }
+        ConfList { list: json!({"cniVersion": version, "name": name, "plugins": plugins}) }
     }
 
     pub fn plugin_conf(&self, p: &Value, prev: Option<&Value>, runtime: &Value) -> Value {
@@ -276,21 +257,13 @@ impl ConfList {
         let mut prev: Option<Value> = None;
         for p in self.plugins() {
             let conf = self.plugin_conf(&p, prev.as_ref(), runtime);
-            let r = invoke(
-                &plugin_path(p["type"].as_str().unwrap_or("")),
-                host,
-                call,
-                &conf,
-            )?;
+            let r = invoke(&plugin_path(p["type"].as_str().unwrap_or("")), host, call, &conf)?;
             if r.code != 0 {
                 return Ok(r);
             }
             prev = Some(r.json);
         }
-        Ok(Reply {
-            code: 0,
-            json: prev.unwrap_or(Value::Null),
-        })
+        Ok(Reply { code: 0, json: prev.unwrap_or(Value::Null) })
     }
 
     /// Invokes each plugin in `plugins` with the config `conf` makes for it; the first failure
@@ -309,20 +282,11 @@ impl ConfList {
                 return Ok(r);
             }
         }
-        Ok(Reply {
-            code: 0,
-            json: Value::Null,
-        })
+        Ok(Reply { code: 0, json: Value::Null })
     }
 
     /// CHECK or DEL (DEL runs the plugins in reverse), with the cached ADD result.
-    pub fn each(
-        &self,
-        host: &Ns,
-        call: &Call,
-        runtime: &Value,
-        prev: Option<&Value>,
-    ) -> anyhow::Result<Reply> {
+    pub fn each(&self, host: &Ns, call: &Call, runtime: &Value, prev: Option<&Value>) -> anyhow::Result<Reply> {
         let mut plugins = self.plugins();
         if call.command == "DEL" {
             plugins.reverse();
@@ -332,10 +296,7 @@ impl ConfList {
 
     /// GC (1.1) with the runtime's valid attachments, to every plugin.
     pub fn gc(&self, host: &Ns, valid: &[(&str, &str)]) -> anyhow::Result<Reply> {
-        let list: Vec<Value> = valid
-            .iter()
-            .map(|(c, i)| json!({"containerID": c, "ifname": i}))
-            .collect();
+        let list: Vec<Value> = valid.iter().map(|(c, i)| json!({"containerID": c, "ifname": i})).collect();
         self.chain(host, &Call::new("GC", "", ""), self.plugins(), |p| {
             let mut conf = self.plugin_conf(p, None, &Value::Null);
             conf["cni.dev/valid-attachments"] = Value::Array(list.clone());
@@ -371,12 +332,8 @@ pub fn tcp_transfer(server: &Ns, listen: &str, client: &Ns, connect: &str, bytes
                 }
             }
         });
-        let stream = client.within(|| {
-            TcpStream::connect_timeout(
-                &connect.parse().expect("addr"),
-                std::time::Duration::from_secs(5),
-            )
-        });
+        let stream = client
+            .within(|| TcpStream::connect_timeout(&connect.parse().expect("addr"), std::time::Duration::from_secs(5)));
         let Ok(mut stream) = stream else {
             // Unblock the acceptor.
             let _ = server.within(|| TcpStream::connect(listener.local_addr().expect("addr")));
@@ -422,10 +379,6 @@ pub fn addresses_held(dir: &Path) -> usize {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-        })
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok()))
         .count()
 }

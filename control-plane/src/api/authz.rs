@@ -28,7 +28,11 @@ pub struct Attrs<'a> {
 }
 
 fn deny(user: &User, a: &Attrs) -> ApiError {
-    let what = if a.resource.group.is_empty() { a.resource.plural.to_string() } else { format!("{}.{}", a.resource.plural, a.resource.group) };
+    let what = if a.resource.group.is_empty() {
+        a.resource.plural.to_string()
+    } else {
+        format!("{}.{}", a.resource.plural, a.resource.group)
+    };
     let what = match a.sub {
         Some(s) => format!("{what}/{s}"),
         None => what,
@@ -38,7 +42,10 @@ fn deny(user: &User, a: &Attrs) -> ApiError {
         None => "at the cluster scope".into(),
     };
     let name = a.name.map(|n| format!(" \"{n}\"")).unwrap_or_default();
-    ApiError::forbidden(format!("{what}{name} is forbidden: User \"{}\" cannot {} resource \"{what}\" in API group \"{}\" {scope}", user.name, a.verb, a.resource.group))
+    ApiError::forbidden(format!(
+        "{what}{name} is forbidden: User \"{}\" cannot {} resource \"{what}\" in API group \"{}\" {scope}",
+        user.name, a.verb, a.resource.group
+    ))
 }
 
 pub async fn authorize(reg: &Registry, user: &User, a: &Attrs<'_>) -> Result<(), ApiError> {
@@ -51,7 +58,9 @@ pub async fn authorize(reg: &Registry, user: &User, a: &Attrs<'_>) -> Result<(),
 /// The built-in rules (no RBAC objects).
 async fn builtin(reg: &Registry, user: &User, a: &Attrs<'_>) -> Result<bool, ApiError> {
     // Nodes joining with the bootstrap token (and nodes renewing) ask for client certificates.
-    let csr_verb = a.resource.kind == "CertificateSigningRequest" && a.sub.is_none() && matches!(a.verb, "create" | "get" | "list" | "watch");
+    let csr_verb = a.resource.kind == "CertificateSigningRequest"
+        && a.sub.is_none()
+        && matches!(a.verb, "create" | "get" | "list" | "watch");
     if csr_verb && (user.in_group("system:bootstrappers") || user.node_name().is_some()) {
         return Ok(true);
     }
@@ -83,7 +92,11 @@ async fn node_allows(reg: &Registry, node: &str, a: &Attrs<'_>) -> Result<bool, 
         // Creates are checked against the body's name by the router (a node creates only itself).
         ("Node", None) => read || a.verb == "create" || (matches!(a.verb, "update" | "patch") && own_name),
         ("Node", Some("status")) => own_name && matches!(a.verb, "get" | "update" | "patch"),
-        ("Lease", None) => a.namespace == Some("kube-node-lease") && (a.verb == "create" || own_name) && !matches!(a.verb, "list" | "watch"),
+        ("Lease", None) => {
+            a.namespace == Some("kube-node-lease")
+                && (a.verb == "create" || own_name)
+                && !matches!(a.verb, "list" | "watch")
+        }
         ("Pod", None) => match a.verb {
             "list" | "watch" => a.fields.required("spec.nodeName") == Some(node),
             "get" | "delete" => pod_on_node(reg, a, node).await?.is_some(),
@@ -91,7 +104,9 @@ async fn node_allows(reg: &Registry, node: &str, a: &Attrs<'_>) -> Result<bool, 
             "create" => true,
             _ => false,
         },
-        ("Pod", Some("status")) => matches!(a.verb, "get" | "update" | "patch") && pod_on_node(reg, a, node).await?.is_some(),
+        ("Pod", Some("status")) => {
+            matches!(a.verb, "get" | "update" | "patch") && pod_on_node(reg, a, node).await?.is_some()
+        }
         ("Secret" | "ConfigMap" | "ServiceAccount", None) => {
             let name = match a.verb {
                 "get" => a.name,
@@ -172,7 +187,14 @@ mod tests {
     #[test]
     fn service_accounts_read_their_own_namespace_but_not_secrets() {
         let f = FieldSelector::default();
-        let at = |verb, kind: &str, ns, sub| Attrs { verb, resource: resources::by_kind(kind), sub, namespace: ns, name: None, fields: &f };
+        let at = |verb, kind: &str, ns, sub| Attrs {
+            verb,
+            resource: resources::by_kind(kind),
+            sub,
+            namespace: ns,
+            name: None,
+            fields: &f,
+        };
         assert!(service_account_allows("a", &at("list", "Pod", Some("a"), None)));
         assert!(service_account_allows("a", &at("get", "Pod", Some("a"), Some("log"))));
         assert!(!service_account_allows("a", &at("list", "Pod", Some("b"), None)));

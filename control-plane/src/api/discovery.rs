@@ -56,18 +56,24 @@ pub fn api_versions(server: &str) -> Value {
 pub fn api_group(group: &str) -> Option<Value> {
     let (_, v) = GROUPS.iter().find(|(g, _)| *g == group && !g.is_empty())?;
     let gv = json!({"groupVersion": format!("{group}/{v}"), "version": v});
-    Some(json!({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": [gv.clone()], "preferredVersion": gv}))
+    Some(
+        json!({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": [gv.clone()], "preferredVersion": gv}),
+    )
 }
 
 pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = GROUPS.iter().filter(|(g, _)| !g.is_empty()).filter_map(|(g, _)| {
-        let mut v = api_group(g)?;
-        if let Some(m) = v.as_object_mut() {
-            m.remove("kind");
-            m.remove("apiVersion");
-        }
-        Some(v)
-    }).collect();
+    let groups: Vec<Value> = GROUPS
+        .iter()
+        .filter(|(g, _)| !g.is_empty())
+        .filter_map(|(g, _)| {
+            let mut v = api_group(g)?;
+            if let Some(m) = v.as_object_mut() {
+                m.remove("kind");
+                m.remove("apiVersion");
+            }
+            Some(v)
+        })
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -124,34 +130,79 @@ pub fn openapi_v3_root() -> Value {
     let mut paths = Map::new();
     for (g, v) in GROUPS {
         let p = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=berth-{}", env!("CARGO_PKG_VERSION"))}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=berth-{}", env!("CARGO_PKG_VERSION"))}),
+        );
     }
     json!({"paths": paths})
 }
 
 fn schema_for_kind(gen: &mut schemars::SchemaGenerator, kind: &str) {
     match kind {
-        "Namespace" => { gen.subschema_for::<core::Namespace>(); }
-        "Pod" => { gen.subschema_for::<core::Pod>(); }
-        "Node" => { gen.subschema_for::<core::Node>(); }
-        "ConfigMap" => { gen.subschema_for::<core::ConfigMap>(); }
-        "Secret" => { gen.subschema_for::<core::Secret>(); }
-        "ServiceAccount" => { gen.subschema_for::<core::ServiceAccount>(); }
-        "Service" => { gen.subschema_for::<core::Service>(); }
-        "Endpoints" => { gen.subschema_for::<core::Endpoints>(); }
-        "Event" => { gen.subschema_for::<core::Event>(); }
-        "Lease" => { gen.subschema_for::<coord::Lease>(); }
-        "Deployment" => { gen.subschema_for::<apps::Deployment>(); }
-        "ReplicaSet" => { gen.subschema_for::<apps::ReplicaSet>(); }
-        "DaemonSet" => { gen.subschema_for::<apps::DaemonSet>(); }
-        "ControllerRevision" => { gen.subschema_for::<apps::ControllerRevision>(); }
-        "Job" => { gen.subschema_for::<batch::Job>(); }
-        "ClusterRole" => { gen.subschema_for::<k8s_openapi::api::rbac::v1::ClusterRole>(); }
-        "ClusterRoleBinding" => { gen.subschema_for::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(); }
-        "TokenReview" => { gen.subschema_for::<k8s_openapi::api::authentication::v1::TokenReview>(); }
-        "SubjectAccessReview" => { gen.subschema_for::<k8s_openapi::api::authorization::v1::SubjectAccessReview>(); }
-        "SelfSubjectAccessReview" => { gen.subschema_for::<k8s_openapi::api::authorization::v1::SelfSubjectAccessReview>(); }
-        "CertificateSigningRequest" => { gen.subschema_for::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>(); }
+        "Namespace" => {
+            gen.subschema_for::<core::Namespace>();
+        }
+        "Pod" => {
+            gen.subschema_for::<core::Pod>();
+        }
+        "Node" => {
+            gen.subschema_for::<core::Node>();
+        }
+        "ConfigMap" => {
+            gen.subschema_for::<core::ConfigMap>();
+        }
+        "Secret" => {
+            gen.subschema_for::<core::Secret>();
+        }
+        "ServiceAccount" => {
+            gen.subschema_for::<core::ServiceAccount>();
+        }
+        "Service" => {
+            gen.subschema_for::<core::Service>();
+        }
+        "Endpoints" => {
+            gen.subschema_for::<core::Endpoints>();
+        }
+        "Event" => {
+            gen.subschema_for::<core::Event>();
+        }
+        "Lease" => {
+            gen.subschema_for::<coord::Lease>();
+        }
+        "Deployment" => {
+            gen.subschema_for::<apps::Deployment>();
+        }
+        "ReplicaSet" => {
+            gen.subschema_for::<apps::ReplicaSet>();
+        }
+        "DaemonSet" => {
+            gen.subschema_for::<apps::DaemonSet>();
+        }
+        "ControllerRevision" => {
+            gen.subschema_for::<apps::ControllerRevision>();
+        }
+        "Job" => {
+            gen.subschema_for::<batch::Job>();
+        }
+        "ClusterRole" => {
+            gen.subschema_for::<k8s_openapi::api::rbac::v1::ClusterRole>();
+        }
+        "ClusterRoleBinding" => {
+            gen.subschema_for::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>();
+        }
+        "TokenReview" => {
+            gen.subschema_for::<k8s_openapi::api::authentication::v1::TokenReview>();
+        }
+        "SubjectAccessReview" => {
+            gen.subschema_for::<k8s_openapi::api::authorization::v1::SubjectAccessReview>();
+        }
+        "SelfSubjectAccessReview" => {
+            gen.subschema_for::<k8s_openapi::api::authorization::v1::SelfSubjectAccessReview>();
+        }
+        "CertificateSigningRequest" => {
+            gen.subschema_for::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>();
+        }
         _ => {}
     }
 }
@@ -177,7 +228,11 @@ pub fn openapi_v3(group: &str, version: &str) -> Option<Value> {
         schema_for_kind(&mut gen, r.kind);
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
         let base = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
-        let item = if r.namespaced { format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural) } else { format!("{base}/{}/{{name}}", r.plural) };
+        let item = if r.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+        } else {
+            format!("{base}/{}/{{name}}", r.plural)
+        };
         let reference = json!({"$ref": format!("#/components/schemas/{}", schema_name(r))});
         let body = json!({"content": {"application/json": {"schema": reference}}});
         let params = json!([
@@ -198,7 +253,10 @@ pub fn openapi_v3(group: &str, version: &str) -> Option<Value> {
     }
     for r in in_gv(group, version) {
         if let Some(s) = schemas.get_mut(&schema_name(r)).and_then(Value::as_object_mut) {
-            s.insert("x-kubernetes-group-version-kind".into(), json!([{"group": r.group, "version": r.version, "kind": r.kind}]));
+            s.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": r.group, "version": r.version, "kind": r.kind}]),
+            );
         }
     }
     Some(json!({
@@ -212,7 +270,11 @@ pub fn openapi_v3(group: &str, version: &str) -> Option<Value> {
 /// Declares list merge keys the way kube-apiserver's OpenAPI does, so kubectl apply computes
 /// strategic merge patches that merge containers, env, ports … by key instead of replacing them.
 fn add_patch_extensions(schema_name: &str, schema: &mut Value) {
-    let parent = if schema_name.ends_with(".Container") || schema_name.ends_with(".EphemeralContainer") { "containers" } else { "" };
+    let parent = if schema_name.ends_with(".Container") || schema_name.ends_with(".EphemeralContainer") {
+        "containers"
+    } else {
+        ""
+    };
     let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else { return };
     for (field, prop) in props.iter_mut() {
         let Some(p) = prop.as_object_mut() else { continue };
@@ -232,11 +294,27 @@ mod tests {
     #[test]
     fn aggregated_discovery_lists_pods_with_subresources() {
         let core = aggregated(true);
-        let pods = core["items"][0]["versions"][0]["resources"].as_array().unwrap().iter().find(|r| r["resource"] == "pods").unwrap().clone();
+        let pods = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .unwrap()
+            .clone();
         assert_eq!(pods["scope"], "Namespaced");
         assert!(pods["subresources"].as_array().unwrap().iter().any(|s| s["subresource"] == "status"));
-        assert_eq!(aggregated(false)["items"].as_array().unwrap().len(), 7, "apps, authentication, authorization, batch, certificates, coordination, rbac");
-        let sa = core["items"][0]["versions"][0]["resources"].as_array().unwrap().iter().find(|r| r["resource"] == "serviceaccounts").unwrap().clone();
+        assert_eq!(
+            aggregated(false)["items"].as_array().unwrap().len(),
+            7,
+            "apps, authentication, authorization, batch, certificates, coordination, rbac"
+        );
+        let sa = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "serviceaccounts")
+            .unwrap()
+            .clone();
         assert_eq!(sa["subresources"][0]["responseKind"]["kind"], "TokenRequest");
     }
 

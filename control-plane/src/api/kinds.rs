@@ -6,7 +6,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, certificates::v1 as certs, coordination::v1 as coord, core::v1 as core};
+use k8s_openapi::api::{
+    apps::v1 as apps, batch::v1 as batch, certificates::v1 as certs, coordination::v1 as coord, core::v1 as core,
+};
 
 use super::status::{ApiError, Cause};
 
@@ -95,7 +97,9 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
             let tols = child_array(spec, "tolerations");
             for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
                 if !tols.iter().any(|t| t["key"] == key && (t["effect"] == "NoExecute" || t["effect"].is_null())) {
-                    tols.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+                    tols.push(
+                        json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}),
+                    );
                 }
             }
             let qos = qos_class(&obj["spec"]);
@@ -273,7 +277,11 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
         let val = v.as_str().unwrap_or_default();
         let ok = val.len() <= 63 && val.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
         if !ok {
-            c.push(Cause::invalid(&format!("metadata.labels.{k}"), val, "a valid label must be 63 characters or less and consist of alphanumerics, '-', '_' or '.'"));
+            c.push(Cause::invalid(
+                &format!("metadata.labels.{k}"),
+                val,
+                "a valid label must be 63 characters or less and consist of alphanumerics, '-', '_' or '.'",
+            ));
         }
     }
     match kind {
@@ -305,11 +313,17 @@ fn validate_workload(kind: &str, obj: &Value, c: &mut Vec<Cause>) {
     }
     match super::selector::LabelSelector::from_value(&spec["selector"]) {
         Ok(None) => c.push(Cause::required("spec.selector")),
-        Ok(Some(sel)) if sel.is_empty() => c.push(Cause::invalid("spec.selector", "{}", "empty selector is invalid for deployment")),
+        Ok(Some(sel)) if sel.is_empty() => {
+            c.push(Cause::invalid("spec.selector", "{}", "empty selector is invalid for deployment"))
+        }
         Ok(Some(sel)) => {
             if !sel.matches_object(&spec["template"]) {
                 let labels = serde_json::to_string(&spec["template"]["metadata"]["labels"]).unwrap_or_default();
-                c.push(Cause::invalid("spec.template.metadata.labels", &labels, "`selector` does not match template `labels`"));
+                c.push(Cause::invalid(
+                    "spec.template.metadata.labels",
+                    &labels,
+                    "`selector` does not match template `labels`",
+                ));
             }
         }
         Err(e) => c.push(Cause::invalid("spec.selector", "", &e)),
@@ -340,7 +354,11 @@ fn validate_pod_spec(spec: &Value, at: &str, c: &mut Vec<Cause>) {
             if n.is_empty() {
                 c.push(Cause::required(&format!("{f}.name")));
             } else if !is_dns_label(n) {
-                c.push(Cause::invalid(&format!("{f}.name"), n, "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'"));
+                c.push(Cause::invalid(
+                    &format!("{f}.name"),
+                    n,
+                    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'",
+                ));
             } else if !names.insert(n.to_string()) {
                 c.push(Cause::duplicate(&format!("{f}.name"), n));
             }
@@ -350,7 +368,11 @@ fn validate_pod_spec(spec: &Value, at: &str, c: &mut Vec<Cause>) {
             for (j, p) in ct["ports"].as_array().into_iter().flatten().enumerate() {
                 let port = p["containerPort"].as_i64().unwrap_or(0);
                 if !(1..=65535).contains(&port) {
-                    c.push(Cause::invalid(&format!("{f}.ports[{j}].containerPort"), &port.to_string(), "must be between 1 and 65535, inclusive"));
+                    c.push(Cause::invalid(
+                        &format!("{f}.ports[{j}].containerPort"),
+                        &port.to_string(),
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
             }
         }

@@ -13,9 +13,9 @@ pub mod resources;
 pub mod selector;
 pub mod service_ips;
 pub mod status;
+mod subresources;
 pub mod table;
 pub mod tokenreview;
-mod subresources;
 mod watch;
 
 use std::collections::HashMap;
@@ -90,7 +90,10 @@ fn segments(path: &str) -> Vec<String> {
 }
 
 fn percent_decode(s: &str) -> String {
-    form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 /// Splits `[api, v1, ...]` / `[apis, g, v, ...]` into (group, version, rest).
@@ -103,7 +106,8 @@ fn group_version(seg: &[String]) -> Option<(&str, &str, &[String])> {
 }
 
 fn parse_target(group: &str, version: &str, rest: &[String]) -> Option<Target> {
-    let namespaced_path = rest.len() >= 3 && rest[0] == "namespaces" && !matches!(rest[2].as_str(), "status" | "finalize");
+    let namespaced_path =
+        rest.len() >= 3 && rest[0] == "namespaces" && !matches!(rest[2].as_str(), "status" | "finalize");
     let (ns, rest) = if namespaced_path { (Some(rest[1].clone()), &rest[2..]) } else { (None, rest) };
     let r = resources::find(group, version, rest.first()?)?;
     if namespaced_path && !r.namespaced {
@@ -138,7 +142,9 @@ impl Api {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = std::time::Instant::now();
-        let user = self.authenticate(cert.as_deref(), req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())).await;
+        let user = self
+            .authenticate(cert.as_deref(), req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
+            .await;
         if let Some(t) = proxy::match_path(req.uri().path()) {
             let (method, path) = (req.method().clone(), req.uri().path().to_string());
             let resp = proxy::handle(&self, req, t, user.as_ref()).await.unwrap_or_else(|e| error_response(&e));
@@ -146,15 +152,27 @@ impl Api {
             return resp;
         }
         let (parts, body) = req.into_parts();
-        let h = |n: header::HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let h =
+            |n: header::HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(e) => return error_response(&ApiError { code: 413, reason: "RequestEntityTooLarge", message: format!("request body: {e}"), details: None }),
+            Err(e) => {
+                return error_response(&ApiError {
+                    code: 413,
+                    reason: "RequestEntityTooLarge",
+                    message: format!("request body: {e}"),
+                    details: None,
+                })
+            }
         };
         let req = Req {
             method: parts.method.clone(),
             path: parts.uri.path().to_string(),
-            query: parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default(),
+            query: parts
+                .uri
+                .query()
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
             accept: h(header::ACCEPT),
             content_type: h(header::CONTENT_TYPE),
             body,
@@ -184,7 +202,11 @@ impl Api {
         let s: Vec<&str> = seg.iter().map(String::as_str).collect();
         match s.as_slice() {
             ["healthz" | "livez" | "readyz", ..] => {
-                return Ok(Response::builder().status(200).header(header::CONTENT_TYPE, "text/plain").body(Full::new(Bytes::from_static(b"ok")).boxed()).expect("valid response"))
+                return Ok(Response::builder()
+                    .status(200)
+                    .header(header::CONTENT_TYPE, "text/plain")
+                    .body(Full::new(Bytes::from_static(b"ok")).boxed())
+                    .expect("valid response"))
             }
             ["version"] => return Ok(json_response(200, &discovery::version())),
             _ => {}
@@ -197,17 +219,39 @@ impl Api {
                 ["apis"] if agg => return Ok(json_typed(200, &discovery::aggregated(false), discovery::AGGREGATED_V2)),
                 ["api"] => return Ok(json_response(200, &discovery::api_versions(&self.server_addr))),
                 ["apis"] => return Ok(json_response(200, &discovery::api_group_list())),
-                ["apis", g] => return discovery::api_group(g).map(|v| json_response(200, &v)).ok_or_else(|| ApiError::no_route(&req.path)),
-                ["api", v] => return discovery::resource_list("", v).map(|v| json_response(200, &v)).ok_or_else(|| ApiError::no_route(&req.path)),
-                ["apis", g, v] => return discovery::resource_list(g, v).map(|v| json_response(200, &v)).ok_or_else(|| ApiError::no_route(&req.path)),
+                ["apis", g] => {
+                    return discovery::api_group(g)
+                        .map(|v| json_response(200, &v))
+                        .ok_or_else(|| ApiError::no_route(&req.path))
+                }
+                ["api", v] => {
+                    return discovery::resource_list("", v)
+                        .map(|v| json_response(200, &v))
+                        .ok_or_else(|| ApiError::no_route(&req.path))
+                }
+                ["apis", g, v] => {
+                    return discovery::resource_list(g, v)
+                        .map(|v| json_response(200, &v))
+                        .ok_or_else(|| ApiError::no_route(&req.path))
+                }
                 ["openapi", "v3"] => return Ok(json_response(200, &discovery::openapi_v3_root())),
-                ["openapi", "v3", "api", v] => return discovery::openapi_v3("", v).map(|v| json_response(200, &v)).ok_or_else(|| ApiError::no_route(&req.path)),
-                ["openapi", "v3", "apis", g, v] => return discovery::openapi_v3(g, v).map(|v| json_response(200, &v)).ok_or_else(|| ApiError::no_route(&req.path)),
+                ["openapi", "v3", "api", v] => {
+                    return discovery::openapi_v3("", v)
+                        .map(|v| json_response(200, &v))
+                        .ok_or_else(|| ApiError::no_route(&req.path))
+                }
+                ["openapi", "v3", "apis", g, v] => {
+                    return discovery::openapi_v3(g, v)
+                        .map(|v| json_response(200, &v))
+                        .ok_or_else(|| ApiError::no_route(&req.path))
+                }
                 _ => {}
             }
         }
         let (legacy_watch, seg) = match seg.first().map(String::as_str) {
-            Some("api" | "apis") if seg.get(if seg[0] == "api" { 2 } else { 3 }).map(String::as_str) == Some("watch") => {
+            Some("api" | "apis")
+                if seg.get(if seg[0] == "api" { 2 } else { 3 }).map(String::as_str) == Some("watch") =>
+            {
                 let i = if seg[0] == "api" { 2 } else { 3 };
                 let mut s = seg.clone();
                 s.remove(i);
@@ -219,8 +263,16 @@ impl Api {
         let t = parse_target(g, v, rest).ok_or_else(|| ApiError::no_route(&req.path))?;
         let watch = legacy_watch || matches!(req.query.get("watch").map(String::as_str), Some("true" | "1"));
         let verb = verb_for(&req.method, &t, watch);
-        let fields = FieldSelector::parse(req.query.get("fieldSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
-        let attrs = authz::Attrs { verb, resource: t.r, sub: t.sub.as_deref(), namespace: t.ns.as_deref(), name: t.name.as_deref(), fields: &fields };
+        let fields = FieldSelector::parse(req.query.get("fieldSelector").map(String::as_str).unwrap_or_default())
+            .map_err(ApiError::bad_request)?;
+        let attrs = authz::Attrs {
+            verb,
+            resource: t.r,
+            sub: t.sub.as_deref(),
+            namespace: t.ns.as_deref(),
+            name: t.name.as_deref(),
+            fields: &fields,
+        };
         authz::authorize(&self.reg, user, &attrs).await?;
         if verb == "create" && t.sub.is_none() && !user.is_admin() && t.r.kind == "Pod" {
             if let Some(node) = user.node_name() {
@@ -228,10 +280,17 @@ impl Api {
                 let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
                 let mirror = body["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string();
                 if !mirror || body["spec"]["nodeName"].as_str() != Some(node) {
-                    return Err(ApiError::forbidden(format!("node \"{node}\" may only create mirror pods bound to itself")));
+                    return Err(ApiError::forbidden(format!(
+                        "node \"{node}\" may only create mirror pods bound to itself"
+                    )));
                 }
             }
-        } else if verb == "create" && t.sub.is_none() && !user.is_admin() && !t.r.is_virtual() && !matches!(t.r.kind, "Event" | "CertificateSigningRequest") {
+        } else if verb == "create"
+            && t.sub.is_none()
+            && !user.is_admin()
+            && !t.r.is_virtual()
+            && !matches!(t.r.kind, "Event" | "CertificateSigningRequest")
+        {
             if let Some(node) = user.node_name() {
                 // A node may create only its own Node (and its own Lease); events about its
                 // pods carry generated names.
@@ -244,16 +303,30 @@ impl Api {
         self.dispatch(req, &t, verb, fields, user).await
     }
 
-    async fn dispatch(&self, req: &Req, t: &Target, verb: &str, fields: FieldSelector, user: &User) -> Result<Response<Body>, ApiError> {
+    async fn dispatch(
+        &self,
+        req: &Req,
+        t: &Target,
+        verb: &str,
+        fields: FieldSelector,
+        user: &User,
+    ) -> Result<Response<Body>, ApiError> {
         let (r, ns, name) = (t.r, t.ns.as_deref(), t.name.as_deref());
         if r.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
             return Err(ApiError::no_route(&req.path));
         }
         match (verb, r.kind, t.sub.as_deref()) {
-            ("create", "ServiceAccount", Some("token")) => return tokenreview::token_request(self, req, ns.unwrap_or_default(), name.unwrap_or_default(), user).await,
+            ("create", "ServiceAccount", Some("token")) => {
+                return tokenreview::token_request(self, req, ns.unwrap_or_default(), name.unwrap_or_default(), user)
+                    .await
+            }
             ("create", "TokenReview", None) => return tokenreview::token_review(self, req).await,
-            ("create", "SubjectAccessReview" | "SelfSubjectAccessReview", None) => return tokenreview::access_review(self, req, user, r.kind).await,
-            (_, "TokenReview" | "SubjectAccessReview" | "SelfSubjectAccessReview", _) => return Err(ApiError::method_not_allowed(format!("{} supports create only", r.plural))),
+            ("create", "SubjectAccessReview" | "SelfSubjectAccessReview", None) => {
+                return tokenreview::access_review(self, req, user, r.kind).await
+            }
+            (_, "TokenReview" | "SubjectAccessReview" | "SelfSubjectAccessReview", _) => {
+                return Err(ApiError::method_not_allowed(format!("{} supports create only", r.plural)))
+            }
             _ => {}
         }
         if let Some(sub) = t.sub.as_deref() {
@@ -303,7 +376,9 @@ impl Api {
                 let kind = patch::PatchType::from_content_type(&req.content_type)
                     .ok_or_else(|| ApiError::unsupported_media(format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {})", req.content_type)))?;
                 if kind == patch::PatchType::Apply {
-                    return Err(ApiError::unsupported_media("server-side apply is not supported yet; use client-side kubectl apply"));
+                    return Err(ApiError::unsupported_media(
+                        "server-side apply is not supported yet; use client-side kubectl apply",
+                    ));
                 }
                 let body = parse_body(&req.body)?;
                 let obj = self.reg.patch(r, ns, name.unwrap_or_default(), kind, &body, t.sub.as_deref(), fv).await?;
@@ -320,14 +395,20 @@ impl Api {
                 let items = self.reg.list(r, ns, &ListQuery { limit: None, continue_token: None, ..q }).await?.items;
                 let mut deleted = Vec::new();
                 for o in items {
-                    let (n, ons) = (registry::meta_str(&o, "name").to_string(), o["metadata"]["namespace"].as_str().map(String::from));
+                    let (n, ons) = (
+                        registry::meta_str(&o, "name").to_string(),
+                        o["metadata"]["namespace"].as_str().map(String::from),
+                    );
                     match self.reg.delete(r, ons.as_deref(), &n, &opts).await {
                         Ok((obj, _)) => deleted.push(obj),
                         Err(e) if e.code == 404 => {}
                         Err(e) => return Err(e),
                     }
                 }
-                Ok(json_response(200, &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {}, "items": deleted})))
+                Ok(json_response(
+                    200,
+                    &json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {}, "items": deleted}),
+                ))
             }
             _ => Err(ApiError::method_not_allowed(format!("{} is not supported here", req.method))),
         }
@@ -342,7 +423,13 @@ impl Api {
         json_response(code, &obj)
     }
 
-    async fn list(&self, req: &Req, r: &'static ResourceDef, ns: Option<&str>, fields: FieldSelector) -> Result<Response<Body>, ApiError> {
+    async fn list(
+        &self,
+        req: &Req,
+        r: &'static ResourceDef,
+        ns: Option<&str>,
+        fields: FieldSelector,
+    ) -> Result<Response<Body>, ApiError> {
         let q = list_query(req, fields)?;
         let page = self.reg.list(r, ns, &q).await?;
         let rv = page.rev.to_string();
@@ -367,7 +454,14 @@ impl Api {
         Ok(json_response(200, &list))
     }
 
-    async fn watch(&self, req: &Req, r: &'static ResourceDef, ns: Option<&str>, name: Option<&str>, mut fields: FieldSelector) -> Result<Response<Body>, ApiError> {
+    async fn watch(
+        &self,
+        req: &Req,
+        r: &'static ResourceDef,
+        ns: Option<&str>,
+        name: Option<&str>,
+        mut fields: FieldSelector,
+    ) -> Result<Response<Body>, ApiError> {
         if let Some(n) = name {
             fields = FieldSelector::parse(&format!("metadata.name={n}")).map_err(ApiError::bad_request)?;
         }
@@ -377,7 +471,12 @@ impl Api {
             "" | "0" => None,
             v => Some(v.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?),
         };
-        let timeout = req.query.get("timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs).unwrap_or(Duration::from_secs(1800));
+        let timeout = req
+            .query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(1800));
         let p = watch::WatchParams {
             query: ListQuery { limit: None, continue_token: None, resource_version: None, ..q },
             since,
@@ -385,7 +484,8 @@ impl Api {
             bookmark_every: self.bookmark_every,
             timeout,
             initial_events_end: req.query.get("sendInitialEvents").is_some_and(|v| v == "true"),
-            as_table: wants_table(&req.accept).then(|| req.query.get("includeObject").cloned().unwrap_or_else(|| "Metadata".into())),
+            as_table: wants_table(&req.accept)
+                .then(|| req.query.get("includeObject").cloned().unwrap_or_else(|| "Metadata".into())),
         };
         let rx = watch::start(&self.reg, r, ns.map(String::from), p).await?;
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -411,7 +511,8 @@ fn parse_body(b: &Bytes) -> Result<Value, ApiError> {
 }
 
 fn list_query(req: &Req, fields: FieldSelector) -> Result<ListQuery, ApiError> {
-    let labels = LabelSelector::parse(req.query.get("labelSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
+    let labels = LabelSelector::parse(req.query.get("labelSelector").map(String::as_str).unwrap_or_default())
+        .map_err(ApiError::bad_request)?;
     let limit = match req.query.get("limit").map(|l| l.parse::<usize>()) {
         Some(Ok(0)) | None => None,
         Some(Ok(n)) => Some(n),
@@ -424,7 +525,13 @@ fn list_query(req: &Req, fields: FieldSelector) -> Result<ListQuery, ApiError> {
         }
         Some(_) => None,
     };
-    Ok(ListQuery { labels, fields, limit, continue_token: req.query.get("continue").filter(|c| !c.is_empty()).cloned(), resource_version })
+    Ok(ListQuery {
+        labels,
+        fields,
+        limit,
+        continue_token: req.query.get("continue").filter(|c| !c.is_empty()).cloned(),
+        resource_version,
+    })
 }
 
 fn delete_opts(req: &Req) -> Result<DeleteOpts, ApiError> {

@@ -107,7 +107,11 @@ fn add_at(doc: &mut Value, path: &str, v: Value) -> Result<(), String> {
             Ok(())
         }
         Value::Array(a) => {
-            let i = if last == "-" { a.len() } else { last.parse().map_err(|_| format!("invalid array index \"{last}\""))? };
+            let i = if last == "-" {
+                a.len()
+            } else {
+                last.parse().map_err(|_| format!("invalid array index \"{last}\""))?
+            };
             if i > a.len() {
                 return Err(format!("array index {i} out of range"));
             }
@@ -123,7 +127,8 @@ fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), String> {
     for op in ops {
         let path = op.get("path").and_then(Value::as_str).ok_or("JSON patch operation without a path")?;
         let value = || op.get("value").cloned().ok_or_else(|| format!("operation on \"{path}\" has no value"));
-        let from = || op.get("from").and_then(Value::as_str).ok_or_else(|| format!("operation on \"{path}\" has no from"));
+        let from =
+            || op.get("from").and_then(Value::as_str).ok_or_else(|| format!("operation on \"{path}\" has no from"));
         match op.get("op").and_then(Value::as_str) {
             Some("add") => add_at(doc, path, value()?)?,
             Some("remove") => {
@@ -155,7 +160,12 @@ fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), String> {
 /// The merge key of a list field, by field name and its parent path.
 pub fn merge_key(path: &str, field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
         | "resourceClaims" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
@@ -335,12 +345,21 @@ mod tests {
         assert_eq!(r["spec"]["containers"][1]["image"], "v2");
         assert_eq!(r["spec"]["containers"][1]["env"].as_array().unwrap().len(), 2);
         assert_eq!(r["spec"]["tolerations"], json!([{"key": "y"}]));
-        let d = apply(PatchType::Strategic, &r, &json!({"spec": {"containers": [{"name": "side", "$patch": "delete"}]},
-            "$deleteFromPrimitiveList/finalizers": ["a"], "metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}})).unwrap();
+        let d = apply(
+            PatchType::Strategic,
+            &r,
+            &json!({"spec": {"containers": [{"name": "side", "$patch": "delete"}]},
+            "$deleteFromPrimitiveList/finalizers": ["a"], "metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}),
+        )
+        .unwrap();
         assert_eq!(d["spec"]["containers"].as_array().unwrap().len(), 1);
         assert_eq!(d["metadata"]["finalizers"], json!(["b"]));
-        let rk = apply(PatchType::Strategic, &json!({"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}}),
-            &json!({"strategy": {"$retainKeys": ["type"], "type": "Recreate"}})).unwrap();
+        let rk = apply(
+            PatchType::Strategic,
+            &json!({"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}}),
+            &json!({"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}),
+        )
+        .unwrap();
         assert_eq!(rk, json!({"strategy": {"type": "Recreate"}}));
     }
 }

@@ -231,7 +231,9 @@ struct Csr {
 }
 
 fn time(t: &Option<Time>) -> Value {
-    t.as_ref().and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0)).map_or(Value::Null, |d| json!(d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+    t.as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map_or(Value::Null, |d| json!(d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
 }
 
 fn csr_json(m: Csr) -> Map<String, Value> {
@@ -243,8 +245,14 @@ fn csr_json(m: Csr) -> Map<String, Value> {
     }
     o.insert("spec".into(), s);
     let st = m.status.unwrap_or_default();
-    let conds: Vec<Value> = st.conditions.iter().map(|c| json!({"type": c.type_, "status": c.status, "reason": c.reason, "message": c.message,
-        "lastUpdateTime": time(&c.last_update_time), "lastTransitionTime": time(&c.last_transition_time)})).collect();
+    let conds: Vec<Value> = st
+        .conditions
+        .iter()
+        .map(|c| {
+            json!({"type": c.type_, "status": c.status, "reason": c.reason, "message": c.message,
+        "lastUpdateTime": time(&c.last_update_time), "lastTransitionTime": time(&c.last_transition_time)})
+        })
+        .collect();
     let mut status = json!({"conditions": conds});
     if !st.certificate.is_empty() {
         status["certificate"] = json!(b64(&st.certificate));
@@ -483,10 +491,38 @@ struct Job {
 /// fields when the decoder reads inside it).
 struct Fields(&'static [(u32, &'static str, Option<&'static Fields>)]);
 
-const META: Fields = Fields(&[(1, "name", None), (2, "generateName", None), (3, "namespace", None), (6, "resourceVersion", None), (11, "labels", None), (12, "annotations", None), (14, "finalizers", None)]);
-const PORT: Fields = Fields(&[(1, "name", None), (2, "hostPort", None), (3, "containerPort", None), (4, "protocol", None), (5, "hostIP", None)]);
-const CONTAINER: Fields = Fields(&[(1, "name", None), (2, "image", None), (3, "command", None), (4, "args", None), (5, "workingDir", None), (6, "ports", Some(&PORT)), (14, "imagePullPolicy", None)]);
-const POD_SPEC: Fields = Fields(&[(2, "containers", Some(&CONTAINER)), (3, "restartPolicy", None), (4, "terminationGracePeriodSeconds", None), (7, "nodeSelector", None), (8, "serviceAccountName", None)]);
+const META: Fields = Fields(&[
+    (1, "name", None),
+    (2, "generateName", None),
+    (3, "namespace", None),
+    (6, "resourceVersion", None),
+    (11, "labels", None),
+    (12, "annotations", None),
+    (14, "finalizers", None),
+]);
+const PORT: Fields = Fields(&[
+    (1, "name", None),
+    (2, "hostPort", None),
+    (3, "containerPort", None),
+    (4, "protocol", None),
+    (5, "hostIP", None),
+]);
+const CONTAINER: Fields = Fields(&[
+    (1, "name", None),
+    (2, "image", None),
+    (3, "command", None),
+    (4, "args", None),
+    (5, "workingDir", None),
+    (6, "ports", Some(&PORT)),
+    (14, "imagePullPolicy", None),
+]);
+const POD_SPEC: Fields = Fields(&[
+    (2, "containers", Some(&CONTAINER)),
+    (3, "restartPolicy", None),
+    (4, "terminationGracePeriodSeconds", None),
+    (7, "nodeSelector", None),
+    (8, "serviceAccountName", None),
+]);
 const TEMPLATE: Fields = Fields(&[(1, "metadata", Some(&META)), (2, "spec", Some(&POD_SPEC))]);
 const STRATEGY: Fields = Fields(&[(1, "type", None)]);
 const SELECTOR: Fields = Fields(&[(1, "matchLabels", None)]);
@@ -501,7 +537,14 @@ const DEPLOYMENT_SPEC: Fields = Fields(&[
     (9, "progressDeadlineSeconds", None),
 ]);
 const DEPLOYMENT: Fields = Fields(&[(1, "metadata", Some(&META)), (2, "spec", Some(&DEPLOYMENT_SPEC))]);
-const JOB_SPEC: Fields = Fields(&[(1, "parallelism", None), (2, "completions", None), (3, "activeDeadlineSeconds", None), (6, "template", Some(&TEMPLATE)), (7, "backoffLimit", None), (8, "ttlSecondsAfterFinished", None)]);
+const JOB_SPEC: Fields = Fields(&[
+    (1, "parallelism", None),
+    (2, "completions", None),
+    (3, "activeDeadlineSeconds", None),
+    (6, "template", Some(&TEMPLATE)),
+    (7, "backoffLimit", None),
+    (8, "ttlSecondsAfterFinished", None),
+]);
 const JOB: Fields = Fields(&[(1, "metadata", Some(&META)), (2, "spec", Some(&JOB_SPEC))]);
 
 /// One field of a protobuf message: its number and its value (a varint or fixed value as an
@@ -743,7 +786,12 @@ fn put_map(o: &mut Map<String, Value>, key: &str, entries: impl Iterator<Item = 
 fn with_meta(m: Option<ObjectMeta>) -> Map<String, Value> {
     let m = m.unwrap_or_default();
     let mut meta = Map::new();
-    for (k, v) in [("name", m.name), ("generateName", m.generate_name), ("namespace", m.namespace), ("resourceVersion", m.resource_version)] {
+    for (k, v) in [
+        ("name", m.name),
+        ("generateName", m.generate_name),
+        ("namespace", m.namespace),
+        ("resourceVersion", m.resource_version),
+    ] {
         if !v.is_empty() {
             meta.insert(k.into(), json!(v));
         }
@@ -769,11 +817,20 @@ mod tests {
 
     #[test]
     fn service_ports_and_target_ports_to_json() {
-        let port = |name: &str, n: i32, target: IntOrString| ServicePort { name: Some(name.into()), protocol: Some("TCP".into()), port: Some(n), target_port: Some(target), node_port: None };
+        let port = |name: &str, n: i32, target: IntOrString| ServicePort {
+            name: Some(name.into()),
+            protocol: Some("TCP".into()),
+            port: Some(n),
+            target_port: Some(target),
+            node_port: None,
+        };
         let svc = Service {
             metadata: Some(ObjectMeta { name: "web".into(), ..Default::default() }),
             spec: Some(ServiceSpec {
-                ports: vec![port("a", 80, IntOrString { type_: Some(0), int_val: Some(8080), str_val: None }), port("b", 81, IntOrString { type_: Some(1), int_val: None, str_val: Some("http".into()) })],
+                ports: vec![
+                    port("a", 80, IntOrString { type_: Some(0), int_val: Some(8080), str_val: None }),
+                    port("b", 81, IntOrString { type_: Some(1), int_val: None, str_val: Some("http".into()) }),
+                ],
                 selector: [("app".to_string(), "web".to_string())].into(),
                 cluster_ip: Some("10.96.0.9".into()),
                 type_: Some("ClusterIP".into()),
@@ -781,25 +838,73 @@ mod tests {
             }),
         };
         let v = decode(&envelope("Service", svc.encode_to_vec())).unwrap();
-        assert_eq!(v["spec"], json!({"ports": [{"name": "a", "protocol": "TCP", "port": 80, "targetPort": 8080}, {"name": "b", "protocol": "TCP", "port": 81, "targetPort": "http"}], "selector": {"app": "web"}, "clusterIP": "10.96.0.9", "type": "ClusterIP"}));
+        assert_eq!(
+            v["spec"],
+            json!({"ports": [{"name": "a", "protocol": "TCP", "port": 80, "targetPort": 8080}, {"name": "b", "protocol": "TCP", "port": 81, "targetPort": "http"}], "selector": {"app": "web"}, "clusterIP": "10.96.0.9", "type": "ClusterIP"})
+        );
     }
 
     #[test]
     fn configmap_and_secret_round_trip_to_json() {
-        let meta = ObjectMeta { name: "cm".into(), labels: HashMap::from([("a".into(), "b".into())]), ..Default::default() };
-        let cm = ConfigMap { metadata: Some(meta.clone()), data: HashMap::from([("k".into(), "v".into())]), binary_data: HashMap::from([("bin".into(), vec![0, 255])]), immutable: None };
+        let meta =
+            ObjectMeta { name: "cm".into(), labels: HashMap::from([("a".into(), "b".into())]), ..Default::default() };
+        let cm = ConfigMap {
+            metadata: Some(meta.clone()),
+            data: HashMap::from([("k".into(), "v".into())]),
+            binary_data: HashMap::from([("bin".into(), vec![0, 255])]),
+            immutable: None,
+        };
         let v = decode(&envelope("ConfigMap", cm.encode_to_vec())).unwrap();
-        assert_eq!(v, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "labels": {"a": "b"}}, "data": {"k": "v"}, "binaryData": {"bin": "AP8="}}));
-        let s = Secret { metadata: Some(meta), data: HashMap::from([("p".into(), b"pw".to_vec())]), type_: Some("Opaque".into()), ..Default::default() };
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "labels": {"a": "b"}}, "data": {"k": "v"}, "binaryData": {"bin": "AP8="}})
+        );
+        let s = Secret {
+            metadata: Some(meta),
+            data: HashMap::from([("p".into(), b"pw".to_vec())]),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
         let v = decode(&envelope("Secret", s.encode_to_vec())).unwrap();
         assert_eq!(v["data"]["p"], "cHc=");
         assert_eq!(v["type"], "Opaque");
-        let csr = Csr { status: Some(CsrStatus { conditions: vec![CsrCondition { type_: "Approved".into(), status: "True".into(), reason: "KubectlApprove".into(), last_update_time: Some(Time { seconds: 0 }), ..Default::default() }], certificate: vec![] }), ..Default::default() };
-        let u = Unknown { type_meta: Some(TypeMeta { api_version: "certificates.k8s.io/v1".into(), kind: "CertificateSigningRequest".into() }), raw: csr.encode_to_vec() };
+        let csr = Csr {
+            status: Some(CsrStatus {
+                conditions: vec![CsrCondition {
+                    type_: "Approved".into(),
+                    status: "True".into(),
+                    reason: "KubectlApprove".into(),
+                    last_update_time: Some(Time { seconds: 0 }),
+                    ..Default::default()
+                }],
+                certificate: vec![],
+            }),
+            ..Default::default()
+        };
+        let u = Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: "certificates.k8s.io/v1".into(),
+                kind: "CertificateSigningRequest".into(),
+            }),
+            raw: csr.encode_to_vec(),
+        };
         let v = decode(&[MAGIC.to_vec(), u.encode_to_vec()].concat()).unwrap();
-        assert_eq!(v["status"]["conditions"][0], json!({"type": "Approved", "status": "True", "reason": "KubectlApprove", "message": "", "lastUpdateTime": "1970-01-01T00:00:00Z", "lastTransitionTime": null}));
-        let tr = TokenRequest { spec: Some(TokenRequestSpec { audiences: vec!["a".into()], expiration_seconds: Some(700), bound_object_ref: None }), metadata: None };
-        let u = Unknown { type_meta: Some(TypeMeta { api_version: "authentication.k8s.io/v1".into(), kind: "TokenRequest".into() }), raw: tr.encode_to_vec() };
+        assert_eq!(
+            v["status"]["conditions"][0],
+            json!({"type": "Approved", "status": "True", "reason": "KubectlApprove", "message": "", "lastUpdateTime": "1970-01-01T00:00:00Z", "lastTransitionTime": null})
+        );
+        let tr = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: vec!["a".into()],
+                expiration_seconds: Some(700),
+                bound_object_ref: None,
+            }),
+            metadata: None,
+        };
+        let u = Unknown {
+            type_meta: Some(TypeMeta { api_version: "authentication.k8s.io/v1".into(), kind: "TokenRequest".into() }),
+            raw: tr.encode_to_vec(),
+        };
         let v = decode(&[MAGIC.to_vec(), u.encode_to_vec()].concat()).unwrap();
         assert_eq!(v["spec"], json!({"audiences": ["a"], "expirationSeconds": 700}));
         let e = decode(&envelope("Pod", vec![])).unwrap_err();
@@ -851,28 +956,49 @@ mod tests {
 
     #[test]
     fn deployments_and_jobs_decode_and_unread_fields_are_refused() {
-        let ctr = Container { name: Some("web".into()), image: Some("busybox:1.36".into()), command: vec!["sleep".into(), "1".into()], ports: vec![ContainerPort { container_port: Some(80), ..Default::default() }], ..Default::default() };
+        let ctr = Container {
+            name: Some("web".into()),
+            image: Some("busybox:1.36".into()),
+            command: vec!["sleep".into(), "1".into()],
+            ports: vec![ContainerPort { container_port: Some(80), ..Default::default() }],
+            ..Default::default()
+        };
         let labels = HashMap::from([("app".to_string(), "web".to_string())]);
         let d = Deployment {
             metadata: Some(ObjectMeta { name: "web".into(), labels: labels.clone(), ..Default::default() }),
             spec: Some(DeploymentSpec {
                 replicas: Some(2),
                 selector: Some(LabelSelector { match_labels: labels.clone() }),
-                template: Some(PodTemplateSpec { metadata: Some(ObjectMeta { labels, ..Default::default() }), spec: Some(PodSpec { containers: vec![ctr], ..Default::default() }) }),
+                template: Some(PodTemplateSpec {
+                    metadata: Some(ObjectMeta { labels, ..Default::default() }),
+                    spec: Some(PodSpec { containers: vec![ctr], ..Default::default() }),
+                }),
                 strategy: Some(DeploymentStrategy::default()),
                 ..Default::default()
             }),
         };
         let v = decode(&workload("Deployment", "apps/v1", d.encode_to_vec())).unwrap();
-        assert_eq!(v["spec"], json!({"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
-            "spec": {"containers": [{"name": "web", "image": "busybox:1.36", "command": ["sleep", "1"], "ports": [{"containerPort": 80}]}]}}}));
+        assert_eq!(
+            v["spec"],
+            json!({"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "busybox:1.36", "command": ["sleep", "1"], "ports": [{"containerPort": 80}]}]}}})
+        );
 
         // Zero-valued fields the decoder does not read (Go's empty status) pass; set ones do not.
-        let quiet = JobWithEnv { spec: Some(JobSpecWithEnv { template: Some(TemplateWithEnv { spec: Some(PodSpecWithEnv { containers: vec![ContainerWithEnv { name: "c".into(), env: vec![] }] }) }) }), status: vec![0x08, 0x00] };
+        let quiet = JobWithEnv {
+            spec: Some(JobSpecWithEnv {
+                template: Some(TemplateWithEnv {
+                    spec: Some(PodSpecWithEnv { containers: vec![ContainerWithEnv { name: "c".into(), env: vec![] }] }),
+                }),
+            }),
+            status: vec![0x08, 0x00],
+        };
         let v = decode(&workload("Job", "batch/v1", quiet.encode_to_vec())).unwrap();
         assert_eq!(v["spec"]["template"]["spec"]["containers"], json!([{"name": "c"}]));
         let mut loud = quiet.clone();
-        loud.spec.as_mut().unwrap().template.as_mut().unwrap().spec.as_mut().unwrap().containers[0].env.push(EnvVar { name: "A".into() });
+        loud.spec.as_mut().unwrap().template.as_mut().unwrap().spec.as_mut().unwrap().containers[0]
+            .env
+            .push(EnvVar { name: "A".into() });
         let e = decode(&workload("Job", "batch/v1", loud.encode_to_vec())).unwrap_err();
         assert!(e.contains("Job.spec.template.spec.containers: field number 7") && e.contains("JSON"), "{e}");
         let e = decode(&workload("Job", "batch/v1", vec![0x12, 0x05, 0x01])).unwrap_err();

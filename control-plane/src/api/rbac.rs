@@ -32,7 +32,9 @@ fn binds(subjects: &Value, user: &User) -> bool {
         match s["kind"].as_str() {
             Some("User") => user.name == name,
             Some("Group") => user.in_group(name),
-            Some("ServiceAccount") => user.service_account() == Some((s["namespace"].as_str().unwrap_or_default(), name)),
+            Some("ServiceAccount") => {
+                user.service_account() == Some((s["namespace"].as_str().unwrap_or_default(), name))
+            }
             _ => false,
         }
     })
@@ -45,12 +47,21 @@ fn has(list: &Value, want: &str) -> bool {
 fn rules_allow(rules: &Value, a: &Attrs<'_>) -> bool {
     let plural = a.resource.plural;
     rules.as_array().into_iter().flatten().any(|r| {
-        let resource_ok = r["resources"].as_array().into_iter().flatten().filter_map(Value::as_str).any(|res| match a.sub {
-            None => res == "*" || res == plural,
-            Some(sub) => res == "*" || res == format!("{plural}/{sub}") || res == format!("*/{sub}") || res == format!("{plural}/*"),
-        });
+        let resource_ok =
+            r["resources"].as_array().into_iter().flatten().filter_map(Value::as_str).any(|res| match a.sub {
+                None => res == "*" || res == plural,
+                Some(sub) => {
+                    res == "*"
+                        || res == format!("{plural}/{sub}")
+                        || res == format!("*/{sub}")
+                        || res == format!("{plural}/*")
+                }
+            });
         let names = r["resourceNames"].as_array().filter(|n| !n.is_empty());
-        has(&r["verbs"], a.verb) && has(&r["apiGroups"], a.resource.group) && resource_ok && names.is_none_or(|n| a.name.is_some_and(|name| n.iter().any(|x| x == name)))
+        has(&r["verbs"], a.verb)
+            && has(&r["apiGroups"], a.resource.group)
+            && resource_ok
+            && names.is_none_or(|n| a.name.is_some_and(|name| n.iter().any(|x| x == name)))
     })
 }
 
@@ -65,7 +76,8 @@ mod tests {
         let f = FieldSelector::default();
         let node = resources::by_kind("Node");
         let at = |verb, sub, name| Attrs { verb, resource: node, sub, namespace: None, name, fields: &f };
-        let rules = json!([{"apiGroups": [""], "resources": ["nodes/proxy", "nodes/stats"], "verbs": ["get", "create"]}]);
+        let rules =
+            json!([{"apiGroups": [""], "resources": ["nodes/proxy", "nodes/stats"], "verbs": ["get", "create"]}]);
         assert!(rules_allow(&rules, &at("get", Some("proxy"), Some("n1"))));
         assert!(!rules_allow(&rules, &at("get", None, Some("n1"))), "the subresource only");
         assert!(!rules_allow(&rules, &at("delete", Some("proxy"), Some("n1"))));

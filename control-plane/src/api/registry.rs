@@ -83,7 +83,8 @@ fn random_suffix() -> String {
 }
 
 pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
-    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
+    let mut v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
     v["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
     Ok(v)
 }
@@ -120,7 +121,10 @@ fn parse_continue(tok: &str) -> ApiResult<(Rev, String)> {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Registry { store, service_ips: Arc::new(ServiceIps::parse(DEFAULT_SERVICE_RANGE).expect("the default range parses")) }
+        Registry {
+            store,
+            service_ips: Arc::new(ServiceIps::parse(DEFAULT_SERVICE_RANGE).expect("the default range parses")),
+        }
     }
 
     /// Services get their ClusterIPs from `cidr`.
@@ -157,7 +161,11 @@ impl Registry {
         let want = q.limit.unwrap_or(usize::MAX);
         let batch = q.limit.map(|l| l.max(100));
         loop {
-            let page = match self.store.list(&prefix, ListOptions { at, start_after: start.clone(), limit: batch }).await {
+            let page = match self
+                .store
+                .list(&prefix, ListOptions { at, start_after: start.clone(), limit: batch })
+                .await
+            {
                 Ok(p) => p,
                 Err(StoreError::Compacted { .. }) if q.continue_token.is_some() => {
                     return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
@@ -188,13 +196,24 @@ impl Registry {
     }
 
     /// Every matching object (no paging), for controllers.
-    pub async fn list_all(&self, r: &ResourceDef, ns: Option<&str>, labels: Option<&LabelSelector>) -> ApiResult<Vec<Value>> {
+    pub async fn list_all(
+        &self,
+        r: &ResourceDef,
+        ns: Option<&str>,
+        labels: Option<&LabelSelector>,
+    ) -> ApiResult<Vec<Value>> {
         let q = ListQuery { labels: labels.cloned().unwrap_or_default(), ..Default::default() };
         Ok(self.list(r, ns, &q).await?.items)
     }
 
     /// Fills in identity, defaults, typed round-trip and validation for a new object.
-    fn prepare_create(&self, r: &ResourceDef, ns: Option<&str>, mut obj: Value, fv: FieldValidation) -> ApiResult<Value> {
+    fn prepare_create(
+        &self,
+        r: &ResourceDef,
+        ns: Option<&str>,
+        mut obj: Value,
+        fv: FieldValidation,
+    ) -> ApiResult<Value> {
         if !obj.is_object() {
             return Err(ApiError::bad_request("the request body must be a JSON object"));
         }
@@ -209,7 +228,9 @@ impl Registry {
             let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required"))?;
             match m["namespace"].as_str() {
                 Some(n) if !n.is_empty() && n != ns => {
-                    return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"))
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ))
                 }
                 _ => m["namespace"] = json!(ns),
             }
@@ -260,7 +281,9 @@ impl Registry {
             "Service" => {
                 let guard = self.service_ips.lock.lock().await;
                 let used = service_ips::in_use(&self.list_all(r, None, None).await?);
-                self.service_ips.assign(&mut obj, &used).map_err(|c| ApiError::invalid(r.kind, r.group, &name, vec![c]))?;
+                self.service_ips
+                    .assign(&mut obj, &used)
+                    .map_err(|c| ApiError::invalid(r.kind, r.group, &name, vec![c]))?;
                 Some(guard)
             }
             _ => None,
@@ -287,11 +310,21 @@ impl Registry {
     }
 
     /// PUT: replaces the object (or its status with `sub = Some("status")`).
-    pub async fn update(&self, r: &ResourceDef, ns: Option<&str>, name: &str, body: Value, sub: Option<&str>, fv: FieldValidation) -> ApiResult<Value> {
+    pub async fn update(
+        &self,
+        r: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+        sub: Option<&str>,
+        fv: FieldValidation,
+    ) -> ApiResult<Value> {
         check_type(r, &body)?;
         let body_name = meta_str(&body, "name");
         if !body_name.is_empty() && body_name != name {
-            return Err(ApiError::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
         }
         let precondition = rv_of(&body);
         let cur = self.get(r, ns, name).await?;
@@ -305,10 +338,20 @@ impl Registry {
 
     /// PATCH; retried on write conflicts unless the patch carries a resourceVersion.
     #[allow(clippy::too_many_arguments)]
-    pub async fn patch(&self, r: &ResourceDef, ns: Option<&str>, name: &str, kind: PatchType, body: &Value, sub: Option<&str>, fv: FieldValidation) -> ApiResult<Value> {
+    pub async fn patch(
+        &self,
+        r: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchType,
+        body: &Value,
+        sub: Option<&str>,
+        fv: FieldValidation,
+    ) -> ApiResult<Value> {
         for _ in 0..16 {
             let cur = self.get(r, ns, name).await?;
-            let patched = patch::apply(kind, &cur, body).map_err(|e| ApiError::bad_request(format!("the patch could not be applied: {e}")))?;
+            let patched = patch::apply(kind, &cur, body)
+                .map_err(|e| ApiError::bad_request(format!("the patch could not be applied: {e}")))?;
             let pinned = rv_of(&patched) != rv_of(&cur);
             if pinned {
                 return Err(conflict(r, name));
@@ -322,7 +365,14 @@ impl Registry {
     }
 
     /// Read-modify-write for controllers: `f` edits the object (returns false for no change).
-    pub async fn modify(&self, r: &ResourceDef, ns: Option<&str>, name: &str, sub: Option<&str>, mut f: impl FnMut(&mut Value) -> bool) -> ApiResult<Value> {
+    pub async fn modify(
+        &self,
+        r: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        mut f: impl FnMut(&mut Value) -> bool,
+    ) -> ApiResult<Value> {
         for _ in 0..16 {
             let cur = self.get(r, ns, name).await?;
             let mut new = cur.clone();
@@ -338,7 +388,17 @@ impl Registry {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn write_update(&self, r: &ResourceDef, ns: Option<&str>, name: &str, cur: Value, body: Value, sub: Option<&str>, fv: FieldValidation, cas: bool) -> ApiResult<Value> {
+    async fn write_update(
+        &self,
+        r: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        cur: Value,
+        body: Value,
+        sub: Option<&str>,
+        fv: FieldValidation,
+        cas: bool,
+    ) -> ApiResult<Value> {
         let cur_rev = rv_of(&cur).unwrap_or(0);
         let mut new = match sub {
             Some("status") => {
@@ -363,7 +423,15 @@ impl Registry {
         if !new["metadata"].is_object() {
             new["metadata"] = json!({});
         }
-        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+            "name",
+        ] {
             match cur["metadata"].get(f) {
                 Some(v) => new["metadata"][f] = v.clone(),
                 None => {
@@ -420,14 +488,30 @@ impl Registry {
 
     /// DELETE. Returns the object as last seen (with deletionTimestamp when deletion waits for
     /// finalizers or a node) and whether it is gone from the store.
-    pub async fn delete(&self, r: &ResourceDef, ns: Option<&str>, name: &str, opts: &DeleteOpts) -> ApiResult<(Value, bool)> {
+    pub async fn delete(
+        &self,
+        r: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOpts,
+    ) -> ApiResult<(Value, bool)> {
         for _ in 0..16 {
             let cur = self.get(r, ns, name).await?;
             if opts.uid.as_deref().is_some_and(|u| u != meta_str(&cur, "uid")) {
-                return Err(ApiError::conflict(r.group, r.plural, name, "Precondition failed: UID in precondition does not match the UID in record"));
+                return Err(ApiError::conflict(
+                    r.group,
+                    r.plural,
+                    name,
+                    "Precondition failed: UID in precondition does not match the UID in record",
+                ));
             }
             if opts.resource_version.as_deref().is_some_and(|v| v != meta_str(&cur, "resourceVersion")) {
-                return Err(ApiError::conflict(r.group, r.plural, name, "Precondition failed: ResourceVersion in precondition does not match"));
+                return Err(ApiError::conflict(
+                    r.group,
+                    r.plural,
+                    name,
+                    "Precondition failed: ResourceVersion in precondition does not match",
+                ));
             }
             let rev = rv_of(&cur).unwrap_or(0);
             let mut new = cur.clone();
@@ -439,7 +523,8 @@ impl Registry {
             }
             let grace = self.grace_period(r, &cur, opts);
             // Namespaces wait for their spec finalizers (the namespace controller empties them).
-            let ns_finalizers = r.kind == "Namespace" && cur["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+            let ns_finalizers =
+                r.kind == "Namespace" && cur["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
             if ns_finalizers {
                 new["status"]["phase"] = json!("Terminating");
             }
@@ -447,12 +532,16 @@ impl Registry {
             let wait = !finalizers.is_empty() || grace > 0 || ns_finalizers;
             if wait {
                 let old_grace = cur["metadata"]["deletionGracePeriodSeconds"].as_i64();
-                if already && old_grace.is_none_or(|g| g <= grace) && finalizers == cur["metadata"]["finalizers"].as_array().cloned().unwrap_or_default() {
+                if already
+                    && old_grace.is_none_or(|g| g <= grace)
+                    && finalizers == cur["metadata"]["finalizers"].as_array().cloned().unwrap_or_default()
+                {
                     return Ok((cur, false));
                 }
                 let when = chrono::Utc::now() + chrono::Duration::seconds(grace);
                 if !already || old_grace.is_some_and(|g| grace < g) {
-                    new["metadata"]["deletionTimestamp"] = json!(when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                    new["metadata"]["deletionTimestamp"] =
+                        json!(when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                     new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
                 }
                 new["metadata"]["finalizers"] = json!(finalizers);
@@ -487,7 +576,8 @@ impl Registry {
             return 0;
         }
         let phase = cur["status"]["phase"].as_str().unwrap_or_default();
-        if cur["spec"]["nodeName"].as_str().unwrap_or_default().is_empty() || phase == "Succeeded" || phase == "Failed" {
+        if cur["spec"]["nodeName"].as_str().unwrap_or_default().is_empty() || phase == "Succeeded" || phase == "Failed"
+        {
             return 0;
         }
         opts.grace_period.unwrap_or_else(|| cur["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0)
@@ -510,7 +600,12 @@ fn finalized(r: &ResourceDef, v: &Value) -> bool {
 }
 
 fn conflict(r: &ResourceDef, name: &str) -> ApiError {
-    ApiError::conflict(r.group, r.plural, name, "the object has been modified; please apply your changes to the latest version and try again")
+    ApiError::conflict(
+        r.group,
+        r.plural,
+        name,
+        "the object has been modified; please apply your changes to the latest version and try again",
+    )
 }
 
 fn check_type(r: &ResourceDef, obj: &Value) -> ApiResult<()> {

@@ -36,7 +36,17 @@ macro_rules! res {
 
 pub static RESOURCES: &[ResourceDef] = &[
     res!("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], NONE, &["status", "finalize"]),
-    res!("", "v1", "pods", "pod", "Pod", true, &["po"], ALL, &["status", "binding", "eviction", "log", "exec", "attach", "portforward"]),
+    res!(
+        "",
+        "v1",
+        "pods",
+        "pod",
+        "Pod",
+        true,
+        &["po"],
+        ALL,
+        &["status", "binding", "eviction", "log", "exec", "attach", "portforward"]
+    ),
     res!("", "v1", "nodes", "node", "Node", false, &["no"], NONE, &["status"]),
     res!("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], NONE, NONE),
     res!("", "v1", "secrets", "secret", "Secret", true, NONE, NONE, NONE),
@@ -51,11 +61,51 @@ pub static RESOURCES: &[ResourceDef] = &[
     res!("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", true, NONE, NONE, NONE),
     res!("batch", "v1", "jobs", "job", "Job", true, NONE, ALL, &["status"]),
     res!("authentication.k8s.io", "v1", "tokenreviews", "tokenreview", "TokenReview", false, NONE, NONE, NONE),
-    res!("authorization.k8s.io", "v1", "subjectaccessreviews", "subjectaccessreview", "SubjectAccessReview", false, NONE, NONE, NONE),
-    res!("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview", false, NONE, NONE, NONE),
+    res!(
+        "authorization.k8s.io",
+        "v1",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        "SubjectAccessReview",
+        false,
+        NONE,
+        NONE,
+        NONE
+    ),
+    res!(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        "SelfSubjectAccessReview",
+        false,
+        NONE,
+        NONE,
+        NONE
+    ),
     res!("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, NONE, NONE, NONE),
-    res!("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, NONE, NONE, NONE),
-    res!("certificates.k8s.io", "v1", "certificatesigningrequests", "certificatesigningrequest", "CertificateSigningRequest", false, &["csr"], NONE, &["status", "approval"]),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        NONE,
+        NONE,
+        NONE
+    ),
+    res!(
+        "certificates.k8s.io",
+        "v1",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        "CertificateSigningRequest",
+        false,
+        &["csr"],
+        NONE,
+        &["status", "approval"]
+    ),
 ];
 
 /// Groups in discovery order (core first).

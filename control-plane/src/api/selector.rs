@@ -59,8 +59,13 @@ impl LabelSelector {
         }
         for e in v.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
             let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
-            let vals: Vec<String> =
-                e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect();
+            let vals: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect();
             reqs.push(match e.get("operator").and_then(Value::as_str) {
                 Some("In") => Req::In(key, vals),
                 Some("NotIn") => Req::NotIn(key, vals),

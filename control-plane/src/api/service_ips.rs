@@ -61,14 +61,26 @@ impl ServiceIps {
             "" => {
                 // The first address is reserved for the `kubernetes` Service.
                 let free = (self.base + 2..self.base + self.size - 1).find(|ip| !used.contains(ip));
-                let ip = free.ok_or_else(|| Cause::invalid("spec.clusterIP", "", &format!("no free address is left in the service range {}", self.cidr())))?;
+                let ip = free.ok_or_else(|| {
+                    Cause::invalid(
+                        "spec.clusterIP",
+                        "",
+                        &format!("no free address is left in the service range {}", self.cidr()),
+                    )
+                })?;
                 Ipv4Addr::from(ip).to_string()
             }
             s => {
-                let ip: Ipv4Addr = s.parse().map_err(|_| Cause::invalid("spec.clusterIP", s, "must be a valid IP address, (e.g. 10.9.8.7)"))?;
+                let ip: Ipv4Addr = s
+                    .parse()
+                    .map_err(|_| Cause::invalid("spec.clusterIP", s, "must be a valid IP address, (e.g. 10.9.8.7)"))?;
                 let n = u32::from(ip);
                 if !self.contains(n) {
-                    return Err(Cause::invalid("spec.clusterIP", s, &format!("provided IP is not in the valid range. The range of valid IPs is {}", self.cidr())));
+                    return Err(Cause::invalid(
+                        "spec.clusterIP",
+                        s,
+                        &format!("provided IP is not in the valid range. The range of valid IPs is {}", self.cidr()),
+                    ));
                 }
                 if used.contains(&n) {
                     return Err(Cause::invalid("spec.clusterIP", s, "provided IP is already allocated"));
@@ -121,7 +133,10 @@ mod tests {
         let mut used = HashSet::new();
         let mut a = svc(None);
         ips.assign(&mut a, &used).unwrap();
-        assert_eq!((a["spec"]["clusterIP"].as_str(), &a["spec"]["clusterIPs"]), (Some("10.96.0.2"), &json!(["10.96.0.2"])));
+        assert_eq!(
+            (a["spec"]["clusterIP"].as_str(), &a["spec"]["clusterIPs"]),
+            (Some("10.96.0.2"), &json!(["10.96.0.2"]))
+        );
         used = in_use(&[a]);
         let mut b = svc(None);
         ips.assign(&mut b, &used).unwrap();

@@ -55,7 +55,8 @@ impl ApiError {
     }
     pub fn conflict(group: &str, plural: &str, name: &str, why: &str) -> Self {
         let what = if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") };
-        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {what} \"{name}\": {why}")).with(name, group, plural)
+        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {what} \"{name}\": {why}"))
+            .with(name, group, plural)
     }
     pub fn gone(msg: impl Into<String>) -> Self {
         Self::new(410, "Expired", msg)

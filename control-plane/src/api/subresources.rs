@@ -10,7 +10,14 @@ use super::resources::ResourceDef;
 use super::status::ApiError;
 use super::{json_response, parse_body, Api, Body, Req};
 
-pub async fn handle(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&str>, name: &str, sub: &str) -> Result<http::Response<Body>, ApiError> {
+pub async fn handle(
+    api: &Api,
+    req: &Req,
+    r: &'static ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    sub: &str,
+) -> Result<http::Response<Body>, ApiError> {
     if !r.subresources.contains(&sub) {
         return Err(ApiError::no_route(&req.path));
     }
@@ -28,27 +35,36 @@ pub async fn handle(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&s
                 resource_version: d["preconditions"]["resourceVersion"].as_str().map(String::from),
             };
             api.reg.delete(r, ns, name, &opts).await?;
-            Ok(json_response(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+            Ok(json_response(
+                201,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ))
         }
         ("approval", &Method::PUT) => {
             // `kubectl certificate approve|deny`: the conditions are all this writes.
             let body = parse_body(&req.body)?;
             let conds = body["status"]["conditions"].clone();
-            let obj = api.reg.modify(r, ns, name, Some("status"), |o| {
-                let changed = o["status"]["conditions"] != conds;
-                o["status"]["conditions"] = conds.clone();
-                changed
-            }).await?;
+            let obj = api
+                .reg
+                .modify(r, ns, name, Some("status"), |o| {
+                    let changed = o["status"]["conditions"] != conds;
+                    o["status"]["conditions"] = conds.clone();
+                    changed
+                })
+                .await?;
             Ok(json_response(200, &obj))
         }
         ("finalize", &Method::PUT) => {
             let body = parse_body(&req.body)?;
             let fins = body["spec"]["finalizers"].clone();
-            let obj = api.reg.modify(r, ns, name, None, |o| {
-                let changed = o["spec"]["finalizers"] != fins;
-                o["spec"]["finalizers"] = fins.clone();
-                changed
-            }).await?;
+            let obj = api
+                .reg
+                .modify(r, ns, name, None, |o| {
+                    let changed = o["spec"]["finalizers"] != fins;
+                    o["spec"]["finalizers"] = fins.clone();
+                    changed
+                })
+                .await?;
             Ok(json_response(200, &obj))
         }
         _ => Err(ApiError::method_not_allowed(format!("{} is not supported on {}/{sub}", req.method, r.plural))),
@@ -66,7 +82,13 @@ fn scale_of(o: &Value) -> Value {
     })
 }
 
-async fn scale(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&str>, name: &str) -> Result<http::Response<Body>, ApiError> {
+async fn scale(
+    api: &Api,
+    req: &Req,
+    r: &'static ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<http::Response<Body>, ApiError> {
     let body = parse_body(&req.body)?;
     for _ in 0..16 {
         let cur = api.reg.get(r, ns, name).await?;
@@ -74,16 +96,32 @@ async fn scale(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&str>, 
         let want = if req.method == Method::PUT {
             body.clone()
         } else {
-            let kind = PatchType::from_content_type(&req.content_type).ok_or_else(|| ApiError::unsupported_media("unsupported patch type"))?;
+            let kind = PatchType::from_content_type(&req.content_type)
+                .ok_or_else(|| ApiError::unsupported_media("unsupported patch type"))?;
             patch::apply(kind, &cur_scale, &body).map_err(ApiError::bad_request)?
         };
-        let replicas = want["spec"]["replicas"].as_i64().ok_or_else(|| ApiError::bad_request("spec.replicas is required"))?;
+        let replicas =
+            want["spec"]["replicas"].as_i64().ok_or_else(|| ApiError::bad_request("spec.replicas is required"))?;
         if replicas < 0 {
-            return Err(ApiError::invalid("Scale", "autoscaling", name, vec![super::status::Cause::invalid("spec.replicas", &replicas.to_string(), "must be greater than or equal to 0")]));
+            return Err(ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                name,
+                vec![super::status::Cause::invalid(
+                    "spec.replicas",
+                    &replicas.to_string(),
+                    "must be greater than or equal to 0",
+                )],
+            ));
         }
         let pinned = meta_str(&want, "resourceVersion");
         if !pinned.is_empty() && pinned != meta_str(&cur, "resourceVersion") {
-            return Err(ApiError::conflict(r.group, r.plural, name, "the object has been modified; please apply your changes to the latest version and try again"));
+            return Err(ApiError::conflict(
+                r.group,
+                r.plural,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
         }
         let mut new = cur.clone();
         new["spec"]["replicas"] = json!(replicas);
@@ -96,14 +134,33 @@ async fn scale(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&str>, 
     Err(ApiError::internal("too many conflicting writes while scaling"))
 }
 
-async fn bind(api: &Api, req: &Req, r: &'static ResourceDef, ns: Option<&str>, name: &str) -> Result<http::Response<Body>, ApiError> {
+async fn bind(
+    api: &Api,
+    req: &Req,
+    r: &'static ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<http::Response<Body>, ApiError> {
     let body = parse_body(&req.body)?;
-    let node = body["target"]["name"].as_str().filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad_request("binding target name is required"))?.to_string();
+    let node = body["target"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("binding target name is required"))?
+        .to_string();
     bind_pod(api, r, ns, name, &node).await?;
-    Ok(json_response(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+    Ok(json_response(
+        201,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 /// Sets spec.nodeName once and marks the pod scheduled.
-pub async fn bind_pod(api: &Api, r: &'static ResourceDef, ns: Option<&str>, name: &str, node: &str) -> Result<(), ApiError> {
+pub async fn bind_pod(
+    api: &Api,
+    r: &'static ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    node: &str,
+) -> Result<(), ApiError> {
     super::super::controllers::bind(&api.reg, r, ns, name, node).await.map(|_| ())
 }

@@ -50,7 +50,12 @@ impl Out {
 }
 
 /// Starts the watch; returns the receiver of response chunks, or an error before any output.
-pub async fn start(reg: &Registry, r: &'static ResourceDef, ns: Option<String>, p: WatchParams) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+pub async fn start(
+    reg: &Registry,
+    r: &'static ResourceDef,
+    ns: Option<String>,
+    p: WatchParams,
+) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let prefix = r.prefix(ns.as_deref());
     let mut initial = Vec::new();
     let since = match p.since {
@@ -76,7 +81,14 @@ pub async fn start(reg: &Registry, r: &'static ResourceDef, ns: Option<String>, 
     Ok(rx)
 }
 
-async fn run(r: &'static ResourceDef, mut out: Out, mut events: crate::store::WatchStream, initial: Vec<Value>, since: Rev, p: WatchParams) {
+async fn run(
+    r: &'static ResourceDef,
+    mut out: Out,
+    mut events: crate::store::WatchStream,
+    initial: Vec<Value>,
+    since: Rev,
+    p: WatchParams,
+) {
     for obj in initial {
         if !out.send("ADDED", obj).await {
             return;
@@ -131,7 +143,8 @@ fn classify(q: &ListQuery, ev: &crate::store::Event) -> Option<(&'static str, Va
     let new = ev.value.as_ref().and_then(|v| obj_at(&ev.key, v, ev.rev));
     // Without selectors the previous value only matters for a delete: skip decoding it otherwise.
     let everything = q.labels.0.is_empty() && q.fields.is_empty();
-    let old = if everything && new.is_some() { None } else { ev.prev.as_ref().and_then(|v| obj_at(&ev.key, v, ev.rev)) };
+    let old =
+        if everything && new.is_some() { None } else { ev.prev.as_ref().and_then(|v| obj_at(&ev.key, v, ev.rev)) };
     let new_m = new.as_ref().is_some_and(sel);
     let old_m = if everything && new.is_some() { ev.prev.is_some() } else { old.as_ref().is_some_and(sel) };
     match (new, new_m, old_m) {

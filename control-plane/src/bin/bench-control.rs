@@ -61,7 +61,14 @@ fn start_etcd(dir: &Path) -> anyhow::Result<(Proc, String)> {
     let child = Command::new("etcd")
         .args(["--name", "b", "--data-dir", &dir.join("etcd").to_string_lossy()])
         .args(["--listen-client-urls", &url, "--advertise-client-urls", &url, "--listen-peer-urls", &peer])
-        .args(["--initial-advertise-peer-urls", &peer, "--initial-cluster", &format!("b={peer}"), "--log-level", "error"])
+        .args([
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("b={peer}"),
+            "--log-level",
+            "error",
+        ])
         .args(["--quota-backend-bytes", "8589934592"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -99,9 +106,19 @@ impl Client {
     }
 }
 
-async fn call(s: &mut SendRequest<Full<Bytes>>, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Bytes)> {
+async fn call(
+    s: &mut SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Bytes)> {
     let b = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
-    let req = http::Request::builder().method(method).uri(path).header("host", "127.0.0.1").header("content-type", "application/json").body(Full::new(b))?;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(Full::new(b))?;
     s.ready().await?;
     let resp = s.send_request(req).await?;
     let code = resp.status().as_u16();
@@ -118,7 +135,9 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 fn rss_kib(pid: u32) -> (u64, u64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let f = |k: &str| s.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    let f = |k: &str| {
+        s.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    };
     (f("VmRSS:"), f("VmHWM:"))
 }
 
@@ -132,7 +151,8 @@ async fn run(args: &Args, backend: &str, server: &Path) -> anyhow::Result<()> {
     let dir = TempDir(std::env::temp_dir().join(format!("bench-control-{}-{backend}", std::process::id())));
     std::fs::create_dir_all(dir.path())?;
     let _etcd;
-    let mut flags: Vec<String> = vec!["--node-monitor-grace-period".into(), "3600".into(), "--log-level".into(), "warn".into()];
+    let mut flags: Vec<String> =
+        vec!["--node-monitor-grace-period".into(), "3600".into(), "--log-level".into(), "warn".into()];
     if backend == "etcd" {
         let (p, url) = start_etcd(dir.path())?;
         _etcd = Some(p);
@@ -193,7 +213,10 @@ async fn run(args: &Args, backend: &str, server: &Path) -> anyhow::Result<()> {
     // The watch, on its own connection.
     let log = Arc::new(Mutex::new(WatchLog::default()));
     let mut wc = client.conn().await?;
-    let req = http::Request::builder().uri(format!("/api/v1/pods?watch=true&resourceVersion={rv}")).header("host", "127.0.0.1").body(Full::new(Bytes::new()))?;
+    let req = http::Request::builder()
+        .uri(format!("/api/v1/pods?watch=true&resourceVersion={rv}"))
+        .header("host", "127.0.0.1")
+        .body(Full::new(Bytes::new()))?;
     let mut body = wc.send_request(req).await?.into_body();
     let wlog = log.clone();
     tokio::spawn(async move {
@@ -301,11 +324,26 @@ async fn run(args: &Args, backend: &str, server: &Path) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_end, hwm) = rss_kib(pid);
     println!("## backend: {backend} — {} pods, {} clients, {} nodes", args.pods, args.clients, args.nodes);
-    println!("create: {create_secs:.2} s, {:.0} pods/s; request latency p50 {:.1} ms, p99 {:.1} ms", args.pods as f64 / create_secs, pct(&mut create_ms, 0.5), pct(&mut create_ms, 0.99));
-    println!("watch: create sent → ADDED received p50 {:.1} ms, p99 {:.1} ms", pct(&mut watch_ms, 0.5), pct(&mut watch_ms, 0.99));
+    println!(
+        "create: {create_secs:.2} s, {:.0} pods/s; request latency p50 {:.1} ms, p99 {:.1} ms",
+        args.pods as f64 / create_secs,
+        pct(&mut create_ms, 0.5),
+        pct(&mut create_ms, 0.99)
+    );
+    println!(
+        "watch: create sent → ADDED received p50 {:.1} ms, p99 {:.1} ms",
+        pct(&mut watch_ms, 0.5),
+        pct(&mut watch_ms, 0.99)
+    );
     println!("scheduler: create sent → bound p50 {:.0} ms, p99 {:.0} ms; all bound {all_bound_secs:.2} s after the first create", pct(&mut bind_ms, 0.5), pct(&mut bind_ms, 0.99));
     println!("list all: {list_ms:.0} ms ({:.1} MiB); paged by 500: {paged_ms:.0} ms ({pages} pages); labelSelector ({sel_n} items): {sel_ms:.0} ms", full.len() as f64 / 1048576.0);
-    println!("berth-control RSS: {:.1} MiB idle, {:.1} MiB after creates, {:.1} MiB at end (peak {:.1} MiB)\n", rss0 as f64 / 1024.0, rss_created as f64 / 1024.0, rss_end as f64 / 1024.0, hwm as f64 / 1024.0);
+    println!(
+        "berth-control RSS: {:.1} MiB idle, {:.1} MiB after creates, {:.1} MiB at end (peak {:.1} MiB)\n",
+        rss0 as f64 / 1024.0,
+        rss_created as f64 / 1024.0,
+        rss_end as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
     Ok(())
 }
 

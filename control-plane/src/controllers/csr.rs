@@ -28,7 +28,11 @@ pub struct Csrs {
 }
 
 fn condition(csr: &Value, ty: &str) -> bool {
-    csr["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == ty && c["status"].as_str().unwrap_or("True") == "True")
+    csr["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == ty && c["status"].as_str().unwrap_or("True") == "True")
 }
 
 fn request_pem(csr: &Value) -> Option<String> {
@@ -41,10 +45,12 @@ fn request_pem(csr: &Value) -> Option<String> {
 pub fn auto_approvable(csr: &Value, subject: &(String, Vec<String>)) -> bool {
     let spec = &csr["spec"];
     let usages: Vec<&str> = spec["usages"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    let usages_ok = usages.contains(&"client auth") && usages.iter().all(|u| matches!(*u, "client auth" | "digital signature" | "key encipherment"));
+    let usages_ok = usages.contains(&"client auth")
+        && usages.iter().all(|u| matches!(*u, "client auth" | "digital signature" | "key encipherment"));
     let (cn, orgs) = subject;
     let groups: Vec<&str> = spec["groups"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    let requester_ok = groups.contains(&"system:bootstrappers") || (groups.contains(&"system:nodes") && spec["username"].as_str() == Some(cn.as_str()));
+    let requester_ok = groups.contains(&"system:bootstrappers")
+        || (groups.contains(&"system:nodes") && spec["username"].as_str() == Some(cn.as_str()));
     spec["signerName"] == KUBELET_CLIENT_SIGNER && usages_ok && node_subject(cn, orgs) && requester_ok
 }
 
@@ -69,19 +75,28 @@ impl Reconciler for Csrs {
     async fn reconcile(&self, key: &Key) -> Result<Option<Duration>, ApiError> {
         let r = resources::by_kind("CertificateSigningRequest");
         let Some(csr) = self.reg.get_opt(r, None, key).await? else { return Ok(None) };
-        if condition(&csr, "Denied") || condition(&csr, "Failed") || csr["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty()) {
+        if condition(&csr, "Denied")
+            || condition(&csr, "Failed")
+            || csr["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty())
+        {
             return Ok(None);
         }
         let signer = csr["spec"]["signerName"].as_str().unwrap_or_default();
         if signer != KUBELET_CLIENT_SIGNER && signer != CLIENT_SIGNER {
             return Ok(None);
         }
-        let signed = request_pem(&csr).ok_or_else(|| "spec.request is not base64 PEM".to_string()).and_then(|pem| self.pki.sign_client_csr(&pem).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e))));
+        let signed = request_pem(&csr).ok_or_else(|| "spec.request is not base64 PEM".to_string()).and_then(|pem| {
+            self.pki.sign_client_csr(&pem).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))
+        });
         let (cn, orgs, cert) = match signed {
             Ok(s) => s,
             Err(why) => {
                 tracing::info!(csr = %key, %why, "certificate signing request is invalid");
-                self.reg.modify(r, None, key, Some("status"), |o| set_condition(&mut o["status"], "Failed", "True", "SignerValidationFailure", &why)).await?;
+                self.reg
+                    .modify(r, None, key, Some("status"), |o| {
+                        set_condition(&mut o["status"], "Failed", "True", "SignerValidationFailure", &why)
+                    })
+                    .await?;
                 return Ok(None);
             }
         };
@@ -92,17 +107,29 @@ impl Reconciler for Csrs {
         if signer == KUBELET_CLIENT_SIGNER && !node_subject(&cn, &orgs) {
             // That signer issues node identities only, whoever approved.
             let why = format!("subject {cn} {orgs:?} is not a node (system:node:NAME in system:nodes)");
-            self.reg.modify(r, None, key, Some("status"), |o| set_condition(&mut o["status"], "Failed", "True", "SignerValidationFailure", &why)).await?;
+            self.reg
+                .modify(r, None, key, Some("status"), |o| {
+                    set_condition(&mut o["status"], "Failed", "True", "SignerValidationFailure", &why)
+                })
+                .await?;
             return Ok(None);
         }
         let cert_b64 = base64::engine::general_purpose::STANDARD.encode(cert);
-        self.reg.modify(r, None, key, Some("status"), |o| {
-            if !approved {
-                set_condition(&mut o["status"], "Approved", "True", "AutoApproved", "Auto approving kubelet client certificate after SubjectAccessReview.");
-            }
-            o["status"]["certificate"] = json!(cert_b64);
-            true
-        }).await?;
+        self.reg
+            .modify(r, None, key, Some("status"), |o| {
+                if !approved {
+                    set_condition(
+                        &mut o["status"],
+                        "Approved",
+                        "True",
+                        "AutoApproved",
+                        "Auto approving kubelet client certificate after SubjectAccessReview.",
+                    );
+                }
+                o["status"]["certificate"] = json!(cert_b64);
+                true
+            })
+            .await?;
         tracing::info!(csr = %key, subject = %cn, auto = !approved, "signed a client certificate");
         Ok(None)
     }
@@ -119,8 +146,14 @@ mod tests {
         let node = ("system:node:n1".to_string(), vec!["system:nodes".to_string()]);
         assert!(auto_approvable(&csr(json!(["system:bootstrappers"]), "system:bootstrap:abc", usages.clone()), &node));
         assert!(auto_approvable(&csr(json!(["system:nodes"]), "system:node:n1", usages.clone()), &node));
-        assert!(!auto_approvable(&csr(json!(["system:nodes"]), "system:node:n2", usages.clone()), &node), "a node renews only itself");
-        assert!(!auto_approvable(&csr(json!(["system:bootstrappers"]), "b", json!(["client auth", "server auth"])), &node));
+        assert!(
+            !auto_approvable(&csr(json!(["system:nodes"]), "system:node:n2", usages.clone()), &node),
+            "a node renews only itself"
+        );
+        assert!(!auto_approvable(
+            &csr(json!(["system:bootstrappers"]), "b", json!(["client auth", "server auth"])),
+            &node
+        ));
         let admin = ("admin".to_string(), vec!["system:masters".to_string()]);
         assert!(!auto_approvable(&csr(json!(["system:bootstrappers"]), "b", usages.clone()), &admin));
         let two_orgs = ("system:node:n1".to_string(), vec!["system:nodes".to_string(), "system:masters".to_string()]);

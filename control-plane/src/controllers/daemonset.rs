@@ -54,16 +54,27 @@ fn with_default_tolerations(spec: &Value) -> Value {
 /// Whether a daemon pod of `spec` belongs on `node`.
 pub fn should_run(spec: &Value, node: &Value) -> bool {
     let labels = crate::api::selector::labels_of(node);
-    if spec["nodeSelector"].as_object().into_iter().flatten().any(|(k, v)| labels.get(k).map(String::as_str) != v.as_str()) {
+    if spec["nodeSelector"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .any(|(k, v)| labels.get(k).map(String::as_str) != v.as_str())
+    {
         return false;
     }
-    if let Some(terms) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].as_array() {
+    if let Some(terms) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"]
+        .as_array()
+    {
         if !terms.iter().any(|t| node_selector_term_matches(t, node)) {
             return false;
         }
     }
     let spec = with_default_tolerations(spec);
-    node["spec"]["taints"].as_array().into_iter().flatten().all(|taint| !matches!(taint["effect"].as_str(), Some("NoSchedule" | "NoExecute")) || tolerates(&spec["tolerations"], taint).is_some())
+    node["spec"]["taints"].as_array().into_iter().flatten().all(|taint| {
+        !matches!(taint["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
+            || tolerates(&spec["tolerations"], taint).is_some()
+    })
 }
 
 /// The node a daemon pod is for: its nodeName, else its `metadata.name` affinity.
@@ -71,8 +82,14 @@ fn target_node(pod: &Value) -> Option<String> {
     if let Some(n) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
         return Some(n.to_string());
     }
-    let terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].as_array()?;
-    terms.iter().flat_map(|t| t["matchFields"].as_array().cloned().unwrap_or_default()).find(|f| f["key"] == "metadata.name").and_then(|f| f["values"][0].as_str().map(String::from))
+    let terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"]
+        .as_array()?;
+    terms
+        .iter()
+        .flat_map(|t| t["matchFields"].as_array().cloned().unwrap_or_default())
+        .find(|f| f["key"] == "metadata.name")
+        .and_then(|f| f["values"][0].as_str().map(String::from))
 }
 
 /// A pod template for `node`: labelled with the revision hash, pinned by node affinity.
@@ -146,7 +163,14 @@ impl Reconciler for DaemonSets {
                 desired += 1;
                 match here.as_slice() {
                     [] => {
-                        self.reg.create(resources::by_kind("Pod"), ns, pod_from_template(&ds, &template_for(&ds, &hash, &n)), FieldValidation::Ignore).await?;
+                        self.reg
+                            .create(
+                                resources::by_kind("Pod"),
+                                ns,
+                                pod_from_template(&ds, &template_for(&ds, &hash, &n)),
+                                FieldValidation::Ignore,
+                            )
+                            .await?;
                         changed = true;
                     }
                     [one, extra @ ..] => {
@@ -174,7 +198,8 @@ impl Reconciler for DaemonSets {
         }
         let unavailable = pods.iter().filter(|p| !pod_ready(p)).count() as i64;
         if ds["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate" {
-            let max = int_or_percent(&ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], desired, true).max(1);
+            let max =
+                int_or_percent(&ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], desired, true).max(1);
             let budget = (max - unavailable).max(0) as usize;
             // Stale pods already unavailable go at once; available ones within the budget.
             let (down, up): (Vec<&Value>, Vec<&Value>) = stale.into_iter().partition(|p| !pod_ready(p));
@@ -183,20 +208,25 @@ impl Reconciler for DaemonSets {
                 changed = true;
             }
         }
-        let current: Vec<&Value> = pods.iter().filter(|p| p["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())).collect();
-        let updated = current.iter().filter(|p| p["metadata"]["labels"][HASH_LABEL].as_str() == Some(hash.as_str())).count();
+        let current: Vec<&Value> =
+            pods.iter().filter(|p| p["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())).collect();
+        let updated =
+            current.iter().filter(|p| p["metadata"]["labels"][HASH_LABEL].as_str() == Some(hash.as_str())).count();
         let ready = current.iter().filter(|p| pod_ready(p)).count();
         let status = strip_zero(json!({
             "desiredNumberScheduled": desired, "currentNumberScheduled": current.len(), "numberMisscheduled": misscheduled,
             "numberReady": ready, "numberAvailable": ready, "numberUnavailable": (desired as usize).saturating_sub(ready),
             "updatedNumberScheduled": updated, "observedGeneration": ds["metadata"]["generation"],
         }));
-        let status = ensure(status, &["desiredNumberScheduled", "currentNumberScheduled", "numberMisscheduled", "numberReady"]);
-        self.reg.modify(dsr, ns, name, Some("status"), |o| {
-            let differs = o["status"] != status;
-            o["status"] = status.clone();
-            differs
-        }).await?;
+        let status =
+            ensure(status, &["desiredNumberScheduled", "currentNumberScheduled", "numberMisscheduled", "numberReady"]);
+        self.reg
+            .modify(dsr, ns, name, Some("status"), |o| {
+                let differs = o["status"] != status;
+                o["status"] = status.clone();
+                differs
+            })
+            .await?;
         Ok(changed.then_some(Duration::from_millis(200)))
     }
 }
@@ -226,8 +256,17 @@ mod tests {
         assert!(!should_run(&spec, &node(json!({"role": "core"}), json!([]))));
         let plain = json!({"containers": [{"name": "c"}]});
         // Not-ready/unreachable and unschedulable taints are tolerated by default; others are not.
-        assert!(should_run(&plain, &node(json!({}), json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]))));
-        assert!(!should_run(&plain, &node(json!({}), json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]))));
+        assert!(should_run(
+            &plain,
+            &node(
+                json!({}),
+                json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}])
+            )
+        ));
+        assert!(!should_run(
+            &plain,
+            &node(json!({}), json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]))
+        ));
         assert!(should_run(&plain, &node(json!({}), json!([{"key": "x", "effect": "PreferNoSchedule"}]))));
         let ds = json!({"spec": {"template": {"metadata": {"labels": {"app": "a"}}, "spec": plain}}});
         let t = template_for(&ds, "h1", "n7");

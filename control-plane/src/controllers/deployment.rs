@@ -59,7 +59,11 @@ pub fn int_or_percent(v: &Value, total: i64, round_up: bool) -> i64 {
         Value::Number(n) => n.as_i64().unwrap_or(0),
         Value::String(s) if s.ends_with('%') => {
             let p: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
-            if round_up { (p * total + 99) / 100 } else { p * total / 100 }
+            if round_up {
+                (p * total + 99) / 100
+            } else {
+                p * total / 100
+            }
         }
         Value::String(s) => s.parse().unwrap_or(0),
         _ => 0,
@@ -77,11 +81,13 @@ fn available(rs: &Value) -> i64 {
 impl Deployments {
     async fn set_rs_replicas(&self, rs: &Value, n: i64) -> Result<(), ApiError> {
         let (ns, name) = (rs["metadata"]["namespace"].as_str(), meta_str(rs, "name"));
-        self.reg.modify(resources::by_kind("ReplicaSet"), ns, name, None, |o| {
-            let changed = replicas(o) != n;
-            o["spec"]["replicas"] = json!(n);
-            changed
-        }).await?;
+        self.reg
+            .modify(resources::by_kind("ReplicaSet"), ns, name, None, |o| {
+                let changed = replicas(o) != n;
+                o["spec"]["replicas"] = json!(n);
+                changed
+            })
+            .await?;
         Ok(())
     }
 
@@ -94,10 +100,13 @@ impl Deployments {
             // Rolling back to an older template makes its ReplicaSet the newest revision.
             if revision(rs) < max_rev {
                 let next = (max_rev + 1).to_string();
-                return self.reg.modify(rsr, ns, meta_str(rs, "name"), None, |o| {
-                    o["metadata"]["annotations"][REVISION] = json!(next);
-                    true
-                }).await;
+                return self
+                    .reg
+                    .modify(rsr, ns, meta_str(rs, "name"), None, |o| {
+                        o["metadata"]["annotations"][REVISION] = json!(next);
+                        true
+                    })
+                    .await;
             }
             return Ok(rs.clone());
         }
@@ -117,7 +126,15 @@ impl Deployments {
         });
         match self.reg.create(rsr, ns, rs, FieldValidation::Ignore).await {
             Ok(rs) => {
-                super::record_event(&self.reg, d, "Normal", "ScalingReplicaSet", &format!("Created new replica set \"{}\"", meta_str(&rs, "name")), "deployment-controller").await;
+                super::record_event(
+                    &self.reg,
+                    d,
+                    "Normal",
+                    "ScalingReplicaSet",
+                    &format!("Created new replica set \"{}\"", meta_str(&rs, "name")),
+                    "deployment-controller",
+                )
+                .await;
                 Ok(rs)
             }
             Err(e) => Err(e),
@@ -150,8 +167,13 @@ impl Reconciler for Deployments {
             return Ok(None);
         }
         let uid = meta_str(&d, "uid").to_string();
-        let all: Vec<Value> = self.reg.list_all(resources::by_kind("ReplicaSet"), ns, None).await?
-            .into_iter().filter(|rs| controller_of(rs, "Deployment").is_some_and(|(_, u)| u == uid)).collect();
+        let all: Vec<Value> = self
+            .reg
+            .list_all(resources::by_kind("ReplicaSet"), ns, None)
+            .await?
+            .into_iter()
+            .filter(|rs| controller_of(rs, "Deployment").is_some_and(|(_, u)| u == uid))
+            .collect();
         let paused = d["spec"]["paused"] == true;
         let new = self.new_rs(&d, &all).await?;
         let new_name = meta_str(&new, "name").to_string();
@@ -160,7 +182,8 @@ impl Reconciler for Deployments {
         let mut requeue = None;
         if !paused {
             if d["spec"]["strategy"]["type"] == "Recreate" {
-                let old_running: i64 = olds.iter().map(|rs| replicas(rs) + rs["status"]["replicas"].as_i64().unwrap_or(0)).sum();
+                let old_running: i64 =
+                    olds.iter().map(|rs| replicas(rs) + rs["status"]["replicas"].as_i64().unwrap_or(0)).sum();
                 for rs in &olds {
                     if replicas(rs) > 0 {
                         self.set_rs_replicas(rs, 0).await?;
@@ -216,17 +239,28 @@ impl Reconciler for Deployments {
             }
             // Prune old ReplicaSets beyond the history limit.
             let limit = d["spec"]["revisionHistoryLimit"].as_i64().unwrap_or(10).max(0) as usize;
-            let mut dead: Vec<&&Value> = olds.iter().filter(|rs| replicas(rs) == 0 && rs["status"]["replicas"].as_i64().unwrap_or(0) == 0).collect();
+            let mut dead: Vec<&&Value> = olds
+                .iter()
+                .filter(|rs| replicas(rs) == 0 && rs["status"]["replicas"].as_i64().unwrap_or(0) == 0)
+                .collect();
             if dead.len() > limit {
                 dead.sort_by_key(|rs| revision(rs));
                 for rs in &dead[..dead.len() - limit] {
-                    let _ = self.reg.delete(resources::by_kind("ReplicaSet"), ns, meta_str(rs, "name"), &DeleteOpts::default()).await;
+                    let _ = self
+                        .reg
+                        .delete(resources::by_kind("ReplicaSet"), ns, meta_str(rs, "name"), &DeleteOpts::default())
+                        .await;
                 }
             }
         }
         // Status from the ReplicaSets as they are now.
-        let all: Vec<Value> = self.reg.list_all(resources::by_kind("ReplicaSet"), ns, None).await?
-            .into_iter().filter(|rs| controller_of(rs, "Deployment").is_some_and(|(_, u)| u == uid)).collect();
+        let all: Vec<Value> = self
+            .reg
+            .list_all(resources::by_kind("ReplicaSet"), ns, None)
+            .await?
+            .into_iter()
+            .filter(|rs| controller_of(rs, "Deployment").is_some_and(|(_, u)| u == uid))
+            .collect();
         let sum = |f: &str| all.iter().map(|rs| rs["status"][f].as_i64().unwrap_or(0)).sum::<i64>();
         let newrs = all.iter().find(|rs| meta_str(rs, "name") == new_name);
         let updated = newrs.map_or(0, |rs| rs["status"]["replicas"].as_i64().unwrap_or(0));
@@ -240,9 +274,21 @@ impl Reconciler for Deployments {
         }));
         status["conditions"] = d["status"]["conditions"].clone();
         if avail >= want - max_unavail {
-            set_condition(&mut status, "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.");
+            set_condition(
+                &mut status,
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.",
+            );
         } else {
-            set_condition(&mut status, "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.");
+            set_condition(
+                &mut status,
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.",
+            );
         }
         let (reason, msg) = if complete {
             ("NewReplicaSetAvailable", format!("ReplicaSet \"{new_name}\" has successfully progressed."))
@@ -250,16 +296,21 @@ impl Reconciler for Deployments {
             ("ReplicaSetUpdated", format!("ReplicaSet \"{new_name}\" is progressing."))
         };
         set_condition(&mut status, "Progressing", "True", reason, &msg);
-        let d2 = self.reg.modify(dr, ns, name, Some("status"), |o| {
-            let changed = o["status"] != status;
-            o["status"] = status.clone();
-            changed
-        }).await?;
+        let d2 = self
+            .reg
+            .modify(dr, ns, name, Some("status"), |o| {
+                let changed = o["status"] != status;
+                o["status"] = status.clone();
+                changed
+            })
+            .await?;
         if d2["metadata"]["annotations"][REVISION].as_str() != Some(rev.as_str()) && rev != "0" {
-            self.reg.modify(dr, ns, name, None, |o| {
-                o["metadata"]["annotations"][REVISION] = json!(rev.clone());
-                true
-            }).await?;
+            self.reg
+                .modify(dr, ns, name, None, |o| {
+                    o["metadata"]["annotations"][REVISION] = json!(rev.clone());
+                    true
+                })
+                .await?;
         }
         Ok(if complete { None } else { requeue.or(Some(Duration::from_secs(1))) })
     }

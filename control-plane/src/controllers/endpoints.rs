@@ -43,7 +43,8 @@ fn resolve_ports(svc: &Value, pod: &Value) -> Option<Ports> {
                     .as_array()?
                     .iter()
                     .flat_map(|c| c["ports"].as_array().into_iter().flatten())
-                    .find(|cp| cp["name"] == s.as_str() && cp["protocol"].as_str().unwrap_or("TCP") == proto)?["containerPort"]
+                    .find(|cp| cp["name"] == s.as_str() && cp["protocol"].as_str().unwrap_or("TCP") == proto)?
+                    ["containerPort"]
                     .as_i64()?,
             },
             _ => p["port"].as_i64()?,
@@ -56,9 +57,14 @@ fn resolve_ports(svc: &Value, pod: &Value) -> Option<Ports> {
 /// The subsets of a Service's Endpoints from the pods it selects.
 pub fn subsets(svc: &Value, pods: &[Value]) -> Vec<Value> {
     let mut groups: BTreeMap<Ports, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
-    let mut pods: Vec<&Value> = pods.iter().filter(|p| pod_active(p) && !p["status"]["podIP"].as_str().unwrap_or_default().is_empty()).collect();
+    let mut pods: Vec<&Value> = pods
+        .iter()
+        .filter(|p| pod_active(p) && !p["status"]["podIP"].as_str().unwrap_or_default().is_empty())
+        .collect();
     // A stable order, so an unchanged set of pods never rewrites the Endpoints.
-    pods.sort_by_key(|p| (p["status"]["podIP"].as_str().unwrap_or_default().to_string(), meta_str(p, "name").to_string()));
+    pods.sort_by_key(|p| {
+        (p["status"]["podIP"].as_str().unwrap_or_default().to_string(), meta_str(p, "name").to_string())
+    });
     for p in pods {
         let Some(ports) = resolve_ports(svc, p) else { continue };
         let mut addr = json!({
@@ -97,7 +103,13 @@ pub fn subsets(svc: &Value, pods: &[Value]) -> Vec<Value> {
 }
 
 /// Creates the Endpoints `ns/name` with these labels and subsets, or brings it up to date.
-async fn put_endpoints(reg: &Registry, ns: &str, name: &str, labels: &Value, subsets: Vec<Value>) -> Result<(), ApiError> {
+async fn put_endpoints(
+    reg: &Registry,
+    ns: &str,
+    name: &str,
+    labels: &Value,
+    subsets: Vec<Value>,
+) -> Result<(), ApiError> {
     let r = resources::by_kind("Endpoints");
     let subsets = json!(subsets);
     match reg.get_opt(r, Some(ns), name).await? {
@@ -111,7 +123,12 @@ async fn put_endpoints(reg: &Registry, ns: &str, name: &str, labels: &Value, sub
                 _ => Ok(()),
             }
         }
-        Some(cur) if cur["subsets"] == subsets || (subsets.as_array().is_some_and(Vec::is_empty) && cur["subsets"].is_null()) => Ok(()),
+        Some(cur)
+            if cur["subsets"] == subsets
+                || (subsets.as_array().is_some_and(Vec::is_empty) && cur["subsets"].is_null()) =>
+        {
+            Ok(())
+        }
         Some(_) => {
             reg.modify(r, Some(ns), name, None, |o| {
                 o["subsets"] = subsets.clone();
@@ -193,7 +210,8 @@ pub async fn ensure_kubernetes_service(reg: &Registry, ip: IpAddr, port: u16) ->
             _ => {}
         }
     }
-    let subset = json!({"addresses": [{"ip": ip.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
+    let subset =
+        json!({"addresses": [{"ip": ip.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
     put_endpoints(reg, "default", "kubernetes", &labels, vec![subset]).await
 }
 
@@ -218,12 +236,22 @@ mod tests {
         let svc = json!({"spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "web"}]}});
         let mut gone = pod("gone", "10.0.0.9", true, Some(8080));
         gone["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-        let pods = [pod("b", "10.0.0.2", true, Some(8080)), pod("a", "10.0.0.1", false, Some(8080)), pod("c", "10.0.0.3", true, Some(9090)), pod("noport", "10.0.0.4", true, None), pod("noip", "", true, Some(8080)), gone];
+        let pods = [
+            pod("b", "10.0.0.2", true, Some(8080)),
+            pod("a", "10.0.0.1", false, Some(8080)),
+            pod("c", "10.0.0.3", true, Some(9090)),
+            pod("noport", "10.0.0.4", true, None),
+            pod("noip", "", true, Some(8080)),
+            gone,
+        ];
         let s = subsets(&svc, &pods);
         assert_eq!(s.len(), 2, "{s:#?}");
         let s8080 = s.iter().find(|x| x["ports"][0]["port"] == 8080).unwrap();
         assert_eq!(s8080["ports"], json!([{"name": "http", "port": 8080, "protocol": "TCP"}]));
-        assert_eq!(s8080["addresses"], json!([{"ip": "10.0.0.2", "nodeName": "n1", "targetRef": {"kind": "Pod", "namespace": "default", "name": "b", "uid": "u-b"}}]));
+        assert_eq!(
+            s8080["addresses"],
+            json!([{"ip": "10.0.0.2", "nodeName": "n1", "targetRef": {"kind": "Pod", "namespace": "default", "name": "b", "uid": "u-b"}}])
+        );
         assert_eq!(s8080["notReadyAddresses"][0]["ip"], "10.0.0.1");
         let s9090 = s.iter().find(|x| x["ports"][0]["port"] == 9090).unwrap();
         assert_eq!(s9090["addresses"][0]["ip"], "10.0.0.3");

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 
 use super::{key_of, raw_has, split_key, Key, Reconciler};
 use crate::api::registry::{decode, meta_str, DeleteOpts, FieldValidation, Registry};
-use crate::store::ListOptions;
 use crate::api::resources::{self, ResourceDef, RESOURCES};
 use crate::api::status::ApiError;
+use crate::store::ListOptions;
 
 const SWEEP: &str = "sweep";
 
@@ -74,9 +74,12 @@ impl Collector {
             for oref in refs {
                 match self.owner_state(&mut owners, dep, oref).await? {
                     None => {}
-                    Some(owner) if !owner["metadata"]["deletionTimestamp"].is_null() && has_finalizer(&owner, "orphan") => {}
+                    Some(owner)
+                        if !owner["metadata"]["deletionTimestamp"].is_null() && has_finalizer(&owner, "orphan") => {}
                     Some(owner) => {
-                        if !owner["metadata"]["deletionTimestamp"].is_null() && has_finalizer(&owner, "foregroundDeletion") {
+                        if !owner["metadata"]["deletionTimestamp"].is_null()
+                            && has_finalizer(&owner, "foregroundDeletion")
+                        {
                             delete_for_foreground = true;
                         }
                         alive.push(oref.clone());
@@ -84,20 +87,23 @@ impl Collector {
                 }
             }
             if alive.is_empty() || delete_for_foreground {
-                let orphaned_only = refs.iter().all(|o| alive.iter().all(|a| a["uid"] != o["uid"])) && !delete_for_foreground;
+                let orphaned_only =
+                    refs.iter().all(|o| alive.iter().all(|a| a["uid"] != o["uid"])) && !delete_for_foreground;
                 let owners_orphaning = self.any_orphaning(&mut owners, dep, refs).await?;
                 if orphaned_only && owners_orphaning {
                     self.drop_refs(r, ns, name, refs).await?;
                 } else if dep["metadata"]["deletionTimestamp"].is_null() {
                     tracing::debug!(kind = r.kind, name, "garbage-collecting dependent");
                     let policy = if delete_for_foreground { Some("Foreground".to_string()) } else { None };
-                    match self.reg.delete(r, ns, name, &DeleteOpts { propagation: policy, ..Default::default() }).await {
+                    match self.reg.delete(r, ns, name, &DeleteOpts { propagation: policy, ..Default::default() }).await
+                    {
                         Ok(_) | Err(ApiError { code: 404, .. }) => {}
                         Err(e) => return Err(e),
                     }
                 }
             } else if alive.len() < refs.len() {
-                let gone: Vec<Value> = refs.iter().filter(|o| alive.iter().all(|a| a["uid"] != o["uid"])).cloned().collect();
+                let gone: Vec<Value> =
+                    refs.iter().filter(|o| alive.iter().all(|a| a["uid"] != o["uid"])).cloned().collect();
                 if self.any_orphaning(&mut owners, dep, &gone).await? {
                     self.drop_refs(r, ns, name, &gone).await?;
                 }
@@ -109,7 +115,12 @@ impl Collector {
                 continue;
             }
             let uid = &owner["metadata"]["uid"];
-            let deps: Vec<&(&ResourceDef, Value)> = all.iter().filter(|(_, d)| d["metadata"]["ownerReferences"].as_array().into_iter().flatten().any(|o| &o["uid"] == uid)).collect();
+            let deps: Vec<&(&ResourceDef, Value)> = all
+                .iter()
+                .filter(|(_, d)| {
+                    d["metadata"]["ownerReferences"].as_array().into_iter().flatten().any(|o| &o["uid"] == uid)
+                })
+                .collect();
             let (ns, name) = (owner["metadata"]["namespace"].as_str(), meta_str(owner, "name"));
             if has_finalizer(owner, "orphan") {
                 for (dr, d) in &deps {
@@ -136,26 +147,46 @@ impl Collector {
         Ok(false)
     }
 
-    async fn drop_refs(&self, r: &'static ResourceDef, ns: Option<&str>, name: &str, refs: &[Value]) -> Result<(), ApiError> {
+    async fn drop_refs(
+        &self,
+        r: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        refs: &[Value],
+    ) -> Result<(), ApiError> {
         let uids: Vec<Value> = refs.iter().map(|o| o["uid"].clone()).collect();
-        match self.reg.modify(r, ns, name, None, |o| {
-            let Some(list) = o["metadata"]["ownerReferences"].as_array_mut() else { return false };
-            let before = list.len();
-            list.retain(|x| !uids.contains(&x["uid"]));
-            before != list.len()
-        }).await {
+        match self
+            .reg
+            .modify(r, ns, name, None, |o| {
+                let Some(list) = o["metadata"]["ownerReferences"].as_array_mut() else { return false };
+                let before = list.len();
+                list.retain(|x| !uids.contains(&x["uid"]));
+                before != list.len()
+            })
+            .await
+        {
             Ok(_) | Err(ApiError { code: 404, .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    async fn remove_finalizer(&self, r: &'static ResourceDef, ns: Option<&str>, name: &str, f: &str) -> Result<(), ApiError> {
-        match self.reg.modify(r, ns, name, None, |o| {
-            let Some(list) = o["metadata"]["finalizers"].as_array_mut() else { return false };
-            let before = list.len();
-            list.retain(|x| x != f);
-            before != list.len()
-        }).await {
+    async fn remove_finalizer(
+        &self,
+        r: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        f: &str,
+    ) -> Result<(), ApiError> {
+        match self
+            .reg
+            .modify(r, ns, name, None, |o| {
+                let Some(list) = o["metadata"]["finalizers"].as_array_mut() else { return false };
+                let before = list.len();
+                list.retain(|x| x != f);
+                before != list.len()
+            })
+            .await
+        {
             Ok(_) | Err(ApiError { code: 404, .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -171,8 +202,13 @@ impl Reconciler for Collector {
         ["ReplicaSet", "Deployment", "Job", "DaemonSet", "Pod"].iter().map(|k| resources::by_kind(k)).collect()
     }
     fn keys_for(&self, _r: &ResourceDef, obj: &Value) -> Vec<Key> {
-        let interesting = !obj["metadata"]["deletionTimestamp"].is_null() || obj["metadata"]["ownerReferences"].is_array();
-        if interesting { vec![SWEEP.into()] } else { vec![] }
+        let interesting =
+            !obj["metadata"]["deletionTimestamp"].is_null() || obj["metadata"]["ownerReferences"].is_array();
+        if interesting {
+            vec![SWEEP.into()]
+        } else {
+            vec![]
+        }
     }
     fn may_concern(&self, _r: &ResourceDef, raw: &[u8]) -> bool {
         maybe_collectable(raw)
@@ -215,7 +251,10 @@ impl Reconciler for Namespaces {
         if ns["metadata"]["deletionTimestamp"].is_null() {
             let sa = resources::by_kind("ServiceAccount");
             if self.reg.get_opt(sa, Some(name), "default").await?.is_none() {
-                let _ = self.reg.create(sa, Some(name), json!({"metadata": {"name": "default"}}), FieldValidation::Ignore).await;
+                let _ = self
+                    .reg
+                    .create(sa, Some(name), json!({"metadata": {"name": "default"}}), FieldValidation::Ignore)
+                    .await;
             }
             return Ok(None);
         }
@@ -224,17 +263,29 @@ impl Reconciler for Namespaces {
             for o in self.reg.list_all(r, Some(name), None).await? {
                 left += 1;
                 if o["metadata"]["deletionTimestamp"].is_null() {
-                    let _ = self.reg.delete(r, Some(name), meta_str(&o, "name"), &DeleteOpts { grace_period: Some(0), ..Default::default() }).await;
+                    let _ = self
+                        .reg
+                        .delete(
+                            r,
+                            Some(name),
+                            meta_str(&o, "name"),
+                            &DeleteOpts { grace_period: Some(0), ..Default::default() },
+                        )
+                        .await;
                 }
             }
         }
         if left > 0 {
             return Ok(Some(Duration::from_millis(500)));
         }
-        self.reg.modify(nsr, None, name, None, |n| {
-            let had = n["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-            n["spec"]["finalizers"] = json!([]);
-            had
-        }).await.map(|_| None).or_else(|e| if e.code == 404 { Ok(None) } else { Err(e) })
+        self.reg
+            .modify(nsr, None, name, None, |n| {
+                let had = n["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+                n["spec"]["finalizers"] = json!([]);
+                had
+            })
+            .await
+            .map(|_| None)
+            .or_else(|e| if e.code == 404 { Ok(None) } else { Err(e) })
     }
 }

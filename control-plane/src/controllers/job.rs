@@ -60,26 +60,67 @@ impl Reconciler for Jobs {
         }
         if !finished {
             if done {
-                set_condition(&mut status, "SuccessCriteriaMet", "True", "CompletionsReached", "Reached expected number of succeeded pods");
-                set_condition(&mut status, "Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods");
+                set_condition(
+                    &mut status,
+                    "SuccessCriteriaMet",
+                    "True",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                );
+                set_condition(
+                    &mut status,
+                    "Complete",
+                    "True",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                );
                 status["completionTime"] = json!(now());
                 scale_pods(&self.reg, &job, &spec["template"], &active, 0).await?;
                 super::record_event(&self.reg, &job, "Normal", "Completed", "Job completed", "job-controller").await;
             } else if failed_out {
-                set_condition(&mut status, "FailureTarget", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit");
-                set_condition(&mut status, "Failed", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit");
+                set_condition(
+                    &mut status,
+                    "FailureTarget",
+                    "True",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                );
+                set_condition(
+                    &mut status,
+                    "Failed",
+                    "True",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                );
                 scale_pods(&self.reg, &job, &spec["template"], &active, 0).await?;
-                super::record_event(&self.reg, &job, "Warning", "BackoffLimitExceeded", "Job has reached the specified backoff limit", "job-controller").await;
+                super::record_event(
+                    &self.reg,
+                    &job,
+                    "Warning",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                    "job-controller",
+                )
+                .await;
             } else if spec["suspend"] != true {
                 let remaining = completions.map_or(parallelism, |c| (c - succeeded).max(0));
                 let want = parallelism.min(remaining).max(0) as usize;
                 if active.len() < want {
-                    super::record_event(&self.reg, &job, "Normal", "SuccessfulCreate", &format!("Created {} pod(s)", want - active.len()), "job-controller").await;
+                    super::record_event(
+                        &self.reg,
+                        &job,
+                        "Normal",
+                        "SuccessfulCreate",
+                        &format!("Created {} pod(s)", want - active.len()),
+                        "job-controller",
+                    )
+                    .await;
                 }
                 scale_pods(&self.reg, &job, &spec["template"], &active, want).await?;
             }
         }
-        let still_active = if condition_true(&status, "Complete") || condition_true(&status, "Failed") { 0 } else { active.len() };
+        let still_active =
+            if condition_true(&status, "Complete") || condition_true(&status, "Failed") { 0 } else { active.len() };
         status["active"] = json!(still_active);
         status["succeeded"] = json!(succeeded);
         status["failed"] = json!(failed);
@@ -87,13 +128,17 @@ impl Reconciler for Jobs {
         status["terminating"] = json!(pods.iter().filter(|p| !p["metadata"]["deletionTimestamp"].is_null()).count());
         status["uncountedTerminatedPods"] = json!({});
         if let Some(m) = status.as_object_mut() {
-            m.retain(|k, v| !(v == &json!(0) && matches!(k.as_str(), "active" | "succeeded" | "failed" | "terminating")));
+            m.retain(|k, v| {
+                !(v == &json!(0) && matches!(k.as_str(), "active" | "succeeded" | "failed" | "terminating"))
+            });
         }
-        self.reg.modify(jr, ns, name, Some("status"), |o| {
-            let changed = o["status"] != status;
-            o["status"] = status.clone();
-            changed
-        }).await?;
+        self.reg
+            .modify(jr, ns, name, Some("status"), |o| {
+                let changed = o["status"] != status;
+                o["status"] = status.clone();
+                changed
+            })
+            .await?;
         Ok(None)
     }
 }

@@ -44,8 +44,9 @@ pub fn split_key(k: &str) -> (Option<&str>, &str) {
 
 /// The controller owner reference of `obj` with this kind: (name, uid).
 pub fn controller_of(obj: &Value, kind: &str) -> Option<(String, String)> {
-    obj["metadata"]["ownerReferences"].as_array()?.iter().find(|o| o["controller"] == true && o["kind"] == kind)
-        .map(|o| (o["name"].as_str().unwrap_or_default().to_string(), o["uid"].as_str().unwrap_or_default().to_string()))
+    obj["metadata"]["ownerReferences"].as_array()?.iter().find(|o| o["controller"] == true && o["kind"] == kind).map(
+        |o| (o["name"].as_str().unwrap_or_default().to_string(), o["uid"].as_str().unwrap_or_default().to_string()),
+    )
 }
 
 /// The key of `obj` when it is of kind `own`, else the key of its controller of kind `own`.
@@ -214,10 +215,16 @@ pub async fn record_event(reg: &Registry, obj: &Value, ty: &str, reason: &str, m
 
 /// Binds a pod to a node once (409 if bound elsewhere) and sets PodScheduled, in one write
 /// (as kube-apiserver's binding subresource does). Returns the bound pod.
-pub async fn bind(reg: &Registry, r: &'static ResourceDef, ns: Option<&str>, name: &str, node: &str) -> Result<Value, ApiError> {
+pub async fn bind(
+    reg: &Registry,
+    r: &'static ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    node: &str,
+) -> Result<Value, ApiError> {
     let mut already: Option<String> = None;
-    let bound = reg.modify(r, ns, name, Some("binding"), |p| {
-        match p["spec"]["nodeName"].as_str() {
+    let bound = reg
+        .modify(r, ns, name, Some("binding"), |p| match p["spec"]["nodeName"].as_str() {
             Some(n) if !n.is_empty() => {
                 already = Some(n.to_string());
                 false
@@ -227,9 +234,8 @@ pub async fn bind(reg: &Registry, r: &'static ResourceDef, ns: Option<&str>, nam
                 set_condition(&mut p["status"], "PodScheduled", "True", "", "");
                 true
             }
-        }
-    })
-    .await?;
+        })
+        .await?;
     if let Some(n) = already {
         return Err(ApiError::conflict("", "pods", name, &format!("pod {name} is already assigned to node \"{n}\"")));
     }
@@ -247,7 +253,13 @@ pub fn set_condition(status: &mut Value, ty: &str, st: &str, reason: &str, messa
     let conds = status["conditions"].as_array_mut().expect("array");
     let ts = now();
     match conds.iter_mut().find(|c| c["type"] == ty) {
-        Some(c) if c["status"] == st && c["reason"].as_str().unwrap_or_default() == reason && c["message"].as_str().unwrap_or_default() == message => false,
+        Some(c)
+            if c["status"] == st
+                && c["reason"].as_str().unwrap_or_default() == reason
+                && c["message"].as_str().unwrap_or_default() == message =>
+        {
+            false
+        }
         Some(c) => {
             if c["status"] != st {
                 c["lastTransitionTime"] = json!(ts);
@@ -278,7 +290,8 @@ pub fn condition_true(status: &Value, ty: &str) -> bool {
 
 /// Active: not terminating and not finished.
 pub fn pod_active(p: &Value) -> bool {
-    p["metadata"]["deletionTimestamp"].is_null() && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+    p["metadata"]["deletionTimestamp"].is_null()
+        && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
 }
 
 pub fn pod_ready(p: &Value) -> bool {

@@ -51,45 +51,66 @@ impl NodeLifecycle {
     async fn allocate_cidr(&self, node: &Value) -> Result<(), ApiError> {
         let nodes = self.reg.list_all(resources::by_kind("Node"), None, None).await?;
         let used: Vec<String> = nodes.iter().filter_map(|n| n["spec"]["podCIDR"].as_str().map(String::from)).collect();
-        let Some(cidr) = (0..).map_while(|i| nth_subnet(&self.s.cluster_cidr, self.s.node_cidr_prefix, i)).find(|c| !used.contains(c)) else {
-            super::record_event(&self.reg, node, "Warning", "CIDRNotAvailable", "no free podCIDR left in the cluster CIDR", "node-ipam-controller").await;
+        let Some(cidr) = (0..)
+            .map_while(|i| nth_subnet(&self.s.cluster_cidr, self.s.node_cidr_prefix, i))
+            .find(|c| !used.contains(c))
+        else {
+            super::record_event(
+                &self.reg,
+                node,
+                "Warning",
+                "CIDRNotAvailable",
+                "no free podCIDR left in the cluster CIDR",
+                "node-ipam-controller",
+            )
+            .await;
             return Ok(());
         };
-        self.reg.modify(resources::by_kind("Node"), None, meta_str(node, "name"), None, |n| {
-            if n["spec"]["podCIDR"].as_str().is_some_and(|c| !c.is_empty()) {
-                return false;
-            }
-            n["spec"]["podCIDR"] = json!(cidr);
-            n["spec"]["podCIDRs"] = json!([cidr]);
-            true
-        }).await?;
+        self.reg
+            .modify(resources::by_kind("Node"), None, meta_str(node, "name"), None, |n| {
+                if n["spec"]["podCIDR"].as_str().is_some_and(|c| !c.is_empty()) {
+                    return false;
+                }
+                n["spec"]["podCIDR"] = json!(cidr);
+                n["spec"]["podCIDRs"] = json!([cidr]);
+                true
+            })
+            .await?;
         Ok(())
     }
 
     /// Sets or clears the node's NoExecute/NoSchedule taint for `key`.
     async fn taint(&self, name: &str, key: &str, on: bool) -> Result<(), ApiError> {
-        self.reg.modify(resources::by_kind("Node"), None, name, None, |n| {
-            let mut taints: Vec<Value> = n["spec"]["taints"].as_array().cloned().unwrap_or_default();
-            let before = taints.len();
-            let has = taints.iter().any(|t| t["key"] == key);
-            if on && !has {
-                taints.push(json!({"key": key, "effect": "NoSchedule", "timeAdded": now()}));
-                taints.push(json!({"key": key, "effect": "NoExecute", "timeAdded": now()}));
-            } else if !on {
-                taints.retain(|t| t["key"] != key);
-            }
-            if taints.len() == before {
-                return false;
-            }
-            n["spec"]["taints"] = json!(taints);
-            true
-        }).await?;
+        self.reg
+            .modify(resources::by_kind("Node"), None, name, None, |n| {
+                let mut taints: Vec<Value> = n["spec"]["taints"].as_array().cloned().unwrap_or_default();
+                let before = taints.len();
+                let has = taints.iter().any(|t| t["key"] == key);
+                if on && !has {
+                    taints.push(json!({"key": key, "effect": "NoSchedule", "timeAdded": now()}));
+                    taints.push(json!({"key": key, "effect": "NoExecute", "timeAdded": now()}));
+                } else if !on {
+                    taints.retain(|t| t["key"] != key);
+                }
+                if taints.len() == before {
+                    return false;
+                }
+                n["spec"]["taints"] = json!(taints);
+                true
+            })
+            .await?;
         Ok(())
     }
 
     /// Evicts pods that do not tolerate the node's NoExecute taints (after tolerationSeconds).
     async fn evict(&self, node: &Value) -> Result<Option<Duration>, ApiError> {
-        let taints: Vec<Value> = node["spec"]["taints"].as_array().into_iter().flatten().filter(|t| t["effect"] == "NoExecute").cloned().collect();
+        let taints: Vec<Value> = node["spec"]["taints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["effect"] == "NoExecute")
+            .cloned()
+            .collect();
         let ready = condition_true(&node["status"], "Ready");
         if taints.is_empty() && ready {
             return Ok(None);
@@ -104,7 +125,10 @@ impl NodeLifecycle {
             if let Some(del) = parse_time(&p["metadata"]["deletionTimestamp"]) {
                 // Already evicted: the node is down and cannot finish it; remove after the grace.
                 if !ready && now_t >= del {
-                    let _ = self.reg.delete(pod_r, ns, pname, &DeleteOpts { grace_period: Some(0), ..Default::default() }).await;
+                    let _ = self
+                        .reg
+                        .delete(pod_r, ns, pname, &DeleteOpts { grace_period: Some(0), ..Default::default() })
+                        .await;
                 } else if !ready {
                     next = Some(next.map_or(Duration::from_secs(1), |d| d.min(Duration::from_secs(1))));
                 }
@@ -122,8 +146,27 @@ impl NodeLifecycle {
             }
             match evict_at {
                 Some(at) if at <= now_t => {
-                    super::record_event(&self.reg, p, "Normal", "TaintManagerEviction", &format!("Marking for deletion Pod {}/{pname}", ns.unwrap_or_default()), "taint-eviction-controller").await;
-                    let _ = self.reg.modify(pod_r, ns, pname, Some("status"), |o| set_condition(&mut o["status"], "DisruptionTarget", "True", "DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint")).await;
+                    super::record_event(
+                        &self.reg,
+                        p,
+                        "Normal",
+                        "TaintManagerEviction",
+                        &format!("Marking for deletion Pod {}/{pname}", ns.unwrap_or_default()),
+                        "taint-eviction-controller",
+                    )
+                    .await;
+                    let _ = self
+                        .reg
+                        .modify(pod_r, ns, pname, Some("status"), |o| {
+                            set_condition(
+                                &mut o["status"],
+                                "DisruptionTarget",
+                                "True",
+                                "DeletionByTaintManager",
+                                "Taint manager: deleting due to NoExecute taint",
+                            )
+                        })
+                        .await;
                     match self.reg.delete(pod_r, ns, pname, &DeleteOpts::default()).await {
                         Ok(_) | Err(ApiError { code: 404, .. }) => {}
                         Err(e) => return Err(e),
@@ -170,24 +213,50 @@ impl Reconciler for NodeLifecycle {
             self.allocate_cidr(&node).await?;
         }
         let lease = self.reg.get_opt(resources::by_kind("Lease"), Some("kube-node-lease"), name).await?;
-        let heartbeat = node["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready").and_then(|c| parse_time(&c["lastHeartbeatTime"]));
+        let heartbeat = node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .and_then(|c| parse_time(&c["lastHeartbeatTime"]));
         let renewed = lease.as_ref().and_then(|l| parse_time(&l["spec"]["renewTime"]));
         let last = [heartbeat, renewed, parse_time(&node["metadata"]["creationTimestamp"])].into_iter().flatten().max();
         let grace = chrono::Duration::from_std(self.s.node_monitor_grace).unwrap_or_default();
         let now_t = Utc::now();
         let stale = last.is_none_or(|t| now_t - t > grace);
-        let ready_status = node["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready").and_then(|c| c["status"].as_str().map(String::from));
+        let ready_status = node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .and_then(|c| c["status"].as_str().map(String::from));
         let mut requeue = last.map(|t| (t + grace - now_t).to_std().unwrap_or_default() + Duration::from_millis(100));
         if stale && ready_status.as_deref() != Some("Unknown") {
             tracing::info!(node = name, "node lease expired; marking Ready=Unknown");
-            self.reg.modify(nr, None, name, Some("status"), |n| {
-                let mut changed = false;
-                for ty in ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"] {
-                    changed |= set_condition(&mut n["status"], ty, "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.");
-                }
-                changed
-            }).await?;
-            super::record_event(&self.reg, &node, "Normal", "NodeNotReady", &format!("Node {name} status is now: NodeNotReady"), "node-controller").await;
+            self.reg
+                .modify(nr, None, name, Some("status"), |n| {
+                    let mut changed = false;
+                    for ty in ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"] {
+                        changed |= set_condition(
+                            &mut n["status"],
+                            ty,
+                            "Unknown",
+                            "NodeStatusUnknown",
+                            "Kubelet stopped posting node status.",
+                        );
+                    }
+                    changed
+                })
+                .await?;
+            super::record_event(
+                &self.reg,
+                &node,
+                "Normal",
+                "NodeNotReady",
+                &format!("Node {name} status is now: NodeNotReady"),
+                "node-controller",
+            )
+            .await;
         }
         let node = self.reg.get(nr, None, name).await?;
         let ready = ready_status_of(&node);
@@ -202,7 +271,12 @@ impl Reconciler for NodeLifecycle {
 }
 
 fn ready_status_of(node: &Value) -> Option<String> {
-    node["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready").and_then(|c| c["status"].as_str().map(String::from))
+    node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["status"].as_str().map(String::from))
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@ pub struct ReplicaSets {
 /// Pods controlled by `owner` (by controller ownerReference uid) in its namespace.
 pub async fn owned_pods(reg: &Registry, owner: &Value, kind: &str) -> Result<Vec<Value>, ApiError> {
     let ns = owner["metadata"]["namespace"].as_str();
-    let sel = LabelSelector::from_value(&owner["spec"]["selector"]).ok().flatten().unwrap_or(LabelSelector(vec![crate::api::selector::Req::Exists("\u{0}never".into())]));
+    let sel = LabelSelector::from_value(&owner["spec"]["selector"])
+        .ok()
+        .flatten()
+        .unwrap_or(LabelSelector(vec![crate::api::selector::Req::Exists("\u{0}never".into())]));
     let uid = meta_str(owner, "uid");
     let pods = reg.list_all(resources::by_kind("Pod"), ns, Some(&sel)).await?;
     Ok(pods.into_iter().filter(|p| controller_of(p, kind).is_some_and(|(_, u)| u == uid)).collect())
@@ -53,7 +56,13 @@ fn delete_rank(p: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
     )
 }
 
-pub async fn scale_pods(reg: &Registry, owner: &Value, template: &Value, active: &[Value], want: usize) -> Result<(), ApiError> {
+pub async fn scale_pods(
+    reg: &Registry,
+    owner: &Value,
+    template: &Value,
+    active: &[Value],
+    want: usize,
+) -> Result<(), ApiError> {
     let ns = owner["metadata"]["namespace"].as_str();
     let pod_r = resources::by_kind("Pod");
     if active.len() < want {
@@ -108,11 +117,13 @@ impl Reconciler for ReplicaSets {
             "availableReplicas": ready, "observedGeneration": rs["metadata"]["generation"],
         });
         let status = strip_zero(status);
-        self.reg.modify(rsr, ns, name, Some("status"), |o| {
-            let changed = o["status"] != status;
-            o["status"] = status.clone();
-            changed
-        }).await?;
+        self.reg
+            .modify(rsr, ns, name, Some("status"), |o| {
+                let changed = o["status"] != status;
+                o["status"] = status.clone();
+                changed
+            })
+            .await?;
         Ok(None)
     }
 }

@@ -155,7 +155,13 @@ impl SchedCache {
     }
 
     /// List, then watch from the list's revision; relist when the watch fails.
-    async fn feed(self: Arc<Self>, reg: Registry, r: &'static ResourceDef, kick: mpsc::UnboundedSender<Key>, pass: String) {
+    async fn feed(
+        self: Arc<Self>,
+        reg: Registry,
+        r: &'static ResourceDef,
+        kick: mpsc::UnboundedSender<Key>,
+        pass: String,
+    ) {
         let prefix = r.prefix(None);
         loop {
             let page = match reg.store.list(&prefix, ListOptions::default()).await {
@@ -195,7 +201,9 @@ impl SchedCache {
                 continue;
             };
             while let Some(Ok(ev)) = w.recv().await {
-                let value = ev.value.as_ref().and_then(|v| decode(&KeyValue { key: ev.key.clone(), value: v.clone(), create_rev: 0, mod_rev: ev.rev }).ok());
+                let value = ev.value.as_ref().and_then(|v| {
+                    decode(&KeyValue { key: ev.key.clone(), value: v.clone(), create_rev: 0, mod_rev: ev.rev }).ok()
+                });
                 self.apply(r, &ev.key, value, ev.rev);
                 if kick.send(pass.clone()).is_err() {
                     return;

@@ -86,20 +86,37 @@ pub fn pod_requests(spec: &Value) -> HashMap<String, i64> {
 }
 
 pub fn host_ports(spec: &Value) -> Vec<(String, i64, String)> {
-    spec["containers"].as_array().into_iter().flatten()
+    spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
-        .filter_map(|p| p["hostPort"].as_i64().filter(|hp| *hp > 0).map(|hp| (p["hostIP"].as_str().unwrap_or("0.0.0.0").to_string(), hp, p["protocol"].as_str().unwrap_or("TCP").to_string())))
+        .filter_map(|p| {
+            p["hostPort"].as_i64().filter(|hp| *hp > 0).map(|hp| {
+                (
+                    p["hostIP"].as_str().unwrap_or("0.0.0.0").to_string(),
+                    hp,
+                    p["protocol"].as_str().unwrap_or("TCP").to_string(),
+                )
+            })
+        })
         .collect()
 }
 
 /// Whether `tols` tolerate `taint`.
 pub fn tolerates(tols: &Value, taint: &Value) -> Option<Option<i64>> {
-    tols.as_array().into_iter().flatten().find(|t| {
-        let key_ok = t["key"].as_str().unwrap_or_default().is_empty() && t["operator"] == "Exists" || t["key"] == taint["key"];
-        let op_ok = t["operator"] == "Exists" || t["value"].as_str().unwrap_or_default() == taint["value"].as_str().unwrap_or_default();
-        let eff_ok = t["effect"].as_str().unwrap_or_default().is_empty() || t["effect"] == taint["effect"];
-        key_ok && op_ok && eff_ok
-    }).map(|t| t["tolerationSeconds"].as_i64())
+    tols.as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| {
+            let key_ok = t["key"].as_str().unwrap_or_default().is_empty() && t["operator"] == "Exists"
+                || t["key"] == taint["key"];
+            let op_ok = t["operator"] == "Exists"
+                || t["value"].as_str().unwrap_or_default() == taint["value"].as_str().unwrap_or_default();
+            let eff_ok = t["effect"].as_str().unwrap_or_default().is_empty() || t["effect"] == taint["effect"];
+            key_ok && op_ok && eff_ok
+        })
+        .map(|t| t["tolerationSeconds"].as_i64())
 }
 
 pub fn node_selector_term_matches(term: &Value, node: &Value) -> bool {
@@ -113,8 +130,14 @@ pub fn node_selector_term_matches(term: &Value, node: &Value) -> bool {
             "NotIn" => v.is_none_or(|v| !vals.contains(&v.as_str())),
             "Exists" => v.is_some(),
             "DoesNotExist" => v.is_none(),
-            "Gt" => v.and_then(|v| v.parse::<i64>().ok()).zip(vals.first().and_then(|x| x.parse::<i64>().ok())).is_some_and(|(a, b)| a > b),
-            "Lt" => v.and_then(|v| v.parse::<i64>().ok()).zip(vals.first().and_then(|x| x.parse::<i64>().ok())).is_some_and(|(a, b)| a < b),
+            "Gt" => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .zip(vals.first().and_then(|x| x.parse::<i64>().ok()))
+                .is_some_and(|(a, b)| a > b),
+            "Lt" => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .zip(vals.first().and_then(|x| x.parse::<i64>().ok()))
+                .is_some_and(|(a, b)| a < b),
             _ => false,
         }
     });
@@ -131,7 +154,12 @@ pub fn node_selector_term_matches(term: &Value, node: &Value) -> bool {
 }
 
 /// Why `node` cannot take `pod`, or None if it can.
-pub fn filter(pod: &Value, node: &Value, used: &HashMap<String, i64>, ports: &HashSet<(String, i64, String)>) -> Option<&'static str> {
+pub fn filter(
+    pod: &Value,
+    node: &Value,
+    used: &HashMap<String, i64>,
+    ports: &HashSet<(String, i64, String)>,
+) -> Option<&'static str> {
     let spec = &pod["spec"];
     if !condition_true(&node["status"], "Ready") {
         return Some("node(s) were not ready");
@@ -140,22 +168,32 @@ pub fn filter(pod: &Value, node: &Value, used: &HashMap<String, i64>, ports: &Ha
         return Some("node(s) were unschedulable");
     }
     let labels = crate::api::selector::labels_of(node);
-    if spec["nodeSelector"].as_object().into_iter().flatten().any(|(k, v)| labels.get(k).map(String::as_str) != v.as_str()) {
+    if spec["nodeSelector"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .any(|(k, v)| labels.get(k).map(String::as_str) != v.as_str())
+    {
         return Some("node(s) didn't match Pod's node affinity/selector");
     }
-    let required = &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+    let required =
+        &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
     if let Some(terms) = required.as_array() {
         if !terms.iter().any(|t| node_selector_term_matches(t, node)) {
             return Some("node(s) didn't match Pod's node affinity/selector");
         }
     }
     for taint in node["spec"]["taints"].as_array().into_iter().flatten() {
-        if matches!(taint["effect"].as_str(), Some("NoSchedule" | "NoExecute")) && tolerates(&spec["tolerations"], taint).is_none() {
+        if matches!(taint["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
+            && tolerates(&spec["tolerations"], taint).is_none()
+        {
             return Some("node(s) had untolerated taint");
         }
     }
     for (ip, port, proto) in host_ports(spec) {
-        let clash = ports.iter().any(|(i, p, pr)| *p == port && *pr == proto && (i == &ip || i == "0.0.0.0" || ip == "0.0.0.0"));
+        let clash = ports
+            .iter()
+            .any(|(i, p, pr)| *p == port && *pr == proto && (i == &ip || i == "0.0.0.0" || ip == "0.0.0.0"));
         if clash {
             return Some("node(s) didn't have free ports for the requested pod ports");
         }
@@ -183,7 +221,11 @@ pub fn filter(pod: &Value, node: &Value, used: &HashMap<String, i64>, ports: &Ha
 /// Higher is better: preferred node affinity weights, then the least requested cpu+memory share.
 fn score(pod: &Value, node: &Value, used: &HashMap<String, i64>) -> i64 {
     let mut s = 0;
-    for p in pod["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"].as_array().into_iter().flatten() {
+    for p in pod["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if node_selector_term_matches(&p["preference"], node) {
             s += p["weight"].as_i64().unwrap_or(0) * 1000;
         }
@@ -249,13 +291,25 @@ impl Scheduler {
                     retry = true;
                     let mut parts: Vec<String> = reasons.iter().map(|(why, n)| format!("{n} {why}")).collect();
                     parts.sort();
-                    let msg = format!("0/{} nodes are available: {}.", nodes.len(), if parts.is_empty() { "no nodes registered".to_string() } else { parts.join(", ") });
+                    let msg = format!(
+                        "0/{} nodes are available: {}.",
+                        nodes.len(),
+                        if parts.is_empty() { "no nodes registered".to_string() } else { parts.join(", ") }
+                    );
                     let uid = meta_str(pod, "uid").to_string();
-                    let new = self.reported.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, msg.clone()).as_deref() != Some(msg.as_str());
+                    let new =
+                        self.reported.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, msg.clone()).as_deref()
+                            != Some(msg.as_str());
                     if new {
                         let m = msg.clone();
-                        let _ = self.reg.modify(pod_r, ns, name, Some("status"), |p| set_condition(&mut p["status"], "PodScheduled", "False", "Unschedulable", &m)).await;
-                        super::record_event(&self.reg, pod, "Warning", "FailedScheduling", &msg, "default-scheduler").await;
+                        let _ = self
+                            .reg
+                            .modify(pod_r, ns, name, Some("status"), |p| {
+                                set_condition(&mut p["status"], "PodScheduled", "False", "Unschedulable", &m)
+                            })
+                            .await;
+                        super::record_event(&self.reg, pod, "Warning", "FailedScheduling", &msg, "default-scheduler")
+                            .await;
                     }
                 }
             }
@@ -269,7 +323,15 @@ impl Scheduler {
                 match super::bind(&self.reg, pod_r, ns, name, &node).await {
                     Ok(bound) => {
                         self.cache.assume(pod_r, &bound);
-                        super::record_event(&self.reg, pod, "Normal", "Scheduled", &format!("Successfully assigned {}/{name} to {node}", ns.unwrap_or_default()), "default-scheduler").await;
+                        super::record_event(
+                            &self.reg,
+                            pod,
+                            "Normal",
+                            "Scheduled",
+                            &format!("Successfully assigned {}/{name} to {node}", ns.unwrap_or_default()),
+                            "default-scheduler",
+                        )
+                        .await;
                         Ok(())
                     }
                     Err(e) if e.code == 404 || e.code == 409 => Ok(()),
@@ -328,7 +390,10 @@ mod tests {
         };
         let (used, ports) = (HashMap::new(), HashSet::new());
         assert_eq!(filter(&pod(json!({})), &node(), &used, &ports), None);
-        assert_eq!(filter(&pod(json!({"spec": {"tolerations": []}})), &node(), &used, &ports), Some("node(s) had untolerated taint"));
+        assert_eq!(
+            filter(&pod(json!({"spec": {"tolerations": []}})), &node(), &used, &ports),
+            Some("node(s) had untolerated taint")
+        );
         assert!(filter(&pod(json!({"spec": {"nodeSelector": {"disk": "hdd"}}})), &node(), &used, &ports).is_some());
         let busy: HashMap<String, i64> = [("cpu".to_string(), 1800)].into();
         assert_eq!(filter(&pod(json!({})), &node(), &busy, &ports), Some("Insufficient cpu"));

@@ -8,13 +8,33 @@ use super::Rev;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     /// A write in the log; create_rev is derived on replay.
-    Put { rev: Rev, key: String, value: Bytes },
-    Delete { rev: Rev, key: String },
+    Put {
+        rev: Rev,
+        key: String,
+        value: Bytes,
+    },
+    Delete {
+        rev: Rev,
+        key: String,
+    },
     /// First record of a snapshot.
-    SnapHeader { rev: Rev, compacted: Rev },
-    SnapEntry { key: String, value: Bytes, create_rev: Rev, mod_rev: Rev },
+    SnapHeader {
+        rev: Rev,
+        compacted: Rev,
+    },
+    SnapEntry {
+        key: String,
+        value: Bytes,
+        create_rev: Rev,
+        mod_rev: Rev,
+    },
     /// A retained history event, so watches resume across restarts.
-    SnapEvent { rev: Rev, key: String, value: Option<Bytes>, prev: Option<Bytes> },
+    SnapEvent {
+        rev: Rev,
+        key: String,
+        value: Option<Bytes>,
+        prev: Option<Bytes>,
+    },
 }
 
 pub fn encode(rec: &Record, out: &mut Vec<u8>) {

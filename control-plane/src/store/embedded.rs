@@ -102,13 +102,7 @@ impl Embedded {
     /// Opens (or creates) the store in `dir`, replaying snapshot and log.
     pub fn open(dir: &Path, opts: EmbeddedOptions) -> Result<Arc<Embedded>> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let mut st = State {
-            rev: 0,
-            compacted: 0,
-            data: BTreeMap::new(),
-            history: VecDeque::new(),
-            log_records: 0,
-        };
+        let mut st = State { rev: 0, compacted: 0, data: BTreeMap::new(), history: VecDeque::new(), log_records: 0 };
         let log = open_log(&dir.join(LOG))?;
         let snap = dir.join(SNAP);
         if snap.exists() {
@@ -118,7 +112,14 @@ impl Embedded {
         let (events, _) = broadcast::channel(4096);
         tracing::info!(dir = %dir.display(), rev = st.rev, keys = st.data.len(), "embedded store opened");
         let (writes, rx) = std_mpsc::channel();
-        let me = Arc::new(Embedded { dir: dir.to_path_buf(), opts, state: Mutex::new(st), log: Mutex::new(log), events, writes });
+        let me = Arc::new(Embedded {
+            dir: dir.to_path_buf(),
+            opts,
+            state: Mutex::new(st),
+            log: Mutex::new(log),
+            events,
+            writes,
+        });
         let weak = Arc::downgrade(&me);
         std::thread::Builder::new().name("store-commit".into()).spawn(move || committer(weak, rx)).map_err(io(dir))?;
         Ok(me)
@@ -163,9 +164,18 @@ impl Embedded {
                 None => Record::Delete { rev, key: w.key.clone() },
             };
             encode(&rec, &mut buf);
-            let next = w.value.as_ref().map(|v| Entry { value: v.clone(), create_rev: cur.as_ref().map_or(rev, |c| c.create_rev), mod_rev: rev });
+            let next = w.value.as_ref().map(|v| Entry {
+                value: v.clone(),
+                create_rev: cur.as_ref().map_or(rev, |c| c.create_rev),
+                mod_rev: rev,
+            });
             overlay.insert(w.key.clone(), next);
-            let prev = cur.map(|c| KeyValue { key: w.key.clone(), value: c.value, create_rev: c.create_rev, mod_rev: c.mod_rev });
+            let prev = cur.map(|c| KeyValue {
+                key: w.key.clone(),
+                value: c.value,
+                create_rev: c.create_rev,
+                mod_rev: c.mod_rev,
+            });
             accepted.push((w, rec, prev));
         }
         drop(st);
@@ -186,7 +196,8 @@ impl Embedded {
         };
         let mut st = self.lock();
         let mut snapshot = None;
-        let mut answers: Vec<(oneshot::Sender<WriteOutcome>, WriteOutcome)> = refused.into_iter().map(|(w, e)| (w.done, Err(e))).collect();
+        let mut answers: Vec<(oneshot::Sender<WriteOutcome>, WriteOutcome)> =
+            refused.into_iter().map(|(w, e)| (w.done, Err(e))).collect();
         match written {
             Ok(()) => {
                 for (w, rec, prev) in accepted {
@@ -249,7 +260,9 @@ impl Embedded {
         let st = self.lock();
         let at = match opts.at {
             Some(at) if at > st.rev => return Err(StoreError::FutureRevision { requested: at, current: st.rev }),
-            Some(at) if at < st.compacted => return Err(StoreError::Compacted { requested: at, compacted: st.compacted }),
+            Some(at) if at < st.compacted => {
+                return Err(StoreError::Compacted { requested: at, compacted: st.compacted })
+            }
             Some(at) => at,
             None => st.rev,
         };
@@ -319,7 +332,9 @@ fn validate(key: &str, op: &Op, cur: Option<&Entry>) -> Result<()> {
     match (op, cur) {
         (Op::Create, Some(_)) => Err(StoreError::Exists { key: key.into() }),
         (Op::Update(_) | Op::Delete(_), None) => Err(StoreError::NotFound { key: key.into() }),
-        (Op::Update(Some(exp)) | Op::Delete(Some(exp)), Some(c)) if c.mod_rev != *exp => Err(StoreError::Conflict { key: key.into(), expected: *exp, actual: c.mod_rev }),
+        (Op::Update(Some(exp)) | Op::Delete(Some(exp)), Some(c)) if c.mod_rev != *exp => {
+            Err(StoreError::Conflict { key: key.into(), expected: *exp, actual: c.mod_rev })
+        }
         _ => Ok(()),
     }
 }
@@ -329,11 +344,13 @@ fn snapshot_bytes(st: &State) -> Vec<u8> {
     let mut buf = Vec::new();
     encode(&Record::SnapHeader { rev: st.rev, compacted: st.compacted }, &mut buf);
     for (k, e) in &st.data {
-        let rec = Record::SnapEntry { key: k.clone(), value: e.value.clone(), create_rev: e.create_rev, mod_rev: e.mod_rev };
+        let rec =
+            Record::SnapEntry { key: k.clone(), value: e.value.clone(), create_rev: e.create_rev, mod_rev: e.mod_rev };
         encode(&rec, &mut buf);
     }
     for ev in &st.history {
-        let rec = Record::SnapEvent { rev: ev.rev, key: ev.key.clone(), value: ev.value.clone(), prev: ev.prev.clone() };
+        let rec =
+            Record::SnapEvent { rev: ev.rev, key: ev.key.clone(), value: ev.value.clone(), prev: ev.prev.clone() };
         encode(&rec, &mut buf);
     }
     buf
@@ -399,7 +416,9 @@ fn load_snapshot(path: &Path, st: &mut State) -> Result<()> {
             Record::SnapEntry { key, value, create_rev, mod_rev } => {
                 st.data.insert(key, Entry { value, create_rev, mod_rev });
             }
-            Record::SnapEvent { rev, key, value, prev } => st.history.push_back(Arc::new(Event { rev, key, value, prev })),
+            Record::SnapEvent { rev, key, value, prev } => {
+                st.history.push_back(Arc::new(Event { rev, key, value, prev }))
+            }
             other => {
                 return Err(StoreError::Corrupt { path: path.into(), reason: format!("unexpected record {other:?}") })
             }
@@ -415,7 +434,9 @@ fn replay_log(path: &Path, log: &File, st: &mut State, history: usize) -> Result
     for rec in recs {
         let rev = match &rec {
             Record::Put { rev, .. } | Record::Delete { rev, .. } => *rev,
-            other => return Err(StoreError::Corrupt { path: path.into(), reason: format!("unexpected record {other:?}") }),
+            other => {
+                return Err(StoreError::Corrupt { path: path.into(), reason: format!("unexpected record {other:?}") })
+            }
         };
         if rev <= st.rev {
             continue; // already in the snapshot (crash between snapshot rename and log truncation)

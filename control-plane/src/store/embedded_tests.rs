@@ -102,10 +102,12 @@ async fn group_commit_validates_each_write_against_the_batch_before_it() {
     let s = open(d.path());
     let r1 = s.create("/g/k", b("0")).await.unwrap();
     // 64 racing compare-and-swaps on one revision: exactly one wins, even inside one batch.
-    let tasks: Vec<_> = (0..64).map(|i| {
-        let s = s.clone();
-        tokio::spawn(async move { s.update("/g/k", b(&i.to_string()), Some(r1)).await })
-    }).collect();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.update("/g/k", b(&i.to_string()), Some(r1)).await })
+        })
+        .collect();
     let mut won = 0;
     for t in tasks {
         match t.await.unwrap() {
@@ -116,10 +118,12 @@ async fn group_commit_validates_each_write_against_the_batch_before_it() {
     }
     assert_eq!(won, 1);
     // 200 concurrent creates: distinct revisions, all durable across a reopen.
-    let tasks: Vec<_> = (0..200).map(|i| {
-        let s = s.clone();
-        tokio::spawn(async move { s.create(&format!("/g/c{i:03}"), b("x")).await.unwrap() })
-    }).collect();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.create(&format!("/g/c{i:03}"), b("x")).await.unwrap() })
+        })
+        .collect();
     let mut revs = Vec::new();
     for t in tasks {
         revs.push(t.await.unwrap());

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use tokio::sync::mpsc;
 
 use super::{Event, KeyValue, ListOptions, ListResult, Result, Rev, Store, StoreError, WatchStream};
@@ -49,12 +51,19 @@ fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
 impl Etcd {
     /// Connects to `endpoints` (`http://host:port`), retrying for `opts.connect_for`.
     pub async fn connect(endpoints: &[String], opts: EtcdOptions) -> Result<Etcd> {
-        let co = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let co = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         let deadline = tokio::time::Instant::now() + opts.connect_for;
         loop {
             let attempt = async {
                 let mut client = Client::connect(endpoints, Some(co.clone())).await.map_err(etcd("connect"))?;
-                let rev = client.get("/", Some(GetOptions::new().with_count_only())).await.map_err(etcd("get"))?.header().map_or(0, |h| h.revision());
+                let rev = client
+                    .get("/", Some(GetOptions::new().with_count_only()))
+                    .await
+                    .map_err(etcd("get"))?
+                    .header()
+                    .map_or(0, |h| h.revision());
                 Ok::<_, StoreError>((client, rev))
             };
             match attempt.await {
@@ -94,7 +103,12 @@ impl Etcd {
 
     /// A transaction writing `then` when `cond` holds; on failure the key's current state
     /// tells NotFound / Exists / Conflict apart.
-    async fn txn(&self, key: &str, cond: Compare, then: TxnOp) -> Result<std::result::Result<(Rev, Vec<TxnOpResponse>), Option<KeyValue>>> {
+    async fn txn(
+        &self,
+        key: &str,
+        cond: Compare,
+        then: TxnOp,
+    ) -> Result<std::result::Result<(Rev, Vec<TxnOpResponse>), Option<KeyValue>>> {
         let t = Txn::new().when([cond]).and_then([then]).or_else([TxnOp::get(key, None)]);
         let resp = self.kv().txn(t).await.map_err(etcd("txn"))?;
         let rev = resp.header().map_or(0, |h| h.revision()) as Rev;
@@ -122,8 +136,12 @@ impl Etcd {
     async fn range_error(&self, e: etcd_client::Error, at: Option<Rev>) -> StoreError {
         let msg = e.to_string();
         match at {
-            Some(at) if msg.contains("future revision") => StoreError::FutureRevision { requested: at, current: self.current().await },
-            Some(at) if msg.contains("compacted") => StoreError::Compacted { requested: at, compacted: self.compacted.load(Ordering::Relaxed) },
+            Some(at) if msg.contains("future revision") => {
+                StoreError::FutureRevision { requested: at, current: self.current().await }
+            }
+            Some(at) if msg.contains("compacted") => {
+                StoreError::Compacted { requested: at, compacted: self.compacted.load(Ordering::Relaxed) }
+            }
             _ => StoreError::Etcd { op: "range", source: e },
         }
     }
@@ -160,7 +178,8 @@ fn conflict_or_missing(key: &str, expected: Option<Rev>, cur: Option<KeyValue>) 
 #[async_trait]
 impl Store for Etcd {
     async fn revision(&self) -> Result<Rev> {
-        let r = self.client.kv_client().get("/", Some(GetOptions::new().with_count_only())).await.map_err(etcd("get"))?;
+        let r =
+            self.client.kv_client().get("/", Some(GetOptions::new().with_count_only())).await.map_err(etcd("get"))?;
         Ok(r.header().map_or(0, |h| h.revision()) as Rev)
     }
 
@@ -170,7 +189,10 @@ impl Store for Etcd {
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<Rev> {
-        match self.txn(key, Compare::create_revision(key, CompareOp::Equal, 0), TxnOp::put(key, value.to_vec(), None)).await? {
+        match self
+            .txn(key, Compare::create_revision(key, CompareOp::Equal, 0), TxnOp::put(key, value.to_vec(), None))
+            .await?
+        {
             Ok((rev, _)) => Ok(rev),
             Err(_) => Err(StoreError::Exists { key: key.into() }),
         }
@@ -241,7 +263,13 @@ impl Store for Etcd {
             return Err(StoreError::FutureRevision { requested: after, current });
         }
         let wo = WatchOptions::new().with_prefix().with_start_revision(after as i64 + 1).with_prev_key();
-        let mut stream = self.client.watch_client().max_decoding_message_size(MAX_MESSAGE).watch(prefix, Some(wo)).await.map_err(etcd("watch"))?;
+        let mut stream = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+            .watch(prefix, Some(wo))
+            .await
+            .map_err(etcd("watch"))?;
         let (tx, out) = mpsc::channel(256);
         tokio::spawn(async move {
             loop {
@@ -266,7 +294,11 @@ impl Store for Etcd {
                     return;
                 }
                 if resp.canceled() {
-                    let _ = tx.send(Err(StoreError::Unavailable { reason: format!("etcd cancelled the watch: {}", resp.cancel_reason()) })).await;
+                    let _ = tx
+                        .send(Err(StoreError::Unavailable {
+                            reason: format!("etcd cancelled the watch: {}", resp.cancel_reason()),
+                        }))
+                        .await;
                     return;
                 }
                 for ev in resp.events() {

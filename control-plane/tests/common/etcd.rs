@@ -34,11 +34,21 @@ impl EtcdServer {
         let mut e = EtcdServer { url, child, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ok = Command::new("etcdctl").env("ETCDCTL_API", "3").args(["--endpoints", &e.url, "endpoint", "health"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+            let ok = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &e.url, "endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
             if ok {
                 return e;
             }
-            assert!(e.child.try_wait().unwrap().is_none(), "etcd exited: {}", std::fs::read_to_string(e._dir.path().join("etcd.log")).unwrap_or_default());
+            assert!(
+                e.child.try_wait().unwrap().is_none(),
+                "etcd exited: {}",
+                std::fs::read_to_string(e._dir.path().join("etcd.log")).unwrap_or_default()
+            );
             assert!(Instant::now() < deadline, "etcd did not become healthy");
             std::thread::sleep(Duration::from_millis(100));
         }

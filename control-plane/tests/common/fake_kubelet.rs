@@ -49,7 +49,9 @@ impl FakeKubelet {
         for c in CertificateDer::pem_file_iter(ca_pem_path).unwrap() {
             roots.add(c.unwrap()).unwrap();
         }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
         let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -86,7 +88,13 @@ impl FakeKubelet {
     }
 }
 
-async fn connection(acceptor: tokio_rustls::TlsAcceptor, tcp: tokio::net::TcpStream, _peer: SocketAddr, seen: Arc<Mutex<Vec<Seen>>>, release: Arc<tokio::sync::Notify>) {
+async fn connection(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    _peer: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<tokio::sync::Notify>,
+) {
     let Ok(tls) = acceptor.accept(tcp).await else { return };
     let der = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
     let (cn, orgs) = berth_control::auth::cert_subject(&der).unwrap_or_default();
@@ -98,7 +106,11 @@ async fn connection(acceptor: tokio_rustls::TlsAcceptor, tcp: tokio::net::TcpStr
                 path_and_query: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
                 client_cn: cn.clone(),
                 client_orgs: orgs.clone(),
-                headers: req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string())).collect(),
+                headers: req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                    .collect(),
             });
             Ok::<_, std::convert::Infallible>(serve(req, &cn, release).await)
         }
@@ -131,19 +143,35 @@ async fn serve(mut req: Request<Incoming>, cn: &str, release: Arc<tokio::sync::N
             release.notified().await;
             let _ = tx.send(Bytes::from_static(b"second line\n")).await;
         });
-        let frames = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(hyper::body::Frame::data(b)), rx)) });
-        return Response::builder().header(header::CONTENT_TYPE, "text/plain").body(BodyExt::boxed(StreamBody::new(frames))).unwrap();
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok(hyper::body::Frame::data(b)), rx))
+        });
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(BodyExt::boxed(StreamBody::new(frames)))
+            .unwrap();
     }
     if upgrade.is_empty() {
         return full(404, "not found");
     }
-    let mut resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS).header(header::CONNECTION, "Upgrade").header(header::UPGRADE, &upgrade);
+    let mut resp = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, &upgrade);
     let websocket = upgrade.eq_ignore_ascii_case("websocket");
-    let offered: Vec<String> = h(if websocket { "sec-websocket-protocol" } else { "x-stream-protocol-version" }).split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-    let chosen = offered.iter().find(|p| p.as_str() == "v5.channel.k8s.io").or(offered.first()).cloned().unwrap_or_default();
+    let offered: Vec<String> = h(if websocket { "sec-websocket-protocol" } else { "x-stream-protocol-version" })
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let chosen =
+        offered.iter().find(|p| p.as_str() == "v5.channel.k8s.io").or(offered.first()).cloned().unwrap_or_default();
     if websocket {
         let key = h("sec-websocket-key");
-        let accept = base64::engine::general_purpose::STANDARD.encode(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes()));
+        let accept = base64::engine::general_purpose::STANDARD.encode(ring::digest::digest(
+            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+        ));
         resp = resp.header("sec-websocket-accept", accept).header("sec-websocket-protocol", &chosen);
     } else {
         resp = resp.header("x-stream-protocol-version", &chosen);

@@ -46,7 +46,10 @@ impl Cluster {
 
     /// Starts on a backend with extra server flags.
     pub fn on_with(b: Backend, extra: &[&str]) -> Cluster {
-        assert!(Command::new("kubectl").arg("version").arg("--client").output().is_ok_and(|o| o.status.success()), "kubectl must be installed for these tests");
+        assert!(
+            Command::new("kubectl").arg("version").arg("--client").output().is_ok_and(|o| o.status.success()),
+            "kubectl must be installed for these tests"
+        );
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("admin.kubeconfig");
         let etcd = (b == Backend::Etcd).then(etcd::EtcdServer::start);
@@ -66,7 +69,8 @@ impl Cluster {
     /// Starts (or restarts) the server on the same port and data dir.
     pub fn spawn(&mut self) {
         let _ = std::fs::remove_file(&self.kubeconfig);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
         let child = Command::new(bin())
             .args(["--data-dir", self.dir.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--node-monitor-grace-period", "3", "--bookmark-interval", "1", "--log-level", "info"])
@@ -130,7 +134,17 @@ impl Cluster {
     /// A kubeconfig with a node's client certificate.
     pub fn node(&self, name: &str) -> Node {
         let out = Command::new(bin())
-            .args(["--data-dir", self.dir.path().to_str().unwrap(), "kubeconfig", "--user", &format!("system:node:{name}"), "--group", "system:nodes", "--server", &self.url()])
+            .args([
+                "--data-dir",
+                self.dir.path().to_str().unwrap(),
+                "kubeconfig",
+                "--user",
+                &format!("system:node:{name}"),
+                "--group",
+                "system:nodes",
+                "--server",
+                &self.url(),
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -148,7 +162,11 @@ impl Drop for Cluster {
 
 pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new("kubectl");
-    cmd.env("KUBECONFIG", kubeconfig).args(args).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("run kubectl");
     if let Some(s) = stdin {
         use std::io::Write;
@@ -186,13 +204,23 @@ impl Node {
 
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.kubectl(args);
-        assert!(o.status.success(), "node {} kubectl {args:?} failed: {}", self.name, String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "node {} kubectl {args:?} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8(o.stdout).unwrap()
     }
 
     pub fn stdin(&self, args: &[&str], input: &str) -> String {
         let o = kubectl_with(&self.kubeconfig, args, Some(input));
-        assert!(o.status.success(), "node {} kubectl {args:?} failed: {}", self.name, String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "node {} kubectl {args:?} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8(o.stdout).unwrap()
     }
 
@@ -246,7 +274,17 @@ impl Node {
                 serde_json::json!({"status": {"phase": "Running", "podIP": "10.244.0.10", "startTime": now(), "containerStatuses": cs,
                     "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}, {"type": "Initialized", "status": "True"}]}})
             };
-            self.ok(&["-n", ns, "patch", "pod", name, "--subresource=status", "--type=merge", "-p", &status.to_string()]);
+            self.ok(&[
+                "-n",
+                ns,
+                "patch",
+                "pod",
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ]);
         }
     }
 }

@@ -33,13 +33,20 @@ fn pids(needle: &str) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|p| *p != me)
-        .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle)))
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
         .collect()
 }
 
 /// The `field:` line of `/proc/<pid>/<file>`, in kB (0 when absent).
 fn proc_kib(pid: i32, file: &str, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default().lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn rss_kib(pid: i32) -> u64 {
@@ -55,7 +62,8 @@ fn pss_kib(pid: i32) -> u64 {
 /// The machine's busy time so far (every CPU: all but idle and iowait), in clock ticks.
 fn node_busy_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let f: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     f.iter().sum::<u64>() - f.get(3).copied().unwrap_or(0) - f.get(4).copied().unwrap_or(0)
 }
 
@@ -71,8 +79,12 @@ fn cpu_ticks(pid: i32) -> u64 {
 fn runtime_pids(rt: Runtime, dir: &std::path::Path) -> Vec<i32> {
     let d = dir.display().to_string();
     match rt {
-        Runtime::BerthShim => pids(&format!("{d}/s/shim.toml")).into_iter().chain(pids(&format!("{d}/s/run/pods"))).collect(),
-        Runtime::Containerd => pids(&format!("{d}/c/config.toml")).into_iter().chain(pids("containerd-shim-runc-v2")).collect(),
+        Runtime::BerthShim => {
+            pids(&format!("{d}/s/shim.toml")).into_iter().chain(pids(&format!("{d}/s/run/pods"))).collect()
+        }
+        Runtime::Containerd => {
+            pids(&format!("{d}/c/config.toml")).into_iter().chain(pids("containerd-shim-runc-v2")).collect()
+        }
     }
 }
 
@@ -82,7 +94,11 @@ fn runtime_pids(rt: Runtime, dir: &std::path::Path) -> Vec<i32> {
 const PROBE_DELAY: u64 = 5;
 
 fn pods_yaml(n: u64, image: &str, probe: bool) -> String {
-    let probe = if probe { format!("\n    livenessProbe: {{exec: {{command: [\"true\"]}}, periodSeconds: 1, initialDelaySeconds: {PROBE_DELAY}}}") } else { String::new() };
+    let probe = if probe {
+        format!("\n    livenessProbe: {{exec: {{command: [\"true\"]}}, periodSeconds: 1, initialDelaySeconds: {PROBE_DELAY}}}")
+    } else {
+        String::new()
+    };
     (0..n)
         .map(|i| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{bench: \"1\"}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {image}\n    command: [sleep, \"100000\"]{probe}\n"))
         .collect::<Vec<_>>()
@@ -115,10 +131,18 @@ fn run(rt: Runtime, pods: u64, window: u64) -> anyhow::Result<Run> {
     let port = if rt == Runtime::BerthShim { 5301 } else { 5302 };
     // BENCH_AGENT_YAML: extra agent configuration (e.g. `parallelPodStarts: 8`) for experiments.
     let extra = std::env::var("BENCH_AGENT_YAML").unwrap_or_default();
-    let c = Cluster::start_custom(name, port, if rt == Runtime::BerthShim { "10.92.0.0/16" } else { "10.93.0.0/16" }, rt, &extra)?;
+    let c = Cluster::start_custom(
+        name,
+        port,
+        if rt == Runtime::BerthShim { "10.92.0.0/16" } else { "10.93.0.0/16" },
+        rt,
+        &extra,
+    )?;
     // Warm the image so pull time is not measured.
     c.apply(&pods_yaml(1, &c.image, false).replace("name: p0", "name: warm"))?;
-    c.wait_for(Duration::from_secs(60), "the warm-up pod", |c| c.pod("warm").is_ok_and(|p| p["status"]["phase"] == "Running"))?;
+    c.wait_for(Duration::from_secs(60), "the warm-up pod", |c| {
+        c.pod("warm").is_ok_and(|p| p["status"]["phase"] == "Running")
+    })?;
     c.kubectl(&["delete", "pod", "warm", "--wait=true"])?;
     std::thread::sleep(Duration::from_secs(3));
     let agent = pids(&format!("{}/agent.yaml", c.dir.display()));
@@ -132,7 +156,9 @@ fn run(rt: Runtime, pods: u64, window: u64) -> anyhow::Result<Run> {
         k
     };
     let busy_before = node_busy_ticks();
-    let s = startup::measure(&kubectl, "bench=1", pods_yaml(pods, &c.image, true), pods as usize, Duration::from_secs(600)).map_err(|e| anyhow::anyhow!("{e}\n{}", c.agent_log()))?;
+    let s =
+        startup::measure(&kubectl, "bench=1", pods_yaml(pods, &c.image, true), pods as usize, Duration::from_secs(600))
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", c.agent_log()))?;
     let burst_ticks = node_busy_ticks().saturating_sub(busy_before);
     if let Ok(keep) = std::env::var("BENCH_KEEP_LOGS") {
         for f in ["agent.log", "control.log", "s/shim.log"] {
@@ -154,7 +180,20 @@ fn run(rt: Runtime, pods: u64, window: u64) -> anyhow::Result<Run> {
     let (agent_loaded, runtime_loaded) = (sum(&agent, rss_kib), sum(&runtime_pids(rt, &c.dir), rss_kib));
     let runtime_loaded_pss = sum(&runtime_pids(rt, &c.dir), pss_kib);
     c.kubectl(&["delete", "pods", "-l", "bench=1", "--wait=true", "--timeout=300s"])?;
-    Ok(Run { p50: percentile(&s.from_create, 0.5), p99: percentile(&s.from_create, 0.99), startup_p50: percentile(&s.per_pod, 0.5), startup_p99: percentile(&s.per_pod, 0.99), created_last: s.created_last, agent_idle, runtime_idle, agent_loaded, runtime_loaded, runtime_loaded_pss, cpu_percent, burst_ms_per_pod })
+    Ok(Run {
+        p50: percentile(&s.from_create, 0.5),
+        p99: percentile(&s.from_create, 0.99),
+        startup_p50: percentile(&s.per_pod, 0.5),
+        startup_p99: percentile(&s.per_pod, 0.99),
+        created_last: s.created_last,
+        agent_idle,
+        runtime_idle,
+        agent_loaded,
+        runtime_loaded,
+        runtime_loaded_pss,
+        cpu_percent,
+        burst_ms_per_pod,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -163,7 +202,9 @@ fn main() -> anyhow::Result<()> {
     let which = arg_str("--runtime", "both");
     let mut rows = Vec::new();
     for (label, rt) in [("berth-shim", Runtime::BerthShim), ("containerd 1.6 + runc", Runtime::Containerd)] {
-        let wanted = which == "both" || (which == "berth" && rt == Runtime::BerthShim) || (which == "containerd" && rt == Runtime::Containerd);
+        let wanted = which == "both"
+            || (which == "berth" && rt == Runtime::BerthShim)
+            || (which == "containerd" && rt == Runtime::Containerd);
         if wanted {
             eprintln!("== {label}");
             rows.push((label, run(rt, pods, window)?));
@@ -171,7 +212,9 @@ fn main() -> anyhow::Result<()> {
     }
     println!("{pods} pods created at once, each with an exec liveness probe every second; same berth-agent and berth-control");
     println!("Running p50/p99: from the create command; startup p50/p99: from each pod's creation (its POST answered) to Running as the watch saw it");
-    println!("node CPU per pod: the whole machine's busy time from the create command until all ran, divided by the pods");
+    println!(
+        "node CPU per pod: the whole machine's busy time from the create command until all ran, divided by the pods"
+    );
     println!("| runtime | Running p50 | Running p99 | startup p50 | startup p99 | last created | node CPU per pod | agent RSS idle / loaded | runtime RSS idle / loaded | runtime PSS loaded | CPU agent+runtime ({window} s) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (label, r) in rows {

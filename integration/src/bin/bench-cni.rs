@@ -112,14 +112,14 @@ fn latency(pairs: usize, masq: bool, tmp: &Path) -> anyhow::Result<Value> {
             }
         }
     }
-    let stats = |v: &[f64]| {
-        json!({"min": percentile(v, 0.0), "median": percentile(v, 50.0), "p90": percentile(v, 90.0)})
-    };
+    let stats =
+        |v: &[f64]| json!({"min": percentile(v, 0.0), "median": percentile(v, 50.0), "p90": percentile(v, 90.0)});
     let rows: Vec<Value> = plugins
         .iter()
         .map(|p| json!({"plugins": p.label, "pairs": p.add.len(), "add_ms": stats(&p.add), "del_ms": stats(&p.del)}))
         .collect();
-    let ratio = |k: &str| rows[0][k]["median"].as_f64().unwrap_or(f64::NAN) / rows[1][k]["median"].as_f64().unwrap_or(f64::NAN);
+    let ratio =
+        |k: &str| rows[0][k]["median"].as_f64().unwrap_or(f64::NAN) / rows[1][k]["median"].as_f64().unwrap_or(f64::NAN);
     Ok(json!({"ip_masq": masq, "results": rows, "ratio_add": ratio("add_ms"), "ratio_del": ratio("del_ms")}))
 }
 

@@ -18,7 +18,8 @@ use berth_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use berth_proto::runtime::v1::*;
 use tonic::transport::Channel;
 
-const OPS: [&str; 6] = ["RunPodSandbox", "CreateContainer", "StartContainer", "StopContainer", "StopPodSandbox", "RemovePodSandbox"];
+const OPS: [&str; 6] =
+    ["RunPodSandbox", "CreateContainer", "StartContainer", "StopContainer", "StopPodSandbox", "RemovePodSandbox"];
 const IMAGE: &str = "127.0.0.1:5200/library/busybox:latest";
 
 struct Runtime {
@@ -35,7 +36,12 @@ fn arg(name: &str, default: usize) -> usize {
 
 fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "bench".into(), attempt: 0 }),
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
         hostname: name.into(),
         log_directory: logs.display().to_string(),
         linux: Some(LinuxPodSandboxConfig::default()),
@@ -59,10 +65,19 @@ impl Runtime {
     async fn start_pod(&mut self, name: &str) -> anyhow::Result<(String, [f64; 3])> {
         let config = pod_config(name, &self.logs);
         let t = Instant::now();
-        let pod = self.rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() }).await?.into_inner().pod_sandbox_id;
+        let pod = self
+            .rt
+            .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
         let run = ms(t);
         let t = Instant::now();
-        let req = CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(container_config()), sandbox_config: Some(config) };
+        let req = CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config()),
+            sandbox_config: Some(config),
+        };
         let c = self.rt.create_container(req).await?.into_inner().container_id;
         let create = ms(t);
         let t = Instant::now();
@@ -72,7 +87,16 @@ impl Runtime {
 
     async fn cycle(&mut self, i: usize) -> anyhow::Result<()> {
         let (pod, first) = self.start_pod(&format!("{}-{i}", self.name)).await?;
-        let c = self.rt.list_containers(ListContainersRequest { filter: Some(ContainerFilter { pod_sandbox_id: pod.clone(), ..Default::default() }) }).await?.into_inner().containers[0].id.clone();
+        let c = self
+            .rt
+            .list_containers(ListContainersRequest {
+                filter: Some(ContainerFilter { pod_sandbox_id: pod.clone(), ..Default::default() }),
+            })
+            .await?
+            .into_inner()
+            .containers[0]
+            .id
+            .clone();
         let t = Instant::now();
         self.rt.stop_container(StopContainerRequest { container_id: c, timeout: 10 }).await?;
         let stop = ms(t);
@@ -109,7 +133,11 @@ fn median(v: &[f64]) -> f64 {
 fn pss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -121,7 +149,12 @@ fn per_pod_processes(needle: &str, child: &str) -> Vec<u32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let cmd: Vec<u8> = cmd.iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
         if String::from_utf8_lossy(&cmd).contains(needle) {
@@ -151,24 +184,45 @@ async fn main() -> anyhow::Result<()> {
     let pods = arg("--pods", 100);
     let res_pods = arg("--resident", 10);
     // BERTH_KEEP_TMP=1 keeps the runtimes' logs and state for reading.
-    let tmp = tempfile::Builder::new().prefix("bc").disable_cleanup(std::env::var_os("BERTH_KEEP_TMP").is_some()).tempdir_in("/tmp")?;
+    let tmp = tempfile::Builder::new()
+        .prefix("bc")
+        .disable_cleanup(std::env::var_os("BERTH_KEEP_TMP").is_some())
+        .tempdir_in("/tmp")?;
     let ns = NetNs::new("bench-cri")?;
     let registry = Registry::start(&ns, &tmp.path().join("reg"), 5200)?;
     registry.push_busybox(&ns, "library/busybox:latest", &["sh"])?;
     registry.push_pause(&ns, "library/pause:3.9", &berth_integration::bin_path("berth-pause")?)?;
 
     let shim_dir = tmp.path().join("s");
-    ShimProcess::configure(&shim_dir, &ShimOptions { name: "bench", registry: &registry.addr, subnet: "10.90.0.0/16", with_cni: true })?;
-    let conflist = std::fs::read_to_string(shim_dir.join("net.d/10-berth-test.conflist"))?.replace("bt-bench", "bc-ctr").replace("10.90.0.0/16", "10.91.0.0/16").replace(&shim_dir.join("ipam").display().to_string(), &tmp.path().join("c/ipam").display().to_string());
+    ShimProcess::configure(
+        &shim_dir,
+        &ShimOptions { name: "bench", registry: &registry.addr, subnet: "10.90.0.0/16", with_cni: true },
+    )?;
+    let conflist = std::fs::read_to_string(shim_dir.join("net.d/10-berth-test.conflist"))?
+        .replace("bt-bench", "bc-ctr")
+        .replace("10.90.0.0/16", "10.91.0.0/16")
+        .replace(&shim_dir.join("ipam").display().to_string(), &tmp.path().join("c/ipam").display().to_string());
     let shim = ShimProcess::start(&ns, &shim_dir)?;
-    let (mut ctrd, ctrd_sock) = berth_integration::containerd::start(&ns, &tmp.path().join("c"), &conflist, std::path::Path::new("/usr/lib/cni"), "127.0.0.1:5200/library/pause:3.9", "127.0.0.1:5200")?;
+    let (mut ctrd, ctrd_sock) = berth_integration::containerd::start(
+        &ns,
+        &tmp.path().join("c"),
+        &conflist,
+        std::path::Path::new("/usr/lib/cni"),
+        "127.0.0.1:5200/library/pause:3.9",
+        "127.0.0.1:5200",
+    )?;
 
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs)?;
     let mut runtimes = Vec::new();
     for (name, sock) in [("berth-shim", shim.socket.clone()), ("containerd", ctrd_sock.clone())] {
         let (rt, mut img) = berth_integration::cri::connect(&sock).await?;
-        img.pull_image(PullImageRequest { image: Some(ImageSpec { image: IMAGE.into(), ..Default::default() }), ..Default::default() }).await.with_context(|| format!("{name}: pull"))?;
+        img.pull_image(PullImageRequest {
+            image: Some(ImageSpec { image: IMAGE.into(), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("{name}: pull"))?;
         runtimes.push(Runtime { name, rt, logs: logs.clone(), samples: BTreeMap::new() });
     }
     // Warm-up (first pod pays for snapshot and cache set-up), then alternate.
@@ -185,7 +239,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let berth_needle = shim_dir.join("run/pods").display().to_string();
     let (berth_pss, berth_procs) = resident(&mut runtimes[0], res_pods, &berth_needle).await?;
-    let (ctrd_pss, ctrd_procs) = resident(&mut runtimes[1], res_pods, &format!("-address {}", ctrd_sock.display())).await?;
+    let (ctrd_pss, ctrd_procs) =
+        resident(&mut runtimes[1], res_pods, &format!("-address {}", ctrd_sock.display())).await?;
 
     println!("bench-cri: {pods} pods each, alternating; medians in ms (p90)");
     println!("| op | berth-shim | containerd 1.6 + runc | ratio |");
@@ -195,7 +250,14 @@ async fn main() -> anyhow::Result<()> {
         let b = &runtimes[0].samples[op];
         let c = &runtimes[1].samples[op];
         let p90 = |v: &[f64]| berth_integration::bench::percentile(v, 90.0);
-        println!("| {op} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.2}× |", median(b), p90(b), median(c), p90(c), median(b) / median(c));
+        println!(
+            "| {op} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.2}× |",
+            median(b),
+            p90(b),
+            median(c),
+            p90(c),
+            median(b) / median(c)
+        );
         if ["RunPodSandbox", "CreateContainer", "StartContainer"].contains(&op) {
             sums[0] += median(b);
             sums[1] += median(c);

@@ -55,11 +55,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
             "--runtimes" => {
                 o.runtimes.clear();
                 for name in value(arg)?.split(',').map(str::trim) {
-                    let name = if name == "berth-runtime" {
-                        "berth"
-                    } else {
-                        name
-                    };
+                    let name = if name == "berth-runtime" { "berth" } else { name };
                     if !o.runtimes.iter().any(|r| r == name) {
                         o.runtimes.push(name.to_string());
                     }
@@ -106,18 +102,9 @@ fn locate_runtimes(names: &[String]) -> Result<Vec<Runtime>> {
                 }
             }
         };
-        let display = if name == "berth" {
-            "berth-runtime"
-        } else {
-            name
-        };
+        let display = if name == "berth" { "berth-runtime" } else { name };
         found.push(Runtime {
-            result: RuntimeResult {
-                name: display.to_string(),
-                version: version_of(&path),
-                path,
-                ..Default::default()
-            },
+            result: RuntimeResult { name: display.to_string(), version: version_of(&path), path, ..Default::default() },
             consecutive_failures: 0,
         });
     }
@@ -145,20 +132,11 @@ fn run_once(rt: &Runtime, bundle: &Path, work: &Path, tag: &str) -> Result<Sampl
     let root = work.join("state").join(&id);
     fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     let log = work.join("logs").join(format!("{id}.log"));
-    let args = [
-        "--root".as_ref(),
-        root.as_os_str(),
-        "run".as_ref(),
-        "--bundle".as_ref(),
-        bundle.as_os_str(),
-        id.as_ref(),
-    ];
+    let args =
+        ["--root".as_ref(), root.as_os_str(), "run".as_ref(), "--bundle".as_ref(), bundle.as_os_str(), id.as_ref()];
     let result = measure(&rt.result.path, &args, &log);
     // Clean up outside the timed region: a container left behind is force-deleted.
-    if fs::read_dir(&root)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
-    {
+    if fs::read_dir(&root).map(|mut d| d.next().is_some()).unwrap_or(false) {
         let _ = Command::new(&rt.result.path)
             .arg("--root")
             .arg(&root)
@@ -201,10 +179,7 @@ fn record(rt: &mut Runtime, result: Result<Sample, String>, timed: bool, label: 
             rt.result.failures.push(format!("{label}: {why}"));
             rt.consecutive_failures += 1;
             if rt.consecutive_failures == MAX_CONSECUTIVE_FAILURES {
-                eprintln!(
-                    "{}: {MAX_CONSECUTIVE_FAILURES} failures in a row, dropping it",
-                    rt.result.name
-                );
+                eprintln!("{}: {MAX_CONSECUTIVE_FAILURES} failures in a row, dropping it", rt.result.name);
             }
         }
     }
@@ -266,21 +241,14 @@ fn preflight(rt: &mut Runtime, bundle: &Path, work: &Path) {
 /// which peak RSS numbers say nothing about the runtime.
 fn rss_floor(work: &Path) -> Option<u64> {
     let log = work.join("logs").join("floor.log");
-    (0..3)
-        .filter_map(|_| measure(Path::new(HOST_BUSYBOX), &["true".as_ref()], &log).ok())
-        .map(|s| s.maxrss_kib)
-        .max()
+    (0..3).filter_map(|_| measure(Path::new(HOST_BUSYBOX), &["true".as_ref()], &log).ok()).map(|s| s.maxrss_kib).max()
 }
 
 fn benchmark(runtimes: &mut [Runtime], o: &Options, bundle: &Path, work: &Path) {
     let n = runtimes.len();
     for round in 0..o.warmup + o.iterations {
         let timed = round >= o.warmup;
-        let label = if timed {
-            format!("{}", round - o.warmup)
-        } else {
-            format!("warmup{round}")
-        };
+        let label = if timed { format!("{}", round - o.warmup) } else { format!("warmup{round}") };
         for k in 0..n {
             let rt = &mut runtimes[(round as usize + k) % n];
             if rt.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
@@ -293,9 +261,8 @@ fn benchmark(runtimes: &mut [Runtime], o: &Options, bundle: &Path, work: &Path) 
 }
 
 fn make_work_dir(o: &Options) -> Result<PathBuf> {
-    let dir = o.work_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()))
-    });
+    let dir =
+        o.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("berth-bench-{}", std::process::id())));
     for sub in ["state", "logs"] {
         fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -330,18 +297,13 @@ fn run(o: &Options) -> Result<bool> {
     if o.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
-            "{} timed runs per runtime (+{} warmup) of /bin/true, rotating order",
-            o.iterations, o.warmup
-        );
+        println!("{} timed runs per runtime (+{} warmup) of /bin/true, rotating order", o.iterations, o.warmup);
         print!("{}", render_table(&report));
         if let Some(floor) = floor {
             println!("(ru_maxrss floor of this spawn path, static busybox true: {floor} KiB)");
         }
     }
-    let failed = results
-        .iter()
-        .any(|r| !r.failures.is_empty() || r.samples.is_empty());
+    let failed = results.iter().any(|r| !r.failures.is_empty() || r.samples.is_empty());
     if o.keep {
         eprintln!("kept {}", work.display());
     } else {

@@ -16,9 +16,7 @@ fn read_expectations(arg: Option<String>) -> Result<Expectations> {
     let path = arg.unwrap_or_else(|| DEFAULT_PATH.to_string());
     let text = if path == "-" {
         let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading stdin")?;
+        std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
         text
     } else {
         std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?

@@ -19,13 +19,7 @@ const MASKED_PATHS: [&str; 10] = [
     "/proc/scsi",
 ];
 
-const READONLY_PATHS: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 pub(super) fn runc_default(args: &[&str]) -> Spec {
     let value = json!({
@@ -95,12 +89,8 @@ mod tests {
         bounding.sort();
         assert_eq!(bounding, DEFAULT_CAPS);
         assert!(v["process"]["capabilities"].get("inheritable").is_none());
-        let types: Vec<&str> = v["linux"]["namespaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["type"].as_str().unwrap())
-            .collect();
+        let types: Vec<&str> =
+            v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert_eq!(types, ["pid", "network", "ipc", "uts", "mount"]);
         assert_eq!(v["mounts"].as_array().unwrap().len(), 7);
         assert_eq!(v["linux"]["maskedPaths"].as_array().unwrap().len(), 10);

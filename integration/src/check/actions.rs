@@ -34,18 +34,8 @@ pub fn check_fork<W: Write>(e: &Expectations, r: &mut Report<W>) {
     let Some(count) = e.fork_count else { return };
     let forked = fork_children(count);
     match e.fork_max_ok {
-        None => r.check(
-            "fork_count",
-            forked == count,
-            format_args!("{count} forks"),
-            forked,
-        ),
-        Some(max) => r.check(
-            "fork_count",
-            forked <= max,
-            format_args!("at most {max} of {count} forks"),
-            forked,
-        ),
+        None => r.check("fork_count", forked == count, format_args!("{count} forks"), forked),
+        Some(max) => r.check("fork_count", forked <= max, format_args!("at most {max} of {count} forks"), forked),
     }
 }
 

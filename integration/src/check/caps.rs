@@ -49,20 +49,13 @@ pub const CAP_NAMES: [&str; 41] = [
 
 /// The name of capability `bit`; unknown bits are named `CAP_<bit>`.
 pub fn cap_name(bit: u32) -> String {
-    CAP_NAMES
-        .get(bit as usize)
-        .map(|n| n.to_string())
-        .unwrap_or_else(|| format!("CAP_{bit}"))
+    CAP_NAMES.get(bit as usize).map(|n| n.to_string()).unwrap_or_else(|| format!("CAP_{bit}"))
 }
 
 /// The number of a capability name (`CAP_KILL`, `kill` and `Cap_Kill` all work).
 pub fn cap_number(name: &str) -> Option<u32> {
     let name = normalize_cap_name(name);
-    CAP_NAMES
-        .iter()
-        .position(|n| *n == name)
-        .map(|i| i as u32)
-        .or_else(|| name.strip_prefix("CAP_")?.parse().ok())
+    CAP_NAMES.iter().position(|n| *n == name).map(|i| i as u32).or_else(|| name.strip_prefix("CAP_")?.parse().ok())
 }
 
 /// Upper-cases a name and adds the `CAP_` prefix if missing.
@@ -77,12 +70,8 @@ pub fn normalize_cap_name(name: &str) -> String {
 
 /// Parses a hex mask such as `CapEff:\t00000000a80425fb` into capability names.
 pub fn parse_cap_mask(hex: &str) -> Result<BTreeSet<String>, String> {
-    let mask = u64::from_str_radix(hex.trim(), 16)
-        .map_err(|e| format!("bad capability mask {hex:?}: {e}"))?;
-    Ok((0..64)
-        .filter(|bit| mask & (1u64 << bit) != 0)
-        .map(cap_name)
-        .collect())
+    let mask = u64::from_str_radix(hex.trim(), 16).map_err(|e| format!("bad capability mask {hex:?}: {e}"))?;
+    Ok((0..64).filter(|bit| mask & (1u64 << bit) != 0).map(cap_name).collect())
 }
 
 /// Normalises a list of names into a set.
@@ -115,10 +104,8 @@ mod tests {
     #[test]
     fn default_runc_mask_is_three_caps() {
         let names = parse_cap_mask("0000000020000420").unwrap();
-        let expected: BTreeSet<String> = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let expected: BTreeSet<String> =
+            ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"].iter().map(|s| s.to_string()).collect();
         assert_eq!(names, expected);
     }
 

@@ -20,23 +20,16 @@ pub fn candidate_paths(file: &str, cgroups: &[CgroupLine]) -> Vec<PathBuf> {
     let mut paths = Vec::new();
     match file.split_once('/') {
         None => {
-            if let Some(v2) = cgroups
-                .iter()
-                .find(|l| l.hierarchy == 0 && l.controllers.is_empty())
-            {
+            if let Some(v2) = cgroups.iter().find(|l| l.hierarchy == 0 && l.controllers.is_empty()) {
                 paths.push(root.join(v2.path.trim_start_matches('/')).join(file));
             }
             paths.push(root.join(file));
         }
         Some((controller_dir, rest)) => {
             let wanted: Vec<&str> = controller_dir.split(',').collect();
-            let line = cgroups.iter().find(|l| {
-                wanted.iter().all(|w| {
-                    l.controllers
-                        .iter()
-                        .any(|c| c == w || c == &format!("name={w}"))
-                })
-            });
+            let line = cgroups
+                .iter()
+                .find(|l| wanted.iter().all(|w| l.controllers.iter().any(|c| c == w || c == &format!("name={w}"))));
             let dir = root.join(controller_dir);
             if let Some(line) = line {
                 paths.push(dir.join(line.path.trim_start_matches('/')).join(rest));
@@ -54,12 +47,7 @@ pub fn check_cgroups<W: Write>(e: &Expectations, r: &mut Report<W>) {
     }
     let cgroups = parse_proc_cgroup(&fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
     for want in &e.cgroup {
-        let label = want
-            .any_of
-            .iter()
-            .map(|f| f.path.as_str())
-            .collect::<Vec<_>>()
-            .join("|");
+        let label = want.any_of.iter().map(|f| f.path.as_str()).collect::<Vec<_>>().join("|");
         let name = format!("cgroup {label}");
         let found = want.any_of.iter().find_map(|candidate| {
             candidate_paths(&candidate.path, &cgroups)
@@ -69,19 +57,10 @@ pub fn check_cgroups<W: Write>(e: &Expectations, r: &mut Report<W>) {
         match found {
             Some((candidate, path, value)) => {
                 let got = format!("{} in {}", value.trim(), path.display());
-                r.check(
-                    &name,
-                    value.trim() == candidate.value.trim(),
-                    &candidate.value,
-                    got,
-                );
+                r.check(&name, value.trim() == candidate.value.trim(), &candidate.value, got);
             }
             None if want.optional => r.ok_note(&name, "not visible, optional"),
-            None => r.fail(
-                &name,
-                "a visible cgroup file",
-                "none of the candidates exist",
-            ),
+            None => r.fail(&name, "a visible cgroup file", "none of the candidates exist"),
         }
     }
 }
@@ -100,21 +79,12 @@ mod tests {
                 PathBuf::from("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
             ]
         );
-        assert_eq!(
-            candidate_paths("cpu/cpu.shares", &lines)[0],
-            PathBuf::from("/sys/fs/cgroup/cpu/c1/cpu.shares")
-        );
+        assert_eq!(candidate_paths("cpu/cpu.shares", &lines)[0], PathBuf::from("/sys/fs/cgroup/cpu/c1/cpu.shares"));
         assert_eq!(
             candidate_paths("pids.max", &lines),
-            [
-                PathBuf::from("/sys/fs/cgroup/c1/pids.max"),
-                PathBuf::from("/sys/fs/cgroup/pids.max")
-            ]
+            [PathBuf::from("/sys/fs/cgroup/c1/pids.max"), PathBuf::from("/sys/fs/cgroup/pids.max")]
         );
         let ns_root = parse_proc_cgroup("0::/\n");
-        assert_eq!(
-            candidate_paths("pids.max", &ns_root),
-            [PathBuf::from("/sys/fs/cgroup/pids.max")]
-        );
+        assert_eq!(candidate_paths("pids.max", &ns_root), [PathBuf::from("/sys/fs/cgroup/pids.max")]);
     }
 }

@@ -50,18 +50,9 @@ fn check_mount<W: Write>(want: &MountExpectation, mounts: &[MountInfo], r: &mut 
     if let Some(source) = want.source.as_ref().filter(|s| **s != m.source) {
         problems.push((format!("source {source}"), format!("source {}", m.source)));
     }
-    let missing: Vec<&str> = want
-        .options
-        .iter()
-        .filter(|o| !m.has_option(o))
-        .map(String::as_str)
-        .collect();
+    let missing: Vec<&str> = want.options.iter().filter(|o| !m.has_option(o)).map(String::as_str).collect();
     if !missing.is_empty() {
-        let got = format!(
-            "options {} - {}",
-            m.options.join(","),
-            m.super_options.join(",")
-        );
+        let got = format!("options {} - {}", m.options.join(","), m.super_options.join(","));
         problems.push((format!("options {}", missing.join(",")), got));
     }
     if let Some(prop) = &want.propagation {
@@ -87,16 +78,10 @@ fn check_masked<W: Write>(path: &str, mounts: &[MountInfo], r: &mut Report<W>) {
     };
     if meta.is_dir() {
         let entries = fs::read_dir(path).map(|d| d.count());
-        let fstype = find_mount(mounts, path)
-            .map(|m| m.fstype.as_str())
-            .unwrap_or("no mount");
+        let fstype = find_mount(mounts, path).map(|m| m.fstype.as_str()).unwrap_or("no mount");
         match entries {
             Ok(0) if fstype == "tmpfs" => r.ok(&name),
-            Ok(n) => r.fail(
-                &name,
-                "an empty tmpfs",
-                format_args!("{n} entries on {fstype}"),
-            ),
+            Ok(n) => r.fail(&name, "an empty tmpfs", format_args!("{n} entries on {fstype}")),
             Err(err) => r.fail(&name, "an empty tmpfs", format_args!("error: {err}")),
         }
         return;
@@ -143,17 +128,13 @@ fn check_readonly_dir<W: Write>(name: &str, dir: &Path, r: &mut Report<W>) {
 }
 
 fn open_for_write(path: &Path) -> io::Result<()> {
-    fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map(drop)
+    fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).map(drop)
 }
 
 /// Whether the mount holding `path` is read-only, by `statvfs`.
 fn mount_read_only(path: &Path) -> io::Result<bool> {
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c_path =
+        CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: statvfs is plain old data; all-zero is valid.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is NUL-terminated and st is writable.
@@ -168,11 +149,7 @@ pub fn check_rootfs<W: Write>(e: &Expectations, r: &mut Report<W>) {
         return;
     };
     let probe = format!("/.berth-check-rootfs-{}", std::process::id());
-    let created = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&probe);
+    let created = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&probe);
     let got = match created {
         Ok(_) => {
             let _ = fs::remove_file(&probe);
@@ -255,9 +232,7 @@ fn check_device<W: Write>(want: &DeviceExpectation, r: &mut Report<W>) {
         want_kind.unwrap_or("*"),
         opt(want.major),
         opt(want.minor),
-        want.mode
-            .map(|m| format!("{m:04o}"))
-            .unwrap_or_else(|| "*".into()),
+        want.mode.map(|m| format!("{m:04o}")).unwrap_or_else(|| "*".into()),
         opt(want.uid),
         opt(want.gid)
     );
@@ -282,10 +257,7 @@ mod tests {
 
     #[test]
     fn sysctl_keys_map_to_proc_sys() {
-        assert_eq!(
-            sysctl_path("net.ipv4.ip_forward"),
-            "/proc/sys/net/ipv4/ip_forward"
-        );
+        assert_eq!(sysctl_path("net.ipv4.ip_forward"), "/proc/sys/net/ipv4/ip_forward");
         assert_eq!(sysctl_path("kernel.shmmax"), "/proc/sys/kernel/shmmax");
     }
 
@@ -304,11 +276,6 @@ mod tests {
         };
         let mut r = Report::new(Vec::new());
         check_devices(&e, &mut r);
-        assert_eq!(
-            r.failed(),
-            0,
-            "{}",
-            String::from_utf8_lossy(&r.into_inner())
-        );
+        assert_eq!(r.failed(), 0, "{}", String::from_utf8_lossy(&r.into_inner()));
     }
 }

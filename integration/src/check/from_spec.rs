@@ -98,19 +98,12 @@ impl Expectations {
             e.env = process.env().clone().unwrap_or_default();
             e.no_new_privs = Some(process.no_new_privileges().unwrap_or(false));
             e.oom_score_adj = process.oom_score_adj();
-            e.capabilities = process
-                .capabilities()
-                .as_ref()
-                .map(|caps| exec_capabilities(caps, user.uid() == 0));
+            e.capabilities = process.capabilities().as_ref().map(|caps| exec_capabilities(caps, user.uid() == 0));
             e.rlimits = process
                 .rlimits()
                 .iter()
                 .flatten()
-                .map(|l| RlimitExpectation {
-                    kind: serde_name(&l.typ()),
-                    soft: Some(l.soft()),
-                    hard: Some(l.hard()),
-                })
+                .map(|l| RlimitExpectation { kind: serde_name(&l.typ()), soft: Some(l.soft()), hard: Some(l.hard()) })
                 .collect();
         }
         if let Some(linux) = spec.linux() {
@@ -121,18 +114,9 @@ impl Expectations {
             e.seccomp_mode = Some(if linux.seccomp().is_some() { 2 } else { 0 });
             e.masked_paths = linux.masked_paths().clone().unwrap_or_default();
             e.readonly_paths = linux.readonly_paths().clone().unwrap_or_default();
-            e.sysctls = linux
-                .sysctl()
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            e.sysctls = linux.sysctl().iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
             e.devices = device_expectations(linux.devices().as_deref().unwrap_or(&[]));
-            e.cgroup = linux
-                .resources()
-                .as_ref()
-                .map(cgroup_expectations)
-                .unwrap_or_default();
+            e.cgroup = linux.resources().as_ref().map(cgroup_expectations).unwrap_or_default();
             if let Some(prop) = linux.rootfs_propagation() {
                 e.mounts.push(MountExpectation {
                     destination: "/".into(),
@@ -156,24 +140,13 @@ fn namespace_expectations(
         };
         let wanted = spec_ns.iter().find(|n| serde_name(&n.typ()) == oci);
         let expectation = match wanted {
-            None => NamespaceExpectation {
-                host_inode,
-                shared: true,
-            },
+            None => NamespaceExpectation { host_inode, shared: true },
             Some(ns) => match ns.path() {
-                None => NamespaceExpectation {
-                    host_inode,
-                    shared: false,
-                },
+                None => NamespaceExpectation { host_inode, shared: false },
                 Some(path) => {
-                    let meta = fs::metadata(path).map_err(|source| FromSpecError::Namespace {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    NamespaceExpectation {
-                        host_inode: meta.ino(),
-                        shared: true,
-                    }
+                    let meta =
+                        fs::metadata(path).map_err(|source| FromSpecError::Namespace { path: path.clone(), source })?;
+                    NamespaceExpectation { host_inode: meta.ino(), shared: true }
                 }
             },
         };
@@ -191,21 +164,12 @@ fn id_map(
         return Ok(mappings
             .iter()
             .flatten()
-            .map(|m| IdMapping {
-                container_id: m.container_id(),
-                host_id: m.host_id(),
-                size: m.size(),
-            })
+            .map(|m| IdMapping { container_id: m.container_id(), host_id: m.host_id(), size: m.size() })
             .collect());
     }
-    let text = fs::read_to_string(host_file).map_err(|e| FromSpecError::IdMap {
-        path: host_file,
-        reason: e.to_string(),
-    })?;
-    parse_id_map(&text).map_err(|reason| FromSpecError::IdMap {
-        path: host_file,
-        reason,
-    })
+    let text =
+        fs::read_to_string(host_file).map_err(|e| FromSpecError::IdMap { path: host_file, reason: e.to_string() })?;
+    parse_id_map(&text).map_err(|reason| FromSpecError::IdMap { path: host_file, reason })
 }
 
 /// The capability sets after the container process's `execve` (see `capabilities(7)`).
@@ -216,15 +180,10 @@ fn exec_capabilities(caps: &LinuxCapabilities, root: bool) -> CapabilityExpectat
     let bounding = set(caps.bounding());
     let inheritable = set(caps.inheritable());
     let permitted = set(caps.permitted());
-    let ambient: BTreeSet<String> = set(caps.ambient())
-        .into_iter()
-        .filter(|c| inheritable.contains(c) && permitted.contains(c))
-        .collect();
-    let after_exec: BTreeSet<String> = if root {
-        bounding.union(&inheritable).cloned().collect()
-    } else {
-        ambient.clone()
-    };
+    let ambient: BTreeSet<String> =
+        set(caps.ambient()).into_iter().filter(|c| inheritable.contains(c) && permitted.contains(c)).collect();
+    let after_exec: BTreeSet<String> =
+        if root { bounding.union(&inheritable).cloned().collect() } else { ambient.clone() };
     let list = |s: &BTreeSet<String>| Some(s.iter().cloned().collect::<Vec<_>>());
     CapabilityExpectation {
         bounding: list(&bounding),
@@ -242,9 +201,7 @@ fn mount_expectation(m: &Mount) -> MountExpectation {
     let fstype = if is_cgroup && host_is_cgroup2_only() {
         Some("cgroup2".to_string())
     } else {
-        m.typ()
-            .clone()
-            .filter(|t| !is_bind && !is_cgroup && !matches!(t.as_str(), "bind" | "none"))
+        m.typ().clone().filter(|t| !is_bind && !is_cgroup && !matches!(t.as_str(), "bind" | "none"))
     };
     // On v1 and hybrid hosts runtimes mount a writable tmpfs at /sys/fs/cgroup and make only
     // the hierarchies below it read-only.
@@ -262,10 +219,7 @@ fn mount_expectation(m: &Mount) -> MountExpectation {
         source: None,
         options: options
             .iter()
-            .filter(|o| {
-                matches!(o.as_str(), "nosuid" | "nodev" | "noexec")
-                    || (o.as_str() == "ro" && keep_ro)
-            })
+            .filter(|o| matches!(o.as_str(), "nosuid" | "nodev" | "noexec") || (o.as_str() == "ro" && keep_ro))
             .cloned()
             .collect(),
         propagation: propagation.map(String::from),
@@ -306,10 +260,7 @@ fn device_expectations(spec_devices: &[oci_spec::runtime::LinuxDevice]) -> Vec<D
 }
 
 fn file(path: &str, value: impl ToString) -> CgroupFile {
-    CgroupFile {
-        path: path.into(),
-        value: value.to_string(),
-    }
+    CgroupFile { path: path.into(), value: value.to_string() }
 }
 
 fn limit(v: i64) -> String {
@@ -322,49 +273,23 @@ fn limit(v: i64) -> String {
 
 fn cgroup_expectations(res: &LinuxResources) -> Vec<CgroupExpectation> {
     let mut out = Vec::new();
-    let mut push = |any_of: Vec<CgroupFile>| {
-        out.push(CgroupExpectation {
-            any_of,
-            optional: false,
-        })
-    };
-    if let Some(mem) = res
-        .memory()
-        .as_ref()
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0)
-    {
+    let mut push = |any_of: Vec<CgroupFile>| out.push(CgroupExpectation { any_of, optional: false });
+    if let Some(mem) = res.memory().as_ref().and_then(|m| m.limit()).filter(|l| *l > 0) {
         let rounded = mem / PAGE_SIZE * PAGE_SIZE;
-        push(vec![
-            file("memory.max", rounded),
-            file("memory/memory.limit_in_bytes", rounded),
-        ]);
+        push(vec![file("memory.max", rounded), file("memory/memory.limit_in_bytes", rounded)]);
     }
     if let Some(pids) = res.pids().as_ref().map(|p| p.limit()) {
-        let value = if pids > 0 {
-            pids.to_string()
-        } else {
-            "max".into()
-        };
-        push(vec![
-            file("pids.max", &value),
-            file("pids/pids.max", &value),
-        ]);
+        let value = if pids > 0 { pids.to_string() } else { "max".into() };
+        push(vec![file("pids.max", &value), file("pids/pids.max", &value)]);
     }
     if let Some(cpu) = res.cpu() {
         if let Some(quota) = cpu.quota() {
             let period = cpu.period().unwrap_or(100_000);
-            push(vec![
-                file("cpu.max", format!("{} {period}", limit(quota))),
-                file("cpu/cpu.cfs_quota_us", quota),
-            ]);
+            push(vec![file("cpu.max", format!("{} {period}", limit(quota))), file("cpu/cpu.cfs_quota_us", quota)]);
         }
         if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
             let weight = 1 + (shares.saturating_sub(2) * 9999) / 262_142;
-            push(vec![
-                file("cpu.weight", weight),
-                file("cpu/cpu.shares", shares),
-            ]);
+            push(vec![file("cpu.weight", weight), file("cpu/cpu.shares", shares)]);
         }
     }
     out
@@ -389,21 +314,13 @@ mod tests {
         assert_eq!(caps.effective.unwrap(), three);
         assert_eq!(caps.permitted.unwrap(), three);
         assert_eq!(caps.bounding.unwrap(), three);
-        assert_eq!(
-            caps.ambient.unwrap(),
-            Vec::<String>::new(),
-            "no inheritable, so no ambient"
-        );
+        assert_eq!(caps.ambient.unwrap(), Vec::<String>::new(), "no inheritable, so no ambient");
         assert_eq!(e.rlimits[0].kind, "RLIMIT_NOFILE");
         assert_eq!(e.additional_gids, Some(vec![]));
         let sys = e.mounts.iter().find(|m| m.destination == "/sys").unwrap();
         assert_eq!(sys.fstype.as_deref(), Some("sysfs"));
         assert!(sys.options.contains(&"ro".to_string()));
-        let cg = e
-            .mounts
-            .iter()
-            .find(|m| m.destination == "/sys/fs/cgroup")
-            .unwrap();
+        let cg = e.mounts.iter().find(|m| m.destination == "/sys/fs/cgroup").unwrap();
         assert_eq!(cg.fstype, None);
         assert_eq!(e.devices.len(), 6);
         assert_eq!(e.seccomp_mode, Some(0));

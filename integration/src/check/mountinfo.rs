@@ -61,10 +61,7 @@ pub struct MountInfo {
 impl MountInfo {
     /// Whether the mount or its superblock is read-only.
     pub fn read_only(&self) -> bool {
-        self.options
-            .iter()
-            .chain(&self.super_options)
-            .any(|o| o == "ro")
+        self.options.iter().chain(&self.super_options).any(|o| o == "ro")
     }
 
     /// Whether `option` holds: `ro`/`rw` by [`MountInfo::read_only`], others by presence in
@@ -73,11 +70,7 @@ impl MountInfo {
         match option {
             "ro" => self.read_only(),
             "rw" => !self.read_only(),
-            _ => self
-                .options
-                .iter()
-                .chain(&self.super_options)
-                .any(|o| o == option),
+            _ => self.options.iter().chain(&self.super_options).any(|o| o == option),
         }
     }
 }
@@ -109,25 +102,12 @@ pub fn parse_mountinfo_line(line: &str) -> Result<MountInfo, String> {
     let fstype = rest.next().ok_or_else(|| bad("fstype"))?.to_string();
     let source = unescape(rest.next().unwrap_or_default());
     let super_options = rest.next().map(split_options).unwrap_or_default();
-    Ok(MountInfo {
-        id,
-        parent,
-        root,
-        mount_point,
-        options,
-        propagation,
-        fstype,
-        source,
-        super_options,
-    })
+    Ok(MountInfo { id, parent, root, mount_point, options, propagation, fstype, source, super_options })
 }
 
 /// Parses a whole mountinfo file, in mount order.
 pub fn parse_mountinfo(text: &str) -> Result<Vec<MountInfo>, String> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(parse_mountinfo_line)
-        .collect()
+    text.lines().filter(|l| !l.trim().is_empty()).map(parse_mountinfo_line).collect()
 }
 
 /// The topmost (last mounted) entry at `mount_point`.
@@ -138,10 +118,7 @@ pub fn find_mount<'a>(mounts: &'a [MountInfo], mount_point: &str) -> Option<&'a 
 }
 
 fn split_options(s: &str) -> Vec<String> {
-    s.split(',')
-        .filter(|o| !o.is_empty())
-        .map(String::from)
-        .collect()
+    s.split(',').filter(|o| !o.is_empty()).map(String::from).collect()
 }
 
 /// Decodes the `\040`-style octal escapes the kernel uses for space, tab, newline and backslash.
@@ -150,9 +127,7 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match (bytes[i], octal) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -191,10 +166,7 @@ mod tests {
 
     #[test]
     fn private_readonly_mount_without_optional_fields() {
-        let m = parse_mountinfo_line(
-            "612 598 0:57 / /sys ro,nosuid,nodev,noexec,relatime - sysfs sysfs rw",
-        )
-        .unwrap();
+        let m = parse_mountinfo_line("612 598 0:57 / /sys ro,nosuid,nodev,noexec,relatime - sysfs sysfs rw").unwrap();
         assert_eq!(m.propagation.describe(), "private");
         assert!(m.read_only());
         assert!(m.has_option("ro") && !m.has_option("rw"));

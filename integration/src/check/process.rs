@@ -56,11 +56,7 @@ pub fn check_uts<W: Write>(e: &Expectations, r: &mut Report<W>) {
         return;
     }
     // SAFETY: the kernel NUL-terminates these fixed-size fields.
-    let field = |f: &[libc::c_char]| {
-        unsafe { CStr::from_ptr(f.as_ptr()) }
-            .to_string_lossy()
-            .into_owned()
-    };
+    let field = |f: &[libc::c_char]| unsafe { CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned();
     if let Some(want) = &e.hostname {
         r.compare("hostname", want, &field(&uts.nodename));
     }
@@ -71,14 +67,7 @@ pub fn check_uts<W: Write>(e: &Expectations, r: &mut Report<W>) {
 
 pub fn check_ids<W: Write>(e: &Expectations, r: &mut Report<W>) {
     // SAFETY: these getters cannot fail and take no pointers.
-    let (uid, euid, gid, egid) = unsafe {
-        (
-            libc::getuid(),
-            libc::geteuid(),
-            libc::getgid(),
-            libc::getegid(),
-        )
-    };
+    let (uid, euid, gid, egid) = unsafe { (libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) };
     if let Some(want) = e.uid {
         r.compare("uid", &(want, want), &(uid, euid));
     }
@@ -109,10 +98,7 @@ fn supplementary_groups() -> std::io::Result<BTreeSet<u32>> {
 
 fn check_id_map<W: Write>(name: &str, path: &str, want: Option<&[IdMapping]>, r: &mut Report<W>) {
     let Some(want) = want else { return };
-    match fs::read_to_string(path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| parse_id_map(&t))
-    {
+    match fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| parse_id_map(&t)) {
         Ok(got) => r.compare(name, &want.to_vec(), &got),
         Err(err) => r.fail(name, format_args!("{want:?}"), format_args!("error: {err}")),
     }
@@ -149,48 +135,24 @@ pub fn check_status<W: Write>(e: &Expectations, r: &mut Report<W>) {
             return;
         }
     };
-    let field = |key: &str| {
-        status
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| "<missing>".into())
-    };
+    let field = |key: &str| status.get(key).cloned().unwrap_or_else(|| "<missing>".into());
     if let Some(want) = e.umask {
-        r.check(
-            "umask",
-            field("Umask") == octal(want),
-            octal(want),
-            field("Umask"),
-        );
+        r.check("umask", field("Umask") == octal(want), octal(want), field("Umask"));
     }
     if let Some(caps) = &e.capabilities {
         check_caps(caps, &status, r);
     }
     if let Some(want) = e.no_new_privs {
         let want = if want { "1" } else { "0" };
-        r.check(
-            "no_new_privs",
-            field("NoNewPrivs") == want,
-            want,
-            field("NoNewPrivs"),
-        );
+        r.check("no_new_privs", field("NoNewPrivs") == want, want, field("NoNewPrivs"));
     }
     if let Some(want) = e.seccomp_mode {
         let want = want.to_string();
-        r.check(
-            "seccomp_mode",
-            field("Seccomp") == want,
-            want,
-            field("Seccomp"),
-        );
+        r.check("seccomp_mode", field("Seccomp") == want, want, field("Seccomp"));
     }
 }
 
-fn check_caps<W: Write>(
-    caps: &CapabilityExpectation,
-    status: &BTreeMap<String, String>,
-    r: &mut Report<W>,
-) {
+fn check_caps<W: Write>(caps: &CapabilityExpectation, status: &BTreeMap<String, String>, r: &mut Report<W>) {
     let sets = [
         ("bounding", "CapBnd", &caps.bounding),
         ("effective", "CapEff", &caps.effective),
@@ -202,10 +164,7 @@ fn check_caps<W: Write>(
         let Some(want) = want else { continue };
         let name = format!("capabilities {set}");
         let want = cap_set(want);
-        let got = status
-            .get(key)
-            .ok_or_else(|| format!("no {key}"))
-            .and_then(|h| parse_cap_mask(h));
+        let got = status.get(key).ok_or_else(|| format!("no {key}")).and_then(|h| parse_cap_mask(h));
         match got {
             Ok(got) if got == want => r.ok(&name),
             Ok(got) => {
@@ -214,11 +173,7 @@ fn check_caps<W: Write>(
                 let got = format!("{got:?} (missing {missing:?}, extra {extra:?})");
                 r.fail(&name, format_args!("{want:?}"), got);
             }
-            Err(err) => r.fail(
-                &name,
-                format_args!("{want:?}"),
-                format_args!("error: {err}"),
-            ),
+            Err(err) => r.fail(&name, format_args!("{want:?}"), format_args!("error: {err}")),
         }
     }
 }
@@ -254,17 +209,10 @@ pub fn check_rlimits<W: Write>(e: &Expectations, r: &mut Report<W>) {
             r.fail(&name, "a known RLIMIT_* name", &want.kind);
             continue;
         };
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: lim is a valid, writable rlimit.
         if unsafe { libc::getrlimit(resource, &mut lim) } != 0 {
-            r.fail(
-                &name,
-                "getrlimit to succeed",
-                std::io::Error::last_os_error(),
-            );
+            r.fail(&name, "getrlimit to succeed", std::io::Error::last_os_error());
             continue;
         }
         let soft_ok = want.soft.is_none_or(|s| s == lim.rlim_cur);
@@ -278,12 +226,7 @@ pub fn check_rlimits<W: Write>(e: &Expectations, r: &mut Report<W>) {
 pub fn check_oom_score_adj<W: Write>(e: &Expectations, r: &mut Report<W>) {
     let Some(want) = e.oom_score_adj else { return };
     match fs::read_to_string("/proc/self/oom_score_adj") {
-        Ok(text) => r.check(
-            "oom_score_adj",
-            text.trim() == want.to_string(),
-            want,
-            text.trim(),
-        ),
+        Ok(text) => r.check("oom_score_adj", text.trim() == want.to_string(), want, text.trim()),
         Err(err) => r.fail("oom_score_adj", want, format_args!("error: {err}")),
     }
 }

@@ -23,11 +23,7 @@ pub fn parse_id_map(text: &str) -> Result<Vec<IdMapping>, String> {
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("bad id map line {line:?}: {e}"))?;
             match nums[..] {
-                [container_id, host_id, size] => Ok(IdMapping {
-                    container_id,
-                    host_id,
-                    size,
-                }),
+                [container_id, host_id, size] => Ok(IdMapping { container_id, host_id, size }),
                 _ => Err(format!("bad id map line {line:?}")),
             }
         })
@@ -49,18 +45,9 @@ pub fn parse_proc_cgroup(text: &str) -> Vec<CgroupLine> {
         .filter_map(|line| {
             let mut parts = line.splitn(3, ':');
             let hierarchy = parts.next()?.parse().ok()?;
-            let controllers = parts
-                .next()?
-                .split(',')
-                .filter(|c| !c.is_empty())
-                .map(String::from)
-                .collect();
+            let controllers = parts.next()?.split(',').filter(|c| !c.is_empty()).map(String::from).collect();
             let path = parts.next()?.to_string();
-            Some(CgroupLine {
-                hierarchy,
-                controllers,
-                path,
-            })
+            Some(CgroupLine { hierarchy, controllers, path })
         })
         .collect()
 }
@@ -90,23 +77,9 @@ mod tests {
     #[test]
     fn id_maps() {
         let m = parse_id_map("         0          0 4294967295\n").unwrap();
-        assert_eq!(
-            m,
-            vec![IdMapping {
-                container_id: 0,
-                host_id: 0,
-                size: u32::MAX
-            }]
-        );
+        assert_eq!(m, vec![IdMapping { container_id: 0, host_id: 0, size: u32::MAX }]);
         let m = parse_id_map("0 100000 1\n1 100001 65535\n").unwrap();
-        assert_eq!(
-            m[1],
-            IdMapping {
-                container_id: 1,
-                host_id: 100001,
-                size: 65535
-            }
-        );
+        assert_eq!(m[1], IdMapping { container_id: 1, host_id: 100001, size: 65535 });
         assert!(parse_id_map("0 1\n").is_err());
         assert!(parse_id_map("").unwrap().is_empty());
     }

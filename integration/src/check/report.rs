@@ -12,11 +12,7 @@ pub struct Report<W: Write> {
 
 impl<W: Write> Report<W> {
     pub fn new(out: W) -> Self {
-        Report {
-            out,
-            passed: 0,
-            failed: 0,
-        }
+        Report { out, passed: 0, failed: 0 }
     }
 
     /// Records a pass.
@@ -88,9 +84,6 @@ mod tests {
         r.ok_note("masked /proc/acpi", "absent");
         assert_eq!((r.passed(), r.failed()), (3, 1));
         let text = String::from_utf8(r.into_inner()).unwrap();
-        assert_eq!(
-            text,
-            "ok uid\nFAIL gid: expected 0, got 1\nok hostname\nok masked /proc/acpi (absent)\n"
-        );
+        assert_eq!(text, "ok uid\nFAIL gid: expected 0, got 1\nok hostname\nok masked /proc/acpi (absent)\n");
     }
 }

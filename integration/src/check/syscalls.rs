@@ -60,11 +60,7 @@ pub fn parse_errno(text: &str) -> Option<i32> {
     if matches!(text.to_ascii_lowercase().as_str(), "ok" | "success") {
         return Some(0);
     }
-    ERRNOS
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(text))
-        .map(|&(_, n)| n)
-        .or_else(|| text.parse().ok())
+    ERRNOS.iter().find(|(name, _)| name.eq_ignore_ascii_case(text)).map(|&(_, n)| n).or_else(|| text.parse().ok())
 }
 
 /// The name of an errno (`EPERM`), or its number; 0 is `success`.
@@ -106,11 +102,7 @@ pub fn invoke(name: &str, path: &str) -> Result<i32, String> {
             "unshare" => libc::syscall(libc::SYS_unshare, 0),
             // SYSLOG_ACTION_SIZE_BUFFER (10): only reports the buffer size.
             "syslog" => libc::syscall(libc::SYS_syslog, 10, std::ptr::null_mut::<u8>(), 0),
-            _ => {
-                return Err(format!(
-                    "unsupported syscall {name:?} (supported: {SUPPORTED:?})"
-                ))
-            }
+            _ => return Err(format!("unsupported syscall {name:?} (supported: {SUPPORTED:?})")),
         }
     };
     if ret == -1 {
@@ -141,21 +133,10 @@ mod tests {
 
     #[test]
     fn harmless_calls_succeed_unconfined() {
-        for name in [
-            "getcwd",
-            "uname",
-            "getpid",
-            "gettid",
-            "sched_yield",
-            "personality",
-            "kill",
-        ] {
+        for name in ["getcwd", "uname", "getpid", "gettid", "sched_yield", "personality", "kill"] {
             assert_eq!(invoke(name, DEFAULT_PATH), Ok(0), "{name}");
         }
-        assert_eq!(
-            invoke("rmdir", "/nonexistent/berth-check"),
-            Ok(libc::ENOENT)
-        );
+        assert_eq!(invoke("rmdir", "/nonexistent/berth-check"), Ok(libc::ENOENT));
         assert!(invoke("reboot", DEFAULT_PATH).is_err());
     }
 }

@@ -28,7 +28,13 @@ impl T {
         let bundle = Bundle::busybox(tmp.path().join("bundle")).expect("busybox bundle");
         bundle.add_binary(bin_path("berth-check").expect("berth-check built"), CHECK).expect("add berth-check");
         let root = tmp.path().join("state");
-        T { root, bundle, runtime: bin_path("berth-runtime").expect("berth-runtime built"), id: format!("{name}-{}", std::process::id()), tmp }
+        T {
+            root,
+            bundle,
+            runtime: bin_path("berth-runtime").expect("berth-runtime built"),
+            id: format!("{name}-{}", std::process::id()),
+            tmp,
+        }
     }
 
     /// The default (runc-shaped) spec as JSON, in its own cgroup under /berth-test.
@@ -68,7 +74,10 @@ impl T {
     /// Like [`T::rt`] for commands that leave a container behind: the container inherits the
     /// runtime's stdio, so it goes to a file (a pipe would stay open until the container exits).
     pub fn rt_detached(&self, args: &[&str]) -> Output {
-        let log = self.tmp.path().join(format!("rt-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let log = self.tmp.path().join(format!(
+            "rt-{}.log",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ));
         let file = std::fs::File::create(&log).expect("log file");
         let status = Command::new(&self.runtime)
             .arg("--root")
@@ -110,7 +119,12 @@ impl Drop for T {
 
 /// stdout and stderr, for assertion messages.
 pub fn text(out: &Output) -> String {
-    format!("status {:?}\n--- stdout\n{}--- stderr\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 pub fn assert_ok(out: &Output) {

@@ -28,16 +28,18 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     berth_runtime::cgroups::Layout::adopt_from_env();
     let listener = daemon::bind(&args.dir).context("binding the control socket")?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(args.dir.join("monitor.log")).context("opening monitor.log")?;
-    tracing_subscriber::fmt()
-        .with_writer(std::sync::Mutex::new(log))
-        .with_ansi(false)
-        .init();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(args.dir.join("monitor.log"))
+        .context("opening monitor.log")?;
+    tracing_subscriber::fmt().with_writer(std::sync::Mutex::new(log)).with_ansi(false).init();
     // Detach stdio from the shim: stdin/stderr already /dev/null; stdout says ready then goes.
     let mut out = std::io::stdout();
     out.write_all(b"ready\n").and_then(|()| out.flush()).context("signalling readiness")?;
     let null = std::fs::File::options().write(true).open("/dev/null").context("/dev/null")?;
-    let log = std::fs::OpenOptions::new().append(true).open(args.dir.join("monitor.log")).context("opening monitor.log")?;
+    let log =
+        std::fs::OpenOptions::new().append(true).open(args.dir.join("monitor.log")).context("opening monitor.log")?;
     // SAFETY: replacing our own stdout with /dev/null and stderr with the log (panics land there).
     unsafe {
         libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1);

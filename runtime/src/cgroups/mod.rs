@@ -19,9 +19,19 @@ pub enum CgroupError {
     #[error("no cgroup hierarchy is mounted")]
     NoHierarchy,
     #[error("{op} {path}")]
-    Io { op: &'static str, path: PathBuf, #[source] source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("writing {value:?} to {path}")]
-    Write { path: PathBuf, value: String, #[source] source: io::Error },
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("linux.resources.unified: {0}")]
     Unified(String),
     #[error("timed out waiting for {path} to read {want}")]
@@ -79,11 +89,13 @@ impl Layout {
 
     /// Reads /proc/self/mountinfo and the unified hierarchy's controllers.
     pub fn detect() -> Result<Layout, CgroupError> {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
+        let info = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
         let mut layout = Layout::from_mountinfo(&info);
         for h in layout.hierarchies.iter_mut().filter(|h| h.version == Version::V2) {
             let path = h.mountpoint.join("cgroup.controllers");
-            h.controllers = std::fs::read_to_string(&path).unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+            h.controllers =
+                std::fs::read_to_string(&path).unwrap_or_default().split_whitespace().map(str::to_owned).collect();
         }
         if layout.hierarchies.is_empty() {
             return Err(CgroupError::NoHierarchy);
@@ -107,7 +119,19 @@ impl Layout {
                 "cgroup" => {
                     let ctrls: Vec<String> = rfields[2]
                         .split(',')
-                        .filter(|o| !matches!(*o, "rw" | "ro" | "relatime" | "nosuid" | "nodev" | "noexec" | "noatime" | "xattr" | "clone_children") && !o.starts_with("release_agent"))
+                        .filter(|o| {
+                            !matches!(
+                                *o,
+                                "rw" | "ro"
+                                    | "relatime"
+                                    | "nosuid"
+                                    | "nodev"
+                                    | "noexec"
+                                    | "noatime"
+                                    | "xattr"
+                                    | "clone_children"
+                            ) && !o.starts_with("release_agent")
+                        })
                         .map(str::to_owned)
                         .collect();
                     let name = ctrls.iter().map(|c| c.trim_start_matches("name=")).collect::<Vec<_>>().join(",");
@@ -115,7 +139,11 @@ impl Layout {
                 }
                 _ => continue,
             };
-            let dup = hierarchies.iter().any(|h| h.version == version && (h.controllers == controllers && version == Version::V1 || version == Version::V2 && h.version == Version::V2));
+            let dup = hierarchies.iter().any(|h| {
+                h.version == version
+                    && (h.controllers == controllers && version == Version::V1
+                        || version == Version::V2 && h.version == Version::V2)
+            });
             if !dup {
                 hierarchies.push(Hierarchy { mountpoint, version, controllers, name });
             }
@@ -128,7 +156,11 @@ impl Layout {
         self.hierarchies
             .iter()
             .find(|h| h.version == Version::V1 && h.controllers.iter().any(|c| c == controller))
-            .or_else(|| self.hierarchies.iter().find(|h| h.version == Version::V2 && h.controllers.iter().any(|c| c == controller)))
+            .or_else(|| {
+                self.hierarchies
+                    .iter()
+                    .find(|h| h.version == Version::V2 && h.controllers.iter().any(|c| c == controller))
+            })
     }
 
     pub fn unified(&self) -> Option<&Hierarchy> {
@@ -211,7 +243,11 @@ impl Cgroup {
 
     /// Writes `+controller` into each ancestor's cgroup.subtree_control where missing.
     fn enable_v2_controllers(&self, h: &Hierarchy) -> Result<(), CgroupError> {
-        let wanted: Vec<&String> = h.controllers.iter().filter(|c| self.layout.hierarchy_of(c).is_some_and(|o| o.version == Version::V2)).collect();
+        let wanted: Vec<&String> = h
+            .controllers
+            .iter()
+            .filter(|c| self.layout.hierarchy_of(c).is_some_and(|o| o.version == Version::V2))
+            .collect();
         if wanted.is_empty() {
             return Ok(());
         }
@@ -219,7 +255,8 @@ impl Cgroup {
         // A controller is enabled in a cgroup's subtree_control only if it is in its parent's:
         // when the leaf's parent has them all (every container of a pod after the first),
         // so do all the ancestors.
-        let parent = components[..components.len().saturating_sub(1)].iter().fold(h.mountpoint.clone(), |d, c| d.join(c));
+        let parent =
+            components[..components.len().saturating_sub(1)].iter().fold(h.mountpoint.clone(), |d, c| d.join(c));
         let has_all = |text: &str| wanted.iter().all(|c| text.split_whitespace().any(|e| e == c.as_str()));
         if std::fs::read_to_string(parent.join("cgroup.subtree_control")).is_ok_and(|t| has_all(&t)) {
             return Ok(());
@@ -228,7 +265,11 @@ impl Cgroup {
         for (i, comp) in components.iter().enumerate() {
             let control = dir.join("cgroup.subtree_control");
             let enabled = std::fs::read_to_string(&control).unwrap_or_default();
-            let missing: Vec<String> = wanted.iter().filter(|c| !enabled.split_whitespace().any(|e| e == c.as_str())).map(|c| format!("+{c}")).collect();
+            let missing: Vec<String> = wanted
+                .iter()
+                .filter(|c| !enabled.split_whitespace().any(|e| e == c.as_str()))
+                .map(|c| format!("+{c}"))
+                .collect();
             if !missing.is_empty() {
                 write_file(&control, &missing.join(" "))?;
             }
@@ -262,8 +303,12 @@ impl Cgroup {
             match write_via(reused, &path, &w.value).map(|f| open = Some((path.clone(), f))) {
                 // v1 memory and swap limits must be written in an order that depends on the
                 // current values: retry what the kernel refused once the rest is in place.
-                Err(CgroupError::Write { ref source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => retry.push(path),
-                Err(CgroupError::Write { ref source, .. }) if source.kind() == io::ErrorKind::NotFound && w.file == "blkio.weight" => {
+                Err(CgroupError::Write { ref source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                    retry.push(path)
+                }
+                Err(CgroupError::Write { ref source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && w.file == "blkio.weight" =>
+                {
                     write_file(&dir.join("blkio.bfq.weight"), &w.value)?
                 }
                 other => other?,
@@ -361,7 +406,9 @@ impl Cgroup {
         if let Some(dir) = self.dir_of("freezer") {
             return std::fs::read_to_string(dir.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN");
         }
-        self.layout.unified().is_some_and(|h| std::fs::read_to_string(self.dir(h).join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1"))
+        self.layout
+            .unified()
+            .is_some_and(|h| std::fs::read_to_string(self.dir(h).join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1"))
     }
 
     /// Sends `signal` to every process in the cgroup (cgroup.kill for SIGKILL where it exists).
@@ -404,7 +451,12 @@ impl Cgroup {
     /// What to show at the container's cgroup mount.
     pub fn binds(&self) -> Vec<CgroupBind> {
         if self.layout.is_unified_only() {
-            return self.layout.hierarchies.iter().map(|h| CgroupBind { host_dir: self.dir(h), name: String::new() }).collect();
+            return self
+                .layout
+                .hierarchies
+                .iter()
+                .map(|h| CgroupBind { host_dir: self.dir(h), name: String::new() })
+                .collect();
         }
         self.layout.hierarchies.iter().map(|h| CgroupBind { host_dir: self.dir(h), name: h.name.clone() }).collect()
     }
@@ -419,7 +471,10 @@ impl Cgroup {
 /// whatever is left empty.
 fn clone_cpuset_down(root: &Path, leaf: &Path) {
     // Only plain names below the root: a `..` could walk out of the hierarchy.
-    let below = leaf.strip_prefix(root).ok().filter(|rel| rel.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+    let below = leaf
+        .strip_prefix(root)
+        .ok()
+        .filter(|rel| rel.components().all(|c| matches!(c, std::path::Component::Normal(_))));
     if below.is_none() || leaf.exists() {
         return;
     }
@@ -533,8 +588,18 @@ mod tests {
         }
         let layout = Layout {
             hierarchies: vec![
-                Hierarchy { mountpoint: mem.clone(), version: Version::V1, controllers: vec!["memory".into()], name: "memory".into() },
-                Hierarchy { mountpoint: cpuset.clone(), version: Version::V1, controllers: vec!["cpuset".into()], name: "cpuset".into() },
+                Hierarchy {
+                    mountpoint: mem.clone(),
+                    version: Version::V1,
+                    controllers: vec!["memory".into()],
+                    name: "memory".into(),
+                },
+                Hierarchy {
+                    mountpoint: cpuset.clone(),
+                    version: Version::V1,
+                    controllers: vec!["cpuset".into()],
+                    name: "cpuset".into(),
+                },
             ],
         };
         let cg = Cgroup::new(layout, "/berth/t1");
@@ -580,14 +645,24 @@ mod tests {
         let root = d.path();
         let (pods, pod, leaf) = (root.join("pods"), root.join("pods/pod1"), root.join("pods/pod1/c1"));
         std::fs::create_dir_all(&leaf).unwrap();
-        for (dir, cpus, mems) in [(root, "0-3\n", "0\n"), (&*pods, "1-2\n", "\n"), (&*pod, "\n", "\n"), (&*leaf, "", "")] {
+        for (dir, cpus, mems) in
+            [(root, "0-3\n", "0\n"), (&*pods, "1-2\n", "\n"), (&*pod, "\n", "\n"), (&*leaf, "", "")]
+        {
             std::fs::write(dir.join("cpuset.cpus"), cpus).unwrap();
             std::fs::write(dir.join("cpuset.mems"), mems).unwrap();
         }
         seed_cpuset(root, &leaf).unwrap();
         let read = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-        assert_eq!((read(&leaf, "cpuset.cpus"), read(&pod, "cpuset.cpus")), ("1-2".into(), "1-2".into()), "cpus from the nearest set ancestor");
-        assert_eq!((read(&leaf, "cpuset.mems"), read(&pod, "cpuset.mems"), read(&pods, "cpuset.mems")), ("0".into(), "0".into(), "0".into()), "mems from the root");
+        assert_eq!(
+            (read(&leaf, "cpuset.cpus"), read(&pod, "cpuset.cpus")),
+            ("1-2".into(), "1-2".into()),
+            "cpus from the nearest set ancestor"
+        );
+        assert_eq!(
+            (read(&leaf, "cpuset.mems"), read(&pod, "cpuset.mems"), read(&pods, "cpuset.mems")),
+            ("0".into(), "0".into(), "0".into()),
+            "mems from the root"
+        );
         assert_eq!(read(root, "cpuset.cpus"), "0-3\n", "a set ancestor is left alone");
     }
 }

@@ -41,7 +41,11 @@ fn read(path: std::path::PathBuf) -> String {
 
 fn num(s: &str) -> u64 {
     let s = s.trim();
-    if s == "max" { u64::MAX } else { s.parse().unwrap_or(0) }
+    if s == "max" {
+        u64::MAX
+    } else {
+        s.parse().unwrap_or(0)
+    }
 }
 
 /// Value of `key` in a flat-keyed file ("key value" lines).

@@ -25,7 +25,17 @@ fn w(controller: &'static str, file: impl Into<String>, value: impl ToString) ->
 /// Always allowed: mknod of anything, and the default devices (null, zero, full, random,
 /// urandom, tty, console, ptmx, pts).
 pub const DEFAULT_DEVICE_RULES: [&str; 11] = [
-    "c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm",
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
 ];
 
 /// Checks values the kernel would reject with an unhelpful EINVAL. Errors are (field, reason).
@@ -50,7 +60,10 @@ pub fn validate(res: &LinuxResources) -> Result<(), (String, String)> {
     if let Some(mem) = res.memory() {
         if let (Some(limit), Some(swap)) = (mem.limit(), mem.swap()) {
             if limit > 0 && swap > 0 && swap < limit {
-                return Err(("memory.swap".into(), format!("{swap} is below memory.limit {limit} (swap is memory+swap)")));
+                return Err((
+                    "memory.swap".into(),
+                    format!("{swap} is below memory.limit {limit} (swap is memory+swap)"),
+                ));
             }
         }
         if let Some(limit) = mem.limit() {
@@ -66,7 +79,9 @@ pub fn validate(res: &LinuxResources) -> Result<(), (String, String)> {
     }
     for (i, h) in res.hugepage_limits().iter().flatten().enumerate() {
         let size = h.page_size();
-        let ok = size.len() > 2 && size[..size.len() - 2].chars().all(|c| c.is_ascii_digit()) && ["KB", "MB", "GB"].contains(&&size[size.len() - 2..]);
+        let ok = size.len() > 2
+            && size[..size.len() - 2].chars().all(|c| c.is_ascii_digit())
+            && ["KB", "MB", "GB"].contains(&&size[size.len() - 2..]);
         if !ok {
             return Err((format!("hugepageLimits[{i}].pageSize"), format!("{size:?} is not like \"2MB\"")));
         }
@@ -87,7 +102,8 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 pub fn plan(res: &LinuxResources, version_of: &dyn Fn(&str) -> Option<Version>) -> (Vec<Write>, Vec<String>) {
     let mut out = Vec::new();
     let mut warnings = Vec::new();
-    let mut missing = |what: &str| warnings.push(format!("{what} requested but the controller is not available on this host"));
+    let mut missing =
+        |what: &str| warnings.push(format!("{what} requested but the controller is not available on this host"));
     if let Some(mem) = res.memory() {
         match version_of("memory") {
             Some(Version::V1) => {
@@ -117,7 +133,9 @@ pub fn plan(res: &LinuxResources, version_of: &dyn Fn(&str) -> Option<Version>) 
                 }
                 match (mem.swap(), mem.limit()) {
                     (Some(swap), _) if swap < 0 => out.push(w("memory", "memory.swap.max", "max")),
-                    (Some(swap), Some(limit)) if limit > 0 => out.push(w("memory", "memory.swap.max", (swap - limit).max(0))),
+                    (Some(swap), Some(limit)) if limit > 0 => {
+                        out.push(w("memory", "memory.swap.max", (swap - limit).max(0)))
+                    }
                     _ => {}
                 }
             }
@@ -186,7 +204,9 @@ pub fn plan(res: &LinuxResources, version_of: &dyn Fn(&str) -> Option<Version>) 
     }
     if let Some(pids) = res.pids() {
         match version_of("pids") {
-            Some(_) => out.push(w("pids", "pids.max", if pids.limit() > 0 { pids.limit().to_string() } else { "max".into() })),
+            Some(_) => {
+                out.push(w("pids", "pids.max", if pids.limit() > 0 { pids.limit().to_string() } else { "max".into() }))
+            }
             None => missing("pids"),
         }
     }
@@ -223,7 +243,12 @@ pub fn plan(res: &LinuxResources, version_of: &dyn Fn(&str) -> Option<Version>) 
     (out, warnings)
 }
 
-fn plan_io(io: &oci_spec::runtime::LinuxBlockIo, version: Option<Version>, out: &mut Vec<Write>, missing: &mut dyn FnMut(&str)) {
+fn plan_io(
+    io: &oci_spec::runtime::LinuxBlockIo,
+    version: Option<Version>,
+    out: &mut Vec<Write>,
+    missing: &mut dyn FnMut(&str),
+) {
     let dev = |major: i64, minor: i64| format!("{major}:{minor}");
     match version {
         Some(Version::V1) => {
@@ -287,7 +312,9 @@ mod tests {
 
     #[test]
     fn v1_memory_cpu_pids() {
-        let r = res(r#"{"memory":{"limit":33554432,"swap":67108864,"reservation":1048576},"cpu":{"shares":512,"quota":50000,"period":100000,"cpus":"0"},"pids":{"limit":10}}"#);
+        let r = res(
+            r#"{"memory":{"limit":33554432,"swap":67108864,"reservation":1048576},"cpu":{"shares":512,"quota":50000,"period":100000,"cpus":"0"},"pids":{"limit":10}}"#,
+        );
         let (writes, warnings) = plan(&r, &|_| Some(Version::V1));
         assert!(warnings.is_empty());
         assert_eq!(
@@ -307,7 +334,8 @@ mod tests {
 
     #[test]
     fn v2_memory_cpu_pids() {
-        let r = res(r#"{"memory":{"limit":33554432,"swap":67108864},"cpu":{"shares":1024,"quota":-1},"pids":{"limit":0}}"#);
+        let r =
+            res(r#"{"memory":{"limit":33554432,"swap":67108864},"cpu":{"shares":1024,"quota":-1},"pids":{"limit":0}}"#);
         let (writes, _) = plan(&r, &|_| Some(Version::V2));
         assert_eq!(
             files(&writes),
@@ -323,7 +351,9 @@ mod tests {
 
     #[test]
     fn hybrid_routes_hugetlb_to_v2_and_warns_for_missing() {
-        let r = res(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":4194304}],"network":{"classID":1}, "blockIO":{"weight":500}}"#);
+        let r = res(
+            r#"{"hugepageLimits":[{"pageSize":"2MB","limit":4194304}],"network":{"classID":1}, "blockIO":{"weight":500}}"#,
+        );
         let (writes, warnings) = plan(&r, &|c| match c {
             "hugetlb" => Some(Version::V2),
             "memory" => Some(Version::V1),

@@ -106,8 +106,12 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<Created, ContainerError> {
     }
 
     let (parent_end, child_end) = channel::pair().map_err(os("creating the sync socketpair"))?;
-    let console = opts.console_socket.map(|p| crate::tty::connect(p).map_err(os(format!("connecting to console socket {}", p.display())))).transpose()?;
-    let namespaces::Joined { pid: pid_ns, others: joined } = namespaces::open_joined(namespaces::spec_paths(&spec)).map_err(os("opening namespaces to join"))?;
+    let console = opts
+        .console_socket
+        .map(|p| crate::tty::connect(p).map_err(os(format!("connecting to console socket {}", p.display()))))
+        .transpose()?;
+    let namespaces::Joined { pid: pid_ns, others: joined } =
+        namespaces::open_joined(namespaces::spec_paths(&spec)).map_err(os("opening namespaces to join"))?;
     let state_dir = if opts.wait_for_start {
         make_fifo(&dir.join(state::EXEC_FIFO))?;
         Some(open_path(&dir)?)
@@ -130,7 +134,8 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<Created, ContainerError> {
     let in_user_ns = new_user || joined_user.is_some();
     let unified = cgroup.unified_dir_fd();
     // SAFETY: the runtime is single-threaded here (the CLI never starts threads).
-    let (pid, born_in_unified) = unsafe { namespaces::spawn(namespaces::clone_flags(&spec), unified.as_ref()) }.map_err(os("clone"))?;
+    let (pid, born_in_unified) =
+        unsafe { namespaces::spawn(namespaces::clone_flags(&spec), unified.as_ref()) }.map_err(os("clone"))?;
     if pid == 0 {
         drop(parent_end);
         std::mem::forget(rollback);
@@ -176,7 +181,11 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<Created, ContainerError> {
             Some(Msg::RunHooks) => {
                 if let Some(h) = record.config.hooks() {
                     hooks::run_all("prestart", h.prestart().as_deref().unwrap_or(&[]), state_json.as_bytes())?;
-                    hooks::run_all("createRuntime", h.create_runtime().as_deref().unwrap_or(&[]), state_json.as_bytes())?;
+                    hooks::run_all(
+                        "createRuntime",
+                        h.create_runtime().as_deref().unwrap_or(&[]),
+                        state_json.as_bytes(),
+                    )?;
                 }
                 parent_end.send(&Msg::Continue).map_err(os("sync: sending continue"))?;
             }
@@ -198,7 +207,8 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<Created, ContainerError> {
 fn make_fifo(path: &Path) -> Result<(), ContainerError> {
     let c = crate::syscall::cstr(path).map_err(os("fifo path"))?;
     // SAFETY: c is a valid C string.
-    crate::syscall::cvt(unsafe { libc::mkfifo(c.as_ptr(), 0o622) }).map_err(os(format!("mkfifo {}", path.display())))?;
+    crate::syscall::cvt(unsafe { libc::mkfifo(c.as_ptr(), 0o622) })
+        .map_err(os(format!("mkfifo {}", path.display())))?;
     // mkfifo honours the umask; the init may run as any uid and must be able to open it.
     // SAFETY: c is a valid C string.
     crate::syscall::cvt(unsafe { libc::chmod(c.as_ptr(), 0o622) }).map_err(os(format!("chmod {}", path.display())))?;

@@ -37,13 +37,17 @@ pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
         .map(|ns| (ns.typ(), format!("/proc/{}/ns/{}", c.record.pid, ns.typ()).into()))
         .collect();
     let namespaces::Joined { pid: pid_ns, others: joined } =
-        namespaces::open_joined(paths.iter().map(|(t, p)| (*t, p.as_path()))).map_err(os("opening the container's namespaces"))?;
+        namespaces::open_joined(paths.iter().map(|(t, p)| (*t, p.as_path())))
+            .map_err(os("opening the container's namespaces"))?;
     // A container without a mount namespace is chrooted: the helper enters the same root.
     let root = (!spec::has_namespace(config, LinuxNamespaceType::Mount))
         .then(|| std::fs::File::open(format!("/proc/{}/root", c.record.pid)).map(OwnedFd::from))
         .transpose()
         .map_err(os("opening the container's root"))?;
-    let console = opts.console_socket.map(|p| crate::tty::connect(p).map_err(os(format!("connecting to {}", p.display())))).transpose()?;
+    let console = opts
+        .console_socket
+        .map(|p| crate::tty::connect(p).map_err(os(format!("connecting to {}", p.display()))))
+        .transpose()?;
     if let Some(fd) = &pid_ns {
         namespaces::setns(fd, LinuxNamespaceType::Pid).map_err(os("joining the container's PID namespace"))?;
     }
@@ -54,7 +58,12 @@ pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
     let (pid, born_in_unified) = unsafe { namespaces::spawn(0, unified.as_ref()) }.map_err(os("clone"))?;
     if pid == 0 {
         drop(parent_end);
-        let finish = Finish { process: &opts.process, linux: config.linux().as_ref(), console: console.as_ref(), seccomp: filter.as_ref() };
+        let finish = Finish {
+            process: &opts.process,
+            linux: config.linux().as_ref(),
+            console: console.as_ref(),
+            seccomp: filter.as_ref(),
+        };
         // Still in the host's namespaces: move ourselves into the container's cgroups (fast path).
         let joined_cgroup = cgroup.join_self(born_in_unified).map_err(|e| InitError::Cgroup(spec::error_chain(&e)));
         let result = joined_cgroup.and_then(|()| child(&child_end, &joined, root.as_ref(), &finish));
@@ -98,9 +107,13 @@ pub fn exec(opts: ExecOptions<'_>) -> Result<i32, ContainerError> {
     Ok(super::wait_forwarding(pid))
 }
 
-
 /// The exec helper, in the host's namespaces until it joins the container's.
-fn child(channel: &Channel, joined: &[(LinuxNamespaceType, OwnedFd)], root: Option<&OwnedFd>, finish: &Finish<'_>) -> Result<std::convert::Infallible, InitError> {
+fn child(
+    channel: &Channel,
+    joined: &[(LinuxNamespaceType, OwnedFd)],
+    root: Option<&OwnedFd>,
+    finish: &Finish<'_>,
+) -> Result<std::convert::Infallible, InitError> {
     match channel.recv().map_err(InitError::Sync)? {
         Some(Msg::Go(_)) => {}
         Some(m) => return Err(InitError::Unexpected(m)),
@@ -118,7 +131,8 @@ fn child(channel: &Channel, joined: &[(LinuxNamespaceType, OwnedFd)], root: Opti
         let sys = crate::syscall::Linux;
         use crate::syscall::Syscall;
         sys.fchdir(root.as_fd()).map_err(|source| InitError::Os { what: "entering the container's root", source })?;
-        sys.chroot(Path::new(".")).map_err(|source| InitError::Os { what: "chroot into the container's root", source })?;
+        sys.chroot(Path::new("."))
+            .map_err(|source| InitError::Os { what: "chroot into the container's root", source })?;
         sys.chdir(Path::new("/")).map_err(|source| InitError::Os { what: "chdir /", source })?;
     }
     init::finish(finish, channel, || Ok(()))

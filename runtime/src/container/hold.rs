@@ -37,7 +37,11 @@ pub fn hold(spec: &Spec, bundle: &Path) -> Result<(), ContainerError> {
         }
     }
     // Opened before anything changes: a bad path fails with nothing done.
-    let netns = netns.map(|p| std::fs::File::open(&p).map(OwnedFd::from).map_err(os(format!("opening network namespace {}", p.display())))).transpose()?;
+    let netns = netns
+        .map(|p| {
+            std::fs::File::open(&p).map(OwnedFd::from).map_err(os(format!("opening network namespace {}", p.display())))
+        })
+        .transpose()?;
     if flags != 0 {
         namespaces::unshare(flags).map_err(os("unsharing the pod's UTS and IPC namespaces"))?;
     }
@@ -53,9 +57,13 @@ pub fn hold(spec: &Spec, bundle: &Path) -> Result<(), ContainerError> {
     write_sysctls(&other)?;
     if !net.is_empty() {
         let Some(target) = &netns else {
-            return Err(ContainerError::Invalid("linux.sysctl: net.* sysctls need the pod's network namespace (by path)".into()));
+            return Err(ContainerError::Invalid(
+                "linux.sysctl: net.* sysctls need the pod's network namespace (by path)".into(),
+            ));
         };
-        let own = std::fs::File::open("/proc/thread-self/ns/net").map(OwnedFd::from).map_err(os("opening this thread's network namespace"))?;
+        let own = std::fs::File::open("/proc/thread-self/ns/net")
+            .map(OwnedFd::from)
+            .map_err(os("opening this thread's network namespace"))?;
         namespaces::setns(target, LinuxNamespaceType::Network).map_err(os("entering the pod's network namespace"))?;
         let written = write_sysctls(&net);
         namespaces::setns(&own, LinuxNamespaceType::Network).map_err(os("returning to the host network namespace"))?;

@@ -58,7 +58,8 @@ pub fn kill(root: &Root, id: &str, signal: i32, all: bool) -> Result<(), Contain
     }
     c.require(&[Status::Created, Status::Running, Status::Paused], "kill")?;
     // SAFETY: kill has no memory-safety preconditions; the PID is checked alive above.
-    crate::syscall::cvt(unsafe { libc::kill(c.record.pid, signal) }).map_err(super::os(format!("kill {}", c.record.pid)))?;
+    crate::syscall::cvt(unsafe { libc::kill(c.record.pid, signal) })
+        .map_err(super::os(format!("kill {}", c.record.pid)))?;
     Ok(())
 }
 

@@ -38,7 +38,11 @@ pub enum ContainerError {
     #[error("container init failed: {0}")]
     Init(String),
     #[error("{what}")]
-    Os { what: String, #[source] source: std::io::Error },
+    Os {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("container {id:?} is {status}: cannot {op}")]
     WrongStatus { id: String, status: Status, op: &'static str },
     #[error("{0}")]
@@ -91,7 +95,8 @@ pub fn write_pid_file(path: &std::path::Path, pid: i32) -> Result<(), ContainerE
 /// Waits for `pid` (our child), forwarding termination signals to it; returns a shell-style
 /// exit code (128+signal when killed).
 pub fn wait_forwarding(pid: i32) -> i32 {
-    const FORWARD: [i32; 7] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
+    const FORWARD: [i32; 7] =
+        [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
     // SAFETY: sigset manipulation on a local set; blocking signals in our single thread.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {

@@ -13,7 +13,8 @@ pub fn resume(root: &Root, id: &str) -> Result<(), ContainerError> {
 
 fn set(root: &Root, id: &str, frozen: bool) -> Result<(), ContainerError> {
     let mut c = Loaded::load(root, id)?;
-    let (from, op, to) = if frozen { (Status::Running, "pause", Status::Paused) } else { (Status::Paused, "resume", Status::Running) };
+    let (from, op, to) =
+        if frozen { (Status::Running, "pause", Status::Paused) } else { (Status::Paused, "resume", Status::Running) };
     c.require(&[from], op)?;
     c.cgroup()?.set_frozen(frozen)?;
     c.record.status = to;

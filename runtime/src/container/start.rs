@@ -14,8 +14,9 @@ pub fn start(root: &Root, id: &str) -> Result<(), ContainerError> {
     let path = crate::syscall::cstr(&fifo).map_err(os("fifo path"))?;
     // Non-blocking open: if the init died there is no writer and a blocking open would hang.
     // SAFETY: path is a valid C string.
-    let fd = crate::syscall::cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) })
-        .map_err(os(format!("opening {}", fifo.display())))?;
+    let fd =
+        crate::syscall::cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) })
+            .map_err(os(format!("opening {}", fifo.display())))?;
     // SAFETY: open succeeded, so we own the descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let deadline = Instant::now() + Duration::from_secs(30);

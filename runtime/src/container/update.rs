@@ -8,7 +8,8 @@ use crate::state::{self, Root, Status};
 pub fn update(root: &Root, id: &str, resources: &LinuxResources) -> Result<Vec<String>, ContainerError> {
     let mut c = Loaded::load(root, id)?;
     c.require(&[Status::Created, Status::Running, Status::Paused], "update")?;
-    crate::cgroups::values::validate(resources).map_err(|(field, reason)| ContainerError::Invalid(format!("resources.{field}: {reason}")))?;
+    crate::cgroups::values::validate(resources)
+        .map_err(|(field, reason)| ContainerError::Invalid(format!("resources.{field}: {reason}")))?;
     let warnings = c.cgroup()?.apply(resources)?;
     let merged = merge(c.record.config.linux().as_ref().and_then(|l| l.resources().clone()), resources);
     let mut linux = c.record.config.linux().clone().unwrap_or_default();

@@ -7,8 +7,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use super::daemon::{respond, Monitor};
-use super::fds::{pipe, set_nonblocking};
 use super::fdpass;
+use super::fds::{pipe, set_nonblocking};
 use super::logs::Stream;
 use super::proto::Response;
 
@@ -26,7 +26,12 @@ impl Monitor {
                     names.push(if c.tty { "pty" } else { "stdin" }.to_string());
                     fds.push(fd);
                 }
-                None => return respond(conn, &Response::Error { message: format!("container {id} has no stdin to attach to") }),
+                None => {
+                    return respond(
+                        conn,
+                        &Response::Error { message: format!("container {id} has no stdin to attach to") },
+                    )
+                }
             }
         }
         let mut copies: [Option<OwnedFd>; 2] = [None, None];

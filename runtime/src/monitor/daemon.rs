@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::container::{self, ContainerError, CreateOptions, Loaded};
 use crate::state::Root;
 
-use super::fds::{drain_signalfd, pollfd, set_nonblocking, child_stdio, pipe};
+use super::fds::{child_stdio, drain_signalfd, pipe, pollfd, set_nonblocking};
 use super::logs::{LineSplitter, LogFile, Stream};
 use super::proto::{now_nanos, Exit, Request, Response};
 use super::{exit_path, write_atomic, SOCKET};
@@ -25,7 +25,11 @@ const EXEC_OUTPUT_CAP: usize = 16 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{what}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -228,7 +232,9 @@ impl Monitor {
         tracing::debug!(?req, "request");
         let reply = match req {
             Request::Ping => Response::Ok,
-            Request::Create { id, bundle, log_path, stdin, stdin_once, tty } => self.create(&id, &bundle, log_path.as_deref(), stdin, stdin_once, tty),
+            Request::Create { id, bundle, log_path, stdin, stdin_once, tty } => {
+                self.create(&id, &bundle, log_path.as_deref(), stdin, stdin_once, tty)
+            }
             Request::Exec { id, process, tty, stdin } => return self.exec_stream(&id, *process, tty, stdin, conn),
             Request::Attach { id, stdin, stdout, stderr } => return self.attach(&id, [stdin, stdout, stderr], conn),
             Request::Hold { bundle } => self.hold(&bundle),
@@ -269,9 +275,12 @@ impl Monitor {
     /// container. The answer names this process as the one whose namespaces the pod's are.
     fn hold(&mut self, bundle: &Path) -> Response {
         if self.held || !self.containers.is_empty() {
-            return Response::Error { message: "the pod's namespaces can be held only once, before any container".into() };
+            return Response::Error {
+                message: "the pod's namespaces can be held only once, before any container".into(),
+            };
         }
-        let held = crate::spec::load(bundle).map_err(ContainerError::from).and_then(|spec| container::hold(&spec, bundle));
+        let held =
+            crate::spec::load(bundle).map_err(ContainerError::from).and_then(|spec| container::hold(&spec, bundle));
         match held {
             Ok(()) => {
                 self.held = true;
@@ -281,7 +290,15 @@ impl Monitor {
         }
     }
 
-    fn create(&mut self, id: &str, bundle: &Path, log_path: Option<&Path>, stdin: bool, stdin_once: bool, tty: bool) -> Response {
+    fn create(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        log_path: Option<&Path>,
+        stdin: bool,
+        stdin_once: bool,
+        tty: bool,
+    ) -> Response {
         if self.containers.contains_key(id) {
             return Response::Error { message: format!("container {id} already exists in this pod") };
         }
@@ -295,7 +312,17 @@ impl Monitor {
                         None
                     }
                 });
-                let mut c = Container { pid, pipes, log, stdin: stdin_w, stdin_once, tty, attached: Vec::new(), exit: None, waiters: Vec::new() };
+                let mut c = Container {
+                    pid,
+                    pipes,
+                    log,
+                    stdin: stdin_w,
+                    stdin_once,
+                    tty,
+                    attached: Vec::new(),
+                    exit: None,
+                    waiters: Vec::new(),
+                };
                 if let Some(status) = self.early_exits.remove(&pid) {
                     self.record_exit(id, &mut c, status);
                 }
@@ -308,7 +335,12 @@ impl Monitor {
 
     /// Creates a container with pipes for its stdio: output is read into the log, the write end
     /// of its stdin (when asked) kept for attaches.
-    fn spawn_create(&mut self, id: &str, bundle: &Path, stdin: bool) -> Result<(i32, Vec<Pipe>, Option<OwnedFd>), String> {
+    fn spawn_create(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        stdin: bool,
+    ) -> Result<(i32, Vec<Pipe>, Option<OwnedFd>), String> {
         let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
         let (in_r, in_w) = if stdin {
@@ -331,7 +363,12 @@ impl Monitor {
     /// Creates a container on a terminal (`process.terminal`): the runtime hands the pty master
     /// over a console socket. Everything the container writes arrives on the master (logged as
     /// stdout); attaches get a duplicate of the master to type into and resize.
-    fn spawn_create_tty(&mut self, id: &str, bundle: &Path, stdin: bool) -> Result<(i32, Vec<Pipe>, Option<OwnedFd>), String> {
+    fn spawn_create_tty(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        stdin: bool,
+    ) -> Result<(i32, Vec<Pipe>, Option<OwnedFd>), String> {
         self.counter += 1;
         let path = self.dir.join(format!("c{}.sock", self.counter));
         let _ = std::fs::remove_file(&path);
@@ -356,7 +393,13 @@ impl Monitor {
 
     /// Forks a child that runs the runtime's create with the given stdio (or console socket),
     /// waits for it and returns the container's pid.
-    fn fork_create(&mut self, id: &str, bundle: &Path, [in_r, out_w, err_w]: [&OwnedFd; 3], console: Option<&Path>) -> Result<i32, String> {
+    fn fork_create(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        [in_r, out_w, err_w]: [&OwnedFd; 3],
+        console: Option<&Path>,
+    ) -> Result<i32, String> {
         let (res_r, res_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
         // A fresh stack each time: unmapped once the child is gone, so the monitor (one per
         // pod, living as long as it) does not keep the pages the create touched.
@@ -368,7 +411,8 @@ impl Monitor {
             // SAFETY: res_w_raw is the parent's open descriptor, copied into this child's table;
             // this child owns its copy.
             let res_w = child_stdio(in_r, out_w, err_w, unsafe { OwnedFd::from_raw_fd(res_w_raw) });
-            let opts = CreateOptions { root, id, bundle, pid_file: None, console_socket: console, wait_for_start: true };
+            let opts =
+                CreateOptions { root, id, bundle, pid_file: None, console_socket: console, wait_for_start: true };
             let (code, msg) = match container::create(&opts) {
                 Ok(created) => (0, created.pid.to_string()),
                 Err(e) => (1, crate::spec::error_chain(&e)),
@@ -415,7 +459,8 @@ impl Monitor {
                 set_nonblocking(&job.error);
                 let _ = std::fs::File::from(job.error).read_to_string(&mut err);
                 let [(_, stdout), (_, stderr)] = job.out;
-                let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+                let code =
+                    if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
                 let reply = if job.streaming && err.is_empty() {
                     Response::ExecExited { exit_code: code }
                 } else if err.is_empty() {
@@ -449,7 +494,10 @@ impl Monitor {
         c.attached.clear();
         let oom_killed = libc::WIFSIGNALED(status)
             && libc::WTERMSIG(status) == libc::SIGKILL
-            && Loaded::load(&self.root, id).and_then(|l| l.cgroup()).map(|cg| cg.stats().memory.oom_kills > 0).unwrap_or(false);
+            && Loaded::load(&self.root, id)
+                .and_then(|l| l.cgroup())
+                .map(|cg| cg.stats().memory.oom_kills > 0)
+                .unwrap_or(false);
         let exit = Exit::from_wait_status(c.pid, status, now_nanos(), oom_killed);
         let bytes = serde_json::to_vec(&exit).unwrap_or_default();
         if let Err(e) = write_atomic(&exit_path(&self.dir, id), &bytes) {
@@ -474,7 +522,12 @@ impl Monitor {
 }
 
 /// Reads what is available into the log and every attached copy; returns true at end of file.
-fn drain_pipe(p: &mut Pipe, mut log: Option<&mut LogFile>, attached: &mut Vec<[Option<OwnedFd>; 2]>, once: bool) -> bool {
+fn drain_pipe(
+    p: &mut Pipe,
+    mut log: Option<&mut LogFile>,
+    attached: &mut Vec<[Option<OwnedFd>; 2]>,
+    once: bool,
+) -> bool {
     let mut buf = [0u8; 64 * 1024];
     loop {
         // SAFETY: reading into a local buffer of the given length.

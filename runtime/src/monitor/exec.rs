@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::Process;
 
 use super::daemon::{read_exec_output, respond, ExecJob, Monitor};
-use super::fds::{child_stdio, null, pipe, set_nonblocking};
 use super::fdpass;
+use super::fds::{child_stdio, null, pipe, set_nonblocking};
 use super::proto::Response;
 use crate::container::{self, ExecOptions};
 
@@ -22,7 +22,13 @@ const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 impl Monitor {
     /// Forks a child running `process` in container `id` with the given stdio (or a terminal
     /// through `console`); returns its pid and the pipe its error message arrives on.
-    fn fork_exec(&self, id: &str, process: Process, stdio: [&OwnedFd; 3], console: Option<&Path>) -> Result<(i32, OwnedFd), String> {
+    fn fork_exec(
+        &self,
+        id: &str,
+        process: Process,
+        stdio: [&OwnedFd; 3],
+        console: Option<&Path>,
+    ) -> Result<(i32, OwnedFd), String> {
         if self.containers.get(id).is_none_or(|c| c.exit.is_some()) {
             return Err(format!("container {id} is not running"));
         }
@@ -36,7 +42,8 @@ impl Monitor {
             // SAFETY: own process group, so a timeout can kill the whole exec.
             unsafe { libc::setpgid(0, 0) };
             let e_w = child_stdio(stdio[0], stdio[1], stdio[2], e_w);
-            let opts = ExecOptions { root: &self.root, id, process, console_socket: console, pid_file: None, detach: false };
+            let opts =
+                ExecOptions { root: &self.root, id, process, console_socket: console, pid_file: None, detach: false };
             let code = match container::exec(opts) {
                 Ok(code) => code,
                 Err(e) => {
@@ -84,14 +91,28 @@ impl Monitor {
                 }
                 drop(fds);
                 let _ = conn.set_nonblocking(true);
-                self.execs.insert(pid, ExecJob { conn, error, out: [(None, Vec::new()), (None, Vec::new())], deadline: None, streaming: true });
+                self.execs.insert(
+                    pid,
+                    ExecJob {
+                        conn,
+                        error,
+                        out: [(None, Vec::new()), (None, Vec::new())],
+                        deadline: None,
+                        streaming: true,
+                    },
+                );
             }
             Err(message) => respond(conn, &Response::Error { message }),
         }
     }
 
     #[allow(clippy::type_complexity)]
-    fn exec_pipes(&mut self, id: &str, process: Process, want_stdin: bool) -> Result<(i32, OwnedFd, Vec<String>, Vec<OwnedFd>), String> {
+    fn exec_pipes(
+        &mut self,
+        id: &str,
+        process: Process,
+        want_stdin: bool,
+    ) -> Result<(i32, OwnedFd, Vec<String>, Vec<OwnedFd>), String> {
         let e = |e: std::io::Error| format!("pipe: {e}");
         let (out_r, out_w) = pipe().map_err(e)?;
         let (err_r, err_w) = pipe().map_err(e)?;
@@ -136,7 +157,8 @@ impl Monitor {
 
     pub(super) fn expire_execs(&mut self) {
         let now = Instant::now();
-        let expired: Vec<i32> = self.execs.iter().filter(|(_, j)| j.deadline.is_some_and(|d| d <= now)).map(|(p, _)| *p).collect();
+        let expired: Vec<i32> =
+            self.execs.iter().filter(|(_, j)| j.deadline.is_some_and(|d| d <= now)).map(|(p, _)| *p).collect();
         for pid in expired {
             // SAFETY: killing the exec's own process group (our child and what it started).
             unsafe {

@@ -167,7 +167,10 @@ mod tests {
         let mut data = line.clone();
         data.push(b'\n');
         let recs = split(&[&data[..100], &data[100..]], false);
-        assert_eq!(recs.iter().map(|r| (r.0.len(), r.1)).collect::<Vec<_>>(), vec![(MAX_LINE, false), (MAX_LINE, false), (10, true)]);
+        assert_eq!(
+            recs.iter().map(|r| (r.0.len(), r.1)).collect::<Vec<_>>(),
+            vec![(MAX_LINE, false), (MAX_LINE, false), (10, true)]
+        );
     }
 
     #[test]
@@ -181,7 +184,12 @@ mod tests {
     #[test]
     fn record_format_matches_cri() {
         let mut out = Vec::new();
-        format_record(&mut out, "2026-01-02T03:04:05.000000001Z", Stream::Stderr, &Record { content: b"oops", full: false });
+        format_record(
+            &mut out,
+            "2026-01-02T03:04:05.000000001Z",
+            Stream::Stderr,
+            &Record { content: b"oops", full: false },
+        );
         assert_eq!(out, b"2026-01-02T03:04:05.000000001Z stderr P oops\n");
     }
 }

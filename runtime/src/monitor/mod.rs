@@ -57,7 +57,9 @@ pub fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Resul
     match exchange(&tmp, path) {
         Ok(()) => Ok(()),
         // No destination yet (the first write), or a filesystem that cannot exchange.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS)) => std::fs::rename(&tmp, path),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS)) => {
+            std::fs::rename(&tmp, path)
+        }
         Err(e) => Err(e),
     }
 }
@@ -66,7 +68,10 @@ pub fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Resul
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let (a, b) = (crate::syscall::cstr(a)?, crate::syscall::cstr(b)?);
     // SAFETY: two valid C strings; renameat2 only reads them.
-    crate::syscall::cvt(unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) }).map(drop)
+    crate::syscall::cvt(unsafe {
+        libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+    })
+    .map(drop)
 }
 
 #[cfg(test)]
@@ -83,9 +88,17 @@ mod tests {
         write_replace(&path, b"two", true).unwrap();
         let tmp = d.path().join(".record.json.tmp");
         let inodes = (std::fs::metadata(&path).unwrap().ino(), std::fs::metadata(&tmp).unwrap().ino());
-        assert_eq!((std::fs::read(&path).unwrap(), std::fs::read(&tmp).unwrap()), (b"two".to_vec(), b"one".to_vec()), "the previous version stays as the temporary file");
+        assert_eq!(
+            (std::fs::read(&path).unwrap(), std::fs::read(&tmp).unwrap()),
+            (b"two".to_vec(), b"one".to_vec()),
+            "the previous version stays as the temporary file"
+        );
         write_replace(&path, b"three", false).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"three");
-        assert_eq!((std::fs::metadata(&path).unwrap().ino(), std::fs::metadata(&tmp).unwrap().ino()), (inodes.1, inodes.0), "the same two inodes, swapped");
+        assert_eq!(
+            (std::fs::metadata(&path).unwrap().ino(), std::fs::metadata(&tmp).unwrap().ino()),
+            (inodes.1, inodes.0),
+            "the same two inodes, swapped"
+        );
     }
 }

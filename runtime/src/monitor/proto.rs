@@ -10,27 +10,59 @@ pub enum Request {
     /// Create (not start) a container from an OCI bundle; its stdout/stderr go to `log_path`.
     /// With `stdin`, the monitor keeps the write end of its stdin for attaches; `stdin_once`
     /// hands it to the first attach and closes it when that attach ends.
-    Create { id: String, bundle: PathBuf, log_path: Option<PathBuf>, stdin: bool, #[serde(default)] stdin_once: bool, tty: bool },
+    Create {
+        id: String,
+        bundle: PathBuf,
+        log_path: Option<PathBuf>,
+        stdin: bool,
+        #[serde(default)]
+        stdin_once: bool,
+        tty: bool,
+    },
     /// Hold the pod's UTS and IPC namespaces in the monitor itself, with the hostname and
     /// sysctls of the bundle's spec, instead of running an infra container: the answer is
     /// [`Response::Created`] with the monitor's pid, whose namespaces are the pod's.
-    Hold { bundle: PathBuf },
+    Hold {
+        bundle: PathBuf,
+    },
     /// Start a created container.
-    Start { id: String },
+    Start {
+        id: String,
+    },
     /// Run a process inside a running container and collect its output.
-    ExecSync { id: String, process: Box<oci_spec::runtime::Process>, timeout_ms: u64 },
+    ExecSync {
+        id: String,
+        process: Box<oci_spec::runtime::Process>,
+        timeout_ms: u64,
+    },
     /// Run a process inside a running container with its stdio handed to the caller: the
     /// answer is [`Response::Stdio`] carrying the fds, then [`Response::ExecExited`]. Closing the
     /// connection early kills the process.
-    Exec { id: String, process: Box<oci_spec::runtime::Process>, tty: bool, stdin: bool },
+    Exec {
+        id: String,
+        process: Box<oci_spec::runtime::Process>,
+        tty: bool,
+        stdin: bool,
+    },
     /// Hand the caller the container's stdin and a copy of its output ([`Response::Stdio`]).
-    Attach { id: String, stdin: bool, stdout: bool, stderr: bool },
+    Attach {
+        id: String,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
     /// Answer once the container has exited (or at once when it already has).
-    Wait { id: String },
+    Wait {
+        id: String,
+    },
     /// Reopen a container's log file (after the kubelet rotated it).
-    ReopenLog { id: String },
+    ReopenLog {
+        id: String,
+    },
     /// Forget a removed container.
-    Forget { id: String },
+    Forget {
+        id: String,
+    },
     /// Exit once no container is left running.
     Shutdown,
     Ping,
@@ -40,14 +72,27 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Ok,
-    Created { pid: i32 },
+    Created {
+        pid: i32,
+    },
     Exited(Exit),
-    ExecResult { exit_code: i32, stdout: Vec<u8>, stderr: Vec<u8>, timed_out: bool },
+    ExecResult {
+        exit_code: i32,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+        timed_out: bool,
+    },
     /// File descriptors attached to this message, in the order named ("stdin", "stdout",
     /// "stderr", or "pty" for a terminal).
-    Stdio { fds: Vec<String> },
-    ExecExited { exit_code: i32 },
-    Error { message: String },
+    Stdio {
+        fds: Vec<String>,
+    },
+    ExecExited {
+        exit_code: i32,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// How a container ended, written by the monitor to `exit.json` before anyone is told.

@@ -85,7 +85,12 @@ pub(super) unsafe fn spawn_shared<F: FnOnce() -> i32>(stack: &ChildStack, f: F) 
     // SAFETY: the trampoline runs on the child's own stack; CLONE_VFORK keeps this frame (and
     // `slot`) alive and untouched until the child is gone.
     let pid = unsafe {
-        libc::clone(trampoline::<F>, stack.top(), libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, (&raw mut slot).cast())
+        libc::clone(
+            trampoline::<F>,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&raw mut slot).cast(),
+        )
     };
     if pid < 0 {
         return Err(io::Error::last_os_error());

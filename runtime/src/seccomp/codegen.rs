@@ -122,7 +122,13 @@ fn segments<'a>(entries: &[(u32, &'a [Rule])]) -> Vec<Segment<'a>> {
     let mut out: Vec<Segment<'a>> = Vec::new();
     for &(nr, rules) in entries {
         match out.last_mut() {
-            Some(last) if last.hi.checked_add(1) == Some(nr) && plain(last.rules).is_some() && plain(last.rules) == plain(rules) => last.hi = nr,
+            Some(last)
+                if last.hi.checked_add(1) == Some(nr)
+                    && plain(last.rules).is_some()
+                    && plain(last.rules) == plain(rules) =>
+            {
+                last.hi = nr
+            }
             _ => out.push(Segment { lo: nr, hi: nr, rules }),
         }
     }

@@ -4,8 +4,8 @@
 //! it, CAP_SYS_ADMIN / CAP_SYS_PTRACE / CAP_SYS_MODULE & co. are not).
 
 use oci_spec::runtime::{
-    Arch, LinuxSeccomp, LinuxSeccompAction as Action, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompOperator as Op,
-    LinuxSyscall,
+    Arch, LinuxSeccomp, LinuxSeccompAction as Action, LinuxSeccompArg, LinuxSeccompArgBuilder,
+    LinuxSeccompOperator as Op, LinuxSyscall,
 };
 
 /// Allowed without conditions. Names missing on an architecture are skipped there (i386 has

@@ -47,35 +47,21 @@ impl Auth {
             return Ok(RegistryAuth::Bearer(self.registry_token.clone()));
         }
         if !self.username.is_empty() || !self.password.is_empty() {
-            return Ok(RegistryAuth::Basic(
-                self.username.clone(),
-                self.password.clone(),
-            ));
+            return Ok(RegistryAuth::Basic(self.username.clone(), self.password.clone()));
         }
         if !self.auth.is_empty() {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(self.auth.trim())
-                .map_err(|_| ImageError::Auth {
-                    reason: "auth is not valid base64".into(),
-                })?;
-            let text = String::from_utf8(raw).map_err(|_| ImageError::Auth {
-                reason: "auth is not UTF-8".into(),
-            })?;
-            let (user, pass) = text.split_once(':').ok_or_else(|| ImageError::Auth {
-                reason: "auth must be base64 of username:password".into(),
-            })?;
+                .map_err(|_| ImageError::Auth { reason: "auth is not valid base64".into() })?;
+            let text = String::from_utf8(raw).map_err(|_| ImageError::Auth { reason: "auth is not UTF-8".into() })?;
+            let (user, pass) = text
+                .split_once(':')
+                .ok_or_else(|| ImageError::Auth { reason: "auth must be base64 of username:password".into() })?;
             return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
         }
         if !self.identity_token.is_empty() {
-            let user = if self.username.is_empty() {
-                "<token>"
-            } else {
-                &self.username
-            };
-            return Ok(RegistryAuth::Basic(
-                user.to_string(),
-                self.identity_token.clone(),
-            ));
+            let user = if self.username.is_empty() { "<token>" } else { &self.username };
+            return Ok(RegistryAuth::Basic(user.to_string(), self.identity_token.clone()));
         }
         Ok(RegistryAuth::Anonymous)
     }
@@ -87,53 +73,18 @@ mod tests {
 
     #[test]
     fn precedence_and_decoding() {
-        let a = Auth {
-            username: "u".into(),
-            password: "p".into(),
-            registry_token: "t".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            a.to_registry_auth().unwrap(),
-            RegistryAuth::Bearer("t".into())
-        );
-        let a = Auth {
-            registry_token: String::new(),
-            ..a
-        };
-        assert_eq!(
-            a.to_registry_auth().unwrap(),
-            RegistryAuth::Basic("u".into(), "p".into())
-        );
-        let b = Auth {
-            auth: base64::engine::general_purpose::STANDARD.encode("me:se:cret"),
-            ..Default::default()
-        };
-        assert_eq!(
-            b.to_registry_auth().unwrap(),
-            RegistryAuth::Basic("me".into(), "se:cret".into())
-        );
-        let c = Auth {
-            identity_token: "refresh".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            c.to_registry_auth().unwrap(),
-            RegistryAuth::Basic("<token>".into(), "refresh".into())
-        );
-        assert_eq!(
-            Auth::default().to_registry_auth().unwrap(),
-            RegistryAuth::Anonymous
-        );
-        let bad = Auth {
-            auth: "!!!".into(),
-            ..Default::default()
-        };
+        let a = Auth { username: "u".into(), password: "p".into(), registry_token: "t".into(), ..Default::default() };
+        assert_eq!(a.to_registry_auth().unwrap(), RegistryAuth::Bearer("t".into()));
+        let a = Auth { registry_token: String::new(), ..a };
+        assert_eq!(a.to_registry_auth().unwrap(), RegistryAuth::Basic("u".into(), "p".into()));
+        let b = Auth { auth: base64::engine::general_purpose::STANDARD.encode("me:se:cret"), ..Default::default() };
+        assert_eq!(b.to_registry_auth().unwrap(), RegistryAuth::Basic("me".into(), "se:cret".into()));
+        let c = Auth { identity_token: "refresh".into(), ..Default::default() };
+        assert_eq!(c.to_registry_auth().unwrap(), RegistryAuth::Basic("<token>".into(), "refresh".into()));
+        assert_eq!(Auth::default().to_registry_auth().unwrap(), RegistryAuth::Anonymous);
+        let bad = Auth { auth: "!!!".into(), ..Default::default() };
         assert!(bad.to_registry_auth().is_err());
-        let nocolon = Auth {
-            auth: base64::engine::general_purpose::STANDARD.encode("nocolon"),
-            ..Default::default()
-        };
+        let nocolon = Auth { auth: base64::engine::general_purpose::STANDARD.encode("nocolon"), ..Default::default() };
         assert!(nocolon.to_registry_auth().is_err());
     }
 

@@ -10,10 +10,7 @@ pub enum ImageError {
     InvalidReference { reference: String, reason: String },
 
     #[error("registries config {path}: cannot parse")]
-    ConfigParse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    ConfigParse { path: PathBuf, source: toml::de::Error },
 
     #[error("registries config: {reason}")]
     ConfigInvalid { reason: String },
@@ -22,21 +19,13 @@ pub enum ImageError {
     Blocked { reference: String, prefix: String },
 
     #[error("pull {reference} from {endpoint}")]
-    Registry {
-        reference: String,
-        endpoint: String,
-        source: oci_client::errors::OciDistributionError,
-    },
+    Registry { reference: String, endpoint: String, source: oci_client::errors::OciDistributionError },
 
     #[error("pull {reference}: every endpoint failed: {attempts}")]
     PullFailed { reference: String, attempts: String },
 
     #[error("{what} {reference}: {reason}")]
-    Manifest {
-        what: &'static str,
-        reference: String,
-        reason: String,
-    },
+    Manifest { what: &'static str, reference: String, reason: String },
 
     #[error("blob {expected}: content has digest {actual}")]
     DigestMismatch { expected: String, actual: String },
@@ -45,17 +34,10 @@ pub enum ImageError {
     BadDigest { digest: String },
 
     #[error("layer {layer}: entry {entry:?} refused: {reason}")]
-    UnsafeEntry {
-        layer: String,
-        entry: String,
-        reason: String,
-    },
+    UnsafeEntry { layer: String, entry: String, reason: String },
 
     #[error("layer {layer}: cannot read archive")]
-    Archive {
-        layer: String,
-        source: std::io::Error,
-    },
+    Archive { layer: String, source: std::io::Error },
 
     #[error("image {name:?} not found")]
     NotFound { name: String },
@@ -64,10 +46,7 @@ pub enum ImageError {
     Snapshot { key: String, reason: String },
 
     #[error("mount overlay at {target}")]
-    Mount {
-        target: PathBuf,
-        source: std::io::Error,
-    },
+    Mount { target: PathBuf, source: std::io::Error },
 
     #[error("import {path}: {reason}")]
     Import { path: PathBuf, reason: String },
@@ -76,17 +55,10 @@ pub enum ImageError {
     Auth { reason: String },
 
     #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
 
     #[error("image metadata {path}: cannot decode")]
-    Metadata {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Metadata { path: PathBuf, source: serde_json::Error },
 
     #[error("background task failed: {reason}")]
     Task { reason: String },
@@ -94,11 +66,7 @@ pub enum ImageError {
 
 impl ImageError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ImageError::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        ImageError::Io { op, path: path.into(), source }
     }
 
     /// The message of this error followed by its whole `source()` chain, for places that can only

@@ -64,25 +64,18 @@ impl ImageStore {
         let path = tarball.to_path_buf();
         let scan = tokio::task::spawn_blocking(move || this.scan(&path))
             .await
-            .map_err(|e| ImageError::Task {
-                reason: e.to_string(),
-            })??;
+            .map_err(|e| ImageError::Task { reason: e.to_string() })??;
         let found = if scan.lookup("index.json").is_some() {
             self.oci_layout(&scan, tarball)?
         } else if scan.lookup("manifest.json").is_some() {
             self.docker_archive(&scan, tarball)?
         } else {
-            return Err(import_err(
-                tarball,
-                "neither an OCI layout (index.json) nor a docker-archive (manifest.json)",
-            ));
+            return Err(import_err(tarball, "neither an OCI layout (index.json) nor a docker-archive (manifest.json)"));
         };
         let mut out = Vec::new();
         for f in found {
             let name = tarball.display().to_string();
-            let mut image = self
-                .build_image(&f.config, &f.layers, f.manifests, &name)
-                .await?;
+            let mut image = self.build_image(&f.config, &f.layers, f.manifests, &name).await?;
             if f.names.is_empty() {
                 image = self.register(image, None, None)?;
             }
@@ -102,11 +95,7 @@ impl ImageStore {
         let file = File::open(tarball).map_err(|e| ImageError::io("open", tarball, e))?;
         let bad = |e: io::Error| import_err(tarball, &format!("cannot read archive: {e}"));
         let mut archive = tar::Archive::new(decoder(file).map_err(bad)?);
-        let mut scan = Scan {
-            files: HashMap::new(),
-            links: HashMap::new(),
-            lease: self.lease(),
-        };
+        let mut scan = Scan { files: HashMap::new(), links: HashMap::new(), lease: self.lease() };
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
             let raw = entry.path_bytes().into_owned();
@@ -122,8 +111,7 @@ impl ImageStore {
                     })?;
                     scan.lease.add(&digest);
                     let dst = layout.blob(&digest)?;
-                    std::fs::rename(&tmp, &dst)
-                        .map_err(|e| ImageError::io("rename into place", &dst, e))?;
+                    std::fs::rename(&tmp, &dst).map_err(|e| ImageError::io("rename into place", &dst, e))?;
                     scan.files.insert(rel, (digest, size));
                 }
                 tar::EntryType::Symlink => {
@@ -147,11 +135,8 @@ impl ImageStore {
 
     fn oci_layout(&self, scan: &Scan, tarball: &Path) -> Result<Vec<Found>, ImageError> {
         let (index_digest, _) = scan.lookup("index.json").cloned().unwrap_or_default();
-        let index = ManifestDoc::parse(
-            &self.read_blob(&index_digest)?,
-            "OCI index.json",
-            &tarball.display().to_string(),
-        )?;
+        let index =
+            ManifestDoc::parse(&self.read_blob(&index_digest)?, "OCI index.json", &tarball.display().to_string())?;
         let mut out = Vec::new();
         for desc in index.manifests.unwrap_or_default() {
             let mut manifests = vec![desc.digest.clone()];
@@ -165,10 +150,7 @@ impl ImageStore {
                 doc = self.oci_blob_doc(scan, tarball, &d)?;
                 manifests.push(d);
             }
-            let config = doc
-                .config
-                .clone()
-                .ok_or_else(|| import_err(tarball, "manifest without config"))?;
+            let config = doc.config.clone().ok_or_else(|| import_err(tarball, "manifest without config"))?;
             for d in std::iter::once(&config).chain(doc.layers.iter()) {
                 self.oci_blob(scan, tarball, &d.digest)?;
             }
@@ -176,20 +158,9 @@ impl ImageStore {
                 .annotations
                 .get("io.containerd.image.name")
                 .or_else(|| desc.annotations.get("org.opencontainers.image.ref.name"))
-                .and_then(|n| {
-                    ImageRef::parse_normalized(n)
-                        .ok()
-                        .filter(|_| n.contains('/') || n.contains(':'))
-                });
-            let names = name
-                .map(|r| vec![(r.tagged(), Some(r.with_digest(&desc.digest)))])
-                .unwrap_or_default();
-            out.push(Found {
-                config,
-                layers: doc.layers,
-                manifests,
-                names,
-            });
+                .and_then(|n| ImageRef::parse_normalized(n).ok().filter(|_| n.contains('/') || n.contains(':')));
+            let names = name.map(|r| vec![(r.tagged(), Some(r.with_digest(&desc.digest)))]).unwrap_or_default();
+            out.push(Found { config, layers: doc.layers, manifests, names });
         }
         Ok(out)
     }
@@ -201,33 +172,20 @@ impl ImageStore {
             .lookup(&format!("blobs/sha256/{hex}"))
             .ok_or_else(|| import_err(tarball, &format!("blob {digest} missing")))?;
         if actual != digest {
-            return Err(ImageError::DigestMismatch {
-                expected: digest.to_string(),
-                actual: actual.clone(),
-            });
+            return Err(ImageError::DigestMismatch { expected: digest.to_string(), actual: actual.clone() });
         }
         Ok(())
     }
 
-    fn oci_blob_doc(
-        &self,
-        scan: &Scan,
-        tarball: &Path,
-        digest: &str,
-    ) -> Result<ManifestDoc, ImageError> {
+    fn oci_blob_doc(&self, scan: &Scan, tarball: &Path, digest: &str) -> Result<ManifestDoc, ImageError> {
         self.oci_blob(scan, tarball, digest)?;
-        ManifestDoc::parse(
-            &self.read_blob(digest)?,
-            "manifest",
-            &tarball.display().to_string(),
-        )
+        ManifestDoc::parse(&self.read_blob(digest)?, "manifest", &tarball.display().to_string())
     }
 
     fn docker_archive(&self, scan: &Scan, tarball: &Path) -> Result<Vec<Found>, ImageError> {
         let (digest, _) = scan.lookup("manifest.json").cloned().unwrap_or_default();
-        let entries: Vec<DockerManifestEntry> =
-            serde_json::from_slice(&self.read_blob(&digest)?)
-                .map_err(|e| import_err(tarball, &format!("manifest.json: {e}")))?;
+        let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&self.read_blob(&digest)?)
+            .map_err(|e| import_err(tarball, &format!("manifest.json: {e}")))?;
         let desc = |path: &str| {
             scan.lookup(path)
                 .map(|(digest, size)| Descriptor {
@@ -237,42 +195,25 @@ impl ImageStore {
                     platform: None,
                     annotations: Default::default(),
                 })
-                .ok_or_else(|| {
-                    import_err(
-                        tarball,
-                        &format!("{path} listed in manifest.json is missing"),
-                    )
-                })
+                .ok_or_else(|| import_err(tarball, &format!("{path} listed in manifest.json is missing")))
         };
         let mut out = Vec::new();
         for e in entries {
             let config = desc(&e.config)?;
-            let layers = e
-                .layers
-                .iter()
-                .map(|l| desc(l))
-                .collect::<Result<Vec<_>, _>>()?;
+            let layers = e.layers.iter().map(|l| desc(l)).collect::<Result<Vec<_>, _>>()?;
             let mut names = Vec::new();
             for t in e.repo_tags.unwrap_or_default() {
                 let r = ImageRef::parse_normalized(&t)?;
                 names.push((r.tagged(), None));
             }
-            out.push(Found {
-                config,
-                layers,
-                manifests: Vec::new(),
-                names,
-            });
+            out.push(Found { config, layers, manifests: Vec::new(), names });
         }
         Ok(out)
     }
 }
 
 fn import_err(path: &Path, reason: &str) -> ImageError {
-    ImageError::Import {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
+    ImageError::Import { path: path.to_path_buf(), reason: reason.to_string() }
 }
 
 /// Lexically normalises an archive path; `None` if it climbs out.

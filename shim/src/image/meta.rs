@@ -17,12 +17,7 @@ pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const MANIFEST_TYPES: [&str; 4] = [
-    MT_OCI_INDEX,
-    MT_DOCKER_LIST,
-    MT_OCI_MANIFEST,
-    MT_DOCKER_MANIFEST,
-];
+pub const MANIFEST_TYPES: [&str; 4] = [MT_OCI_INDEX, MT_DOCKER_LIST, MT_OCI_MANIFEST, MT_DOCKER_MANIFEST];
 
 /// One image as the store knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,20 +107,15 @@ impl ManifestDoc {
     }
 
     pub fn is_index(&self) -> bool {
-        self.manifests.is_some()
-            || matches!(
-                self.media_type.as_deref(),
-                Some(MT_OCI_INDEX | MT_DOCKER_LIST)
-            )
+        self.manifests.is_some() || matches!(self.media_type.as_deref(), Some(MT_OCI_INDEX | MT_DOCKER_LIST))
     }
 
     /// The linux/amd64 entry of an index.
     pub fn pick_linux_amd64(&self) -> Option<&Descriptor> {
-        self.manifests.as_deref()?.iter().find(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-        })
+        self.manifests
+            .as_deref()?
+            .iter()
+            .find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
     }
 }
 
@@ -161,19 +151,14 @@ struct RunConfig {
 }
 
 /// Decodes an image config blob into the runtime config and the layers' diff IDs.
-pub fn parse_config(
-    bytes: &[u8],
-    reference: &str,
-) -> Result<(ImageConfig, Vec<String>), ImageError> {
+pub fn parse_config(bytes: &[u8], reference: &str) -> Result<(ImageConfig, Vec<String>), ImageError> {
     let f: ConfigFile = serde_json::from_slice(bytes).map_err(|e| ImageError::Manifest {
         what: "image config",
         reference: reference.to_string(),
         reason: format!("cannot decode: {e}"),
     })?;
     let c = f.config.unwrap_or_default();
-    let keys = |m: Option<BTreeMap<String, serde_json::Value>>| {
-        m.unwrap_or_default().into_keys().collect()
-    };
+    let keys = |m: Option<BTreeMap<String, serde_json::Value>>| m.unwrap_or_default().into_keys().collect();
     let config = ImageConfig {
         user: c.user.unwrap_or_default(),
         env: c.env.unwrap_or_default(),
@@ -211,10 +196,7 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Layout {
     pub fn blob(&self, digest: &str) -> Result<PathBuf, ImageError> {
-        Ok(self
-            .root
-            .join("blobs/sha256")
-            .join(validate_digest(digest)?))
+        Ok(self.root.join("blobs/sha256").join(validate_digest(digest)?))
     }
     pub fn layer(&self, digest: &str) -> Result<PathBuf, ImageError> {
         Ok(self.root.join("layers").join(validate_digest(digest)?))
@@ -231,17 +213,11 @@ impl Layout {
     /// A fresh path in `tmp/` (same filesystem as everything else, so renames are atomic).
     pub fn temp(&self, what: &str) -> PathBuf {
         let n = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        self.tmp()
-            .join(format!("{what}-{}-{n}", std::process::id()))
+        self.tmp().join(format!("{what}-{}-{n}", std::process::id()))
     }
 
     pub fn create_dirs(&self) -> Result<(), ImageError> {
-        for d in [
-            self.root.join("blobs/sha256"),
-            self.root.join("layers"),
-            self.snapshots(),
-            self.tmp(),
-        ] {
+        for d in [self.root.join("blobs/sha256"), self.root.join("layers"), self.snapshots(), self.tmp()] {
             std::fs::create_dir_all(&d).ctx("create", &d)?;
         }
         // One directory per container's writable layer: each its own tree.
@@ -253,10 +229,7 @@ impl Layout {
     pub fn write_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), ImageError> {
         let actual = sha256_digest(bytes);
         if actual != digest {
-            return Err(ImageError::DigestMismatch {
-                expected: digest.to_string(),
-                actual,
-            });
+            return Err(ImageError::DigestMismatch { expected: digest.to_string(), actual });
         }
         let dst = self.blob(digest)?;
         if dst.exists() {
@@ -294,22 +267,14 @@ pub fn load_images(path: &Path) -> Result<Vec<Image>, ImageError> {
         Err(e) => return Err(ImageError::io("read", path, e)),
     };
     let f: MetadataFile =
-        serde_json::from_slice(&bytes).map_err(|source| ImageError::Metadata {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        serde_json::from_slice(&bytes).map_err(|source| ImageError::Metadata { path: path.to_path_buf(), source })?;
     Ok(f.images)
 }
 
 /// Persists the images atomically.
 pub fn save_images(layout: &Layout, images: Vec<Image>) -> Result<(), ImageError> {
     let path = layout.metadata();
-    let bytes =
-        serde_json::to_vec_pretty(&MetadataFile { version: 1, images }).map_err(|source| {
-            ImageError::Metadata {
-                path: path.clone(),
-                source,
-            }
-        })?;
+    let bytes = serde_json::to_vec_pretty(&MetadataFile { version: 1, images })
+        .map_err(|source| ImageError::Metadata { path: path.clone(), source })?;
     write_atomic(&layout.temp("images.json"), &path, &bytes)
 }

@@ -9,10 +9,7 @@ use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::meta::{
-    is_layer_type, parse_config, sha256_digest, Descriptor, Image, Layer, ManifestDoc,
-    MANIFEST_TYPES,
-};
+use super::meta::{is_layer_type, parse_config, sha256_digest, Descriptor, Image, Layer, ManifestDoc, MANIFEST_TYPES};
 use super::reference::{validate_digest, ImageRef};
 use super::registries::Endpoint;
 use super::unpack::unpack_layer;
@@ -51,9 +48,7 @@ impl Source {
             ..Default::default()
         };
         let reference = match (&r.digest, &r.tag) {
-            (Some(d), _) => {
-                Reference::with_digest(r.registry.clone(), r.repository.clone(), d.clone())
-            }
+            (Some(d), _) => Reference::with_digest(r.registry.clone(), r.repository.clone(), d.clone()),
             (None, t) => Reference::with_tag(
                 r.registry.clone(),
                 r.repository.clone(),
@@ -69,35 +64,21 @@ impl Source {
     }
 
     fn err(&self, source: oci_client::errors::OciDistributionError) -> ImageError {
-        ImageError::Registry {
-            reference: self.original.clone(),
-            endpoint: self.endpoint.clone(),
-            source,
-        }
+        ImageError::Registry { reference: self.original.clone(), endpoint: self.endpoint.clone(), source }
     }
 
     /// Fetches a manifest (by the source's reference, or by `digest`) and checks its digest.
-    async fn manifest(
-        &self,
-        auth: &RegistryAuth,
-        digest: Option<&str>,
-    ) -> Result<(Vec<u8>, String), ImageError> {
+    async fn manifest(&self, auth: &RegistryAuth, digest: Option<&str>) -> Result<(Vec<u8>, String), ImageError> {
         let reference = match digest {
             Some(d) => self.reference.clone_with_digest(d.to_string()),
             None => self.reference.clone(),
         };
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(&reference, auth, &MANIFEST_TYPES)
-            .await
-            .map_err(|e| self.err(e))?;
+        let (bytes, _) =
+            self.client.pull_manifest_raw(&reference, auth, &MANIFEST_TYPES).await.map_err(|e| self.err(e))?;
         let actual = sha256_digest(&bytes);
         if let Some(expected) = digest.or(reference.digest()) {
             if expected != actual {
-                return Err(ImageError::DigestMismatch {
-                    expected: expected.to_string(),
-                    actual,
-                });
+                return Err(ImageError::DigestMismatch { expected: expected.to_string(), actual });
             }
         }
         Ok((bytes.to_vec(), actual))
@@ -117,11 +98,8 @@ impl ImageStore {
             for ep in self.inner.registries.endpoints(&candidate)? {
                 let src = Source::new(&ep, &candidate);
                 // CRI credentials are for the image's own registry, never handed to a mirror.
-                let ep_auth = if ep.reference.registry == candidate.registry {
-                    auth.clone()
-                } else {
-                    RegistryAuth::Anonymous
-                };
+                let ep_auth =
+                    if ep.reference.registry == candidate.registry { auth.clone() } else { RegistryAuth::Anonymous };
                 match self.pull_from(&src, &candidate, &ep_auth).await {
                     Ok(img) => return Ok(img),
                     Err(e) => {
@@ -135,18 +113,10 @@ impl ImageStore {
         if let Err(e) = self.gc() {
             tracing::warn!(reference, error = %e.chain(), "garbage collection after a failed pull");
         }
-        Err(ImageError::PullFailed {
-            reference: reference.to_string(),
-            attempts: attempts.join("; "),
-        })
+        Err(ImageError::PullFailed { reference: reference.to_string(), attempts: attempts.join("; ") })
     }
 
-    async fn pull_from(
-        &self,
-        src: &Source,
-        name: &ImageRef,
-        auth: &RegistryAuth,
-    ) -> Result<Image, ImageError> {
+    async fn pull_from(&self, src: &Source, name: &ImageRef, auth: &RegistryAuth) -> Result<Image, ImageError> {
         let mut lease = self.lease();
         let (top, top_digest) = src.manifest(auth, None).await?;
         let mut doc = ManifestDoc::parse(&top, "manifest", &src.original)?;
@@ -177,10 +147,7 @@ impl ImageStore {
                 return Err(ImageError::Manifest {
                     what: "manifest",
                     reference: src.original.clone(),
-                    reason: format!(
-                        "layer {} has media type {:?}, not a container layer",
-                        l.digest, l.media_type
-                    ),
+                    reason: format!("layer {} has media type {:?}, not a container layer", l.digest, l.media_type),
                 });
             }
         }
@@ -190,9 +157,7 @@ impl ImageStore {
         }
         let all: Vec<&Descriptor> = std::iter::once(&config).chain(doc.layers.iter()).collect();
         futures_util::future::try_join_all(all.iter().map(|d| self.fetch_blob(src, d))).await?;
-        let image = self
-            .build_image(&config, &doc.layers, manifests, &src.original)
-            .await?;
+        let image = self.build_image(&config, &doc.layers, manifests, &src.original).await?;
         let image = self.register(image, name.tagged(), Some(name.with_digest(&top_digest)))?;
         drop(lease);
         Ok(image)
@@ -207,9 +172,7 @@ impl ImageStore {
         name: &str,
     ) -> Result<Image, ImageError> {
         let path = self.inner.layout.blob(&config.digest)?;
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| ImageError::io("read", &path, e))?;
+        let bytes = tokio::fs::read(&path).await.map_err(|e| ImageError::io("read", &path, e))?;
         let (cfg, diff_ids) = parse_config(&bytes, name)?;
         if diff_ids.len() != layers.len() {
             return Err(ImageError::Manifest {
@@ -221,11 +184,7 @@ impl ImageStore {
         let mut out = Vec::new();
         for (l, diff_id) in layers.iter().zip(diff_ids) {
             self.ensure_layer(&l.digest, &diff_id).await?;
-            out.push(Layer {
-                digest: l.digest.clone(),
-                diff_id,
-                size: l.size.max(0) as u64,
-            });
+            out.push(Layer { digest: l.digest.clone(), diff_id, size: l.size.max(0) as u64 });
         }
         Ok(Image {
             id: config.digest.clone(),
@@ -247,20 +206,13 @@ impl ImageStore {
         if dst.exists() {
             return Ok(());
         }
-        let (blob, tmp, opts) = (
-            layout.blob(digest)?,
-            layout.temp("layer"),
-            self.inner.unpack,
-        );
+        let (blob, tmp, opts) = (layout.blob(digest)?, layout.temp("layer"), self.inner.unpack);
         let (digest, diff_id) = (digest.to_string(), diff_id.to_string());
         tokio::task::spawn_blocking(move || {
             let actual = unpack_layer(&blob, &tmp, &digest, opts)?;
             if actual != diff_id {
                 let _ = std::fs::remove_dir_all(&tmp);
-                return Err(ImageError::DigestMismatch {
-                    expected: diff_id,
-                    actual,
-                });
+                return Err(ImageError::DigestMismatch { expected: diff_id, actual });
             }
             std::fs::rename(&tmp, &dst).map_err(|e| {
                 let _ = std::fs::remove_dir_all(&tmp);
@@ -268,9 +220,7 @@ impl ImageStore {
             })
         })
         .await
-        .map_err(|e| ImageError::Task {
-            reason: e.to_string(),
-        })?
+        .map_err(|e| ImageError::Task { reason: e.to_string() })?
     }
 
     /// Downloads one blob into the store (temp file, sha256 checked, rename), unless present.
@@ -284,50 +234,30 @@ impl ImageStore {
         // layer's failure ends the whole pull while this download is still running).
         let tmp = TempFile(self.inner.layout.temp("blob"));
         self.download(src, d, &tmp.0).await?;
-        tokio::fs::rename(&tmp.0, &dst)
-            .await
-            .map_err(|e| ImageError::io("rename into place", &dst, e))
+        tokio::fs::rename(&tmp.0, &dst).await.map_err(|e| ImageError::io("rename into place", &dst, e))
     }
 
-    async fn download(
-        &self,
-        src: &Source,
-        d: &Descriptor,
-        tmp: &std::path::Path,
-    ) -> Result<(), ImageError> {
+    async fn download(&self, src: &Source, d: &Descriptor, tmp: &std::path::Path) -> Result<(), ImageError> {
         let desc = OciDescriptor {
             media_type: d.media_type.clone(),
             digest: d.digest.clone(),
             size: d.size,
             ..Default::default()
         };
-        let mut stream = src
-            .client
-            .pull_blob_stream(&src.reference, &desc)
-            .await
-            .map_err(|e| src.err(e))?;
-        let mut file = tokio::fs::File::create(tmp)
-            .await
-            .map_err(|e| ImageError::io("create", tmp, e))?;
+        let mut stream = src.client.pull_blob_stream(&src.reference, &desc).await.map_err(|e| src.err(e))?;
+        let mut file = tokio::fs::File::create(tmp).await.map_err(|e| ImageError::io("create", tmp, e))?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| src.err(e.into()))?;
             hasher.update(&chunk);
             size += chunk.len() as u64;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| ImageError::io("write", tmp, e))?;
+            file.write_all(&chunk).await.map_err(|e| ImageError::io("write", tmp, e))?;
         }
-        file.sync_all()
-            .await
-            .map_err(|e| ImageError::io("sync", tmp, e))?;
+        file.sync_all().await.map_err(|e| ImageError::io("sync", tmp, e))?;
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != d.digest {
-            return Err(ImageError::DigestMismatch {
-                expected: d.digest.clone(),
-                actual,
-            });
+            return Err(ImageError::DigestMismatch { expected: d.digest.clone(), actual });
         }
         if d.size >= 0 && size != d.size as u64 {
             return Err(ImageError::Manifest {

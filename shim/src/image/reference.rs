@@ -31,10 +31,8 @@ pub struct ParsedRef {
 impl ParsedRef {
     /// Parses `[registry/]path[:tag][@sha256:hex]`.
     pub fn parse(input: &str) -> Result<Self, ImageError> {
-        let bad = |reason: &str| ImageError::InvalidReference {
-            reference: input.to_string(),
-            reason: reason.to_string(),
-        };
+        let bad =
+            |reason: &str| ImageError::InvalidReference { reference: input.to_string(), reason: reason.to_string() };
         if input.is_empty() {
             return Err(bad("empty"));
         }
@@ -62,10 +60,7 @@ impl ParsedRef {
             _ => (None, name),
         };
         if let Some(r) = &registry {
-            if !r
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-            {
+            if !r.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)) {
                 return Err(bad("registry host has invalid characters"));
             }
         }
@@ -74,12 +69,7 @@ impl ParsedRef {
                 "repository path components must be lowercase [a-z0-9] separated by '.', '_', '__' or '-'",
             ));
         }
-        Ok(ParsedRef {
-            registry,
-            path: path.to_string(),
-            tag,
-            digest,
-        })
+        Ok(ParsedRef { registry, path: path.to_string(), tag, digest })
     }
 
     /// True for a short name (no registry host).
@@ -90,10 +80,7 @@ impl ParsedRef {
     /// Qualifies a short name with `registry` (no-op when it already has one); `docker.io`
     /// single-component paths get `library/`, and a reference without tag or digest gets `latest`.
     pub fn qualify(&self, registry: &str) -> ImageRef {
-        let registry = self
-            .registry
-            .clone()
-            .unwrap_or_else(|| canonical_registry(registry));
+        let registry = self.registry.clone().unwrap_or_else(|| canonical_registry(registry));
         let repository = if registry == DEFAULT_REGISTRY && !self.path.contains('/') {
             format!("library/{}", self.path)
         } else {
@@ -103,12 +90,7 @@ impl ParsedRef {
             (None, None) => Some(DEFAULT_TAG.to_string()),
             (t, _) => t.clone(),
         };
-        ImageRef {
-            registry,
-            repository,
-            tag,
-            digest: self.digest.clone(),
-        }
+        ImageRef { registry, repository, tag, digest: self.digest.clone() }
     }
 }
 
@@ -156,10 +138,7 @@ pub fn canonical_registry(host: &str) -> String {
 }
 
 fn looks_like_registry(first: &str) -> bool {
-    first.contains('.')
-        || first.contains(':')
-        || first == "localhost"
-        || first.chars().any(|c| c.is_ascii_uppercase())
+    first.contains('.') || first.contains(':') || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase())
 }
 
 fn valid_path_component(c: &str) -> bool {
@@ -181,25 +160,17 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
+        && b.iter().all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
 }
 
 /// Checks `sha256:<64 lowercase hex>`, the only digest algorithm the store verifies, and returns
 /// the hex part.
 pub fn validate_digest(d: &str) -> Result<&str, ImageError> {
     match d.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) =>
-        {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) => {
             Ok(hex)
         }
-        _ => Err(ImageError::BadDigest {
-            digest: d.to_string(),
-        }),
+        _ => Err(ImageError::BadDigest { digest: d.to_string() }),
     }
 }
 
@@ -219,24 +190,15 @@ mod tests {
         assert_eq!(norm("busybox:1.36"), "docker.io/library/busybox:1.36");
         assert_eq!(norm("library/busybox"), "docker.io/library/busybox:latest");
         assert_eq!(norm("foo/bar"), "docker.io/foo/bar:latest");
-        assert_eq!(
-            norm("docker.io/busybox"),
-            "docker.io/library/busybox:latest"
-        );
-        assert_eq!(
-            norm("index.docker.io/busybox"),
-            "docker.io/library/busybox:latest"
-        );
+        assert_eq!(norm("docker.io/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(norm("index.docker.io/busybox"), "docker.io/library/busybox:latest");
     }
 
     #[test]
     fn registries_ports_and_digests() {
         assert_eq!(norm("localhost/foo"), "localhost/foo:latest");
         assert_eq!(norm("127.0.0.1:5000/a/b/c:v1"), "127.0.0.1:5000/a/b/c:v1");
-        assert_eq!(
-            norm("registry.k8s.io/pause:3.9"),
-            "registry.k8s.io/pause:3.9"
-        );
+        assert_eq!(norm("registry.k8s.io/pause:3.9"), "registry.k8s.io/pause:3.9");
         let r = ImageRef::parse_normalized(&format!("busybox@{D}")).unwrap();
         assert_eq!(r.tag, None);
         assert_eq!(r.digest.as_deref(), Some(D));

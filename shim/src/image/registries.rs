@@ -107,25 +107,14 @@ impl RegistriesConfig {
     }
 
     fn parse_text(text: &str, path: &Path) -> Result<Self, ImageError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|source| ImageError::ConfigParse {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|source| ImageError::ConfigParse { path: path.to_path_buf(), source })?;
         if raw.registries.is_some() {
-            return Err(invalid(
-                "the v1 [registries.*] format is not supported; use version 2 ([[registry]])",
-            ));
+            return Err(invalid("the v1 [registries.*] format is not supported; use version 2 ([[registry]])"));
         }
-        let registries = raw
-            .registry
-            .into_iter()
-            .map(Registry::from_raw)
-            .collect::<Result<Vec<_>, _>>()?;
-        let search = raw
-            .unqualified_search_registries
-            .iter()
-            .map(|s| canonical_registry(s.trim_end_matches('/')))
-            .collect();
+        let registries = raw.registry.into_iter().map(Registry::from_raw).collect::<Result<Vec<_>, _>>()?;
+        let search =
+            raw.unqualified_search_registries.iter().map(|s| canonical_registry(s.trim_end_matches('/'))).collect();
         Ok(RegistriesConfig { search, registries })
     }
 
@@ -141,10 +130,7 @@ impl RegistriesConfig {
     /// Every fully qualified reference a (possibly short) name may stand for, in search order.
     pub fn candidates(&self, parsed: &ParsedRef) -> Vec<ImageRef> {
         if parsed.is_short() {
-            self.search_registries()
-                .iter()
-                .map(|r| parsed.qualify(r))
-                .collect()
+            self.search_registries().iter().map(|r| parsed.qualify(r)).collect()
         } else {
             vec![parsed.qualify(DEFAULT_REGISTRY)]
         }
@@ -153,27 +139,17 @@ impl RegistriesConfig {
     /// The `[[registry]]` entry that applies to `r`: the longest matching prefix.
     pub fn find(&self, r: &ImageRef) -> Option<&Registry> {
         let name = r.name();
-        self.registries
-            .iter()
-            .filter(|reg| reg.matches(&r.registry, &name))
-            .max_by_key(|reg| reg.prefix.len())
+        self.registries.iter().filter(|reg| reg.matches(&r.registry, &name)).max_by_key(|reg| reg.prefix.len())
     }
 
     /// Where to pull `r` from, in order: the matching entry's mirrors that serve this kind of
     /// reference, then its location. A blocked entry is an error.
     pub fn endpoints(&self, r: &ImageRef) -> Result<Vec<Endpoint>, ImageError> {
         let Some(reg) = self.find(r) else {
-            return Ok(vec![Endpoint {
-                reference: r.clone(),
-                insecure: false,
-                mirror: false,
-            }]);
+            return Ok(vec![Endpoint { reference: r.clone(), insecure: false, mirror: false }]);
         };
         if reg.blocked {
-            return Err(ImageError::Blocked {
-                reference: r.to_string(),
-                prefix: reg.prefix.clone(),
-            });
+            return Err(ImageError::Blocked { reference: r.to_string(), prefix: reg.prefix.clone() });
         }
         let by_digest = r.digest.is_some();
         let mut out = Vec::new();
@@ -185,19 +161,11 @@ impl RegistriesConfig {
                     PullFrom::TagOnly => !by_digest,
                 };
                 if serves {
-                    out.push(Endpoint {
-                        reference: reg.rewrite(r, &m.location)?,
-                        insecure: m.insecure,
-                        mirror: true,
-                    });
+                    out.push(Endpoint { reference: reg.rewrite(r, &m.location)?, insecure: m.insecure, mirror: true });
                 }
             }
         }
-        out.push(Endpoint {
-            reference: reg.rewrite(r, &reg.location)?,
-            insecure: reg.insecure,
-            mirror: false,
-        });
+        out.push(Endpoint { reference: reg.rewrite(r, &reg.location)?, insecure: reg.insecure, mirror: false });
         Ok(out)
     }
 }
@@ -206,22 +174,16 @@ impl Registry {
     fn from_raw(raw: RawRegistry) -> Result<Self, ImageError> {
         let clean = |s: Option<String>| s.map(|s| s.trim_end_matches('/').to_string());
         let location = clean(raw.location).unwrap_or_default();
-        let prefix = clean(raw.prefix)
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| location.clone());
+        let prefix = clean(raw.prefix).filter(|p| !p.is_empty()).unwrap_or_else(|| location.clone());
         if prefix.is_empty() {
             return Err(invalid("a [[registry]] entry needs a prefix or a location"));
         }
         let wildcard = prefix.starts_with("*.");
         if wildcard && (prefix[2..].contains('/') || prefix[2..].contains('*')) {
-            return Err(invalid(&format!(
-                "wildcard prefix {prefix:?} must be *.domain"
-            )));
+            return Err(invalid(&format!("wildcard prefix {prefix:?} must be *.domain")));
         }
         if wildcard && !location.is_empty() {
-            return Err(invalid(&format!(
-                "wildcard prefix {prefix:?} cannot have a location"
-            )));
+            return Err(invalid(&format!("wildcard prefix {prefix:?} cannot have a location")));
         }
         let mirrors = raw
             .mirror
@@ -232,29 +194,19 @@ impl Registry {
                     Some("digest-only") => PullFrom::DigestOnly,
                     Some("tag-only") => PullFrom::TagOnly,
                     Some(other) => {
-                        return Err(invalid(&format!(
-                            "pull-from-mirror {other:?} is not all, digest-only or tag-only"
-                        )))
+                        return Err(invalid(&format!("pull-from-mirror {other:?} is not all, digest-only or tag-only")))
                     }
                 };
                 let location = m.location.trim_end_matches('/').to_string();
                 if location.is_empty() {
                     return Err(invalid("a [[registry.mirror]] entry needs a location"));
                 }
-                Ok(Mirror {
-                    location,
-                    insecure: m.insecure,
-                    pull_from,
-                })
+                Ok(Mirror { location, insecure: m.insecure, pull_from })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Registry {
             prefix: normalize_prefix(&prefix),
-            location: if wildcard {
-                String::new()
-            } else {
-                location_or(&location, &prefix)
-            },
+            location: if wildcard { String::new() } else { location_or(&location, &prefix) },
             insecure: raw.insecure,
             blocked: raw.blocked,
             mirror_by_digest_only: raw.mirror_by_digest_only,
@@ -267,10 +219,7 @@ impl Registry {
             let host = host.split(':').next().unwrap_or(host);
             return host.len() > domain.len() && host.ends_with(&format!(".{domain}"));
         }
-        name == self.prefix
-            || name
-                .strip_prefix(&self.prefix)
-                .is_some_and(|rest| rest.starts_with('/'))
+        name == self.prefix || name.strip_prefix(&self.prefix).is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// Replaces the matched prefix of `r` with `location` (unchanged for wildcard entries).
@@ -281,11 +230,9 @@ impl Registry {
         let name = r.name();
         let rest = &name[self.prefix.len()..];
         let full = format!("{location}{rest}");
-        let (registry, repository) = full.split_once('/').ok_or_else(|| {
-            invalid(&format!(
-                "location {location:?} leaves no repository for {r}"
-            ))
-        })?;
+        let (registry, repository) = full
+            .split_once('/')
+            .ok_or_else(|| invalid(&format!("location {location:?} leaves no repository for {r}")))?;
         Ok(ImageRef {
             registry: registry.to_string(),
             repository: repository.to_string(),
@@ -312,9 +259,7 @@ fn normalize_prefix(p: &str) -> String {
 }
 
 fn invalid(reason: &str) -> ImageError {
-    ImageError::ConfigInvalid {
-        reason: reason.to_string(),
-    }
+    ImageError::ConfigInvalid { reason: reason.to_string() }
 }
 
 #[cfg(test)]

@@ -54,16 +54,12 @@ fn eps(conf: &RegistriesConfig, r: &str) -> Vec<(String, bool, bool)> {
 fn parses_v2_entries() {
     let c = RegistriesConfig::parse(CONF).unwrap();
     assert_eq!(c.search_registries(), vec!["quay.io", "docker.io"]);
-    let r = c
-        .find(&ImageRef::parse_normalized("busybox").unwrap())
-        .unwrap();
+    let r = c.find(&ImageRef::parse_normalized("busybox").unwrap()).unwrap();
     assert_eq!(r.prefix, "docker.io");
     assert_eq!(r.mirrors.len(), 2);
     assert!(r.mirrors[0].insecure);
     assert_eq!(r.mirrors[1].pull_from, PullFrom::DigestOnly);
-    let local = c
-        .find(&ImageRef::parse_normalized("127.0.0.1:5000/x").unwrap())
-        .unwrap();
+    let local = c.find(&ImageRef::parse_normalized("127.0.0.1:5000/x").unwrap()).unwrap();
     assert_eq!(local.prefix, "127.0.0.1:5000");
     assert!(local.insecure);
 }
@@ -82,11 +78,7 @@ fn mirrors_come_first_then_the_location() {
         eps(&c, &format!("busybox@{D}")),
         vec![
             (format!("127.0.0.1:5000/library/busybox@{D}"), true, true),
-            (
-                format!("mirror.example.com/hub/library/busybox@{D}"),
-                false,
-                true
-            ),
+            (format!("mirror.example.com/hub/library/busybox@{D}"), false, true),
             (format!("docker.io/library/busybox@{D}"), false, false),
         ]
     );
@@ -95,23 +87,14 @@ fn mirrors_come_first_then_the_location() {
 #[test]
 fn location_rewrites_the_prefix() {
     let c = RegistriesConfig::parse(CONF).unwrap();
-    assert_eq!(
-        eps(&c, "registry.k8s.io/pause:3.9"),
-        vec![("127.0.0.1:5000/pause:3.9".into(), true, false)]
-    );
-    assert_eq!(
-        eps(&c, "127.0.0.1:5000/a/b:c"),
-        vec![("127.0.0.1:5000/a/b:c".into(), true, false)]
-    );
+    assert_eq!(eps(&c, "registry.k8s.io/pause:3.9"), vec![("127.0.0.1:5000/pause:3.9".into(), true, false)]);
+    assert_eq!(eps(&c, "127.0.0.1:5000/a/b:c"), vec![("127.0.0.1:5000/a/b:c".into(), true, false)]);
 }
 
 #[test]
 fn unmatched_registry_is_pulled_directly_over_https() {
     let c = RegistriesConfig::parse(CONF).unwrap();
-    assert_eq!(
-        eps(&c, "quay.io/x/y:1"),
-        vec![("quay.io/x/y:1".into(), false, false)]
-    );
+    assert_eq!(eps(&c, "quay.io/x/y:1"), vec![("quay.io/x/y:1".into(), false, false)]);
     // the prefix matches at a path boundary only
     assert_eq!(
         eps(&c, "registry.k8s.io.evil.example/p:1"),
@@ -122,36 +105,23 @@ fn unmatched_registry_is_pulled_directly_over_https() {
 #[test]
 fn blocked_longest_prefix_wins() {
     let c = RegistriesConfig::parse(CONF).unwrap();
-    let err = c
-        .endpoints(&ImageRef::parse_normalized("docker.io/evil/thing").unwrap())
-        .unwrap_err();
+    let err = c.endpoints(&ImageRef::parse_normalized("docker.io/evil/thing").unwrap()).unwrap_err();
     assert!(matches!(err, ImageError::Blocked { .. }), "{err}");
     assert!(err.to_string().contains("docker.io/evil"), "{err}");
-    assert!(c
-        .endpoints(&ImageRef::parse_normalized("docker.io/evilish/thing").unwrap())
-        .is_ok());
+    assert!(c.endpoints(&ImageRef::parse_normalized("docker.io/evilish/thing").unwrap()).is_ok());
 }
 
 #[test]
 fn wildcard_matches_subdomains_only() {
     let c = RegistriesConfig::parse(CONF).unwrap();
-    assert_eq!(
-        eps(&c, "a.corp.example:443/x:1"),
-        vec![("a.corp.example:443/x:1".into(), true, false)]
-    );
-    assert_eq!(
-        eps(&c, "corp.example/x:1"),
-        vec![("corp.example/x:1".into(), false, false)]
-    );
+    assert_eq!(eps(&c, "a.corp.example:443/x:1"), vec![("a.corp.example:443/x:1".into(), true, false)]);
+    assert_eq!(eps(&c, "corp.example/x:1"), vec![("corp.example/x:1".into(), false, false)]);
 }
 
 #[test]
 fn mirror_by_digest_only() {
     let c = RegistriesConfig::parse(CONF).unwrap();
-    assert_eq!(
-        eps(&c, "gcr.io/only-digests/img:t"),
-        vec![("gcr.io/only-digests/img:t".into(), false, false)]
-    );
+    assert_eq!(eps(&c, "gcr.io/only-digests/img:t"), vec![("gcr.io/only-digests/img:t".into(), false, false)]);
     assert_eq!(
         eps(&c, &format!("gcr.io/only-digests/img@{D}")),
         vec![
@@ -166,15 +136,9 @@ fn short_names_expand_over_search_registries() {
     let c = RegistriesConfig::parse(CONF).unwrap();
     let p = ParsedRef::parse("busybox").unwrap();
     let names: Vec<String> = c.candidates(&p).iter().map(|r| r.to_string()).collect();
-    assert_eq!(
-        names,
-        vec!["quay.io/busybox:latest", "docker.io/library/busybox:latest"]
-    );
+    assert_eq!(names, vec!["quay.io/busybox:latest", "docker.io/library/busybox:latest"]);
     let empty = RegistriesConfig::default();
-    assert_eq!(
-        empty.candidates(&p)[0].to_string(),
-        "docker.io/library/busybox:latest"
-    );
+    assert_eq!(empty.candidates(&p)[0].to_string(), "docker.io/library/busybox:latest");
 }
 
 #[test]

@@ -35,9 +35,7 @@ fn check_key(key: &str) -> Result<(), ImageError> {
         && key.len() <= 128
         && key != "."
         && key != ".."
-        && key
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+        && key.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
     if ok {
         Ok(())
     } else {
@@ -55,8 +53,8 @@ pub(super) fn layers_in_use(layout: &Layout) -> Result<Vec<String>, ImageError> 
     for e in fs::read_dir(&dir).ctx("read", &dir)? {
         let p = e.ctx("read", &dir)?.path().join("layers");
         if let Ok(bytes) = fs::read(&p) {
-            let layers: Vec<String> = serde_json::from_slice(&bytes)
-                .map_err(|source| ImageError::Metadata { path: p, source })?;
+            let layers: Vec<String> =
+                serde_json::from_slice(&bytes).map_err(|source| ImageError::Metadata { path: p, source })?;
             out.extend(layers);
         }
     }
@@ -84,9 +82,7 @@ fn our_overlay_mounted(target: &Path, upper: &Path) -> bool {
         let (pre, post) = (halves.next().unwrap_or(""), halves.next().unwrap_or(""));
         pre.split(' ').nth(4) == Some(target.as_ref())
             && post.starts_with("overlay ")
-            && post
-                .split(',')
-                .any(|o| o == upper || o.ends_with(&format!(" {upper}")))
+            && post.split(',').any(|o| o == upper || o.ends_with(&format!(" {upper}")))
     })
 }
 
@@ -106,31 +102,25 @@ impl ImageStore {
     /// dirs in `snapshots/<key>`. Calling it again for the same key and image re-mounts the same
     /// upper dir if needed (a no-op when already mounted). With `idmap`, the layers are seen
     /// through the pod's user namespace (shared layers stay owned by host ids on disk).
-    pub fn prepare_rootfs(&self, image: &str, key: &str, target: &Path, idmap: Option<&RootfsIdMap>) -> Result<(), ImageError> {
+    pub fn prepare_rootfs(
+        &self,
+        image: &str,
+        key: &str,
+        target: &Path,
+        idmap: Option<&RootfsIdMap>,
+    ) -> Result<(), ImageError> {
         check_key(key)?;
         let layout = &self.inner.layout;
         let dir = layout.snapshots().join(key);
         let (layers, created) = {
             let st = self.inner.state();
-            let id = resolve(&self.inner.registries, &st.images, image).ok_or_else(|| {
-                ImageError::NotFound {
-                    name: image.to_string(),
-                }
-            })?;
-            let layers: Vec<String> = st.images[&id]
-                .layers
-                .iter()
-                .rev()
-                .map(|l| l.digest.clone())
-                .collect();
+            let id = resolve(&self.inner.registries, &st.images, image)
+                .ok_or_else(|| ImageError::NotFound { name: image.to_string() })?;
+            let layers: Vec<String> = st.images[&id].layers.iter().rev().map(|l| l.digest.clone()).collect();
             let record = dir.join("layers");
             let created = match fs::read(&record) {
                 Ok(existing) => {
-                    if serde_json::from_slice::<Vec<String>>(&existing)
-                        .ok()
-                        .as_ref()
-                        != Some(&layers)
-                    {
+                    if serde_json::from_slice::<Vec<String>>(&existing).ok().as_ref() != Some(&layers) {
                         return Err(ImageError::Snapshot {
                             key: key.to_string(),
                             reason: "exists for another image".into(),
@@ -158,8 +148,12 @@ impl ImageStore {
         }
         if let (Some(m), true) = (idmap, created) {
             let upper = dir.join("upper");
-            rustix::fs::chown(&upper, Some(rustix::process::Uid::from_raw(m.root_uid)), Some(rustix::process::Gid::from_raw(m.root_gid)))
-                .map_err(|e| ImageError::io("chown", &upper, e.into()))?;
+            rustix::fs::chown(
+                &upper,
+                Some(rustix::process::Uid::from_raw(m.root_uid)),
+                Some(rustix::process::Gid::from_raw(m.root_gid)),
+            )
+            .map_err(|e| ImageError::io("chown", &upper, e.into()))?;
         }
         self.mount_overlay(&layers, &dir, target, idmap).inspect_err(|_| {
             if created {
@@ -177,10 +171,7 @@ impl ImageStore {
     ) -> Result<(), ImageError> {
         // Lower dirs are named through /proc/self/fd so the option string stays short.
         let mut fds: Vec<OwnedFd> = Vec::new();
-        let mut paths = layers
-            .iter()
-            .map(|d| self.inner.layout.layer(d))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut paths = layers.iter().map(|d| self.inner.layout.layer(d)).collect::<Result<Vec<_>, _>>()?;
         if paths.is_empty() {
             paths.push(dir.join("empty"));
         }
@@ -192,18 +183,11 @@ impl ImageStore {
         };
         let paths = mapped.as_ref().map_or(paths.clone(), |m| m.dirs.clone());
         for p in &paths {
-            let fd = rustix::fs::open(
-                p,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| ImageError::io("open layer", p, e.into()))?;
+            let fd = rustix::fs::open(p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| ImageError::io("open layer", p, e.into()))?;
             fds.push(fd);
         }
-        let lower: Vec<String> = fds
-            .iter()
-            .map(|f| format!("/proc/self/fd/{}", f.as_raw_fd()))
-            .collect();
+        let lower: Vec<String> = fds.iter().map(|f| format!("/proc/self/fd/{}", f.as_raw_fd())).collect();
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",
             lower.join(":"),
@@ -213,31 +197,16 @@ impl ImageStore {
         if data.len() > MAX_MOUNT_DATA {
             return Err(ImageError::Snapshot {
                 key: dir.display().to_string(),
-                reason: format!(
-                    "{} layers make the overlay options longer than a page",
-                    layers.len()
-                ),
+                reason: format!("{} layers make the overlay options longer than a page", layers.len()),
             });
         }
-        let data = std::ffi::CString::new(data).map_err(|_| ImageError::Snapshot {
-            key: dir.display().to_string(),
-            reason: "NUL in a path".into(),
-        })?;
-        rustix::mount::mount(
-            "overlay",
-            target,
-            "overlay",
-            MountFlags::empty(),
-            data.as_c_str(),
-        )
-        .map_err(|e| ImageError::Mount {
-            target: target.to_path_buf(),
-            source: e.into(),
-        })?;
+        let data = std::ffi::CString::new(data)
+            .map_err(|_| ImageError::Snapshot { key: dir.display().to_string(), reason: "NUL in a path".into() })?;
+        rustix::mount::mount("overlay", target, "overlay", MountFlags::empty(), data.as_c_str())
+            .map_err(|e| ImageError::Mount { target: target.to_path_buf(), source: e.into() })?;
         tracing::debug!(target = %target.display(), layers = layers.len(), "overlay mounted");
         Ok(())
     }
-
 }
 
 /// Idmapped mounts of a snapshot's layers, detached and removed on drop.
@@ -252,8 +221,10 @@ impl IdmappedLayers {
         for (i, layer) in layers.iter().enumerate() {
             let dir = under.join(i.to_string());
             fs::create_dir_all(&dir).ctx("create", &dir)?;
-            let tree = berth_runtime::idmap::idmapped_tree(layer, &userns).map_err(|e| ImageError::io("idmapped mount of", layer, e))?;
-            berth_runtime::idmap::attach(&tree, &dir).map_err(|e| ImageError::io("attaching an idmapped layer at", &dir, e))?;
+            let tree = berth_runtime::idmap::idmapped_tree(layer, &userns)
+                .map_err(|e| ImageError::io("idmapped mount of", layer, e))?;
+            berth_runtime::idmap::attach(&tree, &dir)
+                .map_err(|e| ImageError::io("attaching an idmapped layer at", &dir, e))?;
             out.dirs.push(dir);
         }
         Ok(out)
@@ -308,15 +279,8 @@ impl ImageStore {
     pub fn fs_info(&self) -> Result<FsUsage, ImageError> {
         let root = &self.inner.layout.root;
         let (bytes, inodes) = tree_usage(root)?;
-        let timestamp_nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
-        Ok(FsUsage {
-            mountpoint: root.clone(),
-            used_bytes: bytes,
-            inodes_used: inodes,
-            timestamp_nanos,
-        })
+        let timestamp_nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+        Ok(FsUsage { mountpoint: root.clone(), used_bytes: bytes, inodes_used: inodes, timestamp_nanos })
     }
 }
 

@@ -97,41 +97,23 @@ impl ImageStore {
         Self::open_with(root, registries, StoreOptions::default())
     }
 
-    pub fn open_with(
-        root: &Path,
-        registries: RegistriesConfig,
-        opts: StoreOptions,
-    ) -> Result<Self, ImageError> {
-        let layout = Layout {
-            root: root.to_path_buf(),
-        };
+    pub fn open_with(root: &Path, registries: RegistriesConfig, opts: StoreOptions) -> Result<Self, ImageError> {
+        let layout = Layout { root: root.to_path_buf() };
         layout.create_dirs()?;
         let tmp = layout.tmp();
         for e in std::fs::read_dir(&tmp).ctx("read", &tmp)? {
             let p = e.ctx("read", &tmp)?.path();
-            let r = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
+            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
             r.ctx("remove stale temporary", &p)?;
         }
-        let images = load_images(&layout.metadata())?
-            .into_iter()
-            .map(|i| (i.id.clone(), i))
-            .collect();
+        let images = load_images(&layout.metadata())?.into_iter().map(|i| (i.id.clone(), i)).collect();
         tracing::debug!(root = %root.display(), "image store opened");
         Ok(ImageStore {
             inner: Arc::new(Inner {
                 layout,
                 registries,
-                unpack: UnpackOptions {
-                    allow_devices: opts.allow_devices,
-                },
-                state: Mutex::new(State {
-                    images,
-                    inflight: HashMap::new(),
-                }),
+                unpack: UnpackOptions { allow_devices: opts.allow_devices },
+                state: Mutex::new(State { images, inflight: HashMap::new() }),
                 locks: Mutex::new(HashMap::new()),
             }),
         })
@@ -143,10 +125,7 @@ impl ImageStore {
     }
 
     pub(super) fn lease(&self) -> Lease {
-        Lease {
-            inner: self.inner.clone(),
-            digests: Vec::new(),
-        }
+        Lease { inner: self.inner.clone(), digests: Vec::new() }
     }
 
     /// Every image.
@@ -233,10 +212,7 @@ impl ImageStore {
             keep.extend(img.layers.iter().map(|l| l.digest.clone()));
         }
         keep.extend(super::snapshot::layers_in_use(layout)?);
-        let keep_hex: HashSet<&str> = keep
-            .iter()
-            .filter_map(|d| d.strip_prefix("sha256:"))
-            .collect();
+        let keep_hex: HashSet<&str> = keep.iter().filter_map(|d| d.strip_prefix("sha256:")).collect();
         for dir in [layout.root.join("blobs/sha256"), layout.root.join("layers")] {
             for e in std::fs::read_dir(&dir).ctx("read", &dir)? {
                 let e = e.ctx("read", &dir)?;
@@ -262,10 +238,7 @@ impl ImageStore {
 
     /// The candidate full references of a (possibly short) name, for pulls.
     pub(super) fn candidates(&self, reference: &str) -> Result<Vec<ImageRef>, ImageError> {
-        Ok(self
-            .inner
-            .registries
-            .candidates(&ParsedRef::parse(reference)?))
+        Ok(self.inner.registries.candidates(&ParsedRef::parse(reference)?))
     }
 }
 
@@ -275,11 +248,7 @@ fn dedup(v: &mut Vec<String>) {
 }
 
 /// The id `name` stands for, if any.
-pub(super) fn resolve(
-    registries: &RegistriesConfig,
-    images: &BTreeMap<String, Image>,
-    name: &str,
-) -> Option<String> {
+pub(super) fn resolve(registries: &RegistriesConfig, images: &BTreeMap<String, Image>, name: &str) -> Option<String> {
     if images.contains_key(name) {
         return Some(name.to_string());
     }
@@ -288,9 +257,7 @@ pub(super) fn resolve(
             let found = match &r.digest {
                 Some(d) => {
                     let want = r.with_digest(d);
-                    images
-                        .values()
-                        .find(|i| i.repo_digests.contains(&want) || i.id == *d)
+                    images.values().find(|i| i.repo_digests.contains(&want) || i.id == *d)
                 }
                 None => {
                     let want = r.tagged().unwrap_or_default();

@@ -44,15 +44,10 @@ fn docker_archive(dir: &Path, tags: &[&str], layers: &[Vec<u8>], cmd: &str) -> (
         files.push((p.clone(), l.clone()));
         layer_paths.push(p);
     }
-    let manifest = serde_json::json!([{"Config": format!("{}.json", &id[7..]), "RepoTags": tags, "Layers": layer_paths}]);
-    files.push((
-        "manifest.json".into(),
-        serde_json::to_vec(&manifest).unwrap(),
-    ));
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(n, d)| (n.as_str(), d.as_slice()))
-        .collect();
+    let manifest =
+        serde_json::json!([{"Config": format!("{}.json", &id[7..]), "RepoTags": tags, "Layers": layer_paths}]);
+    files.push(("manifest.json".into(), serde_json::to_vec(&manifest).unwrap()));
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
     let path = dir.join(format!("{}.tar", &id[7..19]));
     std::fs::write(&path, tar_of(&refs)).unwrap();
     (path, id)
@@ -64,9 +59,7 @@ fn store(root: &Path) -> ImageStore {
 }
 
 fn blob_count(root: &Path) -> usize {
-    std::fs::read_dir(root.join("blobs/sha256"))
-        .unwrap()
-        .count()
+    std::fs::read_dir(root.join("blobs/sha256")).unwrap().count()
 }
 
 #[tokio::test]
@@ -74,20 +67,13 @@ async fn docker_archive_import_lookup_and_config() {
     let t = tempfile::tempdir().unwrap();
     let s = store(&t.path().join("store"));
     let layer = tar_of(&[("bin/hello", b"hi")]);
-    let (tarball, id) = docker_archive(
-        t.path(),
-        &["busybox:latest", "example.com/x/y:2"],
-        std::slice::from_ref(&layer),
-        "sh",
-    );
+    let (tarball, id) =
+        docker_archive(t.path(), &["busybox:latest", "example.com/x/y:2"], std::slice::from_ref(&layer), "sh");
     let imgs = s.import(&tarball).await.unwrap();
     assert_eq!(imgs.len(), 1);
     let img = s.get("busybox").unwrap();
     assert_eq!(img.id, id);
-    assert_eq!(
-        img.repo_tags,
-        vec!["docker.io/library/busybox:latest", "example.com/x/y:2"]
-    );
+    assert_eq!(img.repo_tags, vec!["docker.io/library/busybox:latest", "example.com/x/y:2"]);
     assert_eq!(img.config.cmd, vec!["sh"]);
     assert_eq!(img.config.user, "1000:1000");
     assert_eq!(img.config.volumes, vec!["/data"]);
@@ -95,22 +81,12 @@ async fn docker_archive_import_lookup_and_config() {
     assert_eq!(img.config.stop_signal, "SIGQUIT");
     assert!(img.config.entrypoint.is_empty());
     assert_eq!(img.layers[0].diff_id, sha256_digest(&layer));
-    for name in [
-        "busybox:latest",
-        "docker.io/library/busybox:latest",
-        "example.com/x/y:2",
-        &id,
-        &id[7..],
-        &id[7..15],
-    ] {
+    for name in ["busybox:latest", "docker.io/library/busybox:latest", "example.com/x/y:2", &id, &id[7..], &id[7..15]] {
         assert_eq!(s.get(name).map(|i| i.id), Some(id.clone()), "{name}");
     }
     assert!(s.get("example.com/x/y:3").is_none());
     assert!(s.get("nothere").is_none());
-    let layer_dir = t
-        .path()
-        .join("store/layers")
-        .join(&img.layers[0].digest[7..]);
+    let layer_dir = t.path().join("store/layers").join(&img.layers[0].digest[7..]);
     assert_eq!(std::fs::read(layer_dir.join("bin/hello")).unwrap(), b"hi");
 }
 
@@ -120,18 +96,8 @@ async fn tags_move_layers_are_shared_and_gc_keeps_what_is_used() {
     let root = t.path().join("store");
     let s = store(&root);
     let base = tar_of(&[("base", b"b")]);
-    let (a, id_a) = docker_archive(
-        t.path(),
-        &["app:1"],
-        &[base.clone(), tar_of(&[("a", b"a")])],
-        "a",
-    );
-    let (b, id_b) = docker_archive(
-        t.path(),
-        &["app:1", "other:1"],
-        &[base.clone(), tar_of(&[("b", b"b")])],
-        "b",
-    );
+    let (a, id_a) = docker_archive(t.path(), &["app:1"], &[base.clone(), tar_of(&[("a", b"a")])], "a");
+    let (b, id_b) = docker_archive(t.path(), &["app:1", "other:1"], &[base.clone(), tar_of(&[("b", b"b")])], "b");
     s.import(&a).await.unwrap();
     s.import(&b).await.unwrap();
     // the tag moved to the newer image; the older one stays, untagged
@@ -198,25 +164,17 @@ async fn oci_layout_import_verifies_blob_names() {
     }))
     .unwrap();
     let mut mdesc = desc("application/vnd.oci.image.manifest.v1+json", &manifest);
-    mdesc["annotations"] =
-        serde_json::json!({"org.opencontainers.image.ref.name": "quay.io/berth/test:v1"});
-    let index =
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [mdesc]})).unwrap();
+    mdesc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "quay.io/berth/test:v1"});
+    let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [mdesc]})).unwrap();
     let blob = |b: &[u8]| format!("blobs/sha256/{}", &sha256_digest(b)[7..]);
     let files: Vec<(String, Vec<u8>)> = vec![
-        (
-            "oci-layout".into(),
-            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
-        ),
+        ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
         ("index.json".into(), index),
         (blob(&manifest), manifest.clone()),
         (blob(&config), config.clone()),
         (blob(&layer), layer.clone()),
     ];
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(n, d)| (n.as_str(), d.as_slice()))
-        .collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
     let good = t.path().join("oci.tar");
     std::fs::write(&good, tar_of(&refs)).unwrap();
     let imgs = s.import(&good).await.unwrap();
@@ -228,10 +186,7 @@ async fn oci_layout_import_verifies_blob_names() {
     // a blob whose content does not match its name is refused
     let mut bad = files.clone();
     bad[4].1 = tar_of(&[("etc/os-release", b"evil!")]);
-    let refs: Vec<(&str, &[u8])> = bad
-        .iter()
-        .map(|(n, d)| (n.as_str(), d.as_slice()))
-        .collect();
+    let refs: Vec<(&str, &[u8])> = bad.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
     let badp = t.path().join("bad.tar");
     std::fs::write(&badp, tar_of(&refs)).unwrap();
     s.remove(&digest_ref).unwrap();
@@ -244,19 +199,11 @@ async fn fs_info_counts_the_store() {
     let t = tempfile::tempdir().unwrap();
     let s = store(&t.path().join("store"));
     let before = s.fs_info().unwrap();
-    let (tarball, _) = docker_archive(
-        t.path(),
-        &["busybox:1"],
-        &[tar_of(&[("big", &[1u8; 100_000])])],
-        "sh",
-    );
+    let (tarball, _) = docker_archive(t.path(), &["busybox:1"], &[tar_of(&[("big", &[1u8; 100_000])])], "sh");
     s.import(&tarball).await.unwrap();
     let after = s.fs_info().unwrap();
     assert_eq!(after.mountpoint, t.path().join("store"));
-    assert!(
-        after.used_bytes >= before.used_bytes + 200_000,
-        "{before:?} {after:?}"
-    );
+    assert!(after.used_bytes >= before.used_bytes + 200_000, "{before:?} {after:?}");
     assert!(after.inodes_used > before.inodes_used);
 }
 
@@ -265,13 +212,9 @@ fn snapshot_keys_are_checked() {
     let t = tempfile::tempdir().unwrap();
     let s = store(&t.path().join("store"));
     for key in ["", "..", "a/b", "x y"] {
-        assert!(
-            s.prepare_rootfs("busybox", key, t.path(), None).is_err(),
-            "{key:?}"
-        );
+        assert!(s.prepare_rootfs("busybox", key, t.path(), None).is_err(), "{key:?}");
     }
     let err = s.prepare_rootfs("nothere", "k", t.path(), None).unwrap_err();
     assert!(matches!(err, ImageError::NotFound { .. }), "{err}");
-    s.remove_snapshot("never-made", &t.path().join("nope"))
-        .unwrap();
+    s.remove_snapshot("never-made", &t.path().join("nope")).unwrap();
 }

@@ -26,16 +26,9 @@ pub struct UnpackOptions {
 
 /// Unpacks the layer blob at `blob` into `dest` (which must not exist yet) and returns the layer's
 /// diff ID (sha256 of the uncompressed tar). On any error `dest` is removed: nothing is left.
-pub fn unpack_layer(
-    blob: &Path,
-    dest: &Path,
-    layer: &str,
-    opts: UnpackOptions,
-) -> Result<String, ImageError> {
+pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str, opts: UnpackOptions) -> Result<String, ImageError> {
     fs::create_dir(dest).ctx("create layer directory", dest)?;
-    let result = File::open(blob)
-        .ctx("open layer blob", blob)
-        .and_then(|f| Unpacker::new(dest, layer, opts).run(f));
+    let result = File::open(blob).ctx("open layer blob", blob).and_then(|f| Unpacker::new(dest, layer, opts).run(f));
     if result.is_err() {
         if let Err(e) = fs::remove_dir_all(dest) {
             tracing::warn!(path = %dest.display(), error = %e, "cannot remove partial layer");
@@ -93,14 +86,8 @@ impl Meta {
     }
 
     fn times(&self) -> Timestamps {
-        let t = rustix::fs::Timespec {
-            tv_sec: self.mtime,
-            tv_nsec: 0,
-        };
-        Timestamps {
-            last_access: t,
-            last_modification: t,
-        }
+        let t = rustix::fs::Timespec { tv_sec: self.mtime, tv_nsec: 0 };
+        Timestamps { last_access: t, last_modification: t }
     }
 }
 
@@ -114,12 +101,7 @@ struct Unpacker<'a> {
 
 impl<'a> Unpacker<'a> {
     fn new(root: &'a Path, layer: &'a str, opts: UnpackOptions) -> Self {
-        Unpacker {
-            root,
-            layer,
-            opts,
-            dirs: Vec::new(),
-        }
+        Unpacker { root, layer, opts, dirs: Vec::new() }
     }
 
     fn refuse(&self, entry: &[u8], reason: impl Into<String>) -> ImageError {
@@ -131,17 +113,11 @@ impl<'a> Unpacker<'a> {
     }
 
     fn archive_err(&self, source: io::Error) -> ImageError {
-        ImageError::Archive {
-            layer: self.layer.to_string(),
-            source,
-        }
+        ImageError::Archive { layer: self.layer.to_string(), source }
     }
 
     fn run(mut self, blob: File) -> Result<String, ImageError> {
-        let mut hashing = Hashing {
-            inner: decoder(blob).map_err(|e| self.archive_err(e))?,
-            hasher: Sha256::new(),
-        };
+        let mut hashing = Hashing { inner: decoder(blob).map_err(|e| self.archive_err(e))?, hasher: Sha256::new() };
         {
             let mut archive = tar::Archive::new(&mut hashing);
             for (seen, entry) in archive.entries().map_err(|e| self.archive_err(e))?.enumerate() {
@@ -206,9 +182,7 @@ impl<'a> Unpacker<'a> {
                 self.hardlink(&entry, &raw, &full)?;
                 return Ok(());
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                self.node(&entry, &raw, &full, etype, meta)?
-            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => self.node(&entry, &raw, &full, etype, meta)?,
             other => return Err(self.refuse(&raw, format!("unsupported entry type {other:?}"))),
         }
         for (name, value) in &xattrs {
@@ -230,19 +204,13 @@ impl<'a> Unpacker<'a> {
                         let parent = cur.strip_prefix(self.root).unwrap_or(&cur);
                         return Err(self.refuse(
                             raw,
-                            format!(
-                                "parent {} is a symlink (write through it refused)",
-                                parent.display()
-                            ),
+                            format!("parent {} is a symlink (write through it refused)", parent.display()),
                         ));
                     }
                     Ok(m) if m.is_dir() => {}
                     Ok(_) => {
                         let parent = cur.strip_prefix(self.root).unwrap_or(&cur);
-                        return Err(self.refuse(
-                            raw,
-                            format!("parent {} is not a directory", parent.display()),
-                        ));
+                        return Err(self.refuse(raw, format!("parent {} is not a directory", parent.display())));
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         fs::create_dir(&cur).ctx("create directory", &cur)?;
@@ -261,11 +229,7 @@ impl<'a> Unpacker<'a> {
             let full = self.prepare(raw, dir)?;
             match fs::symlink_metadata(&full) {
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(
-                        self.refuse(raw, "opaque marker in something that is not a directory")
-                    )
-                }
+                Ok(_) => return Err(self.refuse(raw, "opaque marker in something that is not a directory")),
                 Err(_) => fs::create_dir(&full).ctx("create directory", &full)?,
             }
             full
@@ -275,11 +239,7 @@ impl<'a> Unpacker<'a> {
     }
 
     /// The entry's `SCHILY.xattr.*` records, without overlayfs' own (an image must not forge them).
-    fn xattrs<R: Read>(
-        &self,
-        entry: &mut tar::Entry<'_, R>,
-        raw: &[u8],
-    ) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+    fn xattrs<R: Read>(&self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
         let mut out = Vec::new();
         let Some(exts) = entry.pax_extensions().map_err(|e| self.archive_err(e))? else {
             return Ok(out);
@@ -330,18 +290,16 @@ impl<'a> Unpacker<'a> {
         let expected = entry.size();
         let copied = io::copy(entry, &mut f).map_err(|e| self.archive_err(e))?;
         if copied != expected {
-            let e = io::Error::new(io::ErrorKind::UnexpectedEof, format!("{}: {copied} of {expected} bytes before the archive ended", full.display()));
+            let e = io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: {copied} of {expected} bytes before the archive ended", full.display()),
+            );
             return Err(self.archive_err(e));
         }
-        rfs::fchown(
-            &f,
-            Some(Uid::from_raw(meta.uid)),
-            Some(Gid::from_raw(meta.gid)),
-        )
-        .map_err(|e| ImageError::io("chown", full, e.into()))?;
+        rfs::fchown(&f, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
+            .map_err(|e| ImageError::io("chown", full, e.into()))?;
         // after chown, which clears set-id bits
-        f.set_permissions(fs::Permissions::from_mode(meta.mode))
-            .ctx("chmod", full)?;
+        f.set_permissions(fs::Permissions::from_mode(meta.mode)).ctx("chmod", full)?;
         for (name, value) in xattrs {
             rfs::fsetxattr(&f, name.as_str(), value, XattrFlags::empty())
                 .map_err(|e| ImageError::io("set xattr on", full, e.into()))?;
@@ -362,33 +320,20 @@ impl<'a> Unpacker<'a> {
             .map_err(|e| self.archive_err(e))?
             .ok_or_else(|| self.refuse(raw, "symlink without a target"))?;
         if symlink_escapes(rel, &target) {
-            return Err(self.refuse(
-                raw,
-                format!("symlink target {} escapes the layer root", target.display()),
-            ));
+            return Err(self.refuse(raw, format!("symlink target {} escapes the layer root", target.display())));
         }
         remove_existing(full)?;
         std::os::unix::fs::symlink(&target, full).ctx("create symlink", full)?;
         apply_path_meta(full, &meta, true)
     }
 
-    fn hardlink<R: Read>(
-        &self,
-        entry: &tar::Entry<'_, R>,
-        raw: &[u8],
-        full: &Path,
-    ) -> Result<(), ImageError> {
-        let name = entry
-            .link_name_bytes()
-            .ok_or_else(|| self.refuse(raw, "hardlink without a target"))?;
+    fn hardlink<R: Read>(&self, entry: &tar::Entry<'_, R>, raw: &[u8], full: &Path) -> Result<(), ImageError> {
+        let name = entry.link_name_bytes().ok_or_else(|| self.refuse(raw, "hardlink without a target"))?;
         let target_rel = match classify(&name) {
             Ok(EntryKind::Normal(p)) => p,
             Ok(_) => return Err(self.refuse(raw, "hardlink to the root or to a whiteout")),
             Err(r) => {
-                return Err(self.refuse(
-                    raw,
-                    format!("hardlink target {:?}: {r}", String::from_utf8_lossy(&name)),
-                ))
+                return Err(self.refuse(raw, format!("hardlink target {:?}: {r}", String::from_utf8_lossy(&name))))
             }
         };
         let target = self.prepare(raw, &target_rel)?;
@@ -396,13 +341,7 @@ impl<'a> Unpacker<'a> {
             Ok(m) if m.is_dir() => return Err(self.refuse(raw, "hardlink to a directory")),
             Ok(_) => {}
             Err(_) => {
-                return Err(self.refuse(
-                    raw,
-                    format!(
-                        "hardlink target {} is not in this layer",
-                        target_rel.display()
-                    ),
-                ))
+                return Err(self.refuse(raw, format!("hardlink target {} is not in this layer", target_rel.display())))
             }
         }
         if target == full {
@@ -433,14 +372,8 @@ impl<'a> Unpacker<'a> {
             EntryType::Block => FileType::BlockDevice,
             _ => FileType::Fifo,
         };
-        rfs::mknodat(
-            CWD,
-            full,
-            ftype,
-            Mode::from_raw_mode(meta.mode),
-            rfs::makedev(major, minor),
-        )
-        .map_err(|e| ImageError::io("mknod", full, e.into()))?;
+        rfs::mknodat(CWD, full, ftype, Mode::from_raw_mode(meta.mode), rfs::makedev(major, minor))
+            .map_err(|e| ImageError::io("mknod", full, e.into()))?;
         apply_path_meta(full, &meta, false)
     }
 }
@@ -448,25 +381,13 @@ impl<'a> Unpacker<'a> {
 /// An overlayfs whiteout: a 0/0 character device.
 fn make_whiteout(full: &Path) -> Result<(), ImageError> {
     remove_existing(full)?;
-    rfs::mknodat(
-        CWD,
-        full,
-        FileType::CharacterDevice,
-        Mode::empty(),
-        rfs::makedev(0, 0),
-    )
-    .map_err(|e| ImageError::io("create whiteout", full, e.into()))
+    rfs::mknodat(CWD, full, FileType::CharacterDevice, Mode::empty(), rfs::makedev(0, 0))
+        .map_err(|e| ImageError::io("create whiteout", full, e.into()))
 }
 
 fn apply_path_meta(path: &Path, meta: &Meta, symlink: bool) -> Result<(), ImageError> {
-    rfs::chownat(
-        CWD,
-        path,
-        Some(Uid::from_raw(meta.uid)),
-        Some(Gid::from_raw(meta.gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| ImageError::io("chown", path, e.into()))?;
+    rfs::chownat(CWD, path, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| ImageError::io("chown", path, e.into()))?;
     if !symlink {
         fs::set_permissions(path, fs::Permissions::from_mode(meta.mode)).ctx("chmod", path)?;
     }

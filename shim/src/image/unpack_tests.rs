@@ -17,54 +17,19 @@ struct E {
 }
 
 fn file(name: &'static str, data: &'static [u8]) -> E {
-    E {
-        name,
-        kind: EntryType::Regular,
-        link: "",
-        data,
-        mode: 0o644,
-        dev: (0, 0),
-    }
+    E { name, kind: EntryType::Regular, link: "", data, mode: 0o644, dev: (0, 0) }
 }
 fn dir(name: &'static str) -> E {
-    E {
-        name,
-        kind: EntryType::Directory,
-        link: "",
-        data: b"",
-        mode: 0o755,
-        dev: (0, 0),
-    }
+    E { name, kind: EntryType::Directory, link: "", data: b"", mode: 0o755, dev: (0, 0) }
 }
 fn symlink(name: &'static str, link: &'static str) -> E {
-    E {
-        name,
-        kind: EntryType::Symlink,
-        link,
-        data: b"",
-        mode: 0o777,
-        dev: (0, 0),
-    }
+    E { name, kind: EntryType::Symlink, link, data: b"", mode: 0o777, dev: (0, 0) }
 }
 fn hardlink(name: &'static str, link: &'static str) -> E {
-    E {
-        name,
-        kind: EntryType::Link,
-        link,
-        data: b"",
-        mode: 0o644,
-        dev: (0, 0),
-    }
+    E { name, kind: EntryType::Link, link, data: b"", mode: 0o644, dev: (0, 0) }
 }
 fn chardev(name: &'static str, major: u32, minor: u32) -> E {
-    E {
-        name,
-        kind: EntryType::Char,
-        link: "",
-        data: b"",
-        mode: 0o666,
-        dev: (major, minor),
-    }
+    E { name, kind: EntryType::Char, link: "", data: b"", mode: 0o666, dev: (major, minor) }
 }
 
 fn tar_bytes(entries: &[E]) -> Vec<u8> {
@@ -97,10 +62,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// Writes `blob`, unpacks it into `<tmp>/layer`, and returns the result and the layer path.
-fn unpack(
-    blob: &[u8],
-    opts: UnpackOptions,
-) -> (tempfile::TempDir, PathBuf, Result<String, ImageError>) {
+fn unpack(blob: &[u8], opts: UnpackOptions) -> (tempfile::TempDir, PathBuf, Result<String, ImageError>) {
     let tmp = tempfile::tempdir().unwrap();
     let blob_path = tmp.path().join("blob");
     fs::write(&blob_path, blob).unwrap();
@@ -152,35 +114,20 @@ fn unpacks_gzip_with_metadata_and_reports_the_diff_id() {
         symlink("bin/sh", "busybox"),
         hardlink("bin/ls", "bin/busybox"),
         symlink("etc/mtab", "/proc/mounts"),
-        E {
-            mode: 0o4755,
-            ..file("bin/su", b"su")
-        },
+        E { mode: 0o4755, ..file("bin/su", b"su") },
     ]);
     let (_t, dest, r) = unpack(&gzip(&tar), UnpackOptions::default());
     assert_eq!(r.unwrap(), sha(&tar));
     assert_eq!(fs::read(dest.join("bin/busybox")).unwrap(), b"\x7fELF...");
-    assert_eq!(
-        fs::read_link(dest.join("bin/sh")).unwrap(),
-        Path::new("busybox")
-    );
-    assert_eq!(
-        fs::read_link(dest.join("etc/mtab")).unwrap(),
-        Path::new("/proc/mounts")
-    );
+    assert_eq!(fs::read_link(dest.join("bin/sh")).unwrap(), Path::new("busybox"));
+    assert_eq!(fs::read_link(dest.join("etc/mtab")).unwrap(), Path::new("/proc/mounts"));
     let a = fs::metadata(dest.join("bin/busybox")).unwrap();
     let b = fs::metadata(dest.join("bin/ls")).unwrap();
     assert_eq!(a.ino(), b.ino());
     assert_eq!(a.mtime(), 1_000_000_000);
     assert_eq!(a.mode() & 0o7777, 0o644);
-    assert_eq!(
-        fs::metadata(dest.join("bin/su")).unwrap().mode() & 0o7777,
-        0o4755
-    );
-    assert_eq!(
-        fs::metadata(dest.join("bin")).unwrap().mtime(),
-        1_000_000_000
-    );
+    assert_eq!(fs::metadata(dest.join("bin/su")).unwrap().mode() & 0o7777, 0o4755);
+    assert_eq!(fs::metadata(dest.join("bin")).unwrap().mtime(), 1_000_000_000);
 }
 
 #[test]
@@ -189,8 +136,7 @@ fn plain_tar_and_zstd_unpack() {
     let (_t, dest, r) = unpack(&tar, UnpackOptions::default());
     assert_eq!(r.unwrap(), sha(&tar));
     assert_eq!(fs::read(dest.join("a")).unwrap(), b"plain");
-    let z =
-        ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+    let z = ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
     let (_t, dest, r) = unpack(&z, UnpackOptions::default());
     assert_eq!(r.unwrap(), sha(&tar));
     assert_eq!(fs::read(dest.join("a")).unwrap(), b"plain");
@@ -198,12 +144,7 @@ fn plain_tar_and_zstd_unpack() {
 
 #[test]
 fn later_entries_replace_earlier_ones() {
-    let tar = tar_bytes(&[
-        file("x", b"one"),
-        dir("x/"),
-        file("x/y", b"two"),
-        file("x", b"three"),
-    ]);
+    let tar = tar_bytes(&[file("x", b"one"), dir("x/"), file("x/y", b"two"), file("x", b"three")]);
     let (_t, dest, r) = unpack(&tar, UnpackOptions::default());
     r.unwrap();
     assert_eq!(fs::read(dest.join("x")).unwrap(), b"three");
@@ -242,16 +183,8 @@ fn whiteouts_and_opaque_dirs_become_overlay_markers() {
 /// Each hostile layer: (what, entries, words the error must contain).
 fn hostile() -> Vec<(&'static str, Vec<E>, &'static [&'static str])> {
     vec![
-        (
-            "dotdot",
-            vec![file("ok", b"1"), file("a/../../escape", b"x")],
-            &["a/../../escape", "'..'"],
-        ),
-        (
-            "absolute",
-            vec![file("ok", b"1"), file("/tmp/berth-evil", b"x")],
-            &["/tmp/berth-evil", "absolute"],
-        ),
+        ("dotdot", vec![file("ok", b"1"), file("a/../../escape", b"x")], &["a/../../escape", "'..'"]),
+        ("absolute", vec![file("ok", b"1"), file("/tmp/berth-evil", b"x")], &["/tmp/berth-evil", "absolute"]),
         (
             "symlink write-through",
             vec![symlink("evil", "/tmp"), file("evil/berth-evil", b"x")],
@@ -262,36 +195,16 @@ fn hostile() -> Vec<(&'static str, Vec<E>, &'static [&'static str])> {
             vec![dir("d/"), symlink("d/l", "/etc"), file("d/l/passwd", b"x")],
             &["d/l/passwd", "parent d/l is a symlink"],
         ),
-        (
-            "relative symlink escape",
-            vec![symlink("a/up", "../../../etc")],
-            &["a/up", "escapes the layer root"],
-        ),
-        (
-            "hardlink outside",
-            vec![file("ok", b"1"), hardlink("pw", "../../etc/passwd")],
-            &["pw", "hardlink target"],
-        ),
-        (
-            "hardlink absolute",
-            vec![hardlink("pw", "/etc/passwd")],
-            &["pw", "absolute"],
-        ),
-        (
-            "hardlink missing",
-            vec![hardlink("pw", "etc/passwd")],
-            &["pw", "not in this layer"],
-        ),
+        ("relative symlink escape", vec![symlink("a/up", "../../../etc")], &["a/up", "escapes the layer root"]),
+        ("hardlink outside", vec![file("ok", b"1"), hardlink("pw", "../../etc/passwd")], &["pw", "hardlink target"]),
+        ("hardlink absolute", vec![hardlink("pw", "/etc/passwd")], &["pw", "absolute"]),
+        ("hardlink missing", vec![hardlink("pw", "etc/passwd")], &["pw", "not in this layer"]),
         (
             "hardlink through symlink",
             vec![symlink("s", "/etc"), hardlink("pw", "s/passwd")],
             &["pw", "parent s is a symlink"],
         ),
-        (
-            "device node",
-            vec![file("ok", b"1"), chardev("dev/mem", 1, 1)],
-            &["dev/mem", "device node not allowed"],
-        ),
+        ("device node", vec![file("ok", b"1"), chardev("dev/mem", 1, 1)], &["dev/mem", "device node not allowed"]),
     ]
 }
 
@@ -301,19 +214,13 @@ fn hostile_layers_are_refused_and_leave_nothing() {
         let (tmp, dest, r) = unpack(&gzip(&tar_bytes(&entries)), UnpackOptions::default());
         let err = r.expect_err(what);
         let msg = err.to_string();
-        assert!(
-            matches!(err, ImageError::UnsafeEntry { .. }),
-            "{what}: {msg}"
-        );
+        assert!(matches!(err, ImageError::UnsafeEntry { .. }), "{what}: {msg}");
         for w in words {
             assert!(msg.contains(w), "{what}: {msg:?} lacks {w:?}");
         }
         assert!(msg.contains("sha256:test"), "{what}: {msg}");
         assert!(!dest.exists(), "{what}: partial layer left behind");
-        let left: Vec<_> = fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("blob")], "{what}");
     }
     assert!(!Path::new("/tmp/berth-evil").exists());
@@ -323,12 +230,7 @@ fn hostile_layers_are_refused_and_leave_nothing() {
 #[ignore = "needs root"]
 fn devices_only_when_allowed() {
     let tar = tar_bytes(&[chardev("dev/null", 1, 3)]);
-    let (_t, dest, r) = unpack(
-        &tar,
-        UnpackOptions {
-            allow_devices: true,
-        },
-    );
+    let (_t, dest, r) = unpack(&tar, UnpackOptions { allow_devices: true });
     r.unwrap();
     let m = fs::symlink_metadata(dest.join("dev/null")).unwrap();
     assert!(m.file_type().is_char_device());

@@ -8,7 +8,9 @@ use oci_spec::runtime::{Linux, LinuxCapabilities, LinuxResources, LinuxSeccomp, 
 
 use super::mounts::{container_mounts, MountInput};
 use super::namespaces::{container_namespaces, modes};
-use super::security::{choose_seccomp, container_capabilities, ignored_profiles, masked_and_readonly, seccomp_spec, Seccomp};
+use super::security::{
+    choose_seccomp, container_capabilities, ignored_profiles, masked_and_readonly, seccomp_spec, Seccomp,
+};
 use super::{
     annotations as ann, devices, process, resources, users, Built, Ctx, Host, HostLookup, ImageDefaults, PodNamespaces,
     SandboxFiles, SpecError, TerminationLog, UserDb, OCI_VERSION,
@@ -55,14 +57,19 @@ pub fn container_spec(input: &ContainerInput) -> Result<Built, SpecError> {
         return Err(ctx.invalid("CDI_devices[0]", format!("CDI device {:?}: CDI is not supported by berth", cdi.name)));
     }
 
-    let pod = modes(&Ctx::new(format!("{}.sandbox", ctx.field(""))), sandbox_sc.and_then(|s| s.namespace_options.as_ref()))?;
+    let pod =
+        modes(&Ctx::new(format!("{}.sandbox", ctx.field(""))), sandbox_sc.and_then(|s| s.namespace_options.as_ref()))?;
     let own = modes(&ctx, sc.namespace_options.as_ref())?;
     let own_userns = sc.namespace_options.as_ref().and_then(|n| n.userns_options.as_ref());
     if own_userns.is_some() && own.user != pod.user {
-        return Err(ctx.invalid("linux.security_context.namespace_options.userns_options", "must be the pod's (a container shares its pod's user namespace)"));
+        return Err(ctx.invalid(
+            "linux.security_context.namespace_options.userns_options",
+            "must be the pod's (a container shares its pod's user namespace)",
+        ));
     }
     // HOSTNAME: the pod's hostname; a host-network pod may leave it empty (the node's then).
-    let hostname = if input.sandbox.hostname.is_empty() { input.host.hostname.as_str() } else { input.sandbox.hostname.as_str() };
+    let hostname =
+        if input.sandbox.hostname.is_empty() { input.host.hostname.as_str() } else { input.sandbox.hostname.as_str() };
 
     let (caps, seccomp, warnings) = security(&ctx, sc, input)?;
 
@@ -93,7 +100,8 @@ pub fn container_spec(input: &ContainerInput) -> Result<Built, SpecError> {
     let ns_opts = sc.namespace_options.as_ref();
     let target_id = ns_opts.map(|o| o.target_id.as_str()).unwrap_or("");
     let cgroup_ns = input.host.cgroup_v2 && !privileged;
-    let namespaces = container_namespaces(&ctx, pod, own.pid, target_id, input.namespaces, input.target_pid_ns, cgroup_ns)?;
+    let namespaces =
+        container_namespaces(&ctx, pod, own.pid, target_id, input.namespaces, input.target_pid_ns, cgroup_ns)?;
     let (masked, readonly) = masked_and_readonly(&sc.masked_paths, &sc.readonly_paths, privileged);
     let parent = input.sandbox.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or("");
 
@@ -139,7 +147,8 @@ fn security(
     let caps = container_capabilities(ctx, sc.capabilities.as_ref(), privileged, input.host.last_cap)?;
     let seccomp_field = "linux.security_context.seccomp";
     #[allow(deprecated)]
-    let choice = choose_seccomp(ctx, seccomp_field, sc.seccomp.as_ref(), &sc.seccomp_profile_path, Seccomp::Unconfined)?;
+    let choice =
+        choose_seccomp(ctx, seccomp_field, sc.seccomp.as_ref(), &sc.seccomp_profile_path, Seccomp::Unconfined)?;
     let seccomp = if privileged {
         if choice != Seccomp::Unconfined {
             warnings.push("seccomp profile ignored: the container is privileged".into());
@@ -147,7 +156,8 @@ fn security(
         None
     } else {
         let main = caps.effective().clone().unwrap_or_default();
-        let field = if sc.seccomp.is_some() { seccomp_field.to_owned() } else { format!("{seccomp_field}_profile_path") };
+        let field =
+            if sc.seccomp.is_some() { seccomp_field.to_owned() } else { format!("{seccomp_field}_profile_path") };
         seccomp_spec(ctx, &field, &choice, &main, input.lookup)?
     };
     Ok((caps, seccomp, warnings))

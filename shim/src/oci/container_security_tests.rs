@@ -41,13 +41,24 @@ fn capabilities_add_drop_and_ambient() {
 #[test]
 fn capabilities_all() {
     let mut fx = Fixture::new();
-    fx.sc().capabilities = Some(CriCapability { add_capabilities: vec!["ALL".into()], drop_capabilities: vec!["CHOWN".into()], ..Default::default() });
+    fx.sc().capabilities = Some(CriCapability {
+        add_capabilities: vec!["ALL".into()],
+        drop_capabilities: vec!["CHOWN".into()],
+        ..Default::default()
+    });
     let eff = effective(&fx.spec());
     assert_eq!(eff.len(), 40, "41 known to a last_cap=40 kernel, minus CHOWN");
-    fx.sc().capabilities = Some(CriCapability { add_capabilities: vec!["NET_RAW".into()], drop_capabilities: vec!["all".into()], ..Default::default() });
+    fx.sc().capabilities = Some(CriCapability {
+        add_capabilities: vec!["NET_RAW".into()],
+        drop_capabilities: vec!["all".into()],
+        ..Default::default()
+    });
     assert_eq!(effective(&fx.spec()), [Capability::NetRaw].into());
     fx.sc().capabilities = Some(CriCapability { add_capabilities: vec!["NOPE".into()], ..Default::default() });
-    assert_eq!(fx.build().unwrap_err().field(), "containers[web].linux.security_context.capabilities.add_capabilities[0]");
+    assert_eq!(
+        fx.build().unwrap_err().field(),
+        "containers[web].linux.security_context.capabilities.add_capabilities[0]"
+    );
 }
 
 #[test]
@@ -58,7 +69,15 @@ fn privileged_container() {
     fx.pod_sc().privileged = true;
     fx.sc().seccomp = Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, ..Default::default() });
     fx.sc().capabilities = Some(CriCapability { drop_capabilities: vec!["ALL".into()], ..Default::default() });
-    fx.lookup.host_devices = vec![HostDevice { relative: "kvm".into(), kind: HostDeviceKind::Char, major: 10, minor: 232, mode: 0o660, uid: 0, gid: 0 }];
+    fx.lookup.host_devices = vec![HostDevice {
+        relative: "kvm".into(),
+        kind: HostDeviceKind::Char,
+        major: 10,
+        minor: 232,
+        mode: 0o660,
+        uid: 0,
+        gid: 0,
+    }];
     let built = fx.build().unwrap();
     let spec = built.spec;
     fx.validate(&spec);
@@ -96,9 +115,13 @@ fn seccomp_profiles() {
     assert_eq!(seccomp_mode(&fx.spec()), Some(&berth_runtime::seccomp::default_profile()), "RuntimeDefault");
     fx.sc().seccomp = Some(SecurityProfile { profile_type: ProfileType::Unconfined as i32, ..Default::default() });
     assert!(seccomp_mode(&fx.spec()).is_none());
-    let profile = br#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["sethostname"], "action": "SCMP_ACT_ERRNO"}]}"#;
+    let profile =
+        br#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["sethostname"], "action": "SCMP_ACT_ERRNO"}]}"#;
     fx.lookup.profiles.insert("/profiles/block.json".into(), profile.to_vec());
-    fx.sc().seccomp = Some(SecurityProfile { profile_type: ProfileType::Localhost as i32, localhost_ref: "/profiles/block.json".into() });
+    fx.sc().seccomp = Some(SecurityProfile {
+        profile_type: ProfileType::Localhost as i32,
+        localhost_ref: "/profiles/block.json".into(),
+    });
     let spec = fx.spec();
     fx.validate(&spec);
     assert_eq!(seccomp_mode(&spec).unwrap().syscalls().as_ref().unwrap()[0].names(), &vec!["sethostname".to_string()]);
@@ -126,7 +149,8 @@ fn deprecated_seccomp_profile_path() {
 #[test]
 fn apparmor_and_selinux_are_ignored_with_warnings() {
     let mut fx = Fixture::new();
-    fx.sc().apparmor = Some(SecurityProfile { profile_type: ProfileType::Localhost as i32, localhost_ref: "k8s-deny".into() });
+    fx.sc().apparmor =
+        Some(SecurityProfile { profile_type: ProfileType::Localhost as i32, localhost_ref: "k8s-deny".into() });
     fx.sc().selinux_options = Some(Default::default());
     let w = fx.build().unwrap().warnings;
     assert_eq!(w.len(), 2, "{w:?}");

@@ -2,7 +2,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use berth_proto::runtime::v1::{
-    Device, ImageSpec, Int64Value, KeyValue, LinuxContainerResources, Mount as CriMount, MountPropagation, NamespaceMode,
+    Device, ImageSpec, Int64Value, KeyValue, LinuxContainerResources, Mount as CriMount, MountPropagation,
+    NamespaceMode,
 };
 use oci_spec::runtime::LinuxNamespaceType as T;
 
@@ -77,7 +78,12 @@ fn default_mounts_match_runc_spec() {
         ("/proc", "proc", "proc", v(&["nosuid", "noexec", "nodev"])),
         ("/dev", "tmpfs", "tmpfs", v(&["nosuid", "strictatime", "mode=755", "size=65536k"])),
         ("/sys", "sysfs", "sysfs", v(&["nosuid", "noexec", "nodev", "ro"])),
-        ("/dev/pts", "devpts", "devpts", v(&["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])),
+        (
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            v(&["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        ),
         ("/dev/shm", "tmpfs", "shm", v(&["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])),
         ("/dev/mqueue", "mqueue", "mqueue", v(&["nosuid", "noexec", "nodev"])),
         ("/sys/fs/cgroup", "cgroup", "cgroup", v(&["nosuid", "noexec", "nodev", "relatime", "ro"])),
@@ -90,7 +96,12 @@ fn default_mounts_match_runc_spec() {
 fn sandbox_files_and_termination_log_are_bound() {
     let fx = Fixture::new();
     let spec = fx.spec();
-    for (dst, src) in [("/etc/hosts", &fx.hosts), ("/etc/resolv.conf", &fx.resolv), ("/etc/hostname", &fx.hostname), ("/dev/shm", &fx.shm)] {
+    for (dst, src) in [
+        ("/etc/hosts", &fx.hosts),
+        ("/etc/resolv.conf", &fx.resolv),
+        ("/etc/hostname", &fx.hostname),
+        ("/dev/shm", &fx.shm),
+    ] {
         let m = mount_at(&spec, dst).unwrap_or_else(|| panic!("{dst} is not mounted"));
         assert_eq!(m.source().as_ref(), Some(src));
         assert_eq!(options(m), vec!["rbind", "rprivate", "rw"], "{dst}");
@@ -133,7 +144,8 @@ fn a_dev_mount_drops_every_default_under_dev() {
     let dev = cri_mount(&mut fx, "mydev", "/dev");
     fx.config.mounts = vec![dev];
     let spec = fx.spec();
-    let under_dev: Vec<_> = spec.mounts().as_ref().unwrap().iter().filter(|m| m.destination().starts_with("/dev")).collect();
+    let under_dev: Vec<_> =
+        spec.mounts().as_ref().unwrap().iter().filter(|m| m.destination().starts_with("/dev")).collect();
     let dsts: HashSet<_> = under_dev.iter().map(|m| m.destination().clone()).collect();
     // The sandbox's /dev/shm and the termination log are user mounts too, and stay.
     assert_eq!(dsts, ["/dev", "/dev/shm", "/dev/termination-log"].iter().map(PathBuf::from).collect());
@@ -209,7 +221,8 @@ fn mount_sources_are_resolved_and_must_exist() {
     let mut fx = Fixture::new();
     let m = cri_mount(&mut fx, "link", "/link");
     fx.lookup.symlinks.insert(PathBuf::from(&m.host_path), PathBuf::from("/real/target"));
-    fx.config.mounts = vec![m, CriMount { container_path: "/x".into(), host_path: "/missing".into(), ..Default::default() }];
+    fx.config.mounts =
+        vec![m, CriMount { container_path: "/x".into(), host_path: "/missing".into(), ..Default::default() }];
     let err = fx.build().unwrap_err();
     assert!(matches!(&err, SpecError::Lookup { path, .. } if path == Path::new("/missing")), "{err:?}");
     assert_eq!(err.field(), "containers[web].mounts[1].host_path");
@@ -292,14 +305,23 @@ fn containers_join_their_pods_user_namespace() {
     fx.ns().userns_options = Some(pod_userns());
     let spec = fx.build().unwrap().spec;
     let linux = spec.linux().as_ref().unwrap();
-    let user = linux.namespaces().as_ref().unwrap().iter().find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User).expect("user namespace");
+    let user = linux
+        .namespaces()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+        .expect("user namespace");
     assert_eq!(user.path().as_deref(), fx.namespaces.user.as_deref(), "joined, not created");
     assert!(linux.uid_mappings().is_none(), "a joined user namespace has its maps already");
     // A container cannot ask for another user namespace than its pod's.
     let mut other = pod_userns();
     other.uids[0].host_id = 200_000;
     fx.ns().userns_options = Some(other);
-    assert_eq!(fx.build().unwrap_err().field(), "containers[web].linux.security_context.namespace_options.userns_options");
+    assert_eq!(
+        fx.build().unwrap_err().field(),
+        "containers[web].linux.security_context.namespace_options.userns_options"
+    );
 }
 
 #[test]
@@ -340,7 +362,10 @@ fn process_from_request_and_image() {
     fx.image = ImageDefaults::default();
     fx.config.args.clear();
     let err = fx.build().unwrap_err();
-    assert_eq!(err.to_string(), "containers[web].command: neither the container config nor the image gives a command to run");
+    assert_eq!(
+        err.to_string(),
+        "containers[web].command: neither the container config nor the image gives a command to run"
+    );
 }
 
 #[test]
@@ -368,8 +393,20 @@ fn resources_devices_and_oom_score() {
         oom_score_adj: 500,
         ..Default::default()
     });
-    fx.lookup.devices.insert("/dev/fuse".into(), vec![HostDevice { relative: "".into(), kind: HostDeviceKind::Char, major: 10, minor: 229, mode: 0o666, uid: 0, gid: 0 }]);
-    fx.config.devices = vec![Device { host_path: "/dev/fuse".into(), container_path: "/dev/fuse".into(), permissions: "rwm".into() }];
+    fx.lookup.devices.insert(
+        "/dev/fuse".into(),
+        vec![HostDevice {
+            relative: "".into(),
+            kind: HostDeviceKind::Char,
+            major: 10,
+            minor: 229,
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+        }],
+    );
+    fx.config.devices =
+        vec![Device { host_path: "/dev/fuse".into(), container_path: "/dev/fuse".into(), permissions: "rwm".into() }];
     let spec = fx.spec();
     fx.validate(&spec);
     assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(500));

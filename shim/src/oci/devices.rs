@@ -36,7 +36,13 @@ pub(crate) fn node(path: PathBuf, d: &HostDevice) -> LinuxDevice {
     n
 }
 
-pub(crate) fn rule(allow: bool, typ: Option<LinuxDeviceType>, major: Option<i64>, minor: Option<i64>, access: &str) -> LinuxDeviceCgroup {
+pub(crate) fn rule(
+    allow: bool,
+    typ: Option<LinuxDeviceType>,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> LinuxDeviceCgroup {
     let mut r = LinuxDeviceCgroup::default();
     r.set_allow(allow);
     r.set_typ(typ);
@@ -67,7 +73,8 @@ pub(crate) fn from_found(ctx: &Ctx, i: usize, d: &Device, found: &[HostDevice]) 
     }
     let mut out = Devices::default();
     for dev in found {
-        let path = if dev.relative.as_os_str().is_empty() { PathBuf::from(base) } else { Path::new(base).join(&dev.relative) };
+        let path =
+            if dev.relative.as_os_str().is_empty() { PathBuf::from(base) } else { Path::new(base).join(&dev.relative) };
         out.nodes.push(node(path, dev));
         out.rules.push(rule(true, Some(kind(dev.kind)), Some(dev.major), Some(dev.minor), &access));
     }
@@ -95,7 +102,8 @@ pub(crate) fn container_devices(
         out.rules.extend(one.rules);
     }
     if privileged {
-        let host = lookup.host_devices().map_err(|e| ctx.lookup("linux.security_context.privileged", Path::new("/dev"), e))?;
+        let host =
+            lookup.host_devices().map_err(|e| ctx.lookup("linux.security_context.privileged", Path::new("/dev"), e))?;
         for d in &host {
             let path = Path::new("/dev").join(&d.relative);
             if !out.nodes.iter().any(|n| n.path() == &path) {
@@ -131,14 +139,20 @@ mod tests {
         let got = container_devices(&ctx(), &[cri("/dev/fuse", "/dev/myfuse", "rw")], false, &lookup).unwrap();
         assert_eq!(got.nodes.len(), 1);
         let n = &got.nodes[0];
-        assert_eq!((n.path().as_path(), n.typ(), n.major(), n.minor()), (Path::new("/dev/myfuse"), LinuxDeviceType::C, 10, 229));
+        assert_eq!(
+            (n.path().as_path(), n.typ(), n.major(), n.minor()),
+            (Path::new("/dev/myfuse"), LinuxDeviceType::C, 10, 229)
+        );
         assert_eq!((n.file_mode(), n.uid(), n.gid()), (Some(0o660), Some(0), Some(6)));
         assert_eq!(got.rules.len(), 2);
         assert!(!got.rules[0].allow());
         assert_eq!(got.rules[0].access().as_deref(), Some("rwm"));
         let r = &got.rules[1];
         assert!(r.allow());
-        assert_eq!((r.typ(), r.major(), r.minor(), r.access().as_deref()), (Some(LinuxDeviceType::C), Some(10), Some(229), Some("rw")));
+        assert_eq!(
+            (r.typ(), r.major(), r.minor(), r.access().as_deref()),
+            (Some(LinuxDeviceType::C), Some(10), Some(229), Some("rw"))
+        );
     }
 
     #[test]

@@ -256,7 +256,11 @@ impl HostLookup for FakeLookup {
         if let Some(target) = self.symlinks.get(path) {
             return Ok(target.clone());
         }
-        if self.paths.contains(path) { Ok(path.into()) } else { Err(io::ErrorKind::NotFound.into()) }
+        if self.paths.contains(path) {
+            Ok(path.into())
+        } else {
+            Err(io::ErrorKind::NotFound.into())
+        }
     }
 
     fn mount_sharing(&self, path: &Path) -> io::Result<Sharing> {

@@ -131,7 +131,12 @@ pub enum SpecError {
     Invalid { field: String, reason: String },
     /// A host lookup the request needs failed (a profile file, a device, a mount source).
     #[error("{field}: {path}")]
-    Lookup { field: String, path: PathBuf, #[source] source: std::io::Error },
+    Lookup {
+        field: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl SpecError {
@@ -155,7 +160,11 @@ impl Ctx {
     }
 
     pub(crate) fn field(&self, rest: &str) -> String {
-        if rest.is_empty() { self.prefix.clone() } else { format!("{}.{rest}", self.prefix) }
+        if rest.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}.{rest}", self.prefix)
+        }
     }
 
     pub(crate) fn invalid(&self, rest: &str, reason: impl Into<String>) -> SpecError {

@@ -27,7 +27,12 @@ pub(crate) fn default_mounts(privileged: bool) -> Vec<Mount> {
     vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        ),
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", mode]),
@@ -49,7 +54,11 @@ pub(crate) fn clean(dst: &str) -> String {
             Component::Prefix(_) => {}
         }
     }
-    if out.is_empty() { "/".to_owned() } else { out }
+    if out.is_empty() {
+        "/".to_owned()
+    } else {
+        out
+    }
 }
 
 fn depth(dst: &Path) -> usize {
@@ -128,7 +137,13 @@ pub(crate) fn container_mounts(ctx: &Ctx, input: &MountInput, lookup: &dyn HostL
                 "rshared"
             }
         };
-        let access = if b.rro { "rro" } else if b.readonly { "ro" } else { "rw" };
+        let access = if b.rro {
+            "rro"
+        } else if b.readonly {
+            "ro"
+        } else {
+            "rw"
+        };
         let mut options = vec!["rbind".to_owned(), prop.to_owned(), access.to_owned()];
         options.extend(b.extra.iter().cloned());
         let mut m = Mount::default();
@@ -142,9 +157,17 @@ pub(crate) fn container_mounts(ctx: &Ctx, input: &MountInput, lookup: &dyn HostL
     Ok(Mounts { mounts: out, rootfs_propagation })
 }
 
-fn cri_bind(ctx: &Ctx, field: &str, m: &CriMount, rro_supported: bool, lookup: &dyn HostLookup) -> Result<Bind, SpecError> {
+fn cri_bind(
+    ctx: &Ctx,
+    field: &str,
+    m: &CriMount,
+    rro_supported: bool,
+    lookup: &dyn HostLookup,
+) -> Result<Bind, SpecError> {
     if !m.container_path.starts_with('/') {
-        return Err(ctx.invalid(&format!("{field}.container_path"), format!("{:?} must be an absolute path", m.container_path)));
+        return Err(
+            ctx.invalid(&format!("{field}.container_path"), format!("{:?} must be an absolute path", m.container_path))
+        );
     }
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
         return Err(ctx.invalid(&format!("{field}.uidMappings"), "idmapped mounts are not supported"));
@@ -178,7 +201,10 @@ fn cri_bind(ctx: &Ctx, field: &str, m: &CriMount, rro_supported: bool, lookup: &
             return Err(ctx.invalid(&format!("{field}.recursive_read_only"), "needs PROPAGATION_PRIVATE"));
         }
         if !rro_supported {
-            return Err(ctx.invalid(&format!("{field}.recursive_read_only"), "recursive read-only mounts are not supported by the runtime"));
+            return Err(ctx.invalid(
+                &format!("{field}.recursive_read_only"),
+                "recursive read-only mounts are not supported by the runtime",
+            ));
         }
     }
     for (i, o) in m.mount_options.iter().enumerate() {

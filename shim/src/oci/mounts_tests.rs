@@ -44,13 +44,27 @@ fn idmapped_and_empty_sources_are_refused() {
         uid_mappings: vec![Default::default()],
         ..Default::default()
     }];
-    assert_eq!(container_mounts(&ctx, &input(&m), &lookup).err().unwrap().field(), "containers[c].mounts[0].uidMappings");
+    assert_eq!(
+        container_mounts(&ctx, &input(&m), &lookup).err().unwrap().field(),
+        "containers[c].mounts[0].uidMappings"
+    );
     let m = [CriMount { container_path: "/x".into(), host_path: "/y".into(), propagation: 7, ..Default::default() }];
-    assert_eq!(container_mounts(&ctx, &input(&m), &lookup).err().unwrap().field(), "containers[c].mounts[0].propagation");
-    let m = [CriMount { container_path: "/x".into(), host_path: "/y".into(), mount_options: vec!["a,b".into()], ..Default::default() }];
+    assert_eq!(
+        container_mounts(&ctx, &input(&m), &lookup).err().unwrap().field(),
+        "containers[c].mounts[0].propagation"
+    );
+    let m = [CriMount {
+        container_path: "/x".into(),
+        host_path: "/y".into(),
+        mount_options: vec!["a,b".into()],
+        ..Default::default()
+    }];
     let mut lookup = FakeLookup::default();
     lookup.paths.insert("/y".into());
-    assert_eq!(container_mounts(&ctx, &input(&m), &lookup).err().unwrap().field(), "containers[c].mounts[0].mount_options[0]");
+    assert_eq!(
+        container_mounts(&ctx, &input(&m), &lookup).err().unwrap().field(),
+        "containers[c].mounts[0].mount_options[0]"
+    );
 }
 
 #[test]

@@ -54,7 +54,12 @@ impl UserNs {
 }
 
 fn id_mapping(r: IdRange) -> oci_spec::runtime::LinuxIdMapping {
-    oci_spec::runtime::LinuxIdMappingBuilder::default().container_id(0u32).host_id(r.host_id).size(r.length).build().expect("every field is set")
+    oci_spec::runtime::LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(r.host_id)
+        .size(r.length)
+        .build()
+        .expect("every field is set")
 }
 
 pub(crate) fn ns(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
@@ -79,14 +84,17 @@ pub(crate) fn modes(ctx: &Ctx, opts: Option<&NamespaceOption>) -> Result<Modes, 
     let default = NamespaceOption::default();
     let opts = opts.unwrap_or(&default);
     let mode = |name: &str, v: i32| {
-        NamespaceMode::try_from(v).map_err(|_| ctx.invalid(&format!("{field}.{name}"), format!("unknown namespace mode {v}")))
+        NamespaceMode::try_from(v)
+            .map_err(|_| ctx.invalid(&format!("{field}.{name}"), format!("unknown namespace mode {v}")))
     };
     let network = mode("network", opts.network)?;
     let ipc = mode("ipc", opts.ipc)?;
     let pid = mode("pid", opts.pid)?;
     for (name, m) in [("network", network), ("ipc", ipc)] {
         if !matches!(m, NamespaceMode::Pod | NamespaceMode::Node) {
-            return Err(ctx.invalid(&format!("{field}.{name}"), format!("{} is not supported (POD or NODE)", m.as_str_name())));
+            return Err(
+                ctx.invalid(&format!("{field}.{name}"), format!("{} is not supported (POD or NODE)", m.as_str_name()))
+            );
         }
     }
     let user = match &opts.userns_options {
@@ -97,12 +105,24 @@ pub(crate) fn modes(ctx: &Ctx, opts: Option<&NamespaceOption>) -> Result<Modes, 
                 uids: id_range(ctx, &format!("{field}.userns_options.uids"), &u.uids)?,
                 gids: id_range(ctx, &format!("{field}.userns_options.gids"), &u.gids)?,
             }),
-            Ok(m) => return Err(ctx.invalid(&format!("{field}.userns_options.mode"), format!("{} is not supported (POD or NODE)", m.as_str_name()))),
-            Err(_) => return Err(ctx.invalid(&format!("{field}.userns_options.mode"), format!("unknown namespace mode {}", u.mode))),
+            Ok(m) => {
+                return Err(ctx.invalid(
+                    &format!("{field}.userns_options.mode"),
+                    format!("{} is not supported (POD or NODE)", m.as_str_name()),
+                ))
+            }
+            Err(_) => {
+                return Err(
+                    ctx.invalid(&format!("{field}.userns_options.mode"), format!("unknown namespace mode {}", u.mode))
+                )
+            }
         },
     };
     if user.is_some() && [network, ipc, pid].contains(&NamespaceMode::Node) {
-        return Err(ctx.invalid(&format!("{field}.userns_options"), "a pod user namespace cannot be combined with the host's network, IPC or PID namespace"));
+        return Err(ctx.invalid(
+            &format!("{field}.userns_options"),
+            "a pod user namespace cannot be combined with the host's network, IPC or PID namespace",
+        ));
     }
     Ok(Modes { network, ipc, pid, user })
 }
@@ -160,8 +180,12 @@ pub(crate) fn container_namespaces(
             if target_id.is_empty() {
                 return Err(ctx.invalid(&format!("{field}.target_id"), "is required with pid mode TARGET"));
             }
-            let path = target_pid_ns
-                .ok_or_else(|| ctx.invalid(&format!("{field}.target_id"), format!("container {target_id:?} has no PID namespace to join")))?;
+            let path = target_pid_ns.ok_or_else(|| {
+                ctx.invalid(
+                    &format!("{field}.target_id"),
+                    format!("container {target_id:?} has no PID namespace to join"),
+                )
+            })?;
             out.push(ns(LinuxNamespaceType::Pid, Some(path)));
         }
     }
@@ -201,8 +225,17 @@ pub(crate) fn sandbox_namespaces(m: Modes, netns: Option<&Path>) -> Vec<LinuxNam
 
 /// Sysctls the kernel scopes to the IPC namespace.
 fn is_ipc_sysctl(key: &str) -> bool {
-    matches!(key, "kernel.msgmax" | "kernel.msgmnb" | "kernel.msgmni" | "kernel.sem" | "kernel.shmall" | "kernel.shmmax" | "kernel.shmmni" | "kernel.shm_rmid_forced")
-        || key.starts_with("fs.mqueue.")
+    matches!(
+        key,
+        "kernel.msgmax"
+            | "kernel.msgmnb"
+            | "kernel.msgmni"
+            | "kernel.sem"
+            | "kernel.shmall"
+            | "kernel.shmmax"
+            | "kernel.shmmni"
+            | "kernel.shm_rmid_forced"
+    ) || key.starts_with("fs.mqueue.")
 }
 
 /// The pod's sysctls, checked: only namespaced ones, and only for namespaces the pod owns.

@@ -32,7 +32,12 @@ pub(crate) fn args(ctx: &Ctx, config: &ContainerConfig, image: &ImageDefaults) -
 /// Environment: PATH (default), HOSTNAME, then the image's Env, then the CRI envs; a later
 /// entry replaces an earlier one with the same name, in place. An image entry without '='
 /// unsets the name (Docker's rule).
-pub(crate) fn env(ctx: &Ctx, config: &ContainerConfig, image: &ImageDefaults, hostname: &str) -> Result<Vec<String>, SpecError> {
+pub(crate) fn env(
+    ctx: &Ctx,
+    config: &ContainerConfig,
+    image: &ImageDefaults,
+    hostname: &str,
+) -> Result<Vec<String>, SpecError> {
     let mut out: Vec<String> = vec![DEFAULT_PATH_ENV.to_owned(), format!("HOSTNAME={hostname}")];
     apply_env(&mut out, image.env.iter().cloned());
     let mut cri = Vec::with_capacity(config.envs.len());
@@ -167,9 +172,15 @@ mod tests {
     #[test]
     fn bad_env_names_the_entry() {
         let cfg = ContainerConfig { envs: vec![kv("OK", "1"), kv("A=B", "x")], ..Default::default() };
-        assert_eq!(env(&ctx(), &cfg, &ImageDefaults::default(), "h").unwrap_err().field(), "containers[web].envs[1].key");
+        assert_eq!(
+            env(&ctx(), &cfg, &ImageDefaults::default(), "h").unwrap_err().field(),
+            "containers[web].envs[1].key"
+        );
         let cfg = ContainerConfig { envs: vec![KeyValue { key: "K".into(), value: vec![0xff] }], ..Default::default() };
-        assert_eq!(env(&ctx(), &cfg, &ImageDefaults::default(), "h").unwrap_err().field(), "containers[web].envs[0].value");
+        assert_eq!(
+            env(&ctx(), &cfg, &ImageDefaults::default(), "h").unwrap_err().field(),
+            "containers[web].envs[0].value"
+        );
     }
 
     #[test]

@@ -13,7 +13,11 @@ use super::{Ctx, SpecError};
 /// equal to the memory limit unless the request gives its own swap limit, so containers do
 /// not swap by default (containerd's rule). `field` names the resources object in errors,
 /// e.g. `containers[web].linux.resources`.
-pub fn linux_resources(field: &str, r: &LinuxContainerResources, swap_controller: bool) -> Result<LinuxResources, SpecError> {
+pub fn linux_resources(
+    field: &str,
+    r: &LinuxContainerResources,
+    swap_controller: bool,
+) -> Result<LinuxResources, SpecError> {
     let ctx = Ctx::new(field);
     let non_negative = |name: &str, v: i64| -> Result<Option<u64>, SpecError> {
         match v {
@@ -50,11 +54,18 @@ pub fn linux_resources(field: &str, r: &LinuxContainerResources, swap_controller
     }
 
     let mut out = LinuxResources::default();
-    let cpu_set = cpu.shares().is_some() || cpu.period().is_some() || cpu.quota().is_some() || cpu.cpus().is_some() || cpu.mems().is_some();
+    let cpu_set = cpu.shares().is_some()
+        || cpu.period().is_some()
+        || cpu.quota().is_some()
+        || cpu.cpus().is_some()
+        || cpu.mems().is_some();
     out.set_cpu(cpu_set.then_some(cpu));
     out.set_memory((memory.limit().is_some() || memory.swap().is_some()).then_some(memory));
     out.set_hugepage_limits((!hugepages.is_empty()).then_some(hugepages));
-    out.set_unified((!r.unified.is_empty()).then(|| r.unified.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>()));
+    out.set_unified(
+        (!r.unified.is_empty())
+            .then(|| r.unified.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>()),
+    );
     Ok(out)
 }
 
@@ -62,13 +73,19 @@ pub fn linux_resources(field: &str, r: &LinuxContainerResources, swap_controller
 pub fn cgroups_path(parent: &str, id: &str, default_parent: &str) -> PathBuf {
     let parent = if parent.is_empty() { default_parent } else { parent };
     let parent = parent.trim_end_matches('/');
-    if parent.is_empty() { PathBuf::from(format!("/{id}")) } else { PathBuf::from(format!("{parent}/{id}")) }
+    if parent.is_empty() {
+        PathBuf::from(format!("/{id}"))
+    } else {
+        PathBuf::from(format!("{parent}/{id}"))
+    }
 }
 
 /// oom_score_adj must be within the kernel's range.
 pub(crate) fn oom_score_adj(ctx: &Ctx, r: &LinuxContainerResources) -> Result<i32, SpecError> {
     if !(-1000..=1000).contains(&r.oom_score_adj) {
-        return Err(ctx.invalid("linux.resources.oom_score_adj", format!("{} is outside -1000..=1000", r.oom_score_adj)));
+        return Err(
+            ctx.invalid("linux.resources.oom_score_adj", format!("{} is outside -1000..=1000", r.oom_score_adj))
+        );
     }
     Ok(r.oom_score_adj as i32)
 }
@@ -108,7 +125,11 @@ mod tests {
         assert_eq!((mem.limit(), mem.swap()), (Some(1 << 30), Some(1 << 30)));
         let mem = linux_resources(F, &req, false).unwrap().memory().unwrap();
         assert_eq!((mem.limit(), mem.swap()), (Some(1 << 30), None));
-        let req = LinuxContainerResources { memory_limit_in_bytes: 1 << 30, memory_swap_limit_in_bytes: 2 << 30, ..Default::default() };
+        let req = LinuxContainerResources {
+            memory_limit_in_bytes: 1 << 30,
+            memory_swap_limit_in_bytes: 2 << 30,
+            ..Default::default()
+        };
         let mem = linux_resources(F, &req, true).unwrap().memory().unwrap();
         assert_eq!(mem.swap(), Some(2 << 30));
     }
@@ -131,7 +152,10 @@ mod tests {
         let req = LinuxContainerResources { cpu_shares: -2, ..Default::default() };
         assert_eq!(linux_resources(F, &req, false).unwrap_err().field(), "containers[web].linux.resources.cpu_shares");
         let req = LinuxContainerResources { memory_limit_in_bytes: -1, ..Default::default() };
-        assert_eq!(linux_resources(F, &req, false).unwrap_err().field(), "containers[web].linux.resources.memory_limit_in_bytes");
+        assert_eq!(
+            linux_resources(F, &req, false).unwrap_err().field(),
+            "containers[web].linux.resources.memory_limit_in_bytes"
+        );
         let req = LinuxContainerResources { cpu_quota: -1, ..Default::default() };
         assert_eq!(linux_resources(F, &req, false).unwrap().cpu().as_ref().unwrap().quota(), Some(-1));
     }
@@ -146,7 +170,10 @@ mod tests {
 
     #[test]
     fn cgroups_path_joins_parent_and_id() {
-        assert_eq!(cgroups_path("/kubepods/burstable/pod1", "abc", "/berth"), PathBuf::from("/kubepods/burstable/pod1/abc"));
+        assert_eq!(
+            cgroups_path("/kubepods/burstable/pod1", "abc", "/berth"),
+            PathBuf::from("/kubepods/burstable/pod1/abc")
+        );
         assert_eq!(cgroups_path("/kubepods/", "abc", "/berth"), PathBuf::from("/kubepods/abc"));
         assert_eq!(cgroups_path("", "abc", "/berth"), PathBuf::from("/berth/abc"));
         assert_eq!(cgroups_path("", "abc", "/"), PathBuf::from("/abc"));

@@ -80,7 +80,8 @@ pub fn sandbox_spec(input: &SandboxInput) -> Result<Spec, SpecError> {
 
     let seccomp_field = "linux.security_context.seccomp";
     #[allow(deprecated)] // still sent by older kubelets
-    let choice = choose_seccomp(&ctx, seccomp_field, sc.seccomp.as_ref(), &sc.seccomp_profile_path, Seccomp::RuntimeDefault)?;
+    let choice =
+        choose_seccomp(&ctx, seccomp_field, sc.seccomp.as_ref(), &sc.seccomp_profile_path, Seccomp::RuntimeDefault)?;
     let seccomp = if sc.privileged {
         None
     } else {
@@ -132,7 +133,10 @@ pub fn sandbox_spec(input: &SandboxInput) -> Result<Spec, SpecError> {
     Ok(spec)
 }
 
-fn sandbox_annotations(input: &SandboxInput, meta: &berth_proto::runtime::v1::PodSandboxMetadata) -> HashMap<String, String> {
+fn sandbox_annotations(
+    input: &SandboxInput,
+    meta: &berth_proto::runtime::v1::PodSandboxMetadata,
+) -> HashMap<String, String> {
     [
         (ann::CONTAINER_TYPE, ann::CONTAINER_TYPE_SANDBOX),
         (ann::SANDBOX_ID, input.id),

@@ -1,7 +1,8 @@
 use std::collections::HashSet;
 
 use berth_proto::runtime::v1::{
-    security_profile::ProfileType, Int64Value, LinuxPodSandboxConfig, NamespaceOption, PodSandboxMetadata, SecurityProfile,
+    security_profile::ProfileType, Int64Value, LinuxPodSandboxConfig, NamespaceOption, PodSandboxMetadata,
+    SecurityProfile,
 };
 use oci_spec::runtime::LinuxNamespaceType as T;
 
@@ -22,7 +23,12 @@ impl Fx {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("rootfs")).unwrap();
         let config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata { name: "pod".into(), uid: "u".into(), namespace: "ns".into(), attempt: 1 }),
+            metadata: Some(PodSandboxMetadata {
+                name: "pod".into(),
+                uid: "u".into(),
+                namespace: "ns".into(),
+                attempt: 1,
+            }),
             hostname: "pod-host".into(),
             log_directory: "/var/log/pods/x".into(),
             linux: Some(LinuxPodSandboxConfig { cgroup_parent: "/kubepods/podu".into(), ..Default::default() }),
@@ -56,7 +62,8 @@ impl Fx {
 
     fn spec(&self) -> Spec {
         let spec = self.build().unwrap();
-        berth_runtime::spec::validate(&spec, self.dir.path()).unwrap_or_else(|e| panic!("runtime rejects the spec: {e}"));
+        berth_runtime::spec::validate(&spec, self.dir.path())
+            .unwrap_or_else(|e| panic!("runtime rejects the spec: {e}"));
         spec
     }
 }
@@ -97,7 +104,10 @@ fn host_namespaces_and_prepared_netns() {
     let mut fx = Fx::new();
     fx.netns = Some("/proc/self/ns/net".into());
     let spec = fx.spec();
-    assert_eq!(namespace(&spec, T::Network).unwrap().path().as_deref(), Some(std::path::Path::new("/proc/self/ns/net")));
+    assert_eq!(
+        namespace(&spec, T::Network).unwrap().path().as_deref(),
+        Some(std::path::Path::new("/proc/self/ns/net"))
+    );
     fx.ns().network = NamespaceMode::Node as i32;
     fx.ns().ipc = NamespaceMode::Node as i32;
     fx.ns().pid = NamespaceMode::Node as i32;

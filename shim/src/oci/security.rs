@@ -44,7 +44,8 @@ pub const DEFAULT_MASKED_PATHS: [&str; 11] = [
 ];
 
 /// Paths made read-only in unprivileged containers unless the request lists its own.
-pub const DEFAULT_READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const DEFAULT_READONLY_PATHS: [&str; 5] =
+    ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 /// A capability name as CRI sends it ("NET_ADMIN", "CAP_NET_ADMIN", any case).
 pub(crate) fn parse_capability(name: &str) -> Option<Capability> {
@@ -55,11 +56,7 @@ pub(crate) fn parse_capability(name: &str) -> Option<Capability> {
 
 /// Every capability the kernel knows (numbers 0..=last_cap).
 pub(crate) fn all_capabilities(last_cap: u32) -> Capabilities {
-    berth_runtime::capabilities::NAMES
-        .iter()
-        .take(last_cap as usize + 1)
-        .filter_map(|n| parse_capability(n))
-        .collect()
+    berth_runtime::capabilities::NAMES.iter().take(last_cap as usize + 1).filter_map(|n| parse_capability(n)).collect()
 }
 
 /// The five capability sets: default ± CRI add/drop ("ALL" first, so that individual entries
@@ -95,8 +92,9 @@ pub(crate) fn container_capabilities(
     let add = parse(&caps.add_capabilities, "add_capabilities")?;
     let drop = parse(&caps.drop_capabilities, "drop_capabilities")?;
     for (i, c) in caps.add_ambient_capabilities.iter().enumerate() {
-        let cap = parse_capability(c)
-            .ok_or_else(|| ctx.invalid(&format!("{field}.add_ambient_capabilities[{i}]"), format!("unknown capability {c:?}")))?;
+        let cap = parse_capability(c).ok_or_else(|| {
+            ctx.invalid(&format!("{field}.add_ambient_capabilities[{i}]"), format!("unknown capability {c:?}"))
+        })?;
         ambient.insert(cap);
     }
     if !privileged {
@@ -156,12 +154,15 @@ pub(crate) fn choose_seccomp(
             "unconfined" => Ok(Seccomp::Unconfined),
             other => match other.strip_prefix("localhost/") {
                 Some(path) => localhost(ctx, &f, path),
-                None => Err(ctx.invalid(&f, format!("{other:?} is not runtime/default, unconfined or localhost/<path>"))),
+                None => {
+                    Err(ctx.invalid(&f, format!("{other:?} is not runtime/default, unconfined or localhost/<path>")))
+                }
             },
         };
     };
-    let typ = ProfileType::try_from(p.profile_type)
-        .map_err(|_| ctx.invalid(&format!("{field}.profile_type"), format!("unknown profile type {}", p.profile_type)))?;
+    let typ = ProfileType::try_from(p.profile_type).map_err(|_| {
+        ctx.invalid(&format!("{field}.profile_type"), format!("unknown profile type {}", p.profile_type))
+    })?;
     if typ != ProfileType::Localhost && !p.localhost_ref.is_empty() {
         return Err(ctx.invalid(&format!("{field}.localhost_ref"), "must only be set when profile_type is Localhost"));
     }
@@ -208,15 +209,36 @@ const CAP_SYSCALLS: &[(Capability, &[&str])] = &[
     (
         Capability::SysAdmin,
         &[
-            "bpf", "fanotify_init", "fsconfig", "fsmount", "fsopen", "fspick", "lookup_dcookie", "mount", "mount_setattr",
-            "move_mount", "open_tree", "perf_event_open", "quotactl", "quotactl_fd", "setdomainname", "sethostname",
-            "setns", "syslog", "umount", "umount2", "unshare",
+            "bpf",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
+            "umount",
+            "umount2",
+            "unshare",
         ],
     ),
     (Capability::SysBoot, &["reboot"]),
     (Capability::SysModule, &["delete_module", "init_module", "finit_module"]),
     (Capability::SysPacct, &["acct"]),
-    (Capability::SysPtrace, &["kcmp", "pidfd_getfd", "process_madvise", "process_vm_readv", "process_vm_writev", "ptrace"]),
+    (
+        Capability::SysPtrace,
+        &["kcmp", "pidfd_getfd", "process_madvise", "process_vm_readv", "process_vm_writev", "ptrace"],
+    ),
     (Capability::SysRawio, &["iopl", "ioperm"]),
     (Capability::SysTime, &["settimeofday", "stime", "clock_settime", "clock_settime64"]),
     (Capability::SysTtyConfig, &["vhangup"]),
@@ -288,7 +310,12 @@ pub fn parse_seccomp_profile(bytes: &[u8], caps: &Capabilities) -> Result<LinuxS
 /// Docker's rule conditions: `includes` must all hold, no `excludes` may hold.
 fn applies(rule: &serde_json::Value, caps: &Capabilities) -> bool {
     let names = |v: Option<&serde_json::Value>, key: &str| -> Vec<String> {
-        v.and_then(|c| c.get(key)).and_then(|l| l.as_array()).into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
+        v.and_then(|c| c.get(key))
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
     };
     let has_cap = |c: &String| parse_capability(c).is_some_and(|c| caps.contains(&c));
     let on_arch = |a: &String| docker_arch_names().contains(&a.as_str());
@@ -318,12 +345,20 @@ fn docker_arch_names() -> &'static [&'static str] {
 
 /// Masked and read-only paths: none when privileged; the request's lists when it gives any
 /// (CRI cannot tell an explicit empty list from an absent one); else the defaults.
-pub(crate) fn masked_and_readonly(masked: &[String], readonly: &[String], privileged: bool) -> (Vec<String>, Vec<String>) {
+pub(crate) fn masked_and_readonly(
+    masked: &[String],
+    readonly: &[String],
+    privileged: bool,
+) -> (Vec<String>, Vec<String>) {
     if privileged {
         return (Vec::new(), Vec::new());
     }
     let pick = |given: &[String], default: &[&str]| -> Vec<String> {
-        if given.is_empty() { default.iter().map(|s| s.to_string()).collect() } else { given.to_vec() }
+        if given.is_empty() {
+            default.iter().map(|s| s.to_string()).collect()
+        } else {
+            given.to_vec()
+        }
     };
     (pick(masked, &DEFAULT_MASKED_PATHS), pick(readonly, &DEFAULT_READONLY_PATHS))
 }

@@ -36,12 +36,15 @@ fn seccomp_choice_from_typed_and_string_fields() {
     assert_eq!(choose_seccomp(&ctx, f, None, "", Seccomp::Unconfined).unwrap(), Seccomp::Unconfined);
     assert_eq!(choose_seccomp(&ctx, f, None, "", Seccomp::RuntimeDefault).unwrap(), Seccomp::RuntimeDefault);
     assert_eq!(
-        choose_seccomp(&ctx, f, Some(&typed(ProfileType::Localhost, "localhost//p.json")), "", Seccomp::Unconfined).unwrap(),
+        choose_seccomp(&ctx, f, Some(&typed(ProfileType::Localhost, "localhost//p.json")), "", Seccomp::Unconfined)
+            .unwrap(),
         Seccomp::Localhost("/p.json".into())
     );
-    let err = choose_seccomp(&ctx, f, Some(&typed(ProfileType::RuntimeDefault, "/p.json")), "", Seccomp::Unconfined).unwrap_err();
+    let err = choose_seccomp(&ctx, f, Some(&typed(ProfileType::RuntimeDefault, "/p.json")), "", Seccomp::Unconfined)
+        .unwrap_err();
     assert_eq!(err.field(), "c.linux.security_context.seccomp.localhost_ref");
-    let err = choose_seccomp(&ctx, f, Some(&typed(ProfileType::Localhost, "rel.json")), "", Seccomp::Unconfined).unwrap_err();
+    let err =
+        choose_seccomp(&ctx, f, Some(&typed(ProfileType::Localhost, "rel.json")), "", Seccomp::Unconfined).unwrap_err();
     assert_eq!(err.field(), "c.linux.security_context.seccomp.localhost_ref");
     let err = choose_seccomp(&ctx, f, None, "localhost/rel", Seccomp::Unconfined).unwrap_err();
     assert_eq!(err.field(), "c.linux.security_context.seccomp_profile_path");
@@ -72,7 +75,8 @@ fn parses_docker_profiles_with_conditions() {
         ]
     }"#;
     let plain = parse_seccomp_profile(p, &Capabilities::new()).unwrap();
-    let names = |s: &LinuxSeccomp| s.syscalls().as_ref().unwrap().iter().flat_map(|c| c.names().clone()).collect::<Vec<_>>();
+    let names =
+        |s: &LinuxSeccomp| s.syscalls().as_ref().unwrap().iter().flat_map(|c| c.names().clone()).collect::<Vec<_>>();
     assert_eq!(plain.architectures().as_ref().unwrap().len(), 3);
     let got = names(&plain);
     assert!(got.contains(&"ptrace".to_string()) && !got.contains(&"mount".to_string()), "{got:?}");

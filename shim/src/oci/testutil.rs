@@ -40,11 +40,17 @@ impl Fixture {
             std::fs::write(&p, "x").unwrap();
             p
         };
-        let (hosts, resolv, hostname, termlog) = (file("hosts"), file("resolv.conf"), file("hostname"), file("termination-log"));
+        let (hosts, resolv, hostname, termlog) =
+            (file("hosts"), file("resolv.conf"), file("hostname"), file("termination-log"));
         let shm = dir.path().join("shm");
         std::fs::create_dir(&shm).unwrap();
         let sandbox = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata { name: "pod".into(), uid: "uid-1".into(), namespace: "ns".into(), attempt: 0 }),
+            metadata: Some(PodSandboxMetadata {
+                name: "pod".into(),
+                uid: "uid-1".into(),
+                namespace: "ns".into(),
+                attempt: 0,
+            }),
             hostname: "pod-host".into(),
             log_directory: "/var/log/pods/ns_pod_uid-1".into(),
             linux: Some(LinuxPodSandboxConfig {
@@ -130,7 +136,8 @@ impl Fixture {
 
     /// berth-runtime's own validation, with this fixture's directory as the bundle.
     pub fn validate(&self, spec: &Spec) {
-        berth_runtime::spec::validate(spec, self.dir.path()).unwrap_or_else(|e| panic!("runtime rejects the spec: {e}"));
+        berth_runtime::spec::validate(spec, self.dir.path())
+            .unwrap_or_else(|e| panic!("runtime rejects the spec: {e}"));
     }
 }
 

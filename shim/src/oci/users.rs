@@ -88,7 +88,8 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
             if f.len() < 3 || f[0].is_empty() {
                 return None;
             }
-            let members = f.get(3).map(|m| m.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect());
+            let members =
+                f.get(3).map(|m| m.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect());
             Some(GroupEntry { name: f[0].to_owned(), gid: f[2].parse().ok()?, members: members.unwrap_or_default() })
         })
         .collect()
@@ -212,7 +213,9 @@ fn parse_user_string(ctx: &Ctx, user: &str) -> Result<(Ref, Option<Ref>), SpecEr
         }
         match part.parse::<i64>() {
             Ok(id) => Ok(Ref::Id(id_in_range(ctx, field, id)?)),
-            Err(_) if part.bytes().all(|b| b.is_ascii_digit()) => Err(ctx.invalid(field, format!("{user:?} is out of range"))),
+            Err(_) if part.bytes().all(|b| b.is_ascii_digit()) => {
+                Err(ctx.invalid(field, format!("{user:?} is out of range")))
+            }
             Err(_) => Ok(Ref::Name(part.to_owned())),
         }
     };
@@ -257,9 +260,16 @@ mod tests {
     fn parses_passwd_and_group_skipping_junk() {
         let db = db();
         assert_eq!(db.passwd.len(), 3);
-        assert_eq!(db.passwd[1], PasswdEntry {
-            name: "default-user".into(), uid: 1000, gid: 1000, home: "/home/default-user".into(), shell: "/bin/sh".into()
-        });
+        assert_eq!(
+            db.passwd[1],
+            PasswdEntry {
+                name: "default-user".into(),
+                uid: 1000,
+                gid: 1000,
+                home: "/home/default-user".into(),
+                shell: "/bin/sh".into()
+            }
+        );
         assert_eq!(db.groups[3].members, vec!["default-user", "www"]);
         assert!(db.groups[0].members.is_empty());
     }
@@ -277,7 +287,10 @@ mod tests {
             s.supplemental_groups = vec![1234];
         });
         // critest SupplementalGroupsPolicy=Merge: 1000 (self), 1234, 50000 (from /etc/group).
-        assert_eq!(container_identity(&ctx(), Some(&s), "www", &db()).unwrap(), ident(1000, 1000, &[1000, 1234, 50000]));
+        assert_eq!(
+            container_identity(&ctx(), Some(&s), "www", &db()).unwrap(),
+            ident(1000, 1000, &[1000, 1234, 50000])
+        );
     }
 
     #[test]
@@ -348,14 +361,20 @@ mod tests {
     #[test]
     fn out_of_range_ids_name_their_field() {
         let s = sc(|s| s.run_as_user = Some(Int64Value { value: -1 }));
-        assert_eq!(container_identity(&ctx(), Some(&s), "", &db()).unwrap_err().field(), "containers[web].linux.security_context.run_as_user");
+        assert_eq!(
+            container_identity(&ctx(), Some(&s), "", &db()).unwrap_err().field(),
+            "containers[web].linux.security_context.run_as_user"
+        );
         let s = sc(|s| s.supplemental_groups = vec![1, 1 << 40]);
         assert_eq!(
             container_identity(&ctx(), Some(&s), "", &db()).unwrap_err().field(),
             "containers[web].linux.security_context.supplemental_groups[1]"
         );
         let s = sc(|s| s.supplemental_groups_policy = 9);
-        assert!(container_identity(&ctx(), Some(&s), "", &db()).unwrap_err().field().ends_with("supplemental_groups_policy"));
+        assert!(container_identity(&ctx(), Some(&s), "", &db())
+            .unwrap_err()
+            .field()
+            .ends_with("supplemental_groups_policy"));
     }
 
     #[test]
@@ -363,6 +382,9 @@ mod tests {
         let c = Ctx::new("sandbox[p]");
         assert_eq!(sandbox_identity(&c, None, None, &[]).unwrap(), ident(0, 0, &[0]));
         assert_eq!(sandbox_identity(&c, Some(65535), Some(65535), &[3]).unwrap(), ident(65535, 65535, &[3, 65535]));
-        assert_eq!(sandbox_identity(&c, None, Some(1), &[]).unwrap_err().field(), "sandbox[p].linux.security_context.run_as_group");
+        assert_eq!(
+            sandbox_identity(&c, None, Some(1), &[]).unwrap_err().field(),
+            "sandbox[p].linux.security_context.run_as_group"
+        );
     }
 }

@@ -18,7 +18,8 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 impl Shim {
     pub async fn create_container(self: &Arc<Self>, req: cri::CreateContainerRequest) -> CriResult<String> {
         let config = req.config.ok_or_else(|| CriError::InvalidArgument("config: required".into()))?;
-        let md = config.metadata.clone().ok_or_else(|| CriError::InvalidArgument("config.metadata: required".into()))?;
+        let md =
+            config.metadata.clone().ok_or_else(|| CriError::InvalidArgument("config.metadata: required".into()))?;
         if md.name.is_empty() {
             return Err(CriError::InvalidArgument("config.metadata.name: must not be empty".into()));
         }
@@ -26,8 +27,12 @@ impl Shim {
         if image_name.is_empty() {
             return Err(CriError::InvalidArgument("config.image.image: must not be empty".into()));
         }
-        let sb_id = self.store.resolve_sandbox(&req.pod_sandbox_id).ok_or_else(|| CriError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id)))?;
-        let sb = self.store.sandbox(&sb_id).ok_or_else(|| CriError::NotFound(format!("pod sandbox {sb_id:?} not found")))?;
+        let sb_id = self
+            .store
+            .resolve_sandbox(&req.pod_sandbox_id)
+            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id)))?;
+        let sb =
+            self.store.sandbox(&sb_id).ok_or_else(|| CriError::NotFound(format!("pod sandbox {sb_id:?} not found")))?;
         if sb.record.state != SandboxState::Ready {
             return Err(CriError::FailedPrecondition(format!("pod sandbox {sb_id} is not ready")));
         }
@@ -35,12 +40,16 @@ impl Shim {
         if let Some(other) = self.store.containers().into_iter().find(|c| c.record.name == name) {
             return Err(CriError::AlreadyExists(format!("container name {name:?} is reserved by {}", other.record.id)));
         }
-        let image = self.images.get(&image_name).ok_or_else(|| CriError::NotFound(format!("image {image_name:?} not found: pull it first")))?;
+        let image = self
+            .images
+            .get(&image_name)
+            .ok_or_else(|| CriError::NotFound(format!("image {image_name:?} not found: pull it first")))?;
         let id = super::new_id();
         let _guard = self.lock(&id).await;
         let bundle = self.bundle_dir(&id);
         let rootfs = bundle.join("rootfs");
-        let log_path = (!sb.config.log_directory.is_empty() && !config.log_path.is_empty()).then(|| Path::new(&sb.config.log_directory).join(&config.log_path));
+        let log_path = (!sb.config.log_directory.is_empty() && !config.log_path.is_empty())
+            .then(|| Path::new(&sb.config.log_directory).join(&config.log_path));
         let record = ContainerRecord {
             id: id.clone(),
             sandbox_id: sb_id.clone(),
@@ -70,13 +79,24 @@ impl Shim {
                 .map_err(|e| CriError::Internal(e.to_string()))?
                 .map_err(|e| CriError::Internal(format!("preparing the rootfs: {}", crate::error_chain(&e))))?;
             let spec = super::specs::container(self, &id, &sb, &config, &image, &rootfs)?;
-            let user = spec.process().as_ref().map(|p| p.user()).map(|u| (u.uid(), u.gid(), u.additional_gids().clone().unwrap_or_default()));
+            let user = spec
+                .process()
+                .as_ref()
+                .map(|p| p.user())
+                .map(|u| (u.uid(), u.gid(), u.additional_gids().clone().unwrap_or_default()));
             let bytes = serde_json::to_vec(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
             // The bundle lives under the per-boot run dir: atomic, no fsync needed.
             monitor::write_replace(&bundle.join("config.json"), &bytes, false).map_err(io("writing config.json"))?;
             let answer = self
                 .monitor(&sb_id)
-                .call(&Request::Create { id: id.clone(), bundle: bundle.clone(), log_path, stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty })
+                .call(&Request::Create {
+                    id: id.clone(),
+                    bundle: bundle.clone(),
+                    log_path,
+                    stdin: config.stdin,
+                    stdin_once: config.stdin_once,
+                    tty: config.tty,
+                })
                 .await?;
             crate::crash_point("create:monitor-answered");
             match answer {
@@ -106,9 +126,14 @@ impl Shim {
     pub async fn start_container(self: &Arc<Self>, id: &str) -> CriResult<()> {
         let c = self.find_container(id)?;
         let _guard = self.lock(&c.record.id).await;
-        let c = self.refresh_container(&c.record.id).ok_or_else(|| CriError::NotFound(format!("container {id:?} not found")))?;
+        let c = self
+            .refresh_container(&c.record.id)
+            .ok_or_else(|| CriError::NotFound(format!("container {id:?} not found")))?;
         if c.record.state != ContainerState::Created {
-            return Err(CriError::FailedPrecondition(format!("container {} is {:?}, not created", c.record.id, c.record.state)));
+            return Err(CriError::FailedPrecondition(format!(
+                "container {} is {:?}, not created",
+                c.record.id, c.record.state
+            )));
         }
         // Running is recorded before the start: an exit recorded by the monitor wins over it.
         self.store.update_container_this_boot(&c.record.id, |r| {
@@ -119,8 +144,9 @@ impl Shim {
         if let Err(e) = self.monitor(&c.record.sandbox_id).call(&Request::Start { id: c.record.id.clone() }).await {
             // A start asked for by a predecessor that died may have reached the monitor after
             // this shim's recovery looked: a started container is what was asked for.
-            let started = berth_runtime::container::Loaded::load(&self.runtime_root(), &c.record.id)
-                .is_ok_and(|l| matches!(l.status, berth_runtime::state::Status::Running | berth_runtime::state::Status::Paused));
+            let started = berth_runtime::container::Loaded::load(&self.runtime_root(), &c.record.id).is_ok_and(|l| {
+                matches!(l.status, berth_runtime::state::Status::Running | berth_runtime::state::Status::Paused)
+            });
             if started {
                 tracing::warn!(id = %c.record.id, error = %crate::error_chain(&e), "start answered with an error, but the container runs");
                 self.emit(&c.record.id, cri::ContainerEventType::ContainerStartedEvent, None, vec![]);
@@ -166,17 +192,26 @@ impl Shim {
                 Err(e) => tracing::debug!(id, error = %crate::error_chain(&e), "stop signal"),
             }
         }
-        if self.refresh_container(id).is_some_and(|c| matches!(c.record.state, ContainerState::Running | ContainerState::Created)) {
+        if self
+            .refresh_container(id)
+            .is_some_and(|c| matches!(c.record.state, ContainerState::Running | ContainerState::Created))
+        {
             let root = self.runtime_root();
             if let Err(e) = berth_runtime::container::kill(&root, id, libc::SIGKILL, true) {
                 tracing::debug!(id, error = %crate::error_chain(&e), "SIGKILL");
             }
-            if wait(KILL_WAIT).await.is_none() && monitor::read_exit(&self.pod_dir(&c.record.sandbox_id), id).is_none() {
+            if wait(KILL_WAIT).await.is_none() && monitor::read_exit(&self.pod_dir(&c.record.sandbox_id), id).is_none()
+            {
                 return Err(CriError::Internal(format!("container {id} did not exit within {KILL_WAIT:?} of SIGKILL")));
             }
         }
         if let Some(c) = self.refresh_container(id) {
-            self.emit(id, cri::ContainerEventType::ContainerStoppedEvent, None, vec![super::convert::container_status(&c)]);
+            self.emit(
+                id,
+                cri::ContainerEventType::ContainerStoppedEvent,
+                None,
+                vec![super::convert::container_status(&c)],
+            );
         }
         Ok(())
     }
@@ -191,7 +226,9 @@ impl Shim {
         let Some(c) = self.store.container(id) else { return Ok(()) };
         self.kill_and_delete(&c.record.sandbox_id, id).await?;
         let rootfs = self.bundle_dir(id).join("rootfs");
-        self.images.remove_snapshot(id, &rootfs).map_err(|e| CriError::Internal(format!("removing the rootfs snapshot: {}", crate::error_chain(&e))))?;
+        self.images
+            .remove_snapshot(id, &rootfs)
+            .map_err(|e| CriError::Internal(format!("removing the rootfs snapshot: {}", crate::error_chain(&e))))?;
         let _ = std::fs::remove_dir_all(self.bundle_dir(id));
         let monitor = self.monitor(&c.record.sandbox_id);
         if monitor.is_alive() {
@@ -235,7 +272,12 @@ impl Shim {
 
     /// Containers matching the id / sandbox id (full or unique prefix) and label filters that
     /// ListContainers and ListContainerStats share, brought up to date with their exits.
-    pub(super) fn containers_matching(&self, id: &str, sandbox_id: &str, labels: &std::collections::HashMap<String, String>) -> Vec<Container> {
+    pub(super) fn containers_matching(
+        &self,
+        id: &str,
+        sandbox_id: &str,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> Vec<Container> {
         let id = (!id.is_empty()).then(|| self.store.resolve_container(id).unwrap_or_default());
         let sb = (!sandbox_id.is_empty()).then(|| self.store.resolve_sandbox(sandbox_id).unwrap_or_default());
         self.store
@@ -303,7 +345,14 @@ impl Shim {
                 r.state = ContainerState::Exited;
                 r.exit_code = exit.exit_code;
                 r.finished_at = exit.finished_at;
-                r.reason = if exit.oom_killed { "OOMKilled" } else if exit.exit_code == 0 { "Completed" } else { "Error" }.into();
+                r.reason = if exit.oom_killed {
+                    "OOMKilled"
+                } else if exit.exit_code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                }
+                .into();
             }
         });
         match update {
@@ -325,7 +374,9 @@ impl Shim {
 
 /// A user namespace pod's containers see their layers through its user namespace.
 fn rootfs_idmap(sb: &crate::store::Sandbox) -> Option<crate::image::RootfsIdMap> {
-    let userns = super::sandbox::namespace_mode(&sb.config).userns_options.filter(|u| u.mode == cri::NamespaceMode::Pod as i32)?;
+    let userns = super::sandbox::namespace_mode(&sb.config)
+        .userns_options
+        .filter(|u| u.mode == cri::NamespaceMode::Pod as i32)?;
     Some(crate::image::RootfsIdMap {
         userns: format!("/proc/{}/ns/user", sb.record.infra_pid).into(),
         root_uid: userns.uids.first()?.host_id,

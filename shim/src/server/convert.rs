@@ -52,10 +52,19 @@ pub fn container_status(c: &Container) -> cri::ContainerStatus {
         annotations: c.config.annotations.clone(),
         mounts: c.config.mounts.clone(),
         log_path: r.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-        resources: c.config.linux.as_ref().and_then(|l| l.resources.clone()).map(|linux| cri::ContainerResources { linux: Some(linux), windows: None }),
+        resources: c
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|linux| cri::ContainerResources { linux: Some(linux), windows: None }),
         image_id: r.image_id.clone(),
         user: r.user.as_ref().map(|(uid, gid, groups)| cri::ContainerUser {
-            linux: Some(cri::LinuxContainerUser { uid: i64::from(*uid), gid: i64::from(*gid), supplemental_groups: groups.iter().map(|g| i64::from(*g)).collect() }),
+            linux: Some(cri::LinuxContainerUser {
+                uid: i64::from(*uid),
+                gid: i64::from(*gid),
+                supplemental_groups: groups.iter().map(|g| i64::from(*g)).collect(),
+            }),
         }),
         stop_signal: 0,
     }

@@ -73,7 +73,10 @@ impl Shim {
 
     pub async fn remove_image(self: &Arc<Self>, spec: cri::ImageSpec) -> CriResult<()> {
         let images = self.images.clone();
-        tokio::task::spawn_blocking(move || images.remove(&spec.image)).await.map_err(|e| CriError::Internal(e.to_string()))?.map_err(image_error)
+        tokio::task::spawn_blocking(move || images.remove(&spec.image))
+            .await
+            .map_err(|e| CriError::Internal(e.to_string()))?
+            .map_err(image_error)
     }
 
     pub fn image_fs_info(&self) -> CriResult<cri::ImageFsInfoResponse> {

@@ -39,7 +39,11 @@ pub enum CriError {
     #[error("{0}")]
     Unimplemented(String),
     #[error("{what}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("state store")]
     Store(#[from] StoreError),
     #[error("pod monitor")]
@@ -87,19 +91,35 @@ impl Shim {
     /// Opens the stores and finishes what a killed predecessor left half-done (see
     /// [`Shim::recover`]) before any request is served.
     pub async fn new(cfg: Config, monitor_bin: PathBuf, pause_bin: PathBuf) -> CriResult<Arc<Shim>> {
-        for dir in [&cfg.state_dir, &cfg.run_dir, &cfg.pods_dir(), &cfg.runtime_root(), &cfg.netns_dir(), &cfg.cni.cache_dir] {
+        for dir in
+            [&cfg.state_dir, &cfg.run_dir, &cfg.pods_dir(), &cfg.runtime_root(), &cfg.netns_dir(), &cfg.cni.cache_dir]
+        {
             std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         }
         let store = Store::open(&cfg.state_dir)?;
-        let registries = crate::image::RegistriesConfig::load(&cfg.registries).map_err(|e| CriError::Internal(format!("{}: {}", cfg.registries.display(), e.chain())))?;
-        let images = crate::image::ImageStore::open(&cfg.image_dir, registries).map_err(|e| CriError::Internal(e.chain()))?;
+        let registries = crate::image::RegistriesConfig::load(&cfg.registries)
+            .map_err(|e| CriError::Internal(format!("{}: {}", cfg.registries.display(), e.chain())))?;
+        let images =
+            crate::image::ImageStore::open(&cfg.image_dir, registries).map_err(|e| CriError::Internal(e.chain()))?;
         let longest = cfg.pods_dir().join("f".repeat(64)).join(crate::monitor::SOCKET);
         if longest.as_os_str().len() >= 108 {
-            return Err(CriError::InvalidArgument(format!("run_dir {} is too long: pod sockets ({} bytes) must stay under 108 bytes", cfg.run_dir.display(), longest.as_os_str().len())));
+            return Err(CriError::InvalidArgument(format!(
+                "run_dir {} is too long: pod sockets ({} bytes) must stay under 108 bytes",
+                cfg.run_dir.display(),
+                longest.as_os_str().len()
+            )));
         }
-        let cni = Cni { conf_dir: cfg.cni.conf_dir.clone(), bin_dirs: cfg.cni.bin_dirs.clone(), cache_dir: cfg.cni.cache_dir.clone() };
+        let cni = Cni {
+            conf_dir: cfg.cni.conf_dir.clone(),
+            bin_dirs: cfg.cni.bin_dirs.clone(),
+            cache_dir: cfg.cni.cache_dir.clone(),
+        };
         // berth-runtime supports `rro` (mount_setattr), so recursive read-only mounts are on.
-        let host = crate::oci::Host { default_cgroup_parent: cfg.cgroup_parent.clone(), rro_mounts: true, ..crate::oci::Host::detect() };
+        let host = crate::oci::Host {
+            default_cgroup_parent: cfg.cgroup_parent.clone(),
+            rro_mounts: true,
+            ..crate::oci::Host::detect()
+        };
         let (events, _) = broadcast::channel(1024);
         let shim = Arc::new(Shim {
             cfg,
@@ -142,7 +162,13 @@ impl Shim {
         berth_runtime::state::Root::new(self.cfg.runtime_root())
     }
 
-    pub fn emit(&self, container_id: &str, kind: cri::ContainerEventType, sandbox: Option<cri::PodSandboxStatus>, containers: Vec<cri::ContainerStatus>) {
+    pub fn emit(
+        &self,
+        container_id: &str,
+        kind: cri::ContainerEventType,
+        sandbox: Option<cri::PodSandboxStatus>,
+        containers: Vec<cri::ContainerStatus>,
+    ) {
         let _ = self.events.send(cri::ContainerEventResponse {
             container_id: container_id.to_string(),
             container_event_type: kind as i32,
@@ -166,7 +192,9 @@ impl Shim {
     ///   be repeated instead of the container waiting forever.
     async fn recover(self: &Arc<Self>) {
         for sb in self.store.sandboxes() {
-            if sb.record.state == crate::store::SandboxState::Ready && !self.pod_dir(&sb.record.id).join(crate::monitor::SOCKET).exists() {
+            if sb.record.state == crate::store::SandboxState::Ready
+                && !self.pod_dir(&sb.record.id).join(crate::monitor::SOCKET).exists()
+            {
                 tracing::warn!(sandbox = %sb.record.id, "pod monitor is gone (reboot?): sandbox is NotReady");
                 let _ = self.store.update_sandbox(&sb.record.id, |r| r.state = crate::store::SandboxState::NotReady);
             }
@@ -182,7 +210,10 @@ impl Shim {
                         tracing::warn!(container = %id, error = %e, "rolling back an interrupted create");
                     }
                 }
-                ContainerState::Running if berth_runtime::container::Loaded::load(&root, id).is_ok_and(|l| l.status == berth_runtime::state::Status::Created) => {
+                ContainerState::Running
+                    if berth_runtime::container::Loaded::load(&root, id)
+                        .is_ok_and(|l| l.status == berth_runtime::state::Status::Created) =>
+                {
                     tracing::warn!(container = %id, "StartContainer was interrupted before the start: the container is Created again");
                     let _ = self.store.update_container(id, |r| {
                         r.state = ContainerState::Created;

@@ -18,14 +18,27 @@ impl Shim {
 
     /// RuntimeReady always (we answer); NetworkReady while a usable CNI configuration exists.
     pub fn status(&self, verbose: bool) -> cri::StatusResponse {
-        let runtime = cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() };
+        let runtime = cri::RuntimeCondition {
+            r#type: "RuntimeReady".into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        };
         let network = match self.cni.ready() {
-            Ok(_) => cri::RuntimeCondition { r#type: "NetworkReady".into(), status: true, reason: String::new(), message: String::new() },
+            Ok(_) => cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
             Err(e) => cri::RuntimeCondition {
                 r#type: "NetworkReady".into(),
                 status: false,
                 reason: "NetworkPluginNotReady".into(),
-                message: format!("Network plugin returns error: cni plugin not initialized: {}", crate::error_chain(&e)),
+                message: format!(
+                    "Network plugin returns error: cni plugin not initialized: {}",
+                    crate::error_chain(&e)
+                ),
             },
         };
         let mut info = std::collections::HashMap::new();
@@ -42,12 +55,18 @@ impl Shim {
                 // lower layers, Linux 5.19 and newer).
                 features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: true, user_namespaces: true }),
             }],
-            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false, mount_options: false }),
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: true,
+                user_namespaces_host_network: false,
+                mount_options: false,
+            }),
         }
     }
 
     pub fn runtime_config(&self) -> cri::RuntimeConfigResponse {
-        cri::RuntimeConfigResponse { linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }) }
+        cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
+        }
     }
 
     pub fn update_runtime_config(&self, req: cri::UpdateRuntimeConfigRequest) {

@@ -21,7 +21,12 @@ use crate::podfiles::{self, PodFiles};
 use crate::store::{Sandbox, SandboxRecord, SandboxState};
 
 pub(crate) fn namespace_mode(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
-    config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.clone()).unwrap_or_default()
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
 }
 
 /// No process of the pod is PID 1 of a PID namespace shared by its containers (PID mode
@@ -62,7 +67,12 @@ impl Shim {
         let id = super::new_id();
         let _guard = self.lock(&id).await;
         let host_net = host_network(&config);
-        let cgroup_parent = config.linux.as_ref().map(|l| l.cgroup_parent.clone()).filter(|p| !p.is_empty()).unwrap_or_else(|| self.cfg.cgroup_parent.clone());
+        let cgroup_parent = config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| self.cfg.cgroup_parent.clone());
         let record = SandboxRecord {
             id: id.clone(),
             name,
@@ -101,7 +111,11 @@ impl Shim {
     }
 
     /// Pod files, netns, monitor, infra process and CNI ADD (the last two concurrently).
-    async fn start_sandbox(self: &Arc<Self>, record: &SandboxRecord, config: &cri::PodSandboxConfig) -> CriResult<(i32, Vec<String>)> {
+    async fn start_sandbox(
+        self: &Arc<Self>,
+        record: &SandboxRecord,
+        config: &cri::PodSandboxConfig,
+    ) -> CriResult<(i32, Vec<String>)> {
         let id = &record.id;
         let dir = self.pod_dir(id);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
@@ -109,7 +123,8 @@ impl Shim {
         let host_net = host_network(config);
         let ns = namespace_mode(config);
         let hostname = if host_net { self.host.hostname.clone() } else { config.hostname.clone() };
-        podfiles::write(&files, config, &hostname, host_net).map_err(io("writing the pod's hosts, hostname and resolv.conf"))?;
+        podfiles::write(&files, config, &hostname, host_net)
+            .map_err(io("writing the pod's hosts, hostname and resolv.conf"))?;
         if ns.ipc != cri::NamespaceMode::Node as i32 {
             podfiles::mount_shm(&files.shm).map_err(io("mounting the pod's /dev/shm"))?;
         }
@@ -119,7 +134,10 @@ impl Shim {
         let userns = pod_userns(config);
         if let (Some(netns), false) = (&record.netns, userns) {
             let path = netns.clone();
-            tokio::task::spawn_blocking(move || crate::netns::create(&path)).await.map_err(|e| CriError::Internal(e.to_string()))?.map_err(io("creating the pod network namespace"))?;
+            tokio::task::spawn_blocking(move || crate::netns::create(&path))
+                .await
+                .map_err(|e| CriError::Internal(e.to_string()))?
+                .map_err(io("creating the pod network namespace"))?;
         }
         let (monitor, child) = MonitorClient::spawn(&self.monitor_bin, &dir, &self.cfg.runtime_root()).await?;
         tokio::spawn(async move {
@@ -129,7 +147,11 @@ impl Shim {
         let held = record.held_by_monitor;
         let bundle = self.write_sandbox_bundle(record, config)?;
         let infra = async {
-            let request = if held { Request::Hold { bundle } } else { Request::Create { id: id.clone(), bundle, log_path: None, stdin: false, stdin_once: false, tty: false } };
+            let request = if held {
+                Request::Hold { bundle }
+            } else {
+                Request::Create { id: id.clone(), bundle, log_path: None, stdin: false, stdin_once: false, tty: false }
+            };
             let pid = match monitor.call(&request).await? {
                 crate::monitor::Response::Created { pid } => pid,
                 other => return Err(CriError::Internal(format!("unexpected monitor answer {other:?}"))),
@@ -229,7 +251,10 @@ impl Shim {
     }
 
     pub fn pod_sandbox_status(&self, id: &str, verbose: bool) -> CriResult<cri::PodSandboxStatusResponse> {
-        let id = self.store.resolve_sandbox(id).ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))?;
+        let id = self
+            .store
+            .resolve_sandbox(id)
+            .ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))?;
         let sb = self.store.sandbox(&id).ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))?;
         let status = sandbox_status(&sb);
         let mut info = HashMap::new();
@@ -244,8 +269,19 @@ impl Shim {
             });
             info.insert("info".to_string(), v.to_string());
         }
-        let containers_statuses = self.store.containers().into_iter().filter(|c| c.record.sandbox_id == id).map(|c| super::convert::container_status(&c)).collect();
-        Ok(cri::PodSandboxStatusResponse { status: Some(status), info, containers_statuses, timestamp: crate::monitor::proto::now_nanos() })
+        let containers_statuses = self
+            .store
+            .containers()
+            .into_iter()
+            .filter(|c| c.record.sandbox_id == id)
+            .map(|c| super::convert::container_status(&c))
+            .collect();
+        Ok(cri::PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            containers_statuses,
+            timestamp: crate::monitor::proto::now_nanos(),
+        })
     }
 
     pub fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
@@ -277,13 +313,20 @@ impl Shim {
             // The holder keeps the UTS and IPC namespaces; the containers have PID namespaces
             // of their own, so the pod has none to hold.
             if let Some(linux) = spec.linux_mut() {
-                let kept = linux.namespaces().iter().flatten().filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Pid).cloned().collect();
+                let kept = linux
+                    .namespaces()
+                    .iter()
+                    .flatten()
+                    .filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Pid)
+                    .cloned()
+                    .collect();
                 linux.set_namespaces(Some(kept));
             }
         }
         std::fs::create_dir_all(&bundle).map_err(io(format!("creating {}", bundle.display())))?;
         let bytes = serde_json::to_vec(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
-        crate::monitor::write_replace(&bundle.join("config.json"), &bytes, false).map_err(io("writing the infra bundle"))?;
+        crate::monitor::write_replace(&bundle.join("config.json"), &bytes, false)
+            .map_err(io("writing the infra bundle"))?;
         Ok(bundle)
     }
 
@@ -295,7 +338,8 @@ impl Shim {
             std::fs::create_dir_all(rootfs.join(dir)).map_err(io(format!("creating {}", rootfs.display())))?;
         }
         let target = rootfs.join("pause");
-        let fresh = std::fs::metadata(&target).ok().map(|m| m.len()) == std::fs::metadata(&self.pause_bin).ok().map(|m| m.len());
+        let fresh = std::fs::metadata(&target).ok().map(|m| m.len())
+            == std::fs::metadata(&self.pause_bin).ok().map(|m| m.len());
         if !fresh {
             std::fs::create_dir_all(&rootfs).map_err(io(format!("creating {}", rootfs.display())))?;
             // A name of its own: concurrent first sandboxes each copy, and each rename
@@ -309,7 +353,11 @@ impl Shim {
     }
 }
 
-pub(crate) fn attachment<'a>(id: &'a str, netns: &'a std::path::Path, config: &cri::PodSandboxConfig) -> Attachment<'a> {
+pub(crate) fn attachment<'a>(
+    id: &'a str,
+    netns: &'a std::path::Path,
+    config: &cri::PodSandboxConfig,
+) -> Attachment<'a> {
     let md = config.metadata.clone().unwrap_or_default();
     let port_mappings = config
         .port_mappings
@@ -346,7 +394,8 @@ fn sandbox_state(sb: &Sandbox) -> cri::PodSandboxState {
 }
 
 pub(crate) fn sandbox_status(sb: &Sandbox) -> cri::PodSandboxStatus {
-    let ips: Vec<String> = sb.record.ips.iter().map(|ip| ip.split('/').next().unwrap_or_default().to_string()).collect();
+    let ips: Vec<String> =
+        sb.record.ips.iter().map(|ip| ip.split('/').next().unwrap_or_default().to_string()).collect();
     cri::PodSandboxStatus {
         id: sb.record.id.clone(),
         metadata: sb.config.metadata.clone(),
@@ -356,7 +405,9 @@ pub(crate) fn sandbox_status(sb: &Sandbox) -> cri::PodSandboxStatus {
             ip: ips.first().cloned().unwrap_or_default(),
             additional_ips: ips.iter().skip(1).map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
         }),
-        linux: Some(cri::LinuxPodSandboxStatus { namespaces: Some(cri::Namespace { options: Some(namespace_mode(&sb.config)) }) }),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace { options: Some(namespace_mode(&sb.config)) }),
+        }),
         labels: sb.config.labels.clone(),
         annotations: sb.config.annotations.clone(),
         runtime_handler: sb.record.runtime_handler.clone(),

@@ -20,7 +20,9 @@ type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub fn to_status(e: CriError) -> Status {
     let message = crate::error_chain(&e);
     match e {
-        CriError::InvalidArgument(_) | CriError::Spec(crate::oci::SpecError::Invalid { .. }) => Status::invalid_argument(message),
+        CriError::InvalidArgument(_) | CriError::Spec(crate::oci::SpecError::Invalid { .. }) => {
+            Status::invalid_argument(message)
+        }
         CriError::NotFound(_) => Status::not_found(message),
         CriError::AlreadyExists(_) => Status::already_exists(message),
         CriError::FailedPrecondition(_) => Status::failed_precondition(message),
@@ -54,7 +56,9 @@ fn chunked<T: Send + 'static, M: Send + 'static>(items: Vec<T>, wrap: fn(Vec<T>)
 /// Runs a state-changing operation on a task of its own and waits for it. A client that goes
 /// away mid-call (an agent killed with SIGKILL) drops the RPC's future; the operation must
 /// still finish, or records, monitors and processes are left half-made.
-async fn detached<T: Send + 'static>(op: impl std::future::Future<Output = Result<T, CriError>> + Send + 'static) -> Result<T, Status> {
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, CriError>> + Send + 'static,
+) -> Result<T, Status> {
     match tokio::spawn(op).await {
         Ok(r) => r.map_err(to_status),
         Err(e) => Err(Status::internal(format!("the operation's task failed: {e}"))),
@@ -99,8 +103,13 @@ impl RuntimeService for Service {
     }
 
     type StreamPodSandboxesStream = RpcStream<cri::StreamPodSandboxesResponse>;
-    async fn stream_pod_sandboxes(&self, r: Request<cri::StreamPodSandboxesRequest>) -> R<Self::StreamPodSandboxesStream> {
-        ok(chunked(self.0.list_pod_sandbox(r.into_inner().filter), |pod_sandboxes| cri::StreamPodSandboxesResponse { pod_sandboxes }))
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<cri::StreamPodSandboxesRequest>,
+    ) -> R<Self::StreamPodSandboxesStream> {
+        ok(chunked(self.0.list_pod_sandbox(r.into_inner().filter), |pod_sandboxes| cri::StreamPodSandboxesResponse {
+            pod_sandboxes,
+        }))
     }
 
     async fn create_container(&self, r: Request<cri::CreateContainerRequest>) -> R<cri::CreateContainerResponse> {
@@ -133,7 +142,9 @@ impl RuntimeService for Service {
 
     type StreamContainersStream = RpcStream<cri::StreamContainersResponse>;
     async fn stream_containers(&self, r: Request<cri::StreamContainersRequest>) -> R<Self::StreamContainersStream> {
-        ok(chunked(self.0.list_containers(r.into_inner().filter), |containers| cri::StreamContainersResponse { containers }))
+        ok(chunked(self.0.list_containers(r.into_inner().filter), |containers| cri::StreamContainersResponse {
+            containers,
+        }))
     }
 
     async fn container_status(&self, r: Request<cri::ContainerStatusRequest>) -> R<cri::ContainerStatusResponse> {
@@ -141,12 +152,18 @@ impl RuntimeService for Service {
         self.0.container_status(&r.container_id, r.verbose).map(Response::new).map_err(to_status)
     }
 
-    async fn update_container_resources(&self, r: Request<cri::UpdateContainerResourcesRequest>) -> R<cri::UpdateContainerResourcesResponse> {
+    async fn update_container_resources(
+        &self,
+        r: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> R<cri::UpdateContainerResourcesResponse> {
         self.0.update_container_resources(r.into_inner()).map_err(to_status)?;
         ok(cri::UpdateContainerResourcesResponse {})
     }
 
-    async fn reopen_container_log(&self, r: Request<cri::ReopenContainerLogRequest>) -> R<cri::ReopenContainerLogResponse> {
+    async fn reopen_container_log(
+        &self,
+        r: Request<cri::ReopenContainerLogRequest>,
+    ) -> R<cri::ReopenContainerLogResponse> {
         self.0.reopen_container_log(&r.into_inner().container_id).await.map_err(to_status)?;
         ok(cri::ReopenContainerLogResponse {})
     }
@@ -172,13 +189,21 @@ impl RuntimeService for Service {
         ok(cri::ContainerStatsResponse { stats: Some(stats) })
     }
 
-    async fn list_container_stats(&self, r: Request<cri::ListContainerStatsRequest>) -> R<cri::ListContainerStatsResponse> {
+    async fn list_container_stats(
+        &self,
+        r: Request<cri::ListContainerStatsRequest>,
+    ) -> R<cri::ListContainerStatsResponse> {
         ok(cri::ListContainerStatsResponse { stats: self.0.list_container_stats(r.into_inner().filter) })
     }
 
     type StreamContainerStatsStream = RpcStream<cri::StreamContainerStatsResponse>;
-    async fn stream_container_stats(&self, r: Request<cri::StreamContainerStatsRequest>) -> R<Self::StreamContainerStatsStream> {
-        ok(chunked(self.0.list_container_stats(r.into_inner().filter), |container_stats| cri::StreamContainerStatsResponse { container_stats }))
+    async fn stream_container_stats(
+        &self,
+        r: Request<cri::StreamContainerStatsRequest>,
+    ) -> R<Self::StreamContainerStatsStream> {
+        ok(chunked(self.0.list_container_stats(r.into_inner().filter), |container_stats| {
+            cri::StreamContainerStatsResponse { container_stats }
+        }))
     }
 
     async fn pod_sandbox_stats(&self, r: Request<cri::PodSandboxStatsRequest>) -> R<cri::PodSandboxStatsResponse> {
@@ -186,16 +211,27 @@ impl RuntimeService for Service {
         ok(cri::PodSandboxStatsResponse { stats: Some(stats) })
     }
 
-    async fn list_pod_sandbox_stats(&self, r: Request<cri::ListPodSandboxStatsRequest>) -> R<cri::ListPodSandboxStatsResponse> {
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> R<cri::ListPodSandboxStatsResponse> {
         ok(cri::ListPodSandboxStatsResponse { stats: self.0.list_pod_sandbox_stats(r.into_inner().filter) })
     }
 
     type StreamPodSandboxStatsStream = RpcStream<cri::StreamPodSandboxStatsResponse>;
-    async fn stream_pod_sandbox_stats(&self, r: Request<cri::StreamPodSandboxStatsRequest>) -> R<Self::StreamPodSandboxStatsStream> {
-        ok(chunked(self.0.list_pod_sandbox_stats(r.into_inner().filter), |pod_sandbox_stats| cri::StreamPodSandboxStatsResponse { pod_sandbox_stats }))
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> R<Self::StreamPodSandboxStatsStream> {
+        ok(chunked(self.0.list_pod_sandbox_stats(r.into_inner().filter), |pod_sandbox_stats| {
+            cri::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+        }))
     }
 
-    async fn update_runtime_config(&self, r: Request<cri::UpdateRuntimeConfigRequest>) -> R<cri::UpdateRuntimeConfigResponse> {
+    async fn update_runtime_config(
+        &self,
+        r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> R<cri::UpdateRuntimeConfigResponse> {
         self.0.update_runtime_config(r.into_inner());
         ok(cri::UpdateRuntimeConfigResponse {})
     }
@@ -204,7 +240,10 @@ impl RuntimeService for Service {
         ok(self.0.status(r.into_inner().verbose))
     }
 
-    async fn checkpoint_container(&self, _: Request<cri::CheckpointContainerRequest>) -> R<cri::CheckpointContainerResponse> {
+    async fn checkpoint_container(
+        &self,
+        _: Request<cri::CheckpointContainerRequest>,
+    ) -> R<cri::CheckpointContainerResponse> {
         Err(Status::unimplemented("berth-shim does not checkpoint containers (no CRIU support)"))
     }
 
@@ -228,7 +267,9 @@ impl RuntimeService for Service {
                             return;
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "a container event subscriber fell behind"),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "a container event subscriber fell behind")
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
@@ -236,16 +277,25 @@ impl RuntimeService for Service {
         ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)))
     }
 
-    async fn list_metric_descriptors(&self, _: Request<cri::ListMetricDescriptorsRequest>) -> R<cri::ListMetricDescriptorsResponse> {
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> R<cri::ListMetricDescriptorsResponse> {
         ok(cri::ListMetricDescriptorsResponse { descriptors: Vec::new() })
     }
 
-    async fn list_pod_sandbox_metrics(&self, _: Request<cri::ListPodSandboxMetricsRequest>) -> R<cri::ListPodSandboxMetricsResponse> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> R<cri::ListPodSandboxMetricsResponse> {
         ok(cri::ListPodSandboxMetricsResponse { pod_metrics: Vec::new() })
     }
 
     type StreamPodSandboxMetricsStream = RpcStream<cri::StreamPodSandboxMetricsResponse>;
-    async fn stream_pod_sandbox_metrics(&self, _: Request<cri::StreamPodSandboxMetricsRequest>) -> R<Self::StreamPodSandboxMetricsStream> {
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> R<Self::StreamPodSandboxMetricsStream> {
         ok(chunked(Vec::new(), |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse { pod_sandbox_metrics }))
     }
 
@@ -253,7 +303,10 @@ impl RuntimeService for Service {
         ok(self.0.runtime_config())
     }
 
-    async fn update_pod_sandbox_resources(&self, r: Request<cri::UpdatePodSandboxResourcesRequest>) -> R<cri::UpdatePodSandboxResourcesResponse> {
+    async fn update_pod_sandbox_resources(
+        &self,
+        r: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> R<cri::UpdatePodSandboxResourcesResponse> {
         let r = r.into_inner();
         if self.0.store.resolve_sandbox(&r.pod_sandbox_id).is_none() {
             return Err(Status::not_found(format!("pod sandbox {:?} not found", r.pod_sandbox_id)));

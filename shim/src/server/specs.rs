@@ -38,7 +38,14 @@ fn users(rootfs: &Path) -> UserDb {
     UserDb::parse(&passwd, &group)
 }
 
-pub(super) fn container(shim: &Shim, id: &str, sb: &Sandbox, config: &cri::ContainerConfig, image: &Image, rootfs: &Path) -> CriResult<Spec> {
+pub(super) fn container(
+    shim: &Shim,
+    id: &str,
+    sb: &Sandbox,
+    config: &cri::ContainerConfig,
+    image: &Image,
+    rootfs: &Path,
+) -> CriResult<Spec> {
     let pod_dir = shim.pod_dir(&sb.record.id);
     let files = PodFiles::in_dir(&pod_dir);
     let mut namespaces = PodNamespaces::of_pid(sb.record.infra_pid as u32);
@@ -61,7 +68,12 @@ pub(super) fn container(shim: &Shim, id: &str, sb: &Sandbox, config: &cri::Conta
         image: &defaults,
         image_name,
         rootfs,
-        files: SandboxFiles { hosts: Some(&files.hosts), resolv_conf: Some(&files.resolv_conf), hostname: Some(&files.hostname), shm: Some(&files.shm) },
+        files: SandboxFiles {
+            hosts: Some(&files.hosts),
+            resolv_conf: Some(&files.resolv_conf),
+            hostname: Some(&files.hostname),
+            shm: Some(&files.shm),
+        },
         namespaces: &namespaces,
         target_pid_ns: target_pid_ns.as_deref(),
         users: &users,
@@ -75,7 +87,13 @@ pub(super) fn container(shim: &Shim, id: &str, sb: &Sandbox, config: &cri::Conta
 }
 
 fn target_pid_ns(shim: &Shim, config: &cri::ContainerConfig) -> CriResult<Option<std::path::PathBuf>> {
-    let target = config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.as_ref()).map(|n| n.target_id.clone()).unwrap_or_default();
+    let target = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map(|n| n.target_id.clone())
+        .unwrap_or_default();
     if target.is_empty() {
         return Ok(None);
     }
@@ -83,7 +101,12 @@ fn target_pid_ns(shim: &Shim, config: &cri::ContainerConfig) -> CriResult<Option
     Ok(Some(format!("/proc/{}/ns/pid", c.record.pid).into()))
 }
 
-pub(super) fn sandbox(shim: &Shim, record: &crate::store::SandboxRecord, config: &cri::PodSandboxConfig, rootfs: &Path) -> CriResult<Spec> {
+pub(super) fn sandbox(
+    shim: &Shim,
+    record: &crate::store::SandboxRecord,
+    config: &cri::PodSandboxConfig,
+    rootfs: &Path,
+) -> CriResult<Spec> {
     let input = oci::SandboxInput {
         id: &record.id,
         config,
@@ -123,7 +146,9 @@ fn within_bounding_set(shim: &Shim, mut spec: Spec) -> Spec {
     let keep = |set: &Option<oci_spec::runtime::Capabilities>| {
         set.as_ref().map(|s| {
             s.iter()
-                .filter(|c| berth_runtime::capabilities::number(&c.to_string()).is_some_and(|n| bounding & (1u64 << n) != 0))
+                .filter(|c| {
+                    berth_runtime::capabilities::number(&c.to_string()).is_some_and(|n| bounding & (1u64 << n) != 0)
+                })
                 .copied()
                 .collect::<oci_spec::runtime::Capabilities>()
         })

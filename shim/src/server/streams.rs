@@ -86,17 +86,25 @@ impl Shim {
 
     async fn stream_exec(self: Arc<Self>, req: cri::ExecRequest, mut io: StreamIo) -> Result<i32, BackendError> {
         let c = self.running_for_stream(&req.container_id)?;
-        let process = self.exec_process(&c.record.id, req.cmd.clone(), req.tty).map_err(|e| failed(crate::error_chain(&e)))?;
+        let process =
+            self.exec_process(&c.record.id, req.cmd.clone(), req.tty).map_err(|e| failed(crate::error_chain(&e)))?;
         let want_stdin = io.stdin.is_some();
-        let request = Request::Exec { id: c.record.id.clone(), process: Box::new(process), tty: req.tty, stdin: want_stdin };
-        let (conn, mut fds) = self.monitor(&c.record.sandbox_id).call_stdio(&request).await.map_err(|e| failed(crate::error_chain(&e)))?;
+        let request =
+            Request::Exec { id: c.record.id.clone(), process: Box::new(process), tty: req.tty, stdin: want_stdin };
+        let (conn, mut fds) = self
+            .monitor(&c.record.sandbox_id)
+            .call_stdio(&request)
+            .await
+            .map_err(|e| failed(crate::error_chain(&e)))?;
         let io_err = |e: std::io::Error| failed(format!("exec stdio: {e}"));
         let (input, output, errors, resize_fd): (_, _, _, Option<OwnedFd>) = match take(&mut fds, "pty") {
             Some(pty) => {
                 let writer = pty.try_clone().map_err(io_err)?;
                 let resize = pty.try_clone().map_err(io_err)?;
-                let r: Box<dyn AsyncRead + Send + Unpin> = Box::new(tokio::fs::File::from_std(std::fs::File::from(pty)));
-                let w: Box<dyn AsyncWrite + Send + Unpin> = Box::new(tokio::fs::File::from_std(std::fs::File::from(writer)));
+                let r: Box<dyn AsyncRead + Send + Unpin> =
+                    Box::new(tokio::fs::File::from_std(std::fs::File::from(pty)));
+                let w: Box<dyn AsyncWrite + Send + Unpin> =
+                    Box::new(tokio::fs::File::from_std(std::fs::File::from(writer)));
                 (Some(w), Some(r), None, Some(resize))
             }
             None => (
@@ -150,8 +158,17 @@ impl Shim {
 
     async fn stream_attach(self: Arc<Self>, req: cri::AttachRequest, mut io: StreamIo) -> Result<(), BackendError> {
         let c = self.running_for_stream(&req.container_id)?;
-        let request = Request::Attach { id: c.record.id.clone(), stdin: io.stdin.is_some(), stdout: io.stdout.is_some(), stderr: io.stderr.is_some() };
-        let (_conn, mut fds) = self.monitor(&c.record.sandbox_id).call_stdio(&request).await.map_err(|e| failed(crate::error_chain(&e)))?;
+        let request = Request::Attach {
+            id: c.record.id.clone(),
+            stdin: io.stdin.is_some(),
+            stdout: io.stdout.is_some(),
+            stderr: io.stderr.is_some(),
+        };
+        let (_conn, mut fds) = self
+            .monitor(&c.record.sandbox_id)
+            .call_stdio(&request)
+            .await
+            .map_err(|e| failed(crate::error_chain(&e)))?;
         let io_err = |e: std::io::Error| failed(format!("attach stdio: {e}"));
         // A terminal container's stdin is its pty master: typed into, and resized.
         let pty = take(&mut fds, "pty");
@@ -197,8 +214,16 @@ impl Shim {
 
     /// A TCP connection to `port` on the pod's loopback, made from a thread that entered the
     /// pod's network namespace (never a tokio worker).
-    async fn connect_in_pod(self: Arc<Self>, sandbox_id: &str, port: u16) -> Result<Box<dyn AsyncReadWrite>, BackendError> {
-        let sb = self.store.resolve_sandbox(sandbox_id).and_then(|id| self.store.sandbox(&id)).ok_or_else(|| BackendError::NotFound { what: format!("pod sandbox {sandbox_id}") })?;
+    async fn connect_in_pod(
+        self: Arc<Self>,
+        sandbox_id: &str,
+        port: u16,
+    ) -> Result<Box<dyn AsyncReadWrite>, BackendError> {
+        let sb = self
+            .store
+            .resolve_sandbox(sandbox_id)
+            .and_then(|id| self.store.sandbox(&id))
+            .ok_or_else(|| BackendError::NotFound { what: format!("pod sandbox {sandbox_id}") })?;
         let netns = sb.record.netns.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
@@ -210,13 +235,19 @@ impl Shim {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                let s = std::net::TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10))?;
+                let s = std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    Duration::from_secs(10),
+                )?;
                 s.set_nonblocking(true)?;
                 Ok(s)
             })();
             let _ = tx.send(result);
         });
-        let stream = rx.await.map_err(failed)?.map_err(|e| failed(format!("connecting to port {port} in pod {}: {e}", sb.record.id)))?;
+        let stream = rx
+            .await
+            .map_err(failed)?
+            .map_err(|e| failed(format!("connecting to port {port} in pod {}: {e}", sb.record.id)))?;
         Ok(Box::new(tokio::net::TcpStream::from_std(stream).map_err(failed)?))
     }
 
@@ -239,18 +270,24 @@ impl Shim {
         Ok(cri::AttachResponse { url })
     }
 
-    pub async fn port_forward_url(self: &Arc<Self>, req: cri::PortForwardRequest) -> CriResult<cri::PortForwardResponse> {
+    pub async fn port_forward_url(
+        self: &Arc<Self>,
+        req: cri::PortForwardRequest,
+    ) -> CriResult<cri::PortForwardResponse> {
         if self.store.resolve_sandbox(&req.pod_sandbox_id).is_none() {
             return Err(CriError::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id)));
         }
-        let url = self.streaming()?.port_forward_url(req).map_err(|e| CriError::InvalidArgument(crate::error_chain(&e)))?;
+        let url =
+            self.streaming()?.port_forward_url(req).map_err(|e| CriError::InvalidArgument(crate::error_chain(&e)))?;
         Ok(cri::PortForwardResponse { url })
     }
 
     /// Starts the streaming server (once, after the shim is shared).
     pub async fn start_streaming(self: &Arc<Self>) -> CriResult<std::net::SocketAddr> {
         let config = crate::streaming::Config { listen: self.cfg.streaming_address, ..Default::default() };
-        let server = crate::streaming::Server::start(config, Arc::new(StreamBackend(Arc::downgrade(self)))).await.map_err(|e| CriError::Internal(crate::error_chain(&e)))?;
+        let server = crate::streaming::Server::start(config, Arc::new(StreamBackend(Arc::downgrade(self))))
+            .await
+            .map_err(|e| CriError::Internal(crate::error_chain(&e)))?;
         let addr = server.local_addr();
         let _ = self.streaming.set(server);
         Ok(addr)

@@ -37,10 +37,7 @@ fn plain(status: StatusCode, text: impl Into<String>) -> Reply {
 }
 
 /// Serves one HTTP request.
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Reply, Infallible> {
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, Infallible> {
     if req.method() != Method::GET && req.method() != Method::POST {
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and POST"));
     }
@@ -55,25 +52,14 @@ pub(crate) async fn handle(
     let websocket = header_has(req.headers(), UPGRADE.as_str(), "websocket");
     let spdy = header_has(req.headers(), UPGRADE.as_str(), "spdy/3.1");
     if !header_has(req.headers(), CONNECTION.as_str(), "upgrade") || !(websocket || spdy) {
-        return Ok(plain(
-            StatusCode::BAD_REQUEST,
-            "unable to upgrade: missing upgrade headers in request",
-        ));
+        return Ok(plain(StatusCode::BAD_REQUEST, "unable to upgrade: missing upgrade headers in request"));
     }
-    Ok(if websocket {
-        upgrade_websocket(shared, req, pending)
-    } else {
-        upgrade_spdy(shared, req, pending)
-    })
+    Ok(if websocket { upgrade_websocket(shared, req, pending) } else { upgrade_spdy(shared, req, pending) })
 }
 
 /// Whether any value of header `name` contains `needle` (case-insensitive).
 fn header_has(headers: &HeaderMap, name: &str, needle: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains(needle))
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.to_ascii_lowercase().contains(needle))
 }
 
 /// The comma-separated values of every `name` header, in order.
@@ -90,9 +76,7 @@ fn header_list(headers: &HeaderMap, name: &str) -> Vec<String> {
 
 /// The first of the client's protocols the server supports (the client lists best first).
 pub(crate) fn negotiate(client: &[String], server: &[&'static str]) -> Option<&'static str> {
-    client
-        .iter()
-        .find_map(|c| server.iter().copied().find(|s| s == c))
+    client.iter().find_map(|c| server.iter().copied().find(|s| s == c))
 }
 
 fn upgrade_spdy(shared: Arc<Shared>, mut req: Request<Incoming>, pending: Pending) -> Reply {
@@ -102,10 +86,7 @@ fn upgrade_spdy(shared: Arc<Shared>, mut req: Request<Incoming>, pending: Pendin
     };
     let offered = header_list(req.headers(), STREAM_PROTOCOL_VERSION);
     if offered.is_empty() {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "unable to upgrade: no X-Stream-Protocol-Version header",
-        );
+        return plain(StatusCode::BAD_REQUEST, "unable to upgrade: no X-Stream-Protocol-Version header");
     }
     let Some(protocol) = negotiate(&offered, supported) else {
         let mut reply = plain(
@@ -113,10 +94,7 @@ fn upgrade_spdy(shared: Arc<Shared>, mut req: Request<Incoming>, pending: Pendin
             format!("unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {supported:?}"),
         );
         for p in supported {
-            reply.headers_mut().append(
-                ACCEPTED_STREAM_PROTOCOL_VERSIONS,
-                HeaderValue::from_static(p),
-            );
+            reply.headers_mut().append(ACCEPTED_STREAM_PROTOCOL_VERSIONS, HeaderValue::from_static(p));
         }
         return reply;
     };
@@ -129,30 +107,12 @@ fn upgrade_spdy(shared: Arc<Shared>, mut req: Request<Incoming>, pending: Pendin
         let (backend, timeout) = (shared.backend.clone(), shared.creation_timeout);
         match pending {
             Pending::Exec(r) => {
-                remotecommand::serve_spdy(
-                    backend,
-                    Target::Exec(r),
-                    protocol,
-                    io,
-                    Bytes::new(),
-                    timeout,
-                )
-                .await
+                remotecommand::serve_spdy(backend, Target::Exec(r), protocol, io, Bytes::new(), timeout).await
             }
             Pending::Attach(r) => {
-                remotecommand::serve_spdy(
-                    backend,
-                    Target::Attach(r),
-                    protocol,
-                    io,
-                    Bytes::new(),
-                    timeout,
-                )
-                .await
+                remotecommand::serve_spdy(backend, Target::Attach(r), protocol, io, Bytes::new(), timeout).await
             }
-            Pending::PortForward(r) => {
-                portforward::serve_spdy(backend, r, io, Bytes::new(), timeout).await
-            }
+            Pending::PortForward(r) => portforward::serve_spdy(backend, r, io, Bytes::new(), timeout).await,
         }
     });
     let mut reply = plain(StatusCode::SWITCHING_PROTOCOLS, "");
@@ -166,21 +126,12 @@ fn upgrade_spdy(shared: Arc<Shared>, mut req: Request<Incoming>, pending: Pendin
 
 fn upgrade_websocket(shared: Arc<Shared>, mut req: Request<Incoming>, pending: Pending) -> Reply {
     let headers = req.headers();
-    let Some(key) = headers
-        .get("sec-websocket-key")
-        .and_then(|k| k.to_str().ok())
-    else {
+    let Some(key) = headers.get("sec-websocket-key").and_then(|k| k.to_str().ok()) else {
         return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
-    if headers
-        .get("sec-websocket-version")
-        .and_then(|v| v.to_str().ok())
-        != Some("13")
-    {
+    if headers.get("sec-websocket-version").and_then(|v| v.to_str().ok()) != Some("13") {
         let mut reply = plain(StatusCode::BAD_REQUEST, "unsupported WebSocket version");
-        reply
-            .headers_mut()
-            .insert("sec-websocket-version", HeaderValue::from_static("13"));
+        reply.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
         return reply;
     }
     let accept = super::ws::frame::accept_key(key);
@@ -189,11 +140,9 @@ fn upgrade_websocket(shared: Arc<Shared>, mut req: Request<Incoming>, pending: P
         offered.push(String::new());
     }
     let supported: Vec<&'static str> = match pending {
-        Pending::PortForward(_) => portforward::WS_TUNNEL_PROTOCOLS
-            .iter()
-            .chain(portforward::WS_CHANNEL_PROTOCOLS)
-            .copied()
-            .collect(),
+        Pending::PortForward(_) => {
+            portforward::WS_TUNNEL_PROTOCOLS.iter().chain(portforward::WS_CHANNEL_PROTOCOLS).copied().collect()
+        }
         _ => remotecommand::WS_PROTOCOLS.to_vec(),
     };
     let Some(protocol) = negotiate(&offered, &supported) else {
@@ -210,19 +159,12 @@ fn upgrade_websocket(shared: Arc<Shared>, mut req: Request<Incoming>, pending: P
         };
         let (backend, timeout) = (shared.backend.clone(), shared.creation_timeout);
         match pending {
-            Pending::Exec(r) => {
-                remotecommand::serve_ws(backend, Target::Exec(r), protocol, io, Bytes::new()).await
-            }
-            Pending::Attach(r) => {
-                remotecommand::serve_ws(backend, Target::Attach(r), protocol, io, Bytes::new())
-                    .await
-            }
+            Pending::Exec(r) => remotecommand::serve_ws(backend, Target::Exec(r), protocol, io, Bytes::new()).await,
+            Pending::Attach(r) => remotecommand::serve_ws(backend, Target::Attach(r), protocol, io, Bytes::new()).await,
             Pending::PortForward(r) if portforward::WS_TUNNEL_PROTOCOLS.contains(&protocol) => {
                 portforward::serve_ws_tunnel(backend, r, io, Bytes::new(), timeout).await
             }
-            Pending::PortForward(r) => {
-                portforward::serve_ws_channels(backend, r, protocol, io, Bytes::new()).await
-            }
+            Pending::PortForward(r) => portforward::serve_ws_channels(backend, r, protocol, io, Bytes::new()).await,
         }
     });
     let mut reply = Response::new(Full::new(Bytes::new()));
@@ -245,22 +187,9 @@ mod tests {
 
     #[test]
     fn negotiation_takes_the_clients_first_supported_protocol() {
-        let client = vec![
-            "v9.channel.k8s.io".to_string(),
-            "v4.channel.k8s.io".into(),
-            "v5.channel.k8s.io".into(),
-        ];
-        assert_eq!(
-            negotiate(&client, remotecommand::SPDY_PROTOCOLS),
-            Some("v4.channel.k8s.io")
-        );
-        assert_eq!(
-            negotiate(&["nope".to_string()], remotecommand::SPDY_PROTOCOLS),
-            None
-        );
-        assert_eq!(
-            negotiate(&[String::new()], remotecommand::WS_PROTOCOLS),
-            Some("")
-        );
+        let client = vec!["v9.channel.k8s.io".to_string(), "v4.channel.k8s.io".into(), "v5.channel.k8s.io".into()];
+        assert_eq!(negotiate(&client, remotecommand::SPDY_PROTOCOLS), Some("v4.channel.k8s.io"));
+        assert_eq!(negotiate(&["nope".to_string()], remotecommand::SPDY_PROTOCOLS), None);
+        assert_eq!(negotiate(&[String::new()], remotecommand::WS_PROTOCOLS), Some(""));
     }
 }

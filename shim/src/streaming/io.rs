@@ -23,19 +23,12 @@ pub(crate) struct ChannelReader {
 
 impl ChannelReader {
     pub(crate) fn new(rx: mpsc::Receiver<Bytes>) -> Self {
-        ChannelReader {
-            rx,
-            pending: Bytes::new(),
-        }
+        ChannelReader { rx, pending: Bytes::new() }
     }
 }
 
 impl AsyncRead for ChannelReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         while self.pending.is_empty() {
             match ready!(self.rx.poll_recv(cx)) {
                 Some(chunk) => self.pending = chunk,
@@ -51,10 +44,7 @@ impl AsyncRead for ChannelReader {
 
 /// Reads concatenated JSON terminal sizes from `stream` and forwards them to `tx` until the stream
 /// ends, the receiver is dropped, or the stream sends something that is not a size.
-pub(crate) async fn forward_resizes<R: AsyncRead + Unpin>(
-    mut stream: R,
-    tx: mpsc::Sender<TermSize>,
-) {
+pub(crate) async fn forward_resizes<R: AsyncRead + Unpin>(mut stream: R, tx: mpsc::Sender<TermSize>) {
     let mut buf = BytesMut::new();
     loop {
         match stream.read_buf(&mut buf).await {
@@ -108,31 +98,12 @@ mod tests {
         let (chunk_tx, chunk_rx) = mpsc::channel(8);
         let (size_tx, mut size_rx) = mpsc::channel(8);
         let task = tokio::spawn(forward_resizes(ChannelReader::new(chunk_rx), size_tx));
-        for chunk in [
-            &b"{\"Width\":80,\"He"[..],
-            b"ight\":24}\n{\"Width\":1",
-            b"00,\"Height\":50}\n",
-        ] {
-            chunk_tx
-                .send(Bytes::copy_from_slice(chunk))
-                .await
-                .expect("send");
+        for chunk in [&b"{\"Width\":80,\"He"[..], b"ight\":24}\n{\"Width\":1", b"00,\"Height\":50}\n"] {
+            chunk_tx.send(Bytes::copy_from_slice(chunk)).await.expect("send");
         }
         drop(chunk_tx);
-        assert_eq!(
-            size_rx.recv().await,
-            Some(TermSize {
-                width: 80,
-                height: 24
-            })
-        );
-        assert_eq!(
-            size_rx.recv().await,
-            Some(TermSize {
-                width: 100,
-                height: 50
-            })
-        );
+        assert_eq!(size_rx.recv().await, Some(TermSize { width: 80, height: 24 }));
+        assert_eq!(size_rx.recv().await, Some(TermSize { width: 100, height: 50 }));
         assert_eq!(size_rx.recv().await, None);
         task.await.expect("task");
     }

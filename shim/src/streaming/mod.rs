@@ -60,11 +60,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Attaches `io` to the running container `req.container_id` until it exits or stdin ends.
     fn attach(&self, req: AttachRequest, io: StreamIo) -> BoxFuture<Result<(), BackendError>>;
     /// Opens a connection to `port` on the loopback of the sandbox's network namespace.
-    fn port_forward(
-        &self,
-        sandbox_id: String,
-        port: u16,
-    ) -> BoxFuture<Result<Box<dyn AsyncReadWrite>, BackendError>>;
+    fn port_forward(&self, sandbox_id: String, port: u16) -> BoxFuture<Result<Box<dyn AsyncReadWrite>, BackendError>>;
 }
 
 /// The client's streams, as the request asked for them. With `tty`, there is no stderr: the

@@ -20,8 +20,7 @@ pub(crate) const SPDY_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
 /// SPDY carried in WebSocket binary messages (kubectl 1.31+, `crictl --transport websocket`).
 pub(crate) const WS_TUNNEL_PROTOCOLS: &[&str] = &["SPDY/3.1+portforward.k8s.io"];
 /// The older channel protocol: data channel 2n and error channel 2n+1 for the request's nth port.
-pub(crate) const WS_CHANNEL_PROTOCOLS: &[&str] =
-    &["v4.channel.k8s.io", "v4.base64.channel.k8s.io", ""];
+pub(crate) const WS_CHANNEL_PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v4.base64.channel.k8s.io", ""];
 
 fn accept(headers: &Headers) -> Result<(), String> {
     let port = headers.get("port").ok_or("\"port\" header is required")?;
@@ -40,9 +39,7 @@ fn accept(headers: &Headers) -> Result<(), String> {
 fn request_id(stream: &SpdyStream) -> String {
     match stream.headers.get("requestid") {
         Some(id) => id.to_string(),
-        None if stream.headers.get("streamtype") == Some("data") => {
-            stream.id.saturating_sub(2).to_string()
-        }
+        None if stream.headers.get("streamtype") == Some("data") => stream.id.saturating_sub(2).to_string(),
         None => stream.id.to_string(),
     }
 }
@@ -113,20 +110,9 @@ async fn forward_streams(
     error: SpdyStream,
     gone: CancellationToken,
 ) {
-    let SpdyStream {
-        reader, mut writer, ..
-    } = data;
+    let SpdyStream { reader, mut writer, .. } = data;
     let mut error = error.writer;
-    forward(
-        backend,
-        sandbox,
-        port,
-        reader,
-        &mut writer,
-        &mut error,
-        gone,
-    )
-    .await;
+    forward(backend, sandbox, port, reader, &mut writer, &mut error, gone).await;
     writer.finish().await;
     error.finish().await;
 }
@@ -203,12 +189,7 @@ pub(crate) async fn serve_ws_channels<IO>(
 {
     let (conn, messages) = ws::start(io, leftover);
     let base64 = protocol.contains("base64");
-    let ports: Vec<u16> = req
-        .port
-        .iter()
-        .filter_map(|p| u16::try_from(*p).ok())
-        .filter(|p| *p > 0)
-        .collect();
+    let ports: Vec<u16> = req.port.iter().filter_map(|p| u16::try_from(*p).ok()).filter(|p| *p > 0).collect();
     let mut channels = Vec::with_capacity(ports.len() * 2);
     let mut readers = Vec::with_capacity(ports.len());
     for _ in &ports {
@@ -224,14 +205,8 @@ pub(crate) async fn serve_ws_channels<IO>(
         let mut error = conn.channel_writer(error_ch, base64);
         let _ = data.write_all(&port.to_le_bytes()).await;
         let _ = error.write_all(&port.to_le_bytes()).await;
-        let (backend, sandbox, gone) = (
-            backend.clone(),
-            req.pod_sandbox_id.clone(),
-            conn.closed_token(),
-        );
-        forwards.spawn(async move {
-            forward(backend, sandbox, port, reader, &mut data, &mut error, gone).await
-        });
+        let (backend, sandbox, gone) = (backend.clone(), req.pod_sandbox_id.clone(), conn.closed_token());
+        forwards.spawn(async move { forward(backend, sandbox, port, reader, &mut data, &mut error, gone).await });
     }
     while forwards.join_next().await.is_some() {}
     conn.close().await;

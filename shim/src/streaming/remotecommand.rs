@@ -16,13 +16,8 @@ use super::{AttachRequest, Backend, BackendError, ExecRequest, StreamIo, TermSiz
 
 /// Remote-command versions over SPDY, best first (v5 is v4 on SPDY: its close signal is
 /// WebSocket-only).
-pub(crate) const SPDY_PROTOCOLS: &[&str] = &[
-    "v5.channel.k8s.io",
-    "v4.channel.k8s.io",
-    "v3.channel.k8s.io",
-    "v2.channel.k8s.io",
-    "channel.k8s.io",
-];
+pub(crate) const SPDY_PROTOCOLS: &[&str] =
+    &["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
 /// Remote-command subprotocols over WebSocket ("" — none asked — is accepted as `channel.k8s.io`).
 pub(crate) const WS_PROTOCOLS: &[&str] = &[
     "v5.channel.k8s.io",
@@ -60,12 +55,7 @@ impl Target {
             Target::Exec(r) => (r.stdin, r.stdout, r.stderr, r.tty),
             Target::Attach(r) => (r.stdin, r.stdout, r.stderr, r.tty),
         };
-        Options {
-            stdin,
-            stdout,
-            stderr: stderr && !tty,
-            tty,
-        }
+        Options { stdin, stdout, stderr: stderr && !tty, tty }
     }
 }
 
@@ -110,11 +100,7 @@ fn status_message(outcome: &Outcome, format: StatusFormat) -> Option<Vec<u8>> {
             })
         }
         Outcome::Failed { attach, error } => {
-            let what = if *attach {
-                "attaching to container"
-            } else {
-                "executing command in container"
-            };
+            let what = if *attach { "attaching to container" } else { "executing command in container" };
             let cause = format!("error {what}: {}", error.chain());
             serde_json::json!({
                 "metadata": {},
@@ -144,17 +130,11 @@ async fn run_backend(
         match target {
             Target::Exec(req) => match backend.exec(req, io).await {
                 Ok(code) => Outcome::Exited(code),
-                Err(error) => Outcome::Failed {
-                    attach: false,
-                    error,
-                },
+                Err(error) => Outcome::Failed { attach: false, error },
             },
             Target::Attach(req) => match backend.attach(req, io).await {
                 Ok(()) => Outcome::Attached,
-                Err(error) => Outcome::Failed {
-                    attach: true,
-                    error,
-                },
+                Err(error) => Outcome::Failed { attach: true, error },
             },
         }
     };
@@ -197,16 +177,7 @@ impl SpdyStreams {
     }
 
     fn count(&self) -> usize {
-        [
-            &self.error,
-            &self.stdin,
-            &self.stdout,
-            &self.stderr,
-            &self.resize,
-        ]
-        .iter()
-        .filter(|s| s.is_some())
-        .count()
+        [&self.error, &self.stdin, &self.stdout, &self.stderr, &self.resize].iter().filter(|s| s.is_some()).count()
     }
 }
 
@@ -224,11 +195,8 @@ pub(crate) async fn serve_spdy<IO>(
     let (session, mut incoming) = spdy::start(io, leftover, Box::new(|_| Ok(())));
     let opts = target.options();
     let resize = opts.tty && !matches!(protocol, "v2.channel.k8s.io" | "channel.k8s.io");
-    let wanted = 1
-        + usize::from(opts.stdin)
-        + usize::from(opts.stdout)
-        + usize::from(opts.stderr)
-        + usize::from(resize);
+    let wanted =
+        1 + usize::from(opts.stdin) + usize::from(opts.stdout) + usize::from(opts.stderr) + usize::from(resize);
     let mut streams = SpdyStreams::default();
     let deadline = tokio::time::sleep(creation_timeout);
     tokio::pin!(deadline);
@@ -246,17 +214,8 @@ pub(crate) async fn serve_spdy<IO>(
         }
     }
     drop(incoming);
-    let SpdyStreams {
-        error,
-        stdin,
-        stdout,
-        stderr,
-        resize,
-    } = streams;
-    let Some(SpdyStream {
-        writer: mut error, ..
-    }) = error
-    else {
+    let SpdyStreams { error, stdin, stdout, stderr, resize } = streams;
+    let Some(SpdyStream { writer: mut error, .. }) = error else {
         return;
     };
     // The server's half of every stream gets a FIN when the command is done.
@@ -310,12 +269,7 @@ pub(crate) async fn serve_ws<IO>(
     let mut channels = vec![None; usize::from(CHANNEL_RESIZE) + 1];
     channels[usize::from(CHANNEL_STDIN)] = stdin_tx;
     channels[usize::from(CHANNEL_RESIZE)] = resize_tx;
-    tokio::spawn(ws::demux(
-        messages,
-        channels,
-        base64,
-        protocol == "v5.channel.k8s.io",
-    ));
+    tokio::spawn(ws::demux(messages, channels, base64, protocol == "v5.channel.k8s.io"));
 
     // An empty message on the lowest writable channel tells the client the session is up.
     let first = if opts.stdout {
@@ -325,24 +279,17 @@ pub(crate) async fn serve_ws<IO>(
     } else {
         CHANNEL_ERROR
     };
-    conn.send(
-        base64,
-        Bytes::from(vec![if base64 { b'0' + first } else { first }]),
-    )
-    .await;
+    conn.send(base64, Bytes::from(vec![if base64 { b'0' + first } else { first }])).await;
 
     let mut error = conn.channel_writer(CHANNEL_ERROR, base64);
     let io = StreamIo {
-        stdin: stdin_rx
-            .map(|rx| Box::new(ChannelReader::new(rx)) as Box<dyn AsyncRead + Send + Unpin>),
-        stdout: opts.stdout.then(|| {
-            Box::new(conn.channel_writer(CHANNEL_STDOUT, base64))
-                as Box<dyn AsyncWrite + Send + Unpin>
-        }),
-        stderr: opts.stderr.then(|| {
-            Box::new(conn.channel_writer(CHANNEL_STDERR, base64))
-                as Box<dyn AsyncWrite + Send + Unpin>
-        }),
+        stdin: stdin_rx.map(|rx| Box::new(ChannelReader::new(rx)) as Box<dyn AsyncRead + Send + Unpin>),
+        stdout: opts
+            .stdout
+            .then(|| Box::new(conn.channel_writer(CHANNEL_STDOUT, base64)) as Box<dyn AsyncWrite + Send + Unpin>),
+        stderr: opts
+            .stderr
+            .then(|| Box::new(conn.channel_writer(CHANNEL_STDERR, base64)) as Box<dyn AsyncWrite + Send + Unpin>),
         resize: resize_rx.map(|rx| resize_channel(ChannelReader::new(rx))),
         tty: opts.tty,
     };
@@ -373,21 +320,13 @@ mod tests {
         assert_eq!(failed["reason"], "NonZeroExitCode");
         assert_eq!(failed["details"]["causes"][0]["reason"], "ExitCode");
         assert_eq!(failed["details"]["causes"][0]["message"], "3");
-        assert_eq!(
-            json(&Outcome::Exited(-9))["details"]["causes"][0]["message"],
-            "255"
-        );
+        assert_eq!(json(&Outcome::Exited(-9))["details"]["causes"][0]["message"], "255");
     }
 
     #[test]
     fn backend_failures_are_internal_errors() {
-        let error = BackendError::NotFound {
-            what: "container c1".into(),
-        };
-        let status = json(&Outcome::Failed {
-            attach: false,
-            error,
-        });
+        let error = BackendError::NotFound { what: "container c1".into() };
+        let status = json(&Outcome::Failed { attach: false, error });
         assert_eq!(status["reason"], "InternalError");
         assert_eq!(
             status["message"],
@@ -397,31 +336,17 @@ mod tests {
 
     #[test]
     fn old_protocols_report_text_and_only_failures() {
-        assert_eq!(
-            status_message(&Outcome::Exited(0), StatusFormat::Text),
-            None
-        );
+        assert_eq!(status_message(&Outcome::Exited(0), StatusFormat::Text), None);
         assert_eq!(status_message(&Outcome::Attached, StatusFormat::Text), None);
         let text = status_message(&Outcome::Exited(2), StatusFormat::Text).expect("failure text");
-        assert_eq!(
-            text,
-            b"command terminated with non-zero exit code: exit status 2"
-        );
+        assert_eq!(text, b"command terminated with non-zero exit code: exit status 2");
         assert_eq!(StatusFormat::of("v3.channel.k8s.io"), StatusFormat::Text);
-        assert_eq!(
-            StatusFormat::of("v4.base64.channel.k8s.io"),
-            StatusFormat::Json
-        );
+        assert_eq!(StatusFormat::of("v4.base64.channel.k8s.io"), StatusFormat::Json);
     }
 
     #[test]
     fn tty_folds_stderr() {
-        let target = Target::Exec(ExecRequest {
-            tty: true,
-            stderr: true,
-            stdout: true,
-            ..Default::default()
-        });
+        let target = Target::Exec(ExecRequest { tty: true, stderr: true, stdout: true, ..Default::default() });
         let opts = target.options();
         assert!(opts.stdout && opts.tty && !opts.stderr);
     }

@@ -24,14 +24,8 @@ pub struct Server {
 
 impl Server {
     /// Binds `config.listen` and starts serving on the current tokio runtime.
-    pub async fn start(
-        config: Config,
-        backend: Arc<dyn Backend>,
-    ) -> Result<Server, StreamingError> {
-        let bind_err = |source| StreamingError::Bind {
-            addr: config.listen,
-            source,
-        };
+    pub async fn start(config: Config, backend: Arc<dyn Backend>) -> Result<Server, StreamingError> {
+        let bind_err = |source| StreamingError::Bind { addr: config.listen, source };
         let listener = TcpListener::bind(config.listen).await.map_err(bind_err)?;
         let local_addr = listener.local_addr().map_err(bind_err)?;
         let base_url = match &config.base_url {
@@ -46,12 +40,7 @@ impl Server {
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
         tracing::info!(addr = %local_addr, %base_url, "streaming server listening");
-        Ok(Server {
-            shared,
-            local_addr,
-            base_url,
-            stop,
-        })
+        Ok(Server { shared, local_addr, base_url, stop })
     }
 
     /// The address the server is bound to.
@@ -62,34 +51,20 @@ impl Server {
     /// A single-use URL for `req` (ExecResponse.url). Refuses what the CRI forbids: no
     /// container, tty with stderr, or no stream at all.
     pub fn exec_url(&self, req: ExecRequest) -> Result<String, StreamingError> {
-        check_streams(
-            &req.container_id,
-            req.stdin,
-            req.stdout,
-            req.stderr,
-            req.tty,
-        )?;
+        check_streams(&req.container_id, req.stdin, req.stdout, req.stderr, req.tty)?;
         self.url("exec", Pending::Exec(req))
     }
 
     /// A single-use URL for `req` (AttachResponse.url), checked like [`Server::exec_url`].
     pub fn attach_url(&self, req: AttachRequest) -> Result<String, StreamingError> {
-        check_streams(
-            &req.container_id,
-            req.stdin,
-            req.stdout,
-            req.stderr,
-            req.tty,
-        )?;
+        check_streams(&req.container_id, req.stdin, req.stdout, req.stderr, req.tty)?;
         self.url("attach", Pending::Attach(req))
     }
 
     /// A single-use URL for `req` (PortForwardResponse.url).
     pub fn port_forward_url(&self, req: PortForwardRequest) -> Result<String, StreamingError> {
         if req.pod_sandbox_id.is_empty() {
-            return Err(StreamingError::InvalidRequest {
-                reason: "missing required pod_sandbox_id",
-            });
+            return Err(StreamingError::InvalidRequest { reason: "missing required pod_sandbox_id" });
         }
         self.url("portforward", Pending::PortForward(req))
     }
@@ -111,13 +86,7 @@ impl Drop for Server {
     }
 }
 
-fn check_streams(
-    container_id: &str,
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
-) -> Result<(), StreamingError> {
+fn check_streams(container_id: &str, stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), StreamingError> {
     let reason = if container_id.is_empty() {
         "missing required container_id"
     } else if tty && stderr {
@@ -146,9 +115,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handler::handle(shared.clone(), req));
-            let conn = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
             if let Err(err) = conn.await {
                 tracing::debug!(%peer, error = %err, "streaming HTTP connection ended with an error");
             }

@@ -29,25 +29,17 @@ pub(crate) struct TokenCache {
 
 impl TokenCache {
     pub(crate) fn new(ttl: Duration) -> Self {
-        TokenCache {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
-        }
+        TokenCache { ttl, entries: Mutex::new(HashMap::new()) }
     }
 
     /// Stores `pending` under a fresh random token and returns the token.
     pub(crate) fn insert(&self, pending: Pending) -> Result<String, StreamingError> {
         let token = random_token()?;
         let now = Instant::now();
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut entries = self.entries.lock().unwrap_or_else(|poison| poison.into_inner());
         entries.retain(|_, (expires, _)| *expires > now);
         if entries.len() >= MAX_IN_FLIGHT {
-            return Err(StreamingError::TooManyRequests {
-                limit: MAX_IN_FLIGHT,
-            });
+            return Err(StreamingError::TooManyRequests { limit: MAX_IN_FLIGHT });
         }
         entries.insert(token.clone(), (now + self.ttl, pending));
         Ok(token)
@@ -55,10 +47,7 @@ impl TokenCache {
 
     /// Removes and returns the request of `token` if it exists and has not expired.
     pub(crate) fn take(&self, token: &str) -> Option<Pending> {
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut entries = self.entries.lock().unwrap_or_else(|poison| poison.into_inner());
         let (expires, pending) = entries.remove(token)?;
         (expires > Instant::now()).then_some(pending)
     }
@@ -78,10 +67,7 @@ mod tests {
     use super::*;
 
     fn exec() -> Pending {
-        Pending::Exec(ExecRequest {
-            container_id: "c1".into(),
-            ..Default::default()
-        })
+        Pending::Exec(ExecRequest { container_id: "c1".into(), ..Default::default() })
     }
 
     #[test]
@@ -115,9 +101,6 @@ mod tests {
         for _ in 0..MAX_IN_FLIGHT {
             cache.insert(exec()).expect("insert");
         }
-        assert!(matches!(
-            cache.insert(exec()),
-            Err(StreamingError::TooManyRequests { .. })
-        ));
+        assert!(matches!(cache.insert(exec()), Err(StreamingError::TooManyRequests { .. })));
     }
 }

@@ -174,7 +174,9 @@ fn program_over_the_kernel_limit_is_an_error() {
 #[test]
 fn consecutive_syscalls_share_a_range_check() {
     let t = Target::X86_64;
-    let name = |nr: u32| t.table().iter().find(|(_, n)| *n == nr).map(|(s, _)| *s).unwrap_or_else(|| panic!("no x86_64 syscall {nr}"));
+    let name = |nr: u32| {
+        t.table().iter().find(|(_, n)| *n == nr).map(|(s, _)| *s).unwrap_or_else(|| panic!("no x86_64 syscall {nr}"))
+    };
     // nr → verdict: runs of ALLOW broken by an errno run, single numbers, a conditional one
     // (arg0 == 7), and gaps that fall to the default.
     let allow: Vec<u32> = (0..=40).chain([42]).chain(44..=60).chain(62..=100).chain([150]).chain(200..=260).collect();
@@ -185,7 +187,9 @@ fn consecutive_syscalls_share_a_range_check() {
         { "names": denied.iter().map(|n| name(*n)).collect::<Vec<_>>(), "action": "SCMP_ACT_ERRNO", "errnoRet": 38 },
         { "names": [name(conditional)], "action": "SCMP_ACT_ALLOW", "args": [{ "index": 0, "value": 7, "op": "SCMP_CMP_EQ" }] },
     ]);
-    let f = build(json!({ "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "architectures": ["SCMP_ARCH_X86_64"], "syscalls": rules }));
+    let f = build(
+        json!({ "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "architectures": ["SCMP_ARCH_X86_64"], "syscalls": rules }),
+    );
     let listed = allow.len() + denied.len() + 1;
     assert!(f.instructions().len() < listed / 2, "{} instructions for {listed} syscalls", f.instructions().len());
     for nr in 0..=300u32 {

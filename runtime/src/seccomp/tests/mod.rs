@@ -2,9 +2,9 @@
 //! plus installs into forked children with no_new_privs.
 
 mod actions;
-mod cache;
 mod arch;
 mod args;
+mod cache;
 mod install;
 mod interp;
 mod profile;
@@ -116,4 +116,3 @@ fn assembler_relaxes_long_jumps() {
     assert_eq!(run(25), 0xc);
     assert_eq!(run(40), 0xa);
 }
-

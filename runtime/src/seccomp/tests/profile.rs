@@ -37,8 +37,25 @@ fn default_profile_compiles() {
 fn default_profile_allows_ordinary_syscalls() {
     let f = compile(&default_profile()).unwrap();
     let allowed = [
-        "read", "write", "openat", "close", "mmap", "munmap", "brk", "execve", "exit_group", "exit", "futex",
-        "rt_sigaction", "getcwd", "wait4", "socketpair", "epoll_pwait", "prlimit64", "getrandom", "uname",
+        "read",
+        "write",
+        "openat",
+        "close",
+        "mmap",
+        "munmap",
+        "brk",
+        "execve",
+        "exit_group",
+        "exit",
+        "futex",
+        "rt_sigaction",
+        "getcwd",
+        "wait4",
+        "socketpair",
+        "epoll_pwait",
+        "prlimit64",
+        "getrandom",
+        "uname",
     ];
     for name in allowed {
         assert_eq!(call0(&f, name), ALLOW, "{name}");
@@ -49,9 +66,27 @@ fn default_profile_allows_ordinary_syscalls() {
 fn default_profile_denies_privileged_syscalls() {
     let f = compile(&default_profile()).unwrap();
     let denied = [
-        "kexec_load", "mount", "umount2", "unshare", "setns", "init_module", "finit_module", "delete_module",
-        "reboot", "swapon", "bpf", "ptrace", "open_by_handle_at", "keyctl", "add_key", "userfaultfd",
-        "perf_event_open", "pivot_root", "io_uring_setup", "syslog", "settimeofday",
+        "kexec_load",
+        "mount",
+        "umount2",
+        "unshare",
+        "setns",
+        "init_module",
+        "finit_module",
+        "delete_module",
+        "reboot",
+        "swapon",
+        "bpf",
+        "ptrace",
+        "open_by_handle_at",
+        "keyctl",
+        "add_key",
+        "userfaultfd",
+        "perf_event_open",
+        "pivot_root",
+        "io_uring_setup",
+        "syslog",
+        "settimeofday",
     ];
     for name in denied {
         assert_eq!(call0(&f, name), errno(libc::EPERM), "{name}");

@@ -15,7 +15,8 @@ fn argument_index_out_of_range() {
 
 #[test]
 fn empty_names() {
-    let msg = error(json!({ "defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{ "names": [], "action": "SCMP_ACT_ALLOW" }] }));
+    let msg =
+        error(json!({ "defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{ "names": [], "action": "SCMP_ACT_ALLOW" }] }));
     assert_eq!(msg, "linux.seccomp.syscalls[0].names: is empty; a rule must name at least one syscall");
 }
 
@@ -43,7 +44,8 @@ fn errno_must_fit_in_16_bits() {
 
 #[test]
 fn unsupported_architecture() {
-    let msg = error(json!({ "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_MIPS"] }));
+    let msg =
+        error(json!({ "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_MIPS"] }));
     assert_eq!(
         msg,
         "linux.seccomp.architectures[1]: SCMP_ARCH_MIPS is not supported \

@@ -76,11 +76,7 @@ impl Session {
 
 /// Starts a session on an upgraded connection. Streams the client opens and `accept` approves
 /// come out of the returned receiver; dropping it refuses later streams.
-pub(crate) fn start<IO>(
-    io: IO,
-    leftover: Bytes,
-    accept: Accept,
-) -> (Session, mpsc::Receiver<SpdyStream>)
+pub(crate) fn start<IO>(io: IO, leftover: Bytes, accept: Accept) -> (Session, mpsc::Receiver<SpdyStream>)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -89,27 +85,13 @@ where
     let (incoming_tx, incoming_rx) = mpsc::channel(16);
     let closed = CancellationToken::new();
     tokio::spawn(write_loop(write_half, out_rx));
-    let reader = Reader {
-        out: out_tx.clone(),
-        incoming: incoming_tx,
-        accept,
-        streams: HashMap::new(),
-        last_stream_id: 0,
-    };
+    let reader =
+        Reader { out: out_tx.clone(), incoming: incoming_tx, accept, streams: HashMap::new(), last_stream_id: 0 };
     tokio::spawn(reader.run(read_half, BytesMut::from(&leftover[..]), closed.clone()));
-    (
-        Session {
-            out: out_tx,
-            closed,
-        },
-        incoming_rx,
-    )
+    (Session { out: out_tx, closed }, incoming_rx)
 }
 
-async fn write_loop<W: AsyncWrite>(
-    mut w: tokio::io::WriteHalf<W>,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
+async fn write_loop<W: AsyncWrite>(mut w: tokio::io::WriteHalf<W>, mut rx: mpsc::Receiver<Outgoing>) {
     let mut enc = match FrameEncoder::new() {
         Ok(enc) => enc,
         Err(err) => {
@@ -123,10 +105,7 @@ async fn write_loop<W: AsyncWrite>(
             let closing = matches!(cmd, Outgoing::Close);
             let frame = match cmd {
                 Outgoing::Frame(frame) => frame,
-                Outgoing::Close => Frame::GoAway {
-                    last_good_stream_id: 0,
-                    status: 0,
-                },
+                Outgoing::Close => Frame::GoAway { last_good_stream_id: 0, status: 0 },
             };
             if let Err(err) = enc.encode(&frame, &mut buf) {
                 tracing::warn!(error = %err, "encoding a SPDY frame");
@@ -171,12 +150,7 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run<R: AsyncRead>(
-        mut self,
-        mut r: tokio::io::ReadHalf<R>,
-        mut buf: BytesMut,
-        closed: CancellationToken,
-    ) {
+    async fn run<R: AsyncRead>(mut self, mut r: tokio::io::ReadHalf<R>, mut buf: BytesMut, closed: CancellationToken) {
         let mut dec = FrameDecoder::new();
         let result: Result<(), SpdyError> = async {
             loop {
@@ -205,17 +179,8 @@ impl Reader {
     /// Handles one frame; `false` ends the session (GOAWAY).
     async fn handle(&mut self, frame: Frame) -> bool {
         match frame {
-            Frame::SynStream {
-                stream_id,
-                flags,
-                headers,
-                ..
-            } => self.open(stream_id, flags, headers).await,
-            Frame::Data {
-                stream_id,
-                flags,
-                data,
-            } => {
+            Frame::SynStream { stream_id, flags, headers, .. } => self.open(stream_id, flags, headers).await,
+            Frame::Data { stream_id, flags, data } => {
                 if let Some(entry) = self.streams.get_mut(&stream_id) {
                     if let Some(tx) = &entry.data {
                         // A consumer that dropped its reader just discards.
@@ -236,9 +201,7 @@ impl Reader {
             // Client pings have odd ids; answer them. Ours (even) we never send.
             Frame::Ping { id } if id % 2 == 1 => self.send(Frame::Ping { id }).await,
             Frame::GoAway { .. } => return false,
-            Frame::Headers {
-                stream_id, flags, ..
-            } if flags & frame::FLAG_FIN != 0 => {
+            Frame::Headers { stream_id, flags, .. } if flags & frame::FLAG_FIN != 0 => {
                 if let Some(entry) = self.streams.get_mut(&stream_id) {
                     entry.data = None;
                 }
@@ -250,56 +213,29 @@ impl Reader {
 
     async fn open(&mut self, id: u32, flags: u8, headers: Headers) {
         if id.is_multiple_of(2) || id <= self.last_stream_id {
-            self.send(Frame::RstStream {
-                stream_id: id,
-                status: frame::RST_PROTOCOL_ERROR,
-            })
-            .await;
+            self.send(Frame::RstStream { stream_id: id, status: frame::RST_PROTOCOL_ERROR }).await;
             return;
         }
         self.last_stream_id = id;
         if let Err(reason) = (self.accept)(&headers) {
             tracing::debug!(stream = id, %reason, "refusing SPDY stream");
-            self.send(Frame::RstStream {
-                stream_id: id,
-                status: frame::RST_REFUSED_STREAM,
-            })
-            .await;
+            self.send(Frame::RstStream { stream_id: id, status: frame::RST_REFUSED_STREAM }).await;
             return;
         }
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let state = Arc::new(StreamState::default());
         let data = (flags & frame::FLAG_FIN == 0).then_some(tx);
-        self.streams.insert(
-            id,
-            Entry {
-                data,
-                state: state.clone(),
-            },
-        );
-        self.send(Frame::SynReply {
-            stream_id: id,
-            flags: 0,
-            headers: Headers::default(),
-        })
-        .await;
+        self.streams.insert(id, Entry { data, state: state.clone() });
+        self.send(Frame::SynReply { stream_id: id, flags: 0, headers: Headers::default() }).await;
         let stream = SpdyStream {
             id,
             headers,
             reader: ChannelReader::new(rx),
-            writer: StreamWriter {
-                id,
-                out: PollSender::new(self.out.clone()),
-                state,
-            },
+            writer: StreamWriter { id, out: PollSender::new(self.out.clone()), state },
         };
         if self.incoming.send(stream).await.is_err() {
             self.streams.remove(&id);
-            self.send(Frame::RstStream {
-                stream_id: id,
-                status: frame::RST_REFUSED_STREAM,
-            })
-            .await;
+            self.send(Frame::RstStream { stream_id: id, status: frame::RST_REFUSED_STREAM }).await;
         }
     }
 
@@ -318,11 +254,7 @@ pub(crate) struct StreamWriter {
 impl StreamWriter {
     /// A second writer on the same stream (the error stream is written by the session's end).
     pub(crate) fn handle(&self) -> StreamWriter {
-        StreamWriter {
-            id: self.id,
-            out: self.out.clone(),
-            state: self.state.clone(),
-        }
+        StreamWriter { id: self.id, out: self.out.clone(), state: self.state.clone() }
     }
 
     /// Sends FIN unless it was sent already (or the stream is gone).
@@ -334,21 +266,14 @@ impl StreamWriter {
         if self.state.reset.load(Ordering::Acquire) {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        ready!(self.out.poll_reserve(cx))
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        self.out
-            .send_item(Outgoing::Frame(frame))
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        ready!(self.out.poll_reserve(cx)).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        self.out.send_item(Outgoing::Frame(frame)).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
         Poll::Ready(Ok(()))
     }
 }
 
 impl AsyncWrite for StreamWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.state.finished.load(Ordering::Acquire) {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
@@ -358,14 +283,7 @@ impl AsyncWrite for StreamWriter {
         let n = buf.len().min(MAX_DATA_FRAME);
         let data = Bytes::copy_from_slice(&buf[..n]);
         let id = self.id;
-        ready!(self.poll_frame(
-            cx,
-            Frame::Data {
-                stream_id: id,
-                flags: 0,
-                data
-            }
-        ))?;
+        ready!(self.poll_frame(cx, Frame::Data { stream_id: id, flags: 0, data }))?;
         Poll::Ready(Ok(n))
     }
 
@@ -378,11 +296,7 @@ impl AsyncWrite for StreamWriter {
             return Poll::Ready(Ok(()));
         }
         let id = self.id;
-        let fin = Frame::Data {
-            stream_id: id,
-            flags: frame::FLAG_FIN,
-            data: Bytes::new(),
-        };
+        let fin = Frame::Data { stream_id: id, flags: frame::FLAG_FIN, data: Bytes::new() };
         let result = ready!(self.poll_frame(cx, fin));
         self.state.finished.store(true, Ordering::Release);
         Poll::Ready(result)

@@ -37,47 +37,15 @@ pub(crate) struct Setting {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Frame {
-    SynStream {
-        stream_id: u32,
-        associated_to: u32,
-        priority: u8,
-        flags: u8,
-        headers: Headers,
-    },
-    SynReply {
-        stream_id: u32,
-        flags: u8,
-        headers: Headers,
-    },
-    RstStream {
-        stream_id: u32,
-        status: u32,
-    },
-    Settings {
-        flags: u8,
-        entries: Vec<Setting>,
-    },
-    Ping {
-        id: u32,
-    },
-    GoAway {
-        last_good_stream_id: u32,
-        status: u32,
-    },
-    Headers {
-        stream_id: u32,
-        flags: u8,
-        headers: Headers,
-    },
-    WindowUpdate {
-        stream_id: u32,
-        delta: u32,
-    },
-    Data {
-        stream_id: u32,
-        flags: u8,
-        data: Bytes,
-    },
+    SynStream { stream_id: u32, associated_to: u32, priority: u8, flags: u8, headers: Headers },
+    SynReply { stream_id: u32, flags: u8, headers: Headers },
+    RstStream { stream_id: u32, status: u32 },
+    Settings { flags: u8, entries: Vec<Setting> },
+    Ping { id: u32 },
+    GoAway { last_good_stream_id: u32, status: u32 },
+    Headers { stream_id: u32, flags: u8, headers: Headers },
+    WindowUpdate { stream_id: u32, delta: u32 },
+    Data { stream_id: u32, flags: u8, data: Bytes },
 }
 
 /// Encodes frames; compresses header blocks in this direction's zlib stream.
@@ -87,21 +55,13 @@ pub(crate) struct FrameEncoder {
 
 impl FrameEncoder {
     pub(crate) fn new() -> Result<Self, SpdyError> {
-        Ok(FrameEncoder {
-            zlib: HeaderCompressor::new()?,
-        })
+        Ok(FrameEncoder { zlib: HeaderCompressor::new()? })
     }
 
     /// Appends `frame` to `out`.
     pub(crate) fn encode(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), SpdyError> {
         match frame {
-            Frame::SynStream {
-                stream_id,
-                associated_to,
-                priority,
-                flags,
-                headers,
-            } => {
+            Frame::SynStream { stream_id, associated_to, priority, flags, headers } => {
                 let block = self.header_block(headers)?;
                 control(out, TYPE_SYN_STREAM, *flags, 10 + block.len())?;
                 out.put_u32(stream_id & 0x7fff_ffff);
@@ -110,29 +70,14 @@ impl FrameEncoder {
                 out.put_u8(0);
                 out.extend_from_slice(&block);
             }
-            Frame::SynReply {
-                stream_id,
-                flags,
-                headers,
-            }
-            | Frame::Headers {
-                stream_id,
-                flags,
-                headers,
-            } => {
-                let kind = if matches!(frame, Frame::SynReply { .. }) {
-                    TYPE_SYN_REPLY
-                } else {
-                    TYPE_HEADERS
-                };
+            Frame::SynReply { stream_id, flags, headers } | Frame::Headers { stream_id, flags, headers } => {
+                let kind = if matches!(frame, Frame::SynReply { .. }) { TYPE_SYN_REPLY } else { TYPE_HEADERS };
                 let block = self.header_block(headers)?;
                 control(out, kind, *flags, 4 + block.len())?;
                 out.put_u32(stream_id & 0x7fff_ffff);
                 out.extend_from_slice(&block);
             }
-            Frame::RstStream { stream_id, status } => {
-                fixed(out, TYPE_RST_STREAM, *stream_id, *status)?
-            }
+            Frame::RstStream { stream_id, status } => fixed(out, TYPE_RST_STREAM, *stream_id, *status)?,
             Frame::Settings { flags, entries } => {
                 control(out, TYPE_SETTINGS, *flags, 4 + 8 * entries.len())?;
                 out.put_u32(entries.len() as u32);
@@ -145,22 +90,13 @@ impl FrameEncoder {
                 control(out, TYPE_PING, 0, 4)?;
                 out.put_u32(*id);
             }
-            Frame::GoAway {
-                last_good_stream_id: id,
-                status,
-            } => fixed(out, TYPE_GOAWAY, *id, *status)?,
+            Frame::GoAway { last_good_stream_id: id, status } => fixed(out, TYPE_GOAWAY, *id, *status)?,
             Frame::WindowUpdate { stream_id, delta } => {
                 fixed(out, TYPE_WINDOW_UPDATE, *stream_id, delta & 0x7fff_ffff)?
             }
-            Frame::Data {
-                stream_id,
-                flags,
-                data,
-            } => {
+            Frame::Data { stream_id, flags, data } => {
                 if data.len() > MAX_LENGTH {
-                    return Err(SpdyError::Malformed {
-                        what: "oversized DATA",
-                    });
+                    return Err(SpdyError::Malformed { what: "oversized DATA" });
                 }
                 out.put_u32(stream_id & 0x7fff_ffff);
                 out.put_u32((u32::from(*flags) << 24) | data.len() as u32);
@@ -188,9 +124,7 @@ fn fixed(out: &mut Vec<u8>, kind: u16, stream_id: u32, word: u32) -> Result<(), 
 
 fn control(out: &mut Vec<u8>, kind: u16, flags: u8, len: usize) -> Result<(), SpdyError> {
     if len > MAX_LENGTH {
-        return Err(SpdyError::Malformed {
-            what: "oversized control",
-        });
+        return Err(SpdyError::Malformed { what: "oversized control" });
     }
     out.put_u16(0x8000 | VERSION);
     out.put_u16(kind);
@@ -205,9 +139,7 @@ pub(crate) struct FrameDecoder {
 
 impl FrameDecoder {
     pub(crate) fn new() -> Self {
-        FrameDecoder {
-            zlib: HeaderDecompressor::new(),
-        }
+        FrameDecoder { zlib: HeaderDecompressor::new() }
     }
 
     /// Takes the next complete frame off the front of `buf`, or `None` until one is there.
@@ -227,11 +159,7 @@ impl FrameDecoder {
             let flags = frame.get_u8();
             frame.advance(3);
             if first & 0x8000_0000 == 0 {
-                return Ok(Some(Frame::Data {
-                    stream_id: first & 0x7fff_ffff,
-                    flags,
-                    data: frame,
-                }));
+                return Ok(Some(Frame::Data { stream_id: first & 0x7fff_ffff, flags, data: frame }));
             }
             let version = ((first >> 16) & 0x7fff) as u16;
             if version != VERSION {
@@ -261,25 +189,14 @@ impl FrameDecoder {
                 let stream_id = p.get_u32() & 0x7fff_ffff;
                 let headers = self.header_block(&p)?;
                 if kind == TYPE_SYN_REPLY {
-                    Frame::SynReply {
-                        stream_id,
-                        flags,
-                        headers,
-                    }
+                    Frame::SynReply { stream_id, flags, headers }
                 } else {
-                    Frame::Headers {
-                        stream_id,
-                        flags,
-                        headers,
-                    }
+                    Frame::Headers { stream_id, flags, headers }
                 }
             }
             TYPE_RST_STREAM => {
                 need(&p, 8, "RST_STREAM")?;
-                Frame::RstStream {
-                    stream_id: p.get_u32() & 0x7fff_ffff,
-                    status: p.get_u32(),
-                }
+                Frame::RstStream { stream_id: p.get_u32() & 0x7fff_ffff, status: p.get_u32() }
             }
             TYPE_SETTINGS => {
                 need(&p, 4, "SETTINGS")?;
@@ -290,11 +207,7 @@ impl FrameDecoder {
                 let entries = (0..count)
                     .map(|_| {
                         let word = p.get_u32();
-                        Setting {
-                            flags: (word >> 24) as u8,
-                            id: word & 0xff_ffff,
-                            value: p.get_u32(),
-                        }
+                        Setting { flags: (word >> 24) as u8, id: word & 0xff_ffff, value: p.get_u32() }
                     })
                     .collect();
                 Frame::Settings { flags, entries }
@@ -307,17 +220,11 @@ impl FrameDecoder {
                 need(&p, 4, "GOAWAY")?;
                 let last_good_stream_id = p.get_u32() & 0x7fff_ffff;
                 let status = if p.len() >= 4 { p.get_u32() } else { 0 };
-                Frame::GoAway {
-                    last_good_stream_id,
-                    status,
-                }
+                Frame::GoAway { last_good_stream_id, status }
             }
             TYPE_WINDOW_UPDATE => {
                 need(&p, 8, "WINDOW_UPDATE")?;
-                Frame::WindowUpdate {
-                    stream_id: p.get_u32() & 0x7fff_ffff,
-                    delta: p.get_u32() & 0x7fff_ffff,
-                }
+                Frame::WindowUpdate { stream_id: p.get_u32() & 0x7fff_ffff, delta: p.get_u32() & 0x7fff_ffff }
             }
             _ => return Ok(None),
         };
@@ -330,13 +237,7 @@ impl FrameDecoder {
         let priority = p.get_u8() >> 5;
         p.advance(1);
         let headers = self.header_block(&p)?;
-        Ok(Frame::SynStream {
-            stream_id,
-            associated_to,
-            priority,
-            flags,
-            headers,
-        })
+        Ok(Frame::SynStream { stream_id, associated_to, priority, flags, headers })
     }
 
     fn header_block(&mut self, compressed: &[u8]) -> Result<Headers, SpdyError> {
@@ -358,47 +259,15 @@ mod tests {
                 flags: FLAG_FIN,
                 headers: Headers::from_pairs(&[("streamtype", "error"), ("port", "80"), ("requestid", "0")]),
             },
-            Frame::SynReply {
-                stream_id: 1,
-                flags: 0,
-                headers: Headers::default(),
-            },
-            Frame::Headers {
-                stream_id: 3,
-                flags: FLAG_FIN,
-                headers: Headers::from_pairs(&[("x", "a\0b")]),
-            },
-            Frame::RstStream {
-                stream_id: 5,
-                status: RST_CANCEL,
-            },
-            Frame::Settings {
-                flags: 1,
-                entries: vec![Setting {
-                    flags: 1,
-                    id: 7,
-                    value: 65536,
-                }],
-            },
+            Frame::SynReply { stream_id: 1, flags: 0, headers: Headers::default() },
+            Frame::Headers { stream_id: 3, flags: FLAG_FIN, headers: Headers::from_pairs(&[("x", "a\0b")]) },
+            Frame::RstStream { stream_id: 5, status: RST_CANCEL },
+            Frame::Settings { flags: 1, entries: vec![Setting { flags: 1, id: 7, value: 65536 }] },
             Frame::Ping { id: 7 },
-            Frame::GoAway {
-                last_good_stream_id: 9,
-                status: 0,
-            },
-            Frame::WindowUpdate {
-                stream_id: 1,
-                delta: 1 << 20,
-            },
-            Frame::Data {
-                stream_id: 3,
-                flags: 0,
-                data: Bytes::from_static(b"hello"),
-            },
-            Frame::Data {
-                stream_id: 3,
-                flags: FLAG_FIN,
-                data: Bytes::new(),
-            },
+            Frame::GoAway { last_good_stream_id: 9, status: 0 },
+            Frame::WindowUpdate { stream_id: 1, delta: 1 << 20 },
+            Frame::Data { stream_id: 3, flags: 0, data: Bytes::from_static(b"hello") },
+            Frame::Data { stream_id: 3, flags: FLAG_FIN, data: Bytes::new() },
         ]
     }
 
@@ -427,15 +296,10 @@ mod tests {
     fn the_wire_layout_is_spdy3() {
         let mut enc = FrameEncoder::new().expect("encoder");
         let mut wire = Vec::new();
-        enc.encode(&Frame::Ping { id: 1 }, &mut wire)
-            .expect("encode");
+        enc.encode(&Frame::Ping { id: 1 }, &mut wire).expect("encode");
         assert_eq!(wire, [0x80, 0x03, 0x00, 0x06, 0, 0, 0, 4, 0, 0, 0, 1]);
         wire.clear();
-        let data = Frame::Data {
-            stream_id: 5,
-            flags: FLAG_FIN,
-            data: Bytes::from_static(b"ab"),
-        };
+        let data = Frame::Data { stream_id: 5, flags: FLAG_FIN, data: Bytes::from_static(b"ab") };
         enc.encode(&data, &mut wire).expect("encode");
         assert_eq!(wire, [0, 0, 0, 5, 1, 0, 0, 2, b'a', b'b']);
     }
@@ -445,14 +309,8 @@ mod tests {
         let mut dec = FrameDecoder::new();
         let mut buf = BytesMut::from(&[0x80, 0x03, 0x00, 0x0a, 0, 0, 0, 1, 0xff][..]);
         buf.extend_from_slice(&[0x80, 0x03, 0x00, 0x06, 0, 0, 0, 4, 0, 0, 0, 3]);
-        assert_eq!(
-            dec.decode(&mut buf).expect("decode"),
-            Some(Frame::Ping { id: 3 })
-        );
+        assert_eq!(dec.decode(&mut buf).expect("decode"), Some(Frame::Ping { id: 3 }));
         let mut buf = BytesMut::from(&[0x80, 0x02, 0x00, 0x06, 0, 0, 0, 4, 0, 0, 0, 3][..]);
-        assert!(matches!(
-            dec.decode(&mut buf),
-            Err(SpdyError::Version { version: 2 })
-        ));
+        assert!(matches!(dec.decode(&mut buf), Err(SpdyError::Version { version: 2 })));
     }
 }

@@ -39,29 +39,21 @@ impl Headers {
 
     /// Parses an uncompressed header block.
     pub(crate) fn parse(mut raw: &[u8]) -> Result<Headers, SpdyError> {
-        let truncated = SpdyError::HeaderBlock {
-            reason: "truncated",
-        };
+        let truncated = SpdyError::HeaderBlock { reason: "truncated" };
         if raw.len() < 4 {
             return Err(truncated);
         }
         let count = raw.get_u32();
         if count > MAX_HEADERS {
-            return Err(SpdyError::HeaderBlock {
-                reason: "too many headers",
-            });
+            return Err(SpdyError::HeaderBlock { reason: "too many headers" });
         }
         let field = |raw: &mut &[u8]| -> Result<String, SpdyError> {
             if raw.len() < 4 {
-                return Err(SpdyError::HeaderBlock {
-                    reason: "truncated",
-                });
+                return Err(SpdyError::HeaderBlock { reason: "truncated" });
             }
             let len = raw.get_u32() as usize;
             if raw.len() < len {
-                return Err(SpdyError::HeaderBlock {
-                    reason: "truncated",
-                });
+                return Err(SpdyError::HeaderBlock { reason: "truncated" });
             }
             let text = String::from_utf8_lossy(&raw[..len]).into_owned();
             raw.advance(len);

@@ -18,10 +18,7 @@ impl HeaderCompressor {
     pub(crate) fn new() -> Result<Self, SpdyError> {
         let mut z = Compress::new(Compression::default(), true);
         z.set_dictionary(&HEADER_DICTIONARY)
-            .map_err(|err| SpdyError::Zlib {
-                op: "compression",
-                source: Box::new(err),
-            })?;
+            .map_err(|err| SpdyError::Zlib { op: "compression", source: Box::new(err) })?;
         Ok(HeaderCompressor { z })
     }
 
@@ -33,10 +30,7 @@ impl HeaderCompressor {
             let before = self.z.total_in();
             self.z
                 .compress_vec(&input[consumed..], out, FlushCompress::Sync)
-                .map_err(|err| SpdyError::Zlib {
-                    op: "compression",
-                    source: Box::new(err),
-                })?;
+                .map_err(|err| SpdyError::Zlib { op: "compression", source: Box::new(err) })?;
             consumed += (self.z.total_in() - before) as usize;
             if consumed == input.len() && out.len() < out.capacity() {
                 return Ok(());
@@ -53,9 +47,7 @@ pub(crate) struct HeaderDecompressor {
 
 impl HeaderDecompressor {
     pub(crate) fn new() -> Self {
-        HeaderDecompressor {
-            z: Decompress::new(true),
-        }
+        HeaderDecompressor { z: Decompress::new(true) }
     }
 
     /// Decompresses one sync-flushed header block.
@@ -64,43 +56,26 @@ impl HeaderDecompressor {
         let mut consumed = 0;
         loop {
             let (in_before, out_before) = (self.z.total_in(), out.len());
-            let result = self
-                .z
-                .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync);
+            let result = self.z.decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync);
             consumed += (self.z.total_in() - in_before) as usize;
             match result {
                 Ok(_) => {}
                 Err(err) if err.needs_dictionary().is_some() => {
                     self.z
                         .set_dictionary(&HEADER_DICTIONARY)
-                        .map_err(|err| SpdyError::Zlib {
-                            op: "decompression",
-                            source: Box::new(err),
-                        })?;
+                        .map_err(|err| SpdyError::Zlib { op: "decompression", source: Box::new(err) })?;
                     continue;
                 }
-                Err(err) => {
-                    return Err(SpdyError::Zlib {
-                        op: "decompression",
-                        source: Box::new(err),
-                    })
-                }
+                Err(err) => return Err(SpdyError::Zlib { op: "decompression", source: Box::new(err) }),
             }
             if consumed == input.len() && out.len() < out.capacity() {
                 return Ok(out);
             }
             if out.len() > MAX_HEADER_BLOCK {
-                return Err(SpdyError::HeaderBlock {
-                    reason: "too large",
-                });
+                return Err(SpdyError::HeaderBlock { reason: "too large" });
             }
-            if out.len() == out_before
-                && self.z.total_in() == in_before
-                && out.len() < out.capacity()
-            {
-                return Err(SpdyError::HeaderBlock {
-                    reason: "truncated compressed data",
-                });
+            if out.len() == out_before && self.z.total_in() == in_before && out.len() < out.capacity() {
+                return Err(SpdyError::HeaderBlock { reason: "truncated compressed data" });
             }
             out.reserve(out.capacity());
         }
@@ -135,10 +110,7 @@ mod tests {
             a = (a + u32::from(byte)) % 65521;
             b = (b + a) % 65521;
         }
-        assert_eq!(
-            u32::from_be_bytes([wire[2], wire[3], wire[4], wire[5]]),
-            (b << 16) | a
-        );
+        assert_eq!(u32::from_be_bytes([wire[2], wire[3], wire[4], wire[5]]), (b << 16) | a);
     }
 
     #[test]

@@ -8,8 +8,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::streaming::{
-    AsyncReadWrite, AttachRequest, Backend, BackendError, BoxFuture, ExecRequest, StreamIo,
-    TermSize,
+    AsyncReadWrite, AttachRequest, Backend, BackendError, BoxFuture, ExecRequest, StreamIo, TermSize,
 };
 
 #[derive(Default, Clone)]
@@ -35,13 +34,7 @@ impl Backend for HostBackend {
     fn exec(&self, req: ExecRequest, io: StreamIo) -> BoxFuture<Result<i32, BackendError>> {
         let resizes = self.resizes.clone();
         Box::pin(async move {
-            let StreamIo {
-                stdin,
-                stdout,
-                stderr,
-                resize,
-                tty,
-            } = io;
+            let StreamIo { stdin, stdout, stderr, resize, tty } = io;
             let mut cmd = if tty {
                 // One terminal stream: fold the command's stderr into its stdout.
                 let mut sh = tokio::process::Command::new("/bin/sh");
@@ -52,18 +45,13 @@ impl Backend for HostBackend {
                 direct.args(&req.cmd[1..]);
                 direct
             };
-            cmd.stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-            let mut child = cmd.spawn().map_err(|source| BackendError::Io {
-                context: format!("spawning {:?}", req.cmd),
-                source,
-            })?;
+            cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            let mut child = cmd
+                .spawn()
+                .map_err(|source| BackendError::Io { context: format!("spawning {:?}", req.cmd), source })?;
             if let Some(mut rx) = resize {
                 tokio::spawn(async move {
                     while let Some(size) = rx.recv().await {
@@ -81,60 +69,42 @@ impl Backend for HostBackend {
             let out = copy_to(child.stdout.take().expect("piped"), stdout);
             let err = copy_to(child.stderr.take().expect("piped"), stderr);
             tokio::join!(out, err);
-            let status = child.wait().await.map_err(|source| BackendError::Io {
-                context: "waiting for the command".into(),
-                source,
-            })?;
+            let status = child
+                .wait()
+                .await
+                .map_err(|source| BackendError::Io { context: "waiting for the command".into(), source })?;
             if let Some(feeder) = feeder {
                 feeder.abort();
             }
-            Ok(status.code().unwrap_or(
-                128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0),
-            ))
+            Ok(status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
         })
     }
 
     fn attach(&self, req: AttachRequest, io: StreamIo) -> BoxFuture<Result<(), BackendError>> {
         Box::pin(async move {
             if req.container_id == "missing" {
-                return Err(BackendError::NotFound {
-                    what: format!("container {}", req.container_id),
-                });
+                return Err(BackendError::NotFound { what: format!("container {}", req.container_id) });
             }
             let StreamIo { stdin, stdout, .. } = io;
             let Some(mut stdout) = stdout else {
                 return Ok(());
             };
             let greeting = format!("attached to {}\n", req.container_id);
-            let io_err = |source| BackendError::Io {
-                context: "writing to stdout".into(),
-                source,
-            };
-            stdout
-                .write_all(greeting.as_bytes())
-                .await
-                .map_err(io_err)?;
+            let io_err = |source| BackendError::Io { context: "writing to stdout".into(), source };
+            stdout.write_all(greeting.as_bytes()).await.map_err(io_err)?;
             if let Some(mut stdin) = stdin {
-                tokio::io::copy(&mut stdin, &mut stdout)
-                    .await
-                    .map_err(io_err)?;
+                tokio::io::copy(&mut stdin, &mut stdout).await.map_err(io_err)?;
             }
             Ok(())
         })
     }
 
-    fn port_forward(
-        &self,
-        sandbox_id: String,
-        port: u16,
-    ) -> BoxFuture<Result<Box<dyn AsyncReadWrite>, BackendError>> {
+    fn port_forward(&self, sandbox_id: String, port: u16) -> BoxFuture<Result<Box<dyn AsyncReadWrite>, BackendError>> {
         Box::pin(async move {
-            let conn = TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map_err(|source| BackendError::Io {
-                    context: format!("connecting to port {port} of sandbox {sandbox_id}"),
-                    source,
-                })?;
+            let conn = TcpStream::connect(("127.0.0.1", port)).await.map_err(|source| BackendError::Io {
+                context: format!("connecting to port {port} of sandbox {sandbox_id}"),
+                source,
+            })?;
             Ok(Box::new(conn) as Box<dyn AsyncReadWrite>)
         })
     }

@@ -26,77 +26,44 @@ impl Upgraded {
     pub(super) fn header(&self, name: &str) -> Option<String> {
         self.head.lines().find_map(|line| {
             let (n, v) = line.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
     }
 }
 
 /// Sends `method path` with `headers` and reads the response head.
-pub(super) async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Upgraded {
+pub(super) async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Upgraded {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n");
     for (name, value) in headers {
         req.push_str(&format!("{name}: {value}\r\n"));
     }
     req.push_str("\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .expect("send request");
+    stream.write_all(req.as_bytes()).await.expect("send request");
     let mut buf = BytesMut::new();
     let end = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break end;
         }
-        assert_ne!(
-            stream.read_buf(&mut buf).await.expect("read response"),
-            0,
-            "connection closed early"
-        );
+        assert_ne!(stream.read_buf(&mut buf).await.expect("read response"), 0, "connection closed early");
     };
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     let leftover = buf.split_off(end + 4);
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    Upgraded {
-        status,
-        head,
-        stream,
-        leftover,
-    }
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    Upgraded { status, head, stream, leftover }
 }
 
 /// Upgrades to SPDY/3.1 offering `protocols`; returns the negotiated one and the session.
-pub(super) async fn spdy_connect(
-    addr: SocketAddr,
-    path: &str,
-    protocols: &str,
-) -> (String, SpdyClient) {
+pub(super) async fn spdy_connect(addr: SocketAddr, path: &str, protocols: &str) -> (String, SpdyClient) {
     let up = request(
         addr,
         "POST",
         path,
-        &[
-            ("Connection", "Upgrade"),
-            ("Upgrade", "SPDY/3.1"),
-            ("X-Stream-Protocol-Version", protocols),
-        ],
+        &[("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", protocols)],
     )
     .await;
     assert_eq!(up.status, 101, "{}", up.head);
-    let protocol = up
-        .header("X-Stream-Protocol-Version")
-        .expect("negotiated protocol");
+    let protocol = up.header("X-Stream-Protocol-Version").expect("negotiated protocol");
     (protocol, SpdyClient::start(up.stream, up.leftover.freeze()))
 }
 
@@ -116,10 +83,7 @@ pub(super) struct SpdyClient {
 }
 
 impl SpdyClient {
-    pub(super) fn start<IO: AsyncRead + AsyncWrite + Send + 'static>(
-        io: IO,
-        leftover: Bytes,
-    ) -> Self {
+    pub(super) fn start<IO: AsyncRead + AsyncWrite + Send + 'static>(io: IO, leftover: Bytes) -> Self {
         let (mut r, mut w) = tokio::io::split(io);
         let (out, mut out_rx) = mpsc::unbounded_channel::<Frame>();
         tokio::spawn(async move {
@@ -154,11 +118,7 @@ impl SpdyClient {
                                 }
                             }
                         }
-                        Frame::Data {
-                            stream_id,
-                            flags,
-                            data,
-                        } => {
+                        Frame::Data { stream_id, flags, data } => {
                             let entry = routes.entry(stream_id).or_default();
                             if let Some(tx) = &entry.data {
                                 let _ = tx.send(data);
@@ -177,11 +137,7 @@ impl SpdyClient {
             }
             routes.lock().expect("routes").clear();
         });
-        SpdyClient {
-            out,
-            entries,
-            next_id: 1,
-        }
+        SpdyClient { out, entries, next_id: 1 }
     }
 
     /// Opens a stream with `headers` and waits for the server's reply (`None`: refused).
@@ -190,39 +146,20 @@ impl SpdyClient {
         self.next_id += 2;
         let (data_tx, data_rx) = mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.entries.lock().expect("entries").insert(
-            id,
-            ClientEntry {
-                data: Some(data_tx),
-                reply: Some(reply_tx),
-            },
-        );
+        self.entries.lock().expect("entries").insert(id, ClientEntry { data: Some(data_tx), reply: Some(reply_tx) });
         let headers = Headers::from_pairs(headers);
         self.out
-            .send(Frame::SynStream {
-                stream_id: id,
-                associated_to: 0,
-                priority: 0,
-                flags: 0,
-                headers,
-            })
+            .send(Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, flags: 0, headers })
             .expect("writer alive");
         match reply_rx.await {
-            Ok(true) => Some(ClientStream {
-                id,
-                rx: data_rx,
-                out: self.out.clone(),
-            }),
+            Ok(true) => Some(ClientStream { id, rx: data_rx, out: self.out.clone() }),
             _ => None,
         }
     }
 
     /// Sends GOAWAY, as client-go does when it is done.
     pub(super) fn go_away(&self) {
-        let _ = self.out.send(Frame::GoAway {
-            last_good_stream_id: 0,
-            status: 0,
-        });
+        let _ = self.out.send(Frame::GoAway { last_good_stream_id: 0, status: 0 });
     }
 }
 
@@ -236,29 +173,16 @@ pub(super) struct ClientStream {
 impl ClientStream {
     pub(super) fn send(&self, data: &[u8]) {
         let data = Bytes::copy_from_slice(data);
-        self.out
-            .send(Frame::Data {
-                stream_id: self.id,
-                flags: 0,
-                data,
-            })
-            .expect("writer alive");
+        self.out.send(Frame::Data { stream_id: self.id, flags: 0, data }).expect("writer alive");
     }
 
     /// Sends FIN (client-go's `stream.Close()`).
     pub(super) fn finish(&self) {
-        let _ = self.out.send(Frame::Data {
-            stream_id: self.id,
-            flags: frame::FLAG_FIN,
-            data: Bytes::new(),
-        });
+        let _ = self.out.send(Frame::Data { stream_id: self.id, flags: frame::FLAG_FIN, data: Bytes::new() });
     }
 
     pub(super) fn reset(&self) {
-        let _ = self.out.send(Frame::RstStream {
-            stream_id: self.id,
-            status: frame::RST_CANCEL,
-        });
+        let _ = self.out.send(Frame::RstStream { stream_id: self.id, status: frame::RST_CANCEL });
     }
 
     /// The next chunk the server sent (`None` after FIN, reset or the session's end).
@@ -277,11 +201,7 @@ impl ClientStream {
 }
 
 /// Upgrades to WebSocket offering `protocols`; returns the negotiated one and the client.
-pub(super) async fn ws_connect(
-    addr: SocketAddr,
-    path: &str,
-    protocols: &str,
-) -> (Option<String>, WsClient) {
+pub(super) async fn ws_connect(addr: SocketAddr, path: &str, protocols: &str) -> (Option<String>, WsClient) {
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     let mut headers = vec![
         ("Connection", "Upgrade"),
@@ -294,10 +214,7 @@ pub(super) async fn ws_connect(
     }
     let up = request(addr, "GET", path, &headers).await;
     assert_eq!(up.status, 101, "{}", up.head);
-    assert_eq!(
-        up.header("Sec-WebSocket-Accept").as_deref(),
-        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-    );
+    assert_eq!(up.header("Sec-WebSocket-Accept").as_deref(), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
     let protocol = up.header("Sec-WebSocket-Protocol");
     (protocol, WsClient::start(up.stream, up.leftover))
 }
@@ -332,11 +249,7 @@ impl WsClient {
 
     pub(super) async fn send(&mut self, opcode: u8, payload: &[u8]) {
         let mut wire = Vec::new();
-        let frame = WsFrame {
-            fin: true,
-            opcode,
-            payload: Bytes::copy_from_slice(payload),
-        };
+        let frame = WsFrame { fin: true, opcode, payload: Bytes::copy_from_slice(payload) };
         wsframe::encode(&frame, Some([0x11, 0x22, 0x33, 0x44]), &mut wire);
         self.write.write_all(&wire).await.expect("send frame");
     }
@@ -355,9 +268,7 @@ impl WsClient {
                 wsframe::OP_CLOSE => break,
                 wsframe::OP_BINARY | wsframe::OP_TEXT if !f.payload.is_empty() => {
                     let (ch, data) = if base64 {
-                        let data = base64::engine::general_purpose::STANDARD
-                            .decode(&f.payload[1..])
-                            .expect("base64");
+                        let data = base64::engine::general_purpose::STANDARD.decode(&f.payload[1..]).expect("base64");
                         (f.payload[0] - b'0', data)
                     } else {
                         (f.payload[0], f.payload[1..].to_vec())

@@ -16,18 +16,14 @@ use backend::HostBackend;
 
 async fn server() -> (Server, HostBackend) {
     let backend = HostBackend::default();
-    let server = Server::start(Config::default(), Arc::new(backend.clone()))
-        .await
-        .expect("start");
+    let server = Server::start(Config::default(), Arc::new(backend.clone())).await.expect("start");
     (server, backend)
 }
 
 /// The path of a URL the server handed out (its base is `http://<local addr>`).
 fn path_of(server: &Server, url: &str) -> String {
     let base = format!("http://{}", server.local_addr());
-    url.strip_prefix(&base)
-        .expect("URL on the server's address")
-        .to_string()
+    url.strip_prefix(&base).expect("URL on the server's address").to_string()
 }
 
 /// A TCP echo server on loopback; returns its port.
@@ -53,12 +49,8 @@ async fn echo_server() -> u16 {
 async fn urls_work_once_for_their_own_kind_and_need_an_upgrade() {
     let (server, _) = server().await;
     let addr = server.local_addr();
-    let req = super::ExecRequest {
-        container_id: "c".into(),
-        cmd: vec!["true".into()],
-        stdout: true,
-        ..Default::default()
-    };
+    let req =
+        super::ExecRequest { container_id: "c".into(), cmd: vec!["true".into()], stdout: true, ..Default::default() };
     let url = server.exec_url(req.clone()).expect("url");
     assert!(url.starts_with(&format!("http://{addr}/exec/")), "{url}");
 
@@ -72,45 +64,22 @@ async fn urls_work_once_for_their_own_kind_and_need_an_upgrade() {
     let url = server.exec_url(req.clone()).expect("url");
     let wrong = path_of(&server, &url).replace("/exec/", "/attach/");
     assert_eq!(client::request(addr, "POST", &wrong, &[]).await.status, 404);
-    assert_eq!(
-        client::request(addr, "GET", "/exec/unknown", &[])
-            .await
-            .status,
-        404
-    );
+    assert_eq!(client::request(addr, "GET", "/exec/unknown", &[]).await.status, 404);
 
     // No common SPDY protocol: 403 listing what the server accepts.
     let url = server.exec_url(req).expect("url");
-    let headers = [
-        ("Connection", "Upgrade"),
-        ("Upgrade", "SPDY/3.1"),
-        ("X-Stream-Protocol-Version", "v9.channel.k8s.io"),
-    ];
+    let headers =
+        [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", "v9.channel.k8s.io")];
     let refused = client::request(addr, "POST", &path_of(&server, &url), &headers).await;
     assert_eq!(refused.status, 403);
-    assert!(refused
-        .head
-        .to_ascii_lowercase()
-        .contains("x-accepted-stream-protocol-versions: v5.channel.k8s.io"));
+    assert!(refused.head.to_ascii_lowercase().contains("x-accepted-stream-protocol-versions: v5.channel.k8s.io"));
 }
 
 #[tokio::test]
 async fn invalid_requests_get_no_url() {
     let (server, _) = server().await;
-    let tty_and_stderr = super::ExecRequest {
-        container_id: "c".into(),
-        tty: true,
-        stderr: true,
-        ..Default::default()
-    };
+    let tty_and_stderr = super::ExecRequest { container_id: "c".into(), tty: true, stderr: true, ..Default::default() };
     assert!(server.exec_url(tty_and_stderr).is_err());
-    assert!(server
-        .attach_url(super::AttachRequest {
-            container_id: "c".into(),
-            ..Default::default()
-        })
-        .is_err());
-    assert!(server
-        .port_forward_url(super::PortForwardRequest::default())
-        .is_err());
+    assert!(server.attach_url(super::AttachRequest { container_id: "c".into(), ..Default::default() }).is_err());
+    assert!(server.port_forward_url(super::PortForwardRequest::default()).is_err());
 }

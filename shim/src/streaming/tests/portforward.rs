@@ -8,10 +8,7 @@ use crate::streaming::ws::{self, frame as wsframe};
 use crate::streaming::PortForwardRequest;
 
 fn request(ports: &[u16]) -> PortForwardRequest {
-    PortForwardRequest {
-        pod_sandbox_id: "sb1".into(),
-        port: ports.iter().map(|p| i32::from(*p)).collect(),
-    }
+    PortForwardRequest { pod_sandbox_id: "sb1".into(), port: ports.iter().map(|p| i32::from(*p)).collect() }
 }
 
 /// Forwards `count` connections at once through `spdy` to `port`, each echoing its own data.
@@ -20,13 +17,7 @@ async fn forward_echoes(spdy: &mut SpdyClient, port: u16, count: usize) {
     let mut pairs = Vec::new();
     for i in 0..count {
         let id = i.to_string();
-        let headers = |kind| {
-            [
-                ("streamType", kind),
-                ("port", port_s.as_str()),
-                ("requestID", id.as_str()),
-            ]
-        };
+        let headers = |kind| [("streamType", kind), ("port", port_s.as_str()), ("requestID", id.as_str())];
         let error = spdy.open(&headers("error")).await.expect("error stream");
         error.finish();
         let data = spdy.open(&headers("data")).await.expect("data stream");
@@ -54,42 +45,22 @@ async fn spdy_port_forward_carries_several_connections_and_reports_refusals() {
     let (server, _) = server().await;
     let port = echo_server().await;
     let url = server.port_forward_url(request(&[])).expect("url");
-    let (protocol, mut spdy) = client::spdy_connect(
-        server.local_addr(),
-        &path_of(&server, &url),
-        "portforward.k8s.io",
-    )
-    .await;
+    let (protocol, mut spdy) =
+        client::spdy_connect(server.local_addr(), &path_of(&server, &url), "portforward.k8s.io").await;
     assert_eq!(protocol, "portforward.k8s.io");
     forward_echoes(&mut spdy, port, 3).await;
 
     // Streams without a usable port are refused.
-    assert!(spdy
-        .open(&[("streamType", "data"), ("port", "0"), ("requestID", "9")])
-        .await
-        .is_none());
+    assert!(spdy.open(&[("streamType", "data"), ("port", "0"), ("requestID", "9")]).await.is_none());
 
     // A port nobody listens on: the error stream says why.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let closed_s = closed.to_string();
-    let headers = |kind| {
-        [
-            ("streamType", kind),
-            ("port", closed_s.as_str()),
-            ("requestID", "10"),
-        ]
-    };
+    let headers = |kind| [("streamType", kind), ("port", closed_s.as_str()), ("requestID", "10")];
     let mut error = spdy.open(&headers("error")).await.expect("error stream");
     let mut data = spdy.open(&headers("data")).await.expect("data stream");
     let message = String::from_utf8(error.read_all().await).expect("text");
-    assert!(
-        message.starts_with(&format!("error forwarding port {closed} to pod sb1")),
-        "{message}"
-    );
+    assert!(message.starts_with(&format!("error forwarding port {closed} to pod sb1")), "{message}");
     assert_eq!(data.read_all().await, b"");
     spdy.go_away();
 }
@@ -106,18 +77,9 @@ async fn spdy_port_forward_tunnelled_in_websocket() {
         ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ("Sec-WebSocket-Protocol", "SPDY/3.1+portforward.k8s.io"),
     ];
-    let up = client::request(
-        server.local_addr(),
-        "GET",
-        &path_of(&server, &url),
-        &headers,
-    )
-    .await;
+    let up = client::request(server.local_addr(), "GET", &path_of(&server, &url), &headers).await;
     assert_eq!(up.status, 101, "{}", up.head);
-    assert_eq!(
-        up.header("Sec-WebSocket-Protocol").as_deref(),
-        Some("SPDY/3.1+portforward.k8s.io")
-    );
+    assert_eq!(up.header("Sec-WebSocket-Protocol").as_deref(), Some("SPDY/3.1+portforward.k8s.io"));
     // The server's own WebSocket layer makes a fine byte-stream client (it writes unmasked frames,
     // which the server's reader tolerates).
     let (conn, messages) = ws::start(up.stream, up.leftover.freeze());
@@ -130,12 +92,8 @@ async fn websocket_channel_port_forward() {
     let (server, _) = server().await;
     let port = echo_server().await;
     let url = server.port_forward_url(request(&[port])).expect("url");
-    let (protocol, mut ws) = client::ws_connect(
-        server.local_addr(),
-        &path_of(&server, &url),
-        "v4.channel.k8s.io",
-    )
-    .await;
+    let (protocol, mut ws) =
+        client::ws_connect(server.local_addr(), &path_of(&server, &url), "v4.channel.k8s.io").await;
     assert_eq!(protocol.as_deref(), Some("v4.channel.k8s.io"));
     // Each channel opens with the port, little-endian.
     let mut prefix = Vec::new();

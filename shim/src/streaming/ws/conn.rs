@@ -52,11 +52,7 @@ impl Conn {
 
     /// A writer that prefixes every message with `channel` (base64-encoding for `base64`).
     pub(crate) fn channel_writer(&self, channel: u8, base64: bool) -> ChannelWriter {
-        ChannelWriter {
-            channel: Some(channel),
-            base64,
-            out: PollSender::new(self.out.clone()),
-        }
+        ChannelWriter { channel: Some(channel), base64, out: PollSender::new(self.out.clone()) }
     }
 
     /// Sends a normal close and waits (a few seconds at most) for the client's.
@@ -77,62 +73,22 @@ where
     let (msg_tx, msg_rx) = mpsc::channel(STREAM_QUEUE);
     let closed = CancellationToken::new();
     tokio::spawn(write_loop(write_half, out_rx));
-    tokio::spawn(read_loop(
-        read_half,
-        BytesMut::from(&leftover[..]),
-        msg_tx,
-        out_tx.clone(),
-        closed.clone(),
-    ));
-    (
-        Conn {
-            out: out_tx,
-            closed,
-        },
-        msg_rx,
-    )
+    tokio::spawn(read_loop(read_half, BytesMut::from(&leftover[..]), msg_tx, out_tx.clone(), closed.clone()));
+    (Conn { out: out_tx, closed }, msg_rx)
 }
 
-async fn write_loop<W: AsyncWrite>(
-    mut w: tokio::io::WriteHalf<W>,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
+async fn write_loop<W: AsyncWrite>(mut w: tokio::io::WriteHalf<W>, mut rx: mpsc::Receiver<Outgoing>) {
     let mut buf = Vec::with_capacity(MAX_WRITE + 16);
     while let Some(cmd) = rx.recv().await {
         let (frame, closing) = match cmd {
             Outgoing::Message { text, payload } => {
-                let opcode = if text {
-                    frame::OP_TEXT
-                } else {
-                    frame::OP_BINARY
-                };
-                (
-                    WsFrame {
-                        fin: true,
-                        opcode,
-                        payload,
-                    },
-                    false,
-                )
+                let opcode = if text { frame::OP_TEXT } else { frame::OP_BINARY };
+                (WsFrame { fin: true, opcode, payload }, false)
             }
-            Outgoing::Pong(payload) => (
-                WsFrame {
-                    fin: true,
-                    opcode: frame::OP_PONG,
-                    payload,
-                },
-                false,
-            ),
+            Outgoing::Pong(payload) => (WsFrame { fin: true, opcode: frame::OP_PONG, payload }, false),
             Outgoing::Close(code) => {
                 let payload = Bytes::copy_from_slice(&code.to_be_bytes());
-                (
-                    WsFrame {
-                        fin: true,
-                        opcode: frame::OP_CLOSE,
-                        payload,
-                    },
-                    true,
-                )
+                (WsFrame { fin: true, opcode: frame::OP_CLOSE, payload }, true)
             }
         };
         buf.clear();
@@ -248,11 +204,7 @@ pub(crate) struct ChannelWriter {
 }
 
 impl AsyncWrite for ChannelWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let broken = || io::Error::from(io::ErrorKind::BrokenPipe);
         ready!(self.out.poll_reserve(cx)).map_err(|_| broken())?;
         let n = buf.len().min(MAX_WRITE);
@@ -271,9 +223,7 @@ impl AsyncWrite for ChannelWriter {
                 (true, message.into())
             }
         };
-        self.out
-            .send_item(Outgoing::Message { text, payload })
-            .map_err(|_| broken())?;
+        self.out.send_item(Outgoing::Message { text, payload }).map_err(|_| broken())?;
         Poll::Ready(Ok(n))
     }
 
@@ -298,31 +248,19 @@ impl ByteStream {
     pub(crate) fn new(conn: &Conn, messages: mpsc::Receiver<Bytes>) -> Self {
         ByteStream {
             reader: ChannelReader::new(messages),
-            writer: ChannelWriter {
-                channel: None,
-                base64: false,
-                out: PollSender::new(conn.out.clone()),
-            },
+            writer: ChannelWriter { channel: None, base64: false, out: PollSender::new(conn.out.clone()) },
         }
     }
 }
 
 impl AsyncRead for ByteStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.reader).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for ByteStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.writer).poll_write(cx, buf)
     }
 

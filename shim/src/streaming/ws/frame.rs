@@ -49,13 +49,7 @@ pub(crate) fn encode(frame: &WsFrame, mask: Option<[u8; 4]>, out: &mut Vec<u8>) 
     match mask {
         Some(key) => {
             out.extend_from_slice(&key);
-            out.extend(
-                frame
-                    .payload
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| b ^ key[i % 4]),
-            );
+            out.extend(frame.payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
         }
         None => out.extend_from_slice(&frame.payload),
     }
@@ -71,20 +65,14 @@ pub(crate) fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Ws
         return Err(WsError::Reserved);
     }
     let opcode = b0 & 0x0f;
-    if !matches!(
-        opcode,
-        OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
-    ) {
+    if !matches!(opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
         return Err(WsError::Opcode { opcode });
     }
     let fin = b0 & 0x80 != 0;
     let masked = b1 & 0x80 != 0;
     let (len, mut header) = match b1 & 0x7f {
         126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-        127 if buf.len() >= 10 => (
-            u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")),
-            10,
-        ),
+        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")), 10),
         126 | 127 => return Ok(None),
         n => (u64::from(n), 2),
     };
@@ -103,14 +91,7 @@ pub(crate) fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Ws
         buf.reserve(header + len - buf.len());
         return Ok(None);
     }
-    let key = masked.then(|| {
-        [
-            buf[key_at],
-            buf[key_at + 1],
-            buf[key_at + 2],
-            buf[key_at + 3],
-        ]
-    });
+    let key = masked.then(|| [buf[key_at], buf[key_at + 1], buf[key_at + 2], buf[key_at + 3]]);
     buf.advance(header);
     let mut payload = buf.split_to(len);
     if let Some(key) = key {
@@ -118,11 +99,7 @@ pub(crate) fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Ws
             *byte ^= key[i % 4];
         }
     }
-    Ok(Some(WsFrame {
-        fin,
-        opcode,
-        payload: payload.freeze(),
-    }))
+    Ok(Some(WsFrame { fin, opcode, payload: payload.freeze() }))
 }
 
 #[cfg(test)]
@@ -131,29 +108,15 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc6455_example() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
     fn rfc6455_masked_hello_decodes() {
         // RFC 6455 section 5.7: a single-frame masked text message "Hello".
-        let mut buf = BytesMut::from(
-            &[
-                0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-            ][..],
-        );
+        let mut buf = BytesMut::from(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58][..]);
         let frame = decode(&mut buf, 1024).expect("decode").expect("a frame");
-        assert_eq!(
-            frame,
-            WsFrame {
-                fin: true,
-                opcode: OP_TEXT,
-                payload: Bytes::from_static(b"Hello")
-            }
-        );
+        assert_eq!(frame, WsFrame { fin: true, opcode: OP_TEXT, payload: Bytes::from_static(b"Hello") });
         assert!(buf.is_empty());
     }
 
@@ -162,11 +125,7 @@ mod tests {
         for len in [0usize, 5, 125, 126, 65535, 65536, 70000] {
             for mask in [None, Some([1, 2, 3, 4])] {
                 let payload: Bytes = (0..len).map(|i| i as u8).collect::<Vec<_>>().into();
-                let frame = WsFrame {
-                    fin: len % 2 == 0,
-                    opcode: OP_BINARY,
-                    payload,
-                };
+                let frame = WsFrame { fin: len % 2 == 0, opcode: OP_BINARY, payload };
                 let mut wire = Vec::new();
                 encode(&frame, mask, &mut wire);
                 let mut buf = BytesMut::new();
@@ -184,19 +143,10 @@ mod tests {
         let mut reserved = BytesMut::from(&[0xc2, 0x00][..]);
         assert!(matches!(decode(&mut reserved, 10), Err(WsError::Reserved)));
         let mut opcode = BytesMut::from(&[0x83, 0x00][..]);
-        assert!(matches!(
-            decode(&mut opcode, 10),
-            Err(WsError::Opcode { opcode: 3 })
-        ));
+        assert!(matches!(decode(&mut opcode, 10), Err(WsError::Opcode { opcode: 3 })));
         let mut fragmented_ping = BytesMut::from(&[0x09, 0x00][..]);
-        assert!(matches!(
-            decode(&mut fragmented_ping, 10),
-            Err(WsError::Control)
-        ));
+        assert!(matches!(decode(&mut fragmented_ping, 10), Err(WsError::Control)));
         let mut big = BytesMut::from(&[0x82, 0x7e, 0x01, 0x00][..]);
-        assert!(matches!(
-            decode(&mut big, 10),
-            Err(WsError::TooLarge { .. })
-        ));
+        assert!(matches!(decode(&mut big, 10), Err(WsError::TooLarge { .. })));
     }
 }
