@@ -75,6 +75,11 @@ sleep 1
 $R delete life
 [ ! -d $cg/life ] && [ ! -d /run/berth-test/life ] && pass life-deleted || fail life-deleted "leftovers"
 
+# No devices controller on v2: the deny-all rule must reach the kernel as a BPF device program.
+# Without it, opening the node gives ENXIO (no such disk in the guest), not EPERM.
+$R run --bundle /bundles/devices devices >/tmp/devices.log 2>&1; rc=$?
+if [ "$rc" != 0 ] && grep -q "Operation not permitted" /tmp/devices.log && ! grep -q "no-" /tmp/devices.log; then pass devices; else fail devices "rc=$rc $(cat /tmp/devices.log)"; fi
+
 echo "guest: $fails failed"
 [ "$fails" = 0 ]
 "#;
@@ -123,6 +128,15 @@ fn cgroup_v2_limits_in_qemu_guest() {
         None,
     );
     config(&bundles, "life", &["sleep", "1000"], limits, None);
+    let probe = "echo x >/dev/null || echo no-null; mknod /dev/sda b 8 0 || echo no-mknod; exec 3</dev/sda";
+    config(&bundles, "devices", &["sh", "-c", probe], json!({ "devices": [{ "allow": false, "access": "rwm" }] }), None);
+    // A default pod keeps CAP_MKNOD (runc's default spec here does not): give it back.
+    let path = bundles.join("devices/config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for set in spec["process"]["capabilities"].as_object_mut().unwrap().values_mut() {
+        set.as_array_mut().unwrap().push(json!("CAP_MKNOD"));
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
 
     let script = tmp.path().join("guest.sh");
     std::fs::write(&script, GUEST_SCRIPT).unwrap();
@@ -148,7 +162,7 @@ fn cgroup_v2_limits_in_qemu_guest() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    for name in ["confine", "oom", "pids", "cpu", "life-paused", "life-exec", "life-update", "life-deleted"] {
+    for name in ["confine", "oom", "pids", "cpu", "life-paused", "life-exec", "life-update", "life-deleted", "devices"] {
         assert!(log.contains(&format!("PASS {name}")), "{name} did not pass:\n{log}");
     }
     assert!(!log.contains("FAIL "), "{log}");

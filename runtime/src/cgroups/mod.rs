@@ -2,6 +2,7 @@
 //! a directory for the container, and each resource write is routed to the hierarchy that
 //! holds its controller (see [`values`] for the pure translation).
 
+pub mod devices;
 pub mod stats;
 pub mod values;
 
@@ -34,6 +35,10 @@ pub enum CgroupError {
     },
     #[error("linux.resources.unified: {0}")]
     Unified(String),
+    #[error(transparent)]
+    Devices(#[from] devices::DeviceError),
+    #[error("linux.resources.devices cannot be enforced: this host has neither a v1 devices controller nor a cgroup v2 hierarchy")]
+    DevicesUnenforceable,
     #[error("timed out waiting for {path} to read {want}")]
     FreezeTimeout { path: PathBuf, want: String },
 }
@@ -270,8 +275,10 @@ impl Cgroup {
                 .filter(|c| !enabled.split_whitespace().any(|e| e == c.as_str()))
                 .map(|c| format!("+{c}"))
                 .collect();
-            if !missing.is_empty() {
-                write_file(&control, &missing.join(" "))?;
+            // One controller per write: a refused one (the kernel's, or one systemd keeps)
+            // is named in the error instead of failing the whole list anonymously.
+            for c in &missing {
+                write_file(&control, c)?;
             }
             dir = dir.join(comp);
             if i + 1 < components.len() {
@@ -285,6 +292,7 @@ impl Cgroup {
     pub fn apply(&self, res: &LinuxResources) -> Result<Vec<String>, CgroupError> {
         let version_of = |c: &str| self.layout.hierarchy_of(c).map(|h| h.version);
         let (writes, warnings) = values::plan(res, &version_of);
+        self.apply_v2_devices(res)?;
         if writes.iter().any(|w| w.file.starts_with("devices.")) {
             if let Some(dir) = self.dir_of("devices") {
                 write_file(&dir.join("devices.deny"), "a")?;
@@ -319,6 +327,19 @@ impl Cgroup {
             write_file(&path, &w.value)?;
         }
         Ok(warnings)
+    }
+
+    /// Without a v1 devices controller, the device rules become a BPF device program on the
+    /// unified hierarchy's directory ([`devices`]); rules that cannot be enforced refuse the
+    /// container instead of being dropped.
+    fn apply_v2_devices(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+        let Some(rules) = res.devices().as_ref().filter(|r| !r.is_empty()) else { return Ok(()) };
+        if self.layout.hierarchy_of("devices").is_some_and(|h| h.version == Version::V1) {
+            return Ok(());
+        }
+        let unified = self.layout.unified().ok_or(CgroupError::DevicesUnenforceable)?;
+        devices::attach(&self.dir(unified), &devices::program(&devices::rules(rules)?))?;
+        Ok(())
     }
 
     fn target_dir(&self, controller: &str) -> Result<Option<PathBuf>, CgroupError> {
