@@ -49,9 +49,21 @@ pub struct Attributes {
     pub subresource: &'static str,
 }
 
+/// The API verb of an HTTP method, as kube-apiserver and kubelet map them.
+fn verb(method: &Method) -> &'static str {
+    match *method {
+        Method::GET | Method::HEAD => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "unknown",
+    }
+}
+
 /// kubelet's mapping of a request to the node subresource it is authorised on.
 pub fn attributes(method: &Method, path: &str) -> Attributes {
-    let verb = berth_control::api::proxy::verb(method);
+    let verb = verb(method);
     let first = path.trim_start_matches('/').split('/').next().unwrap_or_default();
     let subresource = match first {
         "stats" => "stats",

@@ -205,10 +205,10 @@ pub fn usable_client_cert(kc: &Kubeconfig, base: &Path, now_unix: i64) -> Option
         .take_while(|l| !l.starts_with("-----END"))
         .collect();
     let der = base64::engine::general_purpose::STANDARD.decode(body).ok()?;
-    if crate::x509_time::not_after(&der)? <= now_unix {
+    if crate::x509::not_after(&der)? <= now_unix {
         return None;
     }
-    berth_control::auth::cert_subject(&der).map(|(cn, _)| cn)
+    crate::x509::subject(&der).map(|(cn, _)| cn)
 }
 
 fn unix_now() -> i64 {

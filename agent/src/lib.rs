@@ -18,4 +18,4 @@ pub mod spec;
 pub mod static_pods;
 pub mod stats;
 pub mod volumes;
-pub mod x509_time;
+pub mod x509;

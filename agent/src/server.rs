@@ -57,8 +57,8 @@ pub struct ApiState {
 pub fn authorize(peer: Option<&[u8]>) -> Result<String, (StatusCode, String)> {
     let der = peer
         .ok_or((StatusCode::UNAUTHORIZED, "a client certificate signed by the cluster CA is required".to_string()))?;
-    let (cn, groups) = berth_control::auth::cert_subject(der)
-        .ok_or((StatusCode::UNAUTHORIZED, "unreadable client certificate".to_string()))?;
+    let (cn, groups) =
+        crate::x509::subject(der).ok_or((StatusCode::UNAUTHORIZED, "unreadable client certificate".to_string()))?;
     if groups.iter().any(|g| g == "system:nodes") || cn.starts_with("system:node:") {
         return Err((
             StatusCode::FORBIDDEN,

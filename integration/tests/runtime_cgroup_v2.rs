@@ -129,7 +129,13 @@ fn cgroup_v2_limits_in_qemu_guest() {
     );
     config(&bundles, "life", &["sleep", "1000"], limits, None);
     let probe = "echo x >/dev/null || echo no-null; mknod /dev/sda b 8 0 || echo no-mknod; exec 3</dev/sda";
-    config(&bundles, "devices", &["sh", "-c", probe], json!({ "devices": [{ "allow": false, "access": "rwm" }] }), None);
+    config(
+        &bundles,
+        "devices",
+        &["sh", "-c", probe],
+        json!({ "devices": [{ "allow": false, "access": "rwm" }] }),
+        None,
+    );
     // A default pod keeps CAP_MKNOD (runc's default spec here does not): give it back.
     let path = bundles.join("devices/config.json");
     let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -162,7 +168,8 @@ fn cgroup_v2_limits_in_qemu_guest() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    for name in ["confine", "oom", "pids", "cpu", "life-paused", "life-exec", "life-update", "life-deleted", "devices"] {
+    for name in ["confine", "oom", "pids", "cpu", "life-paused", "life-exec", "life-update", "life-deleted", "devices"]
+    {
         assert!(log.contains(&format!("PASS {name}")), "{name} did not pass:\n{log}");
     }
     assert!(!log.contains("FAIL "), "{log}");

@@ -357,7 +357,10 @@ fn load(insns: &[Insn], path: &Path) -> Result<OwnedFd, DeviceError> {
             let _ = bpf(BPF_PROG_LOAD, &mut attr).map(owned);
             let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
             let text = String::from_utf8_lossy(&log[..end]).trim().to_string();
-            Err(DeviceError::Verifier { path: path.to_path_buf(), log: if text.is_empty() { e.to_string() } else { text } })
+            Err(DeviceError::Verifier {
+                path: path.to_path_buf(),
+                log: if text.is_empty() { e.to_string() } else { text },
+            })
         }
         Err(source) => Err(DeviceError::Bpf { op: "loading the device program", path: path.to_path_buf(), source }),
     }

@@ -147,10 +147,15 @@ fn the_defaults_stay_allowed_after_a_deny_all() {
 #[test]
 fn spec_rules_convert_or_name_the_bad_one() {
     let parse = |json: &str| -> Vec<LinuxDeviceCgroup> { serde_json::from_str(json).unwrap() };
-    let got = rules(&parse(r#"[{"allow": true, "type": "c", "major": 10, "minor": -1, "access": "rw"},
-                               {"allow": true, "type": "p", "access": "rwm"}]"#))
+    let got = rules(&parse(
+        r#"[{"allow": true, "type": "c", "major": 10, "minor": -1, "access": "rw"},
+                               {"allow": true, "type": "p", "access": "rwm"}]"#,
+    ))
     .unwrap();
-    assert_eq!(got[0], Rule { allow: true, kind: Some(Kind::Char), major: Some(10), minor: None, access: READ | WRITE });
+    assert_eq!(
+        got[0],
+        Rule { allow: true, kind: Some(Kind::Char), major: Some(10), minor: None, access: READ | WRITE }
+    );
     assert_eq!(got.len(), 1 + super::super::values::DEFAULT_DEVICE_RULES.len(), "a FIFO rule is no device rule");
     let err = rules(&parse(r#"[{"allow": true}, {"allow": true, "type": "c", "access": "rx"}]"#)).unwrap_err();
     assert_eq!(err.to_string(), r#"linux.resources.devices[1]: access "rx" is not made of r, w and m"#);
