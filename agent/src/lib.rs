@@ -1,5 +1,5 @@
 //! Berth's node agent (the kubelet): pods from the API server and static manifests, run through
-//! any CRI runtime. See `../shared/DESIGN.md` and issue 6.
+//! any CRI runtime. See `docs/architecture.md`.
 
 pub mod agent;
 pub mod authn;

@@ -1,4 +1,4 @@
-//! Berth CNI plugins (issue 4): the CNI 1.1 skeleton shared by every plugin, host-local IPAM,
+//! Berth CNI plugins: the CNI 1.1 skeleton shared by every plugin, host-local IPAM,
 //! bridge, portmap, VXLAN and host-gw, and the netlink/nftables client they (and the agent) use.
 //!
 //! Kernel access lives in `netlink`, `netns` and `firewall`; config, results, allocation and
